@@ -1,0 +1,41 @@
+"""fastconv: Cython-accelerated CPU convolutions for NumPy, in NHWC layout.
+
+Activations are NHWC (N, H, W, C), conv weights HWIO (kh, kw, C_in // groups, C_out).
+See README.md and the docstrings of the functions below.
+"""
+from importlib.metadata import PackageNotFoundError, version
+
+from fastconv._threads import get_num_threads, num_threads, set_num_threads
+from fastconv.functional import (
+    conv1d,
+    conv1d_backward,
+    conv2d,
+    conv2d_backward,
+    conv_output_shape,
+    conv_transpose1d,
+    conv_transpose1d_backward,
+    conv_transpose2d,
+    conv_transpose2d_backward,
+    conv_transpose_output_shape,
+)
+
+try:
+    __version__ = version("fastconv")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "conv1d",
+    "conv1d_backward",
+    "conv2d",
+    "conv2d_backward",
+    "conv_output_shape",
+    "conv_transpose1d",
+    "conv_transpose1d_backward",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
+    "conv_transpose_output_shape",
+    "get_num_threads",
+    "num_threads",
+    "set_num_threads",
+]

@@ -1,0 +1,46 @@
+"""Which kernel serves which convolution, and how the work is cut into tiles."""
+from __future__ import annotations
+
+import math
+
+from fastconv._kernels import _direct, _im2col
+from fastconv._params import ConvGeometry
+
+KERNELS = {"direct": _direct, "im2col": _im2col}
+ALGORITHMS = ("auto",) + tuple(KERNELS)
+
+COLUMN_BUFFER_BYTES = 256 * 1024  # a tile's column buffer: about a quarter of L2
+PARTIAL_SUM_BYTES = 64 * 1024 * 1024  # cap on the weight-gradient partial sums
+MAX_PARTIAL_SUMS = 8
+
+
+def choose(fn: str, algorithm, geo: ConvGeometry) -> str:
+    """The algorithm to run: the user's choice, or for "auto" a heuristic.
+
+    GEMM needs something to reuse: with few channels per group (depthwise, first layers)
+    a GEMM is thin and the direct kernel, vectorised over channels, wins.
+    """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"{fn}: algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
+    if algorithm != "auto":
+        return algorithm
+    cig = geo.in_channels // geo.groups
+    cog = geo.out_channels // geo.groups
+    if cig * math.prod(geo.kernel_hw) < 32 or cog < 8:
+        return "direct"
+    return "im2col"
+
+
+def tile_pixels(columns: int, itemsize: int, pixels: int) -> int:
+    """Output pixels per im2col tile: a column buffer near COLUMN_BUFFER_BYTES, at least 8
+    tiles when there is enough work. Depends on the problem only (not the thread count),
+    so results do not change with the number of threads."""
+    tile = COLUMN_BUFFER_BYTES // max(1, columns * itemsize)
+    tile = min(tile, -(-pixels // 8))
+    return max(16, min(tile, 4096))
+
+
+def partial_sums(weight_bytes: int, work_units: int) -> int:
+    """How many partial weight gradients to sum separately (a fixed split of the work, so the
+    sum is the same for any thread count; bounded in memory)."""
+    return max(1, min(MAX_PARTIAL_SUMS, PARTIAL_SUM_BYTES // max(1, weight_bytes), work_units))

@@ -1,0 +1,1 @@
+"""Compiled kernels. Private: they assume validated, contiguous input and never raise."""

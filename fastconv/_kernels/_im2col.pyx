@@ -1,0 +1,245 @@
+"""Tiled im2col + GEMM convolution kernels on NHWC activations and HWIO weights.
+
+The output pixels are cut into tiles of `tile` pixels. A thread unrolls one tile's receptive
+fields into its own column buffer (tile x kh*kw*cig, sized by the caller to stay near L2) and
+multiplies it by the weight, seen as a (kh*kw*cig) x C_out matrix, with one single-threaded
+BLAS call per group. The full column matrix never exists. A 1x1 stride-1 convolution needs no
+column buffer at all: its input already is the column matrix.
+
+The caller keeps BLAS on one thread while these run: parallelism is OpenMP over tiles.
+Functions return 0, or 1 when a scratch buffer could not be allocated.
+Shapes are those of _direct.pyx.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, parallel
+from libc.stdlib cimport malloc, free
+
+from fastconv._kernels._blas cimport gemm
+
+
+cdef inline void unroll_tile(const floating* x, floating* col, Py_ssize_t p0, Py_ssize_t T,
+                             Py_ssize_t g, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t C,
+                             Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
+                             Py_ssize_t cig, Py_ssize_t sh, Py_ssize_t sw,
+                             Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """col[t, (r*kw + s)*cig + ci] = x[n, oh*sh + r*dh, ow*sw + s*dw, g*cig + ci] for pixel p0+t."""
+    cdef Py_ssize_t K = kh * kw * cig
+    cdef Py_ssize_t t, p, n, oh, ow, r, s, ci
+    cdef const floating* src
+    cdef floating* dst
+    for t in range(T):
+        p = p0 + t
+        ow = p % Wo
+        oh = (p // Wo) % Ho
+        n = p // (Wo * Ho)
+        for r in range(kh):
+            for s in range(kw):
+                src = x + ((n * Hp + oh * sh + r * dh) * Wp + ow * sw + s * dw) * C + g * cig
+                dst = col + t * K + (r * kw + s) * cig
+                for ci in range(cig):
+                    dst[ci] = src[ci]
+
+
+def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_in)
+                 const floating[:, :, :, ::1] w,   # IN  (kh, kw, cig, C_out)
+                 const floating[::1] bias,         # IN  (C_out,), or (0,) for none
+                 floating[:, :, :, ::1] y,         # OUT (N, Ho, Wo, C_out)
+                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                 Py_ssize_t groups, Py_ssize_t tile, int num_threads):
+    cdef Py_ssize_t N = x.shape[0], Hp = x.shape[1], Wp = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], cig = w.shape[2], Cout = w.shape[3]
+    cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], cog = Cout // groups
+    cdef Py_ssize_t K = kh * kw * cig, P = N * Ho * Wo
+    cdef Py_ssize_t n_tiles = (P + tile - 1) // tile
+    cdef bint pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef Py_ssize_t it, p0, T, g, t, co
+    cdef floating* col = NULL
+    cdef const floating* a
+    cdef floating* yp
+    cdef int lda
+    cdef int status = 0
+    cdef int* failed = &status
+    if P == 0:
+        return 0
+    with nogil, parallel(num_threads=num_threads):
+        col = NULL if pointwise else <floating*> malloc(tile * K * sizeof(floating))
+        for it in prange(n_tiles, schedule="static"):
+            if not pointwise and col == NULL:
+                failed[0] = 1
+                continue
+            p0 = it * tile
+            T = min(tile, P - p0)
+            yp = &y[0, 0, 0, 0] + p0 * Cout
+            for g in range(groups):
+                if pointwise:
+                    a = &x[0, 0, 0, 0] + p0 * C + g * cig
+                    lda = <int> C
+                else:
+                    unroll_tile(&x[0, 0, 0, 0], col, p0, T, g, Hp, Wp, C, Ho, Wo,
+                                kh, kw, cig, sh, sw, dh, dw)
+                    a = col
+                    lda = <int> K
+                gemm(False, False, <int> T, <int> cog, <int> K, <floating> 1.0, a, lda,
+                     &w[0, 0, 0, 0] + g * cog, <int> Cout, <floating> 0.0, yp + g * cog,
+                     <int> Cout)
+            if has_bias:
+                for t in range(T):
+                    for co in range(Cout):
+                        yp[t * Cout + co] += bias[co]
+        free(col)
+    return status
+
+
+def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_in)
+                         const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out)
+                         floating[:, ::1] partial,         # OUT (n_chunks, kh*kw*cig*C_out), zeroed
+                         Py_ssize_t kh, Py_ssize_t kw,
+                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                         Py_ssize_t groups, Py_ssize_t tile, int num_threads):
+    """Weight gradient as n_chunks partial sums: chunk k covers a fixed range of output
+    pixels, so the result does not depend on the thread count; the caller adds them up."""
+    cdef Py_ssize_t N = x.shape[0], Hp = x.shape[1], Wp = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], Cout = gy.shape[3]
+    cdef Py_ssize_t cig = C // groups, cog = Cout // groups
+    cdef Py_ssize_t K = kh * kw * cig, P = N * Ho * Wo
+    cdef Py_ssize_t n_chunks = partial.shape[0]
+    cdef bint pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1
+    cdef Py_ssize_t chunk, p0, p_end, T, g
+    cdef floating* col = NULL
+    cdef const floating* a
+    cdef int lda
+    cdef int status = 0
+    cdef int* failed = &status
+    if P == 0:
+        return 0
+    with nogil, parallel(num_threads=num_threads):
+        col = NULL if pointwise else <floating*> malloc(tile * K * sizeof(floating))
+        for chunk in prange(n_chunks, schedule="static"):
+            if not pointwise and col == NULL:
+                failed[0] = 1
+                continue
+            p0 = chunk * P // n_chunks
+            p_end = (chunk + 1) * P // n_chunks
+            while p0 < p_end:
+                T = min(tile, p_end - p0)
+                for g in range(groups):
+                    if pointwise:
+                        a = &x[0, 0, 0, 0] + p0 * C + g * cig
+                        lda = <int> C
+                    else:
+                        unroll_tile(&x[0, 0, 0, 0], col, p0, T, g, Hp, Wp, C, Ho, Wo,
+                                    kh, kw, cig, sh, sw, dh, dw)
+                        a = col
+                        lda = <int> K
+                    # partial[chunk] (K x C_out, group block) += col^T (K x T) @ gy (T x cog)
+                    gemm(True, False, <int> K, <int> cog, <int> T, <floating> 1.0, a, lda,
+                         &gy[0, 0, 0, 0] + p0 * Cout + g * cog, <int> Cout, <floating> 1.0,
+                         &partial[chunk, 0] + g * cog, <int> Cout)
+                p0 = p0 + T
+        free(col)
+    return status
+
+
+def conv_backward_data(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out)
+                       const floating[:, :, :, ::1] w,   # IN  (kh, kw, cig, C_out)
+                       const floating[::1] bias,         # IN  (C_in,), or (0,) for none
+                       floating[:, :, :, ::1] gx,        # OUT (N, Hp, Wp, C_in), every element written
+                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                       Py_ssize_t groups, Py_ssize_t tile, int num_threads):
+    """gx = C^T gy (the input gradient, or a transposed convolution), by sub-pixel GEMMs.
+
+    Input pixels are split by phase (ih % sh, iw % sw). All pixels of one phase are reached
+    by the same taps (those with r*dh % sh == ih % sh, likewise for s), so each phase is an
+    ordinary gather-im2col of gy over just its taps, times the matching rows of the weight:
+    no zeros inserted, and every gx element is written once by one thread.
+    """
+    cdef Py_ssize_t N = gx.shape[0], Hp = gx.shape[1], Wp = gx.shape[2], C = gx.shape[3]
+    cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], cig = w.shape[2], Cout = w.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], cog = Cout // groups
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef Py_ssize_t a_ph, b_ph, nr, ns, Ia, Jb, Kp, P, n_tiles, it, p0, T, t, p, n, i, j
+    cdef Py_ssize_t g, r, s, tr, ts, co, ci, oh, ow
+    cdef Py_ssize_t* r_taps = <Py_ssize_t*> malloc((kh + kw) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* s_taps = r_taps + kh
+    cdef floating* wpack = <floating*> malloc(kh * kw * cig * Cout * sizeof(floating))
+    cdef floating* col = NULL
+    cdef floating* out = NULL
+    cdef floating* dst
+    cdef const floating* src
+    cdef int status = 0
+    cdef int* failed = &status
+    if r_taps == NULL or wpack == NULL:
+        free(r_taps)
+        free(wpack)
+        return 1
+    for a_ph in range(min(sh, Hp)):
+        nr = 0
+        for r in range(kh):
+            if (r * dh) % sh == a_ph:
+                r_taps[nr] = r
+                nr += 1
+        Ia = (Hp - a_ph + sh - 1) // sh
+        for b_ph in range(min(sw, Wp)):
+            ns = 0
+            for s in range(kw):
+                if (s * dw) % sw == b_ph:
+                    s_taps[ns] = s
+                    ns += 1
+            Jb = (Wp - b_ph + sw - 1) // sw
+            Kp = nr * ns * cog
+            P = N * Ia * Jb
+            # this phase's weight rows, per group: wpack[g][tr][ts][co][ci] = w[r, s, ci, g*cog + co]
+            for g in range(groups):
+                for tr in range(nr):
+                    for ts in range(ns):
+                        for co in range(cog):
+                            for ci in range(cig):
+                                wpack[g * Kp * cig + ((tr * ns + ts) * cog + co) * cig + ci] = \
+                                    w[r_taps[tr], s_taps[ts], ci, g * cog + co]
+            n_tiles = (P + tile - 1) // tile
+            with nogil, parallel(num_threads=num_threads):
+                col = <floating*> malloc(tile * (Kp + cig) * sizeof(floating) + sizeof(floating))
+                out = col + tile * Kp
+                for it in prange(n_tiles, schedule="static"):
+                    if col == NULL:
+                        failed[0] = 1
+                        continue
+                    p0 = it * tile
+                    T = min(tile, P - p0)
+                    for g in range(groups):
+                        if Kp > 0:
+                            for t in range(T):
+                                p = p0 + t
+                                j = p % Jb
+                                i = (p // Jb) % Ia
+                                n = p // (Jb * Ia)
+                                for tr in range(nr):
+                                    # ih = a + sh*i = oh*sh + r*dh  =>  oh = i - (r*dh - a)/sh
+                                    oh = i - (r_taps[tr] * dh - a_ph) // sh
+                                    for ts in range(ns):
+                                        ow = j - (s_taps[ts] * dw - b_ph) // sw
+                                        dst = col + t * Kp + (tr * ns + ts) * cog
+                                        if 0 <= oh < Ho and 0 <= ow < Wo:
+                                            src = &gy[n, oh, ow, g * cog]
+                                            for co in range(cog):
+                                                dst[co] = src[co]
+                                        else:
+                                            for co in range(cog):
+                                                dst[co] = 0
+                            gemm(False, False, <int> T, <int> cig, <int> Kp, <floating> 1.0,
+                                 col, <int> Kp, wpack + g * Kp * cig, <int> cig,
+                                 <floating> 0.0, out, <int> cig)
+                        for t in range(T):
+                            p = p0 + t
+                            j = p % Jb
+                            i = (p // Jb) % Ia
+                            n = p // (Jb * Ia)
+                            dst = &gx[n, a_ph + sh * i, b_ph + sw * j, g * cig]
+                            for ci in range(cig):
+                                dst[ci] = (out[t * cig + ci] if Kp > 0 else 0) + \
+                                          (bias[g * cig + ci] if has_bias else 0)
+                free(col)
+    free(r_taps)
+    free(wpack)
+    return status

@@ -1,0 +1,229 @@
+"""Argument normalisation and validation: every check of the public API lives here.
+
+Pure Python. Each function takes the user's value and either returns it in one canonical form
+or raises ValueError/TypeError naming the argument, what was expected and what was got.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+PADDING_MODES = ("zeros", "reflect", "symmetric", "replicate", "circular")
+# np.pad's name for each padding mode
+NUMPY_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "symmetric": "symmetric",
+                  "replicate": "edge", "circular": "wrap"}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def as_int(name: str, value, minimum: int | None = None) -> int:
+    """A Python int >= minimum (bools and floats are refused)."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int, but got {value!r} of type {type(value).__name__}")
+    value = operator.index(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, but got {value}")
+    return value
+
+
+def as_tuple(name: str, value, length: int, minimum: int | None = None) -> tuple[int, ...]:
+    """An int (repeated) or a sequence of `length` ints, each >= minimum."""
+    if _is_int(value):
+        return (as_int(name, value, minimum),) * length
+    if isinstance(value, (tuple, list, np.ndarray)) and len(value) == length:
+        return tuple(as_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(value))
+    what = "an int" if length == 1 else f"an int or a sequence of {length} ints"
+    raise TypeError(f"{name} must be {what}, but got {value!r}")
+
+
+def as_pair(name: str, value, minimum: int | None = None) -> tuple[int, int]:
+    return as_tuple(name, value, 2, minimum)
+
+
+def float_dtype(*arrays) -> np.dtype:
+    """The computing dtype: NumPy's promotion of the arrays with float32 (float32 or float64)."""
+    dtype = np.result_type(*[a.dtype for a in arrays], np.float32)
+    if dtype not in (np.float32, np.float64):  # e.g. longdouble
+        raise TypeError(f"expected float32 or float64 data (or integers, which promote to "
+                        f"them), but got dtype {dtype}")
+    return dtype
+
+
+def as_array(name: str, value) -> np.ndarray:
+    """Any array-like as an ndarray (not yet converted), refusing non-numeric data."""
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be array-like, but np.asarray failed: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, but got an array of dtype {arr.dtype}")
+    return arr
+
+
+def check_ndim(name: str, arr: np.ndarray, ndims: tuple[int, ...], layout: str) -> None:
+    if arr.ndim not in ndims:
+        want = " or ".join(f"{d}-D" for d in ndims)
+        raise ValueError(f"expected {name} to be {want} {layout}, but got a {arr.ndim}-D array "
+                         f"of shape {arr.shape}")
+
+
+# ----------------------------------------------------------------------------------------------
+# padding
+
+def padding_pairs(padding, kernel_hw, stride, dilation, input_hw) -> tuple[tuple[int, int], ...]:
+    """Normalise a padding spec to ((top, bottom), (left, right)) (one pair per spatial axis).
+
+    int | (ph, pw) | ((top, bottom), (left, right)) | "valid" | "same" (output = ceil(in/stride),
+    the odd pixel at the bottom/right).
+    """
+    nd = len(kernel_hw)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * nd
+        if padding == "same":
+            pairs = []
+            for k, s, d, n in zip(kernel_hw, stride, dilation, input_hw):
+                out = -(-n // s)
+                total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
+                pairs.append((total // 2, total - total // 2))
+            return tuple(pairs)
+        raise ValueError(f"padding must be an int, a pair, pairs of pairs, 'valid' or 'same', "
+                         f"but got {padding!r}")
+    if _is_int(padding):
+        p = as_int("padding", padding, 0)
+        return ((p, p),) * nd
+    if isinstance(padding, (tuple, list)) and len(padding) == nd:
+        pairs = []
+        for i, item in enumerate(padding):
+            if _is_int(item):
+                p = as_int(f"padding[{i}]", item, 0)
+                pairs.append((p, p))
+            else:
+                pairs.append(as_tuple(f"padding[{i}]", item, 2, 0))
+        return tuple(pairs)
+    raise TypeError(f"padding must be an int, a sequence of {nd} ints or of {nd} (before, after) "
+                    f"pairs, 'valid' or 'same', but got {padding!r}")
+
+
+def padding_mode(mode) -> str:
+    if mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, but got {mode!r}")
+    return mode
+
+
+def conv_output_size(n: int, pad: tuple[int, int], k: int, s: int, d: int) -> int:
+    """floor((in + pad_total - dilation*(k-1) - 1) / stride) + 1 (may be < 1)."""
+    return (n + pad[0] + pad[1] - d * (k - 1) - 1) // s + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# the geometry of one convolution, checked once
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A checked 2-D convolution: the input x (N, H, W, C_in) -> y (N, Ho, Wo, C_out).
+
+    For a transposed convolution this describes the convolution it is the adjoint of, so
+    x is its output and y its input.
+    """
+    n: int
+    in_hw: tuple[int, int]
+    in_channels: int
+    kernel_hw: tuple[int, int]
+    out_channels: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    groups: int
+    out_hw: tuple[int, int]
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        return tuple(n + p[0] + p[1] for n, p in zip(self.in_hw, self.padding))
+
+    @property
+    def flops(self) -> int:
+        """2 * multiply-adds of the direct convolution."""
+        return (2 * self.n * math.prod(self.out_hw) * self.out_channels
+                * (self.in_channels // self.groups) * math.prod(self.kernel_hw))
+
+
+def check_weight(fn: str, weight: np.ndarray, x_shape, groups: int, transposed: bool) -> None:
+    """The weight against the input x (N, H, W, C).
+
+    conv2d: weight (kh, kw, C // groups, C_out), C_out divisible by groups.
+    conv_transpose2d: weight (kh, kw, C_out // groups, C), C divisible by groups.
+    """
+    layout = ("(kh, kw, C_out // groups, C_in) [HWIO of the convolution it is the adjoint of]"
+              if transposed else "(kh, kw, C_in // groups, C_out) [HWIO]")
+    check_ndim("weight", weight, (4,), layout)
+    if min(weight.shape) < 1:
+        raise ValueError(f"{fn}: weight of shape {weight.shape} {layout} must have every "
+                         f"dimension >= 1")
+    channels = x_shape[3]
+    if transposed:
+        expected, divided = weight.shape[3], weight.shape[3]
+    else:
+        expected, divided = weight.shape[2] * groups, weight.shape[3]
+    if divided % groups:
+        raise ValueError(f"{fn}: weight of shape {weight.shape} {layout} has {divided} "
+                         f"{'input' if transposed else 'output'} channels, which is not "
+                         f"divisible by groups={groups}")
+    if channels != expected:
+        raise ValueError(f"{fn}: given groups={groups}, weight of shape {weight.shape} "
+                         f"{layout}, expected input {tuple(x_shape)} [NHWC] to have {expected} "
+                         f"channels, but got {channels} channels instead")
+
+
+def conv_geometry(fn: str, x_shape, weight_shape, stride, padding, dilation, groups
+                  ) -> ConvGeometry:
+    """Check and resolve the geometry of conv2d(x, weight) with x 4-D (N, H, W, C)."""
+    stride = as_pair("stride", stride, 1)
+    dilation = as_pair("dilation", dilation, 1)
+    groups = as_int("groups", groups, 1)
+    n, h, w, c = x_shape
+    kh, kw, cig, cout = weight_shape
+    pads = padding_pairs(padding, (kh, kw), stride, dilation, (h, w))
+    out_hw = tuple(conv_output_size(size, p, k, s, d) for size, p, k, s, d
+                   in zip((h, w), pads, (kh, kw), stride, dilation))
+    if min(out_hw) < 1:
+        padded = tuple(size + p[0] + p[1] for size, p in zip((h, w), pads))
+        dilated = tuple(d * (k - 1) + 1 for k, d in zip((kh, kw), dilation))
+        raise ValueError(f"{fn}: padded input size {padded} (H, W) is smaller than the dilated "
+                         f"kernel size {dilated} (H, W): the output would be {out_hw}")
+    return ConvGeometry(n, (h, w), c, (kh, kw), cout, stride, dilation, pads, groups, out_hw)
+
+
+def conv_transpose_geometry(fn: str, x_shape, weight_shape, stride, padding, output_padding,
+                            dilation, groups) -> ConvGeometry:
+    """Check and resolve conv_transpose2d(x, weight): returns the geometry of the convolution
+    it is the adjoint of (whose input has the transposed convolution's output size)."""
+    stride = as_pair("stride", stride, 1)
+    dilation = as_pair("dilation", dilation, 1)
+    groups = as_int("groups", groups, 1)
+    output_padding = as_pair("output_padding", output_padding, 0)
+    n, h, w, c = x_shape
+    kh, kw, cig_t, cin = weight_shape  # cin: the transposed conv's input channels
+    if isinstance(padding, str) and padding == "same":
+        raise ValueError(f"{fn}: padding='same' is not defined for a transposed convolution; "
+                         f"give the padding to crop as ints or pairs")
+    pads = padding_pairs(padding, (kh, kw), stride, dilation, (h, w))
+    for axis, (op, s, d) in enumerate(zip(output_padding, stride, dilation)):
+        if op >= s and op >= d:
+            raise ValueError(f"{fn}: output_padding must be smaller than either stride or "
+                             f"dilation, but got output_padding={output_padding}, "
+                             f"stride={stride}, dilation={dilation}")
+    out_hw = tuple((size - 1) * s - p[0] - p[1] + d * (k - 1) + op + 1 for size, p, k, s, d, op
+                   in zip((h, w), pads, (kh, kw), stride, dilation, output_padding))
+    if min(out_hw) < 1:
+        raise ValueError(f"{fn}: padding {pads} crops more than the full output "
+                         f"{tuple(o + p[0] + p[1] for o, p in zip(out_hw, pads))} (H, W): the "
+                         f"output would be {out_hw}")
+    return ConvGeometry(n, out_hw, cig_t * groups, (kh, kw), c, stride, dilation, pads, groups,
+                        (h, w))

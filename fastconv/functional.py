@@ -1,0 +1,366 @@
+"""Convolutions on NumPy arrays: NHWC activations, HWIO weights.
+
+Every function validates (fastconv._params), picks an algorithm (fastconv._algorithms),
+allocates its outputs and calls a compiled kernel. Padding of every mode is done here, so the
+kernels only ever see a "valid" convolution of an already padded, contiguous input.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fastconv import _algorithms, _params
+from fastconv._params import ConvGeometry
+from fastconv._threads import blas_single_thread, get_num_threads
+
+NEEDS = ("input", "weight", "bias")
+
+
+# ----------------------------------------------------------------------------------------------
+# shared steps
+
+def _run(kernel, *args) -> None:
+    """Call a kernel with the thread count, BLAS held to one thread; raise on its status."""
+    with blas_single_thread():
+        status = kernel(*args, get_num_threads())
+    if status:
+        raise MemoryError("fastconv: could not allocate a kernel's scratch buffer")
+
+
+def _batched(name: str, arr) -> tuple[np.ndarray, bool]:
+    """An NHWC array, 3-D (H, W, C) taken as one image; returns (4-D array, was_unbatched)."""
+    arr = _params.as_array(name, arr)
+    _params.check_ndim(name, arr, (3, 4), "(H, W, C) or (N, H, W, C) [NHWC]")
+    return (arr[None], True) if arr.ndim == 3 else (arr, False)
+
+
+def _bias(fn: str, bias, channels: int) -> np.ndarray | None:
+    if bias is None:
+        return None
+    bias = _params.as_array("bias", bias)
+    if bias.shape != (channels,):
+        raise ValueError(f"{fn}: expected bias of shape ({channels},), but got {bias.shape}")
+    return bias
+
+
+def _bias_arg(bias: np.ndarray | None, dtype) -> np.ndarray:
+    """The kernels' form of an optional bias: a contiguous vector, empty for none."""
+    return np.zeros(0, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
+
+
+def _needs(needs) -> frozenset:
+    if isinstance(needs, str):
+        needs = (needs,)
+    try:
+        wanted = frozenset(needs)
+    except TypeError:
+        raise TypeError(f"needs must be a sequence drawn from {NEEDS}, but got {needs!r}") from None
+    unknown = wanted - set(NEEDS)
+    if unknown:
+        raise ValueError(f"needs must be drawn from {NEEDS}, but got {sorted(unknown)}")
+    return wanted
+
+
+def _check_grad_output(fn: str, grad_output: np.ndarray, expected: tuple) -> None:
+    if grad_output.shape != expected:
+        raise ValueError(f"{fn}: expected grad_output of shape {expected} [NHWC] (the shape of "
+                         f"the forward output), but got {grad_output.shape}")
+
+
+def pad(x: np.ndarray, pads, mode: str, dtype) -> np.ndarray:
+    """x (N, H, W, C) padded on H and W as a new contiguous array of `dtype`."""
+    (top, bottom), (left, right) = pads
+    if top == bottom == left == right == 0:
+        return np.ascontiguousarray(x, dtype)
+    n, h, w, c = x.shape
+    if mode == "zeros":
+        out = np.zeros((n, h + top + bottom, w + left + right, c), dtype)
+        out[:, top:top + h, left:left + w] = x
+        return out
+    return np.pad(np.asarray(x, dtype), ((0, 0), (top, bottom), (left, right), (0, 0)),
+                  mode=_params.NUMPY_PAD_MODE[mode])
+
+
+def unpad(grad_padded: np.ndarray, pads, mode: str, in_hw) -> np.ndarray:
+    """The adjoint of pad(): each padded pixel's gradient goes back to the pixel it copies."""
+    g = grad_padded
+    for axis, (before, after), size in zip((1, 2), pads, in_hw):
+        if before == after == 0:
+            continue
+        inner = np.take(g, np.arange(before, before + size), axis=axis)
+        if mode != "zeros":
+            # source of each padded position, as np.pad itself computes it
+            source = np.pad(np.arange(size), (before, after), mode=_params.NUMPY_PAD_MODE[mode])
+            for j in (*range(before), *range(before + size, before + size + after)):
+                index = [slice(None)] * 4
+                index[axis] = source[j]
+                inner[tuple(index)] += np.take(g, j, axis=axis)
+        g = inner
+    return np.ascontiguousarray(g)
+
+
+def _weight_grad(algo: str, xp: np.ndarray, gy: np.ndarray, weight_shape, geo: ConvGeometry,
+                 dtype) -> np.ndarray:
+    """sum over pixels of x-window (x) gy, in fixed partial sums added up at the end."""
+    itemsize = np.dtype(dtype).itemsize
+    kh, kw = geo.kernel_hw
+    (sh, sw), (dh, dw) = geo.stride, geo.dilation
+    weight_size = int(np.prod(weight_shape))
+    pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
+    if algo == "im2col":
+        tile = _algorithms.tile_pixels(weight_size // weight_shape[3], itemsize, pixels)
+        chunks = _algorithms.partial_sums(weight_size * itemsize, -(-pixels // tile))
+        partial = np.zeros((chunks, weight_size), dtype)
+        _run(_algorithms.KERNELS[algo].conv_backward_weight, xp, gy, partial, kh, kw, sh, sw,
+             dh, dw, geo.groups, tile)
+    else:
+        chunks = _algorithms.partial_sums(weight_size * itemsize, gy.shape[0] * gy.shape[1])
+        partial = np.zeros((chunks, weight_size), dtype)
+        _run(_algorithms.KERNELS[algo].conv_backward_weight, xp, gy, partial, kh, kw, sh, sw,
+             dh, dw, geo.groups)
+    return partial.sum(axis=0).reshape(weight_shape)
+
+
+def _forward_kernel(algo: str, xp, w, bias, y, geo: ConvGeometry) -> None:
+    """y = conv(xp, w) + bias on an already padded input (y's shape sets what is computed)."""
+    (sh, sw), (dh, dw) = geo.stride, geo.dilation
+    kernel = _algorithms.KERNELS[algo].conv_forward
+    if algo == "im2col":
+        columns = w.shape[0] * w.shape[1] * w.shape[2]
+        tile = _algorithms.tile_pixels(columns, y.itemsize, y.shape[0] * y.shape[1] * y.shape[2])
+        _run(kernel, xp, w, bias, y, sh, sw, dh, dw, geo.groups, tile)
+    else:
+        _run(kernel, xp, w, bias, y, sh, sw, dh, dw, geo.groups)
+
+
+def _data_kernel(algo: str, gy, w, bias, gxp, geo: ConvGeometry) -> None:
+    """gxp = C^T gy + bias, over the whole padded input (every element written)."""
+    (sh, sw), (dh, dw) = geo.stride, geo.dilation
+    kernel = _algorithms.KERNELS[algo].conv_backward_data
+    if algo == "im2col":
+        columns = w.shape[0] * w.shape[1] * (w.shape[3] // geo.groups)
+        tile = _algorithms.tile_pixels(columns, gxp.itemsize,
+                                       gxp.shape[0] * gxp.shape[1] * gxp.shape[2])
+        _run(kernel, gy, w, bias, gxp, sh, sw, dh, dw, geo.groups, tile)
+    else:
+        wt = np.ascontiguousarray(w.transpose(0, 1, 3, 2))  # (kh, kw, C_out, cig)
+        _run(kernel, gy, wt, bias, gxp, sh, sw, dh, dw, geo.groups)
+
+
+# ----------------------------------------------------------------------------------------------
+# conv2d
+
+def _conv_inputs(fn: str, x, weight, groups):
+    """Arrays and checked geometry pieces shared by conv2d and conv2d_backward."""
+    x, unbatched = _batched("input", x)
+    weight = _params.as_array("weight", weight)
+    groups = _params.as_int("groups", groups, 1)
+    _params.check_weight(fn, weight, x.shape, groups, transposed=False)
+    return x, weight, unbatched
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros", algorithm="auto"):
+    """2-D convolution (cross-correlation, as in CNNs) of NHWC `x` with HWIO `weight`.
+
+    x: (N, H, W, C_in) or (H, W, C_in); weight: (kh, kw, C_in // groups, C_out);
+    bias: (C_out,) or None. Returns (N, H_out, W_out, C_out) (3-D for 3-D x) in
+    np.result_type(x, weight, float32).
+    """
+    fn = "conv2d"
+    x, weight, unbatched = _conv_inputs(fn, x, weight, groups)
+    bias = _bias(fn, bias, weight.shape[3])
+    dtype = _params.float_dtype(x, weight, *([] if bias is None else [bias]))
+    mode = _params.padding_mode(padding_mode)
+    geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
+    algo = _algorithms.choose(fn, algorithm, geo)
+    y = np.empty((geo.n, *geo.out_hw, geo.out_channels), dtype)
+    if y.size:
+        _forward_kernel(algo, pad(x, geo.padding, mode, dtype),
+                        np.ascontiguousarray(weight, dtype), _bias_arg(bias, dtype), y, geo)
+    return y[0] if unbatched else y
+
+
+def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                    padding_mode="zeros", algorithm="auto", needs=NEEDS):
+    """Gradients of conv2d(x, weight, bias, ...) given grad_output = dL/dy.
+
+    Returns (grad_input, grad_weight, grad_bias); those not named in `needs` are None.
+    """
+    fn = "conv2d_backward"
+    wanted = _needs(needs)
+    x, weight, unbatched = _conv_inputs(fn, x, weight, groups)
+    mode = _params.padding_mode(padding_mode)
+    geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
+    algo = _algorithms.choose(fn, algorithm, geo)
+    gy = _params.as_array("grad_output", grad_output)
+    expected = (geo.n, *geo.out_hw, geo.out_channels)
+    _check_grad_output(fn, gy, expected[1:] if unbatched else expected)
+    gy = gy.reshape(expected)
+    dtype = _params.float_dtype(gy, x, weight)
+    gy = np.ascontiguousarray(gy, dtype)
+    grad_input = grad_weight = grad_bias = None
+    if "input" in wanted:
+        gxp = np.empty((geo.n, *geo.padded_hw, geo.in_channels), dtype)
+        if gxp.size:
+            _data_kernel(algo, gy, np.ascontiguousarray(weight, dtype), _bias_arg(None, dtype),
+                         gxp, geo)
+        grad_input = unpad(gxp, geo.padding, mode, geo.in_hw)
+        if unbatched:
+            grad_input = grad_input[0]
+    if "weight" in wanted:
+        grad_weight = _weight_grad(algo, pad(x, geo.padding, mode, dtype), gy, weight.shape,
+                                   geo, dtype)
+    if "bias" in wanted:
+        grad_bias = gy.sum(axis=(0, 1, 2))
+    return grad_input, grad_weight, grad_bias
+
+
+# ----------------------------------------------------------------------------------------------
+# conv_transpose2d: the adjoint of conv2d with the same weight
+
+def _conv_transpose_inputs(fn: str, x, weight, groups):
+    x, unbatched = _batched("input", x)
+    weight = _params.as_array("weight", weight)
+    groups = _params.as_int("groups", groups, 1)
+    _params.check_weight(fn, weight, x.shape, groups, transposed=True)
+    return x, weight, unbatched
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1,
+                     groups=1, algorithm="auto"):
+    """Transposed convolution: the gradient of conv2d(., weight) with respect to its input.
+
+    x: (N, H, W, C_in) or (H, W, C_in); weight: (kh, kw, C_out // groups, C_in), the weight of
+    the convolution this is the adjoint of; bias: (C_out,) or None. `padding` crops the
+    output, `output_padding` adds rows/columns at its bottom/right.
+    """
+    fn = "conv_transpose2d"
+    x, weight, unbatched = _conv_transpose_inputs(fn, x, weight, groups)
+    geo = _params.conv_transpose_geometry(fn, x.shape, weight.shape, stride, padding,
+                                          output_padding, dilation, groups)
+    bias = _bias(fn, bias, geo.in_channels)
+    dtype = _params.float_dtype(x, weight, *([] if bias is None else [bias]))
+    algo = _algorithms.choose(fn, algorithm, geo)
+    yp = np.empty((geo.n, *geo.padded_hw, geo.in_channels), dtype)
+    if yp.size:
+        _data_kernel(algo, np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype),
+                     _bias_arg(bias, dtype), yp, geo)
+    y = unpad(yp, geo.padding, "zeros", geo.in_hw)
+    return y[0] if unbatched else y
+
+
+def conv_transpose2d_backward(grad_output, x, weight, stride=1, padding=0, output_padding=0,
+                              dilation=1, groups=1, algorithm="auto", needs=NEEDS):
+    """Gradients of conv_transpose2d(x, weight, bias, ...) given grad_output = dL/dy.
+
+    Returns (grad_input, grad_weight, grad_bias); those not named in `needs` are None.
+    """
+    fn = "conv_transpose2d_backward"
+    wanted = _needs(needs)
+    x, weight, unbatched = _conv_transpose_inputs(fn, x, weight, groups)
+    geo = _params.conv_transpose_geometry(fn, x.shape, weight.shape, stride, padding,
+                                          output_padding, dilation, groups)
+    algo = _algorithms.choose(fn, algorithm, geo)
+    gy = _params.as_array("grad_output", grad_output)
+    expected = (geo.n, *geo.in_hw, geo.in_channels)
+    _check_grad_output(fn, gy, expected[1:] if unbatched else expected)
+    gy = gy.reshape(expected)
+    dtype = _params.float_dtype(gy, x, weight)
+    gyp = pad(gy, geo.padding, "zeros", dtype)  # the convolution's input
+    x = np.ascontiguousarray(x, dtype)  # the convolution's output
+    grad_input = grad_weight = grad_bias = None
+    if "input" in wanted:
+        grad_input = np.empty(x.shape, dtype)
+        if grad_input.size:
+            _forward_kernel(algo, gyp, np.ascontiguousarray(weight, dtype),
+                            _bias_arg(None, dtype), grad_input, geo)
+        if unbatched:
+            grad_input = grad_input[0]
+    if "weight" in wanted:
+        grad_weight = _weight_grad(algo, gyp, x, weight.shape, geo, dtype)
+    if "bias" in wanted:
+        grad_bias = gy.sum(axis=(0, 1, 2))
+    return grad_input, grad_weight, grad_bias
+
+
+# ----------------------------------------------------------------------------------------------
+# output shapes
+
+def conv_output_shape(input_hw, kernel_size, stride=1, padding=0, dilation=1):
+    """(H_out, W_out) of conv2d on an (H, W) input: floor((in + pad - d*(k-1) - 1)/s) + 1."""
+    h, w = _params.as_pair("input_hw", input_hw, 0)
+    kh, kw = _params.as_pair("kernel_size", kernel_size, 1)
+    geo = _params.conv_geometry("conv_output_shape", (1, h, w, 1), (kh, kw, 1, 1), stride,
+                                padding, dilation, 1)
+    return geo.out_hw
+
+
+def conv_transpose_output_shape(input_hw, kernel_size, stride=1, padding=0, output_padding=0,
+                                dilation=1):
+    """(H_out, W_out) of conv_transpose2d: (in-1)*s - pad + d*(k-1) + output_padding + 1."""
+    h, w = _params.as_pair("input_hw", input_hw, 1)
+    kh, kw = _params.as_pair("kernel_size", kernel_size, 1)
+    geo = _params.conv_transpose_geometry("conv_transpose_output_shape", (1, h, w, 1),
+                                          (kh, kw, 1, 1), stride, padding, output_padding,
+                                          dilation, 1)
+    return geo.in_hw
+
+
+# ----------------------------------------------------------------------------------------------
+# 1-D: (N, L, C) activations, (k, C_in // groups, C_out) weights, as 2-D with H = 1
+
+def _as_2d(fn: str, x, weight, stride, padding, dilation, output_padding=0):
+    """The 2-D arguments of a 1-D call (x gains H = 1 after N, weight gains kh = 1)."""
+    x = _params.as_array("input", x)
+    _params.check_ndim("input", x, (2, 3), "(L, C) or (N, L, C) [NLC]")
+    weight = _params.as_array("weight", weight)
+    _params.check_ndim("weight", weight, (3,), "(k, C_in // groups, C_out)")
+    if isinstance(padding, str):
+        padding_2d = padding
+    elif isinstance(padding, (tuple, list)):
+        padding_2d = ((0, 0), _params.as_tuple("padding", padding, 2, 0))
+    else:
+        padding_2d = ((0, 0), _params.as_tuple("padding", padding, 1, 0) * 2)
+    return (x[..., None, :, :], weight[None],
+            (1, *_params.as_tuple("stride", stride, 1, 1)), padding_2d,
+            (1, *_params.as_tuple("dilation", dilation, 1, 1)),
+            (0, *_params.as_tuple("output_padding", output_padding, 1, 0)))
+
+
+def _squeeze_h(arr):
+    return None if arr is None else arr[..., 0, :, :]
+
+
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros", algorithm="auto"):
+    """1-D convolution of (N, L, C_in) `x` with (k, C_in // groups, C_out) `weight`."""
+    x2, w2, s2, p2, d2, _ = _as_2d("conv1d", x, weight, stride, padding, dilation)
+    return _squeeze_h(conv2d(x2, w2, bias, s2, p2, d2, groups, padding_mode, algorithm))
+
+
+def conv1d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                    padding_mode="zeros", algorithm="auto", needs=NEEDS):
+    """Gradients of conv1d; returns (grad_input, grad_weight, grad_bias)."""
+    x2, w2, s2, p2, d2, _ = _as_2d("conv1d_backward", x, weight, stride, padding, dilation)
+    gy = _params.as_array("grad_output", grad_output)[..., None, :, :]
+    gx, gw, gb = conv2d_backward(gy, x2, w2, s2, p2, d2, groups, padding_mode, algorithm, needs)
+    return _squeeze_h(gx), None if gw is None else gw[0], gb
+
+
+def conv_transpose1d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1,
+                     groups=1, algorithm="auto"):
+    """1-D transposed convolution; weight (k, C_out // groups, C_in)."""
+    x2, w2, s2, p2, d2, op2 = _as_2d("conv_transpose1d", x, weight, stride, padding, dilation,
+                                     output_padding)
+    return _squeeze_h(conv_transpose2d(x2, w2, bias, s2, p2, op2, d2, groups, algorithm))
+
+
+def conv_transpose1d_backward(grad_output, x, weight, stride=1, padding=0, output_padding=0,
+                              dilation=1, groups=1, algorithm="auto", needs=NEEDS):
+    """Gradients of conv_transpose1d; returns (grad_input, grad_weight, grad_bias)."""
+    x2, w2, s2, p2, d2, op2 = _as_2d("conv_transpose1d_backward", x, weight, stride, padding,
+                                     dilation, output_padding)
+    gy = _params.as_array("grad_output", grad_output)[..., None, :, :]
+    gx, gw, gb = conv_transpose2d_backward(gy, x2, w2, s2, p2, op2, d2, groups, algorithm,
+                                           needs)
+    return _squeeze_h(gx), None if gw is None else gw[0], gb
