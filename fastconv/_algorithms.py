@@ -1,12 +1,39 @@
 """Which kernel serves which convolution, and how the work is cut into tiles."""
 from __future__ import annotations
 
+import importlib
 import math
+import os
 
-from fastconv._kernels import _direct, _im2col
+from fastconv._kernels import _im2col, _openmp
 from fastconv._params import ConvGeometry
 
-KERNELS = {"direct": _direct, "im2col": _im2col}
+SIMD_LEVELS = ("baseline", "avx2", "avx512")
+
+
+def simd_modules(name: str) -> dict:
+    """{instruction set: module} for the variants of kernel module `name` that were built and
+    that this CPU runs ("baseline" is always there)."""
+    found = {}
+    for level in _openmp.cpu_instruction_sets():
+        try:
+            found[level] = importlib.import_module(
+                f"fastconv._kernels.{name}" + ("" if level == "baseline" else f"_{level}"))
+        except ImportError:  # not built here (another architecture, or FASTCONV_NATIVE=1)
+            pass
+    return found
+
+
+def _best_simd(name: str):
+    """The widest variant; FASTCONV_SIMD=baseline|avx2|avx512 caps it (for tests, or a CPU
+    that clocks down on wide vectors)."""
+    modules = simd_modules(name)
+    cap = os.environ.get("FASTCONV_SIMD", "avx512")
+    allowed = SIMD_LEVELS[:SIMD_LEVELS.index(cap) + 1] if cap in SIMD_LEVELS else SIMD_LEVELS
+    return [modules[level] for level in SIMD_LEVELS if level in modules and level in allowed][-1]
+
+
+KERNELS = {"direct": _best_simd("_direct"), "im2col": _im2col}
 ALGORITHMS = ("auto",) + tuple(KERNELS)
 
 COLUMN_BUFFER_BYTES = 256 * 1024  # a tile's column buffer: about a quarter of L2

@@ -6,6 +6,8 @@ kernels only ever see a "valid" convolution of an already padded, contiguous inp
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fastconv import _algorithms, _params
@@ -120,30 +122,72 @@ def _weight_grad(algo: str, xp: np.ndarray, gy: np.ndarray, weight_shape, geo: C
     return partial.sum(axis=0).reshape(weight_shape)
 
 
-def _forward_kernel(algo: str, xp, w, bias, y, geo: ConvGeometry) -> None:
+def _forward_kernel(algo: str, xp, w, bias, y, stride, dilation, groups) -> None:
     """y = conv(xp, w) + bias on an already padded input (y's shape sets what is computed)."""
-    (sh, sw), (dh, dw) = geo.stride, geo.dilation
+    (sh, sw), (dh, dw) = stride, dilation
     kernel = _algorithms.KERNELS[algo].conv_forward
     if algo == "im2col":
         columns = w.shape[0] * w.shape[1] * w.shape[2]
         tile = _algorithms.tile_pixels(columns, y.itemsize, y.shape[0] * y.shape[1] * y.shape[2])
-        _run(kernel, xp, w, bias, y, sh, sw, dh, dw, geo.groups, tile)
+        _run(kernel, xp, w, bias, y, sh, sw, dh, dw, groups, tile)
     else:
-        _run(kernel, xp, w, bias, y, sh, sw, dh, dw, geo.groups)
+        _run(kernel, xp, w, bias, y, sh, sw, dh, dw, groups)
+
+
+def _phase_taps(phase: int, k: int, stride: int, dilation: int):
+    """The taps r whose offset r*dilation lands on input positions = phase (mod stride), and
+    (first, step) of m_r = (r*dilation - phase) / stride, the output offset they read."""
+    taps = [r for r in range(k) if (r * dilation) % stride == phase]
+    first = (taps[0] * dilation - phase) // stride if taps else 0
+    return taps, first, dilation // math.gcd(stride, dilation)
+
+
+def _shifted(gy: np.ndarray, offsets, sizes, dtype) -> np.ndarray:
+    """gy placed at (offset_h, offset_w) in a zero array of spatial size `sizes` (what falls
+    outside is cut off)."""
+    n, h, w, c = gy.shape
+    out = np.zeros((n, *sizes, c), dtype)
+    (oh, ow), (th, tw) = offsets, sizes
+    src_h, src_w = slice(max(0, -oh), min(h, th - oh)), slice(max(0, -ow), min(w, tw - ow))
+    if src_h.start < src_h.stop and src_w.start < src_w.stop:
+        out[:, src_h.start + oh:src_h.stop + oh, src_w.start + ow:src_w.stop + ow] = gy[:, src_h, src_w]
+    return out
 
 
 def _data_kernel(algo: str, gy, w, bias, gxp, geo: ConvGeometry) -> None:
-    """gxp = C^T gy + bias, over the whole padded input (every element written)."""
+    """gxp = C^T gy + bias over the whole padded input (the input gradient of the convolution,
+    or a transposed convolution), without inserting zeros.
+
+    Input rows ih = a (mod stride) are reached only by the taps r with r*d = a (mod stride),
+    from output rows oh = ih // stride - m_r. So each sub-pixel phase (a, b) of gxp is a
+    stride-1 convolution of gy, shifted and zero-padded, with the phase's taps flipped and
+    the weight's in/out channels swapped; stride 1 is a single phase.
+    """
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
-    kernel = _algorithms.KERNELS[algo].conv_backward_data
-    if algo == "im2col":
-        columns = w.shape[0] * w.shape[1] * (w.shape[3] // geo.groups)
-        tile = _algorithms.tile_pixels(columns, gxp.itemsize,
-                                       gxp.shape[0] * gxp.shape[1] * gxp.shape[2])
-        _run(kernel, gy, w, bias, gxp, sh, sw, dh, dw, geo.groups, tile)
-    else:
-        wt = np.ascontiguousarray(w.transpose(0, 1, 3, 2))  # (kh, kw, C_out, cig)
-        _run(kernel, gy, wt, bias, gxp, sh, sw, dh, dw, geo.groups)
+    kh, kw, cig, cout = w.shape
+    groups = geo.groups
+    cog = cout // groups
+    # the adjoint's weight: wt[r, s, co, g*cig + ci] = w[r, s, ci, g*cog + co]
+    wt = w.reshape(kh, kw, cig, groups, cog).transpose(0, 1, 4, 3, 2).reshape(kh, kw, cog, -1)
+    hp, wp = gxp.shape[1:3]
+    for a in range(min(sh, hp)):
+        rows, first_r, step_r = _phase_taps(a, kh, sh, dh)
+        for b in range(min(sw, wp)):
+            cols, first_s, step_s = _phase_taps(b, kw, sw, dw)
+            out = gxp[:, a::sh, b::sw]
+            if not rows or not cols:  # no tap reaches this phase
+                out[...] = bias if bias.size else 0
+                continue
+            last_r = first_r + (len(rows) - 1) * step_r
+            last_s = first_s + (len(cols) - 1) * step_s
+            sizes = (out.shape[1] + last_r - first_r, out.shape[2] + last_s - first_s)
+            gy_phase = _shifted(gy, (last_r, last_s), sizes, gxp.dtype)
+            w_phase = np.ascontiguousarray(wt[rows][:, cols][::-1, ::-1])
+            target = gxp if out.flags.c_contiguous else np.empty(out.shape, gxp.dtype)
+            _forward_kernel(algo, gy_phase, w_phase, bias, target, (1, 1), (step_r, step_s),
+                            groups)
+            if target is not gxp:
+                out[...] = target
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,7 +220,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     y = np.empty((geo.n, *geo.out_hw, geo.out_channels), dtype)
     if y.size:
         _forward_kernel(algo, pad(x, geo.padding, mode, dtype),
-                        np.ascontiguousarray(weight, dtype), _bias_arg(bias, dtype), y, geo)
+                        np.ascontiguousarray(weight, dtype), _bias_arg(bias, dtype), y,
+                        geo.stride, geo.dilation, geo.groups)
     return y[0] if unbatched else y
 
 
@@ -273,7 +318,8 @@ def conv_transpose2d_backward(grad_output, x, weight, stride=1, padding=0, outpu
         grad_input = np.empty(x.shape, dtype)
         if grad_input.size:
             _forward_kernel(algo, gyp, np.ascontiguousarray(weight, dtype),
-                            _bias_arg(None, dtype), grad_input, geo)
+                            _bias_arg(None, dtype), grad_input, geo.stride, geo.dilation,
+                            geo.groups)
         if unbatched:
             grad_input = grad_input[0]
     if "weight" in wanted:

@@ -1,8 +1,10 @@
 """Direct convolution kernels on NHWC activations and HWIO weights.
 
-All three work on an input that is already padded (the Python layer pads it, so every padding
+Both work on an input that is already padded (the Python layer pads it, so every padding
 mode is the same "valid" convolution here) and write into arrays the caller allocated.
 The innermost loops run over contiguous channels so the compiler can vectorise them.
+The input gradient needs no kernel of its own: functional.py writes it as stride-1
+convolutions (one per sub-pixel phase) that run through conv_forward.
 
 Shapes (groups G, C_in = G * cig, C_out = G * cog):
     x  (N, Hp, Wp, C_in)      padded input
@@ -13,102 +15,115 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 
+cdef extern from "fastconv_simd.h":
+    # register-block sizes of the instruction set this module is compiled for
+    enum:
+        FC_PB       # output pixels per block
+        FC_CB_F     # float output channels per block (one vector)
+        FC_CB_D     # double output channels per block
+        FC_HAVE_VECTORS
+    const char* FC_ISA
+    void fc_dense_block_f(const float* x, const float* w, float* y, const float* bias,
+                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cig, Py_ssize_t w_ci,
+                          Py_ssize_t y_pix, Py_ssize_t x_pix, Py_ssize_t x_row,
+                          Py_ssize_t x_col) noexcept nogil
+    void fc_dense_block_d(const double* x, const double* w, double* y, const double* bias,
+                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cig, Py_ssize_t w_ci,
+                          Py_ssize_t y_pix, Py_ssize_t x_pix, Py_ssize_t x_row,
+                          Py_ssize_t x_col) noexcept nogil
+    void fc_depthwise_block_f(const float* x, const float* w, float* y, const float* bias,
+                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t C, Py_ssize_t x_pix,
+                              Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
+    void fc_depthwise_block_d(const double* x, const double* w, double* y, const double* bias,
+                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t C, Py_ssize_t x_pix,
+                              Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
+
+
+ISA = FC_ISA.decode()
+
+
+cdef inline void _edge_block(const floating* x, const floating* w, floating* y,
+                             const floating* bias, Py_ssize_t npix, Py_ssize_t nc,
+                             bint depthwise, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cig,
+                             Py_ssize_t Cout, Py_ssize_t x_pix, Py_ssize_t x_row,
+                             Py_ssize_t x_col) noexcept nogil:
+    """The blocks at the right edge of a row or of the channels, one element at a time:
+    y[p, c] = bias[c] + sum_{r, s, ci} x[p*x_pix + r*x_row + s*x_col + ci] * w[r, s, ci, c]
+    (depthwise: ci runs with c, one input channel per output channel)."""
+    cdef Py_ssize_t p, c, r, s, ci
+    cdef const floating* xt
+    cdef const floating* wt
+    cdef floating acc
+    for p in range(npix):
+        for c in range(nc):
+            acc = bias[c] if bias != NULL else 0
+            for r in range(kh):
+                for s in range(kw):
+                    xt = x + p * x_pix + r * x_row + s * x_col
+                    if depthwise:
+                        acc = acc + xt[c] * w[(r * kw + s) * Cout + c]
+                    else:
+                        wt = w + (r * kw + s) * cig * Cout + c
+                        for ci in range(cig):
+                            acc = acc + xt[ci] * wt[ci * Cout]
+            y[p * Cout + c] = acc
+
+
 def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_in)
                  const floating[:, :, :, ::1] w,   # IN  (kh, kw, cig, C_out)
                  const floating[::1] bias,         # IN  (C_out,), or (0,) for none
                  floating[:, :, :, ::1] y,         # OUT (N, Ho, Wo, C_out)
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                  Py_ssize_t groups, int num_threads):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[3]
+    """Each thread takes whole output rows; within a row, blocks of FC_PB pixels x one vector
+    of output channels are accumulated in registers over all taps and input channels."""
+    cdef Py_ssize_t N = x.shape[0], Wp = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], cig = w.shape[2], Cout = w.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], cog = Cout // groups
-    cdef bint has_bias = bias.shape[0] > 0
     cdef bint depthwise = cig == 1 and cog == 1
-    cdef Py_ssize_t row, n, oh, ow, r, s, g, ci, co
+    # depthwise: one "group" as wide as all channels, x indexed along with the output channel
+    cdef Py_ssize_t n_groups = 1 if depthwise else groups
+    cdef Py_ssize_t width = Cout if depthwise else cog
+    cdef Py_ssize_t x_pix = sw * C, x_row = dh * Wp * C, x_col = dw * C
+    cdef Py_ssize_t cb = FC_CB_F if floating is float else FC_CB_D
+    cdef Py_ssize_t row, n, oh, ow, ow_block, npix, g, c0, c_block, nc
     cdef const floating* xp
     cdef const floating* wp
+    cdef const floating* bp
     cdef floating* yp
-    cdef floating xv
     if N * Ho * Wo == 0:
         return
     for row in prange(N * Ho, nogil=True, schedule="static", num_threads=num_threads):
         n = row // Ho
         oh = row % Ho
-        for ow in range(Wo):
-            yp = &y[n, oh, ow, 0]
-            for co in range(Cout):
-                yp[co] = bias[co] if has_bias else 0
-            for r in range(kh):
-                for s in range(kw):
-                    xp = &x[n, oh * sh + r * dh, ow * sw + s * dw, 0]
-                    wp = &w[r, s, 0, 0]
-                    if depthwise:
-                        for co in range(Cout):
-                            yp[co] += xp[co] * wp[co]
+        for ow_block in range((Wo + FC_PB - 1) // FC_PB):
+            ow = ow_block * FC_PB
+            npix = min(<Py_ssize_t> FC_PB, Wo - ow)
+            for g in range(n_groups):
+                for c_block in range((width + cb - 1) // cb):
+                    c0 = g * cog + c_block * cb  # first output channel of the block
+                    nc = min(cb, width - c_block * cb)
+                    xp = &x[n, oh * sh, ow * sw, 0] + (c0 if depthwise else g * cig)
+                    wp = &w[0, 0, 0, 0] + c0
+                    yp = &y[n, oh, ow, 0] + c0
+                    bp = NULL if bias.shape[0] == 0 else &bias[0] + c0
+                    if not FC_HAVE_VECTORS or npix < FC_PB or nc < cb:
+                        _edge_block(xp, wp, yp, bp, npix, nc, depthwise, kh, kw, cig, Cout,
+                                    x_pix, x_row, x_col)
+                    elif floating is float:
+                        if depthwise:
+                            fc_depthwise_block_f(xp, wp, yp, bp, kh, kw, Cout, x_pix, x_row,
+                                                 x_col)
+                        else:
+                            fc_dense_block_f(xp, wp, yp, bp, kh, kw, cig, Cout, Cout, x_pix,
+                                             x_row, x_col)
                     else:
-                        for g in range(groups):
-                            for ci in range(cig):
-                                xv = xp[g * cig + ci]
-                                for co in range(g * cog, (g + 1) * cog):
-                                    yp[co] += xv * wp[ci * Cout + co]
-
-
-def conv_backward_data(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out)
-                       const floating[:, :, :, ::1] wt,  # IN  (kh, kw, C_out, cig): w with I, O swapped
-                       const floating[::1] bias,         # IN  (C_in,), or (0,) for none
-                       floating[:, :, :, ::1] gx,        # OUT (N, Hp, Wp, C_in), every element written
-                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                       Py_ssize_t groups, int num_threads):
-    """gx = C^T gy (the input gradient, or a transposed convolution), in gather form.
-
-    Each input pixel sums the output pixels whose window covers it: tap (r, s) reaches
-    input row ih from output row oh = (ih - r*dh) / sh when that division is exact, so no
-    zeros are inserted and each gx element is written by exactly one thread.
-    """
-    cdef Py_ssize_t N = gx.shape[0], Hp = gx.shape[1], Wp = gx.shape[2], C = gx.shape[3]
-    cdef Py_ssize_t kh = wt.shape[0], kw = wt.shape[1], Cout = wt.shape[2], cig = wt.shape[3]
-    cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], cog = Cout // groups
-    cdef bint has_bias = bias.shape[0] > 0
-    cdef bint depthwise = cig == 1 and cog == 1
-    cdef Py_ssize_t row, n, ih, iw, oh, ow, r, s, t, u, g, ci, co
-    cdef const floating* gyp
-    cdef const floating* wp
-    cdef floating* gxp
-    cdef floating v
-    if N * Hp * Wp == 0:
-        return
-    for row in prange(N * Hp, nogil=True, schedule="static", num_threads=num_threads):
-        n = row // Hp
-        ih = row % Hp
-        for iw in range(Wp):
-            gxp = &gx[n, ih, iw, 0]
-            for ci in range(C):
-                gxp[ci] = bias[ci] if has_bias else 0
-            for r in range(kh):
-                t = ih - r * dh
-                if t < 0:
-                    break
-                if t % sh != 0 or t // sh >= Ho:
-                    continue
-                oh = t // sh
-                for s in range(kw):
-                    u = iw - s * dw
-                    if u < 0:
-                        break
-                    if u % sw != 0 or u // sw >= Wo:
-                        continue
-                    ow = u // sw
-                    gyp = &gy[n, oh, ow, 0]
-                    wp = &wt[r, s, 0, 0]
-                    if depthwise:
-                        for ci in range(C):
-                            gxp[ci] += gyp[ci] * wp[ci]
-                    else:
-                        for g in range(groups):
-                            for co in range(g * cog, (g + 1) * cog):
-                                v = gyp[co]
-                                for ci in range(cig):
-                                    gxp[g * cig + ci] += v * wp[co * cig + ci]
+                        if depthwise:
+                            fc_depthwise_block_d(xp, wp, yp, bp, kh, kw, Cout, x_pix, x_row,
+                                                 x_col)
+                        else:
+                            fc_dense_block_d(xp, wp, yp, bp, kh, kw, cig, Cout, Cout, x_pix,
+                                             x_row, x_col)
 
 
 def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_in)

@@ -1,7 +1,9 @@
-"""What the build has: OpenMP or not, and the flags it was compiled with."""
+"""What the build has (OpenMP or not, compiler flags) and what the CPU can run."""
 
 cdef extern from "fastconv_omp.h":
     int fc_omp_max_threads() noexcept nogil
+    int fc_cpu_has_avx2() noexcept nogil
+    int fc_cpu_has_avx512() noexcept nogil
     int FASTCONV_OPENMP
     const char* FASTCONV_COMPILE_ARGS
 
@@ -19,3 +21,13 @@ def max_threads():
 def compile_args():
     """The compiler flags the kernels were built with."""
     return FASTCONV_COMPILE_ARGS.decode()
+
+
+def cpu_instruction_sets():
+    """The instruction sets of fastconv's kernel variants that this CPU (and OS) can run."""
+    sets = ["baseline"]
+    if fc_cpu_has_avx2():
+        sets.append("avx2")
+    if fc_cpu_has_avx512():
+        sets.append("avx512")
+    return sets

@@ -1,0 +1,107 @@
+/* Register-blocked inner loops of the direct kernels, written with GCC/Clang vector extensions
+ * so that one source compiles to SSE2, AVX2 or AVX-512 code depending on the flags the module
+ * is built with (setup.py builds one module per instruction set; Python picks one at run time).
+ *
+ * A block is FC_PB output pixels x one vector of output channels, accumulated in registers over
+ * all kernel taps (and input channels) before it is stored once.
+ * Compilers without vector extensions (MSVC) get FC_HAVE_VECTORS 0 and the Cython loops.
+ */
+#ifndef FASTCONV_SIMD_H
+#define FASTCONV_SIMD_H
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__AVX512F__)
+#define FC_VBYTES 64
+#define FC_PB 8
+#define FC_ISA "avx512"
+#elif defined(__AVX2__)
+#define FC_VBYTES 32
+#define FC_PB 6
+#define FC_ISA "avx2"
+#else
+#define FC_VBYTES 16
+#define FC_PB 4
+#define FC_ISA "baseline"
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FC_HAVE_VECTORS 1
+#define FC_CB_F (FC_VBYTES / 4)  /* floats in one vector */
+#define FC_CB_D (FC_VBYTES / 8)  /* doubles in one vector */
+
+typedef float fc_vf __attribute__((vector_size(FC_VBYTES)));
+typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
+
+/* Unaligned loads and stores (memcpy of a fixed size compiles to one vector move). */
+#define FC_DEFINE_IO(T, V, SUF)                                                              \
+    static inline V fc_load_##SUF(const T *p) { V v; memcpy(&v, p, sizeof(V)); return v; }  \
+    static inline void fc_store_##SUF(T *p, V v) { memcpy(p, &v, sizeof(V)); }
+
+/* y[p, :] = bias + sum_{r, s, ci} x[p*x_pix + r*x_row + s*x_col + ci] * w[(r*kw + s)*cig*w_ci + ci*w_ci + :]
+ * for p < FC_PB and one vector of output channels (w_ci: the weight's row length, C_out). */
+#define FC_DEFINE_DENSE(T, V, SUF)                                                           \
+    static inline void fc_dense_block_##SUF(                                                 \
+        const T *x, const T *w, T *y, const T *bias, ptrdiff_t kh, ptrdiff_t kw,             \
+        ptrdiff_t cig, ptrdiff_t w_ci, ptrdiff_t y_pix, ptrdiff_t x_pix, ptrdiff_t x_row,    \
+        ptrdiff_t x_col)                                                                     \
+    {                                                                                        \
+        V acc[FC_PB];                                                                        \
+        V b = bias ? fc_load_##SUF(bias) : (V){0};                                           \
+        for (int p = 0; p < FC_PB; p++) acc[p] = b;                                          \
+        for (ptrdiff_t r = 0; r < kh; r++)                                                   \
+            for (ptrdiff_t s = 0; s < kw; s++) {                                             \
+                const T *xt = x + r * x_row + s * x_col;                                     \
+                const T *wt = w + (r * kw + s) * cig * w_ci;                                 \
+                for (ptrdiff_t ci = 0; ci < cig; ci++) {                                     \
+                    V wv = fc_load_##SUF(wt + ci * w_ci);                                    \
+                    for (int p = 0; p < FC_PB; p++) acc[p] += xt[p * x_pix + ci] * wv;       \
+                }                                                                            \
+            }                                                                                \
+        for (int p = 0; p < FC_PB; p++) fc_store_##SUF(y + p * y_pix, acc[p]);               \
+    }
+
+/* Depthwise: y[p, :] = bias + sum_{r, s} x[p*x_pix + r*x_row + s*x_col + :] * w[(r*kw + s)*C + :] */
+#define FC_DEFINE_DEPTHWISE(T, V, SUF)                                                       \
+    static inline void fc_depthwise_block_##SUF(                                             \
+        const T *x, const T *w, T *y, const T *bias, ptrdiff_t kh, ptrdiff_t kw,             \
+        ptrdiff_t C, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col)                      \
+    {                                                                                        \
+        V acc[FC_PB];                                                                        \
+        V b = bias ? fc_load_##SUF(bias) : (V){0};                                           \
+        for (int p = 0; p < FC_PB; p++) acc[p] = b;                                          \
+        for (ptrdiff_t r = 0; r < kh; r++)                                                   \
+            for (ptrdiff_t s = 0; s < kw; s++) {                                             \
+                const T *xt = x + r * x_row + s * x_col;                                     \
+                V wv = fc_load_##SUF(w + (r * kw + s) * C);                                  \
+                for (int p = 0; p < FC_PB; p++)                                              \
+                    acc[p] += fc_load_##SUF(xt + p * x_pix) * wv;                            \
+            }                                                                                \
+        for (int p = 0; p < FC_PB; p++) fc_store_##SUF(y + p * C, acc[p]);                   \
+    }
+
+FC_DEFINE_IO(float, fc_vf, f)
+FC_DEFINE_IO(double, fc_vd, d)
+FC_DEFINE_DENSE(float, fc_vf, f)
+FC_DEFINE_DENSE(double, fc_vd, d)
+FC_DEFINE_DEPTHWISE(float, fc_vf, f)
+FC_DEFINE_DEPTHWISE(double, fc_vd, d)
+
+#else /* no vector extensions: the Cython loops do all the work */
+#define FC_HAVE_VECTORS 0
+#define FC_CB_F 1
+#define FC_CB_D 1
+static inline void fc_dense_block_f(const float *x, const float *w, float *y, const float *b,
+    ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t cig, ptrdiff_t w_ci, ptrdiff_t y_pix, ptrdiff_t x_pix,
+    ptrdiff_t x_row, ptrdiff_t x_col) {}
+static inline void fc_dense_block_d(const double *x, const double *w, double *y, const double *b,
+    ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t cig, ptrdiff_t w_ci, ptrdiff_t y_pix, ptrdiff_t x_pix,
+    ptrdiff_t x_row, ptrdiff_t x_col) {}
+static inline void fc_depthwise_block_f(const float *x, const float *w, float *y, const float *b,
+    ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t C, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col) {}
+static inline void fc_depthwise_block_d(const double *x, const double *w, double *y,
+    const double *b, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t C, ptrdiff_t x_pix, ptrdiff_t x_row,
+    ptrdiff_t x_col) {}
+#endif
+
+#endif
