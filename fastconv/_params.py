@@ -47,12 +47,9 @@ def as_pair(name: str, value, minimum: int | None = None) -> tuple[int, int]:
 
 
 def float_dtype(*arrays) -> np.dtype:
-    """The computing dtype: NumPy's promotion of the arrays with float32 (float32 or float64)."""
-    dtype = np.result_type(*[a.dtype for a in arrays], np.float32)
-    if dtype not in (np.float32, np.float64):  # e.g. longdouble
-        raise TypeError(f"expected float32 or float64 data (or integers, which promote to "
-                        f"them), but got dtype {dtype}")
-    return dtype
+    """The computing dtype: NumPy's promotion of the arrays (checked by as_array) with float32,
+    so float32 or float64."""
+    return np.result_type(*[a.dtype for a in arrays], np.float32)
 
 
 def as_array(name: str, value) -> np.ndarray:
@@ -61,8 +58,9 @@ def as_array(name: str, value) -> np.ndarray:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"{name} must be array-like, but np.asarray failed: {exc}") from None
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold real numbers, but got an array of dtype {arr.dtype}")
+    if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and arr.dtype.itemsize > 8):
+        raise TypeError(f"{name} must hold real numbers of at most 64 bits (float32 and float64 "
+                        f"are computed natively), but got an array of dtype {arr.dtype}")
     return arr
 
 

@@ -78,8 +78,10 @@ def pad(x: np.ndarray, pads, mode: str, dtype) -> np.ndarray:
         out = np.zeros((n, h + top + bottom, w + left + right, c), dtype)
         out[:, top:top + h, left:left + w] = x
         return out
-    return np.pad(np.asarray(x, dtype), ((0, 0), (top, bottom), (left, right), (0, 0)),
-                  mode=_params.NUMPY_PAD_MODE[mode])
+    # np.pad keeps a Fortran-ordered input Fortran-ordered; the kernels want C order
+    return np.ascontiguousarray(np.pad(np.asarray(x, dtype), ((0, 0), (top, bottom),
+                                                             (left, right), (0, 0)),
+                                       mode=_params.NUMPY_PAD_MODE[mode]))
 
 
 def unpad(grad_padded: np.ndarray, pads, mode: str, in_hw) -> np.ndarray:

@@ -22,6 +22,7 @@ cdef extern from "fastconv_simd.h":
         FC_CB_F     # float output channels per block (one vector)
         FC_CB_D     # double output channels per block
         FC_HAVE_VECTORS
+        FC_CI       # input channels per weight-gradient block
     const char* FC_ISA
     void fc_dense_block_f(const float* x, const float* w, float* y, const float* bias,
                           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cig, Py_ssize_t w_ci,
@@ -37,6 +38,14 @@ cdef extern from "fastconv_simd.h":
     void fc_depthwise_block_d(const double* x, const double* w, double* y, const double* bias,
                               Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t C, Py_ssize_t x_pix,
                               Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
+    void fc_wgrad_dense_block_f(const float* x, const float* gy, float* gw, Py_ssize_t npix,
+                                Py_ssize_t x_pix, Py_ssize_t y_pix, Py_ssize_t w_ci) noexcept nogil
+    void fc_wgrad_dense_block_d(const double* x, const double* gy, double* gw, Py_ssize_t npix,
+                                Py_ssize_t x_pix, Py_ssize_t y_pix, Py_ssize_t w_ci) noexcept nogil
+    void fc_wgrad_depthwise_block_f(const float* x, const float* gy, float* gw, Py_ssize_t npix,
+                                    Py_ssize_t x_pix, Py_ssize_t y_pix) noexcept nogil
+    void fc_wgrad_depthwise_block_d(const double* x, const double* gy, double* gw,
+                                    Py_ssize_t npix, Py_ssize_t x_pix, Py_ssize_t y_pix) noexcept nogil
 
 
 ISA = FC_ISA.decode()
@@ -136,36 +145,63 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_i
 
     The output rows are split into a fixed number of chunks, each summed into its own
     buffer, so the result does not depend on the thread count and no two threads write
-    the same memory.
+    the same memory. Within a row, one weight block (FC_CI input channels x one vector of
+    output channels, or one vector of channels when depthwise) sums over all its pixels in
+    registers.
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[3]
+    cdef Py_ssize_t N = x.shape[0], Wp = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], Cout = gy.shape[3]
     cdef Py_ssize_t cig = C // groups, cog = Cout // groups
     cdef Py_ssize_t n_chunks = partial.shape[0], rows = N * Ho
     cdef bint depthwise = cig == 1 and cog == 1
-    cdef Py_ssize_t chunk, row, n, oh, ow, r, s, g, ci, co
+    cdef Py_ssize_t cb = FC_CB_F if floating is float else FC_CB_D
+    cdef Py_ssize_t x_pix = sw * C
+    cdef Py_ssize_t width = Cout if depthwise else cog
+    cdef Py_ssize_t chunk, row, n, oh, ow, r, s, g, ci, ci0, ci_block, co, co0, co_block, nci, nco
     cdef const floating* xp
     cdef const floating* gyp
     cdef floating* gwp
-    cdef floating xv
+    cdef floating acc
     if rows * Wo == 0:
         return
     for chunk in prange(n_chunks, nogil=True, schedule="static", num_threads=num_threads):
         for row in range(chunk * rows // n_chunks, (chunk + 1) * rows // n_chunks):
             n = row // Ho
             oh = row % Ho
-            for ow in range(Wo):
-                gyp = &gy[n, oh, ow, 0]
-                for r in range(kh):
-                    for s in range(kw):
-                        xp = &x[n, oh * sh + r * dh, ow * sw + s * dw, 0]
-                        gwp = &partial[chunk, (r * kw + s) * cig * Cout]
-                        if depthwise:
-                            for co in range(Cout):
-                                gwp[co] += xp[co] * gyp[co]
-                        else:
-                            for g in range(groups):
-                                for ci in range(cig):
-                                    xv = xp[g * cig + ci]
-                                    for co in range(g * cog, (g + 1) * cog):
-                                        gwp[ci * Cout + co] += xv * gyp[co]
+            for r in range(kh):
+                for s in range(kw):
+                    xp = &x[n, oh * sh + r * dh, s * dw, 0]  # pixel ow at xp + ow*x_pix
+                    gyp = &gy[n, oh, 0, 0]                   # pixel ow at gyp + ow*Cout
+                    gwp = &partial[chunk, (r * kw + s) * cig * Cout]
+                    for g in range(1 if depthwise else groups):
+                        for ci_block in range(1 if depthwise else (cig + FC_CI - 1) // FC_CI):
+                            ci0 = ci_block * FC_CI
+                            nci = 1 if depthwise else min(<Py_ssize_t> FC_CI, cig - ci0)
+                            for co_block in range((width + cb - 1) // cb):
+                                co0 = g * cog + co_block * cb
+                                nco = min(cb, width - co_block * cb)
+                                if FC_HAVE_VECTORS and nco == cb and depthwise:
+                                    if floating is float:
+                                        fc_wgrad_depthwise_block_f(xp + co0, gyp + co0, gwp + co0,
+                                                                   Wo, x_pix, Cout)
+                                    else:
+                                        fc_wgrad_depthwise_block_d(xp + co0, gyp + co0, gwp + co0,
+                                                                   Wo, x_pix, Cout)
+                                elif FC_HAVE_VECTORS and nco == cb and nci == FC_CI:
+                                    if floating is float:
+                                        fc_wgrad_dense_block_f(
+                                            xp + g * cig + ci0, gyp + co0,
+                                            gwp + ci0 * Cout + co0, Wo, x_pix, Cout, Cout)
+                                    else:
+                                        fc_wgrad_dense_block_d(
+                                            xp + g * cig + ci0, gyp + co0,
+                                            gwp + ci0 * Cout + co0, Wo, x_pix, Cout, Cout)
+                                else:  # edges, one weight element at a time
+                                    for ci in range(ci0, ci0 + nci):
+                                        for co in range(co0, co0 + nco):
+                                            acc = 0
+                                            for ow in range(Wo):
+                                                acc = acc + gyp[ow * Cout + co] * (
+                                                    xp[ow * x_pix + co] if depthwise
+                                                    else xp[ow * x_pix + g * cig + ci])
+                                            gwp[(0 if depthwise else ci * Cout) + co] += acc

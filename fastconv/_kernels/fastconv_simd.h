@@ -80,17 +80,62 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
         for (int p = 0; p < FC_PB; p++) fc_store_##SUF(y + p * C, acc[p]);                   \
     }
 
+/* Weight gradient, dense: gw[i*w_ci + :] += sum_{p < npix} x[p*x_pix + i] * gy[p*y_pix + :]
+ * for FC_CI input channels i at once (they share each gy load). */
+#define FC_CI 4
+#define FC_DEFINE_WGRAD_DENSE(T, V, SUF)                                                     \
+    static inline void fc_wgrad_dense_block_##SUF(                                           \
+        const T *x, const T *gy, T *gw, ptrdiff_t npix, ptrdiff_t x_pix, ptrdiff_t y_pix,    \
+        ptrdiff_t w_ci)                                                                      \
+    {                                                                                        \
+        V acc[FC_CI];                                                                        \
+        for (int i = 0; i < FC_CI; i++) acc[i] = fc_load_##SUF(gw + i * w_ci);               \
+        for (ptrdiff_t p = 0; p < npix; p++) {                                               \
+            V g = fc_load_##SUF(gy + p * y_pix);                                             \
+            for (int i = 0; i < FC_CI; i++) acc[i] += x[p * x_pix + i] * g;                  \
+        }                                                                                    \
+        for (int i = 0; i < FC_CI; i++) fc_store_##SUF(gw + i * w_ci, acc[i]);               \
+    }
+
+/* Weight gradient, depthwise: gw[:] += sum_{p < npix} x[p*x_pix + :] * gy[p*y_pix + :] */
+#define FC_DEFINE_WGRAD_DEPTHWISE(T, V, SUF)                                                 \
+    static inline void fc_wgrad_depthwise_block_##SUF(                                       \
+        const T *x, const T *gy, T *gw, ptrdiff_t npix, ptrdiff_t x_pix, ptrdiff_t y_pix)    \
+    {                                                                                        \
+        V acc = fc_load_##SUF(gw), acc2 = (V){0};                                            \
+        ptrdiff_t p = 0;                                                                     \
+        for (; p + 1 < npix; p += 2) { /* two chains hide the FMA latency */                 \
+            acc += fc_load_##SUF(x + p * x_pix) * fc_load_##SUF(gy + p * y_pix);             \
+            acc2 += fc_load_##SUF(x + (p + 1) * x_pix) * fc_load_##SUF(gy + (p + 1) * y_pix); \
+        }                                                                                    \
+        if (p < npix) acc += fc_load_##SUF(x + p * x_pix) * fc_load_##SUF(gy + p * y_pix);   \
+        fc_store_##SUF(gw, acc + acc2);                                                      \
+    }
+
 FC_DEFINE_IO(float, fc_vf, f)
 FC_DEFINE_IO(double, fc_vd, d)
 FC_DEFINE_DENSE(float, fc_vf, f)
 FC_DEFINE_DENSE(double, fc_vd, d)
 FC_DEFINE_DEPTHWISE(float, fc_vf, f)
 FC_DEFINE_DEPTHWISE(double, fc_vd, d)
+FC_DEFINE_WGRAD_DENSE(float, fc_vf, f)
+FC_DEFINE_WGRAD_DENSE(double, fc_vd, d)
+FC_DEFINE_WGRAD_DEPTHWISE(float, fc_vf, f)
+FC_DEFINE_WGRAD_DEPTHWISE(double, fc_vd, d)
 
 #else /* no vector extensions: the Cython loops do all the work */
 #define FC_HAVE_VECTORS 0
 #define FC_CB_F 1
 #define FC_CB_D 1
+#define FC_CI 1
+#define FC_STUB(name, T) static inline void name(const T *x, const T *gy, T *gw, ptrdiff_t n, \
+    ptrdiff_t a, ptrdiff_t b, ptrdiff_t c) {}
+#define FC_STUB_DW(name, T) static inline void name(const T *x, const T *gy, T *gw, ptrdiff_t n, \
+    ptrdiff_t a, ptrdiff_t b) {}
+FC_STUB(fc_wgrad_dense_block_f, float)
+FC_STUB(fc_wgrad_dense_block_d, double)
+FC_STUB_DW(fc_wgrad_depthwise_block_f, float)
+FC_STUB_DW(fc_wgrad_depthwise_block_d, double)
 static inline void fc_dense_block_f(const float *x, const float *w, float *y, const float *b,
     ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t cig, ptrdiff_t w_ci, ptrdiff_t y_pix, ptrdiff_t x_pix,
     ptrdiff_t x_row, ptrdiff_t x_col) {}
