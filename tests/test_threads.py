@@ -1,0 +1,147 @@
+"""Thread count control, and forward results that do not depend on the number of threads."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import fastconv
+from conftest import ALGORITHMS
+
+
+@pytest.fixture(autouse=True)
+def default_threads():
+    """Every test starts and ends on OpenMP's default thread count."""
+    fastconv.set_num_threads(None)
+    yield
+    fastconv.set_num_threads(None)
+
+
+# configurations large enough to be cut into several tiles / row blocks
+CONFIGS = {
+    "dense": dict(x=(3, 17, 19, 16), w=(3, 3, 16, 24), padding=1),
+    "strided_dilated": dict(x=(2, 21, 18, 8), w=(3, 3, 8, 12), stride=2, dilation=2,
+                            padding="same", padding_mode="reflect"),
+    "depthwise": dict(x=(2, 20, 20, 32), w=(3, 3, 1, 32), padding=1, groups=32),
+    "grouped": dict(x=(2, 15, 15, 24), w=(3, 3, 6, 24), padding=(1, 2), groups=4),
+    "1x1": dict(x=(4, 12, 12, 48), w=(1, 1, 48, 40)),
+}
+
+
+def make(config, dtype, rng):
+    kwargs = dict(config)
+    x = rng.standard_normal(kwargs.pop("x")).astype(dtype)
+    w = rng.standard_normal(kwargs.pop("w")).astype(dtype)
+    b = rng.standard_normal(w.shape[3]).astype(dtype)
+    return x, w, b, kwargs
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_forward_identical_for_1_and_2_threads(config, algorithm, dtype, rng):
+    x, w, b, kwargs = make(CONFIGS[config], dtype, rng)
+    with fastconv.num_threads(1):
+        assert fastconv.get_num_threads() == 1
+        y1 = fastconv.conv2d(x, w, b, algorithm=algorithm, **kwargs)
+    with fastconv.num_threads(2):
+        assert fastconv.get_num_threads() == 2
+        y2 = fastconv.conv2d(x, w, b, algorithm=algorithm, **kwargs)
+    # forward work is split by output pixels, never summed across threads: bit-identical
+    np.testing.assert_array_equal(y1, y2)
+    assert np.isfinite(y1).all() and np.abs(y1).max() > 0
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("config", ["dense", "depthwise"])
+def test_forward_identical_under_threadpoolctl_openmp_limit(config, algorithm, rng):
+    x, w, b, kwargs = make(CONFIGS[config], np.float32, rng)
+    with fastconv.num_threads(2):
+        y2 = fastconv.conv2d(x, w, b, algorithm=algorithm, **kwargs)
+    with threadpool_limits(1, "openmp"):
+        # with no explicit request, fastconv follows OpenMP's current default
+        assert fastconv.get_num_threads() == 1
+        y1 = fastconv.conv2d(x, w, b, algorithm=algorithm, **kwargs)
+    np.testing.assert_array_equal(y1, y2)
+
+
+def test_explicit_request_overrides_openmp_limit():
+    with threadpool_limits(1, "openmp"):
+        with fastconv.num_threads(2):
+            assert fastconv.get_num_threads() == 2
+        assert fastconv.get_num_threads() == 1
+
+
+def test_get_set_num_threads():
+    fastconv.set_num_threads(1)
+    assert fastconv.get_num_threads() == 1
+    fastconv.set_num_threads(3)
+    assert fastconv.get_num_threads() == 3
+    fastconv.set_num_threads(np.int64(2))
+    assert fastconv.get_num_threads() == 2
+    assert type(fastconv.get_num_threads()) is int
+
+
+def test_set_num_threads_none_returns_to_default():
+    default = fastconv.get_num_threads()
+    assert default >= 1
+    fastconv.set_num_threads(default + 3)
+    fastconv.set_num_threads(None)
+    assert fastconv.get_num_threads() == default
+
+
+def test_context_manager_restores_previous_value():
+    fastconv.set_num_threads(3)
+    with fastconv.num_threads(1):
+        assert fastconv.get_num_threads() == 1
+        with fastconv.num_threads(2):
+            assert fastconv.get_num_threads() == 2
+        assert fastconv.get_num_threads() == 1
+    assert fastconv.get_num_threads() == 3
+
+
+def test_context_manager_restores_after_exception():
+    fastconv.set_num_threads(2)
+    with pytest.raises(RuntimeError, match="inside"):
+        with fastconv.num_threads(1):
+            raise RuntimeError("inside")
+    assert fastconv.get_num_threads() == 2
+
+
+def test_context_manager_restores_the_default():
+    default = fastconv.get_num_threads()
+    with fastconv.num_threads(default + 1):
+        assert fastconv.get_num_threads() == default + 1
+    assert fastconv.get_num_threads() == default
+    # the default is still followed (not frozen to the number seen before the block)
+    with threadpool_limits(1, "openmp"):
+        assert fastconv.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("bad, exc, pattern", [
+    (0, ValueError, r"num_threads.*>= 1.*got 0"),
+    (-1, ValueError, r"num_threads.*>= 1.*got -1"),
+    (1.5, TypeError, r"num_threads.*int.*1\.5"),
+    (2.0, TypeError, r"num_threads.*int.*2\.0"),
+    (True, TypeError, r"num_threads.*int.*True"),
+    ("2", TypeError, r"num_threads.*int.*'2'"),
+])
+def test_bad_thread_counts_raise(bad, exc, pattern):
+    fastconv.set_num_threads(2)
+    with pytest.raises(exc, match=pattern):
+        fastconv.set_num_threads(bad)
+    assert fastconv.get_num_threads() == 2
+    with pytest.raises(exc, match=pattern):
+        with fastconv.num_threads(bad):
+            pass  # pragma: no cover - never entered
+    assert fastconv.get_num_threads() == 2
+
+
+def test_default_honours_omp_num_threads():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    code = "import fastconv; print(fastconv.get_num_threads())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == "1"
