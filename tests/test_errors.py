@@ -128,7 +128,7 @@ def test_longdouble():
     if np.dtype(np.longdouble) == np.float64:  # platforms where long double is double
         assert call(x=x).dtype == np.float64
         return
-    with pytest.raises(TypeError, match=rf"float32 or float64.*{np.dtype(np.longdouble)}"):
+    with pytest.raises(TypeError, match=rf"input must hold real numbers.*{np.dtype(np.longdouble)}"):
         call(x=x)
 
 

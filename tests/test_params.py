@@ -220,12 +220,12 @@ def test_float_dtype(dtypes, expected):
     assert _params.float_dtype(*arrays) == expected
 
 
-def test_float_dtype_refuses_longdouble():
+def test_as_array_refuses_longdouble():
     if np.dtype(np.longdouble) == np.float64:  # platforms where long double is double
-        assert _params.float_dtype(np.zeros(1, np.longdouble)) == np.float64
+        assert _params.as_array("x", np.zeros(1, np.longdouble)).dtype == np.float64
         return
-    with pytest.raises(TypeError, match=rf"float32 or float64.*{np.dtype(np.longdouble)}"):
-        _params.float_dtype(np.zeros(1, np.longdouble))
+    with pytest.raises(TypeError, match=rf"x must hold real numbers.*{np.dtype(np.longdouble)}"):
+        _params.as_array("x", np.zeros(1, np.longdouble))
 
 
 @pytest.mark.parametrize("value", [[1, 2], np.arange(3), 2.5, np.ones((2, 2), np.uint8)])
