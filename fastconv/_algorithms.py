@@ -34,6 +34,9 @@ def _best_simd(name: str):
 
 
 KERNELS = {"direct": _best_simd("_direct"), "im2col": _im2col}
+USES_BLAS = {"direct": False, "im2col": True}
+# below this much work (a few microseconds) waking a second thread costs more than it saves
+PARALLEL_MIN_FLOPS = 1_000_000
 ALGORITHMS = ("auto",) + tuple(KERNELS)
 
 COLUMN_BUFFER_BYTES = 256 * 1024  # a tile's column buffer: about a quarter of L2

@@ -10,8 +10,10 @@ from fastconv._kernels import _openmp
 from fastconv._params import as_int
 
 _requested: int | None = None  # None: follow OpenMP's default (OMP_NUM_THREADS, threadpoolctl)
-_controller: ThreadpoolController | None = None
-_controller_lock = threading.Lock()
+_blas_lock = threading.Lock()
+_blas_libs: list | None = None
+_blas_users = 0  # kernel calls under way that hold BLAS on one thread
+_blas_saved: list = []  # (library, its thread count before the first of them)
 
 
 def get_num_threads() -> int:
@@ -39,18 +41,36 @@ def num_threads(n: int):
         _requested = previous
 
 
-def blas_controller() -> ThreadpoolController:
-    """threadpoolctl's view of the loaded BLAS and OpenMP libraries (found once, then cached)."""
-    global _controller
-    with _controller_lock:
-        if _controller is None:
-            _controller = ThreadpoolController()
-        return _controller
+def _blas_libraries() -> list:
+    """threadpoolctl's controllers of the loaded BLAS libraries (found once, then cached)."""
+    global _blas_libs
+    with _blas_lock:
+        if _blas_libs is None:
+            _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        return _blas_libs
 
 
 @contextmanager
 def blas_single_thread():
-    """Keep BLAS on one thread: the kernels call it from inside their own OpenMP threads,
-    and two thread pools spinning on two cores would slow each other down several times."""
-    with blas_controller().limit(limits=1, user_api="blas"):
+    """Keep BLAS on one thread while the kernels run: they call it from inside their own
+    OpenMP threads, and two thread pools spinning on the same cores slow each other down
+    several times. Reference-counted, so that calls overlapping from several Python threads
+    restore the user's setting only when the last one ends."""
+    global _blas_users, _blas_saved
+    libraries = _blas_libraries()
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_saved = [(lib, lib.num_threads) for lib in libraries]
+            for lib, n in _blas_saved:
+                if n != 1:
+                    lib.set_num_threads(1)
+        _blas_users += 1
+    try:
         yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                for lib, n in _blas_saved:
+                    if n != 1:
+                        lib.set_num_threads(n)

@@ -20,10 +20,16 @@ NEEDS = ("input", "weight", "bias")
 # ----------------------------------------------------------------------------------------------
 # shared steps
 
-def _run(kernel, *args) -> None:
-    """Call a kernel with the thread count, BLAS held to one thread; raise on its status."""
-    with blas_single_thread():
-        status = kernel(*args, get_num_threads())
+def _run(algo: str, kernel_name: str, *args, flops: int) -> None:
+    """Call a kernel with the thread count (one thread for work too small to share), BLAS
+    held to one thread when the kernel calls it; raise on the kernel's status."""
+    kernel = getattr(_algorithms.KERNELS[algo], kernel_name)
+    threads = get_num_threads() if flops >= _algorithms.PARALLEL_MIN_FLOPS else 1
+    if _algorithms.USES_BLAS[algo]:
+        with blas_single_thread():
+            status = kernel(*args, threads)
+    else:
+        status = kernel(*args, threads)
     if status:
         raise MemoryError("fastconv: could not allocate a kernel's scratch buffer")
 
@@ -110,30 +116,32 @@ def _weight_grad(algo: str, xp: np.ndarray, gy: np.ndarray, weight_shape, geo: C
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
     weight_size = int(np.prod(weight_shape))
     pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
+    flops = 2 * pixels * weight_size
     if algo == "im2col":
         tile = _algorithms.tile_pixels(weight_size // weight_shape[3], itemsize, pixels)
         chunks = _algorithms.partial_sums(weight_size * itemsize, -(-pixels // tile))
         partial = np.zeros((chunks, weight_size), dtype)
-        _run(_algorithms.KERNELS[algo].conv_backward_weight, xp, gy, partial, kh, kw, sh, sw,
-             dh, dw, geo.groups, tile)
+        _run(algo, "conv_backward_weight", xp, gy, partial, kh, kw, sh, sw, dh, dw, geo.groups,
+             tile, flops=flops)
     else:
         chunks = _algorithms.partial_sums(weight_size * itemsize, gy.shape[0] * gy.shape[1])
         partial = np.zeros((chunks, weight_size), dtype)
-        _run(_algorithms.KERNELS[algo].conv_backward_weight, xp, gy, partial, kh, kw, sh, sw,
-             dh, dw, geo.groups)
+        _run(algo, "conv_backward_weight", xp, gy, partial, kh, kw, sh, sw, dh, dw, geo.groups,
+             flops=flops)
     return partial.sum(axis=0).reshape(weight_shape)
 
 
 def _forward_kernel(algo: str, xp, w, bias, y, stride, dilation, groups) -> None:
     """y = conv(xp, w) + bias on an already padded input (y's shape sets what is computed)."""
     (sh, sw), (dh, dw) = stride, dilation
-    kernel = _algorithms.KERNELS[algo].conv_forward
+    pixels = y.shape[0] * y.shape[1] * y.shape[2]
+    flops = 2 * pixels * w.size
     if algo == "im2col":
         columns = w.shape[0] * w.shape[1] * w.shape[2]
-        tile = _algorithms.tile_pixels(columns, y.itemsize, y.shape[0] * y.shape[1] * y.shape[2])
-        _run(kernel, xp, w, bias, y, sh, sw, dh, dw, groups, tile)
+        tile = _algorithms.tile_pixels(columns, y.itemsize, pixels)
+        _run(algo, "conv_forward", xp, w, bias, y, sh, sw, dh, dw, groups, tile, flops=flops)
     else:
-        _run(kernel, xp, w, bias, y, sh, sw, dh, dw, groups)
+        _run(algo, "conv_forward", xp, w, bias, y, sh, sw, dh, dw, groups, flops=flops)
 
 
 def _phase_taps(phase: int, k: int, stride: int, dilation: int):
