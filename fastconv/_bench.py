@@ -224,6 +224,14 @@ def _ref_conv_weight(layer: Layer, xp: np.ndarray, gy: np.ndarray) -> np.ndarray
 
 def reference(layer: Layer, direction: str, arrays: dict) -> list[np.ndarray]:
     """float64 results: forward [y]; backward [grad_input, grad_weight]."""
+    from fastconv._threads import blas_single_thread
+
+    # many small GEMMs: a threaded BLAS is several times slower on them than one thread
+    with blas_single_thread():
+        return _reference(layer, direction, arrays)
+
+
+def _reference(layer: Layer, direction: str, arrays: dict) -> list[np.ndarray]:
     a = {name: np.asarray(value, np.float64) for name, value in arrays.items()}
     p = layer.pad
     if direction == "forward":
@@ -351,7 +359,7 @@ def torch_module():
     """PyTorch, or None when it is not installed (it is never required)."""
     try:
         import torch
-    except ImportError:
+    except Exception:  # ImportError, or a broken installation (e.g. OSError on a missing lib)
         return None
     return torch
 

@@ -140,6 +140,8 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
         return args.func(args)
     except SystemExit as exc:  # argparse: --help (0) and bad arguments (2)
+        if exc.code is None:
+            return 0
         return exc.code if isinstance(exc.code, int) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

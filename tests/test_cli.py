@@ -140,7 +140,8 @@ def test_bench_compare_torch(capsys):
 
 
 def test_compare_torch_without_torch(monkeypatch, capsys):
-    monkeypatch.setattr(_bench, "torch_module", lambda: None)
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    assert _bench.torch_module() is None
     assert cli.main(TINY + ["--compare", "torch"]) == 2
     out, err = capsys.readouterr()
     assert "--compare torch needs PyTorch" in err
