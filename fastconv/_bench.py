@@ -149,16 +149,16 @@ def auto_choice(layer: Layer) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------
-# float64 reference, from the definition: y[p, g, o] = sum_{r,s,c} xp[tap(p, r, s), g, c] w[r, s, c, g, o]
+# float64 reference, from the definition:
+#     y[p, g, o] = sum_{r, s, c} xp[tap(p, r, s), g, c] * w[r, s, c, g, o]
 
 def _taps(layer: Layer):
     """(r, s, rows, cols): the slices of the padded conv input that tap (r, s) reads."""
-    ho = layer.conv_out_hw
-    s, d = layer.stride, layer.dilation
+    ho, stride, d = layer.conv_out_hw, layer.stride, layer.dilation
     for r in range(layer.k):
-        for c in range(layer.k):
-            yield (r, c, slice(r * d, r * d + s * (ho - 1) + 1, s),
-                   slice(c * d, c * d + s * (ho - 1) + 1, s))
+        for s in range(layer.k):
+            yield (r, s, slice(r * d, r * d + stride * (ho - 1) + 1, stride),
+                   slice(s * d, s * d + stride * (ho - 1) + 1, stride))
 
 
 def _group_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
