@@ -1,0 +1,663 @@
+"""The standard layer suite and the measurement engine behind `fastconv bench`.
+
+Everything here works with NumPy alone; PyTorch is used as a peer when it is importable and
+tqdm is the CLI's business. Each measured call is first checked against a float64 reference
+computed here from the definition (a tap-by-tap sum, independent of fastconv's kernels);
+then all implementations are timed round by round on the same arrays, interleaved, and the
+median of the rounds is reported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DIRECTIONS = ("forward", "backward")
+PEERS = ("numpy", "torch")
+BLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+SIMD_FLAGS = ("sse2", "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
+              "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd", "sve")
+
+
+# ----------------------------------------------------------------------------------------------
+# the suite
+
+@dataclass(frozen=True)
+class Layer:
+    """One convolution of the suite, NHWC fp32.
+
+    A plain layer maps (n, hw, hw, c_in) -> (n, Ho, Wo, c_out) with conv2d and an HWIO weight
+    (k, k, c_in // groups, c_out). A transposed layer maps c_in -> c_out with conv_transpose2d,
+    weight (k, k, c_out // groups, c_in): the weight of the convolution it is the adjoint of.
+    """
+    name: str
+    n: int
+    hw: int
+    c_in: int
+    c_out: int
+    k: int
+    stride: int = 1
+    pad: int = 0
+    dilation: int = 1
+    groups: int = 1
+    transposed: bool = False
+
+    def replace(self, **changes) -> Layer:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.hw, self.hw, self.c_in)
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        if self.transposed:
+            return (self.k, self.k, self.c_out // self.groups, self.c_in)
+        return (self.k, self.k, self.c_in // self.groups, self.c_out)
+
+    @property
+    def out_hw(self) -> int:
+        span = self.dilation * (self.k - 1)
+        if self.transposed:
+            return (self.hw - 1) * self.stride - 2 * self.pad + span + 1
+        return (self.hw + 2 * self.pad - span - 1) // self.stride + 1
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.out_hw, self.out_hw, self.c_out)
+
+    # The convolution itself (for a transposed layer: the one it is the adjoint of).
+    @property
+    def conv_in_channels(self) -> int:
+        return self.c_out if self.transposed else self.c_in
+
+    @property
+    def conv_out_channels(self) -> int:
+        return self.c_in if self.transposed else self.c_out
+
+    @property
+    def conv_out_hw(self) -> int:
+        return self.hw if self.transposed else self.out_hw
+
+    def flops(self, direction: str = "forward") -> int:
+        """Direct-convolution FLOPs: 2 * N * Ho * Wo * C_out * (C_in / groups) * k * k, with
+        (Ho, Wo, C_out, C_in) those of the convolution (a transposed layer's input is that
+        convolution's output). Backward computes two such products (input and weight grads)."""
+        forward = (2 * self.n * self.conv_out_hw ** 2 * self.conv_out_channels
+                   * (self.conv_in_channels // self.groups) * self.k * self.k)
+        return forward * (2 if direction == "backward" else 1)
+
+    def kwargs(self) -> dict:
+        """The geometry keywords of fastconv's functions."""
+        return dict(stride=self.stride, padding=self.pad, dilation=self.dilation,
+                    groups=self.groups)
+
+
+SUITE: tuple[Layer, ...] = (
+    #     name                   N   H=W  C_in C_out k  stride pad dil groups
+    Layer("resnet_stem_7x7s2",   1, 224,   3,   64, 7, 2, 3),
+    Layer("resnet_3x3_56",       8,  56,  64,   64, 3, 1, 1),
+    Layer("resnet_1x1_56",       8,  56,  64,  256, 1, 1, 0),
+    Layer("resnet_3x3_28",       8,  28, 128,  128, 3, 1, 1),
+    Layer("resnet_3x3_14",       8,  14, 256,  256, 3, 1, 1),
+    Layer("resnet_3x3_7",        8,   7, 512,  512, 3, 1, 1),
+    Layer("vgg_3x3_112",         1, 112, 128,  128, 3, 1, 1),
+    Layer("mobilenet_dw_112",    8, 112,  32,   32, 3, 1, 1, 1, 32),
+    Layer("mobilenet_dw_s2",     8,  56, 128,  128, 3, 2, 1, 1, 128),
+    Layer("dilated_3x3_d2",      4,  64,  64,   64, 3, 1, 2, 2),
+    Layer("grouped_g8",          8,  28, 128,  128, 3, 1, 1, 1, 8),
+    Layer("lenet_5x5",          64,  28,   1,    6, 5, 1, 0),
+    Layer("cifar_3x3",          64,  32,   3,   32, 3, 1, 1),
+    Layer("dcgan_tconv_4x4s2",   8,  16, 256,  128, 4, 2, 1, transposed=True),
+    Layer("unet_tconv_2x2s2",    4,  32, 128,   64, 2, 2, 0, transposed=True),
+)
+LAYERS = {layer.name: layer for layer in SUITE}
+
+
+def quick_layer(layer: Layer) -> Layer:
+    """The --quick version of a layer: an eighth of the batch (at least one image)."""
+    return layer.replace(n=max(1, layer.n // 8))
+
+
+def geometry(layer: Layer):
+    """fastconv's checked geometry of the layer (for a transposed layer: of its adjoint conv)."""
+    from fastconv import _params
+
+    if layer.transposed:
+        return _params.conv_transpose_geometry("bench", layer.input_shape, layer.weight_shape,
+                                               layer.stride, layer.pad, 0, layer.dilation,
+                                               layer.groups)
+    return _params.conv_geometry("bench", layer.input_shape, layer.weight_shape, layer.stride,
+                                 layer.pad, layer.dilation, layer.groups)
+
+
+def auto_choice(layer: Layer) -> str | None:
+    """The algorithm "auto" picks for the layer (None if that cannot be told)."""
+    from fastconv import _algorithms
+
+    try:
+        return _algorithms.choose("bench", "auto", geometry(layer))
+    except Exception:  # a private interface: the report must not depend on it
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# float64 reference, from the definition:
+#     y[p, g, o] = sum_{r, s, c} xp[tap(p, r, s), g, c] * w[r, s, c, g, o]
+
+def _taps(layer: Layer):
+    """(r, s, rows, cols): the slices of the padded conv input that tap (r, s) reads."""
+    ho, stride, d = layer.conv_out_hw, layer.stride, layer.dilation
+    for r in range(layer.k):
+        for s in range(layer.k):
+            yield (r, s, slice(r * d, r * d + stride * (ho - 1) + 1, stride),
+                   slice(s * d, s * d + stride * (ho - 1) + 1, stride))
+
+
+def _group_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a (P, g, i) @ b (g, i, o) per group -> (P, g, o)."""
+    groups = b.shape[0]
+    if groups == 1:
+        return (a[:, 0] @ b[0])[:, None]
+    if groups <= 16:
+        return np.stack([a[:, j] @ b[j] for j in range(groups)], axis=1)
+    return np.einsum("pgi,gio->pgo", a, b)
+
+
+def _group_outer(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sum over P of a (P, g, i) (x) b (P, g, o) per group -> (g, i, o)."""
+    groups = a.shape[1]
+    if groups <= 16:
+        return np.stack([a[:, j].T @ b[:, j] for j in range(groups)])
+    return np.einsum("pgi,pgo->gio", a, b)
+
+
+def _pad(a: np.ndarray, p: int) -> np.ndarray:
+    return np.pad(a, ((0, 0), (p, p), (p, p), (0, 0)))
+
+
+def _crop(a: np.ndarray, p: int) -> np.ndarray:
+    return a[:, p:a.shape[1] - p, p:a.shape[2] - p] if p else a
+
+
+def _ref_conv(layer: Layer, xp: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The convolution of an already padded input xp (float64)."""
+    n, g, ho = xp.shape[0], layer.groups, layer.conv_out_hw
+    cig, cog = layer.conv_in_channels // g, layer.conv_out_channels // g
+    y = np.zeros((n * ho * ho, g, cog))
+    for r, s, rows, cols in _taps(layer):
+        window = xp[:, rows, cols].reshape(-1, g, cig)
+        y += _group_matmul(window, w[r, s].reshape(cig, g, cog).transpose(1, 0, 2))
+    return y.reshape(n, ho, ho, g * cog)
+
+
+def _ref_conv_data(layer: Layer, gy: np.ndarray, w: np.ndarray, padded_hw: int) -> np.ndarray:
+    """The adjoint of _ref_conv: gy (conv output shape) scattered back onto the padded input."""
+    n, g = gy.shape[0], layer.groups
+    cig, cog = layer.conv_in_channels // g, layer.conv_out_channels // g
+    gxp = np.zeros((n, padded_hw, padded_hw, g * cig))
+    gy_groups = gy.reshape(-1, g, cog)
+    for r, s, rows, cols in _taps(layer):
+        part = _group_matmul(gy_groups, w[r, s].reshape(cig, g, cog).transpose(1, 2, 0))
+        gxp[:, rows, cols] += part.reshape(n, *gy.shape[1:3], g * cig)
+    return gxp
+
+
+def _ref_conv_weight(layer: Layer, xp: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """d<gy, conv(xp, w)>/dw (HWIO)."""
+    g = layer.groups
+    cig, cog = layer.conv_in_channels // g, layer.conv_out_channels // g
+    gw = np.zeros((layer.k, layer.k, cig, g * cog))
+    gy_groups = gy.reshape(-1, g, cog)
+    for r, s, rows, cols in _taps(layer):
+        window = xp[:, rows, cols].reshape(-1, g, cig)
+        gw[r, s] = _group_outer(window, gy_groups).transpose(1, 0, 2).reshape(cig, g * cog)
+    return gw
+
+
+def reference(layer: Layer, direction: str, arrays: dict) -> list[np.ndarray]:
+    """float64 results: forward [y]; backward [grad_input, grad_weight]."""
+    from fastconv._threads import blas_single_thread
+
+    # many small GEMMs: a threaded BLAS is several times slower on them than one thread
+    with blas_single_thread():
+        return _reference(layer, direction, arrays)
+
+
+def _reference(layer: Layer, direction: str, arrays: dict) -> list[np.ndarray]:
+    a = {name: np.asarray(value, np.float64) for name, value in arrays.items()}
+    p = layer.pad
+    if direction == "forward":
+        if layer.transposed:  # y = C^T x, cropped
+            full = (layer.hw - 1) * layer.stride + layer.dilation * (layer.k - 1) + 1
+            return [_crop(_ref_conv_data(layer, a["x"], a["w"], full), p)]
+        return [_ref_conv(layer, _pad(a["x"], p), a["w"])]
+    if layer.transposed:  # the gradients of y = C^T x: C gy and the weight grad of C(gy) vs x
+        gyp = _pad(a["gy"], p)
+        return [_ref_conv(layer, gyp, a["w"]), _ref_conv_weight(layer, gyp, a["x"])]
+    xp = _pad(a["x"], p)
+    return [_crop(_ref_conv_data(layer, a["gy"], a["w"], xp.shape[1]), p),
+            _ref_conv_weight(layer, xp, a["gy"])]
+
+
+def summed_terms(layer: Layer, direction: str) -> list[int]:
+    """How many products each output element sums, per output (for the fp32 tolerance)."""
+    k2, g = layer.k * layer.k, layer.groups
+    conv = layer.conv_in_channels // g * k2  # an element of the convolution's output
+    adjoint = layer.conv_out_channels // g * k2  # an element of its input gradient
+    pixels = layer.n * layer.conv_out_hw ** 2  # a weight-gradient element
+    if direction == "forward":
+        return [adjoint if layer.transposed else conv]
+    return [conv if layer.transposed else adjoint, pixels]
+
+
+def tolerance(terms: int) -> float:
+    """Allowed max|result - reference| / max|reference| for float32: rounding errors of a sum
+    of `terms` products grow like sqrt(terms) on random data."""
+    return 1e-5 * math.sqrt(max(terms, 1))
+
+
+def relative_error(result: np.ndarray, ref: np.ndarray) -> float:
+    result = np.asarray(result)
+    if result.shape != ref.shape:
+        return math.inf
+    scale = float(np.max(np.abs(ref), initial=0.0)) or 1.0
+    err = float(np.max(np.abs(result.astype(np.float64) - ref), initial=0.0)) / scale
+    return err if math.isfinite(err) else math.inf
+
+
+def make_arrays(layer: Layer, direction: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random fp32 operands: x and w, plus gy (shaped as the output) for backward."""
+    rng = np.random.default_rng(seed)
+    arrays = {"x": rng.standard_normal(layer.input_shape, np.float32),
+              "w": rng.standard_normal(layer.weight_shape, np.float32)}
+    if direction == "backward":
+        arrays["gy"] = rng.standard_normal(layer.output_shape, np.float32)
+    return arrays
+
+
+# ----------------------------------------------------------------------------------------------
+# the implementations under measurement: each a no-argument call plus a conversion of its
+# result to NumPy NHWC/HWIO arrays (kept out of the timed call)
+
+@dataclass
+class Contender:
+    name: str
+    run: object  # () -> raw result
+    to_numpy: object = list  # raw result -> list of arrays
+
+
+def fastconv_contender(layer: Layer, direction: str, arrays: dict, algorithm: str) -> Contender:
+    import fastconv
+
+    x, w, kw = arrays["x"], arrays["w"], layer.kwargs()
+    if direction == "forward":
+        fn = fastconv.conv_transpose2d if layer.transposed else fastconv.conv2d
+        return Contender(algorithm, lambda: fn(x, w, algorithm=algorithm, **kw), lambda y: [y])
+    fn = fastconv.conv_transpose2d_backward if layer.transposed else fastconv.conv2d_backward
+    gy = arrays["gy"]
+    return Contender(algorithm, lambda: fn(gy, x, w, algorithm=algorithm,
+                                           needs=("input", "weight"), **kw),
+                     lambda grads: list(grads[:2]))
+
+
+def numpy_conv2d(x, w, stride=1, pad=0, dilation=1, groups=1):
+    """What a NumPy user writes: an as_strided im2col view, copied by reshape, times the weight."""
+    xp = _pad(x, pad) if pad else x
+    n, hp, wp, c = xp.shape
+    kh, kw, cig, cout = w.shape
+    ho = (hp - dilation * (kh - 1) - 1) // stride + 1
+    wo = (wp - dilation * (kw - 1) - 1) // stride + 1
+    sn, sh, sw, sc = xp.strides
+    cols = np.lib.stride_tricks.as_strided(
+        xp, (n, ho, wo, kh, kw, c), (sn, sh * stride, sw * stride, sh * dilation,
+                                     sw * dilation, sc), writeable=False)
+    if groups == 1:
+        return (cols.reshape(-1, kh * kw * c) @ w.reshape(-1, cout)).reshape(n, ho, wo, cout)
+    cols = cols.reshape(n * ho * wo, kh * kw, groups, cig)
+    y = np.einsum("ptgc,tcgo->pgo", cols, w.reshape(kh * kw, cig, groups, cout // groups),
+                  optimize=True)
+    return y.reshape(n, ho, wo, cout)
+
+
+def numpy_conv_transpose2d(x, w, stride=1, pad=0, dilation=1):
+    """The NumPy user's transposed convolution (groups=1): one matmul gives every tap's
+    contribution, then col2im adds them into the output tap by tap."""
+    n, h, wd, cin = x.shape
+    kh, kw, cout, _ = w.shape
+    cols = (x.reshape(-1, cin) @ w.reshape(-1, cin).T).reshape(n, h, wd, kh, kw, cout)
+    full_h = (h - 1) * stride + dilation * (kh - 1) + 1
+    full_w = (wd - 1) * stride + dilation * (kw - 1) + 1
+    y = np.zeros((n, full_h, full_w, cout), x.dtype)
+    for r in range(kh):
+        for s in range(kw):
+            y[:, r * dilation: r * dilation + stride * (h - 1) + 1: stride,
+              s * dilation: s * dilation + stride * (wd - 1) + 1: stride] += cols[:, :, :, r, s]
+    return _crop(y, pad)
+
+
+def numpy_contender(layer: Layer, direction: str, arrays: dict) -> Contender | None:
+    """The NumPy baseline: forward only (and transposed only without groups)."""
+    if direction != "forward" or (layer.transposed and layer.groups != 1):
+        return None
+    x, w = arrays["x"], arrays["w"]
+    if layer.transposed:
+        return Contender("numpy", lambda: numpy_conv_transpose2d(
+            x, w, layer.stride, layer.pad, layer.dilation), lambda y: [y])
+    return Contender("numpy", lambda: numpy_conv2d(
+        x, w, layer.stride, layer.pad, layer.dilation, layer.groups), lambda y: [y])
+
+
+def torch_module():
+    """PyTorch, or None when it is not installed (it is never required)."""
+    try:
+        import torch
+    except Exception:  # ImportError, or a broken installation (e.g. OSError on a missing lib)
+        return None
+    return torch
+
+
+def torch_contender(layer: Layer, direction: str, arrays: dict, torch) -> Contender:
+    """PyTorch on the same memory, channels_last (an NHWC array viewed as NCHW)."""
+    x = torch.from_numpy(arrays["x"]).permute(0, 3, 1, 2)
+    # HWIO -> OIHW (IOHW for a transposed layer): the inverse of the API's transpose(2, 3, 1, 0)
+    w = torch.from_numpy(np.ascontiguousarray(arrays["w"].transpose(3, 2, 0, 1)))
+    w = w.contiguous(memory_format=torch.channels_last)
+    s, p, d, g = [layer.stride] * 2, [layer.pad] * 2, [layer.dilation] * 2, layer.groups
+
+    def nhwc(t):
+        return t.permute(0, 2, 3, 1).numpy()
+
+    if direction == "forward":
+        if layer.transposed:
+            def run():
+                return torch.nn.functional.conv_transpose2d(x, w, None, s, p, 0, g, d)
+        else:
+            def run():
+                return torch.nn.functional.conv2d(x, w, None, s, p, d, g)
+        return Contender("torch", run, lambda y: [nhwc(y)])
+    gy = torch.from_numpy(arrays["gy"]).permute(0, 3, 1, 2)
+
+    def run_backward():
+        return torch.ops.aten.convolution_backward(gy, x, w, None, s, p, d, layer.transposed,
+                                                   [0, 0], g, [True, True, False])
+    return Contender("torch", run_backward,
+                     lambda grads: [nhwc(grads[0]), grads[1].numpy().transpose(2, 3, 1, 0)])
+
+
+# ----------------------------------------------------------------------------------------------
+# measurement
+
+@dataclass
+class Entry:
+    """One implementation on one layer and direction."""
+    status: str  # "ok" | "FAIL" (disagrees with the reference) | "n/a" (cannot run it)
+    error: float | None = None  # max relative error against the reference
+    seconds: float | None = None  # median of the rounds
+    times: list[float] = field(default_factory=list)
+    message: str = ""
+
+
+@dataclass
+class Result:
+    layer: Layer
+    direction: str
+    algorithms: tuple[str, ...]
+    entries: dict[str, Entry]
+
+    @property
+    def flops(self) -> int:
+        return self.layer.flops(self.direction)
+
+    def gflops(self, name: str) -> float | None:
+        entry = self.entries.get(name)
+        if entry is None or entry.status != "ok" or not entry.seconds:
+            return None
+        return self.flops / entry.seconds / 1e9
+
+    @property
+    def failed(self) -> list[str]:
+        return [a for a in self.algorithms if self.entries[a].status == "FAIL"]
+
+    @property
+    def best(self) -> str | None:
+        """The fastest fastconv algorithm that passed the check."""
+        ok = [a for a in self.algorithms if self.gflops(a)]
+        return min(ok, key=lambda a: self.entries[a].seconds) if ok else None
+
+    @property
+    def vs_torch(self) -> float | None:
+        """torch time / fastconv's best time (> 1: fastconv is faster)."""
+        best, torch = self.best, self.entries.get("torch")
+        if best is None or torch is None or torch.status != "ok":
+            return None
+        return torch.seconds / self.entries[best].seconds
+
+    def as_dict(self) -> dict:
+        layer = dataclasses.asdict(self.layer)
+        return {"layer": self.layer.name, "direction": self.direction, "geometry": layer,
+                "flops": self.flops, "auto_choice": auto_choice(self.layer),
+                "best": self.best, "vs_torch": self.vs_torch,
+                "failed": self.failed,
+                "results": {name: {**dataclasses.asdict(e), "gflops": self.gflops(name)}
+                            for name, e in self.entries.items()}}
+
+
+def _calls_per_sample(seconds: float, min_sample: float) -> int:
+    """Calls per timed sample so that a sample lasts about min_sample (timer noise)."""
+    return max(1, min(1000, int(min_sample / max(seconds, 1e-9))))
+
+
+def bench_layer(layer: Layer, direction: str, algorithms, repeats: int = 5, torch=None,
+                numpy_baseline: bool = True, min_sample: float = 5e-3, seed: int = 0) -> Result:
+    """Check every implementation against the float64 reference (that call is also its
+    warm-up), then time those that passed in `repeats` interleaved rounds."""
+    arrays = make_arrays(layer, direction, seed)
+    refs = reference(layer, direction, arrays)
+    tols = [tolerance(t) for t in summed_terms(layer, direction)]
+    contenders = [fastconv_contender(layer, direction, arrays, a) for a in algorithms]
+    if numpy_baseline:
+        contenders.append(numpy_contender(layer, direction, arrays))
+    if torch is not None:
+        contenders.append(torch_contender(layer, direction, arrays, torch))
+    contenders = [c for c in contenders if c is not None]
+
+    entries, timed = {}, []
+    for c in contenders:
+        try:
+            start = time.perf_counter()
+            raw = c.run()
+            warm = time.perf_counter() - start
+        except ValueError as exc:  # an algorithm that cannot serve this configuration
+            entries[c.name] = Entry("n/a", message=str(exc))
+            continue
+        except Exception as exc:  # a bug: report it in the table, go on with the others
+            entries[c.name] = Entry("FAIL", message=f"{type(exc).__name__}: {exc}")
+            continue
+        errors = [relative_error(out, ref) for out, ref in zip(c.to_numpy(raw), refs)]
+        error = max(errors)
+        ok = all(e <= t for e, t in zip(errors, tols))
+        entries[c.name] = Entry("ok" if ok else "FAIL", error=error,
+                                message="" if ok else f"error {error:.3g} > tolerance")
+        del raw
+        if ok:  # one more call to size the samples: the first one pays for page faults
+            start = time.perf_counter()
+            c.run()
+            second = time.perf_counter() - start
+            timed.append((c, _calls_per_sample(min(warm, second), min_sample)))
+
+    # round by round, each round in a rotated order, so that drifts in machine load and the
+    # after-effects of one implementation on the next (caches, spinning threads) hit all alike
+    for round_ in range(repeats):
+        shift = round_ % max(1, len(timed))
+        for c, number in timed[shift:] + timed[:shift]:
+            start = time.perf_counter()
+            for _ in range(number):
+                c.run()
+            entries[c.name].times.append((time.perf_counter() - start) / number)
+    for c, _ in timed:
+        entries[c.name].seconds = statistics.median(entries[c.name].times)
+    return Result(layer, direction, tuple(algorithms), entries)
+
+
+@contextmanager
+def thread_count(threads: int, torch=None):
+    """Everyone on `threads` threads: fastconv's kernels, BLAS (the NumPy baseline) and
+    PyTorch's intra-op pool."""
+    import fastconv
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads() if torch is not None else None
+    with fastconv.num_threads(threads), threadpool_limits(threads, user_api="blas"):
+        if torch is not None:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            if torch is not None:
+                torch.set_num_threads(previous)
+
+
+def geometric_mean(values) -> float | None:
+    values = [v for v in values if v]
+    if not values:
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+# ----------------------------------------------------------------------------------------------
+# the machine
+
+def cpu_simd_flags(path: str = "/proc/cpuinfo") -> list[str]:
+    """SIMD features the CPU reports (Linux only; empty elsewhere)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in SIMD_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
+
+
+def cpu_model(path: str = "/proc/cpuinfo") -> str:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_env() -> dict[str, str | None]:
+    """The OpenBLAS variables that slow it down when set (read at library load time)."""
+    return {name: os.environ.get(name) for name in BLAS_ENV_VARS}
+
+
+def blas_env_warning() -> str | None:
+    set_vars = [f"{k}={v}" for k, v in blas_env().items() if v is not None]
+    if not set_vars:
+        return None
+    return (f"warning: {' '.join(set_vars)} is set; it can halve OpenBLAS speed. For "
+            f"benchmarks run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE fastconv bench ...")
+
+
+def _owner(filepath: str) -> str:
+    """Which package ships a shared library (numpy.libs/... -> numpy)."""
+    parts = filepath.replace("\\", "/").split("/")
+    for part in reversed(parts[:-1]):
+        if part.endswith(".libs"):
+            return part[:-5]
+        if part in ("site-packages", "dist-packages"):
+            break
+    if "site-packages" in parts:
+        i = parts.index("site-packages")
+        if i + 1 < len(parts) - 1:
+            return parts[i + 1]
+    return "system"
+
+
+def thread_pools() -> list[dict]:
+    """threadpoolctl's view of the loaded BLAS and OpenMP libraries, with their owner."""
+    from threadpoolctl import threadpool_info
+
+    return [{**info, "owner": _owner(info.get("filepath") or "")} for info in threadpool_info()]
+
+
+def describe_pool(info: dict) -> str:
+    extra = [f"{info.get('num_threads')} threads"]
+    for key in ("architecture", "threading_layer"):
+        if info.get(key):
+            extra.append(f"{key} {info[key]}")
+    version = info.get("version") or "?"
+    return (f"{info.get('internal_api')} {version} (from {info.get('owner')}): "
+            f"{', '.join(extra)}")
+
+
+def machine_info(threads: int | None = None) -> dict:
+    import scipy
+
+    import fastconv
+    from fastconv._kernels import _openmp
+
+    torch = torch_module()
+    return {
+        "fastconv_version": fastconv.__version__,
+        "threads": fastconv.get_num_threads() if threads is None else threads,
+        "openmp": _openmp.openmp_enabled(),
+        "compile_args": _openmp.compile_args(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "simd": cpu_simd_flags(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "torch": None if torch is None else torch.__version__,
+        "blas": thread_pools(),
+        "env": blas_env(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# the report
+
+def _cell(value: float | None, width: int, entry: Entry | None = None) -> str:
+    if entry is not None and entry.status != "ok":
+        return entry.status.rjust(width)
+    if value is None:
+        return "-".rjust(width)
+    text = f"{value:.0f}" if value >= 100 else f"{value:.3g}"  # three significant digits
+    return text.rjust(width)
+
+
+def format_table(results: list[Result], algorithms, peers) -> str:
+    """A text table: GFLOP/s per implementation, x vs torch, and the check."""
+    name_w = max([len("layer")] + [len(r.layer.name) for r in results])
+    cols = list(algorithms) + list(peers)
+    width = max(7, *(len(c) for c in cols))
+    head = f"{'layer':<{name_w}}  {'dir':<8}" + "".join("  " + c.rjust(width) for c in cols)
+    with_torch = "torch" in peers
+    if with_torch:
+        head += "  x vs torch"
+    head += "  check"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        line = f"{r.layer.name:<{name_w}}  {r.direction:<8}"
+        line += "".join("  " + _cell(r.gflops(c), width, r.entries.get(c)) for c in cols)
+        if with_torch:
+            ratio = r.vs_torch
+            line += f"  {ratio:10.2f}" if ratio else f"  {'-':>10}"
+        line += "  " + (f"FAIL ({', '.join(r.failed)})" if r.failed else "ok")
+        lines.append(line)
+    return "\n".join(lines)
