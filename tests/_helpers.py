@@ -75,3 +75,29 @@ def assert_close(actual, expected, dtype, terms, what=""):
 def case_id(case):
     """A readable pytest id for a dict of convolution arguments."""
     return "-".join(f"{k}={v}" for k, v in case.items()).replace(" ", "")
+
+
+# ----------------------------------------------------------------------------------------------
+# conv2d cases: dicts with "x" (N, H, W, C_in), "w" (kh, kw, C_in // groups, C_out) and the
+# keyword arguments of fastconv.conv2d
+
+def conv_args(case):
+    """The keyword arguments of fastconv's functions in a case."""
+    return {k: v for k, v in case.items() if k not in ("x", "w")}
+
+
+def conv_reference_args(case):
+    """A conv2d case in the explicit form reference.conv2d(_backward) takes."""
+    kh, kw = case["w"][:2]
+    stride, dilation = pair(case.get("stride", 1)), pair(case.get("dilation", 1))
+    pads = resolve_padding(case.get("padding", 0), (kh, kw), stride, dilation, case["x"][1:3])
+    return dict(stride=stride, pads=pads, dilation=dilation, groups=case.get("groups", 1),
+                mode=case.get("padding_mode", "zeros"))
+
+
+def conv_out_shape(case):
+    """conv2d's output shape (N, H_out, W_out, C_out) for a case."""
+    ref = conv_reference_args(case)
+    hw = [conv_out_size(n, p, k, s, d) for n, p, k, s, d in
+          zip(case["x"][1:3], ref["pads"], case["w"][:2], ref["stride"], ref["dilation"])]
+    return (case["x"][0], *hw, case["w"][3])

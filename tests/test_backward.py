@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 import fastconv
 import reference
-from _helpers import (ALGORITHMS, DTYPES, PADDING_MODES, assert_close, case_id, conv_out_size,
-                      pair, rand, resolve_padding, restoring_output_padding)
+from _helpers import (ALGORITHMS, DTYPES, PADDING_MODES, assert_close, case_id, conv_args,
+                      conv_out_shape, conv_reference_args, rand, restoring_output_padding)
 
 # x shape (N, H, W, C_in), weight shape (kh, kw, C_in // groups, C_out) and conv arguments
 GEOMETRIES = [
@@ -48,38 +48,17 @@ MODE_GEOMETRIES = [
 MODE_CASES = [dict(g, padding_mode=m) for g in MODE_GEOMETRIES for m in PADDING_MODES[1:]]
 
 
-def conv_args(case):
-    """The keyword arguments of fastconv's conv functions in a case."""
-    return {k: v for k, v in case.items() if k not in ("x", "w")}
-
-
-def reference_args(case):
-    """The same convolution in the explicit form reference.py takes."""
-    kh, kw = case["w"][:2]
-    stride, dilation = pair(case.get("stride", 1)), pair(case.get("dilation", 1))
-    pads = resolve_padding(case.get("padding", 0), (kh, kw), stride, dilation, case["x"][1:3])
-    return dict(stride=stride, pads=pads, dilation=dilation, groups=case.get("groups", 1),
-                mode=case.get("padding_mode", "zeros"))
-
-
-def out_shape(case):
-    ref = reference_args(case)
-    hw = [conv_out_size(n, p, k, s, d) for n, p, k, s, d in
-          zip(case["x"][1:3], ref["pads"], case["w"][:2], ref["stride"], ref["dilation"])]
-    return (case["x"][0], *hw, case["w"][3])
-
-
 def make(case, dtype, seed=0):
     rng = np.random.default_rng(seed)
     x, w = rand(rng, case["x"], dtype), rand(rng, case["w"], dtype)
-    gy = rand(rng, out_shape(case), dtype)
+    gy = rand(rng, conv_out_shape(case), dtype)
     return x, w, gy
 
 
 def check_against_reference(case, dtype, algorithm):
     x, w, gy = make(case, dtype)
     gx, gw, gb = fastconv.conv2d_backward(gy, x, w, **conv_args(case), algorithm=algorithm)
-    rx, rw, rb = reference.conv2d_backward(gy, x, w, **reference_args(case))
+    rx, rw, rb = reference.conv2d_backward(gy, x, w, **conv_reference_args(case))
     kh, kw, _, cout = w.shape
     groups = case.get("groups", 1)
     # padded pixels copied several times add a few more terms to grad_input
@@ -107,7 +86,7 @@ def test_grad_input_is_the_reference_transposed_convolution(case):
     """With zero padding, grad_input is the transposed convolution of grad_output (the
     scatter form of reference.conv_transpose2d), with the output_padding restoring H, W."""
     x, w, gy = make(case, np.float64)
-    ref = reference_args(case)
+    ref = conv_reference_args(case)
     op = restoring_output_padding(x.shape[1:3], w.shape[:2], ref["stride"], ref["pads"],
                                   ref["dilation"])
     expected = reference.conv_transpose2d(gy, w, None, ref["stride"], ref["pads"], op,
@@ -120,7 +99,7 @@ def test_reference_backward_agrees_with_reference_transpose_for_every_geometry()
     """Sanity check of the two references against each other (zero padding)."""
     for case in GEOMETRIES:
         x, w, gy = make(case, np.float64)
-        ref = reference_args(case)
+        ref = conv_reference_args(case)
         op = restoring_output_padding(x.shape[1:3], w.shape[:2], ref["stride"], ref["pads"],
                                       ref["dilation"])
         rx, _, _ = reference.conv2d_backward(gy, x, w, **ref)
@@ -324,10 +303,10 @@ def geometries(draw):
     case = dict(x=(draw(st.integers(1, 2)), h, wd, cig * groups), w=(kh, kw, cig, cog * groups),
                 stride=(sh, sw), padding=padding, dilation=(dh, dw), groups=groups,
                 padding_mode=mode)
-    ref = reference_args(case)
+    ref = conv_reference_args(case)
     if mode == "reflect" and max(max(ref["pads"][0]) >= h, max(ref["pads"][1]) >= wd):
         case["padding_mode"] = "zeros"
-    if min(out_shape(case)[1:3]) < 1:
+    if min(conv_out_shape(case)[1:3]) < 1:
         case["padding"] = "same"  # always has an output
         case["padding_mode"] = "zeros"
     return case
