@@ -238,7 +238,7 @@ def test_unbatched_input(case, algorithm):
     np.testing.assert_allclose(single[2], batched[2], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("bad", [(2, 3, 4, 4), (2, 3, 3, 5), (1, 3, 3, 4), (3, 3, 4),
+@pytest.mark.parametrize("bad", [(2, 3, 4, 4), (2, 3, 3, 5), (1, 3, 3, 4), (3, 3, 4), (72,), (),
                                  (2, 3, 3, 4, 1)])
 def test_grad_output_of_the_wrong_shape_names_the_expected_shape(bad):
     x, w = np.ones((2, 5, 5, 3)), np.ones((3, 3, 3, 4))  # forward output (2, 3, 3, 4)
