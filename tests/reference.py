@@ -196,3 +196,56 @@ def conv_transpose1d(x, w, bias=None, stride=1, pads=(0, 0), output_padding=0, d
     if bias is not None:
         y = y + np.asarray(bias, np.float64)
     return y
+
+
+def conv1d_backward(gy, x, w, stride=1, pads=(0, 0), dilation=1, groups=1, mode="zeros"):
+    """(grad_input, grad_weight, grad_bias) of conv1d above: the term
+    xp[n, l*stride + t*dilation, c] * w[t, c, o] sends gy * w to xp and gy * xp to w."""
+    gy = np.asarray(gy, np.float64)
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    xp = np.pad(x, ((0, 0), pads, (0, 0)), mode=PAD_MODE[mode])
+    k, cig, cout = w.shape
+    cog = cout // groups
+    gxp = np.zeros_like(xp)
+    gw = np.zeros_like(w)
+    for l in range(gy.shape[1]):
+        for t in range(k):
+            for g in range(groups):
+                ci, co = slice(g * cig, (g + 1) * cig), slice(g * cog, (g + 1) * cog)
+                pos = l * stride + t * dilation
+                gxp[:, pos, ci] += gy[:, l, co] @ w[t, :, co].T
+                gw[t, :, co] += xp[:, pos, ci].T @ gy[:, l, co]
+    # padded position i copies x[source[i]]: its gradient goes back there
+    source = np.pad(np.arange(x.shape[1]), pads, mode="constant", constant_values=-1) \
+        if mode == "zeros" else np.pad(np.arange(x.shape[1]), pads, mode=PAD_MODE[mode])
+    gx = np.zeros_like(x)
+    for i, src in enumerate(source):
+        if src >= 0:
+            gx[:, src] += gxp[:, i]
+    return gx, gw, gy.sum(axis=(0, 1))
+
+
+def conv_transpose1d_backward(gy, x, w, stride=1, pads=(0, 0), output_padding=0, dilation=1,
+                              groups=1):
+    """(grad_input, grad_weight, grad_bias) of conv_transpose1d above: input position l
+    reached full-output position l*stride + t*dilation through w[t]."""
+    gy = np.asarray(gy, np.float64)
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    n, length, cin = x.shape
+    k, cog_t, _ = w.shape
+    cig_t = cin // groups
+    full = (length - 1) * stride + dilation * (k - 1) + 1 + output_padding
+    gfull = np.zeros((n, full, gy.shape[2]))
+    gfull[:, pads[0]: full - pads[1]] = gy
+    gx = np.zeros_like(x)
+    gw = np.zeros_like(w)
+    for l in range(length):
+        for t in range(k):
+            for g in range(groups):
+                ci, co = slice(g * cig_t, (g + 1) * cig_t), slice(g * cog_t, (g + 1) * cog_t)
+                seen = gfull[:, l * stride + t * dilation, co]
+                gx[:, l, ci] += seen @ w[t, :, ci]
+                gw[t, :, ci] += seen.T @ x[:, l, ci]
+    return gx, gw, gy.sum(axis=(0, 1))

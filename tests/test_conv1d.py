@@ -131,13 +131,11 @@ def test_conv1d_backward(case, dtype, algorithm):
     x, w, _, gy = make(case, lambda x, w: reference.conv1d(x, w, **ref), dtype)
     args = dict(args_of(case), algorithm=algorithm)
     gx, gw, gb = fastconv.conv1d_backward(gy, x, w, **args)
-    x64, w64 = x.astype(np.float64), w.astype(np.float64)
-    rx = basis_gradient(lambda v: reference.conv1d(v, w64, **ref), x64, gy)
-    rw = basis_gradient(lambda v: reference.conv1d(x64, v, **ref), w64, gy)
+    rx, rw, rb = reference.conv1d_backward(gy, x, w, **ref)
     pixels = gy.shape[0] * gy.shape[1]
     assert_close(gx, rx, dtype, 4 * w.shape[0] * w.shape[2], "grad_input")
     assert_close(gw, rw, dtype, pixels, "grad_weight")
-    assert_close(gb, gy.astype(np.float64).sum(axis=(0, 1)), dtype, pixels, "grad_bias")
+    assert_close(gb, rb, dtype, pixels, "grad_bias")
     # the 2-D function on H = 1 images
     g2 = fastconv.conv2d_backward(gy[:, None], x[:, None], w[None], **as_2d(case, False),
                                   algorithm=algorithm)
@@ -151,6 +149,19 @@ def test_conv1d_backward(case, dtype, algorithm):
     assert gu[0].shape == case1["x"][1:]
     for a, b in zip(gu, (gb1[0][0], gb1[1], gb1[2])):
         assert_close(a, b, dtype, pixels, "unbatched")
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[i] for i in (1, 4, 7, 11, 13, 16)],
+                         ids=case_id)
+def test_reference_conv1d_backward_is_the_jacobian_of_reference_conv1d(case):
+    """The reference gradients, checked once against the forward reference's Jacobian."""
+    ref = ref_conv(case)
+    x, w, _, gy = make(case, lambda x, w: reference.conv1d(x, w, **ref), np.float64)
+    rx, rw, _ = reference.conv1d_backward(gy, x, w, **ref)
+    np.testing.assert_allclose(rx, basis_gradient(lambda v: reference.conv1d(v, w, **ref), x, gy),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(rw, basis_gradient(lambda v: reference.conv1d(x, v, **ref), w, gy),
+                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("needs", ["input", ("weight",), ("bias", "input")])
@@ -196,13 +207,11 @@ def test_conv_transpose1d_backward(case, dtype, algorithm):
     x, w, _, gy = make(case, lambda x, w: reference.conv_transpose1d(x, w, **ref), dtype)
     args = dict(args_of(case), algorithm=algorithm)
     gx, gw, gb = fastconv.conv_transpose1d_backward(gy, x, w, **args)
-    x64, w64 = x.astype(np.float64), w.astype(np.float64)
-    rx = basis_gradient(lambda v: reference.conv_transpose1d(v, w64, **ref), x64, gy)
-    rw = basis_gradient(lambda v: reference.conv_transpose1d(x64, v, **ref), w64, gy)
+    rx, rw, rb = reference.conv_transpose1d_backward(gy, x, w, **ref)
     pixels = gy.shape[0] * gy.shape[1]
     assert_close(gx, rx, dtype, w.shape[0] * w.shape[1], "grad_input")
     assert_close(gw, rw, dtype, pixels, "grad_weight")
-    assert_close(gb, gy.astype(np.float64).sum(axis=(0, 1)), dtype, pixels, "grad_bias")
+    assert_close(gb, rb, dtype, pixels, "grad_bias")
     g2 = fastconv.conv_transpose2d_backward(gy[:, None], x[:, None], w[None],
                                             **as_2d(case, True), algorithm=algorithm)
     assert_close(gx, g2[0][:, 0], dtype, pixels, "vs 2-D")
@@ -213,6 +222,19 @@ def test_conv_transpose1d_backward(case, dtype, algorithm):
     assert gu[0].shape == x.shape[1:]
     for a, b in zip(gu, (gb1[0][0], gb1[1], gb1[2])):
         assert_close(a, b, dtype, pixels, "unbatched")
+
+
+@pytest.mark.parametrize("case", TRANSPOSE_CASES[:7], ids=case_id)
+def test_reference_conv_transpose1d_backward_is_the_jacobian(case):
+    ref = ref_transpose(case)
+    x, w, _, gy = make(case, lambda x, w: reference.conv_transpose1d(x, w, **ref), np.float64)
+    rx, rw, _ = reference.conv_transpose1d_backward(gy, x, w, **ref)
+    np.testing.assert_allclose(
+        rx, basis_gradient(lambda v: reference.conv_transpose1d(v, w, **ref), x, gy),
+        rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        rw, basis_gradient(lambda v: reference.conv_transpose1d(x, v, **ref), w, gy),
+        rtol=1e-12, atol=1e-12)
 
 
 def test_conv_transpose1d_hand_example():
