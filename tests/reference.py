@@ -156,7 +156,7 @@ def conv_transpose2d_backward(gy, x, w, stride=(1, 1), pads=((0, 0), (0, 0)),
 
 def conv1d(x, w, bias=None, stride=1, pads=(0, 0), dilation=1, groups=1, mode="zeros"):
     """y[n, l, g*cog + o] = bias[g*cog + o]
-                           + sum_{t, c} xp[n, l*stride + t*dilation, g*cig + c] * w[t, c, g*cog + o]."""
+        + sum_{t, c} xp[n, l*stride + t*dilation, g*cig + c] * w[t, c, g*cog + o]."""
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     xp = np.pad(x, ((0, 0), pads, (0, 0)), mode=PAD_MODE[mode])
