@@ -68,10 +68,16 @@ def _needs(needs) -> frozenset:
     return wanted
 
 
-def _check_grad_output(fn: str, grad_output: np.ndarray, expected: tuple) -> None:
-    if grad_output.shape != expected:
-        raise ValueError(f"{fn}: expected grad_output of shape {expected} [NHWC] (the shape of "
-                         f"the forward output), but got {grad_output.shape}")
+def _grad_output(fn: str, grad_output, expected: tuple, unbatched: bool, one_d: bool):
+    """grad_output checked against the forward output's shape `expected` (N, Ho, Wo, C) (as
+    the caller sees it: without N when unbatched, without H for 1-D), returned 4-D."""
+    gy = _params.as_array("grad_output", grad_output)
+    shown = (expected[0], *expected[2:]) if one_d else expected
+    shown = shown[1:] if unbatched else shown
+    if gy.shape != shown:
+        raise ValueError(f"{fn}: expected grad_output of shape {shown} {'[NLC]' if one_d else '[NHWC]'}"
+                         f" (the shape of the forward output), but got {gy.shape}")
+    return gy.reshape(expected)
 
 
 def pad(x: np.ndarray, pads, mode: str, dtype) -> np.ndarray:
@@ -193,7 +199,7 @@ def _data_kernel(algo: str, gy, w, bias, gxp, geo: ConvGeometry) -> None:
             sizes = (out.shape[1] + last_r - first_r, out.shape[2] + last_s - first_s)
             gy_phase = _shifted(gy, (last_r, last_s), sizes, gxp.dtype)
             w_phase = np.ascontiguousarray(wt[rows][:, cols][::-1, ::-1])
-            target = gxp if out.flags.c_contiguous else np.empty(out.shape, gxp.dtype)
+            target = gxp if sh == sw == 1 else np.empty(out.shape, gxp.dtype)  # one phase: all
             _forward_kernel(algo, gy_phase, w_phase, bias, target, (1, 1), (step_r, step_s),
                             groups)
             if target is not gxp:
@@ -220,7 +226,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     bias: (C_out,) or None. Returns (N, H_out, W_out, C_out) (3-D for 3-D x) in
     np.result_type(x, weight, float32).
     """
-    fn = "conv2d"
+    return _conv2d("conv2d", x, weight, bias, stride, padding, dilation, groups, padding_mode,
+                   algorithm)
+
+
+def _conv2d(fn, x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm):
     x, weight, unbatched = _conv_inputs(fn, x, weight, groups)
     bias = _bias(fn, bias, weight.shape[3])
     dtype = _params.float_dtype(x, weight, *([] if bias is None else [bias]))
@@ -241,16 +251,18 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
 
     Returns (grad_input, grad_weight, grad_bias); those not named in `needs` are None.
     """
-    fn = "conv2d_backward"
+    return _conv2d_backward("conv2d_backward", False, grad_output, x, weight, stride, padding,
+                            dilation, groups, padding_mode, algorithm, needs)
+
+
+def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilation, groups,
+                     padding_mode, algorithm, needs):
     wanted = _needs(needs)
     x, weight, unbatched = _conv_inputs(fn, x, weight, groups)
     mode = _params.padding_mode(padding_mode)
     geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
     algo = _algorithms.choose(fn, algorithm, geo)
-    gy = _params.as_array("grad_output", grad_output)
-    expected = (geo.n, *geo.out_hw, geo.out_channels)
-    _check_grad_output(fn, gy, expected[1:] if unbatched else expected)
-    gy = gy.reshape(expected)
+    gy = _grad_output(fn, grad_output, (geo.n, *geo.out_hw, geo.out_channels), unbatched, one_d)
     dtype = _params.float_dtype(gy, x, weight)
     gy = np.ascontiguousarray(gy, dtype)
     grad_input = grad_weight = grad_bias = None
@@ -289,7 +301,12 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     the convolution this is the adjoint of; bias: (C_out,) or None. `padding` crops the
     output, `output_padding` adds rows/columns at its bottom/right.
     """
-    fn = "conv_transpose2d"
+    return _conv_transpose2d("conv_transpose2d", x, weight, bias, stride, padding,
+                             output_padding, dilation, groups, algorithm)
+
+
+def _conv_transpose2d(fn, x, weight, bias, stride, padding, output_padding, dilation, groups,
+                      algorithm):
     x, weight, unbatched = _conv_transpose_inputs(fn, x, weight, groups)
     geo = _params.conv_transpose_geometry(fn, x.shape, weight.shape, stride, padding,
                                           output_padding, dilation, groups)
@@ -310,16 +327,19 @@ def conv_transpose2d_backward(grad_output, x, weight, stride=1, padding=0, outpu
 
     Returns (grad_input, grad_weight, grad_bias); those not named in `needs` are None.
     """
-    fn = "conv_transpose2d_backward"
+    return _conv_transpose2d_backward("conv_transpose2d_backward", False, grad_output, x, weight,
+                                      stride, padding, output_padding, dilation, groups,
+                                      algorithm, needs)
+
+
+def _conv_transpose2d_backward(fn, one_d, grad_output, x, weight, stride, padding,
+                               output_padding, dilation, groups, algorithm, needs):
     wanted = _needs(needs)
     x, weight, unbatched = _conv_transpose_inputs(fn, x, weight, groups)
     geo = _params.conv_transpose_geometry(fn, x.shape, weight.shape, stride, padding,
                                           output_padding, dilation, groups)
     algo = _algorithms.choose(fn, algorithm, geo)
-    gy = _params.as_array("grad_output", grad_output)
-    expected = (geo.n, *geo.in_hw, geo.in_channels)
-    _check_grad_output(fn, gy, expected[1:] if unbatched else expected)
-    gy = gy.reshape(expected)
+    gy = _grad_output(fn, grad_output, (geo.n, *geo.in_hw, geo.in_channels), unbatched, one_d)
     dtype = _params.float_dtype(gy, x, weight)
     gyp = pad(gy, geo.padding, "zeros", dtype)  # the convolution's input
     x = np.ascontiguousarray(x, dtype)  # the convolution's output
@@ -365,7 +385,7 @@ def conv_transpose_output_shape(input_hw, kernel_size, stride=1, padding=0, outp
 # ----------------------------------------------------------------------------------------------
 # 1-D: (N, L, C) activations, (k, C_in // groups, C_out) weights, as 2-D with H = 1
 
-def _as_2d(fn: str, x, weight, stride, padding, dilation, output_padding=0):
+def _as_2d(x, weight, stride, padding, dilation, output_padding=0):
     """The 2-D arguments of a 1-D call (x gains H = 1 after N, weight gains kh = 1)."""
     x = _params.as_array("input", x)
     _params.check_ndim("input", x, (2, 3), "(L, C) or (N, L, C) [NLC]")
@@ -390,33 +410,32 @@ def _squeeze_h(arr):
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
            padding_mode="zeros", algorithm="auto"):
     """1-D convolution of (N, L, C_in) `x` with (k, C_in // groups, C_out) `weight`."""
-    x2, w2, s2, p2, d2, _ = _as_2d("conv1d", x, weight, stride, padding, dilation)
-    return _squeeze_h(conv2d(x2, w2, bias, s2, p2, d2, groups, padding_mode, algorithm))
+    x2, w2, s2, p2, d2, _ = _as_2d(x, weight, stride, padding, dilation)
+    return _squeeze_h(_conv2d("conv1d", x2, w2, bias, s2, p2, d2, groups, padding_mode,
+                              algorithm))
 
 
 def conv1d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, groups=1,
                     padding_mode="zeros", algorithm="auto", needs=NEEDS):
     """Gradients of conv1d; returns (grad_input, grad_weight, grad_bias)."""
-    x2, w2, s2, p2, d2, _ = _as_2d("conv1d_backward", x, weight, stride, padding, dilation)
-    gy = _params.as_array("grad_output", grad_output)[..., None, :, :]
-    gx, gw, gb = conv2d_backward(gy, x2, w2, s2, p2, d2, groups, padding_mode, algorithm, needs)
+    x2, w2, s2, p2, d2, _ = _as_2d(x, weight, stride, padding, dilation)
+    gx, gw, gb = _conv2d_backward("conv1d_backward", True, grad_output, x2, w2, s2, p2, d2,
+                                  groups, padding_mode, algorithm, needs)
     return _squeeze_h(gx), None if gw is None else gw[0], gb
 
 
 def conv_transpose1d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1,
                      groups=1, algorithm="auto"):
     """1-D transposed convolution; weight (k, C_out // groups, C_in)."""
-    x2, w2, s2, p2, d2, op2 = _as_2d("conv_transpose1d", x, weight, stride, padding, dilation,
-                                     output_padding)
-    return _squeeze_h(conv_transpose2d(x2, w2, bias, s2, p2, op2, d2, groups, algorithm))
+    x2, w2, s2, p2, d2, op2 = _as_2d(x, weight, stride, padding, dilation, output_padding)
+    return _squeeze_h(_conv_transpose2d("conv_transpose1d", x2, w2, bias, s2, p2, op2, d2,
+                                        groups, algorithm))
 
 
 def conv_transpose1d_backward(grad_output, x, weight, stride=1, padding=0, output_padding=0,
                               dilation=1, groups=1, algorithm="auto", needs=NEEDS):
     """Gradients of conv_transpose1d; returns (grad_input, grad_weight, grad_bias)."""
-    x2, w2, s2, p2, d2, op2 = _as_2d("conv_transpose1d_backward", x, weight, stride, padding,
-                                     dilation, output_padding)
-    gy = _params.as_array("grad_output", grad_output)[..., None, :, :]
-    gx, gw, gb = conv_transpose2d_backward(gy, x2, w2, s2, p2, op2, d2, groups, algorithm,
-                                           needs)
+    x2, w2, s2, p2, d2, op2 = _as_2d(x, weight, stride, padding, dilation, output_padding)
+    gx, gw, gb = _conv_transpose2d_backward("conv_transpose1d_backward", True, grad_output, x2,
+                                            w2, s2, p2, op2, d2, groups, algorithm, needs)
     return _squeeze_h(gx), None if gw is None else gw[0], gb

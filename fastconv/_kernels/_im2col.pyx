@@ -4,7 +4,8 @@ The output pixels are cut into tiles of `tile` pixels. A thread unrolls one tile
 fields into its own column buffer (tile x kh*kw*cig, sized by the caller to stay near L2) and
 multiplies it by the weight, seen as a (kh*kw*cig) x C_out matrix, with one single-threaded
 BLAS call per group. The full column matrix never exists. A 1x1 stride-1 convolution needs no
-column buffer at all: its input already is the column matrix.
+column buffer at all: its input already is the column matrix (when no row or column of the
+input lies beyond the last output pixel).
 
 The caller keeps BLAS on one thread while these run: parallelism is OpenMP over tiles.
 Functions return 0, or 1 when a scratch buffer could not be allocated.
@@ -51,7 +52,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_in)
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], cog = Cout // groups
     cdef Py_ssize_t K = kh * kw * cig, P = N * Ho * Wo
     cdef Py_ssize_t n_tiles = (P + tile - 1) // tile
-    cdef bint pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1
+    cdef bint pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and Hp == Ho and Wp == Wo
     cdef bint has_bias = bias.shape[0] > 0
     cdef Py_ssize_t it, p0, T, g, t, co
     cdef floating* col = NULL
@@ -104,7 +105,7 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_i
     cdef Py_ssize_t cig = C // groups, cog = Cout // groups
     cdef Py_ssize_t K = kh * kw * cig, P = N * Ho * Wo
     cdef Py_ssize_t n_chunks = partial.shape[0]
-    cdef bint pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1
+    cdef bint pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and Hp == Ho and Wp == Wo
     cdef Py_ssize_t chunk, p0, p_end, T, g
     cdef floating* col = NULL
     cdef const floating* a
