@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -300,3 +304,46 @@ def test_separable_equals_direct(name, mode, dtype):
 def test_filter2d_errors(image, kernel, kwargs, error, match):
     with pytest.raises(error, match=match):
         filters.filter2d(image, kernel, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# the lecture tour example
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOUR = ROOT / "examples" / "lecture_tour.py"
+
+
+def run_tour(*args, block_pillow=False):
+    """Run examples/lecture_tour.py in a fresh interpreter on the in-tree package."""
+    prelude = "import sys; sys.modules['PIL'] = None; " if block_pillow else ""
+    code = (f"{prelude}import runpy, sys; sys.argv = [{str(TOUR)!r}] + {list(args)!r}; "
+            f"runpy.run_path({str(TOUR)!r}, run_name='__main__')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_lecture_tour_runs_and_saves_pictures(tmp_path):
+    out = run_tour("--out", str(tmp_path / "pics"))
+    assert "output == [[19, 25], [37, 43]]: True" in out
+    assert "C: 4 x 16 (outputs x inputs), 36 stored entries; C^T: 16 x 4" in out
+    assert "identity? False" in out
+    assert "padding_mode='circular': max |conv(roll(x)) - roll(conv(x))| = 0.00e+00" in out
+    try:
+        from PIL import Image
+    except ImportError:
+        assert "Pillow is not installed" in out
+        return
+    with Image.open(tmp_path / "pics" / "edges.png") as picture:
+        assert picture.size == (128, 96)
+    assert len(list((tmp_path / "pics").glob("*.png"))) == 6
+
+
+def test_lecture_tour_without_pillow(tmp_path):
+    out = run_tour("--out", str(tmp_path / "pics"), block_pillow=True)
+    assert "Pillow is not installed: not saving the pictures" in out
+    assert not (tmp_path / "pics").exists()
+    assert "[[19. 25.]" in out
