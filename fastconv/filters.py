@@ -1,8 +1,8 @@
 """Classic image filters: kernel constructors and filter2d, a depthwise 2-D filter.
 
 The constructors return 2-D float64 kernels. filter2d applies one kernel to every channel
-of an image with fastconv.conv2d; kernels of rank 1 (Gaussian, box, Sobel, Prewitt) run as
-a vertical then a horizontal 1-D pass.
+of an image with fastconv.conv2d; kernels of rank 1 (Gaussian, box, Sobel, Prewitt, and any
+single row or column) run as a vertical then a horizontal 1-D pass.
 
 Boundary modes use fastconv's (NumPy's) names, which differ from scipy.ndimage's:
 
@@ -119,7 +119,7 @@ def filter2d(image, kernel, padding="same", padding_mode="reflect", flip=False):
         raise ValueError(f"{fn}: kernel of shape {kernel.shape} must have every dimension >= 1")
     mode = _params.padding_mode(padding_mode)
     dtype = _params.float_dtype(image)
-    x = {2: image[None, :, :, None], 3: image[None], 4: image}[image.ndim]  # (N, H, W, C)
+    x = _batch(image)
     kh, kw = kernel.shape
     if flip:
         kernel = kernel[::-1, ::-1]
@@ -130,6 +130,9 @@ def filter2d(image, kernel, padding="same", padding_mode="reflect", flip=False):
     # checked once here, so errors name filter2d and the image's layout
     geo = _params.conv_geometry(fn, (x.shape[0], x.shape[1], x.shape[2], 1), (kh, kw, 1, 1),
                                 1, padding, 1, 1)
+    if x.shape[0] == 0 or x.shape[3] == 0:  # no images or no channels: nothing to filter
+        y = np.zeros((x.shape[0], *geo.out_hw, x.shape[3]), dtype)
+        return _unbatch(y, image.ndim)
     x = np.ascontiguousarray(x, dtype)
     kernel = np.asarray(kernel, dtype)
     factors = _rank_one_factors(kernel)
@@ -137,16 +140,35 @@ def filter2d(image, kernel, padding="same", padding_mode="reflect", flip=False):
         y = _depthwise(x, kernel, geo.padding, mode)
     else:
         y = _separable(x, *factors, geo.padding, mode)
-    return {2: y[0, :, :, 0], 3: y[0], 4: y}[image.ndim]
+    return _unbatch(y, image.ndim)
+
+
+def _batch(image: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, C) or (N, H, W, C) as a view (N, H, W, C)."""
+    if image.ndim == 2:
+        return image[None, :, :, None]
+    return image[None] if image.ndim == 3 else image
+
+
+def _unbatch(y: np.ndarray, ndim: int) -> np.ndarray:
+    """(N, H, W, C) back to the image's own number of dimensions."""
+    if ndim == 2:
+        return y[0, :, :, 0]
+    return y[0] if ndim == 3 else y
 
 
 def _rank_one_factors(kernel: np.ndarray):
     """(column, row) with kernel == outer(column, row) to rounding when the kernel has
-    numerical rank 1 and both sides > 1, else None."""
+    numerical rank 1 (at the precision of its dtype), else None."""
     kh, kw = kernel.shape
-    if kh == 1 or kw == 1:
-        return None  # already one pass
+    one = np.ones(1, kernel.dtype)
+    if kw == 1:
+        return kernel[:, 0], one
+    if kh == 1:
+        return one, kernel[0]
     k64 = kernel.astype(np.float64)
+    if not np.all(np.isfinite(k64)):
+        return None  # the SVD would fail; the direct path propagates NaN as it should
     singular = np.linalg.svd(k64, compute_uv=False)
     tol = singular[0] * max(kh, kw) * np.finfo(kernel.dtype).eps  # matrix_rank's default
     if singular[0] == 0 or singular[1] > tol:
@@ -182,8 +204,13 @@ def _separable(x: np.ndarray, column: np.ndarray, row: np.ndarray, pads, mode: s
     """outer(column, row) as a pass down H then a pass along W (on the transposed array).
 
     Every padding mode pads each axis independently, so padding per pass is the same as
-    padding the 2-D image once.
+    padding the 2-D image once. A pass that is the single tap 1 without padding is skipped.
     """
-    y = _vertical(x, column, pads[0], mode)
+    def identity(taps, pad):
+        return taps.size == 1 and taps[0] == 1 and pad == (0, 0)
+
+    y = x if identity(column, pads[0]) else _vertical(x, column, pads[0], mode)
+    if identity(row, pads[1]):
+        return y
     y = _vertical(np.ascontiguousarray(y.transpose(0, 2, 1, 3)), row, pads[1], mode)
     return np.ascontiguousarray(y.transpose(0, 2, 1, 3))

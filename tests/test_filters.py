@@ -230,6 +230,14 @@ def test_kernel_larger_than_the_image(mode):
                                scipy_filter(img, k, mode, False), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(0, 6, 5, 3), (6, 5, 0), (2, 6, 5, 0)])
+def test_empty_batch_or_channels(shape):
+    out = filters.filter2d(np.zeros(shape, np.uint8), filters.sobel("x"))
+    assert out.shape == shape and out.dtype == np.float32
+    valid = filters.filter2d(np.zeros(shape), filters.sobel("x"), padding="valid")
+    assert valid.shape == (*shape[:-3], 4, 3, shape[-1])
+
+
 def test_non_contiguous_input_is_not_modified():
     base = np.random.default_rng(20).standard_normal((12, 20, 3))
     img = base[::2, ::3, ::-1]
@@ -247,7 +255,7 @@ def test_non_contiguous_input_is_not_modified():
     ("sobel_x", True), ("sobel_y", True), ("prewitt_x", True), ("gaussian", True),
     ("box3", True), ("box_2x4", True), ("rank1_4x2", True),
     ("laplace", False), ("sharpen", False), ("random_4x3", False),
-    ("random_1x5", False),  # already one pass
+    ("random_1x5", True),  # a single row: one pass
 ])
 def test_rank_one_detection(name, rank_one):
     factors = filters._rank_one_factors(KERNELS[name])
@@ -259,6 +267,40 @@ def test_rank_one_detection(name, rank_one):
 def test_rank_one_factors_of_integer_kernels_are_exact():
     column, row = filters._rank_one_factors(filters.sobel("x"))
     np.testing.assert_array_equal(np.outer(column, row), filters.sobel("x"))
+
+
+def test_single_row_and_column_kernels_factor_exactly():
+    row = KERNELS["random_1x5"]
+    np.testing.assert_array_equal(np.outer(*filters._rank_one_factors(row)), row)
+    np.testing.assert_array_equal(np.outer(*filters._rank_one_factors(row.T)), row.T)
+
+
+@pytest.mark.parametrize("padding", ["same", 2, ((1, 0), (0, 3))])
+@pytest.mark.parametrize("mode", ["reflect", "zeros"])
+def test_single_row_and_column_kernels_with_padding(padding, mode):
+    """A 1-row kernel still pads the rows (a pass of the single tap 1 does the padding)."""
+    img = np.random.default_rng(23).standard_normal((6, 9, 2))
+    for kernel in (KERNELS["random_1x5"], KERNELS["random_1x5"].T):
+        ours = filters.filter2d(img, kernel, padding=padding, padding_mode=mode)
+        if padding == "same":
+            pads = tuple((k // 2, k - 1 - k // 2) for k in kernel.shape)
+        else:
+            pads = ((2, 2), (2, 2)) if padding == 2 else padding
+        padded = np.pad(img, (*pads, (0, 0)), mode={"reflect": "reflect",
+                                                    "zeros": "constant"}[mode])
+        kh, kw = kernel.shape
+        ref = ndi.correlate(padded, kernel[:, :, None], mode="constant")
+        ref = ref[kh // 2: padded.shape[0] - (kh - 1 - kh // 2),
+                  kw // 2: padded.shape[1] - (kw - 1 - kw // 2)]
+        assert ours.shape == ref.shape
+        np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_nan_kernel_propagates():
+    img = np.ones((5, 5))
+    k = filters.box(3)
+    k[1, 1] = np.nan
+    assert np.isnan(filters.filter2d(img, k)).all()
 
 
 def test_a_nearly_rank_one_kernel_is_not_separated():
