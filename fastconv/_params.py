@@ -225,3 +225,25 @@ def conv_transpose_geometry(fn: str, x_shape, weight_shape, stride, padding, out
                          f"output would be {out_hw}")
     return ConvGeometry(n, out_hw, cig_t * groups, (kh, kw), c, stride, dilation, pads, groups,
                         (h, w))
+
+
+# ----------------------------------------------------------------------------------------------
+# conv_matrix and filters (fastconv.matrix, fastconv.filters)
+
+def as_shape(name: str, value, ndims: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    """A shape: a sequence of ndims[i] ints, each >= 0."""
+    if not isinstance(value, (tuple, list)) or len(value) not in ndims:
+        want = " or ".join(str(d) for d in ndims)
+        raise ValueError(f"expected {name} to be a sequence of {want} ints {layout}, but got "
+                         f"{value!r}")
+    return tuple(as_int(f"{name}[{i}]", v, 0) for i, v in enumerate(value))
+
+
+def as_positive_real(name: str, value) -> float:
+    """A finite real number > 0 (bools refused)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, but got {value!r} of type "
+                        f"{type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, but got {value!r}")
+    return float(value)
