@@ -5,6 +5,7 @@ See README.md and the docstrings of the functions below.
 """
 from importlib.metadata import PackageNotFoundError, version
 
+from fastconv import filters
 from fastconv._threads import get_num_threads, num_threads, set_num_threads
 from fastconv.functional import (
     conv1d,
@@ -18,6 +19,7 @@ from fastconv.functional import (
     conv_transpose2d_backward,
     conv_transpose_output_shape,
 )
+from fastconv.matrix import conv_matrix
 
 try:
     __version__ = version("fastconv")
@@ -29,12 +31,14 @@ __all__ = [
     "conv1d_backward",
     "conv2d",
     "conv2d_backward",
+    "conv_matrix",
     "conv_output_shape",
     "conv_transpose1d",
     "conv_transpose1d_backward",
     "conv_transpose2d",
     "conv_transpose2d_backward",
     "conv_transpose_output_shape",
+    "filters",
     "get_num_threads",
     "num_threads",
     "set_num_threads",

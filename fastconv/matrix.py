@@ -41,8 +41,8 @@ def conv_matrix(input_shape, weight, stride=1, padding=0, dilation=1, groups=1):
     # A zero-strided stand-in for x (no memory), so conv2d's own checks run unchanged.
     x = np.broadcast_to(np.zeros((), np.float32), shape)
     if one_d:  # as conv1d does: H = 1
-        x, weight, stride, padding, dilation, _ = functional._as_2d(fn, x, weight, stride,
-                                                                   padding, dilation)
+        x, weight, stride, padding, dilation, _ = functional._as_2d(x, weight, stride, padding,
+                                                                   dilation)
     x, weight, _ = functional._conv_inputs(fn, x, weight, groups)
     geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
     dtype = _params.float_dtype(weight)
