@@ -347,7 +347,7 @@ def check_divisible(name: str, value: int, groups: int) -> None:
 
 
 def check_channels(layer: str, x: np.ndarray, channels: int, ndims: tuple[int, ...] | None,
-                   layout: str) -> None:
+                   layout: str, what: str = "channels") -> None:
     """A layer's input: the right number of dimensions (None: any but 0) and `channels`
     along the last one."""
     if ndims is not None:
@@ -355,9 +355,9 @@ def check_channels(layer: str, x: np.ndarray, channels: int, ndims: tuple[int, .
     elif x.ndim == 0:
         raise ValueError(f"{layer} expected input {layout}, but got a 0-D array")
     if x.shape[-1] != channels:
-        raise ValueError(f"{layer} expected input {layout} with {channels} channels in its "
+        raise ValueError(f"{layer} expected input {layout} with {channels} {what} in its "
                          f"last dimension, but got input of shape {x.shape} with "
-                         f"{x.shape[-1]} channels instead")
+                         f"{x.shape[-1]} {what} instead")
 
 
 def class_labels(fn: str, target, n: int, classes: int) -> np.ndarray:

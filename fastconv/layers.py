@@ -315,7 +315,8 @@ class Linear(Layer):
 
     def forward(self, x):
         x = _params.as_array("input", x)
-        _params.check_channels(repr(self), x, self.in_features, None, "(..., in_features)")
+        _params.check_channels(repr(self), x, self.in_features, None, "(..., in_features)",
+                               "features")
         dtype = _params.float_dtype(x, self.weight)
         y = x.astype(dtype, copy=False) @ self.weight.astype(dtype, copy=False)
         if self.bias is not None:
