@@ -28,7 +28,6 @@ import numpy as np
 from fastconv import _params, functional, pooling
 from fastconv._algorithms import ALGORITHMS
 
-_NHWC = "(N, H, W, C) [NHWC]"
 _NHWC_3_OR_4 = "(H, W, C) or (N, H, W, C) [NHWC]"
 
 
@@ -376,9 +375,12 @@ class _PoolBase(Layer):
 
 
 class MaxPool2d(_PoolBase):
-    """2-D max pooling (see fastconv.max_pool2d); keeps only the indices for backward."""
+    """2-D max pooling (see fastconv.max_pool2d); keeps only the indices for backward.
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    ceil_mode is keyword-only: PyTorch's MaxPool2d has return_indices in its place.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False):
         super().__init__()
         self.kernel_size = _params.as_pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else _params.as_pair("stride",
@@ -596,7 +598,7 @@ class _TorchConverter:
                 raise ValueError("from_torch: MaxPool2d(return_indices=True) returns a tuple; "
                                  "fastconv's MaxPool2d layer returns only the pooled values")
             layer = MaxPool2d(module.kernel_size, module.stride, module.padding,
-                              module.dilation, bool(module.ceil_mode))
+                              module.dilation, ceil_mode=bool(module.ceil_mode))
         elif isinstance(module, nn.AvgPool2d):
             if module.divisor_override is not None:
                 raise ValueError("from_torch: AvgPool2d(divisor_override=...) is not supported")
