@@ -5,7 +5,7 @@ See README.md and the docstrings of the functions below.
 """
 from importlib.metadata import PackageNotFoundError, version
 
-from fastconv import filters
+from fastconv import filters, layers, losses, optim
 from fastconv._threads import get_num_threads, num_threads, set_num_threads
 from fastconv.functional import (
     conv1d,
@@ -19,7 +19,26 @@ from fastconv.functional import (
     conv_transpose2d_backward,
     conv_transpose_output_shape,
 )
+from fastconv.layers import (
+    AvgPool2d,
+    Conv2d,
+    ConvTranspose2d,
+    Flatten,
+    Layer,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+)
 from fastconv.matrix import conv_matrix
+from fastconv.pooling import (
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    relu,
+    relu_backward,
+)
 
 try:
     __version__ = version("fastconv")
@@ -27,6 +46,17 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "AvgPool2d",
+    "Conv2d",
+    "ConvTranspose2d",
+    "Flatten",
+    "Layer",
+    "Linear",
+    "MaxPool2d",
+    "ReLU",
+    "Sequential",
+    "avg_pool2d",
+    "avg_pool2d_backward",
     "conv1d",
     "conv1d_backward",
     "conv2d",
@@ -40,6 +70,13 @@ __all__ = [
     "conv_transpose_output_shape",
     "filters",
     "get_num_threads",
+    "layers",
+    "losses",
+    "max_pool2d",
+    "max_pool2d_backward",
     "num_threads",
+    "optim",
+    "relu",
+    "relu_backward",
     "set_num_threads",
 ]

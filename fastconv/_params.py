@@ -247,3 +247,149 @@ def as_positive_real(name: str, value) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, but got {value!r}")
     return float(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# pooling, layers, optimisers and losses
+
+def as_bool(name: str, value) -> bool:
+    """A Python bool (0/1 and other truthy values are refused, to catch swapped arguments)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, but got {value!r} of type {type(value).__name__}")
+    return bool(value)
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """A checked 2-D pooling: x (N, H, W, C) -> y (N, Ho, Wo, C), symmetric padding (ph, pw)."""
+    n: int
+    in_hw: tuple[int, int]
+    channels: int
+    kernel_hw: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    ceil_mode: bool
+    out_hw: tuple[int, int]
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, *self.out_hw, self.channels)
+
+
+def pool_output_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """PyTorch's pooling output size: floor (or ceil) of (in + 2p - d*(k-1) - 1) / s, plus one;
+    in ceil mode a last window that would start in the right/bottom padding is dropped."""
+    span = n + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def pool_geometry(fn: str, x_shape, kernel_size, stride, padding, dilation, ceil_mode
+                  ) -> PoolGeometry:
+    """Check and resolve the geometry of a 2-D pooling of x (N, H, W, C), PyTorch's rules:
+    stride None means kernel_size; padding is an int or a pair (both sides), at most half of
+    the dilated kernel; the output must be at least 1 x 1."""
+    kernel_hw = as_pair("kernel_size", kernel_size, 1)
+    stride = kernel_hw if stride is None else as_pair("stride", stride, 1)
+    if isinstance(padding, str) or not (_is_int(padding) or (
+            isinstance(padding, (tuple, list)) and len(padding) == 2
+            and all(_is_int(p) for p in padding))):
+        raise TypeError(f"{fn}: padding must be an int or a pair of ints (added on both sides, "
+                        f"as in PyTorch), but got {padding!r}")
+    padding = as_pair("padding", padding, 0)
+    dilation = as_pair("dilation", dilation, 1)
+    ceil_mode = as_bool("ceil_mode", ceil_mode)
+    for axis, k, p, d in zip("HW", kernel_hw, padding, dilation):
+        effective = d * (k - 1) + 1
+        if 2 * p > effective:
+            raise ValueError(f"{fn}: padding must be at most half of the dilated kernel size "
+                             f"(PyTorch's rule), but got padding={padding}, "
+                             f"kernel_size={kernel_hw}, dilation={dilation} (on {axis}: "
+                             f"{p} > {effective} / 2)")
+    n, h, w, c = x_shape
+    out_hw = tuple(pool_output_size(size, k, s, p, d, ceil_mode) for size, k, s, p, d
+                   in zip((h, w), kernel_hw, stride, padding, dilation))
+    if min(out_hw) < 1:
+        padded = (h + 2 * padding[0], w + 2 * padding[1])
+        dilated = tuple(d * (k - 1) + 1 for k, d in zip(kernel_hw, dilation))
+        raise ValueError(f"{fn}: padded input size {padded} (H, W) is smaller than the dilated "
+                         f"kernel size {dilated} (H, W): the output would be {out_hw}")
+    return PoolGeometry(n, (h, w), c, kernel_hw, stride, padding, dilation, ceil_mode, out_hw)
+
+
+def check_grad_shape(fn: str, name: str, arr: np.ndarray, expected: tuple, layout: str) -> None:
+    """An array (a gradient, or max-pool indices) must have the forward output's shape."""
+    if tuple(arr.shape) != tuple(expected):
+        raise ValueError(f"{fn}: expected {name} of shape {tuple(expected)} {layout} (the shape "
+                         f"of the forward output), but got {tuple(arr.shape)}")
+
+
+# layers, optimizer and loss (fastconv.layers, fastconv.optim, fastconv.losses)
+
+def as_float(name: str, value, minimum: float | None = None) -> float:
+    """A finite real number >= minimum."""
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, but got {value!r} of type "
+                        f"{type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        raise ValueError(f"{name} must be a finite number >= {minimum}, but got {value}")
+    return value
+
+
+def layer_dtype(dtype) -> np.dtype:
+    """A layer's parameter dtype: float32 or float64."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be np.float32 or np.float64, but got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be np.float32 or np.float64, but got {dt}")
+    return dt
+
+
+def as_rng(rng) -> np.random.Generator:
+    """None (fresh entropy), an int seed or a np.random.Generator, as a Generator."""
+    if rng is None or _is_int(rng):
+        return np.random.default_rng(rng)
+    if isinstance(rng, np.random.Generator):
+        return rng
+    raise TypeError(f"rng must be None, an int seed or a np.random.Generator, but got "
+                    f"{rng!r} of type {type(rng).__name__}")
+
+
+def check_divisible(name: str, value: int, groups: int) -> None:
+    if value % groups:
+        raise ValueError(f"{name} must be divisible by groups={groups}, but got {value}")
+
+
+def check_channels(layer: str, x: np.ndarray, channels: int, ndims: tuple[int, ...] | None,
+                   layout: str, what: str = "channels") -> None:
+    """A layer's input: the right number of dimensions (None: any but 0) and `channels`
+    along the last one."""
+    if ndims is not None:
+        check_ndim("input", x, ndims, layout)
+    elif x.ndim == 0:
+        raise ValueError(f"{layer} expected input {layout}, but got a 0-D array")
+    if x.shape[-1] != channels:
+        raise ValueError(f"{layer} expected input {layout} with {channels} {what} in its "
+                         f"last dimension, but got input of shape {x.shape} with "
+                         f"{x.shape[-1]} {what} instead")
+
+
+def class_labels(fn: str, target, n: int, classes: int) -> np.ndarray:
+    """Integer class labels, one per row of an (n, classes) logits array, each in [0, classes)."""
+    labels = as_array("target", target)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: target must hold integer class indices, but got dtype "
+                        f"{labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"{fn}: expected target of shape ({n},) (one class index per row of "
+                         f"the logits), but got {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"{fn}: target class indices must be in [0, {classes}), but got values "
+                         f"in [{labels.min()}, {labels.max()}]")
+    return labels.astype(np.intp, copy=False)

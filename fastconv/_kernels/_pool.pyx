@@ -1,0 +1,209 @@
+"""Max and average pooling kernels on NHWC activations, PyTorch's semantics.
+
+The input is not padded: each window is clipped to the image here (max pooling pads with
+-inf, so clipping is the same thing; average pooling needs the clipped and unclipped window
+sizes for its divisor). The innermost loops run over contiguous channels.
+
+Shapes:
+    x    (N, H, W, C)     input
+    y    (N, Ho, Wo, C)   output
+    idx  (N, Ho, Wo, C)   int64 flat index ih * W + iw of each maximum, -1 for a window that
+                          lies wholly in the padding (possible with dilation)
+The caller has checked the geometry: every window starts before the end of the image.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport INFINITY
+from libc.stdint cimport int64_t
+
+
+cdef inline Py_ssize_t _first_tap(Py_ssize_t start, Py_ssize_t d) noexcept nogil:
+    """The first tap r with start + r*d >= 0."""
+    if start >= 0:
+        return 0
+    return (-start + d - 1) // d
+
+
+cdef inline Py_ssize_t _end_tap(Py_ssize_t start, Py_ssize_t k, Py_ssize_t d,
+                                Py_ssize_t size) noexcept nogil:
+    """One past the last tap r < k with start + r*d < size (start < size)."""
+    cdef Py_ssize_t end = (size - start + d - 1) // d
+    return end if end < k else k
+
+
+def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
+                     floating[:, :, :, ::1] y,         # OUT (N, Ho, Wo, C)
+                     int64_t[:, :, :, ::1] idx,        # OUT (N, Ho, Wo, C)
+                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                     Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                     int num_threads):
+    """Maximum over each window. Ties keep the first in row-major window order; NaN wins
+    over numbers and a later NaN over an earlier one (as PyTorch: `v > m or isnan(v)`)."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2]
+    cdef Py_ssize_t row, n, oh, ow, h0, w0, r0, r1, s0, s1, r, s, c, ih, iw
+    cdef int64_t first, flat
+    cdef const floating* xp
+    cdef floating* yp
+    cdef int64_t* ip
+    cdef floating v
+    if N * Ho * Wo * C == 0:
+        return
+    for row in prange(N * Ho, nogil=True, schedule="static", num_threads=num_threads):
+        n = row // Ho
+        oh = row % Ho
+        h0 = oh * sh - ph
+        r0 = _first_tap(h0, dh)
+        r1 = _end_tap(h0, kh, dh, H)
+        for ow in range(Wo):
+            w0 = ow * sw - pw
+            s0 = _first_tap(w0, dw)
+            s1 = _end_tap(w0, kw, dw, W)
+            yp = &y[n, oh, ow, 0]
+            ip = &idx[n, oh, ow, 0]
+            # the first real pixel of the window holds the index until a larger value comes
+            first = (h0 + r0 * dh) * W + (w0 + s0 * dw) if r0 < r1 and s0 < s1 else -1
+            for c in range(C):
+                yp[c] = -INFINITY
+                ip[c] = first
+            for r in range(r0, r1):
+                ih = h0 + r * dh
+                for s in range(s0, s1):
+                    iw = w0 + s * dw
+                    xp = &x[n, ih, iw, 0]
+                    flat = ih * W + iw
+                    for c in range(C):
+                        v = xp[c]
+                        if v > yp[c] or v != v:
+                            yp[c] = v
+                            ip[c] = flat
+
+
+def max_pool_backward(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C)
+                      const int64_t[:, :, :, ::1] idx,  # IN  (N, Ho, Wo, C), each in [-1, H*W)
+                      floating[:, :, :, ::1] gx,        # OUT (N, H, W, C), zeroed by the caller
+                      Py_ssize_t channel_block, int num_threads):
+    """Scatter each output gradient to the pixel its index names (-1: nowhere).
+
+    One task per (image, block of channels) sums its outputs in a fixed order, so the
+    result does not depend on the thread count and no two threads write the same memory.
+    """
+    cdef Py_ssize_t N = gx.shape[0], H = gx.shape[1], W = gx.shape[2], C = gx.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2]
+    cdef Py_ssize_t blocks = (C + channel_block - 1) // channel_block
+    cdef Py_ssize_t task, n, c0, c1, oh, ow, c
+    cdef int64_t j
+    cdef const floating* gyp
+    cdef const int64_t* ip
+    cdef floating* gxp
+    if N * Ho * Wo * C == 0:
+        return
+    for task in prange(N * blocks, nogil=True, schedule="static", num_threads=num_threads):
+        n = task // blocks
+        c0 = (task % blocks) * channel_block
+        c1 = c0 + channel_block if c0 + channel_block < C else C
+        gxp = &gx[n, 0, 0, 0]
+        for oh in range(Ho):
+            for ow in range(Wo):
+                gyp = &gy[n, oh, ow, 0]
+                ip = &idx[n, oh, ow, 0]
+                for c in range(c0, c1):
+                    j = ip[c]
+                    if j >= 0:
+                        gxp[j * C + c] += gyp[c]
+
+
+cdef inline Py_ssize_t _divisor(Py_ssize_t start, Py_ssize_t k, Py_ssize_t p, Py_ssize_t size,
+                                bint count_include_pad) noexcept nogil:
+    """How many rows (or columns) of the window count in the average: with padding, those
+    inside the padded image; without, those inside the image."""
+    cdef Py_ssize_t end = start + k
+    if end > size + p:
+        end = size + p
+    if count_include_pad:
+        return end - start
+    if start < 0:
+        start = 0
+    if end > size:
+        end = size
+    return end - start
+
+
+def avg_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
+                     floating[:, :, :, ::1] y,         # OUT (N, Ho, Wo, C)
+                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                     Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad, int num_threads):
+    """Mean over each window (padding counts as zeros when count_include_pad)."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2]
+    cdef Py_ssize_t row, n, oh, ow, h0, w0, h1, w1, ih, iw, c, dv
+    cdef const floating* xp
+    cdef floating* yp
+    cdef floating divisor
+    if N * Ho * Wo * C == 0:
+        return
+    for row in prange(N * Ho, nogil=True, schedule="static", num_threads=num_threads):
+        n = row // Ho
+        oh = row % Ho
+        h0 = oh * sh - ph
+        dv = _divisor(h0, kh, ph, H, count_include_pad)
+        h1 = h0 + kh if h0 + kh < H else H
+        if h0 < 0:
+            h0 = 0
+        for ow in range(Wo):
+            w0 = ow * sw - pw
+            divisor = <floating>(dv * _divisor(w0, kw, pw, W, count_include_pad))
+            w1 = w0 + kw if w0 + kw < W else W
+            if w0 < 0:
+                w0 = 0
+            yp = &y[n, oh, ow, 0]
+            for c in range(C):
+                yp[c] = 0
+            for ih in range(h0, h1):
+                for iw in range(w0, w1):
+                    xp = &x[n, ih, iw, 0]
+                    for c in range(C):
+                        yp[c] += xp[c]
+            for c in range(C):
+                yp[c] = yp[c] / divisor
+
+
+def avg_pool_backward(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C)
+                      floating[:, :, :, ::1] gx,        # OUT (N, H, W, C), every element written
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad, int num_threads):
+    """Gather form: each input pixel sums gy / divisor over the windows that cover it
+    (output row oh covers ih when oh*sh - ph <= ih < oh*sh - ph + kh)."""
+    cdef Py_ssize_t N = gx.shape[0], H = gx.shape[1], W = gx.shape[2], C = gx.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2]
+    cdef Py_ssize_t row, n, ih, iw, oh, ow, oh0, oh1, ow0, ow1, t, c, dv
+    cdef const floating* gyp
+    cdef floating* gxp
+    cdef floating divisor
+    if N * H * W * C == 0:
+        return
+    for row in prange(N * H, nogil=True, schedule="static", num_threads=num_threads):
+        n = row // H
+        ih = row % H
+        t = ih + ph - kh
+        oh0 = 0 if t < 0 else t // sh + 1
+        oh1 = (ih + ph) // sh + 1
+        if oh1 > Ho:
+            oh1 = Ho
+        for iw in range(W):
+            t = iw + pw - kw
+            ow0 = 0 if t < 0 else t // sw + 1
+            ow1 = (iw + pw) // sw + 1
+            if ow1 > Wo:
+                ow1 = Wo
+            gxp = &gx[n, ih, iw, 0]
+            for c in range(C):
+                gxp[c] = 0
+            for oh in range(oh0, oh1):
+                dv = _divisor(oh * sh - ph, kh, ph, H, count_include_pad)
+                for ow in range(ow0, ow1):
+                    divisor = <floating>(dv * _divisor(ow * sw - pw, kw, pw, W,
+                                                       count_include_pad))
+                    gyp = &gy[n, oh, ow, 0]
+                    for c in range(C):
+                        gxp[c] += gyp[c] / divisor

@@ -1,0 +1,687 @@
+"""Neural-network layers on NumPy arrays: NHWC activations, HWIO conv weights.
+
+    model = Sequential(Conv2d(1, 8, 3, padding=1, rng=0), ReLU(), MaxPool2d(2),
+                       Flatten(), Linear(8 * 4 * 4, 10, rng=0))
+    y = model(x)                    # forward; remembers what backward needs
+    grad_x = model.backward(grad_y) # input gradient; parameter gradients accumulate
+    model.zero_grad()
+
+A layer called in training mode (the default) keeps what its backward needs, and frees it
+when backward has run; after `.eval()` a forward keeps nothing (inference), and backward is
+an error. Don't modify a layer's input in place between its forward and its backward.
+
+Parameters are NumPy arrays on the layer (`weight`, `bias`), their gradients in the dict
+`layer.grads` (same names); `parameters()` yields `(name, value, grad)`. Parameters and
+gradients are always updated in place, so references to them stay valid.
+Weights: Conv2d (kh, kw, C_in // groups, C_out); ConvTranspose2d (kh, kw, C_out // groups,
+C_in) (the weight of the convolution it is the adjoint of); Linear (in_features,
+out_features), so that y = x @ weight + bias (PyTorch's Linear weight transposed).
+`from_torch(module)` converts PyTorch modules. Everything here calls fastconv.functional and
+fastconv.pooling.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastconv import _params, functional, pooling
+from fastconv._algorithms import ALGORITHMS
+
+_NHWC_3_OR_4 = "(H, W, C) or (N, H, W, C) [NHWC]"
+
+
+def _fmt_pair(pair) -> str:
+    return f"({pair[0]}, {pair[1]})"
+
+
+class Layer:
+    """The base class: forward by call, backward, parameters, state dict, train/eval."""
+
+    #: names of the parameter attributes, in state-dict order (None values are skipped)
+    param_names: tuple[str, ...] = ()
+    #: True when forward returns a new array that the layer does not keep (so the next
+    #: layer may overwrite it: Sequential then runs a following ReLU in place)
+    _output_is_private = False
+
+    def __init__(self):
+        self.training = True
+        self.grads: dict[str, np.ndarray] = {}
+        self._saved: dict | None = None
+
+    # -- running ---------------------------------------------------------------------------
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad_output):
+        raise NotImplementedError
+
+    def _save(self, **items) -> None:
+        """Keep what backward needs (only in training mode)."""
+        self._saved = items if self.training else None
+
+    def _take(self, grad_output) -> tuple[np.ndarray, dict]:
+        """The saved forward state (released: one backward per forward) and grad_output,
+        checked against the forward output's shape."""
+        name = type(self).__name__
+        if self._saved is None:
+            why = ("it is in eval mode, whose forward keeps nothing; call .train() first"
+                   if not self.training else
+                   "no forward pass has run since the last backward")
+            raise RuntimeError(f"{name}.backward: nothing to go back through: {why}")
+        grad = _params.as_array("grad_output", grad_output)
+        expected = self._saved["out_shape"]
+        if grad.shape != expected:
+            raise ValueError(f"{name}.backward: expected grad_output of shape {expected} (the "
+                             f"shape of the forward output), but got {grad.shape}")
+        saved, self._saved = self._saved, None
+        return grad, saved
+
+    def train(self, mode: bool = True) -> "Layer":
+        """Training mode (forward keeps what backward needs) or, with mode=False, eval mode."""
+        self.training = _params.as_bool("mode", mode)
+        if not self.training:
+            self._saved = None
+        return self
+
+    def eval(self) -> "Layer":
+        """Eval (inference) mode: forward keeps nothing."""
+        return self.train(False)
+
+    # -- parameters ------------------------------------------------------------------------
+    def parameters(self):
+        """Yield (name, value, grad) for every parameter."""
+        for name in self.param_names:
+            value = getattr(self, name)
+            if value is not None:
+                yield name, value, self.grads[name]
+
+    def zero_grad(self) -> None:
+        """Set every parameter gradient to zero (in place)."""
+        for _, _, grad in self.parameters():
+            grad.fill(0)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """{name: copy of the parameter}."""
+        return {name: value.copy() for name, value, _ in self.parameters()}
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> None:
+        """Copy parameters in place from {name: array} (cast to the layer's dtype).
+
+        Everything is checked before anything is copied: missing or unexpected keys (unless
+        strict=False) and wrong shapes raise ValueError, non-numeric arrays TypeError.
+        """
+        name = type(self).__name__
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"{name}.load_state_dict: expected a dict of arrays, but got "
+                            f"{type(state_dict).__name__}")
+        strict = _params.as_bool("strict", strict)
+        params = {key: value for key, value, _ in self.parameters()}
+        missing = [key for key in params if key not in state_dict]
+        unexpected = [key for key in state_dict if key not in params]
+        if strict and (missing or unexpected):
+            raise ValueError(f"{name}.load_state_dict: missing keys {missing}, unexpected keys "
+                             f"{unexpected}")
+        loads = []
+        for key, param in params.items():
+            if key not in state_dict:
+                continue
+            value = _params.as_array(f"state_dict[{key!r}]", state_dict[key])
+            if value.shape != param.shape:
+                raise ValueError(f"{name}.load_state_dict: expected {key!r} of shape "
+                                 f"{param.shape}, but got {value.shape}")
+            loads.append((param, value))
+        for param, value in loads:
+            np.copyto(param, value, casting="same_kind")
+
+    def _init_param(self, name: str, value: np.ndarray) -> None:
+        setattr(self, name, value)
+        self.grads[name] = np.zeros_like(value)
+
+    def _accumulate(self, name: str, grad) -> None:
+        if getattr(self, name) is not None and grad is not None:
+            self.grads[name] += grad
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _uniform(rng: np.random.Generator, bound: float, shape, dtype) -> np.ndarray:
+    return rng.uniform(-bound, bound, shape).astype(dtype)
+
+
+def _kaiming_init(layer: Layer, weight_shape, fan_in: int, bias_size: int | None, rng,
+                  dtype) -> None:
+    """PyTorch's default: Kaiming-uniform with a=sqrt(5), which is U(-1/sqrt(fan_in),
+    1/sqrt(fan_in)) for the weight, and the same bound for the bias (None: no bias)."""
+    rng = _params.as_rng(rng)
+    bound = 1 / math.sqrt(fan_in)
+    layer._init_param("weight", _uniform(rng, bound, weight_shape, dtype))
+    layer.bias = None
+    if bias_size is not None:
+        layer._init_param("bias", _uniform(rng, bound, (bias_size,), dtype))
+
+
+class _ConvBase(Layer):
+    param_names = ("weight", "bias")
+    _output_is_private = True
+
+    def _setup(self, in_channels, out_channels, kernel_size, stride, padding, dilation,
+               groups, bias, dtype, algorithm):
+        self.in_channels = _params.as_int("in_channels", in_channels, 1)
+        self.out_channels = _params.as_int("out_channels", out_channels, 1)
+        self.groups = _params.as_int("groups", groups, 1)
+        _params.check_divisible("in_channels", self.in_channels, self.groups)
+        _params.check_divisible("out_channels", self.out_channels, self.groups)
+        self.kernel_size = _params.as_pair("kernel_size", kernel_size, 1)
+        self.stride = _params.as_pair("stride", stride, 1)
+        self.dilation = _params.as_pair("dilation", dilation, 1)
+        # checks the spec now (the input size only matters for "same")
+        _params.padding_pairs(padding, self.kernel_size, self.stride, self.dilation,
+                              self.kernel_size)
+        self.padding = padding
+        self.dtype = _params.layer_dtype(dtype)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
+        self.algorithm = algorithm
+        return _params.as_bool("bias", bias)
+
+    def _input(self, x) -> np.ndarray:
+        x = _params.as_array("input", x)
+        _params.check_channels(repr(self), x, self.in_channels, (3, 4), _NHWC_3_OR_4)
+        return x
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.in_channels}, {self.out_channels}",
+                 f"kernel_size={_fmt_pair(self.kernel_size)}",
+                 f"stride={_fmt_pair(self.stride)}"]
+        if self.padding != 0:
+            parts.append(f"padding={self.padding!r}")
+        if getattr(self, "output_padding", (0, 0)) != (0, 0):
+            parts.append(f"output_padding={_fmt_pair(self.output_padding)}")
+        if self.dilation != (1, 1):
+            parts.append(f"dilation={_fmt_pair(self.dilation)}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if self.bias is None:
+            parts.append("bias=False")
+        if getattr(self, "padding_mode", "zeros") != "zeros":
+            parts.append(f"padding_mode={self.padding_mode!r}")
+        if self.dtype != np.float32:
+            parts.append(f"dtype={self.dtype}")
+        if self.algorithm != "auto":
+            parts.append(f"algorithm={self.algorithm!r}")
+        return ", ".join(parts)
+
+
+class Conv2d(_ConvBase):
+    """2-D convolution layer: weight (kh, kw, in_channels // groups, out_channels) [HWIO],
+    bias (out_channels,); see fastconv.conv2d."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", dtype=np.float32, algorithm="auto",
+                 rng=None):
+        super().__init__()
+        bias = self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                           groups, bias, dtype, algorithm)
+        self.padding_mode = _params.padding_mode(padding_mode)
+        kh, kw = self.kernel_size
+        cig = self.in_channels // self.groups
+        _kaiming_init(self, (kh, kw, cig, self.out_channels), cig * kh * kw,
+                      self.out_channels if bias else None, rng, self.dtype)
+
+    def _conv_args(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups, padding_mode=self.padding_mode,
+                    algorithm=self.algorithm)
+
+    def forward(self, x):
+        x = self._input(x)
+        y = functional.conv2d(x, self.weight, self.bias, **self._conv_args())
+        self._save(x=x, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        needs = ("input", "weight") + (("bias",) if self.bias is not None else ())
+        gx, gw, gb = functional.conv2d_backward(grad, saved["x"], self.weight,
+                                                needs=needs, **self._conv_args())
+        self._accumulate("weight", gw)
+        self._accumulate("bias", gb)
+        return gx
+
+
+class ConvTranspose2d(_ConvBase):
+    """2-D transposed convolution layer: weight (kh, kw, out_channels // groups, in_channels)
+    (the HWIO weight of the convolution it is the adjoint of), bias (out_channels,); see
+    fastconv.conv_transpose2d. PyTorch's weight converts with .transpose(2, 3, 1, 0)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, dtype=np.float32,
+                 algorithm="auto", rng=None):
+        super().__init__()
+        bias = self._setup(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                           groups, bias, dtype, algorithm)
+        self.output_padding = _params.as_pair("output_padding", output_padding, 0)
+        kh, kw = self.kernel_size
+        cog = self.out_channels // self.groups
+        # PyTorch's fan_in for a transposed conv: (out_channels // groups) * kh * kw
+        _kaiming_init(self, (kh, kw, cog, self.in_channels), cog * kh * kw,
+                      self.out_channels if bias else None, rng, self.dtype)
+
+    def _conv_args(self):
+        return dict(stride=self.stride, padding=self.padding,
+                    output_padding=self.output_padding, dilation=self.dilation,
+                    groups=self.groups, algorithm=self.algorithm)
+
+    def forward(self, x):
+        x = self._input(x)
+        y = functional.conv_transpose2d(x, self.weight, self.bias, **self._conv_args())
+        self._save(x=x, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        needs = ("input", "weight") + (("bias",) if self.bias is not None else ())
+        gx, gw, gb = functional.conv_transpose2d_backward(grad, saved["x"], self.weight,
+                                                          needs=needs, **self._conv_args())
+        self._accumulate("weight", gw)
+        self._accumulate("bias", gb)
+        return gx
+
+
+class Linear(Layer):
+    """Fully connected layer on the last axis: y = x @ weight + bias, weight
+    (in_features, out_features) (PyTorch's Linear weight transposed), bias (out_features,)."""
+
+    param_names = ("weight", "bias")
+    _output_is_private = True
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        self.in_features = _params.as_int("in_features", in_features, 1)
+        self.out_features = _params.as_int("out_features", out_features, 1)
+        self.dtype = _params.layer_dtype(dtype)
+        bias = _params.as_bool("bias", bias)
+        _kaiming_init(self, (self.in_features, self.out_features), self.in_features,
+                      self.out_features if bias else None, rng, self.dtype)
+
+    def forward(self, x):
+        x = _params.as_array("input", x)
+        _params.check_channels(repr(self), x, self.in_features, None, "(..., in_features)",
+                               "features")
+        dtype = _params.float_dtype(x, self.weight)
+        y = x.astype(dtype, copy=False) @ self.weight.astype(dtype, copy=False)
+        if self.bias is not None:
+            y += self.bias
+        self._save(x=x, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        x = saved["x"]
+        dtype = _params.float_dtype(grad, x, self.weight)
+        g2 = grad.reshape(-1, self.out_features).astype(dtype, copy=False)
+        x2 = x.reshape(-1, self.in_features).astype(dtype, copy=False)
+        self._accumulate("weight", x2.T @ g2)
+        self._accumulate("bias", g2.sum(axis=0))
+        return grad.astype(dtype, copy=False) @ self.weight.T.astype(dtype, copy=False)
+
+    def extra_repr(self) -> str:
+        bias = "" if self.bias is not None else ", bias=False"
+        dtype = "" if self.dtype == np.float32 else f", dtype={self.dtype}"
+        return f"in_features={self.in_features}, out_features={self.out_features}{bias}{dtype}"
+
+
+class ReLU(Layer):
+    """max(x, 0) elementwise; keeps only a boolean mask for backward."""
+
+    _output_is_private = True
+
+    def forward(self, x):
+        return self._forward(x, in_place=False)
+
+    def _forward(self, x, in_place: bool):
+        x = _params.as_array("input", x)
+        y = pooling.relu(x, out=x) if in_place else pooling.relu(x)
+        # relu_backward only asks "x > 0 or NaN", which the mask answers for 1/4 of the memory
+        self._save(mask=~(y <= 0) if self.training else None, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        return pooling.relu_backward(grad, saved["mask"])
+
+
+class _PoolBase(Layer):
+    _output_is_private = True
+
+    def _input(self, x) -> np.ndarray:
+        x = _params.as_array("input", x)
+        _params.check_ndim("input", x, (3, 4), _NHWC_3_OR_4)
+        return x
+
+    @staticmethod
+    def _stand_in(shape, dtype) -> np.ndarray:
+        """An array of the input's shape and dtype costing no memory: the backward passes
+        only read x's shape and dtype when given what the forward kept."""
+        return np.broadcast_to(np.zeros((), dtype), shape)
+
+
+class MaxPool2d(_PoolBase):
+    """2-D max pooling (see fastconv.max_pool2d); keeps only the indices for backward.
+
+    ceil_mode is keyword-only: PyTorch's MaxPool2d has return_indices in its place.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False):
+        super().__init__()
+        self.kernel_size = _params.as_pair("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else _params.as_pair("stride",
+                                                                              stride, 1)
+        self.padding = padding
+        self.dilation = _params.as_pair("dilation", dilation, 1)
+        self.ceil_mode = _params.as_bool("ceil_mode", ceil_mode)
+        # checks padding against PyTorch's rule now, on an input just big enough
+        _params.pool_geometry("MaxPool2d", (1, 2 * self.kernel_size[0] * self.dilation[0],
+                                            2 * self.kernel_size[1] * self.dilation[1], 1),
+                              self.kernel_size, self.stride, padding, self.dilation, False)
+
+    def _args(self):
+        return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                    dilation=self.dilation, ceil_mode=self.ceil_mode)
+
+    def forward(self, x):
+        x = self._input(x)
+        y, idx = pooling.max_pool2d(x, return_indices=True, **self._args())
+        self._save(indices=idx if self.training else None, shape=x.shape, dtype=x.dtype,
+                   out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        return pooling.max_pool2d_backward(grad, self._stand_in(saved["shape"], saved["dtype"]),
+                                           indices=saved["indices"], **self._args())
+
+    def extra_repr(self) -> str:
+        parts = [f"kernel_size={_fmt_pair(self.kernel_size)}", f"stride={_fmt_pair(self.stride)}",
+                 f"padding={self.padding!r}"]
+        if self.dilation != (1, 1):
+            parts.append(f"dilation={_fmt_pair(self.dilation)}")
+        parts.append(f"ceil_mode={self.ceil_mode}")
+        return ", ".join(parts)
+
+
+class AvgPool2d(_PoolBase):
+    """2-D average pooling (see fastconv.avg_pool2d); keeps only the input's shape."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True):
+        super().__init__()
+        self.kernel_size = _params.as_pair("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else _params.as_pair("stride",
+                                                                              stride, 1)
+        self.padding = padding
+        self.ceil_mode = _params.as_bool("ceil_mode", ceil_mode)
+        self.count_include_pad = _params.as_bool("count_include_pad", count_include_pad)
+        _params.pool_geometry("AvgPool2d", (1, 2 * self.kernel_size[0],
+                                            2 * self.kernel_size[1], 1),
+                              self.kernel_size, self.stride, padding, 1, False)
+
+    def _args(self):
+        return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                    ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad)
+
+    def forward(self, x):
+        x = self._input(x)
+        y = pooling.avg_pool2d(x, **self._args())
+        self._save(shape=x.shape, dtype=x.dtype, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        return pooling.avg_pool2d_backward(grad, self._stand_in(saved["shape"], saved["dtype"]),
+                                           **self._args())
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={_fmt_pair(self.kernel_size)}, stride={_fmt_pair(self.stride)}, "
+                f"padding={self.padding!r}, ceil_mode={self.ceil_mode}, "
+                f"count_include_pad={self.count_include_pad}")
+
+
+class Flatten(Layer):
+    """Flattens axes start_dim..end_dim (default: all but the batch axis) into one.
+
+    An NHWC feature map flattens in (H, W, C) order, not PyTorch's (C, H, W): from_torch
+    reorders the next Linear's weight to match.
+    """
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim = _params.as_int("start_dim", start_dim)
+        self.end_dim = _params.as_int("end_dim", end_dim)
+
+    def forward(self, x):
+        x = _params.as_array("input", x)
+        start, end = (d + x.ndim if d < 0 else d for d in (self.start_dim, self.end_dim))
+        if not 0 <= start <= end < x.ndim:
+            raise ValueError(f"{self!r}: cannot flatten dimensions {self.start_dim} to "
+                             f"{self.end_dim} of an input of shape {x.shape}")
+        y = x.reshape(*x.shape[:start], -1, *x.shape[end + 1:])
+        self._save(shape=x.shape, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        return grad.reshape(saved["shape"])
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Sequential(Layer):
+    """Layers run in order; backward runs them in reverse. Parameters are named
+    "<index>.<name>" as in PyTorch. A ReLU right after a layer that returns a new array of
+    its own (conv, linear, pooling, ReLU) runs in place on it."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: layer {i} must be a fastconv.layers.Layer, but "
+                                f"got {type(layer).__name__}")
+        self.layers = list(layers)
+
+    @property
+    def _output_is_private(self):
+        return bool(self.layers) and self.layers[-1]._output_is_private
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Sequential(*self.layers[index])
+        return self.layers[index]
+
+    def forward(self, x):
+        private = False  # the caller's array is never overwritten
+        for layer in self.layers:
+            if private and isinstance(layer, ReLU):
+                x = layer._forward(x, in_place=True)
+            else:
+                x = layer(x)
+            private = layer._output_is_private
+        return x
+
+    def backward(self, grad_output):
+        grad = grad_output
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad
+
+    def train(self, mode: bool = True) -> "Sequential":
+        super().train(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def parameters(self):
+        for i, layer in enumerate(self.layers):
+            for name, value, grad in layer.parameters():
+                yield f"{i}.{name}", value, grad
+
+    def __repr__(self) -> str:
+        if not self.layers:
+            return "Sequential()"
+        lines = []
+        for i, layer in enumerate(self.layers):
+            inner = repr(layer).replace("\n", "\n  ")
+            lines.append(f"  ({i}): {inner}")
+        return "Sequential(\n" + "\n".join(lines) + "\n)"
+
+
+# ----------------------------------------------------------------------------------------------
+# weights from PyTorch
+
+def from_torch(module, input_shape=None) -> Layer:
+    """The fastconv layer (or Sequential) computing what a PyTorch module computes, with
+    its weights, for NHWC input.
+
+    Handles nn.Sequential, Conv2d, ConvTranspose2d, Linear, ReLU, MaxPool2d, AvgPool2d and
+    Flatten. PyTorch flattens a feature map in (C, H, W) order and fastconv in (H, W, C), so
+    the columns of a Linear after a Flatten are reordered; that needs the feature map's
+    (H, W), found by passing `input_shape=(H, W, C)`, the NHWC shape of one input image
+    (not needed when the feature map is 1 x 1). Parameters are copied. Needs torch, imported
+    only here.
+    """
+    import torch  # noqa: F401  (fastconv never needs torch otherwise)
+
+    if input_shape is not None:
+        input_shape = _params.as_tuple("input_shape", input_shape, 3, 1)
+    return _TorchConverter(input_shape).convert(module)
+
+
+class _TorchConverter:
+    """Converts modules in order, following the shape of one zero image through them (when
+    input_shape is known) to learn what each Flatten flattens."""
+
+    def __init__(self, input_shape):
+        self.sample = None if input_shape is None else np.zeros((1, *input_shape), np.float32)
+        self.channels = None if input_shape is None else input_shape[2]
+        self.flattened = None  # (H, W, C) of the map the last Flatten flattened, until a Linear
+
+    def convert(self, module) -> Layer:
+        import torch.nn as nn
+
+        if isinstance(module, nn.Sequential):
+            return Sequential(*(self.convert(child) for child in module))
+        if isinstance(module, nn.Conv2d):
+            layer = self._conv(module)
+        elif isinstance(module, nn.ConvTranspose2d):
+            layer = self._conv_transpose(module)
+        elif isinstance(module, nn.Linear):
+            layer = self._linear(module)
+        elif isinstance(module, nn.ReLU):
+            layer = ReLU()
+        elif isinstance(module, nn.MaxPool2d):
+            if module.return_indices:
+                raise ValueError("from_torch: MaxPool2d(return_indices=True) returns a tuple; "
+                                 "fastconv's MaxPool2d layer returns only the pooled values")
+            layer = MaxPool2d(module.kernel_size, module.stride, module.padding,
+                              module.dilation, ceil_mode=bool(module.ceil_mode))
+        elif isinstance(module, nn.AvgPool2d):
+            if module.divisor_override is not None:
+                raise ValueError("from_torch: AvgPool2d(divisor_override=...) is not supported")
+            layer = AvgPool2d(module.kernel_size, module.stride, module.padding,
+                              bool(module.ceil_mode), bool(module.count_include_pad))
+        elif isinstance(module, nn.Flatten):
+            layer = self._flatten(module)
+        else:
+            raise TypeError(f"from_torch: cannot convert {type(module).__name__}; supported: "
+                            f"Sequential, Conv2d, ConvTranspose2d, Linear, ReLU, MaxPool2d, "
+                            f"AvgPool2d, Flatten")
+        if self.sample is not None:
+            self.sample = layer.eval()(self.sample)
+            layer.train()
+        return layer
+
+    @staticmethod
+    def _dtype(module):
+        import torch
+
+        dtype = module.weight.dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"from_torch: {type(module).__name__} has {dtype} weights; only "
+                            f"float32 and float64 convert")
+        return np.float32 if dtype == torch.float32 else np.float64
+
+    @staticmethod
+    def _numpy(tensor) -> np.ndarray:
+        return tensor.detach().cpu().numpy()
+
+    def _load(self, layer: Layer, module, weight: np.ndarray) -> Layer:
+        state = {"weight": weight}
+        if module.bias is not None:
+            state["bias"] = self._numpy(module.bias)
+        layer.load_state_dict(state)
+        return layer
+
+    def _conv(self, module) -> Layer:
+        layer = Conv2d(module.in_channels, module.out_channels, module.kernel_size,
+                       module.stride, module.padding, module.dilation, module.groups,
+                       module.bias is not None, module.padding_mode, self._dtype(module), rng=0)
+        self.channels = module.out_channels
+        return self._load(layer, module, self._numpy(module.weight).transpose(2, 3, 1, 0))
+
+    def _conv_transpose(self, module) -> Layer:
+        if module.padding_mode != "zeros":
+            raise ValueError(f"from_torch: ConvTranspose2d with padding_mode="
+                             f"{module.padding_mode!r} is not supported")
+        layer = ConvTranspose2d(module.in_channels, module.out_channels, module.kernel_size,
+                                module.stride, module.padding, module.output_padding,
+                                module.groups, module.bias is not None, module.dilation,
+                                self._dtype(module), rng=0)
+        self.channels = module.out_channels
+        return self._load(layer, module, self._numpy(module.weight).transpose(2, 3, 1, 0))
+
+    def _flatten(self, module) -> Layer:
+        if self.sample is not None and self.sample.ndim == 4:
+            if (module.start_dim, module.end_dim) not in ((1, -1), (1, 3)):
+                raise ValueError(f"from_torch: Flatten(start_dim={module.start_dim}, "
+                                 f"end_dim={module.end_dim}) of an NCHW feature map has no "
+                                 f"NHWC equivalent; only Flatten(1, -1) converts")
+            self.flattened = self.sample.shape[1:]
+        elif self.sample is None:
+            self.flattened = "unknown"
+        return Flatten(module.start_dim, module.end_dim)
+
+    def _linear(self, module) -> Layer:
+        weight = self._numpy(module.weight).T  # (in, out)
+        if self.sample is not None and self.sample.ndim == 4:
+            raise ValueError("from_torch: a Linear on a 4-D feature map acts on W in PyTorch "
+                             "(NCHW) but on C in fastconv (NHWC); it does not convert")
+        if self.flattened == "unknown" and module.in_features != self.channels:
+            raise ValueError(f"from_torch: {module} follows a Flatten of a feature map of "
+                             f"unknown (H, W); pass input_shape=(H, W, C) (one input image, "
+                             f"NHWC) so its columns can be put in fastconv's (H, W, C) "
+                             f"flatten order")
+        if isinstance(self.flattened, tuple):
+            h, w, c = self.flattened
+            # row j of the NHWC-ordered weight is PyTorch's column for the same pixel, channel
+            order = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
+            weight = weight[order]
+        self.flattened = None
+        self.channels = module.out_features
+        layer = Linear(module.in_features, module.out_features, module.bias is not None,
+                       self._dtype(module), rng=0)
+        return self._load(layer, module, weight)

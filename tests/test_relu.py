@@ -1,0 +1,96 @@
+"""relu and relu_backward."""
+import numpy as np
+import pytest
+
+from fastconv import pooling
+
+VALUES = np.array([-2.0, -0.0, 0.0, 1e-30, 3.5, np.nan, np.inf, -np.inf])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_is_maximum_with_zero_including_nan(dtype):
+    x = VALUES.astype(dtype)
+    y = pooling.relu(x)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, [0, 0, 0, dtype(1e-30), 3.5, np.nan, np.inf, 0])
+
+
+@pytest.mark.parametrize("dtype,expected", [(np.uint8, np.float32), (np.int16, np.float32),
+                                            (np.int64, np.float64), (np.float16, np.float32)])
+def test_relu_promotes_like_the_rest_of_fastconv(dtype, expected):
+    x = np.array([[-3, 0, 5]]).astype(dtype)
+    y = pooling.relu(x)
+    assert y.dtype == expected
+    np.testing.assert_array_equal(y, np.maximum(x.astype(expected), 0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_relu_never_modifies_its_input(dtype):
+    x = np.random.default_rng(0).standard_normal((3, 4, 5, 2)) * 10
+    x = x.astype(dtype)
+    before = x.copy()
+    pooling.relu(x)
+    pooling.relu(x[:, ::2])  # a non-contiguous view
+    np.testing.assert_array_equal(x, before)
+
+
+def test_relu_out_may_be_the_input_for_an_in_place_relu():
+    x = np.array([-1.0, 2.0, np.nan, -0.5])
+    y = pooling.relu(x, out=x)
+    assert y is x
+    np.testing.assert_array_equal(x, [0.0, 2.0, np.nan, 0.0])
+    with pytest.raises(ValueError, match="out must be a float64 array of shape"):
+        pooling.relu(x, out=np.empty(3))
+
+
+def test_relu_works_on_read_only_input():
+    x = np.array([-1.0, 2.0])
+    x.flags.writeable = False
+    np.testing.assert_array_equal(pooling.relu(x), [0.0, 2.0])
+
+
+def test_relu_backward_passes_gradient_where_x_is_positive_or_nan():
+    x = VALUES
+    g = np.arange(1.0, len(x) + 1)
+    got = pooling.relu_backward(g, x)
+    # PyTorch's threshold_backward: zero where x <= 0 (NaN is not <= 0, so it passes)
+    np.testing.assert_array_equal(got, [0, 0, 0, 4, 5, 6, 7, 0])
+    np.testing.assert_array_equal(g, np.arange(1.0, len(x) + 1))  # not modified
+
+
+def test_relu_backward_from_the_output_or_a_mask_is_the_same():
+    x = np.random.default_rng(1).standard_normal((2, 3, 4, 5))
+    x[0, 0, 0, :2] = [0.0, np.nan]
+    g = np.random.default_rng(2).standard_normal(x.shape)
+    from_x = pooling.relu_backward(g, x)
+    np.testing.assert_array_equal(pooling.relu_backward(g, pooling.relu(x)), from_x)
+    np.testing.assert_array_equal(pooling.relu_backward(g, ~(x <= 0)), from_x)
+
+
+def test_relu_backward_by_finite_differences():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 6))
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink
+    g = rng.standard_normal(x.shape)
+    eps = 1e-6
+    numeric = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[i] = eps
+        numeric[i] = (np.sum(pooling.relu(x + e) * g) - np.sum(pooling.relu(x - e) * g)) / (2 * eps)
+    np.testing.assert_allclose(pooling.relu_backward(g, x), numeric, rtol=1e-9, atol=1e-9)
+
+
+def test_relu_backward_dtype():
+    x = np.array([1.0, -1.0], np.float32)
+    assert pooling.relu_backward(np.ones(2, np.float32), x).dtype == np.float32
+    assert pooling.relu_backward(np.ones(2, np.float64), x).dtype == np.float64
+
+
+def test_relu_bad_arguments():
+    with pytest.raises(ValueError, match=r"grad_output of shape \(2,\)"):
+        pooling.relu_backward(np.ones(3), np.ones(2))
+    with pytest.raises(TypeError, match="real numbers"):
+        pooling.relu(np.array(["a"]))
+    with pytest.raises(TypeError, match="real numbers"):
+        pooling.relu(np.ones(2, complex))
