@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import importlib
-import math
 import os
 
 from fastconv._kernels import _im2col, _openmp
-from fastconv._params import ConvGeometry
 
 SIMD_LEVELS = ("baseline", "avx2", "avx512")
 
@@ -40,25 +38,34 @@ PARALLEL_MIN_FLOPS = 1_000_000
 ALGORITHMS = ("auto",) + tuple(KERNELS)
 
 COLUMN_BUFFER_BYTES = 256 * 1024  # a tile's column buffer: about a quarter of L2
-PARTIAL_SUM_BYTES = 64 * 1024 * 1024  # cap on the weight-gradient partial sums
-MAX_PARTIAL_SUMS = 8
+PARTIAL_SUM_BYTES = 16 * 1024 * 1024  # cap on the weight-gradient partial sums
+MIN_PARTIAL_SUMS, MAX_PARTIAL_SUMS = 2, 8
 
 
-def choose(fn: str, algorithm, geo: ConvGeometry) -> str:
-    """The algorithm to run: the user's choice, or for "auto" a heuristic.
-
-    GEMM needs something to reuse: with few channels per group (depthwise, first layers)
-    a GEMM is thin and the direct kernel, vectorised over channels, wins.
-    """
+def check(fn: str, algorithm) -> str:
+    """The user's algorithm argument, validated ("auto" is resolved per kernel call)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"{fn}: algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
+    return algorithm
+
+
+def for_convolution(algorithm: str, kernel_hw, stride) -> str:
+    """The kernel for a convolution (also each sub-convolution of an input gradient or a
+    transposed convolution). "auto": direct, whose register blocks beat im2col + BLAS on
+    every layer of the suite but one kind: a 1x1 stride-1 convolution is a single GEMM on the
+    input as it is, with no column copy."""
     if algorithm != "auto":
         return algorithm
-    cig = geo.in_channels // geo.groups
-    cog = geo.out_channels // geo.groups
-    if cig * math.prod(geo.kernel_hw) < 32 or cog < 8:
-        return "direct"
-    return "im2col"
+    return "im2col" if tuple(kernel_hw) == (1, 1) and tuple(stride) == (1, 1) else "direct"
+
+
+def for_weight_gradient(algorithm: str, in_per_group: int, depthwise: bool) -> str:
+    """The kernel for a weight gradient. "auto": im2col + BLAS when a group has few input
+    channels (a first layer: the direct kernel's blocks of FC_CI input channels run empty),
+    direct otherwise."""
+    if algorithm != "auto":
+        return algorithm
+    return "im2col" if in_per_group < 8 and not depthwise else "direct"
 
 
 def tile_pixels(columns: int, itemsize: int, pixels: int) -> int:
@@ -73,4 +80,5 @@ def tile_pixels(columns: int, itemsize: int, pixels: int) -> int:
 def partial_sums(weight_bytes: int, work_units: int) -> int:
     """How many partial weight gradients to sum separately (a fixed split of the work, so the
     sum is the same for any thread count; bounded in memory)."""
-    return max(1, min(MAX_PARTIAL_SUMS, PARTIAL_SUM_BYTES // max(1, weight_bytes), work_units))
+    wanted = max(MIN_PARTIAL_SUMS, min(MAX_PARTIAL_SUMS, PARTIAL_SUM_BYTES // max(1, weight_bytes)))
+    return max(1, min(wanted, work_units))

@@ -138,14 +138,21 @@ def geometry(layer: Layer):
                                  layer.pad, layer.dilation, layer.groups)
 
 
-def auto_choice(layer: Layer) -> str | None:
-    """The algorithm "auto" picks for the layer (None if that cannot be told)."""
+def auto_choice(layer: Layer) -> str:
+    """What "auto" runs for the layer's convolution (forward, or for a transposed layer the
+    stride-1 sub-convolutions of its sub-pixel phases) and for its weight gradient."""
     from fastconv import _algorithms
 
-    try:
-        return _algorithms.choose("bench", "auto", geometry(layer))
-    except Exception:  # a private interface: the report must not depend on it
-        return None
+    geo = geometry(layer)
+    if layer.transposed:  # each phase has about k / stride taps per axis, stride 1
+        sub = tuple(-(-k // s) for k, s in zip(geo.kernel_hw, geo.stride))
+        conv = _algorithms.for_convolution("auto", sub, (1, 1))
+    else:
+        conv = _algorithms.for_convolution("auto", geo.kernel_hw, geo.stride)
+    cig = geo.in_channels // geo.groups
+    weight = _algorithms.for_weight_gradient("auto", cig, cig == 1 and
+                                             geo.out_channels == geo.groups)
+    return conv if conv == weight else f"{conv}/{weight} (weight)"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -114,9 +114,11 @@ def unpad(grad_padded: np.ndarray, pads, mode: str, in_hw) -> np.ndarray:
     return np.ascontiguousarray(g)
 
 
-def _weight_grad(algo: str, xp: np.ndarray, gy: np.ndarray, weight_shape, geo: ConvGeometry,
-                 dtype) -> np.ndarray:
+def _weight_grad(algorithm: str, xp: np.ndarray, gy: np.ndarray, weight_shape,
+                 geo: ConvGeometry, dtype) -> np.ndarray:
     """sum over pixels of x-window (x) gy, in fixed partial sums added up at the end."""
+    algo = _algorithms.for_weight_gradient(algorithm, weight_shape[2],
+                                           weight_shape[2] == 1 and geo.groups == weight_shape[3])
     itemsize = np.dtype(dtype).itemsize
     kh, kw = geo.kernel_hw
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
@@ -137,8 +139,9 @@ def _weight_grad(algo: str, xp: np.ndarray, gy: np.ndarray, weight_shape, geo: C
     return partial.sum(axis=0).reshape(weight_shape)
 
 
-def _forward_kernel(algo: str, xp, w, bias, y, stride, dilation, groups) -> None:
+def _forward_kernel(algorithm: str, xp, w, bias, y, stride, dilation, groups) -> None:
     """y = conv(xp, w) + bias on an already padded input (y's shape sets what is computed)."""
+    algo = _algorithms.for_convolution(algorithm, w.shape[:2], stride)
     (sh, sw), (dh, dw) = stride, dilation
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
     flops = 2 * pixels * w.size
@@ -147,7 +150,30 @@ def _forward_kernel(algo: str, xp, w, bias, y, stride, dilation, groups) -> None
         tile = _algorithms.tile_pixels(columns, y.itemsize, pixels)
         _run(algo, "conv_forward", xp, w, bias, y, sh, sw, dh, dw, groups, tile, flops=flops)
     else:
+        block = _algorithms.KERNELS[algo].CHANNEL_BLOCK[y.dtype.name]
+        xp, w, bias = _padded_channels(xp, w, bias, groups, block)
         _run(algo, "conv_forward", xp, w, bias, y, sh, sw, dh, dw, groups, flops=flops)
+
+
+def _padded_channels(xp, w, bias, groups, block):
+    """The direct kernel's operands: each group's output channels padded with zeros to a
+    multiple of `block` in w and bias (and a depthwise input's channels in xp), so that its
+    whole-vector loads stay inside the arrays. Cheap: weights are small, and a depthwise
+    input needs it only when its channel count is not a multiple of the vector width."""
+    kh, kw, cig, cout = w.shape
+    cog = cout // groups
+    extra = -cog % block
+    if not extra:
+        return xp, w, bias
+    if cig == 1 and cog == 1:  # depthwise: the kernel treats all channels as one group
+        extra = -cout % block
+        pad_last = ((0, 0),) * 3 + ((0, extra),)
+        return (np.ascontiguousarray(np.pad(xp, pad_last)), np.ascontiguousarray(np.pad(w, pad_last)),
+                np.pad(bias, (0, extra)) if bias.size else bias)
+    w = np.pad(w.reshape(kh, kw, cig, groups, cog), ((0, 0),) * 4 + ((0, extra),))
+    if bias.size:
+        bias = np.pad(bias.reshape(groups, cog), ((0, 0), (0, extra))).reshape(-1)
+    return xp, np.ascontiguousarray(w.reshape(kh, kw, cig, -1)), bias
 
 
 def _phase_taps(phase: int, k: int, stride: int, dilation: int):
@@ -170,7 +196,7 @@ def _shifted(gy: np.ndarray, offsets, sizes, dtype) -> np.ndarray:
     return out
 
 
-def _data_kernel(algo: str, gy, w, bias, gxp, geo: ConvGeometry) -> None:
+def _data_kernel(algorithm: str, gy, w, bias, gxp, geo: ConvGeometry) -> None:
     """gxp = C^T gy + bias over the whole padded input (the input gradient of the convolution,
     or a transposed convolution), without inserting zeros.
 
@@ -200,7 +226,7 @@ def _data_kernel(algo: str, gy, w, bias, gxp, geo: ConvGeometry) -> None:
             gy_phase = _shifted(gy, (last_r, last_s), sizes, gxp.dtype)
             w_phase = np.ascontiguousarray(wt[rows][:, cols][::-1, ::-1])
             target = gxp if sh == sw == 1 else np.empty(out.shape, gxp.dtype)  # one phase: all
-            _forward_kernel(algo, gy_phase, w_phase, bias, target, (1, 1), (step_r, step_s),
+            _forward_kernel(algorithm, gy_phase, w_phase, bias, target, (1, 1), (step_r, step_s),
                             groups)
             if target is not gxp:
                 out[...] = target
@@ -236,10 +262,10 @@ def _conv2d(fn, x, weight, bias, stride, padding, dilation, groups, padding_mode
     dtype = _params.float_dtype(x, weight, *([] if bias is None else [bias]))
     mode = _params.padding_mode(padding_mode)
     geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
-    algo = _algorithms.choose(fn, algorithm, geo)
+    algorithm = _algorithms.check(fn, algorithm)
     y = np.empty((geo.n, *geo.out_hw, geo.out_channels), dtype)
     if y.size:
-        _forward_kernel(algo, pad(x, geo.padding, mode, dtype),
+        _forward_kernel(algorithm, pad(x, geo.padding, mode, dtype),
                         np.ascontiguousarray(weight, dtype), _bias_arg(bias, dtype), y,
                         geo.stride, geo.dilation, geo.groups)
     return y[0] if unbatched else y
@@ -261,7 +287,7 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
     x, weight, unbatched = _conv_inputs(fn, x, weight, groups)
     mode = _params.padding_mode(padding_mode)
     geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
-    algo = _algorithms.choose(fn, algorithm, geo)
+    algorithm = _algorithms.check(fn, algorithm)
     gy = _grad_output(fn, grad_output, (geo.n, *geo.out_hw, geo.out_channels), unbatched, one_d)
     dtype = _params.float_dtype(gy, x, weight)
     gy = np.ascontiguousarray(gy, dtype)
@@ -269,13 +295,13 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
     if "input" in wanted:
         gxp = np.empty((geo.n, *geo.padded_hw, geo.in_channels), dtype)
         if gxp.size:
-            _data_kernel(algo, gy, np.ascontiguousarray(weight, dtype), _bias_arg(None, dtype),
+            _data_kernel(algorithm, gy, np.ascontiguousarray(weight, dtype), _bias_arg(None, dtype),
                          gxp, geo)
         grad_input = unpad(gxp, geo.padding, mode, geo.in_hw)
         if unbatched:
             grad_input = grad_input[0]
     if "weight" in wanted:
-        grad_weight = _weight_grad(algo, pad(x, geo.padding, mode, dtype), gy, weight.shape,
+        grad_weight = _weight_grad(algorithm, pad(x, geo.padding, mode, dtype), gy, weight.shape,
                                    geo, dtype)
     if "bias" in wanted:
         grad_bias = gy.sum(axis=(0, 1, 2))
@@ -312,10 +338,10 @@ def _conv_transpose2d(fn, x, weight, bias, stride, padding, output_padding, dila
                                           output_padding, dilation, groups)
     bias = _bias(fn, bias, geo.in_channels)
     dtype = _params.float_dtype(x, weight, *([] if bias is None else [bias]))
-    algo = _algorithms.choose(fn, algorithm, geo)
+    algorithm = _algorithms.check(fn, algorithm)
     yp = np.empty((geo.n, *geo.padded_hw, geo.in_channels), dtype)
     if yp.size:
-        _data_kernel(algo, np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype),
+        _data_kernel(algorithm, np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype),
                      _bias_arg(bias, dtype), yp, geo)
     y = unpad(yp, geo.padding, "zeros", geo.in_hw)
     return y[0] if unbatched else y
@@ -338,7 +364,7 @@ def _conv_transpose2d_backward(fn, one_d, grad_output, x, weight, stride, paddin
     x, weight, unbatched = _conv_transpose_inputs(fn, x, weight, groups)
     geo = _params.conv_transpose_geometry(fn, x.shape, weight.shape, stride, padding,
                                           output_padding, dilation, groups)
-    algo = _algorithms.choose(fn, algorithm, geo)
+    algorithm = _algorithms.check(fn, algorithm)
     gy = _grad_output(fn, grad_output, (geo.n, *geo.in_hw, geo.in_channels), unbatched, one_d)
     dtype = _params.float_dtype(gy, x, weight)
     gyp = pad(gy, geo.padding, "zeros", dtype)  # the convolution's input
@@ -347,13 +373,13 @@ def _conv_transpose2d_backward(fn, one_d, grad_output, x, weight, stride, paddin
     if "input" in wanted:
         grad_input = np.empty(x.shape, dtype)
         if grad_input.size:
-            _forward_kernel(algo, gyp, np.ascontiguousarray(weight, dtype),
+            _forward_kernel(algorithm, gyp, np.ascontiguousarray(weight, dtype),
                             _bias_arg(None, dtype), grad_input, geo.stride, geo.dilation,
                             geo.groups)
         if unbatched:
             grad_input = grad_input[0]
     if "weight" in wanted:
-        grad_weight = _weight_grad(algo, gyp, x, weight.shape, geo, dtype)
+        grad_weight = _weight_grad(algorithm, gyp, x, weight.shape, geo, dtype)
     if "bias" in wanted:
         grad_bias = gy.sum(axis=(0, 1, 2))
     return grad_input, grad_weight, grad_bias

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import reference
-from fastconv import _algorithms
+from fastconv import _algorithms, functional
 
 VARIANTS = _algorithms.simd_modules("_direct")
 
@@ -37,7 +37,10 @@ def test_variant_forward_and_weight_gradient(level, dtype, case, rng):
     expected = reference.conv2d(x, w, bias, (stride, stride), ((0, 0), (0, 0)),
                                 (dilation, dilation), groups)
     y = np.empty(expected.shape, dtype)
-    module.conv_forward(x, w, bias, y, stride, stride, dilation, dilation, groups, 2)
+    # the kernel's contract: output channels padded to its vector width (as conv2d does it)
+    operands = functional._padded_channels(x, w, bias, groups,
+                                           module.CHANNEL_BLOCK[np.dtype(dtype).name])
+    module.conv_forward(*operands, y, stride, stride, dilation, dilation, groups, 2)
     tol = 1e-4 if dtype == np.float32 else 1e-11
     np.testing.assert_allclose(y, expected, rtol=tol, atol=tol * np.abs(expected).max())
 

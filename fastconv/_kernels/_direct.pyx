@@ -19,25 +19,27 @@ cdef extern from "fastconv_simd.h":
     # register-block sizes of the instruction set this module is compiled for
     enum:
         FC_PB       # output pixels per block
-        FC_CB_F     # float output channels per block (one vector)
-        FC_CB_D     # double output channels per block
-        FC_HAVE_VECTORS
+        FC_CB_F     # float channels per block (one vector)
+        FC_CB_D     # double channels per block
         FC_CI       # input channels per weight-gradient block
+        FC_HAVE_VECTORS
     const char* FC_ISA
-    void fc_dense_block_f(const float* x, const float* w, float* y, const float* bias,
-                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cig, Py_ssize_t w_ci,
-                          Py_ssize_t y_pix, Py_ssize_t x_pix, Py_ssize_t x_row,
+    void fc_dense_block_f(int npix, const float* x, const float* w, float* y, const float* bias,
+                          Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cig,
+                          Py_ssize_t w_ci, Py_ssize_t y_pix, Py_ssize_t x_pix, Py_ssize_t x_row,
                           Py_ssize_t x_col) noexcept nogil
-    void fc_dense_block_d(const double* x, const double* w, double* y, const double* bias,
-                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cig, Py_ssize_t w_ci,
-                          Py_ssize_t y_pix, Py_ssize_t x_pix, Py_ssize_t x_row,
-                          Py_ssize_t x_col) noexcept nogil
-    void fc_depthwise_block_f(const float* x, const float* w, float* y, const float* bias,
-                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t C, Py_ssize_t x_pix,
-                              Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
-    void fc_depthwise_block_d(const double* x, const double* w, double* y, const double* bias,
-                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t C, Py_ssize_t x_pix,
-                              Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
+    void fc_dense_block_d(int npix, const double* x, const double* w, double* y,
+                          const double* bias, Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t kw,
+                          Py_ssize_t cig, Py_ssize_t w_ci, Py_ssize_t y_pix, Py_ssize_t x_pix,
+                          Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
+    void fc_depthwise_block_f(int npix, const float* x, const float* w, float* y,
+                              const float* bias, Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t kw,
+                              Py_ssize_t w_c, Py_ssize_t unused, Py_ssize_t y_pix,
+                              Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
+    void fc_depthwise_block_d(int npix, const double* x, const double* w, double* y,
+                              const double* bias, Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t kw,
+                              Py_ssize_t w_c, Py_ssize_t unused, Py_ssize_t y_pix,
+                              Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
     void fc_wgrad_dense_block_f(const float* x, const float* gy, float* gw, Py_ssize_t npix,
                                 Py_ssize_t x_pix, Py_ssize_t y_pix, Py_ssize_t w_ci) noexcept nogil
     void fc_wgrad_dense_block_d(const double* x, const double* gy, double* gw, Py_ssize_t npix,
@@ -49,19 +51,21 @@ cdef extern from "fastconv_simd.h":
 
 
 ISA = FC_ISA.decode()
+# conv_forward wants each group's output channels in the weight (and a depthwise input's
+# channels) padded to a multiple of this, so that whole-vector loads stay inside the arrays
+CHANNEL_BLOCK = {"float32": FC_CB_F, "float64": FC_CB_D}
 
 
-cdef inline void _edge_block(const floating* x, const floating* w, floating* y,
-                             const floating* bias, Py_ssize_t npix, Py_ssize_t nc,
-                             bint depthwise, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cig,
-                             Py_ssize_t Cout, Py_ssize_t x_pix, Py_ssize_t x_row,
-                             Py_ssize_t x_col) noexcept nogil:
-    """The blocks at the right edge of a row or of the channels, one element at a time:
+cdef inline void _scalar_block(const floating* x, const floating* w, floating* y,
+                               const floating* bias, Py_ssize_t npix, Py_ssize_t nc,
+                               bint depthwise, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cig,
+                               Py_ssize_t w_ci, Py_ssize_t y_pix, Py_ssize_t x_pix,
+                               Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil:
+    """A block one element at a time, for compilers without vector extensions:
     y[p, c] = bias[c] + sum_{r, s, ci} x[p*x_pix + r*x_row + s*x_col + ci] * w[r, s, ci, c]
     (depthwise: ci runs with c, one input channel per output channel)."""
     cdef Py_ssize_t p, c, r, s, ci
     cdef const floating* xt
-    cdef const floating* wt
     cdef floating acc
     for p in range(npix):
         for c in range(nc):
@@ -70,36 +74,39 @@ cdef inline void _edge_block(const floating* x, const floating* w, floating* y,
                 for s in range(kw):
                     xt = x + p * x_pix + r * x_row + s * x_col
                     if depthwise:
-                        acc = acc + xt[c] * w[(r * kw + s) * Cout + c]
+                        acc = acc + xt[c] * w[(r * kw + s) * w_ci + c]
                     else:
-                        wt = w + (r * kw + s) * cig * Cout + c
                         for ci in range(cig):
-                            acc = acc + xt[ci] * wt[ci * Cout]
-            y[p * Cout + c] = acc
+                            acc = acc + xt[ci] * w[((r * kw + s) * cig + ci) * w_ci + c]
+            y[p * y_pix + c] = acc
 
 
-def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_in)
-                 const floating[:, :, :, ::1] w,   # IN  (kh, kw, cig, C_out)
-                 const floating[::1] bias,         # IN  (C_out,), or (0,) for none
+def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_x)
+                 const floating[:, :, :, ::1] w,   # IN  (kh, kw, cig, groups * cog_padded)
+                 const floating[::1] bias,         # IN  (groups * cog_padded,), or (0,) for none
                  floating[:, :, :, ::1] y,         # OUT (N, Ho, Wo, C_out)
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                  Py_ssize_t groups, int num_threads):
-    """Each thread takes whole output rows; within a row, blocks of FC_PB pixels x one vector
-    of output channels are accumulated in registers over all taps and input channels."""
+    """Each thread takes whole output rows; within a row, blocks of up to FC_PB pixels x one
+    vector of output channels are accumulated in registers over all taps and input channels.
+
+    Each group's output channels are padded in w and bias to cog_padded (a multiple of
+    CHANNEL_BLOCK); only y's C_out = groups * cog channels are written. Depthwise (cig = 1,
+    cog = 1): w is (kh, kw, 1, C_padded) and x has C_x = C_padded >= C_out channels too.
+    """
     cdef Py_ssize_t N = x.shape[0], Wp = x.shape[2], C = x.shape[3]
-    cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], cig = w.shape[2], Cout = w.shape[3]
-    cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], cog = Cout // groups
+    cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], cig = w.shape[2], w_ci = w.shape[3]
+    cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], Cout = y.shape[3]
+    cdef Py_ssize_t cog = Cout // groups, cog_padded = w_ci // groups
     cdef bint depthwise = cig == 1 and cog == 1
     # depthwise: one "group" as wide as all channels, x indexed along with the output channel
     cdef Py_ssize_t n_groups = 1 if depthwise else groups
     cdef Py_ssize_t width = Cout if depthwise else cog
     cdef Py_ssize_t x_pix = sw * C, x_row = dh * Wp * C, x_col = dw * C
-    cdef Py_ssize_t cb = FC_CB_F if floating is float else FC_CB_D
-    cdef Py_ssize_t row, n, oh, ow, ow_block, npix, g, c0, c_block, nc
+    cdef Py_ssize_t cb = (FC_CB_F if floating is float else FC_CB_D) if FC_HAVE_VECTORS else 1
+    cdef Py_ssize_t row, n, oh, ow, ow_block, npix, g, c0, w0, c_block, nc
     cdef const floating* xp
-    cdef const floating* wp
     cdef const floating* bp
-    cdef floating* yp
     if N * Ho * Wo == 0:
         return
     for row in prange(N * Ho, nogil=True, schedule="static", num_threads=num_threads):
@@ -110,29 +117,33 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_in)
             npix = min(<Py_ssize_t> FC_PB, Wo - ow)
             for g in range(n_groups):
                 for c_block in range((width + cb - 1) // cb):
-                    c0 = g * cog + c_block * cb  # first output channel of the block
+                    c0 = g * cog + c_block * cb          # first output channel of the block
+                    w0 = g * cog_padded + c_block * cb   # its column in w and bias
                     nc = min(cb, width - c_block * cb)
                     xp = &x[n, oh * sh, ow * sw, 0] + (c0 if depthwise else g * cig)
-                    wp = &w[0, 0, 0, 0] + c0
-                    yp = &y[n, oh, ow, 0] + c0
-                    bp = NULL if bias.shape[0] == 0 else &bias[0] + c0
-                    if not FC_HAVE_VECTORS or npix < FC_PB or nc < cb:
-                        _edge_block(xp, wp, yp, bp, npix, nc, depthwise, kh, kw, cig, Cout,
-                                    x_pix, x_row, x_col)
+                    bp = NULL if bias.shape[0] == 0 else &bias[0] + w0
+                    if not FC_HAVE_VECTORS:
+                        _scalar_block(xp, &w[0, 0, 0, 0] + w0, &y[n, oh, ow, 0] + c0, bp, npix,
+                                      nc, depthwise, kh, kw, cig, w_ci, Cout, x_pix, x_row,
+                                      x_col)
                     elif floating is float:
                         if depthwise:
-                            fc_depthwise_block_f(xp, wp, yp, bp, kh, kw, Cout, x_pix, x_row,
-                                                 x_col)
+                            fc_depthwise_block_f(npix, xp, &w[0, 0, 0, 0] + w0,
+                                                 &y[n, oh, ow, 0] + c0, bp, nc, kh, kw, w_ci,
+                                                 0, Cout, x_pix, x_row, x_col)
                         else:
-                            fc_dense_block_f(xp, wp, yp, bp, kh, kw, cig, Cout, Cout, x_pix,
-                                             x_row, x_col)
+                            fc_dense_block_f(npix, xp, &w[0, 0, 0, 0] + w0,
+                                             &y[n, oh, ow, 0] + c0, bp, nc, kh, kw, cig, w_ci,
+                                             Cout, x_pix, x_row, x_col)
                     else:
                         if depthwise:
-                            fc_depthwise_block_d(xp, wp, yp, bp, kh, kw, Cout, x_pix, x_row,
-                                                 x_col)
+                            fc_depthwise_block_d(npix, xp, &w[0, 0, 0, 0] + w0,
+                                                 &y[n, oh, ow, 0] + c0, bp, nc, kh, kw, w_ci,
+                                                 0, Cout, x_pix, x_row, x_col)
                         else:
-                            fc_dense_block_d(xp, wp, yp, bp, kh, kw, cig, Cout, Cout, x_pix,
-                                             x_row, x_col)
+                            fc_dense_block_d(npix, xp, &w[0, 0, 0, 0] + w0,
+                                             &y[n, oh, ow, 0] + c0, bp, nc, kh, kw, cig, w_ci,
+                                             Cout, x_pix, x_row, x_col)
 
 
 def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_in)

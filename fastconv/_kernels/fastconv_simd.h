@@ -38,46 +38,82 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
     static inline V fc_load_##SUF(const T *p) { V v; memcpy(&v, p, sizeof(V)); return v; }  \
     static inline void fc_store_##SUF(T *p, V v) { memcpy(p, &v, sizeof(V)); }
 
-/* y[p, :] = bias + sum_{r, s, ci} x[p*x_pix + r*x_row + s*x_col + ci] * w[(r*kw + s)*cig*w_ci + ci*w_ci + :]
- * for p < FC_PB and one vector of output channels (w_ci: the weight's row length, C_out). */
-#define FC_DEFINE_DENSE(T, V, SUF)                                                           \
-    static inline void fc_dense_block_##SUF(                                                 \
-        const T *x, const T *w, T *y, const T *bias, ptrdiff_t kh, ptrdiff_t kw,             \
-        ptrdiff_t cig, ptrdiff_t w_ci, ptrdiff_t y_pix, ptrdiff_t x_pix, ptrdiff_t x_row,    \
-        ptrdiff_t x_col)                                                                     \
+/* Stores the first nc lanes of v at p (all of them when nc is a whole vector). */
+#define FC_DEFINE_STORE_PART(T, V, SUF)                                                      \
+    static inline void fc_store_part_##SUF(T *p, V v, ptrdiff_t nc) {                        \
+        if (nc == (ptrdiff_t)(sizeof(V) / sizeof(T))) { fc_store_##SUF(p, v); return; }      \
+        T lanes[sizeof(V) / sizeof(T)];                                                      \
+        memcpy(lanes, &v, sizeof(V));                                                        \
+        memcpy(p, lanes, (size_t)nc * sizeof(T));                                            \
+    }
+
+/* Dense block of NP pixels x one vector of output channels (nc of them stored):
+ * y[p, :] = bias + sum_{r, s, ci} x[p*x_pix + r*x_row + s*x_col + ci] * w[(r*kw + s)*cig*w_ci + ci*w_ci + :]
+ * w_ci: the weight's row length, a whole number of vectors, so full-vector loads stay inside it. */
+#define FC_DEFINE_DENSE(T, V, SUF, NP)                                                       \
+    static inline void fc_dense_##SUF##_##NP(                                                \
+        const T *x, const T *w, T *y, const T *bias, ptrdiff_t nc, ptrdiff_t kh,             \
+        ptrdiff_t kw, ptrdiff_t cig, ptrdiff_t w_ci, ptrdiff_t y_pix, ptrdiff_t x_pix,       \
+        ptrdiff_t x_row, ptrdiff_t x_col)                                                    \
     {                                                                                        \
-        V acc[FC_PB];                                                                        \
+        V acc[NP];                                                                           \
         V b = bias ? fc_load_##SUF(bias) : (V){0};                                           \
-        for (int p = 0; p < FC_PB; p++) acc[p] = b;                                          \
+        for (int p = 0; p < NP; p++) acc[p] = b;                                             \
         for (ptrdiff_t r = 0; r < kh; r++)                                                   \
             for (ptrdiff_t s = 0; s < kw; s++) {                                             \
                 const T *xt = x + r * x_row + s * x_col;                                     \
                 const T *wt = w + (r * kw + s) * cig * w_ci;                                 \
                 for (ptrdiff_t ci = 0; ci < cig; ci++) {                                     \
                     V wv = fc_load_##SUF(wt + ci * w_ci);                                    \
-                    for (int p = 0; p < FC_PB; p++) acc[p] += xt[p * x_pix + ci] * wv;       \
+                    for (int p = 0; p < NP; p++) acc[p] += xt[p * x_pix + ci] * wv;          \
                 }                                                                            \
             }                                                                                \
-        for (int p = 0; p < FC_PB; p++) fc_store_##SUF(y + p * y_pix, acc[p]);               \
+        for (int p = 0; p < NP; p++) fc_store_part_##SUF(y + p * y_pix, acc[p], nc);         \
     }
 
-/* Depthwise: y[p, :] = bias + sum_{r, s} x[p*x_pix + r*x_row + s*x_col + :] * w[(r*kw + s)*C + :] */
-#define FC_DEFINE_DEPTHWISE(T, V, SUF)                                                       \
-    static inline void fc_depthwise_block_##SUF(                                             \
-        const T *x, const T *w, T *y, const T *bias, ptrdiff_t kh, ptrdiff_t kw,             \
-        ptrdiff_t C, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col)                      \
+/* Depthwise block: y[p, :] = bias + sum_{r, s} x[p*x_pix + r*x_row + s*x_col + :] * w[(r*kw + s)*w_c + :]
+ * (x's and w's channel counts are whole numbers of vectors; y_pix: y's pixel stride). */
+#define FC_DEFINE_DEPTHWISE(T, V, SUF, NP)                                                   \
+    static inline void fc_depthwise_##SUF##_##NP(                                            \
+        const T *x, const T *w, T *y, const T *bias, ptrdiff_t nc, ptrdiff_t kh,             \
+        ptrdiff_t kw, ptrdiff_t w_c, ptrdiff_t unused, ptrdiff_t y_pix, ptrdiff_t x_pix,     \
+        ptrdiff_t x_row, ptrdiff_t x_col)                                                    \
     {                                                                                        \
-        V acc[FC_PB];                                                                        \
+        (void)unused;                                                                        \
+        V acc[NP];                                                                           \
         V b = bias ? fc_load_##SUF(bias) : (V){0};                                           \
-        for (int p = 0; p < FC_PB; p++) acc[p] = b;                                          \
+        for (int p = 0; p < NP; p++) acc[p] = b;                                             \
         for (ptrdiff_t r = 0; r < kh; r++)                                                   \
             for (ptrdiff_t s = 0; s < kw; s++) {                                             \
                 const T *xt = x + r * x_row + s * x_col;                                     \
-                V wv = fc_load_##SUF(w + (r * kw + s) * C);                                  \
-                for (int p = 0; p < FC_PB; p++)                                              \
+                V wv = fc_load_##SUF(w + (r * kw + s) * w_c);                                \
+                for (int p = 0; p < NP; p++)                                                 \
                     acc[p] += fc_load_##SUF(xt + p * x_pix) * wv;                            \
             }                                                                                \
-        for (int p = 0; p < FC_PB; p++) fc_store_##SUF(y + p * C, acc[p]);                   \
+        for (int p = 0; p < NP; p++) fc_store_part_##SUF(y + p * y_pix, acc[p], nc);         \
+    }
+
+/* One function per pixel count, so that each block's accumulators live in registers. */
+#define FC_FOR_EACH_NP(M, T, V, SUF) \
+    M(T, V, SUF, 1) M(T, V, SUF, 2) M(T, V, SUF, 3) M(T, V, SUF, 4) \
+    M(T, V, SUF, 5) M(T, V, SUF, 6) M(T, V, SUF, 7) M(T, V, SUF, 8)
+#define FC_CASE(KIND, SUF, NP, ...) case NP: fc_##KIND##_##SUF##_##NP(__VA_ARGS__); break;
+#define FC_DEFINE_DISPATCH(T, KIND, SUF)                                                     \
+    static inline void fc_##KIND##_block_##SUF(                                              \
+        int npix, const T *x, const T *w, T *y, const T *bias, ptrdiff_t nc, ptrdiff_t kh,   \
+        ptrdiff_t kw, ptrdiff_t a, ptrdiff_t b, ptrdiff_t y_pix, ptrdiff_t x_pix,            \
+        ptrdiff_t x_row, ptrdiff_t x_col)                                                    \
+    {                                                                                        \
+        switch (npix) {                                                                      \
+            FC_CASE(KIND, SUF, 1, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 2, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 3, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 4, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 5, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 6, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 7, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 8, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
+        }                                                                                    \
     }
 
 /* Weight gradient, dense: gw[i*w_ci + :] += sum_{p < npix} x[p*x_pix + i] * gy[p*y_pix + :]
@@ -114,10 +150,16 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
 
 FC_DEFINE_IO(float, fc_vf, f)
 FC_DEFINE_IO(double, fc_vd, d)
-FC_DEFINE_DENSE(float, fc_vf, f)
-FC_DEFINE_DENSE(double, fc_vd, d)
-FC_DEFINE_DEPTHWISE(float, fc_vf, f)
-FC_DEFINE_DEPTHWISE(double, fc_vd, d)
+FC_DEFINE_STORE_PART(float, fc_vf, f)
+FC_DEFINE_STORE_PART(double, fc_vd, d)
+FC_FOR_EACH_NP(FC_DEFINE_DENSE, float, fc_vf, f)
+FC_FOR_EACH_NP(FC_DEFINE_DENSE, double, fc_vd, d)
+FC_FOR_EACH_NP(FC_DEFINE_DEPTHWISE, float, fc_vf, f)
+FC_FOR_EACH_NP(FC_DEFINE_DEPTHWISE, double, fc_vd, d)
+FC_DEFINE_DISPATCH(float, dense, f)
+FC_DEFINE_DISPATCH(double, dense, d)
+FC_DEFINE_DISPATCH(float, depthwise, f)
+FC_DEFINE_DISPATCH(double, depthwise, d)
 FC_DEFINE_WGRAD_DENSE(float, fc_vf, f)
 FC_DEFINE_WGRAD_DENSE(double, fc_vd, d)
 FC_DEFINE_WGRAD_DEPTHWISE(float, fc_vf, f)
@@ -128,6 +170,21 @@ FC_DEFINE_WGRAD_DEPTHWISE(double, fc_vd, d)
 #define FC_CB_F 1
 #define FC_CB_D 1
 #define FC_CI 1
+#define FC_STUB(name, T) static inline void name(const T *x, const T *gy, T *gw, ptrdiff_t n, \
+    ptrdiff_t a, ptrdiff_t b, ptrdiff_t c) {}
+#define FC_STUB_DW(name, T) static inline void name(const T *x, const T *gy, T *gw, ptrdiff_t n, \
+    ptrdiff_t a, ptrdiff_t b) {}
+FC_STUB(fc_wgrad_dense_block_f, float)
+FC_STUB(fc_wgrad_dense_block_d, double)
+FC_STUB_DW(fc_wgrad_depthwise_block_f, float)
+FC_STUB_DW(fc_wgrad_depthwise_block_d, double)
+#define FC_STUB_BLOCK(name, T) static inline void name(int npix, const T *x, const T *w, \
+    T *y, const T *bias, ptrdiff_t nc, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t a, ptrdiff_t b, \
+    ptrdiff_t y_pix, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col) {}
+FC_STUB_BLOCK(fc_dense_block_f, float)
+FC_STUB_BLOCK(fc_dense_block_d, double)
+FC_STUB_BLOCK(fc_depthwise_block_f, float)
+FC_STUB_BLOCK(fc_depthwise_block_d, double)
 #define FC_STUB(name, T) static inline void name(const T *x, const T *gy, T *gw, ptrdiff_t n, \
     ptrdiff_t a, ptrdiff_t b, ptrdiff_t c) {}
 #define FC_STUB_DW(name, T) static inline void name(const T *x, const T *gy, T *gw, ptrdiff_t n, \
