@@ -114,9 +114,28 @@ def unpad(grad_padded: np.ndarray, pads, mode: str, in_hw) -> np.ndarray:
     return np.ascontiguousarray(g)
 
 
-def _weight_grad(algorithm: str, xp: np.ndarray, gy: np.ndarray, weight_shape,
+def _conv_input(x: np.ndarray, pads, mode: str, dtype):
+    """A convolution's input and its remaining zero padding (top, left): zero padding is left
+    to the kernels (no padded copy), the other modes are padded here."""
+    if mode == "zeros":
+        return np.ascontiguousarray(x, dtype), (pads[0][0], pads[1][0])
+    return pad(x, pads, mode, dtype), (0, 0)
+
+
+def _zero_padded(x: np.ndarray, offsets, kernel_hw, out_hw, stride, dilation) -> np.ndarray:
+    """x in a zero array just large enough for the output (what is padded is made explicit,
+    for the im2col kernels)."""
+    sizes = tuple((o - 1) * s + d * (k - 1) + 1
+                  for o, s, d, k in zip(out_hw, stride, dilation, kernel_hw))
+    if tuple(offsets) == (0, 0) and sizes == x.shape[1:3]:
+        return x
+    return _shifted(x, offsets, sizes, x.dtype)
+
+
+def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_shape,
                  geo: ConvGeometry, dtype) -> np.ndarray:
-    """sum over pixels of x-window (x) gy, in fixed partial sums added up at the end."""
+    """sum over output pixels of x's window (x) gy, in fixed partial sums added up at the end.
+    x is zero-padded by `offsets` (top, left) rows and columns."""
     algo = _algorithms.for_weight_gradient(algorithm, weight_shape[2],
                                            weight_shape[2] == 1 and geo.groups == weight_shape[3])
     itemsize = np.dtype(dtype).itemsize
@@ -126,6 +145,7 @@ def _weight_grad(algorithm: str, xp: np.ndarray, gy: np.ndarray, weight_shape,
     pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
     flops = 2 * pixels * weight_size
     if algo == "im2col":
+        xp = _zero_padded(x, offsets, geo.kernel_hw, gy.shape[1:3], geo.stride, geo.dilation)
         tile = _algorithms.tile_pixels(weight_size // weight_shape[3], itemsize, pixels)
         chunks = _algorithms.partial_sums(weight_size * itemsize, -(-pixels // tile))
         partial = np.zeros((chunks, weight_size), dtype)
@@ -134,25 +154,27 @@ def _weight_grad(algorithm: str, xp: np.ndarray, gy: np.ndarray, weight_shape,
     else:
         chunks = _algorithms.partial_sums(weight_size * itemsize, gy.shape[0] * gy.shape[1])
         partial = np.zeros((chunks, weight_size), dtype)
-        _run(algo, "conv_backward_weight", xp, gy, partial, kh, kw, sh, sw, dh, dw, geo.groups,
-             flops=flops)
+        _run(algo, "conv_backward_weight", x, gy, partial, kh, kw, *offsets, sh, sw, dh, dw,
+             geo.groups, flops=flops)
     return partial.sum(axis=0).reshape(weight_shape)
 
 
-def _forward_kernel(algorithm: str, xp, w, bias, y, stride, dilation, groups) -> None:
-    """y = conv(xp, w) + bias on an already padded input (y's shape sets what is computed)."""
+def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, groups) -> None:
+    """y = conv(x, w) + bias, x zero-padded by `offsets` (top, left) rows and columns; y's
+    shape sets how far the output goes."""
     algo = _algorithms.for_convolution(algorithm, w.shape[:2], stride)
     (sh, sw), (dh, dw) = stride, dilation
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
     flops = 2 * pixels * w.size
     if algo == "im2col":
+        xp = _zero_padded(x, offsets, w.shape[:2], y.shape[1:3], stride, dilation)
         columns = w.shape[0] * w.shape[1] * w.shape[2]
         tile = _algorithms.tile_pixels(columns, y.itemsize, pixels)
         _run(algo, "conv_forward", xp, w, bias, y, sh, sw, dh, dw, groups, tile, flops=flops)
     else:
         block = _algorithms.KERNELS[algo].CHANNEL_BLOCK[y.dtype.name]
-        xp, w, bias = _padded_channels(xp, w, bias, groups, block)
-        _run(algo, "conv_forward", xp, w, bias, y, sh, sw, dh, dw, groups, flops=flops)
+        x, w, bias = _padded_channels(x, w, bias, groups, block)
+        _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups, flops=flops)
 
 
 def _padded_channels(xp, w, bias, groups, block):
@@ -220,14 +242,12 @@ def _data_kernel(algorithm: str, gy, w, bias, gxp, geo: ConvGeometry) -> None:
             if not rows or not cols:  # no tap reaches this phase
                 out[...] = bias if bias.size else 0
                 continue
-            last_r = first_r + (len(rows) - 1) * step_r
-            last_s = first_s + (len(cols) - 1) * step_s
-            sizes = (out.shape[1] + last_r - first_r, out.shape[2] + last_s - first_s)
-            gy_phase = _shifted(gy, (last_r, last_s), sizes, gxp.dtype)
+            # gy shifted down/right by the last tap's output offset, zeros around it
+            offsets = (first_r + (len(rows) - 1) * step_r, first_s + (len(cols) - 1) * step_s)
             w_phase = np.ascontiguousarray(wt[rows][:, cols][::-1, ::-1])
             target = gxp if sh == sw == 1 else np.empty(out.shape, gxp.dtype)  # one phase: all
-            _forward_kernel(algorithm, gy_phase, w_phase, bias, target, (1, 1), (step_r, step_s),
-                            groups)
+            _forward_kernel(algorithm, gy, offsets, w_phase, bias, target, (1, 1),
+                            (step_r, step_s), groups)
             if target is not gxp:
                 out[...] = target
 
@@ -265,7 +285,7 @@ def _conv2d(fn, x, weight, bias, stride, padding, dilation, groups, padding_mode
     algorithm = _algorithms.check(fn, algorithm)
     y = np.empty((geo.n, *geo.out_hw, geo.out_channels), dtype)
     if y.size:
-        _forward_kernel(algorithm, pad(x, geo.padding, mode, dtype),
+        _forward_kernel(algorithm, *_conv_input(x, geo.padding, mode, dtype),
                         np.ascontiguousarray(weight, dtype), _bias_arg(bias, dtype), y,
                         geo.stride, geo.dilation, geo.groups)
     return y[0] if unbatched else y
@@ -301,8 +321,8 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
         if unbatched:
             grad_input = grad_input[0]
     if "weight" in wanted:
-        grad_weight = _weight_grad(algorithm, pad(x, geo.padding, mode, dtype), gy, weight.shape,
-                                   geo, dtype)
+        grad_weight = _weight_grad(algorithm, *_conv_input(x, geo.padding, mode, dtype), gy,
+                                   weight.shape, geo, dtype)
     if "bias" in wanted:
         grad_bias = gy.sum(axis=(0, 1, 2))
     return grad_input, grad_weight, grad_bias
@@ -367,19 +387,19 @@ def _conv_transpose2d_backward(fn, one_d, grad_output, x, weight, stride, paddin
     algorithm = _algorithms.check(fn, algorithm)
     gy = _grad_output(fn, grad_output, (geo.n, *geo.in_hw, geo.in_channels), unbatched, one_d)
     dtype = _params.float_dtype(gy, x, weight)
-    gyp = pad(gy, geo.padding, "zeros", dtype)  # the convolution's input
+    gy, offsets = _conv_input(gy, geo.padding, "zeros", dtype)  # the convolution's input
     x = np.ascontiguousarray(x, dtype)  # the convolution's output
     grad_input = grad_weight = grad_bias = None
     if "input" in wanted:
         grad_input = np.empty(x.shape, dtype)
         if grad_input.size:
-            _forward_kernel(algorithm, gyp, np.ascontiguousarray(weight, dtype),
+            _forward_kernel(algorithm, gy, offsets, np.ascontiguousarray(weight, dtype),
                             _bias_arg(None, dtype), grad_input, geo.stride, geo.dilation,
                             geo.groups)
         if unbatched:
             grad_input = grad_input[0]
     if "weight" in wanted:
-        grad_weight = _weight_grad(algorithm, gyp, x, weight.shape, geo, dtype)
+        grad_weight = _weight_grad(algorithm, gy, offsets, x, weight.shape, geo, dtype)
     if "bias" in wanted:
         grad_bias = gy.sum(axis=(0, 1, 2))
     return grad_input, grad_weight, grad_bias

@@ -8,16 +8,18 @@ from fastconv import _algorithms, functional
 
 VARIANTS = _algorithms.simd_modules("_direct")
 
-# (N, Hp, Wp, C_in, kh, kw, C_out, stride, dilation, groups): full register blocks, ragged
-# edges of pixels and channels, depthwise, grouped, strided and dilated
+# (N, H, W, C_in, kh, kw, C_out, stride, dilation, groups, pad): full register blocks, ragged
+# edges of pixels and channels, depthwise, grouped, strided, dilated, zero padding wider than
+# the kernel reaches
 CASES = [
-    (2, 11, 19, 8, 3, 3, 40, 1, 1, 1),
-    (1, 9, 13, 3, 3, 3, 33, 2, 1, 1),
-    (2, 10, 23, 48, 3, 3, 48, 1, 1, 48),
-    (1, 12, 17, 37, 3, 3, 37, 2, 2, 37),
-    (2, 8, 21, 16, 1, 1, 16, 1, 1, 1),
-    (1, 12, 30, 12, 3, 2, 24, 1, 2, 3),
-    (3, 7, 9, 1, 5, 5, 6, 1, 1, 1),
+    (2, 11, 19, 8, 3, 3, 40, 1, 1, 1, 1),
+    (1, 9, 13, 3, 3, 3, 33, 2, 1, 1, 0),
+    (2, 10, 23, 48, 3, 3, 48, 1, 1, 48, 1),
+    (1, 12, 17, 37, 3, 3, 37, 2, 2, 37, 2),
+    (2, 8, 21, 16, 1, 1, 16, 1, 1, 1, 0),
+    (1, 12, 30, 12, 3, 2, 24, 1, 2, 3, 3),
+    (3, 7, 9, 1, 5, 5, 6, 1, 1, 1, 4),
+    (1, 3, 4, 8, 3, 3, 16, 1, 2, 1, 5),
 ]
 
 
@@ -29,30 +31,31 @@ def test_the_baseline_variant_is_always_there():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES)
 def test_variant_forward_and_weight_gradient(level, dtype, case, rng):
-    n, hp, wp, c, kh, kw, cout, stride, dilation, groups = case
+    n, h, wd, c, kh, kw, cout, stride, dilation, groups, pad = case
     module = VARIANTS[level]
-    x = rng.standard_normal((n, hp, wp, c)).astype(dtype)
+    x = rng.standard_normal((n, h, wd, c)).astype(dtype)
     w = rng.standard_normal((kh, kw, c // groups, cout)).astype(dtype)
     bias = rng.standard_normal(cout).astype(dtype)
-    expected = reference.conv2d(x, w, bias, (stride, stride), ((0, 0), (0, 0)),
+    expected = reference.conv2d(x, w, bias, (stride, stride), ((pad, pad), (pad, pad)),
                                 (dilation, dilation), groups)
     y = np.empty(expected.shape, dtype)
     # the kernel's contract: output channels padded to its vector width (as conv2d does it)
     operands = functional._padded_channels(x, w, bias, groups,
                                            module.CHANNEL_BLOCK[np.dtype(dtype).name])
-    module.conv_forward(*operands, y, stride, stride, dilation, dilation, groups, 2)
+    module.conv_forward(*operands, y, pad, pad, stride, stride, dilation, dilation, groups, 2)
     tol = 1e-4 if dtype == np.float32 else 1e-11
     np.testing.assert_allclose(y, expected, rtol=tol, atol=tol * np.abs(expected).max())
 
     # weight gradient: sum over output pixels of window (x) gy, from the definition
     gy = rng.standard_normal(expected.shape).astype(dtype)
     partial = np.zeros((3, w.size), dtype)
-    module.conv_backward_weight(x, gy, partial, kh, kw, stride, stride, dilation, dilation,
-                                groups, 2)
+    module.conv_backward_weight(x, gy, partial, kh, kw, pad, pad, stride, stride, dilation,
+                                dilation, groups, 2)
     gw = partial.sum(axis=0).reshape(w.shape)
     ho, wo = expected.shape[1:3]
     cig, cog = c // groups, cout // groups
     want = np.zeros(w.shape)
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     for r in range(kh):
         for s in range(kw):
             window = x[:, r * dilation: r * dilation + stride * (ho - 1) + 1: stride,

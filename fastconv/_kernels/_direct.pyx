@@ -25,20 +25,20 @@ cdef extern from "fastconv_simd.h":
         FC_HAVE_VECTORS
     const char* FC_ISA
     void fc_dense_block_f(int npix, const float* x, const float* w, float* y, const float* bias,
-                          Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cig,
-                          Py_ssize_t w_ci, Py_ssize_t y_pix, Py_ssize_t x_pix, Py_ssize_t x_row,
-                          Py_ssize_t x_col) noexcept nogil
-    void fc_dense_block_d(int npix, const double* x, const double* w, double* y,
-                          const double* bias, Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t kw,
+                          Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t ks, Py_ssize_t kw,
                           Py_ssize_t cig, Py_ssize_t w_ci, Py_ssize_t y_pix, Py_ssize_t x_pix,
                           Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
+    void fc_dense_block_d(int npix, const double* x, const double* w, double* y,
+                          const double* bias, Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t ks,
+                          Py_ssize_t kw, Py_ssize_t cig, Py_ssize_t w_ci, Py_ssize_t y_pix,
+                          Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
     void fc_depthwise_block_f(int npix, const float* x, const float* w, float* y,
-                              const float* bias, Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t kw,
-                              Py_ssize_t w_c, Py_ssize_t unused, Py_ssize_t y_pix,
+                              const float* bias, Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t ks,
+                              Py_ssize_t kw, Py_ssize_t w_c, Py_ssize_t unused, Py_ssize_t y_pix,
                               Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
     void fc_depthwise_block_d(int npix, const double* x, const double* w, double* y,
-                              const double* bias, Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t kw,
-                              Py_ssize_t w_c, Py_ssize_t unused, Py_ssize_t y_pix,
+                              const double* bias, Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t ks,
+                              Py_ssize_t kw, Py_ssize_t w_c, Py_ssize_t unused, Py_ssize_t y_pix,
                               Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
     void fc_wgrad_dense_block_f(const float* x, const float* gy, float* gw, Py_ssize_t npix,
                                 Py_ssize_t x_pix, Py_ssize_t y_pix, Py_ssize_t w_ci) noexcept nogil
@@ -56,13 +56,24 @@ ISA = FC_ISA.decode()
 CHANNEL_BLOCK = {"float32": FC_CB_F, "float64": FC_CB_D}
 
 
+cdef inline Py_ssize_t _first_tap(Py_ssize_t start, Py_ssize_t dil) noexcept nogil:
+    """The first tap t >= 0 whose input position start + t*dil is >= 0."""
+    return 0 if start >= 0 else (-start + dil - 1) // dil
+
+
+cdef inline Py_ssize_t _end_tap(Py_ssize_t start, Py_ssize_t dil, Py_ssize_t k,
+                                Py_ssize_t size) noexcept nogil:
+    """One past the last tap t < k whose input position start + t*dil is < size."""
+    return 0 if start >= size else min(k, (size - 1 - start) // dil + 1)
+
+
 cdef inline void _scalar_block(const floating* x, const floating* w, floating* y,
                                const floating* bias, Py_ssize_t npix, Py_ssize_t nc,
-                               bint depthwise, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cig,
-                               Py_ssize_t w_ci, Py_ssize_t y_pix, Py_ssize_t x_pix,
-                               Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil:
+                               bint depthwise, Py_ssize_t kh, Py_ssize_t ks, Py_ssize_t kw,
+                               Py_ssize_t cig, Py_ssize_t w_ci, Py_ssize_t y_pix,
+                               Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil:
     """A block one element at a time, for compilers without vector extensions:
-    y[p, c] = bias[c] + sum_{r, s, ci} x[p*x_pix + r*x_row + s*x_col + ci] * w[r, s, ci, c]
+    y[p, c] = bias[c] + sum_{r<kh, s<ks, ci} x[p*x_pix + r*x_row + s*x_col + ci] * w[r, s, ci, c]
     (depthwise: ci runs with c, one input channel per output channel)."""
     cdef Py_ssize_t p, c, r, s, ci
     cdef const floating* xt
@@ -71,7 +82,7 @@ cdef inline void _scalar_block(const floating* x, const floating* w, floating* y
         for c in range(nc):
             acc = bias[c] if bias != NULL else 0
             for r in range(kh):
-                for s in range(kw):
+                for s in range(ks):
                     xt = x + p * x_pix + r * x_row + s * x_col
                     if depthwise:
                         acc = acc + xt[c] * w[(r * kw + s) * w_ci + c]
@@ -81,20 +92,53 @@ cdef inline void _scalar_block(const floating* x, const floating* w, floating* y
             y[p * y_pix + c] = acc
 
 
-def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_x)
+cdef inline void _block(const floating* x, const floating* w, floating* y, const floating* bias,
+                        Py_ssize_t npix, Py_ssize_t nc, bint depthwise,
+                        Py_ssize_t r0, Py_ssize_t nr, Py_ssize_t s0, Py_ssize_t ns,
+                        Py_ssize_t kw, Py_ssize_t cig, Py_ssize_t w_ci, Py_ssize_t y_pix,
+                        Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil:
+    """One register block over the taps [r0, r0+nr) x [s0, s0+ns) (the others fall in the zero
+    padding); x points at tap (r0, s0) of the first pixel, w at tap (0, 0) of the block's
+    first output channel."""
+    w = w + (r0 * kw + s0) * cig * w_ci
+    if not FC_HAVE_VECTORS:
+        _scalar_block(x, w, y, bias, npix, nc, depthwise, nr, ns, kw, cig, w_ci, y_pix, x_pix,
+                      x_row, x_col)
+    elif floating is float:
+        if depthwise:
+            fc_depthwise_block_f(npix, x, w, y, bias, nc, nr, ns, kw, w_ci, 0, y_pix, x_pix,
+                                 x_row, x_col)
+        else:
+            fc_dense_block_f(npix, x, w, y, bias, nc, nr, ns, kw, cig, w_ci, y_pix, x_pix, x_row,
+                             x_col)
+    else:
+        if depthwise:
+            fc_depthwise_block_d(npix, x, w, y, bias, nc, nr, ns, kw, w_ci, 0, y_pix, x_pix,
+                                 x_row, x_col)
+        else:
+            fc_dense_block_d(npix, x, w, y, bias, nc, nr, ns, kw, cig, w_ci, y_pix, x_pix, x_row,
+                             x_col)
+
+
+def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadded
                  const floating[:, :, :, ::1] w,   # IN  (kh, kw, cig, groups * cog_padded)
                  const floating[::1] bias,         # IN  (groups * cog_padded,), or (0,) for none
                  floating[:, :, :, ::1] y,         # OUT (N, Ho, Wo, C_out)
+                 Py_ssize_t top, Py_ssize_t left,  # zero padding before the first row / column
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                  Py_ssize_t groups, int num_threads):
     """Each thread takes whole output rows; within a row, blocks of up to FC_PB pixels x one
     vector of output channels are accumulated in registers over all taps and input channels.
 
+    Zero padding is implicit: taps that fall outside x are skipped (output pixel
+    (oh, ow), tap (r, s) reads x[oh*sh + r*dh - top, ow*sw + s*dw - left]), so no padded copy
+    is made; y's shape says how far the output goes. Pixels near the left and right edges run
+    one at a time with their own range of column taps.
     Each group's output channels are padded in w and bias to cog_padded (a multiple of
     CHANNEL_BLOCK); only y's C_out = groups * cog channels are written. Depthwise (cig = 1,
     cog = 1): w is (kh, kw, 1, C_padded) and x has C_x = C_padded >= C_out channels too.
     """
-    cdef Py_ssize_t N = x.shape[0], Wp = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], cig = w.shape[2], w_ci = w.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], Cout = y.shape[3]
     cdef Py_ssize_t cog = Cout // groups, cog_padded = w_ci // groups
@@ -102,9 +146,13 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_x)
     # depthwise: one "group" as wide as all channels, x indexed along with the output channel
     cdef Py_ssize_t n_groups = 1 if depthwise else groups
     cdef Py_ssize_t width = Cout if depthwise else cog
-    cdef Py_ssize_t x_pix = sw * C, x_row = dh * Wp * C, x_col = dw * C
+    cdef Py_ssize_t x_pix = sw * C, x_row = dh * W * C, x_col = dw * C
     cdef Py_ssize_t cb = (FC_CB_F if floating is float else FC_CB_D) if FC_HAVE_VECTORS else 1
-    cdef Py_ssize_t row, n, oh, ow, ow_block, npix, g, c0, w0, c_block, nc
+    # output columns whose taps all lie inside x: [inner_lo, inner_hi)
+    cdef Py_ssize_t inner_lo = min(Wo, (left + sw - 1) // sw)
+    cdef Py_ssize_t inner_hi = inner_lo if W - 1 + left - (kw - 1) * dw < 0 else \
+        max(inner_lo, min(Wo, (W - 1 + left - (kw - 1) * dw) // sw + 1))
+    cdef Py_ssize_t row, n, oh, ih, r0, nr, ow, iw, s0, ns, npix, g, c0, w0, c_block, nc
     cdef const floating* xp
     cdef const floating* bp
     if N * Ho * Wo == 0:
@@ -112,63 +160,59 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_x)
     for row in prange(N * Ho, nogil=True, schedule="static", num_threads=num_threads):
         n = row // Ho
         oh = row % Ho
-        for ow_block in range((Wo + FC_PB - 1) // FC_PB):
-            ow = ow_block * FC_PB
-            npix = min(<Py_ssize_t> FC_PB, Wo - ow)
+        ih = oh * sh - top  # input row of tap 0
+        r0 = _first_tap(ih, dh)
+        nr = max(0, _end_tap(ih, dh, kh, H) - r0)
+        ow = 0
+        while ow < Wo:
+            iw = ow * sw - left
+            if inner_lo <= ow < inner_hi:
+                npix = min(<Py_ssize_t> FC_PB, inner_hi - ow)
+                s0 = 0
+                ns = kw
+            else:  # at an edge: one pixel, the taps that land inside x
+                npix = 1
+                s0 = _first_tap(iw, dw)
+                ns = max(0, _end_tap(iw, dw, kw, W) - s0)
             for g in range(n_groups):
                 for c_block in range((width + cb - 1) // cb):
                     c0 = g * cog + c_block * cb          # first output channel of the block
                     w0 = g * cog_padded + c_block * cb   # its column in w and bias
                     nc = min(cb, width - c_block * cb)
-                    xp = &x[n, oh * sh, ow * sw, 0] + (c0 if depthwise else g * cig)
                     bp = NULL if bias.shape[0] == 0 else &bias[0] + w0
-                    if not FC_HAVE_VECTORS:
-                        _scalar_block(xp, &w[0, 0, 0, 0] + w0, &y[n, oh, ow, 0] + c0, bp, npix,
-                                      nc, depthwise, kh, kw, cig, w_ci, Cout, x_pix, x_row,
-                                      x_col)
-                    elif floating is float:
-                        if depthwise:
-                            fc_depthwise_block_f(npix, xp, &w[0, 0, 0, 0] + w0,
-                                                 &y[n, oh, ow, 0] + c0, bp, nc, kh, kw, w_ci,
-                                                 0, Cout, x_pix, x_row, x_col)
-                        else:
-                            fc_dense_block_f(npix, xp, &w[0, 0, 0, 0] + w0,
-                                             &y[n, oh, ow, 0] + c0, bp, nc, kh, kw, cig, w_ci,
-                                             Cout, x_pix, x_row, x_col)
-                    else:
-                        if depthwise:
-                            fc_depthwise_block_d(npix, xp, &w[0, 0, 0, 0] + w0,
-                                                 &y[n, oh, ow, 0] + c0, bp, nc, kh, kw, w_ci,
-                                                 0, Cout, x_pix, x_row, x_col)
-                        else:
-                            fc_dense_block_d(npix, xp, &w[0, 0, 0, 0] + w0,
-                                             &y[n, oh, ow, 0] + c0, bp, nc, kh, kw, cig, w_ci,
-                                             Cout, x_pix, x_row, x_col)
+                    xp = &x[n, 0, 0, 0] + (c0 if depthwise else g * cig)
+                    if nr > 0 and ns > 0:  # else all taps are padding: y = bias
+                        xp = xp + ((ih + r0 * dh) * W + iw + s0 * dw) * C
+                    _block(xp, &w[0, 0, 0, 0] + w0, &y[n, oh, ow, 0] + c0, bp, npix, nc,
+                           depthwise, r0, nr, s0, ns, kw, cig, w_ci, Cout, x_pix, x_row, x_col)
+            ow = ow + npix
 
 
-def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_in)
+def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
                          const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out)
                          floating[:, ::1] partial,         # OUT (n_chunks, kh*kw*cig*C_out), zeroed
                          Py_ssize_t kh, Py_ssize_t kw,
+                         Py_ssize_t top, Py_ssize_t left,  # zero padding, as in conv_forward
                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                          Py_ssize_t groups, int num_threads):
     """Weight gradient as n_chunks partial sums (the caller adds them up).
 
     The output rows are split into a fixed number of chunks, each summed into its own
     buffer, so the result does not depend on the thread count and no two threads write
-    the same memory. Within a row, one weight block (FC_CI input channels x one vector of
-    output channels, or one vector of channels when depthwise) sums over all its pixels in
-    registers.
+    the same memory. For one output row and one tap, a weight block (FC_CI input channels x
+    one vector of output channels, or one vector of channels when depthwise) sums over the
+    row's pixels whose tap lands inside x, in registers.
     """
-    cdef Py_ssize_t N = x.shape[0], Wp = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], Cout = gy.shape[3]
     cdef Py_ssize_t cig = C // groups, cog = Cout // groups
     cdef Py_ssize_t n_chunks = partial.shape[0], rows = N * Ho
     cdef bint depthwise = cig == 1 and cog == 1
+    cdef Py_ssize_t width = Cout if depthwise else cog
     cdef Py_ssize_t cb = FC_CB_F if floating is float else FC_CB_D
     cdef Py_ssize_t x_pix = sw * C
-    cdef Py_ssize_t width = Cout if depthwise else cog
-    cdef Py_ssize_t chunk, row, n, oh, ow, r, s, g, ci, ci0, ci_block, co, co0, co_block, nci, nco
+    cdef Py_ssize_t chunk, row, n, oh, ih, iw, ow, ow0, npix, r, s, g, ci, ci0, ci_block
+    cdef Py_ssize_t co, co0, co_block, nci, nco
     cdef const floating* xp
     cdef const floating* gyp
     cdef floating* gwp
@@ -180,9 +224,18 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_i
             n = row // Ho
             oh = row % Ho
             for r in range(kh):
+                ih = oh * sh + r * dh - top
+                if ih < 0 or ih >= H:
+                    continue
                 for s in range(kw):
-                    xp = &x[n, oh * sh + r * dh, s * dw, 0]  # pixel ow at xp + ow*x_pix
-                    gyp = &gy[n, oh, 0, 0]                   # pixel ow at gyp + ow*Cout
+                    # the pixels ow0 .. ow0 + npix - 1 whose tap s lands inside x
+                    iw = s * dw - left  # input column of pixel 0
+                    ow0 = _first_tap(iw, sw)
+                    npix = _end_tap(iw, sw, Wo, W) - ow0
+                    if npix <= 0:
+                        continue
+                    xp = &x[n, ih, 0, 0] + (iw + ow0 * sw) * C  # pixel ow0 + p at xp + p*x_pix
+                    gyp = &gy[n, oh, ow0, 0]                    # at gyp + p*Cout
                     gwp = &partial[chunk, (r * kw + s) * cig * Cout]
                     for g in range(1 if depthwise else groups):
                         for ci_block in range(1 if depthwise else (cig + FC_CI - 1) // FC_CI):
@@ -194,24 +247,24 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_i
                                 if FC_HAVE_VECTORS and nco == cb and depthwise:
                                     if floating is float:
                                         fc_wgrad_depthwise_block_f(xp + co0, gyp + co0, gwp + co0,
-                                                                   Wo, x_pix, Cout)
+                                                                   npix, x_pix, Cout)
                                     else:
                                         fc_wgrad_depthwise_block_d(xp + co0, gyp + co0, gwp + co0,
-                                                                   Wo, x_pix, Cout)
+                                                                   npix, x_pix, Cout)
                                 elif FC_HAVE_VECTORS and nco == cb and nci == FC_CI:
                                     if floating is float:
                                         fc_wgrad_dense_block_f(
                                             xp + g * cig + ci0, gyp + co0,
-                                            gwp + ci0 * Cout + co0, Wo, x_pix, Cout, Cout)
+                                            gwp + ci0 * Cout + co0, npix, x_pix, Cout, Cout)
                                     else:
                                         fc_wgrad_dense_block_d(
                                             xp + g * cig + ci0, gyp + co0,
-                                            gwp + ci0 * Cout + co0, Wo, x_pix, Cout, Cout)
+                                            gwp + ci0 * Cout + co0, npix, x_pix, Cout, Cout)
                                 else:  # edges, one weight element at a time
                                     for ci in range(ci0, ci0 + nci):
                                         for co in range(co0, co0 + nco):
                                             acc = 0
-                                            for ow in range(Wo):
+                                            for ow in range(npix):
                                                 acc = acc + gyp[ow * Cout + co] * (
                                                     xp[ow * x_pix + co] if depthwise
                                                     else xp[ow * x_pix + g * cig + ci])

@@ -47,20 +47,21 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
         memcpy(p, lanes, (size_t)nc * sizeof(T));                                            \
     }
 
-/* Dense block of NP pixels x one vector of output channels (nc of them stored):
+/* Dense block of NP pixels x one vector of output channels (nc of them stored), over kh x ks
+ * taps of a weight kw taps wide (fewer than kw where the block touches the zero padding):
  * y[p, :] = bias + sum_{r, s, ci} x[p*x_pix + r*x_row + s*x_col + ci] * w[(r*kw + s)*cig*w_ci + ci*w_ci + :]
  * w_ci: the weight's row length, a whole number of vectors, so full-vector loads stay inside it. */
 #define FC_DEFINE_DENSE(T, V, SUF, NP)                                                       \
     static inline void fc_dense_##SUF##_##NP(                                                \
         const T *x, const T *w, T *y, const T *bias, ptrdiff_t nc, ptrdiff_t kh,             \
-        ptrdiff_t kw, ptrdiff_t cig, ptrdiff_t w_ci, ptrdiff_t y_pix, ptrdiff_t x_pix,       \
-        ptrdiff_t x_row, ptrdiff_t x_col)                                                    \
+        ptrdiff_t ks, ptrdiff_t kw, ptrdiff_t cig, ptrdiff_t w_ci, ptrdiff_t y_pix,          \
+        ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col)                                   \
     {                                                                                        \
         V acc[NP];                                                                           \
         V b = bias ? fc_load_##SUF(bias) : (V){0};                                           \
         for (int p = 0; p < NP; p++) acc[p] = b;                                             \
         for (ptrdiff_t r = 0; r < kh; r++)                                                   \
-            for (ptrdiff_t s = 0; s < kw; s++) {                                             \
+            for (ptrdiff_t s = 0; s < ks; s++) {                                             \
                 const T *xt = x + r * x_row + s * x_col;                                     \
                 const T *wt = w + (r * kw + s) * cig * w_ci;                                 \
                 for (ptrdiff_t ci = 0; ci < cig; ci++) {                                     \
@@ -76,15 +77,15 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
 #define FC_DEFINE_DEPTHWISE(T, V, SUF, NP)                                                   \
     static inline void fc_depthwise_##SUF##_##NP(                                            \
         const T *x, const T *w, T *y, const T *bias, ptrdiff_t nc, ptrdiff_t kh,             \
-        ptrdiff_t kw, ptrdiff_t w_c, ptrdiff_t unused, ptrdiff_t y_pix, ptrdiff_t x_pix,     \
-        ptrdiff_t x_row, ptrdiff_t x_col)                                                    \
+        ptrdiff_t ks, ptrdiff_t kw, ptrdiff_t w_c, ptrdiff_t unused, ptrdiff_t y_pix,        \
+        ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col)                                   \
     {                                                                                        \
         (void)unused;                                                                        \
         V acc[NP];                                                                           \
         V b = bias ? fc_load_##SUF(bias) : (V){0};                                           \
         for (int p = 0; p < NP; p++) acc[p] = b;                                             \
         for (ptrdiff_t r = 0; r < kh; r++)                                                   \
-            for (ptrdiff_t s = 0; s < kw; s++) {                                             \
+            for (ptrdiff_t s = 0; s < ks; s++) {                                             \
                 const T *xt = x + r * x_row + s * x_col;                                     \
                 V wv = fc_load_##SUF(w + (r * kw + s) * w_c);                                \
                 for (int p = 0; p < NP; p++)                                                 \
@@ -101,18 +102,18 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
 #define FC_DEFINE_DISPATCH(T, KIND, SUF)                                                     \
     static inline void fc_##KIND##_block_##SUF(                                              \
         int npix, const T *x, const T *w, T *y, const T *bias, ptrdiff_t nc, ptrdiff_t kh,   \
-        ptrdiff_t kw, ptrdiff_t a, ptrdiff_t b, ptrdiff_t y_pix, ptrdiff_t x_pix,            \
-        ptrdiff_t x_row, ptrdiff_t x_col)                                                    \
+        ptrdiff_t ks, ptrdiff_t kw, ptrdiff_t a, ptrdiff_t b, ptrdiff_t y_pix,               \
+        ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col)                                   \
     {                                                                                        \
         switch (npix) {                                                                      \
-            FC_CASE(KIND, SUF, 1, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
-            FC_CASE(KIND, SUF, 2, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
-            FC_CASE(KIND, SUF, 3, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
-            FC_CASE(KIND, SUF, 4, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
-            FC_CASE(KIND, SUF, 5, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
-            FC_CASE(KIND, SUF, 6, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
-            FC_CASE(KIND, SUF, 7, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
-            FC_CASE(KIND, SUF, 8, x, w, y, bias, nc, kh, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 1, x, w, y, bias, nc, kh, ks, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 2, x, w, y, bias, nc, kh, ks, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 3, x, w, y, bias, nc, kh, ks, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 4, x, w, y, bias, nc, kh, ks, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 5, x, w, y, bias, nc, kh, ks, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 6, x, w, y, bias, nc, kh, ks, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 7, x, w, y, bias, nc, kh, ks, kw, a, b, y_pix, x_pix, x_row, x_col) \
+            FC_CASE(KIND, SUF, 8, x, w, y, bias, nc, kh, ks, kw, a, b, y_pix, x_pix, x_row, x_col) \
         }                                                                                    \
     }
 
@@ -179,8 +180,8 @@ FC_STUB(fc_wgrad_dense_block_d, double)
 FC_STUB_DW(fc_wgrad_depthwise_block_f, float)
 FC_STUB_DW(fc_wgrad_depthwise_block_d, double)
 #define FC_STUB_BLOCK(name, T) static inline void name(int npix, const T *x, const T *w, \
-    T *y, const T *bias, ptrdiff_t nc, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t a, ptrdiff_t b, \
-    ptrdiff_t y_pix, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col) {}
+    T *y, const T *bias, ptrdiff_t nc, ptrdiff_t kh, ptrdiff_t ks, ptrdiff_t kw, ptrdiff_t a, \
+    ptrdiff_t b, ptrdiff_t y_pix, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col) {}
 FC_STUB_BLOCK(fc_dense_block_f, float)
 FC_STUB_BLOCK(fc_dense_block_d, double)
 FC_STUB_BLOCK(fc_depthwise_block_f, float)
