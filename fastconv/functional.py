@@ -184,11 +184,11 @@ def _padded_channels(xp, w, bias, groups, block):
     input needs it only when its channel count is not a multiple of the vector width."""
     kh, kw, cig, cout = w.shape
     cog = cout // groups
-    extra = -cog % block
+    depthwise = cig == 1 and cog == 1  # the kernel treats all channels as one group
+    extra = -(cout if depthwise else cog) % block
     if not extra:
         return xp, w, bias
-    if cig == 1 and cog == 1:  # depthwise: the kernel treats all channels as one group
-        extra = -cout % block
+    if depthwise:
         pad_last = ((0, 0),) * 3 + ((0, extra),)
         return (np.ascontiguousarray(np.pad(xp, pad_last)), np.ascontiguousarray(np.pad(w, pad_last)),
                 np.pad(bias, (0, extra)) if bias.size else bias)

@@ -12,7 +12,8 @@ Shapes (groups G, C_in = G * cig, C_out = G * cog):
     y  (N, Ho, Wo, C_out)     output, Ho = (Hp - dh*(kh-1) - 1) // sh + 1
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, parallel
+from libc.stdlib cimport malloc, free
 
 
 cdef extern from "fastconv_simd.h":
@@ -120,6 +121,26 @@ cdef inline void _block(const floating* x, const floating* w, floating* y, const
                              x_col)
 
 
+cdef inline void _gather_window(const floating* x, floating* out, Py_ssize_t ih, Py_ssize_t nr,
+                                Py_ssize_t dh, Py_ssize_t iw, Py_ssize_t span, Py_ssize_t W,
+                                Py_ssize_t C) noexcept nogil:
+    """out[rr, j, :] = x[ih + rr*dh, iw + j, :] for rr < nr, j < span, zero where iw + j falls
+    outside [0, W): a block's receptive field, with its zero padding made explicit."""
+    cdef Py_ssize_t rr, j, c
+    cdef const floating* src
+    cdef floating* dst
+    for rr in range(nr):
+        for j in range(span):
+            dst = out + (rr * span + j) * C
+            if 0 <= iw + j < W:
+                src = x + ((ih + rr * dh) * W + iw + j) * C
+                for c in range(C):
+                    dst[c] = src[c]
+            else:
+                for c in range(C):
+                    dst[c] = 0
+
+
 def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadded
                  const floating[:, :, :, ::1] w,   # IN  (kh, kw, cig, groups * cog_padded)
                  const floating[::1] bias,         # IN  (groups * cog_padded,), or (0,) for none
@@ -130,13 +151,15 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     """Each thread takes whole output rows; within a row, blocks of up to FC_PB pixels x one
     vector of output channels are accumulated in registers over all taps and input channels.
 
-    Zero padding is implicit: taps that fall outside x are skipped (output pixel
-    (oh, ow), tap (r, s) reads x[oh*sh + r*dh - top, ow*sw + s*dw - left]), so no padded copy
-    is made; y's shape says how far the output goes. Pixels near the left and right edges run
-    one at a time with their own range of column taps.
+    Zero padding is implicit: output pixel (oh, ow), tap (r, s) reads
+    x[oh*sh + r*dh - top, ow*sw + s*dw - left], and no padded copy of x is made. Rows of taps
+    that fall outside x are skipped; a block of pixels whose columns of taps reach outside x
+    first copies its receptive field into a small zero-padded buffer of its thread. y's shape
+    says how far the output goes.
     Each group's output channels are padded in w and bias to cog_padded (a multiple of
     CHANNEL_BLOCK); only y's C_out = groups * cog channels are written. Depthwise (cig = 1,
     cog = 1): w is (kh, kw, 1, C_padded) and x has C_x = C_padded >= C_out channels too.
+    Returns 0, or 1 when a scratch buffer could not be allocated.
     """
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], cig = w.shape[2], w_ci = w.shape[3]
@@ -146,46 +169,55 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     # depthwise: one "group" as wide as all channels, x indexed along with the output channel
     cdef Py_ssize_t n_groups = 1 if depthwise else groups
     cdef Py_ssize_t width = Cout if depthwise else cog
-    cdef Py_ssize_t x_pix = sw * C, x_row = dh * W * C, x_col = dw * C
+    cdef Py_ssize_t x_pix = sw * C, x_col = dw * C
     cdef Py_ssize_t cb = (FC_CB_F if floating is float else FC_CB_D) if FC_HAVE_VECTORS else 1
     # output columns whose taps all lie inside x: [inner_lo, inner_hi)
     cdef Py_ssize_t inner_lo = min(Wo, (left + sw - 1) // sw)
     cdef Py_ssize_t inner_hi = inner_lo if W - 1 + left - (kw - 1) * dw < 0 else \
         max(inner_lo, min(Wo, (W - 1 + left - (kw - 1) * dw) // sw + 1))
-    cdef Py_ssize_t row, n, oh, ih, r0, nr, ow, iw, s0, ns, npix, g, c0, w0, c_block, nc
+    # input columns one block of pixels reads
+    cdef Py_ssize_t span = (FC_PB - 1) * sw + (kw - 1) * dw + 1
+    cdef Py_ssize_t row, n, oh, ih, r0, nr, ow, ow_block, iw, npix, g, c0, w0, c_block, nc, x_row
     cdef const floating* xp
     cdef const floating* bp
+    cdef floating* window = NULL
+    cdef int status = 0
+    cdef int* failed = &status
     if N * Ho * Wo == 0:
-        return
-    for row in prange(N * Ho, nogil=True, schedule="static", num_threads=num_threads):
-        n = row // Ho
-        oh = row % Ho
-        ih = oh * sh - top  # input row of tap 0
-        r0 = _first_tap(ih, dh)
-        nr = max(0, _end_tap(ih, dh, kh, H) - r0)
-        ow = 0
-        while ow < Wo:
-            iw = ow * sw - left
-            if inner_lo <= ow < inner_hi:
-                npix = min(<Py_ssize_t> FC_PB, inner_hi - ow)
-                s0 = 0
-                ns = kw
-            else:  # at an edge: one pixel, the taps that land inside x
-                npix = 1
-                s0 = _first_tap(iw, dw)
-                ns = max(0, _end_tap(iw, dw, kw, W) - s0)
-            for g in range(n_groups):
-                for c_block in range((width + cb - 1) // cb):
-                    c0 = g * cog + c_block * cb          # first output channel of the block
-                    w0 = g * cog_padded + c_block * cb   # its column in w and bias
-                    nc = min(cb, width - c_block * cb)
-                    bp = NULL if bias.shape[0] == 0 else &bias[0] + w0
-                    xp = &x[n, 0, 0, 0] + (c0 if depthwise else g * cig)
-                    if nr > 0 and ns > 0:  # else all taps are padding: y = bias
-                        xp = xp + ((ih + r0 * dh) * W + iw + s0 * dw) * C
-                    _block(xp, &w[0, 0, 0, 0] + w0, &y[n, oh, ow, 0] + c0, bp, npix, nc,
-                           depthwise, r0, nr, s0, ns, kw, cig, w_ci, Cout, x_pix, x_row, x_col)
-            ow = ow + npix
+        return 0
+    with nogil, parallel(num_threads=num_threads):
+        window = <floating*> malloc(kh * span * C * sizeof(floating))
+        for row in prange(N * Ho, schedule="static"):
+            if window == NULL:
+                failed[0] = 1
+                continue
+            n = row // Ho
+            oh = row % Ho
+            ih = oh * sh - top  # input row of tap 0
+            r0 = _first_tap(ih, dh)
+            nr = max(0, _end_tap(ih, dh, kh, H) - r0)
+            for ow_block in range((Wo + FC_PB - 1) // FC_PB):
+                ow = ow_block * FC_PB
+                npix = min(<Py_ssize_t> FC_PB, Wo - ow)
+                iw = ow * sw - left  # input column of the block's first tap
+                if inner_lo <= ow and ow + npix <= inner_hi or nr == 0:
+                    xp = &x[n, 0, 0, 0] + ((ih + r0 * dh) * W + iw) * C if nr > 0 else NULL
+                    x_row = dh * W * C
+                else:  # the block reaches into the zero padding left or right
+                    _gather_window(&x[n, 0, 0, 0], window, ih + r0 * dh, nr, dh, iw, span, W, C)
+                    xp = window
+                    x_row = span * C
+                for g in range(n_groups):
+                    for c_block in range((width + cb - 1) // cb):
+                        c0 = g * cog + c_block * cb          # first output channel of the block
+                        w0 = g * cog_padded + c_block * cb   # its column in w and bias
+                        nc = min(cb, width - c_block * cb)
+                        bp = NULL if bias.shape[0] == 0 else &bias[0] + w0
+                        _block(xp + (c0 if depthwise else g * cig) if nr > 0 else xp,
+                               &w[0, 0, 0, 0] + w0, &y[n, oh, ow, 0] + c0, bp, npix, nc,
+                               depthwise, r0, nr, 0, kw, kw, cig, w_ci, Cout, x_pix, x_row, x_col)
+        free(window)
+    return status
 
 
 def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
