@@ -1,0 +1,36 @@
+"""The README's Python snippets and the examples run as written."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SNIPPETS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def test_the_readme_has_snippets():
+    assert len(SNIPPETS) >= 6
+
+
+@pytest.mark.parametrize("index", range(len(SNIPPETS)))
+def test_readme_snippet_runs(index, capsys):
+    exec(compile(SNIPPETS[index], f"README.md snippet {index}", "exec"), {"__name__": "__main__"})
+    assert capsys.readouterr().out  # every snippet shows its result
+
+
+def test_readme_worked_example_prints_the_lecture_values(capsys):
+    snippet = next(s for s in SNIPPETS if "np.arange(9.0)" in s)
+    exec(snippet, {})
+    assert "[[19. 25.]\n [37. 43.]]" in capsys.readouterr().out
+
+
+def test_train_digits_example_learns():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / "train_digits.py"),
+                          "--epochs", "4"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    accuracies = [float(a) for a in re.findall(r"test acc (\d\.\d+)", run.stdout)]
+    assert len(accuracies) == 4 and accuracies[-1] >= 0.9, run.stdout
