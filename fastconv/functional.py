@@ -122,16 +122,6 @@ def _conv_input(x: np.ndarray, pads, mode: str, dtype):
     return pad(x, pads, mode, dtype), (0, 0)
 
 
-def _zero_padded(x: np.ndarray, offsets, kernel_hw, out_hw, stride, dilation) -> np.ndarray:
-    """x in a zero array just large enough for the output (what is padded is made explicit,
-    for the im2col kernels)."""
-    sizes = tuple((o - 1) * s + d * (k - 1) + 1
-                  for o, s, d, k in zip(out_hw, stride, dilation, kernel_hw))
-    if tuple(offsets) == (0, 0) and sizes == x.shape[1:3]:
-        return x
-    return _shifted(x, offsets, sizes, x.dtype)
-
-
 def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_shape,
                  geo: ConvGeometry, dtype) -> np.ndarray:
     """sum over output pixels of x's window (x) gy, in fixed partial sums added up at the end.
@@ -145,12 +135,11 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
     pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
     flops = 2 * pixels * weight_size
     if algo == "im2col":
-        xp = _zero_padded(x, offsets, geo.kernel_hw, gy.shape[1:3], geo.stride, geo.dilation)
         tile = _algorithms.tile_pixels(weight_size // weight_shape[3], itemsize, pixels)
         chunks = _algorithms.partial_sums(weight_size * itemsize, -(-pixels // tile))
         partial = np.zeros((chunks, weight_size), dtype)
-        _run(algo, "conv_backward_weight", xp, gy, partial, kh, kw, sh, sw, dh, dw, geo.groups,
-             tile, flops=flops)
+        _run(algo, "conv_backward_weight", x, gy, partial, kh, kw, *offsets, sh, sw, dh, dw,
+             geo.groups, tile, flops=flops)
     else:
         chunks = _algorithms.partial_sums(weight_size * itemsize, gy.shape[0] * gy.shape[1])
         partial = np.zeros((chunks, weight_size), dtype)
@@ -167,10 +156,10 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
     flops = 2 * pixels * w.size
     if algo == "im2col":
-        xp = _zero_padded(x, offsets, w.shape[:2], y.shape[1:3], stride, dilation)
         columns = w.shape[0] * w.shape[1] * w.shape[2]
         tile = _algorithms.tile_pixels(columns, y.itemsize, pixels)
-        _run(algo, "conv_forward", xp, w, bias, y, sh, sw, dh, dw, groups, tile, flops=flops)
+        _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups, tile,
+             flops=flops)
     else:
         block = _algorithms.KERNELS[algo].CHANNEL_BLOCK[y.dtype.name]
         x, w, bias = _padded_channels(x, w, bias, groups, block)
@@ -206,25 +195,14 @@ def _phase_taps(phase: int, k: int, stride: int, dilation: int):
     return taps, first, dilation // math.gcd(stride, dilation)
 
 
-def _shifted(gy: np.ndarray, offsets, sizes, dtype) -> np.ndarray:
-    """gy placed at (offset_h, offset_w) in a zero array of spatial size `sizes` (what falls
-    outside is cut off)."""
-    n, h, w, c = gy.shape
-    out = np.zeros((n, *sizes, c), dtype)
-    (oh, ow), (th, tw) = offsets, sizes
-    src_h, src_w = slice(max(0, -oh), min(h, th - oh)), slice(max(0, -ow), min(w, tw - ow))
-    if src_h.start < src_h.stop and src_w.start < src_w.stop:
-        out[:, src_h.start + oh:src_h.stop + oh, src_w.start + ow:src_w.stop + ow] = gy[:, src_h, src_w]
-    return out
+def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0)) -> None:
+    """out = C^T gy + bias: the input gradient of the convolution (or a transposed
+    convolution) on the padded input grid, of which `out` holds the rows and columns from
+    crop = (top, left) on. No zeros are inserted.
 
-
-def _data_kernel(algorithm: str, gy, w, bias, gxp, geo: ConvGeometry) -> None:
-    """gxp = C^T gy + bias over the whole padded input (the input gradient of the convolution,
-    or a transposed convolution), without inserting zeros.
-
-    Input rows ih = a (mod stride) are reached only by the taps r with r*d = a (mod stride),
-    from output rows oh = ih // stride - m_r. So each sub-pixel phase (a, b) of gxp is a
-    stride-1 convolution of gy, shifted and zero-padded, with the phase's taps flipped and
+    Padded rows ih = a (mod stride) are reached only by the taps r with r*d = a (mod stride),
+    from output rows oh = ih // stride - m_r. So each sub-pixel phase (a, b) is a stride-1
+    convolution of gy, shifted (and zero-padded or cropped), with the phase's taps flipped and
     the weight's in/out channels swapped; stride 1 is a single phase.
     """
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
@@ -233,23 +211,31 @@ def _data_kernel(algorithm: str, gy, w, bias, gxp, geo: ConvGeometry) -> None:
     cog = cout // groups
     # the adjoint's weight: wt[r, s, co, g*cig + ci] = w[r, s, ci, g*cog + co]
     wt = w.reshape(kh, kw, cig, groups, cog).transpose(0, 1, 4, 3, 2).reshape(kh, kw, cog, -1)
-    hp, wp = gxp.shape[1:3]
-    for a in range(min(sh, hp)):
+    top, left = crop
+    for a in range(sh):
+        i0 = (a - top) % sh  # the first row of `out` in phase a
+        if i0 >= out.shape[1]:
+            continue
         rows, first_r, step_r = _phase_taps(a, kh, sh, dh)
-        for b in range(min(sw, wp)):
-            cols, first_s, step_s = _phase_taps(b, kw, sw, dw)
-            out = gxp[:, a::sh, b::sw]
-            if not rows or not cols:  # no tap reaches this phase
-                out[...] = bias if bias.size else 0
+        for b in range(sw):
+            j0 = (b - left) % sw
+            if j0 >= out.shape[2]:
                 continue
-            # gy shifted down/right by the last tap's output offset, zeros around it
-            offsets = (first_r + (len(rows) - 1) * step_r, first_s + (len(cols) - 1) * step_s)
+            cols, first_s, step_s = _phase_taps(b, kw, sw, dw)
+            phase = out[:, i0::sh, j0::sw]
+            if not rows or not cols:  # no tap reaches this phase
+                phase[...] = bias if bias.size else 0
+                continue
+            # gy shifted down/right by the last tap's output offset, less the phase rows and
+            # columns that lie before `out`
+            offsets = (first_r + (len(rows) - 1) * step_r - (i0 + top - a) // sh,
+                       first_s + (len(cols) - 1) * step_s - (j0 + left - b) // sw)
             w_phase = np.ascontiguousarray(wt[rows][:, cols][::-1, ::-1])
-            target = gxp if sh == sw == 1 else np.empty(out.shape, gxp.dtype)  # one phase: all
+            target = out if sh == sw == 1 else np.empty(phase.shape, out.dtype)  # one phase: all
             _forward_kernel(algorithm, gy, offsets, w_phase, bias, target, (1, 1),
                             (step_r, step_s), groups)
-            if target is not gxp:
-                out[...] = target
+            if target is not out:
+                phase[...] = target
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,11 +299,17 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
     gy = np.ascontiguousarray(gy, dtype)
     grad_input = grad_weight = grad_bias = None
     if "input" in wanted:
-        gxp = np.empty((geo.n, *geo.padded_hw, geo.in_channels), dtype)
-        if gxp.size:
-            _data_kernel(algorithm, gy, np.ascontiguousarray(weight, dtype), _bias_arg(None, dtype),
-                         gxp, geo)
-        grad_input = unpad(gxp, geo.padding, mode, geo.in_hw)
+        w = np.ascontiguousarray(weight, dtype)
+        if mode == "zeros":  # the padding's gradient is dropped: compute only the input's
+            grad_input = np.empty((geo.n, *geo.in_hw, geo.in_channels), dtype)
+            if grad_input.size:
+                _data_kernel(algorithm, gy, w, _bias_arg(None, dtype), grad_input, geo,
+                             (geo.padding[0][0], geo.padding[1][0]))
+        else:  # the padding's gradient flows back to the pixels it copies
+            gxp = np.empty((geo.n, *geo.padded_hw, geo.in_channels), dtype)
+            if gxp.size:
+                _data_kernel(algorithm, gy, w, _bias_arg(None, dtype), gxp, geo)
+            grad_input = unpad(gxp, geo.padding, mode, geo.in_hw)
         if unbatched:
             grad_input = grad_input[0]
     if "weight" in wanted:
@@ -359,11 +351,10 @@ def _conv_transpose2d(fn, x, weight, bias, stride, padding, output_padding, dila
     bias = _bias(fn, bias, geo.in_channels)
     dtype = _params.float_dtype(x, weight, *([] if bias is None else [bias]))
     algorithm = _algorithms.check(fn, algorithm)
-    yp = np.empty((geo.n, *geo.padded_hw, geo.in_channels), dtype)
-    if yp.size:
+    y = np.empty((geo.n, *geo.in_hw, geo.in_channels), dtype)
+    if y.size:  # `padding` crops the full output: compute only what is kept
         _data_kernel(algorithm, np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype),
-                     _bias_arg(bias, dtype), yp, geo)
-    y = unpad(yp, geo.padding, "zeros", geo.in_hw)
+                     _bias_arg(bias, dtype), y, geo, (geo.padding[0][0], geo.padding[1][0]))
     return y[0] if unbatched else y
 
 

@@ -1,7 +1,7 @@
 """Tiled im2col + GEMM convolution kernels on NHWC activations and HWIO weights.
 
 The output pixels are cut into tiles of `tile` pixels. A thread unrolls one tile's receptive
-fields into its own column buffer (tile x kh*kw*cig, sized by the caller to stay near L2) and
+fields (zero padding included: it is implicit, x is never copied) into its own column buffer (tile x kh*kw*cig, sized by the caller to stay near L2) and
 multiplies it by the weight, seen as a (kh*kw*cig) x C_out matrix, with one single-threaded
 BLAS call per group. The full column matrix never exists. A 1x1 stride-1 convolution needs no
 column buffer at all: its input already is the column matrix (when no row or column of the
@@ -19,13 +19,14 @@ from fastconv._kernels._blas cimport gemm
 
 
 cdef inline void unroll_tile(const floating* x, floating* col, Py_ssize_t p0, Py_ssize_t T,
-                             Py_ssize_t g, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t C,
+                             Py_ssize_t g, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
                              Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
-                             Py_ssize_t cig, Py_ssize_t sh, Py_ssize_t sw,
-                             Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
-    """col[t, (r*kw + s)*cig + ci] = x[n, oh*sh + r*dh, ow*sw + s*dw, g*cig + ci] for pixel p0+t."""
+                             Py_ssize_t cig, Py_ssize_t top, Py_ssize_t left, Py_ssize_t sh,
+                             Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """col[t, (r*kw + s)*cig + ci] = x[n, oh*sh + r*dh - top, ow*sw + s*dw - left, g*cig + ci]
+    for output pixel p0 + t, and 0 where that falls in the zero padding outside x."""
     cdef Py_ssize_t K = kh * kw * cig
-    cdef Py_ssize_t t, p, n, oh, ow, r, s, ci
+    cdef Py_ssize_t t, p, n, oh, ow, r, s, ci, ih, iw
     cdef const floating* src
     cdef floating* dst
     for t in range(T):
@@ -34,25 +35,33 @@ cdef inline void unroll_tile(const floating* x, floating* col, Py_ssize_t p0, Py
         oh = (p // Wo) % Ho
         n = p // (Wo * Ho)
         for r in range(kh):
+            ih = oh * sh + r * dh - top
             for s in range(kw):
-                src = x + ((n * Hp + oh * sh + r * dh) * Wp + ow * sw + s * dw) * C + g * cig
+                iw = ow * sw + s * dw - left
                 dst = col + t * K + (r * kw + s) * cig
-                for ci in range(cig):
-                    dst[ci] = src[ci]
+                if 0 <= ih < H and 0 <= iw < W:
+                    src = x + ((n * H + ih) * W + iw) * C + g * cig
+                    for ci in range(cig):
+                        dst[ci] = src[ci]
+                else:
+                    for ci in range(cig):
+                        dst[ci] = 0
 
 
-def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_in)
+def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
                  const floating[:, :, :, ::1] w,   # IN  (kh, kw, cig, C_out)
                  const floating[::1] bias,         # IN  (C_out,), or (0,) for none
                  floating[:, :, :, ::1] y,         # OUT (N, Ho, Wo, C_out)
+                 Py_ssize_t top, Py_ssize_t left,  # zero padding before the first row / column
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                  Py_ssize_t groups, Py_ssize_t tile, int num_threads):
-    cdef Py_ssize_t N = x.shape[0], Hp = x.shape[1], Wp = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], cig = w.shape[2], Cout = w.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], cog = Cout // groups
     cdef Py_ssize_t K = kh * kw * cig, P = N * Ho * Wo
     cdef Py_ssize_t n_tiles = (P + tile - 1) // tile
-    cdef bint pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and Hp == Ho and Wp == Wo
+    cdef bint pointwise = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and top == 0 and left == 0
+                          and H == Ho and W == Wo)
     cdef bint has_bias = bias.shape[0] > 0
     cdef Py_ssize_t it, p0, T, g, t, co
     cdef floating* col = NULL
@@ -77,8 +86,8 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_in)
                     a = &x[0, 0, 0, 0] + p0 * C + g * cig
                     lda = <int> C
                 else:
-                    unroll_tile(&x[0, 0, 0, 0], col, p0, T, g, Hp, Wp, C, Ho, Wo,
-                                kh, kw, cig, sh, sw, dh, dw)
+                    unroll_tile(&x[0, 0, 0, 0], col, p0, T, g, H, W, C, Ho, Wo,
+                                kh, kw, cig, top, left, sh, sw, dh, dw)
                     a = col
                     lda = <int> K
                 gemm(False, False, <int> T, <int> cog, <int> K, <floating> 1.0, a, lda,
@@ -92,20 +101,22 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_in)
     return status
 
 
-def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_in)
+def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
                          const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out)
                          floating[:, ::1] partial,         # OUT (n_chunks, kh*kw*cig*C_out), zeroed
                          Py_ssize_t kh, Py_ssize_t kw,
+                         Py_ssize_t top, Py_ssize_t left,  # zero padding, as in conv_forward
                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                          Py_ssize_t groups, Py_ssize_t tile, int num_threads):
     """Weight gradient as n_chunks partial sums: chunk k covers a fixed range of output
     pixels, so the result does not depend on the thread count; the caller adds them up."""
-    cdef Py_ssize_t N = x.shape[0], Hp = x.shape[1], Wp = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], Cout = gy.shape[3]
     cdef Py_ssize_t cig = C // groups, cog = Cout // groups
     cdef Py_ssize_t K = kh * kw * cig, P = N * Ho * Wo
     cdef Py_ssize_t n_chunks = partial.shape[0]
-    cdef bint pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and Hp == Ho and Wp == Wo
+    cdef bint pointwise = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and top == 0 and left == 0
+                          and H == Ho and W == Wo)
     cdef Py_ssize_t chunk, p0, p_end, T, g
     cdef floating* col = NULL
     cdef const floating* a
@@ -129,8 +140,8 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, Hp, Wp, C_i
                         a = &x[0, 0, 0, 0] + p0 * C + g * cig
                         lda = <int> C
                     else:
-                        unroll_tile(&x[0, 0, 0, 0], col, p0, T, g, Hp, Wp, C, Ho, Wo,
-                                    kh, kw, cig, sh, sw, dh, dw)
+                        unroll_tile(&x[0, 0, 0, 0], col, p0, T, g, H, W, C, Ho, Wo,
+                                    kh, kw, cig, top, left, sh, sw, dh, dw)
                         a = col
                         lda = <int> K
                     # partial[chunk] (K x C_out, group block) += col^T (K x T) @ gy (T x cog)
