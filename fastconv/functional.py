@@ -150,7 +150,7 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
 
 def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, groups) -> None:
     """y = conv(x, w) + bias, x zero-padded by `offsets` (top, left) rows and columns; y's
-    shape sets how far the output goes."""
+    shape sets how far the output goes (y may be a view with strided pixels)."""
     algo = _algorithms.for_convolution(algorithm, w.shape[:2], stride)
     (sh, sw), (dh, dw) = stride, dilation
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
@@ -158,8 +158,11 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
     if algo == "im2col":
         columns = w.shape[0] * w.shape[1] * w.shape[2]
         tile = _algorithms.tile_pixels(columns, y.itemsize, pixels)
-        _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups, tile,
+        out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)  # GEMM rows: contiguous
+        _run(algo, "conv_forward", x, w, bias, out, *offsets, sh, sw, dh, dw, groups, tile,
              flops=flops)
+        if out is not y:
+            y[...] = out
     else:
         block = _algorithms.KERNELS[algo].CHANNEL_BLOCK[y.dtype.name]
         x, w, bias = _padded_channels(x, w, bias, groups, block)
@@ -231,11 +234,8 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
             offsets = (first_r + (len(rows) - 1) * step_r - (i0 + top - a) // sh,
                        first_s + (len(cols) - 1) * step_s - (j0 + left - b) // sw)
             w_phase = np.ascontiguousarray(wt[rows][:, cols][::-1, ::-1])
-            target = out if sh == sw == 1 else np.empty(phase.shape, out.dtype)  # one phase: all
-            _forward_kernel(algorithm, gy, offsets, w_phase, bias, target, (1, 1),
+            _forward_kernel(algorithm, gy, offsets, w_phase, bias, phase, (1, 1),
                             (step_r, step_s), groups)
-            if target is not out:
-                phase[...] = target
 
 
 # ----------------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ cdef inline void _gather_window(const floating* x, floating* out, Py_ssize_t ih,
 def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadded
                  const floating[:, :, :, ::1] w,   # IN  (kh, kw, cig, groups * cog_padded)
                  const floating[::1] bias,         # IN  (groups * cog_padded,), or (0,) for none
-                 floating[:, :, :, ::1] y,         # OUT (N, Ho, Wo, C_out)
+                 floating[:, :, :, :] y,           # OUT (N, Ho, Wo, C_out), channels contiguous
                  Py_ssize_t top, Py_ssize_t left,  # zero padding before the first row / column
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                  Py_ssize_t groups, int num_threads):
@@ -164,6 +164,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], cig = w.shape[2], w_ci = w.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], Cout = y.shape[3]
+    cdef Py_ssize_t y_pix = y.strides[2] // sizeof(floating)  # y may be a strided view
     cdef Py_ssize_t cog = Cout // groups, cog_padded = w_ci // groups
     cdef bint depthwise = cig == 1 and cog == 1
     # depthwise: one "group" as wide as all channels, x indexed along with the output channel
@@ -215,7 +216,8 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
                         bp = NULL if bias.shape[0] == 0 else &bias[0] + w0
                         _block(xp + (c0 if depthwise else g * cig) if nr > 0 else xp,
                                &w[0, 0, 0, 0] + w0, &y[n, oh, ow, 0] + c0, bp, npix, nc,
-                               depthwise, r0, nr, 0, kw, kw, cig, w_ci, Cout, x_pix, x_row, x_col)
+                               depthwise, r0, nr, 0, kw, kw, cig, w_ci, y_pix, x_pix, x_row,
+                               x_col)
         free(window)
     return status
 
