@@ -241,12 +241,12 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
 # ----------------------------------------------------------------------------------------------
 # conv2d
 
-def _conv_inputs(fn: str, x, weight, groups):
-    """Arrays and checked geometry pieces shared by conv2d and conv2d_backward."""
+def _conv_inputs(fn: str, x, weight, groups, transposed=False):
+    """x (4-D), weight and whether x was one unbatched image, checked against each other."""
     x, unbatched = _batched("input", x)
     weight = _params.as_array("weight", weight)
     groups = _params.as_int("groups", groups, 1)
-    _params.check_weight(fn, weight, x.shape, groups, transposed=False)
+    _params.check_weight(fn, weight, x.shape, groups, transposed)
     return x, weight, unbatched
 
 
@@ -323,14 +323,6 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
 # ----------------------------------------------------------------------------------------------
 # conv_transpose2d: the adjoint of conv2d with the same weight
 
-def _conv_transpose_inputs(fn: str, x, weight, groups):
-    x, unbatched = _batched("input", x)
-    weight = _params.as_array("weight", weight)
-    groups = _params.as_int("groups", groups, 1)
-    _params.check_weight(fn, weight, x.shape, groups, transposed=True)
-    return x, weight, unbatched
-
-
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, dilation=1,
                      groups=1, algorithm="auto"):
     """Transposed convolution: the gradient of conv2d(., weight) with respect to its input.
@@ -345,7 +337,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
 
 def _conv_transpose2d(fn, x, weight, bias, stride, padding, output_padding, dilation, groups,
                       algorithm):
-    x, weight, unbatched = _conv_transpose_inputs(fn, x, weight, groups)
+    x, weight, unbatched = _conv_inputs(fn, x, weight, groups, transposed=True)
     geo = _params.conv_transpose_geometry(fn, x.shape, weight.shape, stride, padding,
                                           output_padding, dilation, groups)
     bias = _bias(fn, bias, geo.in_channels)
@@ -372,7 +364,7 @@ def conv_transpose2d_backward(grad_output, x, weight, stride=1, padding=0, outpu
 def _conv_transpose2d_backward(fn, one_d, grad_output, x, weight, stride, padding,
                                output_padding, dilation, groups, algorithm, needs):
     wanted = _needs(needs)
-    x, weight, unbatched = _conv_transpose_inputs(fn, x, weight, groups)
+    x, weight, unbatched = _conv_inputs(fn, x, weight, groups, transposed=True)
     geo = _params.conv_transpose_geometry(fn, x.shape, weight.shape, stride, padding,
                                           output_padding, dilation, groups)
     algorithm = _algorithms.check(fn, algorithm)

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+import reference
+
 ALGORITHMS = ("direct", "im2col", "auto")
 DTYPES = (np.float32, np.float64)
 PADDING_MODES = ("zeros", "reflect", "symmetric", "replicate", "circular")
@@ -23,19 +25,7 @@ def pair(value):
 
 def resolve_padding(padding, kernel_hw, stride, dilation, in_hw):
     """Any padding spec of API.md as ((top, bottom), (left, right))."""
-    stride, dilation = pair(stride), pair(dilation)
-    if padding == "valid":
-        return ((0, 0), (0, 0))
-    if padding == "same":
-        pads = []
-        for k, s, d, n in zip(kernel_hw, stride, dilation, in_hw):
-            out = math.ceil(n / s)
-            total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
-            pads.append((total // 2, total - total // 2))  # odd pixel at the bottom/right
-        return tuple(pads)
-    if isinstance(padding, int):
-        return ((padding, padding), (padding, padding))
-    return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+    return reference.pads_from_spec(padding, in_hw, kernel_hw, stride, dilation)
 
 
 def conv_out_size(n, pads, k, s, d):

@@ -7,10 +7,32 @@ where xp is x padded with np.pad. The transposed convolution is the scatter form
 definition: each input pixel adds its weighted kernel into the output, then the padding is
 cropped. Nothing here shares code with fastconv.
 """
+import math
+
 import numpy as np
 
 PAD_MODE = {"zeros": "constant", "reflect": "reflect", "symmetric": "symmetric",
             "replicate": "edge", "circular": "wrap"}
+
+
+def pads_from_spec(padding, in_hw, kernel_hw, stride, dilation):
+    """((top, bottom), (left, right)) for any padding spec of API.md, written from API.md:
+    an int, (ph, pw), ((top, bottom), (left, right)), "valid", or "same" (output
+    ceil(in / stride), total padding max((out-1)*stride + dilation*(k-1) + 1 - in, 0) with the
+    odd pixel at the bottom/right)."""
+    stride = stride if isinstance(stride, (tuple, list)) else (stride, stride)
+    dilation = dilation if isinstance(dilation, (tuple, list)) else (dilation, dilation)
+    if padding == "valid":
+        return ((0, 0), (0, 0))
+    if padding == "same":
+        pads = []
+        for n, k, s, d in zip(in_hw, kernel_hw, stride, dilation):
+            total = max((math.ceil(n / s) - 1) * s + d * (k - 1) + 1 - n, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
 
 
 def conv2d(x, w, bias=None, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1), groups=1,

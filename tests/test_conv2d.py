@@ -19,22 +19,6 @@ PADDING_MODES = ("zeros", "reflect", "symmetric", "replicate", "circular")
 # ----------------------------------------------------------------------------------------------
 # what the reference needs, written from API.md (not from fastconv._params)
 
-def expected_pads(padding, in_hw, kernel_hw, stride, dilation):
-    """((top, bottom), (left, right)) for any padding spec of API.md."""
-    if padding == "valid":
-        return ((0, 0), (0, 0))
-    if padding == "same":
-        pads = []
-        for n, k, s, d in zip(in_hw, kernel_hw, stride, dilation):
-            out = math.ceil(n / s)
-            total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
-            pads.append((total // 2, total - total // 2))  # odd pixel at the bottom/right
-        return tuple(pads)
-    if isinstance(padding, int):
-        return ((padding, padding), (padding, padding))
-    return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
-
-
 def pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -108,7 +92,7 @@ def run_case(case: Case, algorithm, dtype, with_bias, rng):
                         dilation=case.dilation, groups=case.groups, padding_mode=case.mode,
                         algorithm=algorithm)
     stride, dilation = pair(case.stride), pair(case.dilation)
-    pads = expected_pads(case.padding, (case.h, case.w), (case.kh, case.kw), stride, dilation)
+    pads = reference.pads_from_spec(case.padding, (case.h, case.w), (case.kh, case.kw), stride, dilation)
     ref = reference.conv2d(x, w, b, stride, pads, dilation, case.groups, case.mode)
     assert y.dtype == dtype
     assert_close(y, ref, dtype, terms=w.shape[0] * w.shape[1] * w.shape[2] + with_bias)
@@ -157,7 +141,7 @@ def test_empty_batch(padding, algorithm, dtype):
     w = np.ones((3, 3, 2, 6), dtype)
     y = fastconv.conv2d(x, w, np.ones(6, dtype), stride=2, padding=padding, groups=2,
                         algorithm=algorithm)
-    pads = expected_pads(padding, (6, 7), (3, 3), (2, 2), (1, 1))
+    pads = reference.pads_from_spec(padding, (6, 7), (3, 3), (2, 2), (1, 1))
     ho = (6 + sum(pads[0]) - 3) // 2 + 1
     wo = (7 + sum(pads[1]) - 3) // 2 + 1
     assert y.shape == (0, ho, wo, 6)
@@ -192,10 +176,10 @@ def conv_configs(draw):
         if form in ("same", "valid"):
             low = 1 if form == "same" else d * (k - 1) + 1
         else:
-            pads = expected_pads(padding, (1, 1), (kh, kw), stride, dilation)[axis]
+            pads = reference.pads_from_spec(padding, (1, 1), (kh, kw), stride, dilation)[axis]
             low = max(1, d * (k - 1) + 1 - sum(pads))
         in_hw.append(draw(st.integers(low, low + 6)))
-    pads = expected_pads(padding, in_hw, (kh, kw), stride, dilation)
+    pads = reference.pads_from_spec(padding, in_hw, (kh, kw), stride, dilation)
     # reflect needs the padding inside the image (it is ambiguous beyond)
     if mode == "reflect":
         assume(all(max(p) < n for p, n in zip(pads, in_hw)))

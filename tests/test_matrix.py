@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import fastconv
 from fastconv.matrix import conv_matrix
+import reference
 from reference import conv2d as ref_conv2d
 
 # (input_shape NHWC, weight shape HWIO, keyword arguments)
@@ -37,28 +38,13 @@ def _ids(case):
     return f"{case[0]}-{case[1]}-{case[2]}"
 
 
-def expected_pads(padding, in_hw, kernel_hw, stride, dilation):
-    """((top, bottom), (left, right)) of API.md, written out here independently."""
-    if padding == "valid":
-        return ((0, 0), (0, 0))
-    if padding == "same":
-        pads = []
-        for n, k, s, d in zip(in_hw, kernel_hw, stride, dilation):
-            total = max((math.ceil(n / s) - 1) * s + d * (k - 1) + 1 - n, 0)
-            pads.append((total // 2, total - total // 2))
-        return tuple(pads)
-    if isinstance(padding, int):
-        return ((padding, padding),) * 2
-    return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
-
-
 def pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def geometry(shape, wshape, kwargs):
     stride, dilation = pair(kwargs.get("stride", 1)), pair(kwargs.get("dilation", 1))
-    pads = expected_pads(kwargs.get("padding", 0), shape[1:3], wshape[:2], stride, dilation)
+    pads = reference.pads_from_spec(kwargs.get("padding", 0), shape[1:3], wshape[:2], stride, dilation)
     return stride, dilation, pads
 
 
