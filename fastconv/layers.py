@@ -16,6 +16,9 @@ gradients are always updated in place, so references to them stay valid.
 Weights: Conv2d (kh, kw, C_in // groups, C_out); ConvTranspose2d (kh, kw, C_out // groups,
 C_in) (the weight of the convolution it is the adjoint of); Linear (in_features,
 out_features), so that y = x @ weight + bias (PyTorch's Linear weight transposed).
+DepthwiseConv2d is a Conv2d with groups=in_channels; SeparableConv2d is a DepthwiseConv2d
+then a 1x1 Conv2d, kept as its sub-layers `depthwise` and `pointwise` (parameters
+"depthwise.weight", "pointwise.weight", "pointwise.bias").
 `from_torch(module)` converts PyTorch modules. Everything here calls fastconv.functional and
 fastconv.pooling.
 """
@@ -337,7 +340,8 @@ class SeparableConv2d(Layer):
     The steps are the sub-layers `depthwise` and `pointwise`; the parameters are named as
     theirs: "depthwise.weight" (kh, kw, 1, in_channels * depth_multiplier), "pointwise.weight"
     (1, 1, in_channels * depth_multiplier, out_channels) and "pointwise.bias" (out_channels,)
-    (absent with bias=False). The depthwise step has no bias, as in Keras: the pointwise step
+    (absent with bias=False); their gradients are in the sub-layers' `grads` (and in
+    parameters()). The depthwise step has no bias, as in Keras: the pointwise step
     is linear, so a bias there would only add a constant per output channel, which the
     pointwise bias already is. Each step is initialised as PyTorch initialises that Conv2d
     (fan_in kh * kw, then in_channels * depth_multiplier), from one generator `rng`.

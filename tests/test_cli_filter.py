@@ -160,7 +160,8 @@ def test_the_input_may_be_the_output(tmp_path):
 @pytest.mark.parametrize("options,message", [
     (["--kernel", "blur"], "invalid choice: 'blur'"),
     ([], "the following arguments are required: --kernel"),
-    (["--kernel", "gaussian", "--sigma", "-1"], "--sigma must be a finite number > 0, but got '-1'"),
+    (["--kernel", "gaussian", "--sigma", "-1"],
+     "--sigma must be a finite number > 0, but got '-1'"),
     (["--kernel", "gaussian", "--sigma", "0"], "--sigma must be a finite number > 0"),
     (["--kernel", "gaussian", "--sigma", "nan"], "--sigma must be a finite number > 0"),
     (["--kernel", "gaussian", "--sigma", "wide"], "--sigma must be a number > 0, but got 'wide'"),
