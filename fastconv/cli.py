@@ -1,20 +1,31 @@
-"""The `fastconv` command (also `python -m fastconv`): bench and info.
+"""The `fastconv` command (also `python -m fastconv`): bench, info and filter.
 
-Exit codes: 0 success, 1 a benchmark result disagreed with the reference (FAIL),
-2 bad arguments.
+Exit codes: 0 success, 1 a benchmark result disagreed with the reference (FAIL) or a file
+could not be read or written, 2 bad arguments or a missing optional dependency (Pillow for
+filter, matplotlib for bench --plot).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+import numpy as np
+
 from fastconv import _bench
+from fastconv._params import PADDING_MODES
 
 DEFAULT_REPEATS = 7
 QUICK_REPEATS = 3
+
+FILTER_KERNELS = ("sobel", "prewitt", "laplace", "gaussian", "box", "sharpen")
+EDGE_KERNELS = ("sobel", "prewitt", "laplace")  # signed responses, shown as |response| / max
+# the options each kernel takes (any other kernel option is an error)
+KERNEL_OPTIONS = {"sobel": ("--axis",), "prewitt": ("--axis",), "laplace": (),
+                  "gaussian": ("--sigma", "--size"), "box": ("--size",), "sharpen": ()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,6 +80,20 @@ def _positive_int(what: str):
     return parse
 
 
+def _positive_real(what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number > 0, but got "
+                                             f"{text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{what} must be a finite number > 0, but got "
+                                             f"{text!r}")
+        return value
+    return parse
+
+
 # ----------------------------------------------------------------------------------------------
 # the parser
 
@@ -118,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "importable, the default) or none")
     bench.add_argument("--json", metavar="FILE",
                        help="also write every result and the machine description as JSON")
+    bench.add_argument("--plot", metavar="FILE",
+                       help="also draw the GFLOP/s as bars per layer, one panel per direction, "
+                            "into FILE (.png, .svg, .pdf, ...; needs matplotlib: pip install "
+                            "'fastconv[plot]')")
     bench.add_argument("--no-progress", action="store_true",
                        help="no progress bar on stderr")
     # for tests and smoke runs: shrink every image to at most this height/width
@@ -131,6 +160,48 @@ def build_parser() -> argparse.ArgumentParser:
                                       "SIMD features and the BLAS/OpenMP libraries in use.")
     info.add_argument("--json", action="store_true", help="print the same as JSON")
     info.set_defaults(func=cmd_info, parser=info)
+
+    filt = sub.add_parser(
+        "filter", help="apply a classic filter (Sobel, Gaussian, ...) to an image file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Apply a classic filter to every colour channel of an image with\n"
+            "fastconv.filters.filter2d (a cross-correlation, padding 'same': the output has\n"
+            "the input's size) and write the result as 8-bit pixels. Reading and writing\n"
+            "need Pillow: pip install 'fastconv[image]'.\n\n"
+            "Pixels are filtered as numbers 0-255 and written back as 0-255:\n"
+            "  sobel, prewitt, laplace (edge kernels, signed responses): |response| scaled\n"
+            "    so that the image's largest one becomes 255, round(255 * |r| / max |r|),\n"
+            "    one scale for all channels (an all-zero response stays 0);\n"
+            "  sobel, prewitt without --axis: the gradient magnitude hypot(r_x, r_y),\n"
+            "    scaled the same way;\n"
+            "  gaussian, box, sharpen: the response rounded and clipped to 0-255.\n"
+            "Grayscale images stay grayscale, RGB stays RGB; an alpha channel is copied\n"
+            "unfiltered (dropped when OUT is a JPEG). Other modes are converted to RGB(A)\n"
+            "or grayscale first (16-bit grayscale: divided by 257 to 0-255)."),
+        epilog="exit status: 0 written, 1 IN unreadable or OUT unwritable, 2 bad arguments "
+               "or Pillow missing")
+    filt.add_argument("input", metavar="IN", help="the image to filter (PNG, JPEG, or any "
+                                                  "other format Pillow reads)")
+    filt.add_argument("output", metavar="OUT", help="where to write the result; the format "
+                                                    "follows the extension (.png, .jpg, ...)")
+    filt.add_argument("--kernel", required=True, choices=FILTER_KERNELS, metavar="NAME",
+                      help=f"the filter: {', '.join(FILTER_KERNELS)}")
+    filt.add_argument("--axis", choices=("x", "y"),
+                      help="sobel/prewitt: x (vertical edges) or y (horizontal edges); default: "
+                           "the gradient magnitude of both")
+    filt.add_argument("--sigma", type=_positive_real("--sigma"), metavar="S",
+                      help="gaussian: standard deviation in pixels (default 1)")
+    filt.add_argument("--size", type=_positive_int("--size"), metavar="K",
+                      help="gaussian: kernel size, odd (default 2*ceil(3*sigma)+1); box: kernel "
+                           "size (default 3)")
+    filt.add_argument("--mode", choices=PADDING_MODES, default="reflect",
+                      help="how the border is extended (default reflect; see "
+                           "fastconv.filters)")
+    filt.add_argument("--flip", action="store_true",
+                      help="flip the kernel: the mathematical convolution instead of the "
+                           "cross-correlation")
+    filt.set_defaults(func=cmd_filter, parser=filt)
     return parser
 
 
@@ -278,6 +349,18 @@ def cmd_bench(args) -> int:
         if torch is None and args.compare == "torch":
             args.parser.error("--compare torch needs PyTorch, which is not importable here "
                               "(pip install 'fastconv[torch]')")
+    plot = None
+    if args.plot:  # checked before the run, not after minutes of measuring
+        try:
+            from fastconv import _plot as plot
+        except ImportError as exc:
+            print(f"fastconv bench: --plot needs matplotlib, which is not importable here "
+                  f"({exc}): pip install 'fastconv[plot]' (or pip install matplotlib)",
+                  file=sys.stderr)
+            return 2
+        problem = plot.check_path(args.plot)
+        if problem:
+            args.parser.error(problem)
     threads = args.threads or fastconv.get_num_threads()
     algorithms = args.algorithms or list(_algorithm_names())
     directions = _bench.DIRECTIONS if args.direction == "both" else (args.direction,)
@@ -333,4 +416,118 @@ def cmd_bench(args) -> int:
             print(f"fastconv bench: could not write --json {args.json}: {exc}", file=sys.stderr)
             return 1
         print(f"results written to {args.json}")
+    if plot is not None:
+        title = (f"fastconv {fastconv.__version__}: GFLOP/s (median of {repeats}), {threads} "
+                 f"threads, {'quick' if args.quick else 'full'} suite; {_bench.cpu_model()}")
+        try:
+            plot.save(results, algorithms, peers, args.plot, title)
+        except OSError as exc:
+            print(f"fastconv bench: could not write --plot {args.plot}: {exc}", file=sys.stderr)
+            return 1
+        print(f"plot written to {args.plot}")
     return 1 if failed else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# fastconv filter
+
+def _filter_kernels(args) -> list:
+    """The kernels to apply: one, or the x and y kernels of a gradient magnitude. Options
+    that the kernel does not take, and values it refuses (an even Gaussian size), are
+    argument errors (exit 2)."""
+    from fastconv import filters
+
+    given = {"--axis": args.axis, "--sigma": args.sigma, "--size": args.size}
+    takes = KERNEL_OPTIONS[args.kernel]
+    stray = [option for option, value in given.items() if value is not None
+             and option not in takes]
+    if stray:
+        what = f"only {' and '.join(takes)}" if takes else "no options"
+        verb = "does" if len(stray) == 1 else "do"
+        args.parser.error(f"{' and '.join(stray)} {verb} not apply to --kernel {args.kernel} "
+                          f"(it takes {what})")
+    try:
+        if args.kernel in ("sobel", "prewitt"):
+            make = getattr(filters, args.kernel)
+            return [make(axis) for axis in ([args.axis] if args.axis else ["x", "y"])]
+        if args.kernel == "gaussian":
+            return [filters.gaussian(1.0 if args.sigma is None else args.sigma, args.size)]
+        if args.kernel == "box":
+            return [filters.box(3 if args.size is None else args.size)]
+        return [getattr(filters, args.kernel)()]
+    except ValueError as exc:
+        args.parser.error(str(exc))
+
+
+def _read_image(Image, path: str):
+    """(pixels, alpha, mode): pixels (H, W) or (H, W, 3) as numbers 0-255 (uint8, or float64
+    for 16-bit and float images), alpha (H, W) uint8 or None, the mode written ("L" or
+    "RGB"). Raises OSError when the file cannot be read or decoded."""
+    with Image.open(path) as img:
+        img.load()  # decode now, so truncated files fail here
+        if img.mode.startswith("I;16"):
+            return np.asarray(img, np.float64) / 257.0, None, "L"
+        if img.mode in ("I", "F"):
+            return np.asarray(img, np.float64), None, "L"
+        if img.mode not in ("L", "LA", "RGB", "RGBA"):
+            if img.mode == "1":
+                img = img.convert("L")
+            else:  # palette, CMYK, YCbCr, ...
+                img = img.convert("RGBA" if img.has_transparency_data else "RGB")
+        pixels = np.asarray(img)
+    if img.mode in ("LA", "RGBA"):
+        colour = pixels[..., :-1]
+        return (colour[..., 0] if img.mode == "LA" else colour), pixels[..., -1], img.mode[:-1]
+    return pixels, None, img.mode
+
+
+def _to_8bit(response: np.ndarray, edges: bool) -> np.ndarray:
+    """The documented scaling to 0-255: edge responses by |r| * 255 / max |r|, the others
+    rounded and clipped."""
+    r = np.asarray(response, np.float64)
+    if edges:
+        r = np.abs(r)
+        peak = r.max() if r.size else 0.0
+        if peak == 0:
+            return np.zeros(r.shape, np.uint8)
+        return np.rint(255.0 * r / peak).astype(np.uint8)
+    return np.clip(np.rint(r), 0, 255).astype(np.uint8)
+
+
+def cmd_filter(args) -> int:
+    kernels = _filter_kernels(args)  # argument errors before anything else
+    try:
+        from PIL import Image
+    except ImportError:
+        print("fastconv filter: reading and writing images needs Pillow, which is not "
+              "installed: pip install 'fastconv[image]' (or pip install pillow)",
+              file=sys.stderr)
+        return 2
+    extension = os.path.splitext(args.output)[1].lower()
+    out_format = Image.registered_extensions().get(extension)
+    if out_format is None:
+        args.parser.error(f"cannot tell the image format of OUT {args.output!r} from its "
+                          f"extension {extension!r}; use .png, .jpg, .bmp, .tif, ...")
+    try:
+        pixels, alpha, mode = _read_image(Image, args.input)
+    except (OSError, Image.DecompressionBombError) as exc:
+        print(f"fastconv filter: cannot read image {args.input!r}: {exc}", file=sys.stderr)
+        return 1
+
+    from fastconv.filters import filter2d
+
+    responses = [filter2d(pixels, k, padding_mode=args.mode, flip=args.flip) for k in kernels]
+    response = responses[0] if len(responses) == 1 else np.hypot(*responses)
+    out = _to_8bit(response, args.kernel in EDGE_KERNELS)
+    if alpha is not None and out_format != "JPEG":  # JPEG has no alpha channel
+        out = np.dstack([out, alpha])
+        mode += "A"
+    try:
+        Image.fromarray(out).save(args.output, format=out_format)
+    except (OSError, ValueError, KeyError) as exc:  # Pillow: OSError, or a mode it cannot write
+        print(f"fastconv filter: cannot write {args.output!r}: {exc}", file=sys.stderr)
+        return 1
+    what = args.kernel + (f" {args.axis}" if args.axis else
+                          " gradient magnitude" if len(kernels) == 2 else "")
+    print(f"{args.output}: {what} of {args.input} ({out.shape[1]}x{out.shape[0]} {mode})")
+    return 0

@@ -16,6 +16,9 @@ gradients are always updated in place, so references to them stay valid.
 Weights: Conv2d (kh, kw, C_in // groups, C_out); ConvTranspose2d (kh, kw, C_out // groups,
 C_in) (the weight of the convolution it is the adjoint of); Linear (in_features,
 out_features), so that y = x @ weight + bias (PyTorch's Linear weight transposed).
+DepthwiseConv2d is a Conv2d with groups=in_channels; SeparableConv2d is a DepthwiseConv2d
+then a 1x1 Conv2d, kept as its sub-layers `depthwise` and `pointwise` (parameters
+"depthwise.weight", "pointwise.weight", "pointwise.bias").
 `from_torch(module)` converts PyTorch modules. Everything here calls fastconv.functional and
 fastconv.pooling.
 """
@@ -198,6 +201,9 @@ class _ConvBase(Layer):
         return x
 
     def extra_repr(self) -> str:
+        return ", ".join(self._repr_parts())
+
+    def _repr_parts(self) -> list[str]:
         parts = [f"{self.in_channels}, {self.out_channels}",
                  f"kernel_size={_fmt_pair(self.kernel_size)}",
                  f"stride={_fmt_pair(self.stride)}"]
@@ -217,7 +223,7 @@ class _ConvBase(Layer):
             parts.append(f"dtype={self.dtype}")
         if self.algorithm != "auto":
             parts.append(f"algorithm={self.algorithm!r}")
-        return ", ".join(parts)
+        return parts
 
 
 class Conv2d(_ConvBase):
@@ -294,6 +300,103 @@ class ConvTranspose2d(_ConvBase):
         self._accumulate("weight", gw)
         self._accumulate("bias", gb)
         return gx
+
+
+class DepthwiseConv2d(Conv2d):
+    """Depthwise 2-D convolution (Keras' DepthwiseConv2D; PyTorch's Conv2d with
+    groups=in_channels): every input channel is convolved with `depth_multiplier` filters of
+    its own, giving in_channels * depth_multiplier output channels; channel c's outputs are
+    c * depth_multiplier + m, for m < depth_multiplier.
+
+    It is Conv2d(in_channels, in_channels * depth_multiplier, kernel_size, groups=in_channels,
+    ...): weight (kh, kw, 1, in_channels * depth_multiplier) [HWIO], bias
+    (in_channels * depth_multiplier,), PyTorch's initialisation for that Conv2d (fan_in =
+    kh * kw). Keras' depthwise kernel (kh, kw, C, M) is `weight.reshape(kh, kw, C, M)`.
+    """
+
+    def __init__(self, in_channels, kernel_size, depth_multiplier=1, stride=1, padding=0,
+                 dilation=1, bias=True, padding_mode="zeros", dtype=np.float32,
+                 algorithm="auto", rng=None):
+        in_channels = _params.as_int("in_channels", in_channels, 1)
+        self.depth_multiplier = _params.as_int("depth_multiplier", depth_multiplier, 1)
+        super().__init__(in_channels, in_channels * self.depth_multiplier, kernel_size,
+                         stride, padding, dilation, in_channels, bias, padding_mode, dtype,
+                         algorithm, rng)
+
+    def _repr_parts(self) -> list[str]:
+        # Conv2d's words, with in_channels alone and depth_multiplier in place of groups
+        parts = [p for p in super()._repr_parts()[1:] if not p.startswith("groups=")]
+        if self.depth_multiplier != 1:
+            parts.insert(1, f"depth_multiplier={self.depth_multiplier}")
+        return [str(self.in_channels)] + parts
+
+
+class SeparableConv2d(Layer):
+    """Depthwise separable 2-D convolution (Keras' SeparableConv2D, MobileNet's block without
+    the batch norm and ReLU in between): a DepthwiseConv2d (kernel_size, depth_multiplier,
+    stride, padding, dilation, padding_mode), then a 1x1 Conv2d from
+    in_channels * depth_multiplier to out_channels.
+
+    The steps are the sub-layers `depthwise` and `pointwise`; the parameters are named as
+    theirs: "depthwise.weight" (kh, kw, 1, in_channels * depth_multiplier), "pointwise.weight"
+    (1, 1, in_channels * depth_multiplier, out_channels) and "pointwise.bias" (out_channels,)
+    (absent with bias=False); their gradients are in the sub-layers' `grads` (and in
+    parameters()). The depthwise step has no bias, as in Keras: the pointwise step
+    is linear, so a bias there would only add a constant per output channel, which the
+    pointwise bias already is. Each step is initialised as PyTorch initialises that Conv2d
+    (fan_in kh * kw, then in_channels * depth_multiplier), from one generator `rng`.
+    Keras' depthwise_kernel (kh, kw, C, M) is depthwise.weight.reshape(kh, kw, C, M), its
+    pointwise_kernel is pointwise.weight.
+
+    A k x k separable conv costs k*k*C*M + C*M*C_out multiply-adds per output pixel instead of
+    a full conv's k*k*C*C_out.
+    """
+
+    _output_is_private = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, depth_multiplier=1, stride=1,
+                 padding=0, dilation=1, bias=True, padding_mode="zeros", dtype=np.float32,
+                 algorithm="auto", rng=None):
+        super().__init__()
+        rng = _params.as_rng(rng)
+        self.depthwise = DepthwiseConv2d(in_channels, kernel_size, depth_multiplier, stride,
+                                         padding, dilation, False, padding_mode, dtype,
+                                         algorithm, rng)
+        d = self.depthwise
+        self.pointwise = Conv2d(d.out_channels, out_channels, 1, bias=bias, dtype=d.dtype,
+                                algorithm=algorithm, rng=rng)
+        self.in_channels, self.out_channels = d.in_channels, self.pointwise.out_channels
+        self.depth_multiplier, self.kernel_size = d.depth_multiplier, d.kernel_size
+        self.stride, self.padding, self.dilation = d.stride, d.padding, d.dilation
+        self.padding_mode, self.dtype, self.algorithm = d.padding_mode, d.dtype, d.algorithm
+
+    def forward(self, x):
+        x = _params.as_array("input", x)
+        _params.check_channels(repr(self), x, self.in_channels, (3, 4), _NHWC_3_OR_4)
+        y = self.pointwise(self.depthwise(x))
+        self._save(out_shape=y.shape)  # the sub-layers keep what their backward needs
+        return y
+
+    def backward(self, grad_output):
+        grad, _ = self._take(grad_output)  # checked here, so errors name this layer
+        return self.depthwise.backward(self.pointwise.backward(grad))
+
+    def train(self, mode: bool = True) -> "SeparableConv2d":
+        super().train(mode)
+        self.depthwise.train(mode)
+        self.pointwise.train(mode)
+        return self
+
+    def parameters(self):
+        for prefix in ("depthwise", "pointwise"):
+            for name, value, grad in getattr(self, prefix).parameters():
+                yield f"{prefix}.{name}", value, grad
+
+    def extra_repr(self) -> str:
+        # the depthwise step never has a bias: its "bias=False" stands for the pointwise one
+        parts = [p for p in self.depthwise._repr_parts()[1:]
+                 if p != "bias=False" or self.pointwise.bias is None]
+        return ", ".join([f"{self.in_channels}, {self.out_channels}"] + parts)
 
 
 class Linear(Layer):

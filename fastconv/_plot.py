@@ -1,0 +1,100 @@
+"""`fastconv bench --plot FILE`: GFLOP/s per layer as grouped bars, one panel per direction.
+
+Needs matplotlib (the `plot` extra), imported by the CLI only when --plot is given. Uses
+matplotlib's object-oriented API (a Figure saved directly), never pyplot, so it neither
+needs a display nor changes the user's backend.
+"""
+from __future__ import annotations
+
+from matplotlib.figure import Figure
+
+# fastconv's algorithms in blues and greens, the peers in their own colours
+ALGORITHM_COLOURS = ("#1f4e9c", "#3b8fd9", "#7cc3ef", "#2a9d8f", "#8ab17d", "#5e548e")
+PEER_COLOURS = {"numpy": "#8c8c8c", "torch": "#ee4c2c"}  # PyTorch's orange-red
+# value labels on the bars while there are few enough to read
+MAX_LABELLED_BARS = 40
+
+
+def supported_formats() -> list[str]:
+    """File extensions (without the dot) that savefig can write."""
+    return sorted(Figure().canvas.get_supported_filetypes())
+
+
+def check_path(path: str) -> str | None:
+    """None if the file's extension is a format matplotlib writes, else what is wrong."""
+    dot = path.rfind(".")
+    extension = path[dot + 1:].lower() if dot > max(path.rfind("/"), path.rfind("\\")) else ""
+    if extension in supported_formats():
+        return None
+    return (f"--plot {path!r}: cannot tell the image format from the extension "
+            f"{'.' + extension if extension else '(none)'}; use one of "
+            f"{', '.join('.' + e for e in supported_formats())}")
+
+
+def _colours(algorithms, peers) -> dict[str, str]:
+    colours = {a: ALGORITHM_COLOURS[i % len(ALGORITHM_COLOURS)]
+               for i, a in enumerate(algorithms)}
+    colours.update({p: PEER_COLOURS.get(p, "#444444") for p in peers})
+    return colours
+
+
+def figure(results, algorithms, peers, title: str = "") -> Figure:
+    """The bar chart of a bench run (a list of _bench.Result): one panel per direction (in
+    the order they appear), a group of bars per layer, a bar per implementation that ran
+    and passed its check; "FAIL" is written where an implementation disagreed with the
+    reference, nothing is drawn where one does not apply (n/a, or NumPy backward)."""
+    directions = list(dict.fromkeys(r.direction for r in results))
+    names = list(algorithms) + list(peers)
+    colours = _colours(algorithms, peers)
+    most_layers = max((sum(r.direction == d for r in results) for d in directions), default=1)
+    width = max(6.4, 1.6 + most_layers * (0.2 * len(names) + 0.35))
+    fig = Figure(figsize=(width, 1.2 + 3.3 * max(1, len(directions))), layout="constrained")
+    axes = fig.subplots(max(1, len(directions)), 1, squeeze=False)[:, 0]
+    bar = 0.8 / max(1, len(names))
+    handles = {}
+    for ax, direction in zip(axes, directions):
+        rows = [r for r in results if r.direction == direction]
+        label_bars = len(rows) * len(names) <= MAX_LABELLED_BARS
+        for j, name in enumerate(names):
+            offset = (j - (len(names) - 1) / 2) * bar
+            xs, heights = [], []
+            for i, r in enumerate(rows):
+                value = r.gflops(name)
+                entry = r.entries.get(name)
+                if value is not None:
+                    xs.append(i + offset)
+                    heights.append(value)
+                elif entry is not None and entry.status == "FAIL":
+                    ax.text(i + offset, 0, "FAIL", rotation=90, ha="center", va="bottom",
+                            color="#c00000", fontsize=8, fontweight="bold")
+            if not xs:
+                continue
+            bars = ax.bar(xs, heights, bar, color=colours[name], label=name)
+            handles.setdefault(name, bars)
+            if label_bars:  # upright when the groups are crowded, so labels never overlap
+                ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=2,
+                             rotation=90 if len(rows) * len(names) > 8 else 0)
+        what = "input + weight gradients" if direction == "backward" else "forward"
+        ax.set_title(f"{direction} ({what})" if direction != "forward" else direction,
+                     fontsize=10)
+        ax.set_ylabel("GFLOP/s")
+        ax.set_xticks(range(len(rows)), [r.layer.name for r in rows],
+                      rotation=30 if len(rows) > 1 else 0, ha="right" if len(rows) > 1 else
+                      "center", fontsize=8)
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        ax.margins(y=0.2 if label_bars else 0.05)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    if handles:
+        order = [n for n in names if n in handles]
+        fig.legend([handles[n] for n in order], order, loc="outside lower center",
+                   ncols=len(order), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def save(results, algorithms, peers, path: str, title: str = "") -> None:
+    """Draw figure(...) into path (format from the extension). Raises OSError if the file
+    cannot be written."""
+    figure(results, algorithms, peers, title).savefig(path, dpi=120)
