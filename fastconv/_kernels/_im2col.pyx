@@ -48,6 +48,28 @@ cdef inline void unroll_tile(const floating* x, floating* col, Py_ssize_t p0, Py
                         dst[ci] = 0
 
 
+cdef inline const floating* tile_columns(
+        const floating* x, floating* col, bint pointwise, Py_ssize_t p0, Py_ssize_t T,
+        Py_ssize_t g, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t Ho, Py_ssize_t Wo,
+        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t cig, Py_ssize_t top, Py_ssize_t left,
+        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """The column matrix of output pixels p0 .. p0+T-1, group g: x itself for a pointwise
+    convolution (leading dimension C), else unrolled into col (leading dimension kh*kw*cig)."""
+    if pointwise:
+        return x + p0 * C + g * cig
+    unroll_tile(x, col, p0, T, g, H, W, C, Ho, Wo, kh, kw, cig, top, left, sh, sw, dh, dw)
+    return col
+
+
+cdef inline bint is_pointwise(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                              Py_ssize_t top, Py_ssize_t left, Py_ssize_t H, Py_ssize_t W,
+                              Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    """Whether the input already is the column matrix: 1x1 taps, stride 1, and the input
+    and output grids coincide."""
+    return kh == 1 and kw == 1 and sh == 1 and sw == 1 and top == 0 and left == 0 and \
+        H == Ho and W == Wo
+
+
 def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
                  const floating[:, :, :, ::1] w,   # IN  (kh, kw, cig, C_out)
                  const floating[::1] bias,         # IN  (C_out,), or (0,) for none
@@ -60,14 +82,12 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], cog = Cout // groups
     cdef Py_ssize_t K = kh * kw * cig, P = N * Ho * Wo
     cdef Py_ssize_t n_tiles = (P + tile - 1) // tile
-    cdef bint pointwise = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and top == 0 and left == 0
-                          and H == Ho and W == Wo)
+    cdef bint pointwise = is_pointwise(kh, kw, sh, sw, top, left, H, W, Ho, Wo)
+    cdef int lda = <int> (C if pointwise else K)
     cdef bint has_bias = bias.shape[0] > 0
     cdef Py_ssize_t it, p0, T, g, t, co
     cdef floating* col = NULL
-    cdef const floating* a
     cdef floating* yp
-    cdef int lda
     cdef int status = 0
     cdef int* failed = &status
     if P == 0:
@@ -82,15 +102,9 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
             T = min(tile, P - p0)
             yp = &y[0, 0, 0, 0] + p0 * Cout
             for g in range(groups):
-                if pointwise:
-                    a = &x[0, 0, 0, 0] + p0 * C + g * cig
-                    lda = <int> C
-                else:
-                    unroll_tile(&x[0, 0, 0, 0], col, p0, T, g, H, W, C, Ho, Wo,
-                                kh, kw, cig, top, left, sh, sw, dh, dw)
-                    a = col
-                    lda = <int> K
-                gemm(False, False, <int> T, <int> cog, <int> K, <floating> 1.0, a, lda,
+                gemm(False, False, <int> T, <int> cog, <int> K, <floating> 1.0,
+                     tile_columns(&x[0, 0, 0, 0], col, pointwise, p0, T, g, H, W, C, Ho, Wo,
+                                  kh, kw, cig, top, left, sh, sw, dh, dw), lda,
                      &w[0, 0, 0, 0] + g * cog, <int> Cout, <floating> 0.0, yp + g * cog,
                      <int> Cout)
             if has_bias:
@@ -115,12 +129,10 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
     cdef Py_ssize_t cig = C // groups, cog = Cout // groups
     cdef Py_ssize_t K = kh * kw * cig, P = N * Ho * Wo
     cdef Py_ssize_t n_chunks = partial.shape[0]
-    cdef bint pointwise = (kh == 1 and kw == 1 and sh == 1 and sw == 1 and top == 0 and left == 0
-                          and H == Ho and W == Wo)
+    cdef bint pointwise = is_pointwise(kh, kw, sh, sw, top, left, H, W, Ho, Wo)
+    cdef int lda = <int> (C if pointwise else K)
     cdef Py_ssize_t chunk, p0, p_end, T, g
     cdef floating* col = NULL
-    cdef const floating* a
-    cdef int lda
     cdef int status = 0
     cdef int* failed = &status
     if P == 0:
@@ -136,16 +148,10 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
             while p0 < p_end:
                 T = min(tile, p_end - p0)
                 for g in range(groups):
-                    if pointwise:
-                        a = &x[0, 0, 0, 0] + p0 * C + g * cig
-                        lda = <int> C
-                    else:
-                        unroll_tile(&x[0, 0, 0, 0], col, p0, T, g, H, W, C, Ho, Wo,
-                                    kh, kw, cig, top, left, sh, sw, dh, dw)
-                        a = col
-                        lda = <int> K
                     # partial[chunk] (K x C_out, group block) += col^T (K x T) @ gy (T x cog)
-                    gemm(True, False, <int> K, <int> cog, <int> T, <floating> 1.0, a, lda,
+                    gemm(True, False, <int> K, <int> cog, <int> T, <floating> 1.0,
+                         tile_columns(&x[0, 0, 0, 0], col, pointwise, p0, T, g, H, W, C, Ho,
+                                      Wo, kh, kw, cig, top, left, sh, sw, dh, dw), lda,
                          &gy[0, 0, 0, 0] + p0 * Cout + g * cog, <int> Cout, <floating> 1.0,
                          &partial[chunk, 0] + g * cog, <int> Cout)
                 p0 = p0 + T
