@@ -4,7 +4,8 @@
  *
  * A block is FC_PB output pixels x one vector of output channels, accumulated in registers over
  * all kernel taps (and input channels) before it is stored once.
- * Compilers without vector extensions (MSVC) get FC_HAVE_VECTORS 0 and the Cython loops.
+ * Compilers without vector extensions (MSVC), or -DFASTCONV_NO_VECTORS, get FC_HAVE_VECTORS 0
+ * and the Cython loops.
  */
 #ifndef FASTCONV_SIMD_H
 #define FASTCONV_SIMD_H
@@ -25,7 +26,7 @@
 #define FC_ISA "baseline"
 #endif
 
-#if defined(__GNUC__) || defined(__clang__)
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(FASTCONV_NO_VECTORS)
 #define FC_HAVE_VECTORS 1
 #define FC_CB_F (FC_VBYTES / 4)  /* floats in one vector */
 #define FC_CB_D (FC_VBYTES / 8)  /* doubles in one vector */
@@ -166,45 +167,26 @@ FC_DEFINE_WGRAD_DENSE(double, fc_vd, d)
 FC_DEFINE_WGRAD_DEPTHWISE(float, fc_vf, f)
 FC_DEFINE_WGRAD_DEPTHWISE(double, fc_vd, d)
 
-#else /* no vector extensions: the Cython loops do all the work */
+#else /* no vector extensions: the Cython loops do all the work, these are never called */
 #define FC_HAVE_VECTORS 0
 #define FC_CB_F 1
 #define FC_CB_D 1
 #define FC_CI 1
-#define FC_STUB(name, T) static inline void name(const T *x, const T *gy, T *gw, ptrdiff_t n, \
-    ptrdiff_t a, ptrdiff_t b, ptrdiff_t c) {}
-#define FC_STUB_DW(name, T) static inline void name(const T *x, const T *gy, T *gw, ptrdiff_t n, \
-    ptrdiff_t a, ptrdiff_t b) {}
-FC_STUB(fc_wgrad_dense_block_f, float)
-FC_STUB(fc_wgrad_dense_block_d, double)
-FC_STUB_DW(fc_wgrad_depthwise_block_f, float)
-FC_STUB_DW(fc_wgrad_depthwise_block_d, double)
 #define FC_STUB_BLOCK(name, T) static inline void name(int npix, const T *x, const T *w, \
     T *y, const T *bias, ptrdiff_t nc, ptrdiff_t kh, ptrdiff_t ks, ptrdiff_t kw, ptrdiff_t a, \
     ptrdiff_t b, ptrdiff_t y_pix, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col) {}
+#define FC_STUB_WGRAD(name, T) static inline void name(const T *x, const T *gy, T *gw, \
+    ptrdiff_t n, ptrdiff_t a, ptrdiff_t b, ptrdiff_t c) {}
+#define FC_STUB_WGRAD_DW(name, T) static inline void name(const T *x, const T *gy, T *gw, \
+    ptrdiff_t n, ptrdiff_t a, ptrdiff_t b) {}
 FC_STUB_BLOCK(fc_dense_block_f, float)
 FC_STUB_BLOCK(fc_dense_block_d, double)
 FC_STUB_BLOCK(fc_depthwise_block_f, float)
 FC_STUB_BLOCK(fc_depthwise_block_d, double)
-#define FC_STUB(name, T) static inline void name(const T *x, const T *gy, T *gw, ptrdiff_t n, \
-    ptrdiff_t a, ptrdiff_t b, ptrdiff_t c) {}
-#define FC_STUB_DW(name, T) static inline void name(const T *x, const T *gy, T *gw, ptrdiff_t n, \
-    ptrdiff_t a, ptrdiff_t b) {}
-FC_STUB(fc_wgrad_dense_block_f, float)
-FC_STUB(fc_wgrad_dense_block_d, double)
-FC_STUB_DW(fc_wgrad_depthwise_block_f, float)
-FC_STUB_DW(fc_wgrad_depthwise_block_d, double)
-static inline void fc_dense_block_f(const float *x, const float *w, float *y, const float *b,
-    ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t cig, ptrdiff_t w_ci, ptrdiff_t y_pix, ptrdiff_t x_pix,
-    ptrdiff_t x_row, ptrdiff_t x_col) {}
-static inline void fc_dense_block_d(const double *x, const double *w, double *y, const double *b,
-    ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t cig, ptrdiff_t w_ci, ptrdiff_t y_pix, ptrdiff_t x_pix,
-    ptrdiff_t x_row, ptrdiff_t x_col) {}
-static inline void fc_depthwise_block_f(const float *x, const float *w, float *y, const float *b,
-    ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t C, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col) {}
-static inline void fc_depthwise_block_d(const double *x, const double *w, double *y,
-    const double *b, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t C, ptrdiff_t x_pix, ptrdiff_t x_row,
-    ptrdiff_t x_col) {}
+FC_STUB_WGRAD(fc_wgrad_dense_block_f, float)
+FC_STUB_WGRAD(fc_wgrad_dense_block_d, double)
+FC_STUB_WGRAD_DW(fc_wgrad_depthwise_block_f, float)
+FC_STUB_WGRAD_DW(fc_wgrad_depthwise_block_d, double)
 #endif
 
 #endif
