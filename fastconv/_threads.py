@@ -9,7 +9,10 @@ from threadpoolctl import ThreadpoolController
 from fastconv._kernels import _openmp
 from fastconv._params import as_int
 
-_requested: int | None = None  # None: follow OpenMP's default (OMP_NUM_THREADS, threadpoolctl)
+_requested: int | None = None  # set_num_threads; None: OpenMP's default (OMP_NUM_THREADS, ...)
+# num_threads(n) blocks hold their n per Python thread, so that overlapping blocks in
+# different threads neither see nor undo each other
+_local = threading.local()
 _blas_lock = threading.Lock()
 _blas_libs: list | None = None
 _blas_users = 0  # kernel calls under way that hold BLAS on one thread
@@ -17,28 +20,31 @@ _blas_saved: list = []  # (library, its thread count before the first of them)
 
 
 def get_num_threads() -> int:
-    """The number of threads fastconv's kernels use."""
+    """The number of threads fastconv's kernels use (in this Python thread)."""
+    local = getattr(_local, "n", None)
+    if local is not None:
+        return local
     if _requested is not None:
         return _requested
     return max(1, _openmp.max_threads())
 
 
 def set_num_threads(n: int | None) -> None:
-    """Use n threads in fastconv's kernels (None: back to OpenMP's default)."""
+    """Use n threads in fastconv's kernels, process-wide (None: back to OpenMP's default)."""
     global _requested
     _requested = None if n is None else as_int("num_threads", n, 1)
 
 
 @contextmanager
 def num_threads(n: int):
-    """Context manager: fastconv uses n threads inside the block."""
-    global _requested
-    previous = _requested
-    set_num_threads(n)
+    """Context manager: fastconv uses n threads inside the block, in this Python thread."""
+    n = as_int("num_threads", n, 1)
+    previous = getattr(_local, "n", None)
+    _local.n = n
     try:
         yield
     finally:
-        _requested = previous
+        _local.n = previous
 
 
 def _blas_libraries() -> list:
