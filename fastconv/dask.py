@@ -37,8 +37,8 @@ dask.distributed worker; dask's `num_workers` setting, else CPU_COUNT, for the l
 or multiprocessing scheduler; 1 for the synchronous scheduler. So fastconv threads x worker
 threads never exceed the cores. (dask.distributed's nanny also sets OMP_NUM_THREADS=1 in each
 worker process, which fastconv honours: one kernel thread per worker thread.) Every function
-takes `threads=n` to override this. While tasks run, the process-wide fastconv setting is
-that number; it is restored when the last running task ends.
+takes `threads=n` to override this. Each task sets the number for its own thread only
+(fastconv.num_threads), leaving the user's setting alone.
 """
 from __future__ import annotations
 
@@ -71,10 +71,6 @@ _NHWC = "(H, W, C) or (N, H, W, C) [NHWC]"
 # ----------------------------------------------------------------------------------------------
 # threads per task
 
-_threads_lock = threading.Lock()
-_tasks_running = 0  # tasks of this module running in this process
-_user_setting = None  # fastconv's thread setting before the first of them started
-_user_threads = 1  # the thread count that setting gave
 
 
 def _task_slots() -> int:
@@ -95,26 +91,13 @@ def _task_slots() -> int:
 
 @contextmanager
 def _task_threads(requested: int | None):
-    """fastconv's thread count inside one task. The setting is process-wide, so tasks running
-    side by side share it: the first one to start saves the user's setting, the last one to
-    end restores it."""
-    global _tasks_running, _user_setting, _user_threads
-    with _threads_lock:
-        if _tasks_running == 0:
-            _user_setting = _threads._requested
-            _user_threads = _threads.get_num_threads()
-        n = requested
-        if n is None:
-            n = max(1, min(_user_threads, CPU_COUNT // max(1, _task_slots())))
-        _threads.set_num_threads(n)
-        _tasks_running += 1
-    try:
+    """fastconv's thread count inside one task, set for the task's own thread only
+    (fastconv.num_threads), so tasks side by side and the user's setting don't interfere."""
+    n = requested
+    if n is None:
+        n = max(1, min(_threads.get_num_threads(), CPU_COUNT // max(1, _task_slots())))
+    with _threads.num_threads(n):
         yield
-    finally:
-        with _threads_lock:
-            _tasks_running -= 1
-            if _tasks_running == 0:
-                _threads.set_num_threads(_user_setting)
 
 
 def _threads_arg(threads) -> int | None:
