@@ -128,6 +128,8 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
     x is zero-padded by `offsets` (top, left) rows and columns."""
     algo = _algorithms.for_weight_gradient(algorithm, weight_shape[2],
                                            weight_shape[2] == 1 and geo.groups == weight_shape[3])
+    if algo == "im2col" and not np.isfinite(gy).all():
+        algo = "direct"  # it skips the zero padding, where im2col would add 0 * inf = NaN
     itemsize = np.dtype(dtype).itemsize
     kh, kw = geo.kernel_hw
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
@@ -152,6 +154,12 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
     """y = conv(x, w) + bias, x zero-padded by `offsets` (top, left) rows and columns; y's
     shape sets how far the output goes (y may be a view with strided pixels)."""
     algo = _algorithms.for_convolution(algorithm, w.shape[:2], stride)
+    # Taps in the zero padding contribute nothing (C of conv_matrix has no entry for them),
+    # not 0 * w: that differs where w is NaN or infinite, and only the direct kernel's exact
+    # mode skips them everywhere.
+    exact = not np.isfinite(w).all()
+    if exact:
+        algo = "direct"
     (sh, sw), (dh, dw) = stride, dilation
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
     flops = 2 * pixels * w.size
@@ -166,7 +174,8 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
     else:
         block = _algorithms.KERNELS[algo].CHANNEL_BLOCK[y.dtype.name]
         x, w, bias = _padded_channels(x, w, bias, groups, block)
-        _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups, flops=flops)
+        _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups, exact,
+             flops=flops)
 
 
 def _padded_channels(xp, w, bias, groups, block):

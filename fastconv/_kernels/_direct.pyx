@@ -141,21 +141,43 @@ cdef inline void _gather_window(const floating* x, floating* out, Py_ssize_t ih,
                     dst[c] = 0
 
 
+cdef inline void _segment(const floating* x, Py_ssize_t x_row, const floating* w,
+                          const floating* bias, floating* y, Py_ssize_t npix, Py_ssize_t r0,
+                          Py_ssize_t nr, Py_ssize_t s0, Py_ssize_t ns, Py_ssize_t n_groups,
+                          Py_ssize_t width, Py_ssize_t cog, Py_ssize_t cog_padded, Py_ssize_t cb,
+                          bint depthwise, Py_ssize_t kw, Py_ssize_t cig, Py_ssize_t w_ci,
+                          Py_ssize_t y_pix, Py_ssize_t x_pix, Py_ssize_t x_col) noexcept nogil:
+    """npix output pixels from y on, all groups and channel blocks, over the taps
+    [r0, r0+nr) x [s0, s0+ns); x points at tap (r0, s0) of the first pixel, channel 0 (NULL
+    when no tap lands inside the input: y = bias)."""
+    cdef Py_ssize_t g, c_block, c0, w0
+    for g in range(n_groups):
+        for c_block in range((width + cb - 1) // cb):
+            c0 = g * cog + c_block * cb          # first output channel of the block
+            w0 = g * cog_padded + c_block * cb   # its column in w and bias
+            _block(x + (c0 if depthwise else g * cig) if x != NULL else x, w + w0, y + c0,
+                   bias + w0 if bias != NULL else NULL, npix, min(cb, width - c_block * cb),
+                   depthwise, r0, nr if x != NULL else 0, s0, ns, kw, cig, w_ci, y_pix, x_pix,
+                   x_row, x_col)
+
+
 def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadded
                  const floating[:, :, :, ::1] w,   # IN  (kh, kw, cig, groups * cog_padded)
                  const floating[::1] bias,         # IN  (groups * cog_padded,), or (0,) for none
                  floating[:, :, :, :] y,           # OUT (N, Ho, Wo, C_out), channels contiguous
                  Py_ssize_t top, Py_ssize_t left,  # zero padding before the first row / column
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                 Py_ssize_t groups, int num_threads):
+                 Py_ssize_t groups, bint exact, int num_threads):
     """Each thread takes whole output rows; within a row, blocks of up to FC_PB pixels x one
     vector of output channels are accumulated in registers over all taps and input channels.
 
     Zero padding is implicit: output pixel (oh, ow), tap (r, s) reads
     x[oh*sh + r*dh - top, ow*sw + s*dw - left], and no padded copy of x is made. Rows of taps
     that fall outside x are skipped; a block of pixels whose columns of taps reach outside x
-    first copies its receptive field into a small zero-padded buffer of its thread. y's shape
-    says how far the output goes.
+    first copies its receptive field into a small zero-padded buffer of its thread — unless
+    `exact`: then its pixels run one by one over the taps inside x, so that taps in the
+    padding contribute nothing even where a weight is NaN or infinite (0 * inf is NaN).
+    y's shape says how far the output goes.
     Each group's output channels are padded in w and bias to cog_padded (a multiple of
     CHANNEL_BLOCK); only y's C_out = groups * cog channels are written. Depthwise (cig = 1,
     cog = 1): w is (kh, kw, 1, C_padded) and x has C_x = C_padded >= C_out channels too.
@@ -178,9 +200,8 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
         max(inner_lo, min(Wo, (W - 1 + left - (kw - 1) * dw) // sw + 1))
     # input columns one block of pixels reads
     cdef Py_ssize_t span = (FC_PB - 1) * sw + (kw - 1) * dw + 1
-    cdef Py_ssize_t row, n, oh, ih, r0, nr, ow, ow_block, iw, npix, g, c0, w0, c_block, nc, x_row
-    cdef const floating* xp
-    cdef const floating* bp
+    cdef Py_ssize_t row, n, oh, ih, r0, nr, ow, ow_block, iw, npix, p, s0, ns
+    cdef bint has_bias = bias.shape[0] > 0
     cdef floating* window = NULL
     cdef int status = 0
     cdef int* failed = &status
@@ -202,22 +223,24 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
                 npix = min(<Py_ssize_t> FC_PB, Wo - ow)
                 iw = ow * sw - left  # input column of the block's first tap
                 if inner_lo <= ow and ow + npix <= inner_hi or nr == 0:
-                    xp = &x[n, 0, 0, 0] + ((ih + r0 * dh) * W + iw) * C if nr > 0 else NULL
-                    x_row = dh * W * C
-                else:  # the block reaches into the zero padding left or right
+                    _segment(&x[n, 0, 0, 0] + ((ih + r0 * dh) * W + iw) * C if nr > 0 else NULL,
+                             dh * W * C, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
+                             &y[n, oh, ow, 0], npix, r0, nr, 0, kw, n_groups, width, cog,
+                             cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
+                elif not exact:  # the block reaches into the zero padding left or right
                     _gather_window(&x[n, 0, 0, 0], window, ih + r0 * dh, nr, dh, iw, span, W, C)
-                    xp = window
-                    x_row = span * C
-                for g in range(n_groups):
-                    for c_block in range((width + cb - 1) // cb):
-                        c0 = g * cog + c_block * cb          # first output channel of the block
-                        w0 = g * cog_padded + c_block * cb   # its column in w and bias
-                        nc = min(cb, width - c_block * cb)
-                        bp = NULL if bias.shape[0] == 0 else &bias[0] + w0
-                        _block(xp + (c0 if depthwise else g * cig) if nr > 0 else xp,
-                               &w[0, 0, 0, 0] + w0, &y[n, oh, ow, 0] + c0, bp, npix, nc,
-                               depthwise, r0, nr, 0, kw, kw, cig, w_ci, y_pix, x_pix, x_row,
-                               x_col)
+                    _segment(window, span * C, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
+                             &y[n, oh, ow, 0], npix, r0, nr, 0, kw, n_groups, width, cog,
+                             cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
+                else:  # pixel by pixel, each with the columns of taps that land inside x
+                    for p in range(npix):
+                        s0 = _first_tap(iw + p * sw, dw)
+                        ns = max(0, _end_tap(iw + p * sw, dw, kw, W) - s0)
+                        _segment(&x[n, 0, 0, 0] + ((ih + r0 * dh) * W + iw + p * sw + s0 * dw) * C
+                                 if nr > 0 and ns > 0 else NULL,
+                                 dh * W * C, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
+                                 &y[n, oh, ow + p, 0], 1, r0, nr, s0, ns, n_groups, width, cog,
+                                 cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
         free(window)
     return status
 
