@@ -98,22 +98,22 @@ def test_threads_with_different_thread_counts_give_the_same_results():
 
 
 def test_overlapping_num_threads_blocks_in_two_threads_restore_the_setting():
-    """Thread A enters num_threads(1), thread B enters num_threads(3), A leaves, B leaves:
-    afterwards the process must be back at its own setting. (Each block saves and restores
-    one process-wide value, so B restores the 1 that A had set, and it stays.)"""
+    """Thread A enters num_threads(n + 1), thread B enters num_threads(n + 2), A leaves, B
+    leaves: afterwards the process must be back at its own setting n. (Each block saves and
+    restores one process-wide value, so B restores the n + 1 that A had set, and it stays.)"""
     fastconv.set_num_threads(None)
     before = fastconv.get_num_threads()
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
 
     def a():
-        with fastconv.num_threads(1):
+        with fastconv.num_threads(before + 1):
             a_in.set()
             b_in.wait(10)
         a_out.set()
 
     def b():
         a_in.wait(10)
-        with fastconv.num_threads(3):
+        with fastconv.num_threads(before + 2):
             b_in.set()
             a_out.wait(10)
 
