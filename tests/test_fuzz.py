@@ -116,6 +116,34 @@ def test_integers_too_large_for_the_kernels(call, expected):
     np.testing.assert_array_equal(result, expected)
 
 
+HUGE_STRIDE = """
+import numpy as np, fastconv
+try:
+    y = fastconv.conv2d(np.ones((1, 5, 5, 2)), np.ones((3, 3, 2, 2)), stride={stride},
+                        padding=1, algorithm="{algorithm}")
+    print(y.ravel().tolist())
+except ValueError:
+    print("ValueError")
+"""
+
+
+@pytest.mark.parametrize("stride", [2**40, 2**60, 2**62])
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+def test_a_huge_stride_with_padding(stride, algorithm):
+    """Valid arguments (the output is the one pixel at the top left, whose 2 x 2 x 2 taps
+    inside the image sum to 8), run in a child process. The direct kernel sizes its scratch
+    buffer with (pixels per block - 1) * stride: 2**40 asks for terabytes (MemoryError),
+    2**60 overflows to a tiny buffer that the kernel then overruns (a segfault), 2**62 to
+    one that gives garbage."""
+    path = [str(Path(fastconv.__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    run = subprocess.run([sys.executable, "-c", HUGE_STRIDE.format(stride=stride,
+                                                                   algorithm=algorithm)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, f"crashed ({run.returncode}): {run.stderr[-2000:]}"
+    assert run.stdout.strip() in ("[8.0, 8.0]", "ValueError"), run.stdout + run.stderr
+
+
 def main():
     np.seterr(all="ignore")  # the references overflow on purpose (huge values)
     failures = []
@@ -261,7 +289,8 @@ def arrays(draw, shape, dtype=None, junk=True):
     return a, kinds
 
 
-JUNK_ARGS = [0, -1, True, 2.0, "2", None, 10**20, np.int64(2), (1, 2, 3), [1, 1], float("nan")]
+JUNK_ARGS = [0, -1, True, 2.0, "2", None, 10**20, 2**62, np.int64(2), (1, 2, 3), [1, 1],
+             float("nan")]
 
 
 def arg(draw, normal, junk_rate=0.08):
