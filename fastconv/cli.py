@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 
 from fastconv import _bench
+from fastconv._algorithms import KERNELS, simd_modules
 from fastconv._params import PADDING_MODES
 
 DEFAULT_REPEATS = 7
@@ -240,6 +241,8 @@ def cmd_info(args) -> int:
         f"OpenMP: {'on' if info['openmp'] else 'off'}",
         f"threads: {info['threads']}",
         f"compile args: {info['compile_args'] or '-'}",
+        f"direct kernel: {KERNELS['direct'].ISA} (variants this CPU runs: "
+        f"{' '.join(simd_modules('_direct'))})",
         f"CPU: {info['cpu']} ({info['cpu_count']} logical cores)",
         f"SIMD: {' '.join(info['simd']) or 'unknown'}",
         f"Python {info['python']} on {info['platform']}",

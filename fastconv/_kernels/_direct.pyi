@@ -1,0 +1,22 @@
+# Type stubs of the compiled direct-convolution kernels (_direct.pyx; _direct_avx2 and
+# _direct_avx512 are the same source compiled for wider instruction sets).
+# Arrays are C-contiguous float32 or float64 (one dtype per call); the kernels assume
+# validated arguments (fastconv.functional checks them) and release the GIL.
+from typing import TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+_Floats: TypeAlias = npt.NDArray[np.float32] | npt.NDArray[np.float64]
+
+ISA: str  # "baseline", "avx2" or "avx512": the instruction set this module was built for
+CHANNEL_BLOCK: dict[str, int]  # {"float32": n, "float64": n}: output channels per vector
+
+def conv_forward(
+    x: _Floats, w: _Floats, bias: _Floats, y: _Floats,
+    top: int, left: int, sh: int, sw: int, dh: int, dw: int, groups: int, num_threads: int,
+) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
+def conv_backward_weight(
+    x: _Floats, gy: _Floats, partial: _Floats, kh: int, kw: int,
+    top: int, left: int, sh: int, sw: int, dh: int, dw: int, groups: int, num_threads: int,
+) -> None: ...

@@ -1,0 +1,7 @@
+# _direct.pyx compiled with AVX-512 (F, VL, BW, DQ) (x86-64 only; picked at run time when the CPU has them)
+from fastconv._kernels._direct import (
+    CHANNEL_BLOCK as CHANNEL_BLOCK,
+    ISA as ISA,
+    conv_backward_weight as conv_backward_weight,
+    conv_forward as conv_forward,
+)

@@ -1,0 +1,23 @@
+# Type stubs of fastconv.filters: classic 2-D kernels and filter2d.
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from fastconv.functional import _Array, _Padding, _PaddingMode
+
+__all__ = ["box", "filter2d", "gaussian", "laplace", "prewitt", "sharpen", "sobel"]
+
+def sobel(axis: Literal["x", "y"]) -> npt.NDArray[np.float64]: ...
+def prewitt(axis: Literal["x", "y"]) -> npt.NDArray[np.float64]: ...
+def laplace() -> npt.NDArray[np.float64]: ...
+def sharpen() -> npt.NDArray[np.float64]: ...
+def gaussian(sigma: float, size: int | None = None) -> npt.NDArray[np.float64]: ...
+def box(size: int | tuple[int, int]) -> npt.NDArray[np.float64]: ...
+def filter2d(
+    image: npt.ArrayLike,
+    kernel: npt.ArrayLike,
+    padding: _Padding = "same",
+    padding_mode: _PaddingMode = "reflect",
+    flip: bool = False,
+) -> _Array: ...

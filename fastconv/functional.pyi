@@ -1,0 +1,133 @@
+# Type stubs of fastconv.functional (the runtime module is unannotated; stubtest keeps the
+# two in step). Activations are NHWC, conv weights HWIO; see API.md and the docstrings.
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+# shared by the other stubs of the package (stub-only names: private)
+_Array: TypeAlias = npt.NDArray[np.floating[Any]]
+_Pair: TypeAlias = int | Sequence[int]
+_Padding: TypeAlias = int | Sequence[int] | Sequence[Sequence[int]] | Literal["valid", "same"]
+_PaddingMode: TypeAlias = Literal["zeros", "reflect", "symmetric", "replicate", "circular"]
+_Algorithm: TypeAlias = str  # "auto", "direct", "im2col" (fastconv._algorithms.ALGORITHMS)
+_Needs: TypeAlias = str | Iterable[str]  # drawn from "input", "weight", "bias"
+_Grads: TypeAlias = tuple[_Array | None, _Array | None, _Array | None]
+
+NEEDS: tuple[str, str, str]
+
+def pad(x: np.ndarray, pads: Any, mode: str, dtype: Any) -> np.ndarray: ...
+def unpad(grad_padded: np.ndarray, pads: Any, mode: str, in_hw: Any) -> np.ndarray: ...
+def conv2d(
+    x: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    bias: npt.ArrayLike | None = None,
+    stride: _Pair = 1,
+    padding: _Padding = 0,
+    dilation: _Pair = 1,
+    groups: int = 1,
+    padding_mode: _PaddingMode = "zeros",
+    algorithm: _Algorithm = "auto",
+) -> _Array: ...
+def conv2d_backward(
+    grad_output: npt.ArrayLike,
+    x: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    stride: _Pair = 1,
+    padding: _Padding = 0,
+    dilation: _Pair = 1,
+    groups: int = 1,
+    padding_mode: _PaddingMode = "zeros",
+    algorithm: _Algorithm = "auto",
+    needs: _Needs = ("input", "weight", "bias"),
+) -> _Grads: ...
+def conv_transpose2d(
+    x: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    bias: npt.ArrayLike | None = None,
+    stride: _Pair = 1,
+    padding: _Padding = 0,
+    output_padding: _Pair = 0,
+    dilation: _Pair = 1,
+    groups: int = 1,
+    algorithm: _Algorithm = "auto",
+) -> _Array: ...
+def conv_transpose2d_backward(
+    grad_output: npt.ArrayLike,
+    x: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    stride: _Pair = 1,
+    padding: _Padding = 0,
+    output_padding: _Pair = 0,
+    dilation: _Pair = 1,
+    groups: int = 1,
+    algorithm: _Algorithm = "auto",
+    needs: _Needs = ("input", "weight", "bias"),
+) -> _Grads: ...
+def conv_output_shape(
+    input_hw: _Pair,
+    kernel_size: _Pair,
+    stride: _Pair = 1,
+    padding: _Padding = 0,
+    dilation: _Pair = 1,
+) -> tuple[int, int]: ...
+def conv_transpose_output_shape(
+    input_hw: _Pair,
+    kernel_size: _Pair,
+    stride: _Pair = 1,
+    padding: _Padding = 0,
+    output_padding: _Pair = 0,
+    dilation: _Pair = 1,
+) -> tuple[int, int]: ...
+def conv1d(
+    x: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    bias: npt.ArrayLike | None = None,
+    stride: _Pair = 1,
+    padding: _Padding = 0,
+    dilation: _Pair = 1,
+    groups: int = 1,
+    padding_mode: _PaddingMode = "zeros",
+    algorithm: _Algorithm = "auto",
+) -> _Array: ...
+def conv1d_backward(
+    grad_output: npt.ArrayLike,
+    x: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    stride: _Pair = 1,
+    padding: _Padding = 0,
+    dilation: _Pair = 1,
+    groups: int = 1,
+    padding_mode: _PaddingMode = "zeros",
+    algorithm: _Algorithm = "auto",
+    needs: _Needs = ("input", "weight", "bias"),
+) -> _Grads: ...
+def conv_transpose1d(
+    x: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    bias: npt.ArrayLike | None = None,
+    stride: _Pair = 1,
+    padding: _Padding = 0,
+    output_padding: _Pair = 0,
+    dilation: _Pair = 1,
+    groups: int = 1,
+    algorithm: _Algorithm = "auto",
+) -> _Array: ...
+def conv_transpose1d_backward(
+    grad_output: npt.ArrayLike,
+    x: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    stride: _Pair = 1,
+    padding: _Padding = 0,
+    output_padding: _Pair = 0,
+    dilation: _Pair = 1,
+    groups: int = 1,
+    algorithm: _Algorithm = "auto",
+    needs: _Needs = ("input", "weight", "bias"),
+) -> _Grads: ...
+
+# private helpers that other modules of the package use
+def _as_2d(x: Any, weight: Any, stride: Any, padding: Any, dilation: Any,
+           output_padding: Any = 0) -> tuple[Any, Any, Any, Any, Any, Any]: ...
+def _conv_inputs(fn: str, x: Any, weight: Any, groups: Any) -> tuple[np.ndarray, np.ndarray, bool]: ...

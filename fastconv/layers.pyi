@@ -1,0 +1,139 @@
+# Type stubs of fastconv.layers: PyTorch-style layers on NumPy arrays (NHWC, HWIO weights).
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Self, overload
+
+import numpy as np
+import numpy.typing as npt
+
+from fastconv.functional import _Algorithm, _Array, _Pair, _Padding, _PaddingMode
+
+class Layer:
+    param_names: tuple[str, ...]
+    training: bool
+    grads: dict[str, np.ndarray]
+    def __init__(self) -> None: ...
+    def __call__(self, x: npt.ArrayLike) -> _Array: ...
+    def forward(self, x: npt.ArrayLike) -> _Array: ...
+    def backward(self, grad_output: npt.ArrayLike) -> _Array: ...
+    def train(self, mode: bool = True) -> Self: ...
+    def eval(self) -> Self: ...
+    def parameters(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]: ...
+    def zero_grad(self) -> None: ...
+    def state_dict(self) -> dict[str, np.ndarray]: ...
+    def load_state_dict(self, state_dict: Mapping[str, npt.ArrayLike], strict: bool = True) -> None: ...
+    def extra_repr(self) -> str: ...
+
+class _ConvBase(Layer):
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: _Padding
+    dilation: tuple[int, int]
+    groups: int
+    dtype: np.dtype[Any]
+    algorithm: _Algorithm
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+class Conv2d(_ConvBase):
+    padding_mode: str
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _Pair,
+        stride: _Pair = 1,
+        padding: _Padding = 0,
+        dilation: _Pair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: _PaddingMode = "zeros",
+        dtype: npt.DTypeLike = ...,
+        algorithm: _Algorithm = "auto",
+        rng: np.random.Generator | int | None = None,
+    ) -> None: ...
+
+class ConvTranspose2d(_ConvBase):
+    output_padding: tuple[int, int]
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _Pair,
+        stride: _Pair = 1,
+        padding: _Padding = 0,
+        output_padding: _Pair = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: _Pair = 1,
+        dtype: npt.DTypeLike = ...,
+        algorithm: _Algorithm = "auto",
+        rng: np.random.Generator | int | None = None,
+    ) -> None: ...
+
+class Linear(Layer):
+    in_features: int
+    out_features: int
+    dtype: np.dtype[Any]
+    weight: np.ndarray
+    bias: np.ndarray | None
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: npt.DTypeLike = ...,
+        rng: np.random.Generator | int | None = None,
+    ) -> None: ...
+
+class ReLU(Layer): ...
+class _PoolBase(Layer): ...
+
+class MaxPool2d(_PoolBase):
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: _Padding
+    dilation: tuple[int, int]
+    ceil_mode: bool
+    def __init__(
+        self,
+        kernel_size: _Pair,
+        stride: _Pair | None = None,
+        padding: _Padding = 0,
+        dilation: _Pair = 1,
+        *,
+        ceil_mode: bool = False,
+    ) -> None: ...
+
+class AvgPool2d(_PoolBase):
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: _Padding
+    ceil_mode: bool
+    count_include_pad: bool
+    def __init__(
+        self,
+        kernel_size: _Pair,
+        stride: _Pair | None = None,
+        padding: _Padding = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+    ) -> None: ...
+
+class Flatten(Layer):
+    start_dim: int
+    end_dim: int
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None: ...
+
+class Sequential(Layer):
+    layers: list[Layer]
+    def __init__(self, *layers: Layer) -> None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Layer]: ...
+    @overload
+    def __getitem__(self, index: int) -> Layer: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequential: ...
+
+def from_torch(module: Any, input_shape: Sequence[int] | None = None) -> Layer: ...

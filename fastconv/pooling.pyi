@@ -1,0 +1,71 @@
+# Type stubs of fastconv.pooling: max/average pooling (PyTorch's semantics, NHWC) and ReLU.
+from typing import Any, Literal, overload
+
+import numpy as np
+import numpy.typing as npt
+
+from fastconv.functional import _Array, _Pair, _Padding
+
+CHANNEL_BLOCK: int
+MIN_WORK_PER_THREAD: int
+
+@overload
+def max_pool2d(
+    x: npt.ArrayLike,
+    kernel_size: _Pair,
+    stride: _Pair | None = None,
+    padding: _Padding = 0,
+    dilation: _Pair = 1,
+    ceil_mode: bool = False,
+    return_indices: Literal[False] = False,
+) -> _Array: ...
+@overload
+def max_pool2d(
+    x: npt.ArrayLike,
+    kernel_size: _Pair,
+    stride: _Pair | None = None,
+    padding: _Padding = 0,
+    dilation: _Pair = 1,
+    ceil_mode: bool = False,
+    *,
+    return_indices: Literal[True],
+) -> tuple[_Array, npt.NDArray[np.int64]]: ...
+@overload
+def max_pool2d(
+    x: npt.ArrayLike,
+    kernel_size: _Pair,
+    stride: _Pair | None,
+    padding: _Padding,
+    dilation: _Pair,
+    ceil_mode: bool,
+    return_indices: Literal[True],
+) -> tuple[_Array, npt.NDArray[np.int64]]: ...
+def max_pool2d_backward(
+    grad_output: npt.ArrayLike,
+    x: npt.ArrayLike,
+    kernel_size: _Pair,
+    stride: _Pair | None = None,
+    padding: _Padding = 0,
+    dilation: _Pair = 1,
+    ceil_mode: bool = False,
+    indices: npt.ArrayLike | None = None,
+) -> _Array: ...
+def avg_pool2d(
+    x: npt.ArrayLike,
+    kernel_size: _Pair,
+    stride: _Pair | None = None,
+    padding: _Padding = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> _Array: ...
+def avg_pool2d_backward(
+    grad_output: npt.ArrayLike,
+    x: npt.ArrayLike,
+    kernel_size: _Pair,
+    stride: _Pair | None = None,
+    padding: _Padding = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+) -> _Array: ...
+def relu(x: npt.ArrayLike, *, out: npt.NDArray[Any] | None = None) -> _Array: ...
+def relu_backward(grad_output: npt.ArrayLike, x: npt.ArrayLike) -> _Array: ...
