@@ -128,7 +128,8 @@ class ConvGeometry:
     """A checked 2-D convolution: the input x (N, H, W, C_in) -> y (N, Ho, Wo, C_out).
 
     For a transposed convolution this describes the convolution it is the adjoint of, so
-    x is its output and y its input.
+    x is its output and y its input. stride and dilation are the effective ones (1 where
+    they cannot matter, see _effective).
     """
     n: int
     in_hw: tuple[int, int]
@@ -179,6 +180,14 @@ def check_weight(fn: str, weight: np.ndarray, x_shape, groups: int, transposed: 
                          f"channels, but got {channels} channels instead")
 
 
+def _effective(stride, dilation, kernel_hw, out_hw):
+    """The stride and dilation the kernels get: 1 where they cannot change the result (one
+    output pixel along the axis; a kernel one tap wide), so that no index arithmetic ever
+    multiplies by a huge value."""
+    return (tuple(1 if o == 1 else s for s, o in zip(stride, out_hw)),
+            tuple(1 if k == 1 else d for d, k in zip(dilation, kernel_hw)))
+
+
 def conv_geometry(fn: str, x_shape, weight_shape, stride, padding, dilation, groups
                   ) -> ConvGeometry:
     """Check and resolve the geometry of conv2d(x, weight) with x 4-D (N, H, W, C)."""
@@ -195,7 +204,8 @@ def conv_geometry(fn: str, x_shape, weight_shape, stride, padding, dilation, gro
         dilated = tuple(d * (k - 1) + 1 for k, d in zip((kh, kw), dilation))
         raise ValueError(f"{fn}: padded input size {padded} (H, W) is smaller than the dilated "
                          f"kernel size {dilated} (H, W): the output would be {out_hw}")
-    return ConvGeometry(n, (h, w), c, (kh, kw), cout, stride, dilation, pads, groups, out_hw)
+    return ConvGeometry(n, (h, w), c, (kh, kw), cout, *_effective(stride, dilation, (kh, kw), out_hw),
+                        pads, groups, out_hw)
 
 
 def conv_transpose_geometry(fn: str, x_shape, weight_shape, stride, padding, output_padding,
@@ -223,8 +233,8 @@ def conv_transpose_geometry(fn: str, x_shape, weight_shape, stride, padding, out
         raise ValueError(f"{fn}: padding {pads} crops more than the full output "
                          f"{tuple(o + p[0] + p[1] for o, p in zip(out_hw, pads))} (H, W): the "
                          f"output would be {out_hw}")
-    return ConvGeometry(n, out_hw, cig_t * groups, (kh, kw), c, stride, dilation, pads, groups,
-                        (h, w))
+    return ConvGeometry(n, out_hw, cig_t * groups, (kh, kw), c,
+                        *_effective(stride, dilation, (kh, kw), (h, w)), pads, groups, (h, w))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,14 +271,15 @@ def as_bool(name: str, value) -> bool:
 
 @dataclass(frozen=True)
 class PoolGeometry:
-    """A checked 2-D pooling: x (N, H, W, C) -> y (N, Ho, Wo, C), symmetric padding (ph, pw)."""
+    """A checked 2-D pooling: x (N, H, W, C) -> y (N, Ho, Wo, C), symmetric padding (ph, pw);
+    stride and dilation are the effective ones (see _effective)."""
     n: int
     in_hw: tuple[int, int]
     channels: int
     kernel_hw: tuple[int, int]
     stride: tuple[int, int]
-    padding: tuple[int, int]
     dilation: tuple[int, int]
+    padding: tuple[int, int]
     ceil_mode: bool
     out_hw: tuple[int, int]
 
@@ -317,7 +328,8 @@ def pool_geometry(fn: str, x_shape, kernel_size, stride, padding, dilation, ceil
         dilated = tuple(d * (k - 1) + 1 for k, d in zip(kernel_hw, dilation))
         raise ValueError(f"{fn}: padded input size {padded} (H, W) is smaller than the dilated "
                          f"kernel size {dilated} (H, W): the output would be {out_hw}")
-    return PoolGeometry(n, (h, w), c, kernel_hw, stride, padding, dilation, ceil_mode, out_hw)
+    return PoolGeometry(n, (h, w), c, kernel_hw, *_effective(stride, dilation, kernel_hw, out_hw),
+                        padding, ceil_mode, out_hw)
 
 
 def check_grad_shape(fn: str, name: str, arr: np.ndarray, expected: tuple, layout: str) -> None:

@@ -51,7 +51,7 @@ def figure(results, algorithms, peers, title: str = "") -> Figure:
     fig = Figure(figsize=(width, 1.2 + 3.3 * max(1, len(directions))), layout="constrained")
     axes = fig.subplots(max(1, len(directions)), 1, squeeze=False)[:, 0]
     bar = 0.8 / max(1, len(names))
-    handles = {}
+    handles: dict = {}
     for ax, direction in zip(axes, directions):
         rows = [r for r in results if r.direction == direction]
         label_bars = len(rows) * len(names) <= MAX_LABELLED_BARS

@@ -1,6 +1,7 @@
 """Thread counts: OpenMP for the kernels, BLAS kept on one thread while they run."""
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 
@@ -80,3 +81,14 @@ def blas_single_thread():
                 for lib, n in _blas_saved:
                     if n != 1:
                         lib.set_num_threads(n)
+
+
+def _single_thread_after_fork() -> None:
+    """GCC's OpenMP runtime does not survive fork(): a forked child's first parallel region
+    would hang. Children made by fork() therefore start on one thread (set_num_threads
+    restores more, at the user's risk; spawn and forkserver children are not affected)."""
+    set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_single_thread_after_fork)

@@ -7,6 +7,7 @@ filter, matplotlib for bench --plot).
 from __future__ import annotations
 
 import argparse
+from typing import Any
 import json
 import math
 import os
@@ -352,7 +353,7 @@ def cmd_bench(args) -> int:
         if torch is None and args.compare == "torch":
             args.parser.error("--compare torch needs PyTorch, which is not importable here "
                               "(pip install 'fastconv[torch]')")
-    plot = None
+    plot: Any = None
     if args.plot:  # checked before the run, not after minutes of measuring
         try:
             from fastconv import _plot as plot
@@ -459,8 +460,8 @@ def _filter_kernels(args) -> list:
             return [filters.box(3 if args.size is None else args.size)]
         return [getattr(filters, args.kernel)()]
     except ValueError as exc:
-        args.parser.error(str(exc))
-
+        args.parser.error(str(exc))  # exits
+        raise
 
 def _read_image(Image, path: str):
     """(pixels, alpha, mode): pixels (H, W) or (H, W, 3) as numbers 0-255 (uint8, or float64

@@ -56,9 +56,9 @@ try:
     import dask
     import dask.array as da
     from dask.system import CPU_COUNT
-except ImportError as exc:  # pragma: no cover - depends on the installation
+except ImportError as _missing:  # pragma: no cover - depends on the installation
     raise ImportError("fastconv.dask needs dask: pip install 'fastconv[dask]' "
-                      "(dask[array], and distributed for clusters)") from exc
+                      "(dask[array], and distributed for clusters)") from _missing
 
 from fastconv import _algorithms, _params, _threads, filters, functional
 from fastconv.layers import Layer
@@ -82,7 +82,7 @@ def _task_slots() -> int:
         except ValueError:  # not inside a distributed worker
             pass
         else:
-            return getattr(worker, "state", worker).nthreads
+            return getattr(worker, "state", worker).nthreads  # type: ignore[union-attr]
     if threading.current_thread() is threading.main_thread() and \
             multiprocessing.parent_process() is None:
         return 1  # the synchronous scheduler: tasks run one by one in the caller's thread
@@ -263,10 +263,13 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         y = da.zeros((0, *geo.out_hw, geo.out_channels), dtype=dtype)
     else:
         # in the computing dtype already: the chunks' results have the dtype conv2d gives
+        # the stride and dilation as given: geo's are the kernels' (1 where they cannot matter
+        # for the whole array, which a chunk need not share)
+        stride, dilation = _params.as_pair("stride", stride), _params.as_pair("dilation", dilation)
         spec = _ConvSpec(np.array(weight, dtype, order="C"),
                          None if bias is None else np.array(bias, dtype),
-                         geo.stride, geo.dilation, geo.groups, algorithm, threads)
-        y = _convolve(x, geo.padding, mode, geo.kernel_hw, geo.stride, geo.dilation, True,
+                         stride, dilation, geo.groups, algorithm, threads)
+        y = _convolve(x, geo.padding, mode, geo.kernel_hw, stride, dilation, True,
                       (geo.out_channels,), dtype, _conv2d_block, _shared(spec, "conv2d-weights"),
                       "fastconv-conv2d")
     return y[0] if unbatched else y

@@ -185,7 +185,7 @@ def _padded_channels(xp, w, bias, groups, block):
     input needs it only when its channel count is not a multiple of the vector width."""
     kh, kw, cig, cout = w.shape
     cog = cout // groups
-    depthwise = cig == 1 and cog == 1  # the kernel treats all channels as one group
+    depthwise = cig == 1 and cog == 1 and groups > 1  # the kernel: all channels one group
     extra = -(cout if depthwise else cog) % block
     if not extra:
         return xp, w, bias

@@ -72,6 +72,52 @@ class ConvTranspose2d(_ConvBase):
         rng: np.random.Generator | int | None = None,
     ) -> None: ...
 
+class DepthwiseConv2d(Conv2d):
+    depth_multiplier: int
+    def __init__(
+        self,
+        in_channels: int,
+        kernel_size: _Pair,
+        depth_multiplier: int = 1,
+        stride: _Pair = 1,
+        padding: _Padding = 0,
+        dilation: _Pair = 1,
+        bias: bool = True,
+        padding_mode: _PaddingMode = "zeros",
+        dtype: npt.DTypeLike = ...,
+        algorithm: _Algorithm = "auto",
+        rng: np.random.Generator | int | None = None,
+    ) -> None: ...
+
+class SeparableConv2d(Layer):
+    depthwise: DepthwiseConv2d
+    pointwise: Conv2d
+    in_channels: int
+    out_channels: int
+    depth_multiplier: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: _Padding
+    dilation: tuple[int, int]
+    padding_mode: str
+    dtype: np.dtype[Any]
+    algorithm: _Algorithm
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _Pair,
+        depth_multiplier: int = 1,
+        stride: _Pair = 1,
+        padding: _Padding = 0,
+        dilation: _Pair = 1,
+        bias: bool = True,
+        padding_mode: _PaddingMode = "zeros",
+        dtype: npt.DTypeLike = ...,
+        algorithm: _Algorithm = "auto",
+        rng: np.random.Generator | int | None = None,
+    ) -> None: ...
+
 class Linear(Layer):
     in_features: int
     out_features: int

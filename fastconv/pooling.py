@@ -156,7 +156,7 @@ def avg_pool2d_backward(grad_output, x, kernel_size, stride=None, padding=0, cei
 def _float_copy(x: np.ndarray, dtype) -> tuple[np.ndarray, bool]:
     """x as `dtype` and whether that is already a new array (which may then be overwritten)."""
     converted = np.asarray(x, dtype)
-    return converted, not np.may_share_memory(converted, x)
+    return converted, converted is not x and not np.may_share_memory(converted, x)
 
 
 def relu(x, *, out=None):

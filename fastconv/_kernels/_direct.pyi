@@ -14,7 +14,8 @@ CHANNEL_BLOCK: dict[str, int]  # {"float32": n, "float64": n}: output channels p
 
 def conv_forward(
     x: _Floats, w: _Floats, bias: _Floats, y: _Floats,
-    top: int, left: int, sh: int, sw: int, dh: int, dw: int, groups: int, num_threads: int,
+    top: int, left: int, sh: int, sw: int, dh: int, dw: int, groups: int, exact: bool,
+    num_threads: int,
 ) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
 def conv_backward_weight(
     x: _Floats, gy: _Floats, partial: _Floats, kh: int, kw: int,

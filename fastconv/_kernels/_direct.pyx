@@ -180,7 +180,8 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     y's shape says how far the output goes.
     Each group's output channels are padded in w and bias to cog_padded (a multiple of
     CHANNEL_BLOCK); only y's C_out = groups * cog channels are written. Depthwise (cig = 1,
-    cog = 1): w is (kh, kw, 1, C_padded) and x has C_x = C_padded >= C_out channels too.
+    cog = 1, groups > 1): w is (kh, kw, 1, C_padded) and x has C_x = C_padded >= C_out
+    channels too.
     Returns 0, or 1 when a scratch buffer could not be allocated.
     """
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
@@ -188,8 +189,9 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], Cout = y.shape[3]
     cdef Py_ssize_t y_pix = y.strides[2] // sizeof(floating)  # y may be a strided view
     cdef Py_ssize_t cog = Cout // groups, cog_padded = w_ci // groups
-    cdef bint depthwise = cig == 1 and cog == 1
     # depthwise: one "group" as wide as all channels, x indexed along with the output channel
+    # (a single channel, groups = 1, runs as dense: its input is not widened to a vector)
+    cdef bint depthwise = cig == 1 and cog == 1 and groups > 1
     cdef Py_ssize_t n_groups = 1 if depthwise else groups
     cdef Py_ssize_t width = Cout if depthwise else cog
     cdef Py_ssize_t x_pix = sw * C, x_col = dw * C
@@ -264,7 +266,7 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
     cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], Cout = gy.shape[3]
     cdef Py_ssize_t cig = C // groups, cog = Cout // groups
     cdef Py_ssize_t n_chunks = partial.shape[0], rows = N * Ho
-    cdef bint depthwise = cig == 1 and cog == 1
+    cdef bint depthwise = cig == 1 and cog == 1 and groups > 1
     cdef Py_ssize_t width = Cout if depthwise else cog
     cdef Py_ssize_t cb = FC_CB_F if floating is float else FC_CB_D
     cdef Py_ssize_t x_pix = sw * C
