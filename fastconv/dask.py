@@ -82,7 +82,7 @@ def _task_slots() -> int:
         except ValueError:  # not inside a distributed worker
             pass
         else:
-            return getattr(worker, "state", worker).nthreads  # type: ignore[union-attr]
+            return getattr(worker, "state", worker).nthreads  # type: ignore[union-attr, unused-ignore]
     if threading.current_thread() is threading.main_thread() and \
             multiprocessing.parent_process() is None:
         return 1  # the synchronous scheduler: tasks run one by one in the caller's thread
