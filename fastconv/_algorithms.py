@@ -49,14 +49,21 @@ def check(fn: str, algorithm) -> str:
     return algorithm
 
 
-def for_convolution(algorithm: str, kernel_hw, stride) -> str:
+def for_convolution(algorithm: str, weight_shape, stride, groups: int) -> str:
     """The kernel for a convolution (also each sub-convolution of an input gradient or a
     transposed convolution). "auto": direct, whose register blocks beat im2col + BLAS on
-    every layer of the suite but one kind: a 1x1 stride-1 convolution is a single GEMM on the
-    input as it is, with no column copy."""
+    most layers of the suite, except where a GEMM does better: a 1x1 stride-1 convolution
+    (a single GEMM on the input as it is, with no column copy), and few output channels per
+    group behind many taps x input channels (a first layer's input gradient: the direct
+    kernel's channel vectors run mostly empty, a GEMM's long sums do not)."""
     if algorithm != "auto":
         return algorithm
-    return "im2col" if tuple(kernel_hw) == (1, 1) and tuple(stride) == (1, 1) else "direct"
+    kh, kw, cig, cout = weight_shape
+    if (kh, kw) == (1, 1) and tuple(stride) == (1, 1):
+        return "im2col"
+    if cout // groups < 8 and kh * kw * cig >= 64:
+        return "im2col"
+    return "direct"
 
 
 def for_weight_gradient(algorithm: str, in_per_group: int, depthwise: bool) -> str:

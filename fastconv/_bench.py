@@ -144,12 +144,14 @@ def auto_choice(layer: Layer) -> str:
     from fastconv import _algorithms
 
     geo = geometry(layer)
-    if layer.transposed:  # each phase has about k / stride taps per axis, stride 1
-        sub = tuple(-(-k // s) for k, s in zip(geo.kernel_hw, geo.stride))
-        conv = _algorithms.for_convolution("auto", sub, (1, 1))
-    else:
-        conv = _algorithms.for_convolution("auto", geo.kernel_hw, geo.stride)
     cig = geo.in_channels // geo.groups
+    if layer.transposed:  # each phase: about k / stride taps per axis, stride 1, C_in -> C_out
+        sub = tuple(-(-k // s) for k, s in zip(geo.kernel_hw, geo.stride))
+        conv = _algorithms.for_convolution("auto", (*sub, geo.out_channels // geo.groups,
+                                                    geo.in_channels), (1, 1), geo.groups)
+    else:
+        conv = _algorithms.for_convolution("auto", (*geo.kernel_hw, cig, geo.out_channels),
+                                           geo.stride, geo.groups)
     weight = _algorithms.for_weight_gradient("auto", cig, cig == 1 and
                                              geo.out_channels == geo.groups)
     return conv if conv == weight else f"{conv}/{weight} (weight)"

@@ -153,7 +153,7 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
 def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, groups) -> None:
     """y = conv(x, w) + bias, x zero-padded by `offsets` (top, left) rows and columns; y's
     shape sets how far the output goes (y may be a view with strided pixels)."""
-    algo = _algorithms.for_convolution(algorithm, w.shape[:2], stride)
+    algo = _algorithms.for_convolution(algorithm, w.shape, stride, groups)
     # Taps in the zero padding contribute nothing (C of conv_matrix has no entry for them),
     # not 0 * w: that differs where w is NaN or infinite, and only the direct kernel's exact
     # mode skips them everywhere.
