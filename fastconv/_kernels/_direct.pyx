@@ -15,6 +15,8 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 
+from fastconv._kernels._taps cimport _end_tap, _first_tap
+
 
 cdef extern from "fastconv_simd.h":
     # register-block sizes of the instruction set this module is compiled for
@@ -55,17 +57,6 @@ ISA = FC_ISA.decode()
 # conv_forward wants each group's output channels in the weight (and a depthwise input's
 # channels) padded to a multiple of this, so that whole-vector loads stay inside the arrays
 CHANNEL_BLOCK = {"float32": FC_CB_F, "float64": FC_CB_D}
-
-
-cdef inline Py_ssize_t _first_tap(Py_ssize_t start, Py_ssize_t dil) noexcept nogil:
-    """The first tap t >= 0 whose input position start + t*dil is >= 0."""
-    return 0 if start >= 0 else (-start + dil - 1) // dil
-
-
-cdef inline Py_ssize_t _end_tap(Py_ssize_t start, Py_ssize_t dil, Py_ssize_t k,
-                                Py_ssize_t size) noexcept nogil:
-    """One past the last tap t < k whose input position start + t*dil is < size."""
-    return 0 if start >= size else min(k, (size - 1 - start) // dil + 1)
 
 
 cdef inline void _scalar_block(const floating* x, const floating* w, floating* y,

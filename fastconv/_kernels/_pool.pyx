@@ -16,19 +16,7 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 
-
-cdef inline Py_ssize_t _first_tap(Py_ssize_t start, Py_ssize_t d) noexcept nogil:
-    """The first tap r with start + r*d >= 0."""
-    if start >= 0:
-        return 0
-    return (-start + d - 1) // d
-
-
-cdef inline Py_ssize_t _end_tap(Py_ssize_t start, Py_ssize_t k, Py_ssize_t d,
-                                Py_ssize_t size) noexcept nogil:
-    """One past the last tap r < k with start + r*d < size (start < size)."""
-    cdef Py_ssize_t end = (size - start + d - 1) // d
-    return end if end < k else k
+from fastconv._kernels._taps cimport _end_tap, _first_tap
 
 
 def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
@@ -54,11 +42,11 @@ def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
         oh = row % Ho
         h0 = oh * sh - ph
         r0 = _first_tap(h0, dh)
-        r1 = _end_tap(h0, kh, dh, H)
+        r1 = _end_tap(h0, dh, kh, H)
         for ow in range(Wo):
             w0 = ow * sw - pw
             s0 = _first_tap(w0, dw)
-            s1 = _end_tap(w0, kw, dw, W)
+            s1 = _end_tap(w0, dw, kw, W)
             yp = &y[n, oh, ow, 0]
             ip = &idx[n, oh, ow, 0]
             # the first real pixel of the window holds the index until a larger value comes
