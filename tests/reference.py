@@ -58,6 +58,12 @@ def conv2d(x, w, bias=None, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1
     return y
 
 
+def _transpose_full_size(in_hw, kernel_hw, stride, dilation, output_padding):
+    """A transposed convolution's output before `pads` crops it: (in-1)*s + d*(k-1) + 1 + op."""
+    return tuple((n - 1) * s + d * (k - 1) + 1 + op for n, k, s, d, op
+                 in zip(in_hw, kernel_hw, stride, dilation, output_padding))
+
+
 def conv_transpose2d(x, w, bias=None, stride=(1, 1), pads=((0, 0), (0, 0)),
                      output_padding=(0, 0), dilation=(1, 1), groups=1):
     """x (N, H, W, C_in), w (kh, kw, C_out // groups, C_in): scatter each input pixel."""
@@ -67,8 +73,7 @@ def conv_transpose2d(x, w, bias=None, stride=(1, 1), pads=((0, 0), (0, 0)),
     kh, kw, cog_t, _ = w.shape
     cig_t = cin // groups
     (sh, sw), (dh, dw) = stride, dilation
-    full_h = (h - 1) * sh + dh * (kh - 1) + 1 + output_padding[0]
-    full_w = (wd - 1) * sw + dw * (kw - 1) + 1 + output_padding[1]
+    full_h, full_w = _transpose_full_size((h, wd), (kh, kw), stride, dilation, output_padding)
     y = np.zeros((n, full_h, full_w, cog_t * groups))
     for g in range(groups):
         xg = x[..., g * cig_t:(g + 1) * cig_t]
@@ -155,8 +160,7 @@ def conv_transpose2d_backward(gy, x, w, stride=(1, 1), pads=((0, 0), (0, 0)),
     kh, kw, cog_t, _ = w.shape
     cig_t = cin // groups
     (sh, sw), (dh, dw) = stride, dilation
-    full_h = (h - 1) * sh + dh * (kh - 1) + 1 + output_padding[0]
-    full_w = (wd - 1) * sw + dw * (kw - 1) + 1 + output_padding[1]
+    full_h, full_w = _transpose_full_size((h, wd), (kh, kw), stride, dilation, output_padding)
     (top, bottom), (left, right) = pads
     gfull = np.zeros((n, full_h, full_w, gy.shape[3]))
     gfull[:, top:full_h - bottom, left:full_w - right] = gy
