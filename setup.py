@@ -87,11 +87,12 @@ directives = {
 }
 
 kernel_dir = Path("fastconv") / "_kernels"
-# Modules whose inner loops are written with vector extensions (fastconv_simd.h) are compiled
-# once more for each of these x86-64 instruction sets; fastconv picks the best one the CPU
+# Modules whose inner loops are written for the compiler to vectorise (fastconv_simd.h's
+# vector extensions, fastconv_winograd.h's channel loops) are compiled once more for each of
+# these x86-64 instruction sets; fastconv picks the best one the CPU
 # runs, at import. The default module uses only the baseline instruction set, so a wheel
 # never executes an instruction its CPU lacks.
-SIMD_MODULES = ("_direct",)
+SIMD_MODULES = ("_direct", "_winograd")
 SIMD_VARIANTS = {
     "avx2": ["-mavx2", "-mfma"],
     "avx512": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"],

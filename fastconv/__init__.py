@@ -6,6 +6,7 @@ See README.md and the docstrings of the functions below.
 from importlib.metadata import PackageNotFoundError, version
 
 from fastconv import filters, layers, losses, optim
+from fastconv._algorithms import get_auto_winograd, set_auto_winograd
 from fastconv._threads import get_num_threads, num_threads, set_num_threads
 from fastconv.functional import (
     conv1d,
@@ -73,6 +74,7 @@ __all__ = [
     "conv_transpose2d_backward",
     "conv_transpose_output_shape",
     "filters",
+    "get_auto_winograd",
     "get_num_threads",
     "layers",
     "losses",
@@ -82,5 +84,6 @@ __all__ = [
     "optim",
     "relu",
     "relu_backward",
+    "set_auto_winograd",
     "set_num_threads",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 import os
 
+import numpy as np
+
 from fastconv._kernels import _im2col, _openmp
 
 SIMD_LEVELS = ("baseline", "avx2", "avx512")
@@ -31,34 +33,56 @@ def _best_simd(name: str):
     return [modules[level] for level in SIMD_LEVELS if level in modules and level in allowed][-1]
 
 
-KERNELS = {"direct": _best_simd("_direct"), "im2col": _im2col}
-USES_BLAS = {"direct": False, "im2col": True}
+KERNELS = {"direct": _best_simd("_direct"), "im2col": _im2col,
+           "winograd": _best_simd("_winograd")}
+USES_BLAS = {"direct": False, "im2col": True, "winograd": True}
 # below this much work (a few microseconds) waking a second thread costs more than it saves
 PARALLEL_MIN_FLOPS = 1_000_000
 ALGORITHMS = ("auto",) + tuple(KERNELS)
 
 COLUMN_BUFFER_BYTES = 256 * 1024  # a tile's column buffer: about a quarter of L2
+WINOGRAD_BUFFER_BYTES = 512 * 1024  # a thread's transformed tiles, in and out: half of L2
+WINOGRAD_MAX_WEIGHT_BYTES = 16 * 1024 * 1024  # "auto": the transformed weight, half of L3
 PARTIAL_SUM_BYTES = 16 * 1024 * 1024  # cap on the weight-gradient partial sums
 MIN_PARTIAL_SUMS, MAX_PARTIAL_SUMS = 2, 8
 
 
-def check(fn: str, algorithm) -> str:
-    """The user's algorithm argument, validated ("auto" is resolved per kernel call)."""
+def check(fn: str, algorithm, geo) -> str:
+    """The user's algorithm argument, validated against the convolution's geometry `geo`
+    (ConvGeometry; "auto" is resolved per kernel call)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"{fn}: algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
+    if algorithm == "winograd" and not winograd_serves(geo.kernel_hw, geo.stride, geo.dilation):
+        others = tuple(a for a in ALGORITHMS if a != "winograd")
+        raise ValueError(
+            f"{fn}: algorithm 'winograd' serves 3x3 kernels with stride 1 and dilation 1, but "
+            f"got kernel {tuple(geo.kernel_hw)}, stride {tuple(geo.stride)}, dilation "
+            f"{tuple(geo.dilation)}; use one of {others}")
     return algorithm
 
 
-def for_convolution(algorithm: str, weight_shape, stride, groups: int) -> str:
-    """The kernel for a convolution (also each sub-convolution of an input gradient or a
-    transposed convolution). "auto": direct, whose register blocks beat im2col + BLAS on
-    most layers of the suite, except where a GEMM does better: a 1x1 stride-1 convolution
-    (a single GEMM on the input as it is, with no column copy), and few output channels per
-    group behind many taps x input channels (a first layer's input gradient: the direct
-    kernel's channel vectors run mostly empty, a GEMM's long sums do not)."""
+def winograd_serves(kernel_hw, stride, dilation) -> bool:
+    """Whether Winograd F(4x4, 3x3) computes this convolution (stride and dilation as the
+    kernels see them: 1 where they cannot matter)."""
+    return tuple(kernel_hw) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+
+
+def for_convolution(algorithm: str, weight_shape, out_shape, itemsize: int, stride, dilation,
+                    groups: int) -> str:
+    """The kernel for a convolution with output shape `out_shape` (N, H_out, W_out, C_out)
+    (also each sub-convolution of an input gradient or a transposed convolution). "auto":
+    - Winograd where it serves and pays (see winograd_pays);
+    - im2col for a 1x1 stride-1 convolution (a single GEMM on the input as it is, with no
+      column copy), and for few output channels per group behind many taps x input channels
+      (a first layer's input gradient: the direct kernel's channel vectors run mostly empty,
+      a GEMM's long sums do not);
+    - direct otherwise: its register blocks beat im2col + BLAS on most layers of the suite."""
     if algorithm != "auto":
         return algorithm
     kh, kw, cig, cout = weight_shape
+    if (_auto_winograd and groups == 1 and winograd_serves((kh, kw), stride, dilation)
+            and winograd_pays(cig, cout, out_shape, itemsize)):
+        return "winograd"
     if (kh, kw) == (1, 1) and tuple(stride) == (1, 1):
         return "im2col"
     if cout // groups < 8 and kh * kw * cig >= 64:
@@ -66,11 +90,43 @@ def for_convolution(algorithm: str, weight_shape, stride, groups: int) -> str:
     return "direct"
 
 
+def winograd_pays(in_channels: int, out_channels: int, out_shape, itemsize: int) -> bool:
+    """Whether Winograd beats direct convolution (measured on this project's 2-core machine,
+    see README): its transformed weight (36 x C_in x C_out) must stay in cache, as every
+    block of tiles reads all of it; enough channel pairs for its GEMMs; enough tiles for the
+    weight transform to pay; and at least half of each 4x4 tile inside the output."""
+    n, ho, wo = out_shape[:3]
+    tiles = -(-ho // 4) * -(-wo // 4)
+    return (36 * in_channels * out_channels * itemsize <= WINOGRAD_MAX_WEIGHT_BYTES
+            and in_channels * out_channels >= 64
+            and n * tiles >= 8
+            and 2 * ho * wo >= 16 * tiles)
+
+
+def set_auto_winograd(enabled: bool) -> None:
+    """Let "auto" choose Winograd (the default) or not. Winograd's float32 results differ
+    from direct convolution's by a few 1e-6 relative to the output's largest value (README:
+    "Winograd"); explicit algorithm="winograd" works either way."""
+    global _auto_winograd
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"set_auto_winograd: expected enabled to be a bool, but got {enabled!r}")
+    _auto_winograd = bool(enabled)
+
+
+def get_auto_winograd() -> bool:
+    """Whether "auto" may choose Winograd (FASTCONV_AUTO_WINOGRAD=0 in the environment turns
+    it off at import)."""
+    return _auto_winograd
+
+
+_auto_winograd = os.environ.get("FASTCONV_AUTO_WINOGRAD", "1").strip() not in ("0", "false", "False")
+
+
 def for_weight_gradient(algorithm: str, in_per_group: int, depthwise: bool) -> str:
-    """The kernel for a weight gradient. "auto": im2col + BLAS when a group has few input
-    channels (a first layer: the direct kernel's blocks of FC_CI input channels run empty),
-    direct otherwise."""
-    if algorithm != "auto":
+    """The kernel for a weight gradient. "auto" (and "winograd", which has no weight-gradient
+    kernel): im2col + BLAS when a group has few input channels (a first layer: the direct
+    kernel's blocks of FC_CI input channels run empty), direct otherwise."""
+    if algorithm not in ("auto", "winograd"):
         return algorithm
     return "im2col" if in_per_group < 8 and not depthwise else "direct"
 
@@ -82,6 +138,15 @@ def tile_pixels(columns: int, itemsize: int, pixels: int) -> int:
     tile = COLUMN_BUFFER_BYTES // max(1, columns * itemsize)
     tile = min(tile, -(-pixels // 8))
     return max(16, min(tile, 4096))
+
+
+def winograd_block(in_channels: int, out_channels: int, itemsize: int, tiles: int) -> int:
+    """Tiles per Winograd block: a thread's transformed tiles (36 x block x (C_in + C_out))
+    near WINOGRAD_BUFFER_BYTES, at least 4 blocks when there is enough work. Depends on the
+    problem only, so results do not change with the number of threads."""
+    block = WINOGRAD_BUFFER_BYTES // (36 * (in_channels + out_channels) * itemsize)
+    block = min(block, -(-tiles // 4))
+    return max(4, min(block, 1024))
 
 
 def partial_sums(weight_bytes: int, work_units: int) -> int:

@@ -147,11 +147,14 @@ def auto_choice(layer: Layer) -> str:
     cig = geo.in_channels // geo.groups
     if layer.transposed:  # each phase: about k / stride taps per axis, stride 1, C_in -> C_out
         sub = tuple(-(-k // s) for k, s in zip(geo.kernel_hw, geo.stride))
-        conv = _algorithms.for_convolution("auto", (*sub, geo.out_channels // geo.groups,
-                                                    geo.in_channels), (1, 1), geo.groups)
+        phase_hw = tuple(-(-h // s) for h, s in zip(geo.in_hw, geo.stride))
+        conv = _algorithms.for_convolution(
+            "auto", (*sub, geo.out_channels // geo.groups, geo.in_channels),
+            (geo.n, *phase_hw, geo.in_channels), 4, (1, 1), (1, 1), geo.groups)
     else:
-        conv = _algorithms.for_convolution("auto", (*geo.kernel_hw, cig, geo.out_channels),
-                                           geo.stride, geo.groups)
+        conv = _algorithms.for_convolution(
+            "auto", (*geo.kernel_hw, cig, geo.out_channels),
+            (geo.n, *geo.out_hw, geo.out_channels), 4, geo.stride, geo.dilation, geo.groups)
     weight = _algorithms.for_weight_gradient("auto", cig, cig == 1 and
                                              geo.out_channels == geo.groups)
     return conv if conv == weight else f"{conv}/{weight} (weight)"

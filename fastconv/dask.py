@@ -257,7 +257,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     dtype = _params.float_dtype(x, weight, *([] if bias is None else [bias]))
     mode = _params.padding_mode(padding_mode)
     geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
-    algorithm = _algorithms.check(fn, algorithm)
+    algorithm = _algorithms.check(fn, algorithm, geo)
     threads = _threads_arg(threads)
     if geo.n == 0:
         y = da.zeros((0, *geo.out_hw, geo.out_channels), dtype=dtype)

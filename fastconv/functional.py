@@ -153,17 +153,25 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
 def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, groups) -> None:
     """y = conv(x, w) + bias, x zero-padded by `offsets` (top, left) rows and columns; y's
     shape sets how far the output goes (y may be a view with strided pixels)."""
-    algo = _algorithms.for_convolution(algorithm, w.shape, stride, groups)
+    algo = _algorithms.for_convolution(algorithm, w.shape, y.shape, y.itemsize, stride, dilation,
+                                       groups)
     # Taps in the zero padding contribute nothing (C of conv_matrix has no entry for them),
     # not 0 * w: that differs where w is NaN or infinite, and only the direct kernel's exact
     # mode skips them everywhere.
     exact = not np.isfinite(w).all()
-    if exact:
+    # Winograd's transforms mix the pixels of a tile: one infinite input would make its
+    # neighbours' outputs NaN too
+    if exact or (algo == "winograd" and not np.isfinite(x).all()):
         algo = "direct"
     (sh, sw), (dh, dw) = stride, dilation
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
     flops = 2 * pixels * w.size
-    if algo == "im2col":
+    if algo == "winograd":
+        tiles = y.shape[0] * -(-y.shape[1] // 4) * -(-y.shape[2] // 4)
+        block = _algorithms.winograd_block(x.shape[3], y.shape[3], y.itemsize, tiles)
+        _run(algo, "conv_forward", x, winograd_weight(w), bias, y, *offsets, groups, block,
+             flops=flops)
+    elif algo == "im2col":
         columns = w.shape[0] * w.shape[1] * w.shape[2]
         tile = _algorithms.tile_pixels(columns, y.itemsize, pixels)
         out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)  # GEMM rows: contiguous
@@ -176,6 +184,15 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
         x, w, bias = _padded_channels(x, w, bias, groups, block)
         _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups, exact,
              flops=flops)
+
+
+def winograd_weight(w: np.ndarray) -> np.ndarray:
+    """A 3x3 HWIO weight transformed for the Winograd kernel: (36, C_in // groups, C_out)."""
+    kh, kw, cig, cout = w.shape
+    u = np.empty((36, cig, cout), w.dtype)
+    _run("winograd", "transform_weight", w.reshape(kh, kw, -1), u.reshape(36, -1),
+         flops=36 * w.size)
+    return u
 
 
 def _padded_channels(xp, w, bias, groups, block):
@@ -277,7 +294,7 @@ def _conv2d(fn, x, weight, bias, stride, padding, dilation, groups, padding_mode
     dtype = _params.float_dtype(x, weight, *([] if bias is None else [bias]))
     mode = _params.padding_mode(padding_mode)
     geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
-    algorithm = _algorithms.check(fn, algorithm)
+    algorithm = _algorithms.check(fn, algorithm, geo)
     y = np.empty((geo.n, *geo.out_hw, geo.out_channels), dtype)
     if y.size:
         _forward_kernel(algorithm, *_conv_input(x, geo.padding, mode, dtype),
@@ -302,7 +319,7 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
     x, weight, unbatched = _conv_inputs(fn, x, weight, groups)
     mode = _params.padding_mode(padding_mode)
     geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
-    algorithm = _algorithms.check(fn, algorithm)
+    algorithm = _algorithms.check(fn, algorithm, geo)
     gy = _grad_output(fn, grad_output, (geo.n, *geo.out_hw, geo.out_channels), unbatched, one_d)
     dtype = _params.float_dtype(gy, x, weight)
     gy = np.ascontiguousarray(gy, dtype)
@@ -351,7 +368,7 @@ def _conv_transpose2d(fn, x, weight, bias, stride, padding, output_padding, dila
                                           output_padding, dilation, groups)
     bias = _bias(fn, bias, geo.in_channels)
     dtype = _params.float_dtype(x, weight, *([] if bias is None else [bias]))
-    algorithm = _algorithms.check(fn, algorithm)
+    algorithm = _algorithms.check(fn, algorithm, geo)
     y = np.empty((geo.n, *geo.in_hw, geo.in_channels), dtype)
     if y.size:  # `padding` crops the full output: compute only what is kept
         _data_kernel(algorithm, np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype),
@@ -376,7 +393,7 @@ def _conv_transpose2d_backward(fn, one_d, grad_output, x, weight, stride, paddin
     x, weight, unbatched = _conv_inputs(fn, x, weight, groups, transposed=True)
     geo = _params.conv_transpose_geometry(fn, x.shape, weight.shape, stride, padding,
                                           output_padding, dilation, groups)
-    algorithm = _algorithms.check(fn, algorithm)
+    algorithm = _algorithms.check(fn, algorithm, geo)
     gy = _grad_output(fn, grad_output, (geo.n, *geo.in_hw, geo.in_channels), unbatched, one_d)
     dtype = _params.float_dtype(gy, x, weight)
     gy, offsets = _conv_input(gy, geo.padding, "zeros", dtype)  # the convolution's input

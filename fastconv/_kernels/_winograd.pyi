@@ -1,0 +1,12 @@
+# Type stubs of the compiled Winograd F(4x4, 3x3) kernel (_winograd.pyx).
+# Arrays are float32 or float64 (one dtype per call); the GIL is released.
+from fastconv._kernels._direct import _Floats
+
+TILE: int
+POINTS: int
+
+def transform_weight(w: _Floats, u: _Floats, num_threads: int) -> int: ...
+def conv_forward(
+    x: _Floats, u: _Floats, bias: _Floats, y: _Floats,
+    top: int, left: int, groups: int, block: int, num_threads: int,
+) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated

@@ -1,0 +1,234 @@
+"""Winograd F(4x4, 3x3) convolution for 3x3 taps, stride 1, dilation 1, on NHWC activations.
+
+The output is cut into 4x4 tiles; tile (oh0, ow0) reads the 6x6 input patch from
+(oh0 - top, ow0 - left). A thread takes a block of `block` tiles and
+1. transforms each patch, V = B^T d B per channel, into its buffer V (36 x block x C_in);
+2. for each of the 36 points k multiplies V[k] (block x cig) by the transformed weight
+   U[k] (cig x cog), one single-threaded BLAS call per group, into M (36 x block x C_out);
+3. transforms each tile back, A^T m A (+ bias), into its 4x4 output pixels.
+That is 36 products for 16 outputs where direct convolution does 16 x 9: 4x fewer. The weight
+transform U = G g G^T is done by the caller. Zero padding is implicit: patch pixels outside x
+read a row of zeros, and tile pixels beyond y (the last tiles of a row or column) are written
+to a scratch row, so x is never copied.
+
+The caller keeps BLAS on one thread while this runs: parallelism is OpenMP over blocks.
+Returns 0, or 1 when a scratch buffer could not be allocated.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, parallel
+from libc.stdlib cimport malloc, calloc, free
+
+from fastconv._kernels._blas cimport gemm
+
+
+cdef extern from "fastconv_winograd.h":
+    # one point per pointer, n channels each (see the header for the matrices)
+    void fc_winograd_weight_f(const float* g0, const float* g1, const float* g2, float* o0,
+                              float* o1, float* o2, float* o3, float* o4, float* o5,
+                              Py_ssize_t n) noexcept nogil
+    void fc_winograd_weight_d(const double* g0, const double* g1, const double* g2, double* o0,
+                              double* o1, double* o2, double* o3, double* o4, double* o5,
+                              Py_ssize_t n) noexcept nogil
+    void fc_winograd_in_f(const float* d0, const float* d1, const float* d2, const float* d3,
+                          const float* d4, const float* d5, float* o0, float* o1, float* o2,
+                          float* o3, float* o4, float* o5, Py_ssize_t n) noexcept nogil
+    void fc_winograd_in_d(const double* d0, const double* d1, const double* d2,
+                          const double* d3, const double* d4, const double* d5, double* o0,
+                          double* o1, double* o2, double* o3, double* o4, double* o5,
+                          Py_ssize_t n) noexcept nogil
+    void fc_winograd_out_f(const float* m0, const float* m1, const float* m2, const float* m3,
+                           const float* m4, const float* m5, float* o0, float* o1, float* o2,
+                           float* o3, const float* bias, Py_ssize_t n) noexcept nogil
+    void fc_winograd_out_d(const double* m0, const double* m1, const double* m2,
+                           const double* m3, const double* m4, const double* m5, double* o0,
+                           double* o1, double* o2, double* o3, const double* bias,
+                           Py_ssize_t n) noexcept nogil
+
+cdef enum:
+    POINTS_ = 36  # (4 + 2) ** 2 products per tile and channel pair
+
+TILE = 4  # output pixels per tile side
+POINTS = POINTS_
+
+
+cdef inline void _transform_weight(const floating** g, floating** o,
+                                   Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fc_winograd_weight_f(g[0], g[1], g[2], o[0], o[1], o[2], o[3], o[4], o[5], n)
+    else:
+        fc_winograd_weight_d(g[0], g[1], g[2], o[0], o[1], o[2], o[3], o[4], o[5], n)
+
+
+cdef inline void _transform_in(const floating** d, floating** o, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fc_winograd_in_f(d[0], d[1], d[2], d[3], d[4], d[5], o[0], o[1], o[2], o[3], o[4],
+                         o[5], n)
+    else:
+        fc_winograd_in_d(d[0], d[1], d[2], d[3], d[4], d[5], o[0], o[1], o[2], o[3], o[4],
+                         o[5], n)
+
+
+cdef inline void _transform_out(const floating** m, floating** o, const floating* bias,
+                                Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fc_winograd_out_f(m[0], m[1], m[2], m[3], m[4], m[5], o[0], o[1], o[2], o[3], bias, n)
+    else:
+        fc_winograd_out_d(m[0], m[1], m[2], m[3], m[4], m[5], o[0], o[1], o[2], o[3], bias, n)
+
+
+cdef inline void _input_tile(const floating* x, const floating* zeros, floating* tmp,
+                             floating* v, Py_ssize_t v_stride, Py_ssize_t n, Py_ssize_t ih0,
+                             Py_ssize_t iw0, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t C) noexcept nogil:
+    """v[(6*i + j) * v_stride + c] = (B^T d B)[i, j] for the 6x6 patch d of image n whose
+    top-left pixel is (ih0, iw0) (pixels outside x are zeros)."""
+    cdef const floating* d[6]
+    cdef floating* o[6]
+    cdef Py_ssize_t i, j, ih, iw
+    for i in range(6):  # along each patch row: tmp[i, :] = B^T d[i, :]
+        ih = ih0 + i
+        for j in range(6):
+            iw = iw0 + j
+            d[j] = x + ((n * H + ih) * W + iw) * C if 0 <= ih < H and 0 <= iw < W else zeros
+            o[j] = tmp + (i * 6 + j) * C
+        _transform_in(d, o, C)
+    for j in range(6):  # along each column: v[:, j] = B^T tmp[:, j]
+        for i in range(6):
+            d[i] = tmp + (i * 6 + j) * C
+            o[i] = v + (i * 6 + j) * v_stride
+        _transform_in(d, o, C)
+
+
+cdef inline void _output_tile(const floating* m, Py_ssize_t m_stride, floating* tmp,
+                              floating* y, floating* scratch, const floating* bias,
+                              Py_ssize_t n, Py_ssize_t oh0, Py_ssize_t ow0, Py_ssize_t Ho,
+                              Py_ssize_t Wo, Py_ssize_t y_img, Py_ssize_t y_row,
+                              Py_ssize_t y_pix, Py_ssize_t Cout) noexcept nogil:
+    """The 4x4 output pixels from (oh0, ow0) of image n: A^T m A (+ bias), where m[k] is at
+    m + k * m_stride; pixels beyond the output go to `scratch` (4 x Cout)."""
+    cdef const floating* src[6]
+    cdef floating* o[6]
+    cdef Py_ssize_t i, j
+    for j in range(6):  # along each column: tmp[:, j] = A^T m[:, j]  (4 x 6)
+        for i in range(6):
+            src[i] = m + (i * 6 + j) * m_stride
+        for i in range(4):
+            o[i] = tmp + (i * 6 + j) * Cout
+        _transform_out(src, o, NULL, Cout)
+    for i in range(4):  # along each row: y[oh0 + i, ow0:ow0 + 4] = tmp[i, :] A
+        for j in range(6):
+            src[j] = tmp + (i * 6 + j) * Cout
+        for j in range(4):
+            if oh0 + i < Ho and ow0 + j < Wo:
+                o[j] = y + n * y_img + (oh0 + i) * y_row + (ow0 + j) * y_pix
+            else:
+                o[j] = scratch + j * Cout
+        _transform_out(src, o, bias, Cout)
+
+
+cdef inline void _weight_columns(const floating* w, floating* u, floating* tmp, Py_ssize_t M,
+                                 Py_ssize_t c0, Py_ssize_t nc) noexcept nogil:
+    """u[6*i + j, c] = (G w[:, :, c] G^T)[i, j] for the columns c0 .. c0 + nc - 1 of w
+    (3 x 3 x M) and u (36 x M); tmp holds 18 x nc values."""
+    cdef const floating* src[3]
+    cdef floating* dst[6]
+    cdef Py_ssize_t r, j
+    for r in range(3):  # along each kernel row: tmp[r, :] = G w[r, :]  (3 x 6)
+        for j in range(3):
+            src[j] = w + (r * 3 + j) * M + c0
+        for j in range(6):
+            dst[j] = tmp + (r * 6 + j) * nc
+        _transform_weight(src, dst, nc)
+    for j in range(6):  # along each column: u[:, j] = G tmp[:, j]
+        for r in range(3):
+            src[r] = tmp + (r * 6 + j) * nc
+        for r in range(6):
+            dst[r] = u + (r * 6 + j) * M + c0
+        _transform_weight(src, dst, nc)
+
+
+def transform_weight(const floating[:, :, ::1] w,  # IN  (3, 3, M): HWIO with I, O merged
+                     floating[:, ::1] u,           # OUT (36, M)
+                     int num_threads):
+    """The weight transform, in chunks of columns whose intermediate rows stay in L1."""
+    cdef Py_ssize_t M = w.shape[2], chunk = 256, n_chunks = (M + chunk - 1) // chunk
+    cdef Py_ssize_t ic
+    cdef floating* tmp = NULL
+    cdef int status = 0
+    cdef int* failed = &status
+    with nogil, parallel(num_threads=num_threads):
+        tmp = <floating*> malloc(18 * chunk * sizeof(floating))
+        for ic in prange(n_chunks, schedule="static"):
+            if tmp == NULL:
+                failed[0] = 1
+                continue
+            _weight_columns(&w[0, 0, 0], &u[0, 0], tmp, M, ic * chunk,
+                            min(chunk, M - ic * chunk))
+        free(tmp)
+    return status
+
+
+def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
+                 const floating[:, :, ::1] u,      # IN  (36, cig, C_out): G w G^T per (ci, co)
+                 const floating[::1] bias,         # IN  (C_out,), or (0,) for none
+                 floating[:, :, :, ::1] y,         # OUT (N, Ho, Wo, C_out), may be a strided view
+                 Py_ssize_t top, Py_ssize_t left,  # zero padding before the first row / column
+                 Py_ssize_t groups, Py_ssize_t block, int num_threads):
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t cig = u.shape[1], Cout = u.shape[2], cog = Cout // groups
+    cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2]
+    cdef Py_ssize_t y_img = y.strides[0] // sizeof(floating)
+    cdef Py_ssize_t y_row = y.strides[1] // sizeof(floating)
+    cdef Py_ssize_t y_pix = y.strides[2] // sizeof(floating)
+    cdef Py_ssize_t tiles_w = (Wo + 3) // 4, tiles_img = (Ho + 3) // 4 * tiles_w
+    cdef Py_ssize_t n_tiles = N * tiles_img, n_blocks = (n_tiles + block - 1) // block
+    cdef Py_ssize_t v_stride = block * C, m_stride = block * Cout
+    cdef Py_ssize_t ib, t0, nt, t, tile, n, oh0, ow0, k, g
+    cdef const floating* b = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef floating* v = NULL
+    cdef floating* m = NULL
+    cdef floating* tmp = NULL
+    cdef floating* zeros = NULL
+    cdef floating* scratch = NULL
+    cdef int status = 0
+    cdef int* failed = &status
+    if n_tiles == 0:
+        return 0
+    with nogil, parallel(num_threads=num_threads):
+        v = <floating*> malloc(POINTS_ * v_stride * sizeof(floating))
+        m = <floating*> malloc(POINTS_ * m_stride * sizeof(floating))
+        tmp = <floating*> malloc(POINTS_ * max(C, Cout) * sizeof(floating))
+        zeros = <floating*> calloc(C, sizeof(floating))
+        scratch = <floating*> malloc(4 * Cout * sizeof(floating))
+        for ib in prange(n_blocks, schedule="static"):
+            if v == NULL or m == NULL or tmp == NULL or zeros == NULL or scratch == NULL:
+                failed[0] = 1
+                continue
+            t0 = ib * block
+            nt = min(block, n_tiles - t0)
+            for t in range(nt):
+                tile = t0 + t
+                n = tile // tiles_img
+                oh0 = (tile % tiles_img) // tiles_w * 4
+                ow0 = tile % tiles_w * 4
+                _input_tile(&x[0, 0, 0, 0], zeros, tmp, v + t * C, v_stride, n, oh0 - top,
+                            ow0 - left, H, W, C)
+            for k in range(POINTS_):
+                for g in range(groups):
+                    gemm(False, False, <int> nt, <int> cog, <int> cig, <floating> 1.0,
+                         v + k * v_stride + g * cig, <int> C,
+                         &u[k, 0, 0] + g * cog, <int> Cout, <floating> 0.0,
+                         m + k * m_stride + g * cog, <int> Cout)
+            for t in range(nt):
+                tile = t0 + t
+                n = tile // tiles_img
+                oh0 = (tile % tiles_img) // tiles_w * 4
+                ow0 = tile % tiles_w * 4
+                _output_tile(m + t * Cout, m_stride, tmp, &y[0, 0, 0, 0], scratch, b, n, oh0,
+                             ow0, Ho, Wo, y_img, y_row, y_pix, Cout)
+        free(v)
+        free(m)
+        free(tmp)
+        free(zeros)
+        free(scratch)
+    return status
