@@ -1,0 +1,215 @@
+"""algorithm="winograd" (F(4x4, 3x3)) against the plain-NumPy reference, its error bound,
+where it applies, and what "auto" makes of it."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastconv
+import reference
+from _helpers import resolve_padding
+
+# README's documented bound for float32: max |y - y64| / max |y64| over the output
+FLOAT32_BOUND = 1e-4
+FLOAT64_BOUND = 1e-12
+
+
+def relative_error(actual, expected):
+    return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+def operands(rng, n, h, w, c_in, c_out, groups=1, dtype=np.float32):
+    """Unit-variance input, fan-in-scaled weight (the setting of the documented bound)."""
+    x = rng.standard_normal((n, h, w, c_in)).astype(dtype)
+    weight = (rng.standard_normal((3, 3, c_in // groups, c_out))
+              / np.sqrt(9 * c_in // groups)).astype(dtype)
+    return x, weight
+
+
+def bound(dtype):
+    return FLOAT32_BOUND if np.dtype(dtype) == np.float32 else FLOAT64_BOUND
+
+
+# (N, H, W, C_in, C_out, padding, groups): sizes that are not multiples of the 4x4 tile,
+# smaller than a tile, a single pixel, asymmetric and "same" padding, groups, depthwise
+CASES = [
+    (1, 8, 8, 4, 4, 1, 1),
+    (2, 7, 9, 3, 5, 1, 1),
+    (1, 5, 13, 8, 16, 0, 1),
+    (1, 3, 3, 2, 3, 0, 1),  # kernel = input: one output pixel
+    (1, 2, 3, 3, 2, 2, 1),  # H, W < 4, output larger than the input
+    (3, 1, 1, 1, 1, 1, 1),  # C = 1, one pixel, all taps but the centre in the padding
+    (1, 6, 11, 16, 8, ((0, 2), (1, 0)), 1),
+    (2, 9, 6, 6, 6, ((2, 0), (0, 1)), 1),
+    (1, 10, 7, 5, 7, "same", 1),
+    (1, 12, 12, 8, 12, 1, 2),  # groups
+    (2, 9, 10, 6, 6, 1, 6),  # depthwise
+    (1, 17, 19, 32, 40, 1, 1),  # several blocks of tiles
+]
+
+
+def case_id(case):
+    n, h, w, ci, co, pad, g = case
+    return f"n{n}-{h}x{w}-{ci}to{co}-p{pad}-g{g}".replace(" ", "")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_forward_matches_reference(rng, case, dtype):
+    n, h, w, c_in, c_out, padding, groups = case
+    x, weight = operands(rng, n, h, w, c_in, c_out, groups, dtype)
+    bias = rng.standard_normal(c_out).astype(dtype)
+    y = fastconv.conv2d(x, weight, bias, padding=padding, groups=groups, algorithm="winograd")
+    pads = resolve_padding(padding, (3, 3), (1, 1), (1, 1), (h, w))
+    expected = reference.conv2d(x, weight, bias, pads=pads, groups=groups)
+    assert y.dtype == dtype and y.shape == expected.shape
+    assert relative_error(y, expected) <= bound(dtype)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "circular"])
+def test_padding_modes(rng, mode):
+    x, weight = operands(rng, 2, 9, 7, 4, 6, dtype=np.float64)
+    y = fastconv.conv2d(x, weight, padding=1, padding_mode=mode, algorithm="winograd")
+    expected = reference.conv2d(x, weight, pads=((1, 1), (1, 1)), mode=mode)
+    assert relative_error(y, expected) <= FLOAT64_BOUND
+
+
+def test_layouts_and_unbatched(rng):
+    """Fortran-ordered and strided inputs, and a 3-D (unbatched) image."""
+    x, weight = operands(rng, 1, 11, 9, 6, 5, dtype=np.float64)
+    expected = reference.conv2d(x, weight, pads=((1, 1), (1, 1)))
+    fortran = np.asfortranarray(x)
+    strided = np.repeat(x, 2, axis=2)[:, :, ::2]
+    for arr in (fortran, strided):
+        y = fastconv.conv2d(arr, weight, padding=1, algorithm="winograd")
+        assert relative_error(y, expected) <= FLOAT64_BOUND
+    y = fastconv.conv2d(x[0], np.asfortranarray(weight), padding=1, algorithm="winograd")
+    assert y.shape == expected.shape[1:]
+    assert relative_error(y, expected[0]) <= FLOAT64_BOUND
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_input_gradient_and_transposed(rng, dtype):
+    """The input gradient of a 3x3 stride-1 convolution (and a 3x3 stride-1 transposed
+    convolution, the same computation) through Winograd, against the references."""
+    x, weight = operands(rng, 2, 10, 9, 6, 8, dtype=dtype)
+    gy = rng.standard_normal((2, 10, 9, 8)).astype(dtype)
+    pads = ((1, 1), (1, 1))
+    gx, gw, gb = fastconv.conv2d_backward(gy, x, weight, padding=1, algorithm="winograd")
+    ref_gx, ref_gw, ref_gb = reference.conv2d_backward(gy, x, weight, pads=pads)
+    for got, want in ((gx, ref_gx), (gw, ref_gw), (gb, ref_gb)):
+        assert got.dtype == dtype
+        assert relative_error(got, want) <= bound(dtype)
+    t = fastconv.conv_transpose2d(gy, weight, padding=1, algorithm="winograd")
+    assert relative_error(t, reference.conv_transpose2d(gy, weight, pads=pads)) <= bound(dtype)
+
+
+def test_adjoint_identity(rng):
+    """<conv2d(x, w), y> == <x, conv_transpose2d(y, w)>, both through Winograd."""
+    x, weight = operands(rng, 2, 13, 11, 5, 7, dtype=np.float64)
+    y = rng.standard_normal((2, 13, 11, 7))
+    left = np.vdot(fastconv.conv2d(x, weight, padding=1, algorithm="winograd"), y)
+    right = np.vdot(x, fastconv.conv_transpose2d(y, weight, padding=1, algorithm="winograd"))
+    assert abs(left - right) <= 1e-10 * abs(left)
+
+
+@pytest.mark.parametrize("name", ["resnet_3x3_56", "resnet_3x3_28", "resnet_3x3_14",
+                                  "vgg_3x3_112"])
+def test_float32_error_bound_on_suite_layers(rng, name):
+    """The documented bound on the suite's 3x3 stride-1 layers (one image each)."""
+    from fastconv._bench import LAYERS
+
+    layer = LAYERS[name]
+    x, weight = operands(rng, 1, layer.hw, layer.hw, layer.c_in, layer.c_out)
+    y = fastconv.conv2d(x, weight, padding=1, algorithm="winograd")
+    expected = reference.conv2d(x, weight, pads=((1, 1), (1, 1)))
+    assert relative_error(y, expected) <= FLOAT32_BOUND
+
+
+def test_threads_give_identical_results(rng):
+    x, weight = operands(rng, 4, 23, 21, 16, 24)
+    with fastconv.num_threads(1):
+        one = fastconv.conv2d(x, weight, padding=1, algorithm="winograd")
+    with fastconv.num_threads(2):
+        two = fastconv.conv2d(x, weight, padding=1, algorithm="winograd")
+    np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_non_finite_input_as_direct(rng, value):
+    """Winograd would spread an infinite input over its whole tile (inf - inf = NaN): such
+    inputs are computed as the direct kernel does."""
+    x, weight = operands(rng, 1, 9, 9, 4, 4, dtype=np.float64)
+    x[0, 4, 4, 1] = value
+    y = fastconv.conv2d(x, weight, padding=1, algorithm="winograd")
+    expected = fastconv.conv2d(x, weight, padding=1, algorithm="direct")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(expected))
+    finite = np.isfinite(expected)
+    assert np.isnan(expected).sum() + np.isinf(expected).sum() == 9 * 4  # one pixel's window
+    assert relative_error(y[finite], expected[finite]) <= FLOAT64_BOUND
+
+
+@pytest.mark.parametrize("kwargs, got", [
+    ({"weight_shape": (5, 5, 2, 3)}, "kernel (5, 5)"),
+    ({"weight_shape": (3, 1, 2, 3)}, "kernel (3, 1)"),
+    ({"stride": 2}, "stride (2, 2)"),
+    ({"dilation": (1, 2)}, "dilation (1, 2)"),
+])
+def test_unserved_configurations_raise(rng, kwargs, got):
+    weight = np.zeros(kwargs.pop("weight_shape", (3, 3, 2, 3)), np.float32)
+    x = np.zeros((1, 9, 9, 2), np.float32)
+    for call in (lambda: fastconv.conv2d(x, weight, algorithm="winograd", **kwargs),
+                 lambda: fastconv.conv2d_backward(np.zeros(fastconv.conv2d(x, weight, **kwargs).shape,
+                                                           np.float32),
+                                                  x, weight, algorithm="winograd", **kwargs)):
+        with pytest.raises(ValueError, match="algorithm 'winograd' serves 3x3 kernels") as err:
+            call()
+        assert got in str(err.value) and "'direct'" in str(err.value)
+
+
+def test_stride_that_cannot_matter_is_served(rng):
+    """A stride that a single output pixel never uses is no reason to refuse."""
+    x, weight = operands(rng, 1, 3, 3, 2, 2, dtype=np.float64)
+    y = fastconv.conv2d(x, weight, stride=2, algorithm="winograd")
+    assert relative_error(y, reference.conv2d(x, weight)) <= FLOAT64_BOUND
+
+
+def test_auto_choice_and_opting_out(rng):
+    """"auto" runs Winograd on a large 3x3 layer, and the direct kernel once it is turned off
+    (bit for bit); small and grouped layers stay direct."""
+    from fastconv import _algorithms
+
+    def choice(weight_shape, out_shape, groups=1):
+        return _algorithms.for_convolution("auto", weight_shape, out_shape, 4, (1, 1), (1, 1),
+                                           groups)
+
+    assert choice((3, 3, 64, 64), (8, 56, 56, 64)) == "winograd"
+    assert choice((3, 3, 64, 64), (1, 4, 4, 64)) == "direct"  # one tile
+    assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) == "direct"
+    assert choice((3, 3, 512, 512), (8, 14, 14, 512)) == "direct"  # weight too large
+    x, weight = operands(rng, 2, 24, 24, 32, 32)
+    assert fastconv.get_auto_winograd() is True
+    auto = fastconv.conv2d(x, weight, padding=1)
+    np.testing.assert_array_equal(auto, fastconv.conv2d(x, weight, padding=1,
+                                                        algorithm="winograd"))
+    try:
+        fastconv.set_auto_winograd(False)
+        assert fastconv.get_auto_winograd() is False
+        assert choice((3, 3, 64, 64), (8, 56, 56, 64)) == "direct"
+        np.testing.assert_array_equal(fastconv.conv2d(x, weight, padding=1),
+                                      fastconv.conv2d(x, weight, padding=1, algorithm="direct"))
+    finally:
+        fastconv.set_auto_winograd(True)
+    with pytest.raises(TypeError, match="expected enabled to be a bool, but got 'no'"):
+        fastconv.set_auto_winograd("no")
+
+
+def test_environment_variable_turns_auto_winograd_off():
+    env = dict(os.environ, FASTCONV_AUTO_WINOGRAD="0")
+    out = subprocess.run([sys.executable, "-c",
+                          "import fastconv; print(fastconv.get_auto_winograd())"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
