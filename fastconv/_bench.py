@@ -138,6 +138,16 @@ def geometry(layer: Layer):
                                  layer.pad, layer.dilation, layer.groups)
 
 
+def serves(layer: Layer, algorithm: str) -> bool:
+    """Whether `algorithm` can run the layer (Winograd: 3x3 stride-1 convolutions only)."""
+    from fastconv import _algorithms
+
+    if algorithm != "winograd":
+        return True
+    geo = geometry(layer)
+    return _algorithms.winograd_serves(geo.kernel_hw, geo.stride, geo.dilation)
+
+
 def auto_choice(layer: Layer) -> str:
     """What "auto" runs for the layer's convolution (forward, or for a transposed layer the
     stride-1 sub-convolutions of its sub-pixel phases) and for its weight gradient."""

@@ -323,8 +323,13 @@ def test_bench_files_are_collected_only_when_asked():
     assert out.returncode == 0, out.stdout + out.stderr
     items = [line for line in out.stdout.splitlines() if "::" in line]
     from fastconv._algorithms import ALGORITHMS
-    assert len(items) == len(_bench.SUITE) * 2 * len(ALGORITHMS)
+    winograd_layers = [layer.name for layer in _bench.SUITE if _bench.serves(layer, "winograd")]
+    assert winograd_layers == ["resnet_3x3_56", "resnet_3x3_28", "resnet_3x3_14", "resnet_3x3_7",
+                               "vgg_3x3_112", "mobilenet_dw_112", "grouped_g8", "cifar_3x3"]
+    assert len(items) == 2 * (len(_bench.SUITE) * (len(ALGORITHMS) - 1) + len(winograd_layers))
     assert any("lenet_5x5-backward-im2col" in item for item in items)
+    assert any("vgg_3x3_112-forward-winograd" in item for item in items)
+    assert not any("lenet_5x5-forward-winograd" in item for item in items)
     import tomllib
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert config["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
