@@ -41,7 +41,10 @@ PARALLEL_MIN_FLOPS = 1_000_000
 ALGORITHMS = ("auto",) + tuple(KERNELS)
 
 COLUMN_BUFFER_BYTES = 256 * 1024  # a tile's column buffer: about a quarter of L2
-WINOGRAD_BUFFER_BYTES = 512 * 1024  # a thread's transformed tiles, in and out: half of L2
+# a thread's transformed tiles, in and out: forward within L2 (the transforms dominate);
+# weight gradient larger (its GEMMs sum over the tiles of a block: longer sums pay more)
+WINOGRAD_BUFFER_BYTES = 512 * 1024
+WINOGRAD_GRAD_BUFFER_BYTES = 4 * 1024 * 1024
 WINOGRAD_MAX_WEIGHT_BYTES = 16 * 1024 * 1024  # "auto": the transformed weight, half of L3
 PARTIAL_SUM_BYTES = 16 * 1024 * 1024  # cap on the weight-gradient partial sums
 MIN_PARTIAL_SUMS, MAX_PARTIAL_SUMS = 2, 8
@@ -122,13 +125,20 @@ def get_auto_winograd() -> bool:
 _auto_winograd = os.environ.get("FASTCONV_AUTO_WINOGRAD", "1").strip() not in ("0", "false", "False")
 
 
-def for_weight_gradient(algorithm: str, in_per_group: int, depthwise: bool) -> str:
-    """The kernel for a weight gradient. "auto" (and "winograd", which has no weight-gradient
-    kernel): im2col + BLAS when a group has few input channels (a first layer: the direct
-    kernel's blocks of FC_CI input channels run empty), direct otherwise."""
-    if algorithm not in ("auto", "winograd"):
+def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, geo) -> str:
+    """The kernel for a weight gradient (geo: the convolution's ConvGeometry). "auto":
+    Winograd where it serves and pays for the forward convolution; im2col + BLAS when a group
+    has few input channels (a first layer: the direct kernel's blocks of FC_CI input
+    channels run empty); direct otherwise."""
+    if algorithm != "auto":
         return algorithm
-    return "im2col" if in_per_group < 8 and not depthwise else "direct"
+    kh, kw, cig, cout = weight_shape
+    if (_auto_winograd and geo.groups == 1
+            and winograd_serves((kh, kw), geo.stride, geo.dilation)
+            and winograd_pays(cig, cout, out_shape, itemsize)):
+        return "winograd"
+    depthwise = cig == 1 and geo.groups == cout
+    return "im2col" if cig < 8 and not depthwise else "direct"
 
 
 def tile_pixels(columns: int, itemsize: int, pixels: int) -> int:
@@ -140,11 +150,12 @@ def tile_pixels(columns: int, itemsize: int, pixels: int) -> int:
     return max(16, min(tile, 4096))
 
 
-def winograd_block(in_channels: int, out_channels: int, itemsize: int, tiles: int) -> int:
+def winograd_block(in_channels: int, out_channels: int, itemsize: int, tiles: int,
+                   budget: int = WINOGRAD_BUFFER_BYTES) -> int:
     """Tiles per Winograd block: a thread's transformed tiles (36 x block x (C_in + C_out))
-    near WINOGRAD_BUFFER_BYTES, at least 4 blocks when there is enough work. Depends on the
+    near `budget` bytes, at least 4 blocks when there is enough work. Depends on the
     problem only, so results do not change with the number of threads."""
-    block = WINOGRAD_BUFFER_BYTES // (36 * (in_channels + out_channels) * itemsize)
+    block = budget // (36 * (in_channels + out_channels) * itemsize)
     block = min(block, -(-tiles // 4))
     return max(4, min(block, 1024))
 

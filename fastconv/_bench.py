@@ -165,8 +165,9 @@ def auto_choice(layer: Layer) -> str:
         conv = _algorithms.for_convolution(
             "auto", (*geo.kernel_hw, cig, geo.out_channels),
             (geo.n, *geo.out_hw, geo.out_channels), 4, geo.stride, geo.dilation, geo.groups)
-    weight = _algorithms.for_weight_gradient("auto", cig, cig == 1 and
-                                             geo.out_channels == geo.groups)
+    weight = _algorithms.for_weight_gradient(  # (of the adjoint convolution when transposed)
+        "auto", (*geo.kernel_hw, cig, geo.out_channels), (geo.n, *geo.out_hw, geo.out_channels),
+        4, geo)
     return conv if conv == weight else f"{conv}/{weight} (weight)"
 
 

@@ -126,16 +126,30 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
                  geo: ConvGeometry, dtype) -> np.ndarray:
     """sum over output pixels of x's window (x) gy, in fixed partial sums added up at the end.
     x is zero-padded by `offsets` (top, left) rows and columns."""
-    algo = _algorithms.for_weight_gradient(algorithm, weight_shape[2],
-                                           weight_shape[2] == 1 and geo.groups == weight_shape[3])
-    if algo == "im2col" and not np.isfinite(gy).all():
-        algo = "direct"  # it skips the zero padding, where im2col would add 0 * inf = NaN
+    algo = _algorithms.for_weight_gradient(algorithm, weight_shape, gy.shape, gy.itemsize, geo)
+    # the direct kernel skips the zero padding, where im2col would add 0 * inf = NaN, and
+    # Winograd's transforms would spread a non-finite value over its tile
+    if (algo == "im2col" and not np.isfinite(gy).all()) or (
+            algo == "winograd" and not (np.isfinite(gy).all() and np.isfinite(x).all())):
+        algo = "direct"
     itemsize = np.dtype(dtype).itemsize
     kh, kw = geo.kernel_hw
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
     weight_size = int(np.prod(weight_shape))
     pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
     flops = 2 * pixels * weight_size
+    if algo == "winograd":
+        tiles = gy.shape[0] * -(-gy.shape[1] // 4) * -(-gy.shape[2] // 4)
+        block = _algorithms.winograd_block(x.shape[3], gy.shape[3], itemsize, tiles,
+                                           _algorithms.WINOGRAD_GRAD_BUFFER_BYTES)
+        chunks = _algorithms.partial_sums(4 * weight_size * itemsize, -(-tiles // block))
+        partial = np.zeros((chunks, 36, *weight_shape[2:]), dtype)
+        _run(algo, "conv_backward_weight", x, gy, partial, *offsets, geo.groups, block,
+             flops=flops)
+        grad = np.empty(weight_shape, dtype)
+        _run(algo, "weight_gradient_taps", partial.reshape(chunks, 36, -1),
+             grad.reshape(9, -1), flops=36 * chunks * weight_size)
+        return grad
     if algo == "im2col":
         tile = _algorithms.tile_pixels(weight_size // weight_shape[3], itemsize, pixels)
         chunks = _algorithms.partial_sums(weight_size * itemsize, -(-pixels // tile))

@@ -10,3 +10,8 @@ def conv_forward(
     x: _Floats, u: _Floats, bias: _Floats, y: _Floats,
     top: int, left: int, groups: int, block: int, num_threads: int,
 ) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
+def conv_backward_weight(
+    x: _Floats, gy: _Floats, partial: _Floats, top: int, left: int, groups: int, block: int,
+    num_threads: int,
+) -> int: ...
+def weight_gradient_taps(partial: _Floats, gw: _Floats, num_threads: int) -> int: ...

@@ -29,6 +29,13 @@ cdef extern from "fastconv_winograd.h":
     void fc_winograd_weight_d(const double* g0, const double* g1, const double* g2, double* o0,
                               double* o1, double* o2, double* o3, double* o4, double* o5,
                               Py_ssize_t n) noexcept nogil
+    void fc_winograd_weight_adjoint_f(const float* u0, const float* u1, const float* u2,
+                                      const float* u3, const float* u4, const float* u5,
+                                      float* o0, float* o1, float* o2, Py_ssize_t n) noexcept nogil
+    void fc_winograd_weight_adjoint_d(const double* u0, const double* u1, const double* u2,
+                                      const double* u3, const double* u4, const double* u5,
+                                      double* o0, double* o1, double* o2,
+                                      Py_ssize_t n) noexcept nogil
     void fc_winograd_in_f(const float* d0, const float* d1, const float* d2, const float* d3,
                           const float* d4, const float* d5, float* o0, float* o1, float* o2,
                           float* o3, float* o4, float* o5, Py_ssize_t n) noexcept nogil
@@ -43,6 +50,12 @@ cdef extern from "fastconv_winograd.h":
                            const double* m3, const double* m4, const double* m5, double* o0,
                            double* o1, double* o2, double* o3, const double* bias,
                            Py_ssize_t n) noexcept nogil
+    void fc_winograd_out_adjoint_f(const float* y0, const float* y1, const float* y2,
+                                   const float* y3, float* o0, float* o1, float* o2, float* o3,
+                                   float* o4, float* o5, Py_ssize_t n) noexcept nogil
+    void fc_winograd_out_adjoint_d(const double* y0, const double* y1, const double* y2,
+                                   const double* y3, double* o0, double* o1, double* o2,
+                                   double* o3, double* o4, double* o5, Py_ssize_t n) noexcept nogil
 
 cdef enum:
     POINTS_ = 36  # (4 + 2) ** 2 products per tile and channel pair
@@ -57,6 +70,14 @@ cdef inline void _transform_weight(const floating** g, floating** o,
         fc_winograd_weight_f(g[0], g[1], g[2], o[0], o[1], o[2], o[3], o[4], o[5], n)
     else:
         fc_winograd_weight_d(g[0], g[1], g[2], o[0], o[1], o[2], o[3], o[4], o[5], n)
+
+
+cdef inline void _transform_weight_adjoint(const floating** u, floating** o,
+                                           Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fc_winograd_weight_adjoint_f(u[0], u[1], u[2], u[3], u[4], u[5], o[0], o[1], o[2], n)
+    else:
+        fc_winograd_weight_adjoint_d(u[0], u[1], u[2], u[3], u[4], u[5], o[0], o[1], o[2], n)
 
 
 cdef inline void _transform_in(const floating** d, floating** o, Py_ssize_t n) noexcept nogil:
@@ -74,6 +95,28 @@ cdef inline void _transform_out(const floating** m, floating** o, const floating
         fc_winograd_out_f(m[0], m[1], m[2], m[3], m[4], m[5], o[0], o[1], o[2], o[3], bias, n)
     else:
         fc_winograd_out_d(m[0], m[1], m[2], m[3], m[4], m[5], o[0], o[1], o[2], o[3], bias, n)
+
+
+cdef inline void _transform_out_adjoint(const floating** y, floating** o,
+                                        Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        fc_winograd_out_adjoint_f(y[0], y[1], y[2], y[3], o[0], o[1], o[2], o[3], o[4], o[5], n)
+    else:
+        fc_winograd_out_adjoint_d(y[0], y[1], y[2], y[3], o[0], o[1], o[2], o[3], o[4], o[5], n)
+
+
+cdef struct Origin:
+    Py_ssize_t n, oh, ow  # image, first output row and column of a tile
+
+
+cdef inline Origin _tile_origin(Py_ssize_t tile, Py_ssize_t tiles_img,
+                                Py_ssize_t tiles_w) noexcept nogil:
+    """Tiles run along rows, then down, then over the images."""
+    cdef Origin o
+    o.n = tile // tiles_img
+    o.oh = (tile % tiles_img) // tiles_w * 4
+    o.ow = tile % tiles_w * 4
+    return o
 
 
 cdef inline void _input_tile(const floating* x, const floating* zeros, floating* tmp,
@@ -126,6 +169,32 @@ cdef inline void _output_tile(const floating* m, Py_ssize_t m_stride, floating* 
         _transform_out(src, o, bias, Cout)
 
 
+cdef inline void _grad_tile(const floating* gy, const floating* zeros, floating* tmp,
+                            floating* dm, Py_ssize_t m_stride, Py_ssize_t n, Py_ssize_t oh0,
+                            Py_ssize_t ow0, Py_ssize_t Ho, Py_ssize_t Wo,
+                            Py_ssize_t Cout) noexcept nogil:
+    """dm[(6*i + j) * m_stride + c] = (A e A^T)[i, j] for the 4x4 tile e of output gradients
+    from (oh0, ow0) of image n (zeros beyond the output): the adjoint of _output_tile."""
+    cdef const floating* src[4]
+    cdef floating* o[6]
+    cdef Py_ssize_t i, j
+    for i in range(4):  # along each tile row: tmp[i, :] = A e[i, :]  (4 x 6)
+        for j in range(4):
+            if oh0 + i < Ho and ow0 + j < Wo:
+                src[j] = gy + ((n * Ho + oh0 + i) * Wo + ow0 + j) * Cout
+            else:
+                src[j] = zeros
+        for j in range(6):
+            o[j] = tmp + (i * 6 + j) * Cout
+        _transform_out_adjoint(src, o, Cout)
+    for j in range(6):  # along each column: dm[:, j] = A tmp[:, j]
+        for i in range(4):
+            src[i] = tmp + (i * 6 + j) * Cout
+        for i in range(6):
+            o[i] = dm + (i * 6 + j) * m_stride
+        _transform_out_adjoint(src, o, Cout)
+
+
 cdef inline void _weight_columns(const floating* w, floating* u, floating* tmp, Py_ssize_t M,
                                  Py_ssize_t c0, Py_ssize_t nc) noexcept nogil:
     """u[6*i + j, c] = (G w[:, :, c] G^T)[i, j] for the columns c0 .. c0 + nc - 1 of w
@@ -168,6 +237,59 @@ def transform_weight(const floating[:, :, ::1] w,  # IN  (3, 3, M): HWIO with I,
     return status
 
 
+cdef inline void _taps_columns(const floating* partial, Py_ssize_t n_partial, floating* gw,
+                               floating* tmp, Py_ssize_t M, Py_ssize_t c0,
+                               Py_ssize_t nc) noexcept nogil:
+    """gw[3*r + s, c] = (G^T du G)[r, s] for the columns c0 .. c0 + nc - 1, where du (36 x M)
+    is the sum of the n_partial partial sums (n_partial x 36 x M), added in order;
+    tmp holds 54 x nc values."""
+    cdef const floating* src[6]
+    cdef floating* dst[3]
+    cdef floating* du = tmp
+    cdef floating* rows = tmp + 36 * nc
+    cdef Py_ssize_t k, p, c, i, j
+    for k in range(36):
+        for c in range(nc):
+            du[k * nc + c] = partial[k * M + c0 + c]
+        for p in range(1, n_partial):
+            for c in range(nc):
+                du[k * nc + c] += partial[(p * 36 + k) * M + c0 + c]
+    for i in range(6):  # along each row: rows[i, :] = du[i, :] G  (6 x 3)
+        for j in range(6):
+            src[j] = du + (i * 6 + j) * nc
+        for j in range(3):
+            dst[j] = rows + (i * 3 + j) * nc
+        _transform_weight_adjoint(src, dst, nc)
+    for j in range(3):  # along each column: gw[:, j] = G^T rows[:, j]
+        for i in range(6):
+            src[i] = rows + (i * 3 + j) * nc
+        for i in range(3):
+            dst[i] = gw + (i * 3 + j) * M + c0
+        _transform_weight_adjoint(src, dst, nc)
+
+
+def weight_gradient_taps(const floating[:, :, ::1] partial,  # IN  (n_partial, 36, M)
+                         floating[:, ::1] gw,                # OUT (9, M): HWIO, I and O merged
+                         int num_threads):
+    """The partial weight gradients of conv_backward_weight, added up (in a fixed order) and
+    taken back from the Winograd domain to 3x3 taps."""
+    cdef Py_ssize_t n_partial = partial.shape[0], M = partial.shape[2]
+    cdef Py_ssize_t chunk = 256, n_chunks = (M + chunk - 1) // chunk, ic
+    cdef floating* tmp = NULL
+    cdef int status = 0
+    cdef int* failed = &status
+    with nogil, parallel(num_threads=num_threads):
+        tmp = <floating*> malloc(54 * chunk * sizeof(floating))
+        for ic in prange(n_chunks, schedule="static"):
+            if tmp == NULL:
+                failed[0] = 1
+                continue
+            _taps_columns(&partial[0, 0, 0], n_partial, &gw[0, 0], tmp, M, ic * chunk,
+                          min(chunk, M - ic * chunk))
+        free(tmp)
+    return status
+
+
 def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
                  const floating[:, :, ::1] u,      # IN  (36, cig, C_out): G w G^T per (ci, co)
                  const floating[::1] bias,         # IN  (C_out,), or (0,) for none
@@ -183,7 +305,8 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
     cdef Py_ssize_t tiles_w = (Wo + 3) // 4, tiles_img = (Ho + 3) // 4 * tiles_w
     cdef Py_ssize_t n_tiles = N * tiles_img, n_blocks = (n_tiles + block - 1) // block
     cdef Py_ssize_t v_stride = block * C, m_stride = block * Cout
-    cdef Py_ssize_t ib, t0, nt, t, tile, n, oh0, ow0, k, g
+    cdef Py_ssize_t ib, t0, nt, t, k, g
+    cdef Origin o
     cdef const floating* b = &bias[0] if bias.shape[0] > 0 else NULL
     cdef floating* v = NULL
     cdef floating* m = NULL
@@ -207,12 +330,9 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
             t0 = ib * block
             nt = min(block, n_tiles - t0)
             for t in range(nt):
-                tile = t0 + t
-                n = tile // tiles_img
-                oh0 = (tile % tiles_img) // tiles_w * 4
-                ow0 = tile % tiles_w * 4
-                _input_tile(&x[0, 0, 0, 0], zeros, tmp, v + t * C, v_stride, n, oh0 - top,
-                            ow0 - left, H, W, C)
+                o = _tile_origin(t0 + t, tiles_img, tiles_w)
+                _input_tile(&x[0, 0, 0, 0], zeros, tmp, v + t * C, v_stride, o.n, o.oh - top,
+                            o.ow - left, H, W, C)
             for k in range(POINTS_):
                 for g in range(groups):
                     gemm(False, False, <int> nt, <int> cog, <int> cig, <floating> 1.0,
@@ -220,15 +340,71 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
                          &u[k, 0, 0] + g * cog, <int> Cout, <floating> 0.0,
                          m + k * m_stride + g * cog, <int> Cout)
             for t in range(nt):
-                tile = t0 + t
-                n = tile // tiles_img
-                oh0 = (tile % tiles_img) // tiles_w * 4
-                ow0 = tile % tiles_w * 4
-                _output_tile(m + t * Cout, m_stride, tmp, &y[0, 0, 0, 0], scratch, b, n, oh0,
-                             ow0, Ho, Wo, y_img, y_row, y_pix, Cout)
+                o = _tile_origin(t0 + t, tiles_img, tiles_w)
+                _output_tile(m + t * Cout, m_stride, tmp, &y[0, 0, 0, 0], scratch, b, o.n, o.oh,
+                             o.ow, Ho, Wo, y_img, y_row, y_pix, Cout)
         free(v)
         free(m)
         free(tmp)
         free(zeros)
         free(scratch)
+    return status
+
+
+def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
+                         const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out)
+                         floating[:, :, :, ::1] partial,   # OUT (n_chunks, 36, cig, C_out), zeroed
+                         Py_ssize_t top, Py_ssize_t left,  # zero padding, as in conv_forward
+                         Py_ssize_t groups, Py_ssize_t block, int num_threads):
+    """The weight gradient in the Winograd domain, dU[k] = sum over tiles of V[k]^T (A e A^T)[k]
+    (e: a tile of output gradients), as n_chunks partial sums over fixed ranges of tiles (the
+    result does not depend on the thread count). The caller adds them up and takes
+    G^T dU G back to 3x3 taps."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], Cout = gy.shape[3]
+    cdef Py_ssize_t cig = C // groups, cog = Cout // groups, width = max(C, Cout)
+    cdef Py_ssize_t tiles_w = (Wo + 3) // 4, tiles_img = (Ho + 3) // 4 * tiles_w
+    cdef Py_ssize_t n_tiles = N * tiles_img, n_chunks = partial.shape[0]
+    cdef Py_ssize_t v_stride = block * C, m_stride = block * Cout
+    cdef Py_ssize_t chunk, t0, t_end, nt, t, k, g
+    cdef Origin o
+    cdef floating* v = NULL
+    cdef floating* m = NULL
+    cdef floating* tmp = NULL
+    cdef floating* zeros = NULL
+    cdef int status = 0
+    cdef int* failed = &status
+    if n_tiles == 0:
+        return 0
+    with nogil, parallel(num_threads=num_threads):
+        v = <floating*> malloc(POINTS_ * v_stride * sizeof(floating))
+        m = <floating*> malloc(POINTS_ * m_stride * sizeof(floating))
+        tmp = <floating*> malloc(POINTS_ * width * sizeof(floating))
+        zeros = <floating*> calloc(width, sizeof(floating))
+        for chunk in prange(n_chunks, schedule="static"):
+            if v == NULL or m == NULL or tmp == NULL or zeros == NULL:
+                failed[0] = 1
+                continue
+            t0 = chunk * n_tiles // n_chunks
+            t_end = (chunk + 1) * n_tiles // n_chunks
+            while t0 < t_end:
+                nt = min(block, t_end - t0)
+                for t in range(nt):
+                    o = _tile_origin(t0 + t, tiles_img, tiles_w)
+                    _input_tile(&x[0, 0, 0, 0], zeros, tmp, v + t * C, v_stride, o.n,
+                                o.oh - top, o.ow - left, H, W, C)
+                    _grad_tile(&gy[0, 0, 0, 0], zeros, tmp, m + t * Cout, m_stride, o.n, o.oh,
+                               o.ow, Ho, Wo, Cout)
+                for k in range(POINTS_):
+                    for g in range(groups):
+                        # partial[chunk, k] (cig x C_out, group block) += V[k]^T @ dM[k]
+                        gemm(True, False, <int> cig, <int> cog, <int> nt, <floating> 1.0,
+                             v + k * v_stride + g * cig, <int> C,
+                             m + k * m_stride + g * cog, <int> Cout, <floating> 1.0,
+                             &partial[chunk, k, 0, 0] + g * cog, <int> Cout)
+                t0 = t0 + nt
+        free(v)
+        free(m)
+        free(tmp)
+        free(zeros)
     return status

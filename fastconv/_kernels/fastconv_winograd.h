@@ -10,6 +10,8 @@
  *                                   [0,-2,-1, 2, 1, 0]     [0, 1, 1, 4, 4, 0]
  *                                   [0, 2,-1,-2, 1, 0]     [0, 1,-1, 8,-8, 1]
  *                                   [0, 4, 0,-5, 0, 1]
+ *   for the weight gradient, the adjoints: A (4 -> 6) of the output transform, and G^T
+ *   (6 -> 3) of the weight transform
  *   weight (3 -> 6), rows of G:     [ 1/4,     0,    0]
  *                                   [-1/6,  -1/6, -1/6]
  *                                   [-1/6,   1/6, -1/6]
@@ -81,11 +83,49 @@
         }                                                                                    \
     }
 
+/* o_k[c] = sum_j A[k][j] y_j[c]: the adjoint of the output transform, which takes a tile of
+ * output gradients into the Winograd domain */
+#define FC_DEFINE_WINOGRAD_OUT_ADJOINT(T, SUF)                                               \
+    static inline void fc_winograd_out_adjoint_##SUF(                                        \
+        const T *FC_R y0, const T *FC_R y1, const T *FC_R y2, const T *FC_R y3, T *FC_R o0,  \
+        T *FC_R o1, T *FC_R o2, T *FC_R o3, T *FC_R o4, T *FC_R o5, ptrdiff_t n)             \
+    {                                                                                        \
+        for (ptrdiff_t c = 0; c < n; c++) {                                                  \
+            T even = y0[c] + y2[c], odd = y1[c] + y3[c];                                     \
+            T even4 = y0[c] + 4 * y2[c], odd2 = 2 * y1[c] + 8 * y3[c];                       \
+            o0[c] = y0[c];                                                                   \
+            o1[c] = even + odd;                                                              \
+            o2[c] = even - odd;                                                              \
+            o3[c] = even4 + odd2;                                                            \
+            o4[c] = even4 - odd2;                                                            \
+            o5[c] = y3[c];                                                                   \
+        }                                                                                    \
+    }
+
+/* o_k[c] = sum_j G[j][k] u_j[c]: the adjoint of the weight transform (a gradient in the
+ * Winograd domain back to the kernel's taps) */
+#define FC_DEFINE_WINOGRAD_WEIGHT_ADJOINT(T, SUF)                                            \
+    static inline void fc_winograd_weight_adjoint_##SUF(                                     \
+        const T *FC_R u0, const T *FC_R u1, const T *FC_R u2, const T *FC_R u3,              \
+        const T *FC_R u4, const T *FC_R u5, T *FC_R o0, T *FC_R o1, T *FC_R o2, ptrdiff_t n) \
+    {                                                                                        \
+        for (ptrdiff_t c = 0; c < n; c++) {                                                  \
+            T sum12 = u1[c] + u2[c], sum34 = u3[c] + u4[c];                                  \
+            o0[c] = u0[c] / 4 - sum12 / 6 + sum34 / 24;                                      \
+            o1[c] = (u2[c] - u1[c]) / 6 + (u3[c] - u4[c]) / 12;                              \
+            o2[c] = (sum34 - sum12) / 6 + u5[c];                                             \
+        }                                                                                    \
+    }
+
 FC_DEFINE_WINOGRAD_WEIGHT(float, f)
 FC_DEFINE_WINOGRAD_WEIGHT(double, d)
 FC_DEFINE_WINOGRAD_IN(float, f)
 FC_DEFINE_WINOGRAD_IN(double, d)
 FC_DEFINE_WINOGRAD_OUT(float, f)
 FC_DEFINE_WINOGRAD_OUT(double, d)
+FC_DEFINE_WINOGRAD_WEIGHT_ADJOINT(float, f)
+FC_DEFINE_WINOGRAD_WEIGHT_ADJOINT(double, d)
+FC_DEFINE_WINOGRAD_OUT_ADJOINT(float, f)
+FC_DEFINE_WINOGRAD_OUT_ADJOINT(double, d)
 
 #endif
