@@ -106,6 +106,36 @@ def test_input_gradient_and_transposed(rng, dtype):
     assert relative_error(t, reference.conv_transpose2d(gy, weight, pads=pads)) <= bound(dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_backward_matches_reference(rng, case, dtype):
+    """Input and weight gradients through Winograd over the grid of shapes."""
+    n, h, w, c_in, c_out, padding, groups = case
+    x, weight = operands(rng, n, h, w, c_in, c_out, groups, dtype)
+    pads = resolve_padding(padding, (3, 3), (1, 1), (1, 1), (h, w))
+    out_hw = (h + sum(pads[0]) - 2, w + sum(pads[1]) - 2)
+    gy = rng.standard_normal((n, *out_hw, c_out)).astype(dtype)
+    gx, gw, _ = fastconv.conv2d_backward(gy, x, weight, padding=padding, groups=groups,
+                                         algorithm="winograd")
+    ref_gx, ref_gw, _ = reference.conv2d_backward(gy, x, weight, pads=pads, groups=groups)
+    assert gx.dtype == gw.dtype == dtype
+    assert relative_error(gx, ref_gx) <= bound(dtype)
+    assert relative_error(gw, ref_gw) <= bound(dtype)
+
+
+def test_transposed_backward(rng):
+    """conv_transpose2d_backward: its input gradient is a 3x3 stride-1 convolution, its
+    weight gradient that of one."""
+    x, weight = operands(rng, 2, 9, 10, 6, 4, dtype=np.float64)  # x: the transposed conv's input
+    gy = rng.standard_normal((2, 9, 10, 6))
+    gx, gw, _ = fastconv.conv_transpose2d_backward(gy, x[..., :4], weight, padding=1,
+                                                   algorithm="winograd")
+    ref_gx, ref_gw, _ = reference.conv_transpose2d_backward(gy, x[..., :4], weight,
+                                                            pads=((1, 1), (1, 1)))
+    assert relative_error(gx, ref_gx) <= FLOAT64_BOUND
+    assert relative_error(gw, ref_gw) <= FLOAT64_BOUND
+
+
 def test_adjoint_identity(rng):
     """<conv2d(x, w), y> == <x, conv_transpose2d(y, w)>, both through Winograd."""
     x, weight = operands(rng, 2, 13, 11, 5, 7, dtype=np.float64)
@@ -130,11 +160,15 @@ def test_float32_error_bound_on_suite_layers(rng, name):
 
 def test_threads_give_identical_results(rng):
     x, weight = operands(rng, 4, 23, 21, 16, 24)
-    with fastconv.num_threads(1):
-        one = fastconv.conv2d(x, weight, padding=1, algorithm="winograd")
-    with fastconv.num_threads(2):
-        two = fastconv.conv2d(x, weight, padding=1, algorithm="winograd")
-    np.testing.assert_array_equal(one, two)
+    gy = rng.standard_normal((4, 23, 21, 24)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        with fastconv.num_threads(threads):
+            results.append((fastconv.conv2d(x, weight, padding=1, algorithm="winograd"),
+                            *fastconv.conv2d_backward(gy, x, weight, padding=1,
+                                                      algorithm="winograd")))
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
@@ -150,6 +184,10 @@ def test_non_finite_input_as_direct(rng, value):
     finite = np.isfinite(expected)
     assert np.isnan(expected).sum() + np.isinf(expected).sum() == 9 * 4  # one pixel's window
     assert relative_error(y[finite], expected[finite]) <= FLOAT64_BOUND
+    gy = rng.standard_normal(y.shape)
+    for got, want in zip(fastconv.conv2d_backward(gy, x, weight, padding=1, algorithm="winograd"),
+                         fastconv.conv2d_backward(gy, x, weight, padding=1, algorithm="direct")):
+        np.testing.assert_array_equal(got, want)  # the same kernels: NaN where direct has NaN
 
 
 @pytest.mark.parametrize("kwargs, got", [
