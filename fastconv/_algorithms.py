@@ -83,8 +83,8 @@ def for_convolution(algorithm: str, weight_shape, out_shape, itemsize: int, stri
     if algorithm != "auto":
         return algorithm
     kh, kw, cig, cout = weight_shape
-    if (_auto_winograd and groups == 1 and winograd_serves((kh, kw), stride, dilation)
-            and winograd_pays(cig, cout, out_shape, itemsize)):
+    if (_auto_winograd and winograd_serves((kh, kw), stride, dilation)
+            and winograd_pays(cig, cout // groups, groups, out_shape, itemsize)):
         return "winograd"
     if (kh, kw) == (1, 1) and tuple(stride) == (1, 1):
         return "im2col"
@@ -93,15 +93,18 @@ def for_convolution(algorithm: str, weight_shape, out_shape, itemsize: int, stri
     return "direct"
 
 
-def winograd_pays(in_channels: int, out_channels: int, out_shape, itemsize: int) -> bool:
-    """Whether Winograd beats direct convolution (measured on this project's 2-core machine,
-    see README): its transformed weight (36 x C_in x C_out) must stay in cache, as every
-    block of tiles reads all of it; enough channel pairs for its GEMMs; enough tiles for the
-    weight transform to pay; and at least half of each 4x4 tile inside the output."""
+def winograd_pays(in_per_group: int, out_per_group: int, groups: int, out_shape,
+                  itemsize: int) -> bool:
+    """Whether Winograd beats the other kernels (measured on this project's 2-core machine,
+    see README): at least 8 input channels per group (with fewer, transforming the input
+    costs more than the products save) and 64 channel pairs per group for its GEMMs; a
+    transformed weight (36 x C_in/groups x C_out) that stays in cache, as every block of
+    tiles reads all of it; enough tiles for the weight transform to pay; and at least half
+    of each 4x4 tile inside the output."""
     n, ho, wo = out_shape[:3]
     tiles = -(-ho // 4) * -(-wo // 4)
-    return (36 * in_channels * out_channels * itemsize <= WINOGRAD_MAX_WEIGHT_BYTES
-            and in_channels * out_channels >= 64
+    return (in_per_group >= 8 and in_per_group * out_per_group >= 64
+            and 36 * in_per_group * out_per_group * groups * itemsize <= WINOGRAD_MAX_WEIGHT_BYTES
             and n * tiles >= 8
             and 2 * ho * wo >= 16 * tiles)
 
@@ -133,9 +136,8 @@ def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, 
     if algorithm != "auto":
         return algorithm
     kh, kw, cig, cout = weight_shape
-    if (_auto_winograd and geo.groups == 1
-            and winograd_serves((kh, kw), geo.stride, geo.dilation)
-            and winograd_pays(cig, cout, out_shape, itemsize)):
+    if (_auto_winograd and winograd_serves((kh, kw), geo.stride, geo.dilation)
+            and winograd_pays(cig, cout // geo.groups, geo.groups, out_shape, itemsize)):
         return "winograd"
     depthwise = cig == 1 and geo.groups == cout
     return "im2col" if cig < 8 and not depthwise else "direct"

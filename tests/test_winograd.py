@@ -219,8 +219,8 @@ def test_stride_that_cannot_matter_is_served(rng):
 
 
 def test_auto_choice_and_opting_out(rng):
-    """"auto" runs Winograd on a large 3x3 layer, and the direct kernel once it is turned off
-    (bit for bit); small and grouped layers stay direct."""
+    """"auto" runs Winograd on a large 3x3 layer (also grouped), and the direct kernel once
+    it is turned off (bit for bit); small, depthwise and few-input-channel layers do not."""
     from fastconv import _algorithms
 
     def choice(weight_shape, out_shape, groups=1):
@@ -229,7 +229,10 @@ def test_auto_choice_and_opting_out(rng):
 
     assert choice((3, 3, 64, 64), (8, 56, 56, 64)) == "winograd"
     assert choice((3, 3, 64, 64), (1, 4, 4, 64)) == "direct"  # one tile
-    assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) == "direct"
+    assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) == "winograd"
+    assert choice((3, 3, 1, 32), (8, 56, 56, 32), groups=32) == "direct"  # depthwise
+    assert choice((3, 3, 3, 64), (8, 56, 56, 64)) == "direct"  # a first layer: C_in = 3
+    assert choice((3, 3, 64, 3), (8, 56, 56, 3)) == "winograd"  # its input gradient
     assert choice((3, 3, 512, 512), (8, 14, 14, 512)) == "direct"  # weight too large
     x, weight = operands(rng, 2, 24, 24, 32, 32)
     assert fastconv.get_auto_winograd() is True
