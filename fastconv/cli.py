@@ -244,6 +244,7 @@ def cmd_info(args) -> int:
         f"compile args: {info['compile_args'] or '-'}",
         f"direct kernel: {KERNELS['direct'].ISA} (variants this CPU runs: "
         f"{' '.join(simd_modules('_direct'))})",
+        f"winograd kernel: {KERNELS['winograd'].ISA}",
         f"CPU: {info['cpu']} ({info['cpu_count']} logical cores)",
         f"SIMD: {' '.join(info['simd']) or 'unknown'}",
         f"Python {info['python']} on {info['platform']}",

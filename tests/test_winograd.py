@@ -9,6 +9,7 @@ import pytest
 
 import fastconv
 import reference
+from fastconv import _algorithms
 from _helpers import resolve_padding
 
 # README's documented bound for float32: max |y - y64| / max |y64| over the output
@@ -221,8 +222,6 @@ def test_stride_that_cannot_matter_is_served(rng):
 def test_auto_choice_and_opting_out(rng):
     """"auto" runs Winograd on a large 3x3 layer (also grouped), and the direct kernel once
     it is turned off (bit for bit); small, depthwise and few-input-channel layers do not."""
-    from fastconv import _algorithms
-
     def choice(weight_shape, out_shape, groups=1):
         return _algorithms.for_convolution("auto", weight_shape, out_shape, 4, (1, 1), (1, 1),
                                            groups)
@@ -249,6 +248,23 @@ def test_auto_choice_and_opting_out(rng):
         fastconv.set_auto_winograd(True)
     with pytest.raises(TypeError, match="expected enabled to be a bool, but got 'no'"):
         fastconv.set_auto_winograd("no")
+
+
+@pytest.mark.parametrize("level", sorted(_algorithms.simd_modules("_winograd")))
+def test_every_instruction_set_variant(rng, monkeypatch, level):
+    """Each compiled variant of the kernel this CPU runs (fastconv itself uses the widest)."""
+    monkeypatch.setitem(_algorithms.KERNELS, "winograd", _algorithms.simd_modules("_winograd")[level])
+    assert _algorithms.KERNELS["winograd"].ISA == level
+    for dtype in (np.float32, np.float64):
+        x, weight = operands(rng, 2, 9, 11, 12, 20, dtype=dtype)
+        bias = rng.standard_normal(20).astype(dtype)
+        gy = rng.standard_normal((2, 9, 11, 20)).astype(dtype)
+        pads = ((1, 1), (1, 1))
+        y = fastconv.conv2d(x, weight, bias, padding=1, algorithm="winograd")
+        assert relative_error(y, reference.conv2d(x, weight, bias, pads=pads)) <= bound(dtype)
+        grads = fastconv.conv2d_backward(gy, x, weight, padding=1, algorithm="winograd")
+        for got, want in zip(grads, reference.conv2d_backward(gy, x, weight, pads=pads)):
+            assert relative_error(got, want) <= bound(dtype)
 
 
 def test_environment_variable_turns_auto_winograd_off():

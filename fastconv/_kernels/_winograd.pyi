@@ -2,6 +2,7 @@
 # Arrays are float32 or float64 (one dtype per call); the GIL is released.
 from fastconv._kernels._direct import _Floats
 
+ISA: str
 TILE: int
 POINTS: int
 

@@ -57,9 +57,14 @@ cdef extern from "fastconv_winograd.h":
                                    const double* y3, double* o0, double* o1, double* o2,
                                    double* o3, double* o4, double* o5, Py_ssize_t n) noexcept nogil
 
+cdef extern from "fastconv_simd.h":
+    const char* FC_ISA  # the instruction set this module is compiled for
+
+
 cdef enum:
     POINTS_ = 36  # (4 + 2) ** 2 products per tile and channel pair
 
+ISA = FC_ISA.decode()
 TILE = 4  # output pixels per tile side
 POINTS = POINTS_
 
