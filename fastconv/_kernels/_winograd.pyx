@@ -63,6 +63,7 @@ cdef extern from "fastconv_simd.h":
 
 cdef enum:
     POINTS_ = 36  # (4 + 2) ** 2 products per tile and channel pair
+    CHANNELS = 64  # channels per slice of a tile transform
 
 ISA = FC_ISA.decode()
 TILE = 4  # output pixels per tile side
@@ -129,22 +130,28 @@ cdef inline void _input_tile(const floating* x, const floating* zeros, floating*
                              Py_ssize_t iw0, Py_ssize_t H, Py_ssize_t W,
                              Py_ssize_t C) noexcept nogil:
     """v[(6*i + j) * v_stride + c] = (B^T d B)[i, j] for the 6x6 patch d of image n whose
-    top-left pixel is (ih0, iw0) (pixels outside x are zeros)."""
+    top-left pixel is (ih0, iw0) (pixels outside x are zeros). In slices of CHANNELS
+    channels, so that tmp (36 x CHANNELS) stays in L1."""
     cdef const floating* d[6]
     cdef floating* o[6]
-    cdef Py_ssize_t i, j, ih, iw
-    for i in range(6):  # along each patch row: tmp[i, :] = B^T d[i, :]
-        ih = ih0 + i
-        for j in range(6):
-            iw = iw0 + j
-            d[j] = x + ((n * H + ih) * W + iw) * C if 0 <= ih < H and 0 <= iw < W else zeros
-            o[j] = tmp + (i * 6 + j) * C
-        _transform_in(d, o, C)
-    for j in range(6):  # along each column: v[:, j] = B^T tmp[:, j]
-        for i in range(6):
-            d[i] = tmp + (i * 6 + j) * C
-            o[i] = v + (i * 6 + j) * v_stride
-        _transform_in(d, o, C)
+    cdef Py_ssize_t i, j, ih, iw, c0, nc
+    for c0 in range(0, C, 64):  # (CHANNELS: Cython wants a literal step here)
+        nc = min(CHANNELS, C - c0)
+        for i in range(6):  # along each patch row: tmp[i, :] = B^T d[i, :]
+            ih = ih0 + i
+            for j in range(6):
+                iw = iw0 + j
+                if 0 <= ih < H and 0 <= iw < W:
+                    d[j] = x + ((n * H + ih) * W + iw) * C + c0
+                else:
+                    d[j] = zeros
+                o[j] = tmp + (i * 6 + j) * nc
+            _transform_in(d, o, nc)
+        for j in range(6):  # along each column: v[:, j] = B^T tmp[:, j]
+            for i in range(6):
+                d[i] = tmp + (i * 6 + j) * nc
+                o[i] = v + (i * 6 + j) * v_stride + c0
+            _transform_in(d, o, nc)
 
 
 cdef inline void _output_tile(const floating* m, Py_ssize_t m_stride, floating* tmp,
@@ -153,25 +160,28 @@ cdef inline void _output_tile(const floating* m, Py_ssize_t m_stride, floating* 
                               Py_ssize_t Wo, Py_ssize_t y_img, Py_ssize_t y_row,
                               Py_ssize_t y_pix, Py_ssize_t Cout) noexcept nogil:
     """The 4x4 output pixels from (oh0, ow0) of image n: A^T m A (+ bias), where m[k] is at
-    m + k * m_stride; pixels beyond the output go to `scratch` (4 x Cout)."""
+    m + k * m_stride; pixels beyond the output go to `scratch` (4 x CHANNELS). In slices
+    of CHANNELS channels, as _input_tile."""
     cdef const floating* src[6]
     cdef floating* o[6]
-    cdef Py_ssize_t i, j
-    for j in range(6):  # along each column: tmp[:, j] = A^T m[:, j]  (4 x 6)
-        for i in range(6):
-            src[i] = m + (i * 6 + j) * m_stride
-        for i in range(4):
-            o[i] = tmp + (i * 6 + j) * Cout
-        _transform_out(src, o, NULL, Cout)
-    for i in range(4):  # along each row: y[oh0 + i, ow0:ow0 + 4] = tmp[i, :] A
-        for j in range(6):
-            src[j] = tmp + (i * 6 + j) * Cout
-        for j in range(4):
-            if oh0 + i < Ho and ow0 + j < Wo:
-                o[j] = y + n * y_img + (oh0 + i) * y_row + (ow0 + j) * y_pix
-            else:
-                o[j] = scratch + j * Cout
-        _transform_out(src, o, bias, Cout)
+    cdef Py_ssize_t i, j, c0, nc
+    for c0 in range(0, Cout, 64):  # (CHANNELS)
+        nc = min(CHANNELS, Cout - c0)
+        for j in range(6):  # along each column: tmp[:, j] = A^T m[:, j]  (4 x 6)
+            for i in range(6):
+                src[i] = m + (i * 6 + j) * m_stride + c0
+            for i in range(4):
+                o[i] = tmp + (i * 6 + j) * nc
+            _transform_out(src, o, NULL, nc)
+        for i in range(4):  # along each row: y[oh0 + i, ow0:ow0 + 4] = tmp[i, :] A
+            for j in range(6):
+                src[j] = tmp + (i * 6 + j) * nc
+            for j in range(4):
+                if oh0 + i < Ho and ow0 + j < Wo:
+                    o[j] = y + n * y_img + (oh0 + i) * y_row + (ow0 + j) * y_pix + c0
+                else:
+                    o[j] = scratch + j * CHANNELS
+            _transform_out(src, o, bias + c0 if bias != NULL else NULL, nc)
 
 
 cdef inline void _grad_tile(const floating* gy, const floating* zeros, floating* tmp,
@@ -327,7 +337,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
         m = <floating*> malloc(POINTS_ * m_stride * sizeof(floating))
         tmp = <floating*> malloc(POINTS_ * max(C, Cout) * sizeof(floating))
         zeros = <floating*> calloc(C, sizeof(floating))
-        scratch = <floating*> malloc(4 * Cout * sizeof(floating))
+        scratch = <floating*> malloc(4 * CHANNELS * sizeof(floating))
         for ib in prange(n_blocks, schedule="static"):
             if v == NULL or m == NULL or tmp == NULL or zeros == NULL or scratch == NULL:
                 failed[0] = 1
