@@ -41,6 +41,21 @@ def _batched(name: str, arr) -> tuple[np.ndarray, bool]:
     return (arr[None], True) if arr.ndim == 3 else (arr, False)
 
 
+def _bounded(a: np.ndarray, headroom: float = 1.0) -> bool:
+    """Whether every value of `a` is a number of magnitude at most the dtype's largest
+    finite value / headroom (so with headroom 1: whether `a` is finite). Through its min and
+    max, because np.isfinite(a).all() would allocate a boolean array as large as `a`."""
+    if a.size == 0:
+        return True
+    limit = np.finfo(a.dtype).max / headroom
+    return bool(-limit <= a.min() and a.max() <= limit)  # False for NaN too
+
+
+# Winograd's transforms scale values by up to 10 (input) and 15 (output gradient) per axis:
+# inputs within the largest float / this headroom cannot overflow there
+WINOGRAD_HEADROOM = 1e6
+
+
 def _bias(fn: str, bias, channels: int) -> np.ndarray | None:
     if bias is None:
         return None
@@ -128,9 +143,9 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
     x is zero-padded by `offsets` (top, left) rows and columns."""
     algo = _algorithms.for_weight_gradient(algorithm, weight_shape, gy.shape, gy.itemsize, geo)
     # the direct kernel skips the zero padding, where im2col would add 0 * inf = NaN, and
-    # Winograd's transforms would spread a non-finite value over its tile
-    if (algo == "im2col" and not np.isfinite(gy).all()) or (
-            algo == "winograd" and not (np.isfinite(gy).all() and np.isfinite(x).all())):
+    # Winograd's transforms would spread a non-finite value over its tile (or overflow)
+    if (algo == "im2col" and not _bounded(gy)) or (algo == "winograd" and not (
+            _bounded(gy, WINOGRAD_HEADROOM) and _bounded(x, WINOGRAD_HEADROOM))):
         algo = "direct"
     itemsize = np.dtype(dtype).itemsize
     kh, kw = geo.kernel_hw
@@ -172,10 +187,10 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
     # Taps in the zero padding contribute nothing (C of conv_matrix has no entry for them),
     # not 0 * w: that differs where w is NaN or infinite, and only the direct kernel's exact
     # mode skips them everywhere.
-    exact = not np.isfinite(w).all()
+    exact = not _bounded(w)
     # Winograd's transforms mix the pixels of a tile: one infinite input would make its
-    # neighbours' outputs NaN too
-    if exact or (algo == "winograd" and not np.isfinite(x).all()):
+    # neighbours' outputs NaN too, and a huge one could overflow
+    if exact or (algo == "winograd" and not _bounded(x, WINOGRAD_HEADROOM)):
         algo = "direct"
     (sh, sw), (dh, dw) = stride, dilation
     pixels = y.shape[0] * y.shape[1] * y.shape[2]

@@ -3,6 +3,7 @@ where it applies, and what "auto" makes of it."""
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -192,6 +193,24 @@ def test_non_finite_input_as_direct(rng, value):
                                         needs="weight")[1]
     np.testing.assert_array_equal(gw, expected)  # the same kernel: NaN where direct has NaN
     assert not np.isfinite(expected[:, :, 1]).any() and np.isfinite(expected[:, :, 0]).all()
+
+
+@pytest.mark.parametrize("huge", [1e37, 3e38])
+def test_huge_finite_inputs(rng, huge):
+    """Values so large that the transforms could overflow are computed by the direct kernel:
+    finite outputs where direct convolution has them."""
+    x, weight = operands(rng, 1, 8, 8, 4, 4)
+    x[0, 3, 3, 0] = huge
+    gy = rng.standard_normal((1, 8, 8, 4)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = fastconv.conv2d(x, weight, padding=1, algorithm="winograd")
+        gw = fastconv.conv2d_backward(gy, x, weight, padding=1, algorithm="winograd",
+                                      needs="weight")[1]
+    np.testing.assert_array_equal(y, fastconv.conv2d(x, weight, padding=1, algorithm="direct"))
+    assert np.isfinite(y).all()
+    np.testing.assert_array_equal(gw, fastconv.conv2d_backward(
+        gy, x, weight, padding=1, algorithm="direct", needs="weight")[1])
 
 
 @pytest.mark.parametrize("kwargs, got", [
