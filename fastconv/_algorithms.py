@@ -37,6 +37,7 @@ USES_BLAS = {"direct": False, "im2col": True}
 PARALLEL_MIN_FLOPS = 1_000_000
 ALGORITHMS = ("auto",) + tuple(KERNELS)
 
+MIN_GEMM_ROWS = 16  # a GEMM with fewer rows runs far below BLAS speed
 COLUMN_BUFFER_BYTES = 256 * 1024  # a tile's column buffer: about a quarter of L2
 PARTIAL_SUM_BYTES = 16 * 1024 * 1024  # cap on the weight-gradient partial sums
 MIN_PARTIAL_SUMS, MAX_PARTIAL_SUMS = 2, 8
@@ -64,6 +65,21 @@ def for_convolution(algorithm: str, weight_shape, stride, groups: int) -> str:
     if cout // groups < 8 and kh * kw * cig >= 64:
         return "im2col"
     return "direct"
+
+
+def for_single_tap_phases(algorithm: str, kh: int, kw: int, stride, dilation,
+                          in_per_group: int) -> bool:
+    """Whether an input gradient / transposed convolution runs as one GEMM over all taps
+    (_im2col.transpose_single_tap) rather than as sub-pixel phases: possible when no two taps
+    share a phase (kernel <= stride, as in 2x2 stride 2), worth it only with a stride (stride
+    1 is a single phase already) and, for "auto", enough input channels per group for a GEMM
+    (`in_per_group`: the transposed convolution's, i.e. grad_output's)."""
+    if algorithm == "direct" or tuple(stride) == (1, 1):
+        return False
+    for k, s, d in zip((kh, kw), stride, dilation):
+        if len({r * d % s for r in range(k)}) < k:
+            return False
+    return algorithm == "im2col" or in_per_group >= 8
 
 
 def for_weight_gradient(algorithm: str, in_per_group: int, depthwise: bool) -> str:
