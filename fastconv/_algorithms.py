@@ -38,6 +38,9 @@ PARALLEL_MIN_FLOPS = 1_000_000
 ALGORITHMS = ("auto",) + tuple(KERNELS)
 
 MIN_GEMM_ROWS = 16  # a GEMM with fewer rows runs far below BLAS speed
+# outputs at least this large are written with non-temporal stores where a kernel can (they
+# would not stay in the caches anyway; the stores skip reading each line first)
+STREAM_BYTES = 4 * 1024 * 1024
 COLUMN_BUFFER_BYTES = 256 * 1024  # a tile's column buffer: about a quarter of L2
 PARTIAL_SUM_BYTES = 16 * 1024 * 1024  # cap on the weight-gradient partial sums
 MIN_PARTIAL_SUMS, MAX_PARTIAL_SUMS = 2, 8
@@ -80,6 +83,14 @@ def for_single_tap_phases(algorithm: str, kh: int, kw: int, stride, dilation,
         if len({r * d % s for r in range(k)}) < k:
             return False
     return algorithm == "im2col" or in_per_group >= 8
+
+
+def for_depthwise_data(algorithm: str, stride, depthwise: bool) -> bool:
+    """Whether a depthwise input gradient / transposed convolution runs as one pass over the
+    output rows (_direct.data_depthwise, all sub-pixel phases of a row at once) rather than
+    as sub-pixel phases: with a stride (stride 1 is a single phase already), for "direct"
+    and "auto" (a depthwise GEMM has nothing to reuse)."""
+    return depthwise and algorithm != "im2col" and tuple(stride) != (1, 1)
 
 
 def for_weight_gradient(algorithm: str, in_per_group: int, depthwise: bool) -> str:

@@ -225,6 +225,14 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
             and out.flags.c_contiguous):
         _single_tap_kernel(gy, w, bias, out, geo, crop)
         return
+    if (_algorithms.for_depthwise_data(algorithm, geo.stride, cig == 1 and cout == groups > 1)
+            and out.flags.c_contiguous):
+        gy, w, bias = _padded_channels(gy, w, bias, groups,
+                                       _algorithms.KERNELS["direct"].CHANNEL_BLOCK[out.dtype.name])
+        _run("direct", "data_depthwise", np.ascontiguousarray(gy), w, bias, out, *crop,
+             *geo.stride, *geo.dilation, out.nbytes >= _algorithms.STREAM_BYTES,
+             flops=2 * gy.shape[0] * gy.shape[1] * gy.shape[2] * w.size)
+        return
     # the adjoint's weight: wt[r, s, co, g*cig + ci] = w[r, s, ci, g*cog + co]
     wt = w.reshape(kh, kw, cig, groups, cog).transpose(0, 1, 4, 3, 2).reshape(kh, kw, cog, -1)
     top, left = crop

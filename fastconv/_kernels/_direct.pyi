@@ -21,3 +21,7 @@ def conv_backward_weight(
     x: _Floats, gy: _Floats, partial: _Floats, kh: int, kw: int,
     top: int, left: int, sh: int, sw: int, dh: int, dw: int, groups: int, num_threads: int,
 ) -> None: ...
+def data_depthwise(
+    gy: _Floats, w: _Floats, bias: _Floats, out: _Floats,
+    top: int, left: int, sh: int, sw: int, dh: int, dw: int, num_threads: int,
+) -> int: ...  # always 0

@@ -10,7 +10,11 @@
 #ifndef FASTCONV_SIMD_H
 #define FASTCONV_SIMD_H
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 #if defined(__AVX512F__)
 #define FC_VBYTES 64
@@ -25,6 +29,42 @@
 #define FC_PB 4
 #define FC_ISA "baseline"
 #endif
+
+/* dst[:bytes] = src[:bytes] with non-temporal stores where dst is aligned: for an output
+ * far larger than the caches, written once, this skips reading each line before writing it.
+ * Call fc_store_fence() once the thread's streamed stores are done. */
+static inline void fc_stream_copy(void *dst, const void *src, size_t bytes)
+{
+#if defined(__SSE2__)
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    size_t head = (size_t)(-(uintptr_t)d % 64);
+    if (head > bytes) head = bytes;
+    memcpy(d, s, head);
+    d += head; s += head; bytes -= head;
+    for (; bytes >= 64; bytes -= 64, d += 64, s += 64) {
+#if defined(__AVX512F__)
+        _mm512_stream_si512((void *)d, _mm512_loadu_si512((const void *)s));
+#elif defined(__AVX__)
+        _mm256_stream_si256((__m256i *)d, _mm256_loadu_si256((const __m256i *)s));
+        _mm256_stream_si256((__m256i *)(d + 32), _mm256_loadu_si256((const __m256i *)(s + 32)));
+#else
+        for (int k = 0; k < 64; k += 16)
+            _mm_stream_si128((__m128i *)(d + k), _mm_loadu_si128((const __m128i *)(s + k)));
+#endif
+    }
+    memcpy(d, s, bytes);
+#else
+    memcpy(dst, src, bytes);
+#endif
+}
+
+static inline void fc_store_fence(void)
+{
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(FASTCONV_NO_VECTORS)
 #define FC_HAVE_VECTORS 1
@@ -73,12 +113,13 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
         for (int p = 0; p < NP; p++) fc_store_part_##SUF(y + p * y_pix, acc[p], nc);         \
     }
 
-/* Depthwise block: y[p, :] = bias + sum_{r, s} x[p*x_pix + r*x_row + s*x_col + :] * w[(r*kw + s)*w_c + :]
- * (x's and w's channel counts are whole numbers of vectors; y_pix: y's pixel stride). */
+/* Depthwise block: y[p, :] = bias + sum_{r, s} x[p*x_pix + r*x_row + s*x_col + :] * w[r*w_row + s*w_col + :]
+ * (x's and w's channel counts are whole numbers of vectors; y_pix: y's pixel stride; the
+ * strides may be negative: the input gradient walks its taps backwards). */
 #define FC_DEFINE_DEPTHWISE(T, V, SUF, NP)                                                   \
     static inline void fc_depthwise_##SUF##_##NP(                                            \
         const T *x, const T *w, T *y, const T *bias, ptrdiff_t nc, ptrdiff_t kh,             \
-        ptrdiff_t ks, ptrdiff_t kw, ptrdiff_t w_c, ptrdiff_t unused, ptrdiff_t y_pix,        \
+        ptrdiff_t ks, ptrdiff_t w_row, ptrdiff_t w_col, ptrdiff_t unused, ptrdiff_t y_pix,   \
         ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col)                                   \
     {                                                                                        \
         (void)unused;                                                                        \
@@ -88,7 +129,7 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
         for (ptrdiff_t r = 0; r < kh; r++)                                                   \
             for (ptrdiff_t s = 0; s < ks; s++) {                                             \
                 const T *xt = x + r * x_row + s * x_col;                                     \
-                V wv = fc_load_##SUF(w + (r * kw + s) * w_c);                                \
+                V wv = fc_load_##SUF(w + r * w_row + s * w_col);                             \
                 for (int p = 0; p < NP; p++)                                                 \
                     acc[p] += fc_load_##SUF(xt + p * x_pix) * wv;                            \
             }                                                                                \
@@ -116,6 +157,32 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
             FC_CASE(KIND, SUF, 7, x, w, y, bias, nc, kh, ks, kw, a, b, y_pix, x_pix, x_row, x_col) \
             FC_CASE(KIND, SUF, 8, x, w, y, bias, nc, kh, ks, kw, a, b, y_pix, x_pix, x_row, x_col) \
         }                                                                                    \
+    }
+
+/* A run of depthwise pixels, all channels: blocks of FC_PB pixels (y_pix / x_pix apart) x
+ * one vector of channels, the C channels' last vector stored in part; x and w have whole
+ * vectors of channels. (One call per run rather than per block: the blocks inline here.) */
+#define FC_CAT_(a, b) a##b
+#define FC_CAT(a, b) FC_CAT_(a, b)
+#define FC_DEFINE_DEPTHWISE_RUN(T, V, SUF)                                                   \
+    static inline void fc_depthwise_run_##SUF(                                               \
+        ptrdiff_t npix, ptrdiff_t C, const T *x, const T *w, T *y, const T *bias,            \
+        ptrdiff_t kh, ptrdiff_t ks, ptrdiff_t w_row, ptrdiff_t w_col, ptrdiff_t y_pix,       \
+        ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col)                                   \
+    {                                                                                        \
+        const ptrdiff_t cb = (ptrdiff_t)(sizeof(V) / sizeof(T));                             \
+        ptrdiff_t p = 0;                                                                     \
+        for (; p + FC_PB <= npix; p += FC_PB)                                                \
+            for (ptrdiff_t c0 = 0; c0 < C; c0 += cb)                                         \
+                FC_CAT(fc_depthwise_##SUF##_, FC_PB)(                                        \
+                    x + p * x_pix + c0, w + c0, y + p * y_pix + c0, bias ? bias + c0 : 0,    \
+                    C - c0 < cb ? C - c0 : cb, kh, ks, w_row, w_col, 0, y_pix, x_pix,        \
+                    x_row, x_col);                                                           \
+        if (p < npix)                                                                        \
+            for (ptrdiff_t c0 = 0; c0 < C; c0 += cb)                                         \
+                fc_depthwise_block_##SUF((int)(npix - p), x + p * x_pix + c0, w + c0,        \
+                    y + p * y_pix + c0, bias ? bias + c0 : 0, C - c0 < cb ? C - c0 : cb, kh, \
+                    ks, w_row, w_col, 0, y_pix, x_pix, x_row, x_col);                        \
     }
 
 /* Weight gradient, dense: gw[i*w_ci + :] += sum_{p < npix} x[p*x_pix + i] * gy[p*y_pix + :]
@@ -162,6 +229,8 @@ FC_DEFINE_DISPATCH(float, dense, f)
 FC_DEFINE_DISPATCH(double, dense, d)
 FC_DEFINE_DISPATCH(float, depthwise, f)
 FC_DEFINE_DISPATCH(double, depthwise, d)
+FC_DEFINE_DEPTHWISE_RUN(float, fc_vf, f)
+FC_DEFINE_DEPTHWISE_RUN(double, fc_vd, d)
 FC_DEFINE_WGRAD_DENSE(float, fc_vf, f)
 FC_DEFINE_WGRAD_DENSE(double, fc_vd, d)
 FC_DEFINE_WGRAD_DEPTHWISE(float, fc_vf, f)
@@ -183,6 +252,11 @@ FC_STUB_BLOCK(fc_dense_block_f, float)
 FC_STUB_BLOCK(fc_dense_block_d, double)
 FC_STUB_BLOCK(fc_depthwise_block_f, float)
 FC_STUB_BLOCK(fc_depthwise_block_d, double)
+#define FC_STUB_RUN(name, T) static inline void name(ptrdiff_t npix, ptrdiff_t C, const T *x, \
+    const T *w, T *y, const T *bias, ptrdiff_t kh, ptrdiff_t ks, ptrdiff_t w_row, ptrdiff_t w_col, \
+    ptrdiff_t y_pix, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col) {}
+FC_STUB_RUN(fc_depthwise_run_f, float)
+FC_STUB_RUN(fc_depthwise_run_d, double)
 FC_STUB_WGRAD(fc_wgrad_dense_block_f, float)
 FC_STUB_WGRAD(fc_wgrad_dense_block_d, double)
 FC_STUB_WGRAD_DW(fc_wgrad_depthwise_block_f, float)
