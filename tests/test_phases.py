@@ -176,16 +176,18 @@ def test_depthwise_strided_input_gradient(case, dtype, algorithm, streamed, rng)
 
 
 @pytest.mark.parametrize("case", [DEPTHWISE[2], DEPTHWISE[4], DEPTHWISE[6]], ids=case_id)
-def test_depthwise_input_gradient_same_for_one_and_two_threads(case, streamed, rng):
+def test_depthwise_gradients_same_for_one_and_two_threads(case, streamed, rng):
     big = dict(case, x=(4, case["x"][1] * 3, case["x"][2] * 3, case["x"][3]))
     x, w, gy, conv, ref = depthwise_arrays(big, np.float32, rng)
     results = []
     for n in (1, 2):
         with fastconv.num_threads(n):
-            results.append(fastconv.conv2d_backward(gy, x, w, **conv, needs=("input",))[0])
-    np.testing.assert_array_equal(results[0], results[1])
-    assert_close(results[0], reference.conv2d_backward(gy, x, w, **ref)[0], np.float32, 25,
-                 "grad_input")
+            results.append(fastconv.conv2d_backward(gy, x, w, **conv, needs=("input", "weight")))
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+    expected = reference.conv2d_backward(gy, x, w, **ref)
+    assert_close(results[0][0], expected[0], np.float32, 25, "grad_input")
+    assert_close(results[0][1], expected[1], np.float32, gy[..., 0].size, "grad_weight")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -51,6 +51,14 @@ cdef extern from "fastconv_simd.h":
                             double* y, const double* bias, Py_ssize_t kh, Py_ssize_t ks,
                             Py_ssize_t w_row, Py_ssize_t w_col, Py_ssize_t y_pix,
                             Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
+    void fc_wgrad_depthwise3_f(const float* x, const float* gy, float* gw, Py_ssize_t npix,
+                               Py_ssize_t nr, Py_ssize_t ns, Py_ssize_t x_pix, Py_ssize_t x_row,
+                               Py_ssize_t x_col, Py_ssize_t y_pix, Py_ssize_t g_row,
+                               Py_ssize_t g_col) noexcept nogil
+    void fc_wgrad_depthwise3_d(const double* x, const double* gy, double* gw, Py_ssize_t npix,
+                               Py_ssize_t nr, Py_ssize_t ns, Py_ssize_t x_pix, Py_ssize_t x_row,
+                               Py_ssize_t x_col, Py_ssize_t y_pix, Py_ssize_t g_row,
+                               Py_ssize_t g_col) noexcept nogil
     void fc_stream_copy(void* dst, const void* src, size_t nbytes) noexcept nogil
     void fc_store_fence() noexcept nogil
     void fc_wgrad_dense_block_f(const float* x, const float* gy, float* gw, Py_ssize_t npix,
@@ -248,6 +256,75 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     return status
 
 
+cdef inline void _wgrad_depthwise_pixels(const floating* xp, const floating* gyp, floating* gwp,
+                                        Py_ssize_t npix, Py_ssize_t nc, Py_ssize_t x_pix,
+                                        Py_ssize_t C) noexcept nogil:
+    """gwp[c] += sum_{p < npix} xp[p*x_pix + c] * gyp[p*C + c] for c < nc (one vector)."""
+    cdef Py_ssize_t p, c
+    cdef floating acc
+    if npix <= 0:
+        return
+    if floating is float and FC_HAVE_VECTORS and nc == FC_CB_F:
+        fc_wgrad_depthwise_block_f(xp, gyp, gwp, npix, x_pix, C)
+    elif floating is double and FC_HAVE_VECTORS and nc == FC_CB_D:
+        fc_wgrad_depthwise_block_d(xp, gyp, gwp, npix, x_pix, C)
+    else:
+        for c in range(nc):
+            acc = 0
+            for p in range(npix):
+                acc = acc + gyp[p * C + c] * xp[p * x_pix + c]
+            gwp[c] += acc
+
+
+cdef inline void _wgrad_depthwise_row(const floating* x, const floating* gy, floating* gw,
+                                      Py_ssize_t ih0, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                                      Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
+                                      Py_ssize_t left, Py_ssize_t sw, Py_ssize_t dh,
+                                      Py_ssize_t dw) noexcept nogil:
+    """One output row's share of a depthwise weight gradient (x: the image, gy: the row, gw:
+    (kh, kw, 1, C), ih0: the input row of tap 0): kernels up to 3 x 3 sum all their taps in
+    one pass over the pixels whose taps all land inside x (fc_wgrad_depthwise3), the other
+    pixels and kernels tap by tap over the pixels where the tap lands inside x."""
+    cdef Py_ssize_t cb = (FC_CB_F if floating is float else FC_CB_D) if FC_HAVE_VECTORS else 1
+    cdef Py_ssize_t x_pix = sw * C
+    cdef Py_ssize_t r_lo = _first_tap(ih0, dh), r_hi = _end_tap(ih0, dh, kh, H)
+    # the pixels whose kw taps all land inside x: [p_lo, p_hi)
+    cdef Py_ssize_t p_lo = min(Wo, _first_tap(-left, sw))
+    cdef Py_ssize_t p_hi = max(p_lo, _end_tap(-left + (kw - 1) * dw, sw, Wo, W))
+    cdef bint three = FC_HAVE_VECTORS and kh <= 3 and kw <= 3 and p_hi > p_lo and r_hi > r_lo
+    cdef Py_ssize_t co_block, co0, nc, a, b, r, s, iw, ow0, ow1
+    cdef const floating* xr
+    for co_block in range((C + cb - 1) // cb):
+        co0 = co_block * cb
+        nc = min(cb, C - co0)
+        a = 0  # [a, b): the pixels summed by the 3 x 3 pass
+        b = 0
+        if three and nc == cb:
+            a = p_lo
+            b = p_hi
+            xr = x + ((ih0 + r_lo * dh) * W + p_lo * sw - left) * C + co0
+            if floating is float:
+                fc_wgrad_depthwise3_f(xr, gy + p_lo * C + co0, gw + r_lo * kw * C + co0, b - a,
+                                      r_hi - r_lo, kw, x_pix, dh * W * C, dw * C, C, kw * C, C)
+            else:
+                fc_wgrad_depthwise3_d(xr, gy + p_lo * C + co0, gw + r_lo * kw * C + co0, b - a,
+                                      r_hi - r_lo, kw, x_pix, dh * W * C, dw * C, C, kw * C, C)
+        for r in range(r_lo, r_hi):
+            xr = x + (ih0 + r * dh) * W * C + co0
+            for s in range(kw):
+                # the pixels [ow0, ow1) whose tap s lands inside x, less [a, b)
+                iw = s * dw - left  # input column of pixel 0
+                ow0 = _first_tap(iw, sw)
+                ow1 = max(ow0, _end_tap(iw, sw, Wo, W))
+                _wgrad_depthwise_pixels(xr + (iw + ow0 * sw) * C, gy + ow0 * C + co0,
+                                        gw + (r * kw + s) * C + co0,
+                                        min(ow1, a) - ow0 if b > a else ow1 - ow0, nc, x_pix, C)
+                if b > a and ow1 > b:
+                    ow0 = max(ow0, b)
+                    _wgrad_depthwise_pixels(xr + (iw + ow0 * sw) * C, gy + ow0 * C + co0,
+                                            gw + (r * kw + s) * C + co0, ow1 - ow0, nc, x_pix, C)
+
+
 def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
                          const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out)
                          floating[:, ::1] partial,         # OUT (n_chunks, kh*kw*cig*C_out), zeroed
@@ -283,6 +360,10 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
         for row in range(chunk * rows // n_chunks, (chunk + 1) * rows // n_chunks):
             n = row // Ho
             oh = row % Ho
+            if depthwise:
+                _wgrad_depthwise_row(&x[n, 0, 0, 0], &gy[n, oh, 0, 0], &partial[chunk, 0],
+                                     oh * sh - top, H, W, C, Wo, kh, kw, left, sw, dh, dw)
+                continue
             for r in range(kh):
                 ih = oh * sh + r * dh - top
                 if ih < 0 or ih >= H:

@@ -217,6 +217,34 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
         fc_store_##SUF(gw, acc + acc2);                                                      \
     }
 
+/* Weight gradient, depthwise, all taps of a kernel of at most 3 x 3 at once (nr, ns <= 3):
+ * gw[r*g_row + s*g_col + :] += sum_{p < npix} x[p*x_pix + r*x_row + s*x_col + :] * gy[p*y_pix + :]
+ * Each gy vector is loaded once for all taps; the nine sums stay in registers. */
+#define FC_DEFINE_WGRAD_DEPTHWISE3(T, V, SUF)                                                \
+    static inline void fc_wgrad_depthwise3_##SUF(                                            \
+        const T *x, const T *gy, T *gw, ptrdiff_t npix, ptrdiff_t nr, ptrdiff_t ns,          \
+        ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col, ptrdiff_t y_pix, ptrdiff_t g_row, \
+        ptrdiff_t g_col)                                                                     \
+    {                                                                                        \
+        V acc[3][3];                                                                         \
+        for (int r = 0; r < 3; r++)                                                          \
+            for (int s = 0; s < 3; s++) acc[r][s] = (V){0};                                  \
+        for (ptrdiff_t p = 0; p < npix; p++) {                                               \
+            V g = fc_load_##SUF(gy + p * y_pix);                                             \
+            const T *xp = x + p * x_pix;                                                     \
+            for (int r = 0; r < 3; r++)                                                      \
+                for (int s = 0; s < 3; s++)                                                  \
+                    if (r < nr && s < ns)                                                    \
+                        acc[r][s] += fc_load_##SUF(xp + r * x_row + s * x_col) * g;          \
+        }                                                                                    \
+        for (int r = 0; r < 3; r++)                                                          \
+            for (int s = 0; s < 3; s++)                                                      \
+                if (r < nr && s < ns) {                                                      \
+                    T *gt = gw + r * g_row + s * g_col;                                      \
+                    fc_store_##SUF(gt, fc_load_##SUF(gt) + acc[r][s]);                       \
+                }                                                                            \
+    }
+
 FC_DEFINE_IO(float, fc_vf, f)
 FC_DEFINE_IO(double, fc_vd, d)
 FC_DEFINE_STORE_PART(float, fc_vf, f)
@@ -235,6 +263,8 @@ FC_DEFINE_WGRAD_DENSE(float, fc_vf, f)
 FC_DEFINE_WGRAD_DENSE(double, fc_vd, d)
 FC_DEFINE_WGRAD_DEPTHWISE(float, fc_vf, f)
 FC_DEFINE_WGRAD_DEPTHWISE(double, fc_vd, d)
+FC_DEFINE_WGRAD_DEPTHWISE3(float, fc_vf, f)
+FC_DEFINE_WGRAD_DEPTHWISE3(double, fc_vd, d)
 
 #else /* no vector extensions: the Cython loops do all the work, these are never called */
 #define FC_HAVE_VECTORS 0
@@ -257,6 +287,11 @@ FC_STUB_BLOCK(fc_depthwise_block_d, double)
     ptrdiff_t y_pix, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col) {}
 FC_STUB_RUN(fc_depthwise_run_f, float)
 FC_STUB_RUN(fc_depthwise_run_d, double)
+#define FC_STUB_WGRAD3(name, T) static inline void name(const T *x, const T *gy, T *gw, \
+    ptrdiff_t npix, ptrdiff_t nr, ptrdiff_t ns, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col, \
+    ptrdiff_t y_pix, ptrdiff_t g_row, ptrdiff_t g_col) {}
+FC_STUB_WGRAD3(fc_wgrad_depthwise3_f, float)
+FC_STUB_WGRAD3(fc_wgrad_depthwise3_d, double)
 FC_STUB_WGRAD(fc_wgrad_dense_block_f, float)
 FC_STUB_WGRAD(fc_wgrad_dense_block_d, double)
 FC_STUB_WGRAD_DW(fc_wgrad_depthwise_block_f, float)
