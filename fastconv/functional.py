@@ -215,7 +215,10 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
     Padded rows ih = a (mod stride) are reached only by the taps r with r*d = a (mod stride),
     from output rows oh = ih // stride - m_r. So each sub-pixel phase (a, b) is a stride-1
     convolution of gy, shifted (and zero-padded or cropped), with the phase's taps flipped and
-    the weight's in/out channels swapped; stride 1 is a single phase.
+    the weight's in/out channels swapped; stride 1 is a single phase. Two cases skip the
+    phases: one tap per phase (kernel <= stride) is one GEMM over all taps
+    (_single_tap_kernel), and a strided depthwise one is one pass over the rows of `out`
+    (_direct.data_depthwise).
     """
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
     kh, kw, cig, cout = w.shape

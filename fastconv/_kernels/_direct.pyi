@@ -23,5 +23,5 @@ def conv_backward_weight(
 ) -> None: ...
 def data_depthwise(
     gy: _Floats, w: _Floats, bias: _Floats, out: _Floats,
-    top: int, left: int, sh: int, sw: int, dh: int, dw: int, num_threads: int,
-) -> int: ...  # always 0
+    top: int, left: int, sh: int, sw: int, dh: int, dw: int, stream: bool, num_threads: int,
+) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated

@@ -3,8 +3,9 @@
 Both work on an input that is already padded (the Python layer pads it, so every padding
 mode is the same "valid" convolution here) and write into arrays the caller allocated.
 The innermost loops run over contiguous channels so the compiler can vectorise them.
-The input gradient needs no kernel of its own: functional.py writes it as stride-1
-convolutions (one per sub-pixel phase) that run through conv_forward.
+The input gradient mostly needs no kernel of its own: functional.py writes it as stride-1
+convolutions (one per sub-pixel phase) that run through conv_forward; a strided depthwise
+one has data_depthwise, which writes all phases of an output row in one pass.
 
 Shapes (groups G, C_in = G * cig, C_out = G * cog):
     x  (N, Hp, Wp, C_in)      padded input

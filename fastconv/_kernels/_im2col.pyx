@@ -5,7 +5,9 @@ fields (zero padding included: it is implicit, x is never copied) into its own c
 multiplies it by the weight, seen as a (kh*kw*cig) x C_out matrix, with one single-threaded
 BLAS call per group. The full column matrix never exists. A 1x1 stride-1 convolution needs no
 column buffer at all: its input already is the column matrix (when no row or column of the
-input lies beyond the last output pixel).
+input lies beyond the last output pixel). transpose_single_tap serves the transposed
+convolutions whose sub-pixel phases have one tap each (kernel <= stride): a GEMM of the input
+pixels by all taps at once.
 
 The caller keeps BLAS on one thread while these run: parallelism is OpenMP over tiles.
 Functions return 0, or 1 when a scratch buffer could not be allocated.
