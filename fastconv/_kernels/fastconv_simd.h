@@ -10,11 +10,7 @@
 #ifndef FASTCONV_SIMD_H
 #define FASTCONV_SIMD_H
 #include <stddef.h>
-#include <stdint.h>
 #include <string.h>
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
 
 #if defined(__AVX512F__)
 #define FC_VBYTES 64
@@ -29,42 +25,6 @@
 #define FC_PB 4
 #define FC_ISA "baseline"
 #endif
-
-/* dst[:bytes] = src[:bytes] with non-temporal stores where dst is aligned: for an output
- * far larger than the caches, written once, this skips reading each line before writing it.
- * Call fc_store_fence() once the thread's streamed stores are done. */
-static inline void fc_stream_copy(void *dst, const void *src, size_t bytes)
-{
-#if defined(__SSE2__)
-    char *d = (char *)dst;
-    const char *s = (const char *)src;
-    size_t head = (size_t)(-(uintptr_t)d % 64);
-    if (head > bytes) head = bytes;
-    memcpy(d, s, head);
-    d += head; s += head; bytes -= head;
-    for (; bytes >= 64; bytes -= 64, d += 64, s += 64) {
-#if defined(__AVX512F__)
-        _mm512_stream_si512((void *)d, _mm512_loadu_si512((const void *)s));
-#elif defined(__AVX__)
-        _mm256_stream_si256((__m256i *)d, _mm256_loadu_si256((const __m256i *)s));
-        _mm256_stream_si256((__m256i *)(d + 32), _mm256_loadu_si256((const __m256i *)(s + 32)));
-#else
-        for (int k = 0; k < 64; k += 16)
-            _mm_stream_si128((__m128i *)(d + k), _mm_loadu_si128((const __m128i *)(s + k)));
-#endif
-    }
-    memcpy(d, s, bytes);
-#else
-    memcpy(dst, src, bytes);
-#endif
-}
-
-static inline void fc_store_fence(void)
-{
-#if defined(__SSE2__)
-    _mm_sfence();
-#endif
-}
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(FASTCONV_NO_VECTORS)
 #define FC_HAVE_VECTORS 1
@@ -297,5 +257,50 @@ FC_STUB_WGRAD(fc_wgrad_dense_block_d, double)
 FC_STUB_WGRAD_DW(fc_wgrad_depthwise_block_f, float)
 FC_STUB_WGRAD_DW(fc_wgrad_depthwise_block_d, double)
 #endif
+
+/* Non-temporal stores: x86 with SSE2 and a compiler with vector extensions (the same
+ * compilers as above; others copy with memcpy). */
+#if FC_HAVE_VECTORS && defined(__SSE2__)
+#define FC_STREAM_STORES 1
+#include <immintrin.h>
+#else
+#define FC_STREAM_STORES 0
+#endif
+
+/* dst[:bytes] = src[:bytes] with non-temporal stores where dst is aligned: for an output
+ * far larger than the caches, written once, this skips reading each line before writing it.
+ * Call fc_store_fence() once the thread's streamed stores are done. */
+static inline void fc_stream_copy(void *dst, const void *src, size_t bytes)
+{
+#if FC_STREAM_STORES
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    size_t head = (size_t)(-(size_t)d % 64);
+    if (head > bytes) head = bytes;
+    memcpy(d, s, head);
+    d += head; s += head; bytes -= head;
+    for (; bytes >= 64; bytes -= 64, d += 64, s += 64) {
+#if defined(__AVX512F__)
+        _mm512_stream_si512((void *)d, _mm512_loadu_si512((const void *)s));
+#elif defined(__AVX__)
+        _mm256_stream_si256((__m256i *)d, _mm256_loadu_si256((const __m256i *)s));
+        _mm256_stream_si256((__m256i *)(d + 32), _mm256_loadu_si256((const __m256i *)(s + 32)));
+#else
+        for (int k = 0; k < 64; k += 16)
+            _mm_stream_si128((__m128i *)(d + k), _mm_loadu_si128((const __m128i *)(s + k)));
+#endif
+    }
+    memcpy(d, s, bytes);
+#else
+    memcpy(dst, src, bytes);
+#endif
+}
+
+static inline void fc_store_fence(void)
+{
+#if FC_STREAM_STORES
+    _mm_sfence();
+#endif
+}
 
 #endif
