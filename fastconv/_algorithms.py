@@ -40,6 +40,10 @@ USES_BLAS = {"direct": False, "im2col": True, "winograd": True}
 PARALLEL_MIN_FLOPS = 1_000_000
 ALGORITHMS = ("auto",) + tuple(KERNELS)
 
+MIN_GEMM_ROWS = 16  # a GEMM with fewer rows runs far below BLAS speed
+# outputs at least this large are written with non-temporal stores where a kernel can (they
+# would not stay in the caches anyway; the stores skip reading each line first)
+STREAM_BYTES = 4 * 1024 * 1024
 COLUMN_BUFFER_BYTES = 256 * 1024  # a tile's column buffer: about a quarter of L2
 # a thread's transformed tiles, in and out: forward within L2 (the transforms dominate);
 # weight gradient larger (its GEMMs sum over the tiles of a block: longer sums pay more)
@@ -126,6 +130,29 @@ def get_auto_winograd() -> bool:
 
 
 _auto_winograd = os.environ.get("FASTCONV_AUTO_WINOGRAD", "1").strip() not in ("0", "false", "False")
+
+
+def for_single_tap_phases(algorithm: str, kh: int, kw: int, stride, dilation,
+                          in_per_group: int) -> bool:
+    """Whether an input gradient / transposed convolution runs as one GEMM over all taps
+    (_im2col.transpose_single_tap) rather than as sub-pixel phases: possible when no two taps
+    share a phase (kernel <= stride, as in 2x2 stride 2), worth it only with a stride (stride
+    1 is a single phase already) and, for "auto", enough input channels per group for a GEMM
+    (`in_per_group`: the transposed convolution's, i.e. grad_output's)."""
+    if algorithm == "direct" or tuple(stride) == (1, 1):
+        return False
+    for k, s, d in zip((kh, kw), stride, dilation):
+        if len({r * d % s for r in range(k)}) < k:
+            return False
+    return algorithm == "im2col" or in_per_group >= 8
+
+
+def for_depthwise_data(algorithm: str, stride, depthwise: bool) -> bool:
+    """Whether a depthwise input gradient / transposed convolution runs as one pass over the
+    output rows (_direct.data_depthwise, all sub-pixel phases of a row at once) rather than
+    as sub-pixel phases: with a stride (stride 1 is a single phase already), for "direct"
+    and "auto" (a depthwise GEMM has nothing to reuse)."""
+    return depthwise and algorithm != "im2col" and tuple(stride) != (1, 1)
 
 
 def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, geo) -> str:

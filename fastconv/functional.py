@@ -261,12 +261,27 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
     Padded rows ih = a (mod stride) are reached only by the taps r with r*d = a (mod stride),
     from output rows oh = ih // stride - m_r. So each sub-pixel phase (a, b) is a stride-1
     convolution of gy, shifted (and zero-padded or cropped), with the phase's taps flipped and
-    the weight's in/out channels swapped; stride 1 is a single phase.
+    the weight's in/out channels swapped; stride 1 is a single phase. Two cases skip the
+    phases: one tap per phase (kernel <= stride) is one GEMM over all taps
+    (_single_tap_kernel), and a strided depthwise one is one pass over the rows of `out`
+    (_direct.data_depthwise).
     """
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
     kh, kw, cig, cout = w.shape
     groups = geo.groups
     cog = cout // groups
+    if (_algorithms.for_single_tap_phases(algorithm, kh, kw, geo.stride, geo.dilation, cog)
+            and out.flags.c_contiguous):
+        _single_tap_kernel(gy, w, bias, out, geo, crop)
+        return
+    if (_algorithms.for_depthwise_data(algorithm, geo.stride, cig == 1 and cout == groups > 1)
+            and out.flags.c_contiguous):
+        gy, w, bias = _padded_channels(gy, w, bias, groups,
+                                       _algorithms.KERNELS["direct"].CHANNEL_BLOCK[out.dtype.name])
+        _run("direct", "data_depthwise", np.ascontiguousarray(gy), w, bias, out, *crop,
+             *geo.stride, *geo.dilation, out.nbytes >= _algorithms.STREAM_BYTES,
+             flops=2 * gy.shape[0] * gy.shape[1] * gy.shape[2] * w.size)
+        return
     # the adjoint's weight: wt[r, s, co, g*cig + ci] = w[r, s, ci, g*cog + co]
     wt = w.reshape(kh, kw, cig, groups, cog).transpose(0, 1, 4, 3, 2).reshape(kh, kw, cog, -1)
     top, left = crop
@@ -291,6 +306,36 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
             w_phase = np.ascontiguousarray(wt[rows][:, cols][::-1, ::-1])
             _forward_kernel(algorithm, gy, offsets, w_phase, bias, phase, (1, 1),
                             (step_r, step_s), groups)
+
+
+def _single_tap_kernel(gy, w, bias, out, geo: ConvGeometry, crop) -> None:
+    """_data_kernel when each sub-pixel phase has one tap (kernel <= stride, e.g. 2x2 stride
+    2): one GEMM of gy's pixels by all taps' weights, each product row copied to the output
+    pixel it belongs to (_im2col.transpose_single_tap); the pixels no tap reaches (phases
+    without a tap, output_padding) are set to the bias here."""
+    kh, kw, cig, cout = w.shape
+    groups = geo.groups
+    cog = cout // groups
+    # wg[g, i, (r*kw + s)*cig + j] = w[r, s, j, g*cog + i]: gy's channel i of group g times
+    # tap (r, s) gives output channel g*cig + j
+    wg = np.ascontiguousarray(
+        w.reshape(kh, kw, cig, groups, cog).transpose(3, 4, 0, 1, 2).reshape(groups, cog, -1))
+    gy = np.ascontiguousarray(gy)
+    pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
+    tile = _algorithms.tile_pixels(kh * kw * cig, out.itemsize, pixels)
+    # straight into the output, a GEMM per input row, where its rows are whole output rows
+    rows = (groups == 1 and geo.dilation[1] == 1 and crop[1] == 0
+            and (gy.shape[2] - 1) * geo.stride[1] + kw <= out.shape[2]
+            and gy.shape[2] >= _algorithms.MIN_GEMM_ROWS)
+    _run("im2col", "transpose_single_tap", gy, wg, bias, out, kh, kw, *crop, *geo.stride,
+         *geo.dilation, tile, rows, flops=2 * pixels * w.size)
+    fill = bias if bias.size else 0
+    for axis, size, k, stride, dilation, start in zip((1, 2), gy.shape[1:3], (kh, kw),
+                                                      geo.stride, geo.dilation, crop):
+        reached = {i * stride + r * dilation - start for i in range(size) for r in range(k)}
+        missed = [i for i in range(out.shape[axis]) if i not in reached]
+        if missed:
+            out[(slice(None),) * axis + (missed,)] = fill
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,3 +21,7 @@ def conv_backward_weight(
     x: _Floats, gy: _Floats, partial: _Floats, kh: int, kw: int,
     top: int, left: int, sh: int, sw: int, dh: int, dw: int, groups: int, num_threads: int,
 ) -> None: ...
+def data_depthwise(
+    gy: _Floats, w: _Floats, bias: _Floats, out: _Floats,
+    top: int, left: int, sh: int, sw: int, dh: int, dw: int, stream: bool, num_threads: int,
+) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated

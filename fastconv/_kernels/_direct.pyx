@@ -3,8 +3,9 @@
 Both work on an input that is already padded (the Python layer pads it, so every padding
 mode is the same "valid" convolution here) and write into arrays the caller allocated.
 The innermost loops run over contiguous channels so the compiler can vectorise them.
-The input gradient needs no kernel of its own: functional.py writes it as stride-1
-convolutions (one per sub-pixel phase) that run through conv_forward.
+The input gradient mostly needs no kernel of its own: functional.py writes it as stride-1
+convolutions (one per sub-pixel phase) that run through conv_forward; a strided depthwise
+one has data_depthwise, which writes all phases of an output row in one pass.
 
 Shapes (groups G, C_in = G * cig, C_out = G * cog):
     x  (N, Hp, Wp, C_in)      padded input
@@ -37,12 +38,30 @@ cdef extern from "fastconv_simd.h":
                           Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
     void fc_depthwise_block_f(int npix, const float* x, const float* w, float* y,
                               const float* bias, Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t ks,
-                              Py_ssize_t kw, Py_ssize_t w_c, Py_ssize_t unused, Py_ssize_t y_pix,
+                              Py_ssize_t w_row, Py_ssize_t w_col, Py_ssize_t unused, Py_ssize_t y_pix,
                               Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
     void fc_depthwise_block_d(int npix, const double* x, const double* w, double* y,
                               const double* bias, Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t ks,
-                              Py_ssize_t kw, Py_ssize_t w_c, Py_ssize_t unused, Py_ssize_t y_pix,
+                              Py_ssize_t w_row, Py_ssize_t w_col, Py_ssize_t unused, Py_ssize_t y_pix,
                               Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
+    void fc_depthwise_run_f(Py_ssize_t npix, Py_ssize_t C, const float* x, const float* w,
+                            float* y, const float* bias, Py_ssize_t kh, Py_ssize_t ks,
+                            Py_ssize_t w_row, Py_ssize_t w_col, Py_ssize_t y_pix,
+                            Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
+    void fc_depthwise_run_d(Py_ssize_t npix, Py_ssize_t C, const double* x, const double* w,
+                            double* y, const double* bias, Py_ssize_t kh, Py_ssize_t ks,
+                            Py_ssize_t w_row, Py_ssize_t w_col, Py_ssize_t y_pix,
+                            Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
+    void fc_wgrad_depthwise3_f(const float* x, const float* gy, float* gw, Py_ssize_t npix,
+                               Py_ssize_t nr, Py_ssize_t ns, Py_ssize_t x_pix, Py_ssize_t x_row,
+                               Py_ssize_t x_col, Py_ssize_t y_pix, Py_ssize_t g_row,
+                               Py_ssize_t g_col) noexcept nogil
+    void fc_wgrad_depthwise3_d(const double* x, const double* gy, double* gw, Py_ssize_t npix,
+                               Py_ssize_t nr, Py_ssize_t ns, Py_ssize_t x_pix, Py_ssize_t x_row,
+                               Py_ssize_t x_col, Py_ssize_t y_pix, Py_ssize_t g_row,
+                               Py_ssize_t g_col) noexcept nogil
+    void fc_stream_copy(void* dst, const void* src, size_t nbytes) noexcept nogil
+    void fc_store_fence() noexcept nogil
     void fc_wgrad_dense_block_f(const float* x, const float* gy, float* gw, Py_ssize_t npix,
                                 Py_ssize_t x_pix, Py_ssize_t y_pix, Py_ssize_t w_ci) noexcept nogil
     void fc_wgrad_dense_block_d(const double* x, const double* gy, double* gw, Py_ssize_t npix,
@@ -98,14 +117,14 @@ cdef inline void _block(const floating* x, const floating* w, floating* y, const
                       x_row, x_col)
     elif floating is float:
         if depthwise:
-            fc_depthwise_block_f(npix, x, w, y, bias, nc, nr, ns, kw, w_ci, 0, y_pix, x_pix,
+            fc_depthwise_block_f(npix, x, w, y, bias, nc, nr, ns, kw * w_ci, w_ci, 0, y_pix, x_pix,
                                  x_row, x_col)
         else:
             fc_dense_block_f(npix, x, w, y, bias, nc, nr, ns, kw, cig, w_ci, y_pix, x_pix, x_row,
                              x_col)
     else:
         if depthwise:
-            fc_depthwise_block_d(npix, x, w, y, bias, nc, nr, ns, kw, w_ci, 0, y_pix, x_pix,
+            fc_depthwise_block_d(npix, x, w, y, bias, nc, nr, ns, kw * w_ci, w_ci, 0, y_pix, x_pix,
                                  x_row, x_col)
         else:
             fc_dense_block_d(npix, x, w, y, bias, nc, nr, ns, kw, cig, w_ci, y_pix, x_pix, x_row,
@@ -238,6 +257,75 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     return status
 
 
+cdef inline void _wgrad_depthwise_pixels(const floating* xp, const floating* gyp, floating* gwp,
+                                        Py_ssize_t npix, Py_ssize_t nc, Py_ssize_t x_pix,
+                                        Py_ssize_t C) noexcept nogil:
+    """gwp[c] += sum_{p < npix} xp[p*x_pix + c] * gyp[p*C + c] for c < nc (one vector)."""
+    cdef Py_ssize_t p, c
+    cdef floating acc
+    if npix <= 0:
+        return
+    if floating is float and FC_HAVE_VECTORS and nc == FC_CB_F:
+        fc_wgrad_depthwise_block_f(xp, gyp, gwp, npix, x_pix, C)
+    elif floating is double and FC_HAVE_VECTORS and nc == FC_CB_D:
+        fc_wgrad_depthwise_block_d(xp, gyp, gwp, npix, x_pix, C)
+    else:
+        for c in range(nc):
+            acc = 0
+            for p in range(npix):
+                acc = acc + gyp[p * C + c] * xp[p * x_pix + c]
+            gwp[c] += acc
+
+
+cdef inline void _wgrad_depthwise_row(const floating* x, const floating* gy, floating* gw,
+                                      Py_ssize_t ih0, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C,
+                                      Py_ssize_t Wo, Py_ssize_t kh, Py_ssize_t kw,
+                                      Py_ssize_t left, Py_ssize_t sw, Py_ssize_t dh,
+                                      Py_ssize_t dw) noexcept nogil:
+    """One output row's share of a depthwise weight gradient (x: the image, gy: the row, gw:
+    (kh, kw, 1, C), ih0: the input row of tap 0): kernels up to 3 x 3 sum all their taps in
+    one pass over the pixels whose taps all land inside x (fc_wgrad_depthwise3), the other
+    pixels and kernels tap by tap over the pixels where the tap lands inside x."""
+    cdef Py_ssize_t cb = (FC_CB_F if floating is float else FC_CB_D) if FC_HAVE_VECTORS else 1
+    cdef Py_ssize_t x_pix = sw * C
+    cdef Py_ssize_t r_lo = _first_tap(ih0, dh), r_hi = _end_tap(ih0, dh, kh, H)
+    # the pixels whose kw taps all land inside x: [p_lo, p_hi)
+    cdef Py_ssize_t p_lo = min(Wo, _first_tap(-left, sw))
+    cdef Py_ssize_t p_hi = max(p_lo, _end_tap(-left + (kw - 1) * dw, sw, Wo, W))
+    cdef bint three = FC_HAVE_VECTORS and kh <= 3 and kw <= 3 and p_hi > p_lo and r_hi > r_lo
+    cdef Py_ssize_t co_block, co0, nc, a, b, r, s, iw, ow0, ow1
+    cdef const floating* xr
+    for co_block in range((C + cb - 1) // cb):
+        co0 = co_block * cb
+        nc = min(cb, C - co0)
+        a = 0  # [a, b): the pixels summed by the 3 x 3 pass
+        b = 0
+        if three and nc == cb:
+            a = p_lo
+            b = p_hi
+            xr = x + ((ih0 + r_lo * dh) * W + p_lo * sw - left) * C + co0
+            if floating is float:
+                fc_wgrad_depthwise3_f(xr, gy + p_lo * C + co0, gw + r_lo * kw * C + co0, b - a,
+                                      r_hi - r_lo, kw, x_pix, dh * W * C, dw * C, C, kw * C, C)
+            else:
+                fc_wgrad_depthwise3_d(xr, gy + p_lo * C + co0, gw + r_lo * kw * C + co0, b - a,
+                                      r_hi - r_lo, kw, x_pix, dh * W * C, dw * C, C, kw * C, C)
+        for r in range(r_lo, r_hi):
+            xr = x + (ih0 + r * dh) * W * C + co0
+            for s in range(kw):
+                # the pixels [ow0, ow1) whose tap s lands inside x, less [a, b)
+                iw = s * dw - left  # input column of pixel 0
+                ow0 = _first_tap(iw, sw)
+                ow1 = max(ow0, _end_tap(iw, sw, Wo, W))
+                _wgrad_depthwise_pixels(xr + (iw + ow0 * sw) * C, gy + ow0 * C + co0,
+                                        gw + (r * kw + s) * C + co0,
+                                        min(ow1, a) - ow0 if b > a else ow1 - ow0, nc, x_pix, C)
+                if b > a and ow1 > b:
+                    ow0 = max(ow0, b)
+                    _wgrad_depthwise_pixels(xr + (iw + ow0 * sw) * C, gy + ow0 * C + co0,
+                                            gw + (r * kw + s) * C + co0, ow1 - ow0, nc, x_pix, C)
+
+
 def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
                          const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out)
                          floating[:, ::1] partial,         # OUT (n_chunks, kh*kw*cig*C_out), zeroed
@@ -273,6 +361,10 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
         for row in range(chunk * rows // n_chunks, (chunk + 1) * rows // n_chunks):
             n = row // Ho
             oh = row % Ho
+            if depthwise:
+                _wgrad_depthwise_row(&x[n, 0, 0, 0], &gy[n, oh, 0, 0], &partial[chunk, 0],
+                                     oh * sh - top, H, W, C, Wo, kh, kw, left, sw, dh, dw)
+                continue
             for r in range(kh):
                 ih = oh * sh + r * dh - top
                 if ih < 0 or ih >= H:
@@ -319,3 +411,148 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
                                                     xp[ow * x_pix + co] if depthwise
                                                     else xp[ow * x_pix + g * cig + ci])
                                             gwp[(0 if depthwise else ci * Cout) + co] += acc
+
+
+cdef inline Py_ssize_t _gcd(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+cdef inline Py_ssize_t _floor_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """floor(a / b) for b > 0 (C division truncates towards zero)."""
+    return a // b - (1 if a % b != 0 and a < 0 else 0)
+
+
+cdef inline void _dw_pixels(const floating* gy, const floating* w, const floating* bias,
+                            floating* y, Py_ssize_t npix, Py_ssize_t nr, Py_ssize_t ns,
+                            Py_ssize_t C, Py_ssize_t w_row, Py_ssize_t w_col,
+                            Py_ssize_t y_pix, Py_ssize_t x_pix, Py_ssize_t x_row,
+                            Py_ssize_t x_col) noexcept nogil:
+    """y[p, c] = bias[c] + sum_{r < nr, s < ns} gy[p*x_pix + r*x_row + s*x_col + c]
+    * w[r*w_row + s*w_col + c] for p < npix, c < C (gy unused when nr or ns is 0: y = bias)."""
+    cdef Py_ssize_t p, c, r, s
+    cdef floating acc
+    if nr <= 0 or ns <= 0:
+        nr = 0
+        ns = 0
+    if FC_HAVE_VECTORS:
+        if floating is float:
+            fc_depthwise_run_f(npix, C, gy, w, y, bias, nr, ns, w_row, w_col, y_pix, x_pix,
+                               x_row, x_col)
+        else:
+            fc_depthwise_run_d(npix, C, gy, w, y, bias, nr, ns, w_row, w_col, y_pix, x_pix,
+                               x_row, x_col)
+    else:
+        for p in range(npix):
+            for c in range(C):
+                acc = bias[c] if bias != NULL else 0
+                for r in range(nr):
+                    for s in range(ns):
+                        acc = acc + gy[p * x_pix + r * x_row + s * x_col + c] * w[r * w_row + s * w_col + c]
+                y[p * y_pix + c] = acc
+
+
+def data_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, Hg, Wg, Cp) grad_output
+                   const floating[:, :, :, ::1] w,   # IN  (kh, kw, 1, Cp)
+                   const floating[::1] bias,         # IN  (Cp,), or (0,) for none
+                   floating[:, :, :, ::1] out,       # OUT (N, Ho, Wo, C), C <= Cp
+                   Py_ssize_t top, Py_ssize_t left,  # out's first row / column in the padded input
+                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, bint stream,
+                   int num_threads):
+    """Input gradient of a strided depthwise convolution (or a depthwise transposed
+    convolution), all sub-pixel phases in one pass over the output rows:
+
+        out[n, i, j, c] = bias[c] + sum_{r, s} gy[n, m, q, c] * w[r, s, 0, c]
+
+    over the taps with i + top = m*sh + r*dh and j + left = q*sw + s*dw, (m, q) inside gy.
+    A row's taps r are those of its phase, r0, r0 + step_r, ... (gy rows m0, m0 - dr, ...);
+    its pixels are taken phase by phase (every sw-th pixel), in register blocks of up to
+    FC_PB pixels x one vector of channels over the phase's taps, walked backwards through
+    gy. Pixels whose taps leave gy (the edges) go one by one over the taps inside it, so the
+    result is that of the definition even for non-finite weights. Each thread writes whole
+    rows of out while their gy rows are in cache: gy is read about once, out written once.
+    Cp: the channels padded to a whole number of vectors (whole-vector loads stay inside)."""
+    cdef Py_ssize_t N = gy.shape[0], Hg = gy.shape[1], Wg = gy.shape[2], Cp = gy.shape[3]
+    cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1]
+    cdef Py_ssize_t Ho = out.shape[1], Wo = out.shape[2], C = out.shape[3]
+    # consecutive taps of a phase: step_r taps apart, dr rows of gy apart
+    cdef Py_ssize_t step_r = sh // _gcd(sh, dh), step_s = sw // _gcd(sw, dw)
+    cdef Py_ssize_t dr = step_r * dh // sh, ds = step_s * dw // sw
+    cdef Py_ssize_t x_row = -dr * Wg * Cp, x_col = -ds * Cp, w_row = step_r * kw * Cp
+    cdef Py_ssize_t w_col = step_s * Cp, y_pix = sw * C
+    cdef Py_ssize_t row, n, i, r, r0, m0, nk, k_lo, k_hi, j0, s, s0, q0, ns_full, nt, t
+    cdef Py_ssize_t t_lo, t_hi, npix, kc_lo, kc_hi
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef const floating* b_ptr
+    cdef const floating* g_row
+    cdef const floating* w_tap
+    cdef floating* buf = NULL
+    cdef floating* y_row
+    cdef int status = 0
+    cdef int* failed = &status
+    if N * Ho * Wo == 0:
+        return 0
+    with nogil, parallel(num_threads=num_threads):
+        buf = <floating*> malloc(Wo * C * sizeof(floating) + 64) if stream else NULL
+        for row in prange(N * Ho, schedule="static"):
+            n = row // Ho
+            i = row % Ho
+            if stream and buf == NULL:
+                failed[0] = 1
+                continue
+            # the row: straight into out, or into an aligned buffer streamed out after
+            y_row = <floating*> (<char*> buf + (-<size_t> buf) % 64) if stream else &out[n, i, 0, 0]
+            b_ptr = &bias[0] if has_bias else NULL
+            # the row's taps r0 + k*step_r, k in [k_lo, k_hi), reading gy row m0 - k*dr
+            r0 = -1
+            for r in range(min(kh, step_r)):
+                if r0 < 0 and (i + top - r * dh) % sh == 0:
+                    r0 = r
+            k_lo = 0
+            k_hi = 0
+            m0 = 0
+            if r0 >= 0:
+                nk = (kh - 1 - r0) // step_r + 1
+                m0 = (i + top - r0 * dh) // sh
+                k_lo = max(0, -_floor_div(Hg - 1 - m0, dr))
+                k_hi = min(nk, _floor_div(m0, dr) + 1)
+            g_row = &gy[n, 0, 0, 0] + (m0 - k_lo * dr) * Wg * Cp if k_hi > k_lo else &gy[n, 0, 0, 0]
+            for j0 in range(min(sw, Wo)):  # the row's pixels j0, j0 + sw, ...: one column phase
+                nt = (Wo - j0 + sw - 1) // sw
+                s0 = -1
+                for s in range(min(kw, step_s)):
+                    if s0 < 0 and (j0 + left - s * dw) % sw == 0:
+                        s0 = s
+                if s0 < 0 or k_hi <= k_lo:  # no tap reaches these pixels
+                    _dw_pixels(&gy[0, 0, 0, 0], &w[0, 0, 0, 0], b_ptr, y_row + j0 * C, nt, 0, 0,
+                               C, w_row, w_col, y_pix, Cp, x_row, x_col)
+                    continue
+                ns_full = (kw - 1 - s0) // step_s + 1
+                q0 = (j0 + left - s0 * dw) // sw  # gy column of pixel t = 0, tap s0 (q0 + t)
+                w_tap = &w[0, 0, 0, 0] + ((r0 + k_lo * step_r) * kw + s0) * Cp
+                # pixels whose taps all lie inside gy: [t_lo, t_hi)
+                t_lo = min(nt, max(0, (ns_full - 1) * ds - q0))
+                t_hi = max(t_lo, min(nt, Wg - q0))
+                t = 0
+                while t < nt:
+                    if t_lo <= t < t_hi:  # the inner pixels, all taps inside gy
+                        npix = t_hi - t
+                        _dw_pixels(g_row + (q0 + t) * Cp, w_tap, b_ptr,
+                                   y_row + j0 * C + t * y_pix, npix, k_hi - k_lo, ns_full,
+                                   C, w_row, w_col, y_pix, Cp, x_row, x_col)
+                    else:  # an edge pixel: its taps kc in [kc_lo, kc_hi) land inside gy
+                        npix = 1
+                        kc_lo = max(0, -_floor_div(Wg - 1 - q0 - t, ds))
+                        kc_hi = min(ns_full, _floor_div(q0 + t, ds) + 1)
+                        _dw_pixels(g_row + (q0 + t - kc_lo * ds) * Cp, w_tap + kc_lo * w_col, b_ptr,
+                                   y_row + j0 * C + t * y_pix, 1, k_hi - k_lo, kc_hi - kc_lo,
+                                   C, w_row, w_col, y_pix, Cp, x_row, x_col)
+                    t = t + npix
+            if stream:
+                fc_stream_copy(&out[n, i, 0, 0], y_row, Wo * C * sizeof(floating))
+        if stream:
+            fc_store_fence()
+        free(buf)
+    return status
+

@@ -4,4 +4,5 @@ from fastconv._kernels._direct import (
     ISA as ISA,
     conv_backward_weight as conv_backward_weight,
     conv_forward as conv_forward,
+    data_depthwise as data_depthwise,
 )

@@ -5,7 +5,9 @@ fields (zero padding included: it is implicit, x is never copied) into its own c
 multiplies it by the weight, seen as a (kh*kw*cig) x C_out matrix, with one single-threaded
 BLAS call per group. The full column matrix never exists. A 1x1 stride-1 convolution needs no
 column buffer at all: its input already is the column matrix (when no row or column of the
-input lies beyond the last output pixel).
+input lies beyond the last output pixel). transpose_single_tap serves the transposed
+convolutions whose sub-pixel phases have one tap each (kernel <= stride): a GEMM of the input
+pixels by all taps at once.
 
 The caller keeps BLAS on one thread while these run: parallelism is OpenMP over tiles.
 Functions return 0, or 1 when a scratch buffer could not be allocated.
@@ -157,3 +159,114 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
                 p0 = p0 + T
         free(col)
     return status
+
+
+def transpose_single_tap(const floating[:, :, :, ::1] x,    # IN  (N, H, W, C_x)
+                         const floating[:, :, ::1] wg,      # IN  (groups, gx, kh*kw*gy)
+                         const floating[::1] bias,          # IN  (C_y,), or (0,) for none
+                         floating[:, :, :, ::1] out,        # OUT (N, Ho, Wo, C_y)
+                         Py_ssize_t kh, Py_ssize_t kw,
+                         Py_ssize_t top, Py_ssize_t left,   # the crop of the full output
+                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                         Py_ssize_t tile, bint rows, int num_threads):
+    """A transposed convolution (the input gradient of a convolution) whose sub-pixel phases
+    have one tap each (kernel <= stride, e.g. 2x2 stride 2): every input pixel's weighted
+    kernel lands on its own kh x kw output pixels, which no other pixel touches,
+
+        out[n, h*sh + r*dh - top, w*sw + s*dw - left, g*gy + j]
+            = bias[g*gy + j] + sum_i x[n, h, w, g*gx + i] * wg[g, i, (r*kw + s)*gy + j].
+
+    So all taps are one GEMM: a tile of input pixels (as they lie in x) times wg[g], into a
+    column buffer of the thread, whose rows are then copied to their output pixels (those
+    cropped away are skipped). Output pixels that no tap reaches are left untouched: the
+    caller fills them. Each output pixel is written by one tile: the result does not depend
+    on the thread count.
+
+    `rows` (no groups, dw = 1, no column cropped away): no buffer. The tile is one input row
+    of x, and tap row r of it is an output row: out[n, h*sh + r*dh - top] seen as
+    (W, sw*C_y) is x[n, h] (W x C_x) times wg's columns of taps (r, 0..kw-1), one GEMM with
+    ldc = sw*C_y (the columns s >= kw of an output pixel group, when kw < sw, are skipped)."""
+    if rows:
+        return _transpose_rows(x, wg, bias, out, kh, kw, top, sh, sw, dh, num_threads)
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], Cx = x.shape[3]
+    cdef Py_ssize_t groups = wg.shape[0], gx = wg.shape[1], K = wg.shape[2]
+    cdef Py_ssize_t Ho = out.shape[1], Wo = out.shape[2], Cy = out.shape[3], gy = Cy // groups
+    cdef Py_ssize_t P = N * H * W, n_tiles = (P + tile - 1) // tile
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef Py_ssize_t it, p0, T, g, t, p, n, h, iw, r, s, oh, ow, j
+    cdef floating* col = NULL
+    cdef const floating* src
+    cdef floating* dst
+    cdef int status = 0
+    cdef int* failed = &status
+    if P == 0:
+        return 0
+    with nogil, parallel(num_threads=num_threads):
+        col = <floating*> malloc(tile * K * sizeof(floating))
+        for it in prange(n_tiles, schedule="static"):
+            if col == NULL:
+                failed[0] = 1
+                continue
+            p0 = it * tile
+            T = min(tile, P - p0)
+            for g in range(groups):
+                gemm(False, False, <int> T, <int> K, <int> gx, <floating> 1.0,
+                     &x[0, 0, 0, 0] + p0 * Cx + g * gx, <int> Cx, &wg[g, 0, 0], <int> K,
+                     <floating> 0.0, col, <int> K)
+                for t in range(T):
+                    p = p0 + t
+                    iw = p % W
+                    h = (p // W) % H
+                    n = p // (W * H)
+                    for r in range(kh):
+                        oh = h * sh + r * dh - top
+                        if oh < 0 or oh >= Ho:
+                            continue
+                        for s in range(kw):
+                            ow = iw * sw + s * dw - left
+                            if ow < 0 or ow >= Wo:
+                                continue
+                            src = col + t * K + (r * kw + s) * gy
+                            dst = &out[n, oh, ow, 0] + g * gy
+                            if has_bias:
+                                for j in range(gy):
+                                    dst[j] = src[j] + bias[g * gy + j]
+                            else:
+                                for j in range(gy):
+                                    dst[j] = src[j]
+        free(col)
+    return status
+
+
+cdef int _transpose_rows(const floating[:, :, :, ::1] x, const floating[:, :, ::1] wg,
+                         const floating[::1] bias, floating[:, :, :, ::1] out,
+                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t top, Py_ssize_t sh,
+                         Py_ssize_t sw, Py_ssize_t dh, int num_threads) noexcept:
+    """transpose_single_tap's `rows` form: one GEMM per input row and tap row, straight into
+    the output."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], Cx = x.shape[3]
+    cdef Py_ssize_t K = wg.shape[2]
+    cdef Py_ssize_t Ho = out.shape[1], Wo = out.shape[2], Cy = out.shape[3]
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef Py_ssize_t row, n, h, r, s, oh, iw, j
+    cdef floating* dst
+    if N * H * W == 0:
+        return 0
+    with nogil, parallel(num_threads=num_threads):
+        for row in prange(N * H, schedule="static"):
+            n = row // H
+            h = row % H
+            for r in range(kh):
+                oh = h * sh + r * dh - top
+                if oh < 0 or oh >= Ho:
+                    continue
+                dst = &out[n, oh, 0, 0]
+                gemm(False, False, <int> W, <int> (kw * Cy), <int> Cx, <floating> 1.0,
+                     &x[n, h, 0, 0], <int> Cx, &wg[0, 0, 0] + r * kw * Cy, <int> K,
+                     <floating> 0.0, dst, <int> (sw * Cy))
+                if has_bias:
+                    for iw in range(W):
+                        for s in range(kw):
+                            for j in range(Cy):
+                                dst[(iw * sw + s) * Cy + j] += bias[j]
+    return 0

@@ -73,12 +73,13 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
         for (int p = 0; p < NP; p++) fc_store_part_##SUF(y + p * y_pix, acc[p], nc);         \
     }
 
-/* Depthwise block: y[p, :] = bias + sum_{r, s} x[p*x_pix + r*x_row + s*x_col + :] * w[(r*kw + s)*w_c + :]
- * (x's and w's channel counts are whole numbers of vectors; y_pix: y's pixel stride). */
+/* Depthwise block: y[p, :] = bias + sum_{r, s} x[p*x_pix + r*x_row + s*x_col + :] * w[r*w_row + s*w_col + :]
+ * (x's and w's channel counts are whole numbers of vectors; y_pix: y's pixel stride; the
+ * strides may be negative: the input gradient walks its taps backwards). */
 #define FC_DEFINE_DEPTHWISE(T, V, SUF, NP)                                                   \
     static inline void fc_depthwise_##SUF##_##NP(                                            \
         const T *x, const T *w, T *y, const T *bias, ptrdiff_t nc, ptrdiff_t kh,             \
-        ptrdiff_t ks, ptrdiff_t kw, ptrdiff_t w_c, ptrdiff_t unused, ptrdiff_t y_pix,        \
+        ptrdiff_t ks, ptrdiff_t w_row, ptrdiff_t w_col, ptrdiff_t unused, ptrdiff_t y_pix,   \
         ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col)                                   \
     {                                                                                        \
         (void)unused;                                                                        \
@@ -88,7 +89,7 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
         for (ptrdiff_t r = 0; r < kh; r++)                                                   \
             for (ptrdiff_t s = 0; s < ks; s++) {                                             \
                 const T *xt = x + r * x_row + s * x_col;                                     \
-                V wv = fc_load_##SUF(w + (r * kw + s) * w_c);                                \
+                V wv = fc_load_##SUF(w + r * w_row + s * w_col);                             \
                 for (int p = 0; p < NP; p++)                                                 \
                     acc[p] += fc_load_##SUF(xt + p * x_pix) * wv;                            \
             }                                                                                \
@@ -116,6 +117,32 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
             FC_CASE(KIND, SUF, 7, x, w, y, bias, nc, kh, ks, kw, a, b, y_pix, x_pix, x_row, x_col) \
             FC_CASE(KIND, SUF, 8, x, w, y, bias, nc, kh, ks, kw, a, b, y_pix, x_pix, x_row, x_col) \
         }                                                                                    \
+    }
+
+/* A run of depthwise pixels, all channels: blocks of FC_PB pixels (y_pix / x_pix apart) x
+ * one vector of channels, the C channels' last vector stored in part; x and w have whole
+ * vectors of channels. (One call per run rather than per block: the blocks inline here.) */
+#define FC_CAT_(a, b) a##b
+#define FC_CAT(a, b) FC_CAT_(a, b)
+#define FC_DEFINE_DEPTHWISE_RUN(T, V, SUF)                                                   \
+    static inline void fc_depthwise_run_##SUF(                                               \
+        ptrdiff_t npix, ptrdiff_t C, const T *x, const T *w, T *y, const T *bias,            \
+        ptrdiff_t kh, ptrdiff_t ks, ptrdiff_t w_row, ptrdiff_t w_col, ptrdiff_t y_pix,       \
+        ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col)                                   \
+    {                                                                                        \
+        const ptrdiff_t cb = (ptrdiff_t)(sizeof(V) / sizeof(T));                             \
+        ptrdiff_t p = 0;                                                                     \
+        for (; p + FC_PB <= npix; p += FC_PB)                                                \
+            for (ptrdiff_t c0 = 0; c0 < C; c0 += cb)                                         \
+                FC_CAT(fc_depthwise_##SUF##_, FC_PB)(                                        \
+                    x + p * x_pix + c0, w + c0, y + p * y_pix + c0, bias ? bias + c0 : 0,    \
+                    C - c0 < cb ? C - c0 : cb, kh, ks, w_row, w_col, 0, y_pix, x_pix,        \
+                    x_row, x_col);                                                           \
+        if (p < npix)                                                                        \
+            for (ptrdiff_t c0 = 0; c0 < C; c0 += cb)                                         \
+                fc_depthwise_block_##SUF((int)(npix - p), x + p * x_pix + c0, w + c0,        \
+                    y + p * y_pix + c0, bias ? bias + c0 : 0, C - c0 < cb ? C - c0 : cb, kh, \
+                    ks, w_row, w_col, 0, y_pix, x_pix, x_row, x_col);                        \
     }
 
 /* Weight gradient, dense: gw[i*w_ci + :] += sum_{p < npix} x[p*x_pix + i] * gy[p*y_pix + :]
@@ -150,6 +177,34 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
         fc_store_##SUF(gw, acc + acc2);                                                      \
     }
 
+/* Weight gradient, depthwise, all taps of a kernel of at most 3 x 3 at once (nr, ns <= 3):
+ * gw[r*g_row + s*g_col + :] += sum_{p < npix} x[p*x_pix + r*x_row + s*x_col + :] * gy[p*y_pix + :]
+ * Each gy vector is loaded once for all taps; the nine sums stay in registers. */
+#define FC_DEFINE_WGRAD_DEPTHWISE3(T, V, SUF)                                                \
+    static inline void fc_wgrad_depthwise3_##SUF(                                            \
+        const T *x, const T *gy, T *gw, ptrdiff_t npix, ptrdiff_t nr, ptrdiff_t ns,          \
+        ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col, ptrdiff_t y_pix, ptrdiff_t g_row, \
+        ptrdiff_t g_col)                                                                     \
+    {                                                                                        \
+        V acc[3][3];                                                                         \
+        for (int r = 0; r < 3; r++)                                                          \
+            for (int s = 0; s < 3; s++) acc[r][s] = (V){0};                                  \
+        for (ptrdiff_t p = 0; p < npix; p++) {                                               \
+            V g = fc_load_##SUF(gy + p * y_pix);                                             \
+            const T *xp = x + p * x_pix;                                                     \
+            for (int r = 0; r < 3; r++)                                                      \
+                for (int s = 0; s < 3; s++)                                                  \
+                    if (r < nr && s < ns)                                                    \
+                        acc[r][s] += fc_load_##SUF(xp + r * x_row + s * x_col) * g;          \
+        }                                                                                    \
+        for (int r = 0; r < 3; r++)                                                          \
+            for (int s = 0; s < 3; s++)                                                      \
+                if (r < nr && s < ns) {                                                      \
+                    T *gt = gw + r * g_row + s * g_col;                                      \
+                    fc_store_##SUF(gt, fc_load_##SUF(gt) + acc[r][s]);                       \
+                }                                                                            \
+    }
+
 FC_DEFINE_IO(float, fc_vf, f)
 FC_DEFINE_IO(double, fc_vd, d)
 FC_DEFINE_STORE_PART(float, fc_vf, f)
@@ -162,10 +217,14 @@ FC_DEFINE_DISPATCH(float, dense, f)
 FC_DEFINE_DISPATCH(double, dense, d)
 FC_DEFINE_DISPATCH(float, depthwise, f)
 FC_DEFINE_DISPATCH(double, depthwise, d)
+FC_DEFINE_DEPTHWISE_RUN(float, fc_vf, f)
+FC_DEFINE_DEPTHWISE_RUN(double, fc_vd, d)
 FC_DEFINE_WGRAD_DENSE(float, fc_vf, f)
 FC_DEFINE_WGRAD_DENSE(double, fc_vd, d)
 FC_DEFINE_WGRAD_DEPTHWISE(float, fc_vf, f)
 FC_DEFINE_WGRAD_DEPTHWISE(double, fc_vd, d)
+FC_DEFINE_WGRAD_DEPTHWISE3(float, fc_vf, f)
+FC_DEFINE_WGRAD_DEPTHWISE3(double, fc_vd, d)
 
 #else /* no vector extensions: the Cython loops do all the work, these are never called */
 #define FC_HAVE_VECTORS 0
@@ -183,10 +242,65 @@ FC_STUB_BLOCK(fc_dense_block_f, float)
 FC_STUB_BLOCK(fc_dense_block_d, double)
 FC_STUB_BLOCK(fc_depthwise_block_f, float)
 FC_STUB_BLOCK(fc_depthwise_block_d, double)
+#define FC_STUB_RUN(name, T) static inline void name(ptrdiff_t npix, ptrdiff_t C, const T *x, \
+    const T *w, T *y, const T *bias, ptrdiff_t kh, ptrdiff_t ks, ptrdiff_t w_row, ptrdiff_t w_col, \
+    ptrdiff_t y_pix, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col) {}
+FC_STUB_RUN(fc_depthwise_run_f, float)
+FC_STUB_RUN(fc_depthwise_run_d, double)
+#define FC_STUB_WGRAD3(name, T) static inline void name(const T *x, const T *gy, T *gw, \
+    ptrdiff_t npix, ptrdiff_t nr, ptrdiff_t ns, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col, \
+    ptrdiff_t y_pix, ptrdiff_t g_row, ptrdiff_t g_col) {}
+FC_STUB_WGRAD3(fc_wgrad_depthwise3_f, float)
+FC_STUB_WGRAD3(fc_wgrad_depthwise3_d, double)
 FC_STUB_WGRAD(fc_wgrad_dense_block_f, float)
 FC_STUB_WGRAD(fc_wgrad_dense_block_d, double)
 FC_STUB_WGRAD_DW(fc_wgrad_depthwise_block_f, float)
 FC_STUB_WGRAD_DW(fc_wgrad_depthwise_block_d, double)
 #endif
+
+/* Non-temporal stores: x86 with SSE2 and a compiler with vector extensions (the same
+ * compilers as above; others copy with memcpy). */
+#if FC_HAVE_VECTORS && defined(__SSE2__)
+#define FC_STREAM_STORES 1
+#include <immintrin.h>
+#else
+#define FC_STREAM_STORES 0
+#endif
+
+/* dst[:bytes] = src[:bytes] with non-temporal stores where dst is aligned: for an output
+ * far larger than the caches, written once, this skips reading each line before writing it.
+ * Call fc_store_fence() once the thread's streamed stores are done. */
+static inline void fc_stream_copy(void *dst, const void *src, size_t bytes)
+{
+#if FC_STREAM_STORES
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    size_t head = (size_t)(-(size_t)d % 64);
+    if (head > bytes) head = bytes;
+    memcpy(d, s, head);
+    d += head; s += head; bytes -= head;
+    for (; bytes >= 64; bytes -= 64, d += 64, s += 64) {
+#if defined(__AVX512F__)
+        _mm512_stream_si512((void *)d, _mm512_loadu_si512((const void *)s));
+#elif defined(__AVX__)
+        _mm256_stream_si256((__m256i *)d, _mm256_loadu_si256((const __m256i *)s));
+        _mm256_stream_si256((__m256i *)(d + 32), _mm256_loadu_si256((const __m256i *)(s + 32)));
+#else
+        for (int k = 0; k < 64; k += 16)
+            _mm_stream_si128((__m128i *)(d + k), _mm_loadu_si128((const __m128i *)(s + k)));
+#endif
+    }
+    memcpy(d, s, bytes);
+#else
+    memcpy(dst, src, bytes);
+#endif
+}
+
+static inline void fc_store_fence(void)
+{
+#if FC_STREAM_STORES
+    _mm_sfence();
+#endif
+}
 
 #endif
