@@ -79,10 +79,11 @@ def for_convolution(algorithm: str, weight_shape, out_shape, itemsize: int, stri
     """The kernel for a convolution with output shape `out_shape` (N, H_out, W_out, C_out)
     (also each sub-convolution of an input gradient or a transposed convolution). "auto":
     - Winograd where it serves and pays (see winograd_pays);
-    - im2col for a 1x1 stride-1 convolution (a single GEMM on the input as it is, with no
-      column copy), and for few output channels per group behind many taps x input channels
-      (a first layer's input gradient: the direct kernel's channel vectors run mostly empty,
-      a GEMM's long sums do not);
+    - im2col for a 1x1 stride-1 convolution with 8 or more input channels per group (a
+      single GEMM on the input as it is, with no column copy; not depthwise, where each
+      channel's GEMM would sum one term), and for few output channels per group behind many
+      taps x input channels (a first layer's input gradient: the direct kernel's channel
+      vectors run mostly empty, a GEMM's long sums do not);
     - direct otherwise: its register blocks beat im2col + BLAS on most layers of the suite."""
     if algorithm != "auto":
         return algorithm
@@ -90,7 +91,7 @@ def for_convolution(algorithm: str, weight_shape, out_shape, itemsize: int, stri
     if (_auto_winograd and winograd_serves((kh, kw), stride, dilation)
             and winograd_pays(cig, cout // groups, groups, out_shape, itemsize)):
         return "winograd"
-    if (kh, kw) == (1, 1) and tuple(stride) == (1, 1):
+    if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and cig >= 8:
         return "im2col"
     if cout // groups < 8 and kh * kw * cig >= 64:
         return "im2col"
