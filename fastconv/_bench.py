@@ -315,6 +315,10 @@ class Contender:
     name: str
     run: object  # () -> raw result
     to_numpy: object = list  # raw result -> list of arrays
+    # NumPy's multi-threaded BLAS leaves its threads spinning for up to ~0.1 s after a call
+    # (OpenBLAS's thread timeout), which halved the speed of whatever ran next: such a
+    # contender is timed on its own, after the others, with a pause after it
+    spins: bool = False
 
 
 def fastconv_contender(layer: Layer, direction: str, arrays: dict, algorithm: str) -> Contender:
@@ -373,9 +377,9 @@ def numpy_contender(layer: Layer, direction: str, arrays: dict) -> Contender | N
     x, w = arrays["x"], arrays["w"]
     if layer.transposed:
         return Contender("numpy", lambda: numpy_conv_transpose2d(
-            x, w, layer.stride, layer.pad, layer.dilation), lambda y: [y])
+            x, w, layer.stride, layer.pad, layer.dilation), lambda y: [y], spins=True)
     return Contender("numpy", lambda: numpy_conv2d(
-        x, w, layer.stride, layer.pad, layer.dilation, layer.groups), lambda y: [y])
+        x, w, layer.stride, layer.pad, layer.dilation, layer.groups), lambda y: [y], spins=True)
 
 
 def torch_module():
@@ -478,6 +482,17 @@ def _calls_per_sample(seconds: float, min_sample: float) -> int:
     return max(1, min(1000, int(min_sample / max(seconds, 1e-9))))
 
 
+SPIN_PAUSE = 0.2  # seconds: longer than OpenBLAS's idle threads spin before they sleep
+
+
+def _sample(c: Contender, number: int, entries: dict) -> None:
+    """One timed sample: `number` calls, the mean time recorded."""
+    start = time.perf_counter()
+    for _ in range(number):
+        c.run()
+    entries[c.name].times.append((time.perf_counter() - start) / number)
+
+
 def bench_layer(layer: Layer, direction: str, algorithms, repeats: int = 5, torch=None,
                 numpy_baseline: bool = True, min_sample: float = 5e-3, seed: int = 0) -> Result:
     """Check every implementation against the float64 reference (that call is also its
@@ -517,14 +532,19 @@ def bench_layer(layer: Layer, direction: str, algorithms, repeats: int = 5, torc
             timed.append((c, _calls_per_sample(min(warm, second), min_sample)))
 
     # round by round, each round in a rotated order, so that drifts in machine load and the
-    # after-effects of one implementation on the next (caches, spinning threads) hit all alike
+    # after-effects of one implementation on the next (caches, spinning threads) hit all alike;
+    # contenders that leave threads spinning for long go last, on their own
+    together = [(c, n) for c, n in timed if not c.spins]
+    alone = [(c, n) for c, n in timed if c.spins]
+    time.sleep(SPIN_PAUSE)  # the checks above ran them too
     for round_ in range(repeats):
-        shift = round_ % max(1, len(timed))
-        for c, number in timed[shift:] + timed[:shift]:
-            start = time.perf_counter()
-            for _ in range(number):
-                c.run()
-            entries[c.name].times.append((time.perf_counter() - start) / number)
+        shift = round_ % max(1, len(together))
+        for c, number in together[shift:] + together[:shift]:
+            _sample(c, number, entries)
+    for c, number in alone:
+        for _ in range(repeats):
+            _sample(c, number, entries)
+        time.sleep(SPIN_PAUSE)
     for c, _ in timed:
         entries[c.name].seconds = statistics.median(entries[c.name].times)
     return Result(layer, direction, tuple(algorithms), entries)
