@@ -138,6 +138,22 @@ def test_transposed_backward(rng):
     assert relative_error(gw, ref_gw) <= FLOAT64_BOUND
 
 
+@pytest.mark.parametrize("k", [5, 6, 7])
+def test_phases_of_strided_input_gradients(rng, k):
+    """A k x k stride-2 convolution's input gradient has a 3x3 sub-pixel phase, which "auto"
+    runs through Winograd into a strided view of the result."""
+    x = rng.standard_normal((2, 30, 27, 3))
+    weight = rng.standard_normal((k, k, 3, 32)) / k
+    pads = ((k // 2, k // 2), (k // 2, k // 2))
+    gy_shape = fastconv.conv2d(x, weight, stride=2, padding=k // 2).shape
+    gy = rng.standard_normal(gy_shape)
+    from fastconv._algorithms import for_convolution
+    assert for_convolution("auto", (3, 3, 32, 3), (2, 15, 14, 3), 8, (1, 1), (1, 1), 1) == "winograd"
+    gx = fastconv.conv2d_backward(gy, x, weight, stride=2, padding=k // 2, needs="input")[0]
+    ref = reference.conv2d_backward(gy, x, weight, stride=(2, 2), pads=pads)[0]
+    assert relative_error(gx, ref) <= FLOAT64_BOUND
+
+
 def test_adjoint_identity(rng):
     """<conv2d(x, w), y> == <x, conv_transpose2d(y, w)>, both through Winograd."""
     x, weight = operands(rng, 2, 13, 11, 5, 7, dtype=np.float64)

@@ -308,7 +308,8 @@ def weight_gradient_taps(const floating[:, :, ::1] partial,  # IN  (n_partial, 3
 def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
                  const floating[:, :, ::1] u,      # IN  (36, cig, C_out): G w G^T per (ci, co)
                  const floating[::1] bias,         # IN  (C_out,), or (0,) for none
-                 floating[:, :, :, ::1] y,         # OUT (N, Ho, Wo, C_out), may be a strided view
+                 floating[:, :, :, :] y,           # OUT (N, Ho, Wo, C_out), channels contiguous
+                                                   #     (pixels may be strided: a phase's view)
                  Py_ssize_t top, Py_ssize_t left,  # zero padding before the first row / column
                  Py_ssize_t groups, Py_ssize_t block, int num_threads):
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
