@@ -209,10 +209,14 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
         if out is not y:
             y[...] = out
     else:
+        # a depthwise output far larger than the caches is written with non-temporal stores
+        # (measured, mobilenet_dw_112 forward, 2 threads: kernel 2.63 -> 2.36 ms)
+        stream = (w.shape[2] == 1 and w.shape[3] == groups > 1 and y.flags.c_contiguous
+                  and y.nbytes >= _algorithms.STREAM_BYTES)
         block = _algorithms.KERNELS[algo].CHANNEL_BLOCK[y.dtype.name]
         x, w, bias = _padded_channels(x, w, bias, groups, block)
         _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups, exact,
-             flops=flops)
+             stream, flops=flops)
 
 
 def winograd_weight(w: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@ reference result (the library itself only runs the widest one)."""
 import numpy as np
 import pytest
 
+import fastconv
 import reference
 from fastconv import _algorithms, functional
 
@@ -43,10 +44,12 @@ def test_variant_forward_and_weight_gradient(level, dtype, case, rng):
     operands = functional._padded_channels(x, w, bias, groups,
                                            module.CHANNEL_BLOCK[np.dtype(dtype).name])
     tol = 1e-4 if dtype == np.float32 else 1e-11
-    for exact in (False, True):  # padded blocks through the window buffer, or pixel by pixel
+    # padded blocks through the window buffer, or pixel by pixel; rows straight into y, or
+    # through a buffer streamed out
+    for exact, stream in ((False, False), (True, False), (False, True), (True, True)):
         y[...] = np.nan
         module.conv_forward(*operands, y, pad, pad, stride, stride, dilation, dilation, groups,
-                            exact, 2)
+                            exact, stream, 2)
         np.testing.assert_allclose(y, expected, rtol=tol, atol=tol * np.abs(expected).max())
 
     # weight gradient: sum over output pixels of window (x) gy, from the definition
@@ -68,3 +71,14 @@ def test_variant_forward_and_weight_gradient(level, dtype, case, rng):
                     "nhwi,nhwo->io", window[..., g * cig:(g + 1) * cig],
                     gy[..., g * cog:(g + 1) * cog].astype(float))
     np.testing.assert_allclose(gw, want, rtol=tol * 10, atol=tol * 10 * np.abs(want).max())
+
+
+def test_depthwise_output_streamed_through_conv2d(rng, monkeypatch):
+    """conv2d streams a large depthwise output (here: any, with the threshold lowered)."""
+    monkeypatch.setattr(_algorithms, "STREAM_BYTES", 0)
+    x = rng.standard_normal((2, 9, 13, 20)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 1, 20)).astype(np.float32)
+    bias = rng.standard_normal(20).astype(np.float32)
+    y = fastconv.conv2d(x, w, bias, padding=1, groups=20, algorithm="direct")
+    expected = reference.conv2d(x, w, bias, (1, 1), ((1, 1), (1, 1)), (1, 1), 20)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

@@ -15,6 +15,7 @@ CHANNEL_BLOCK: dict[str, int]  # {"float32": n, "float64": n}: output channels p
 def conv_forward(
     x: _Floats, w: _Floats, bias: _Floats, y: _Floats,
     top: int, left: int, sh: int, sw: int, dh: int, dw: int, groups: int, exact: bool,
+    stream: bool,
     num_threads: int,
 ) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
 def conv_backward_weight(

@@ -177,7 +177,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
                  floating[:, :, :, :] y,           # OUT (N, Ho, Wo, C_out), channels contiguous
                  Py_ssize_t top, Py_ssize_t left,  # zero padding before the first row / column
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                 Py_ssize_t groups, bint exact, int num_threads):
+                 Py_ssize_t groups, bint exact, bint stream, int num_threads):
     """Each thread takes whole output rows; within a row, blocks of up to FC_PB pixels x one
     vector of output channels are accumulated in registers over all taps and input channels.
 
@@ -187,7 +187,9 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     first copies its receptive field into a small zero-padded buffer of its thread — unless
     `exact`: then its pixels run one by one over the taps inside x, so that taps in the
     padding contribute nothing even where a weight is NaN or infinite (0 * inf is NaN).
-    y's shape says how far the output goes.
+    y's shape says how far the output goes. `stream` (y C-contiguous): each row is computed
+    into a buffer and written out with non-temporal stores (for an output far larger than
+    the caches: no read of each line before it is written).
     Each group's output channels are padded in w and bias to cog_padded (a multiple of
     CHANNEL_BLOCK); only y's C_out = groups * cog channels are written. Depthwise (cig = 1,
     cog = 1, groups > 1): w is (kh, kw, 1, C_padded) and x has C_x = C_padded >= C_out
@@ -215,18 +217,25 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     cdef Py_ssize_t row, n, oh, ih, r0, nr, ow, ow_block, iw, npix, p, s0, ns
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* window = NULL
+    cdef floating* buf = NULL
+    cdef floating* y_row
     cdef int status = 0
     cdef int* failed = &status
     if N * Ho * Wo == 0:
         return 0
+    if stream:
+        y_pix = Cout
     with nogil, parallel(num_threads=num_threads):
         window = <floating*> malloc(kh * span * C * sizeof(floating))
+        buf = <floating*> malloc(Wo * Cout * sizeof(floating) + 64) if stream else NULL
         for row in prange(N * Ho, schedule="static"):
-            if window == NULL:
+            if window == NULL or (stream and buf == NULL):
                 failed[0] = 1
                 continue
             n = row // Ho
             oh = row % Ho
+            # the row: straight into y, or into an aligned buffer streamed out after
+            y_row = <floating*> (<char*> buf + (-<size_t> buf) % 64) if stream else &y[n, oh, 0, 0]
             ih = oh * sh - top  # input row of tap 0
             r0 = _first_tap(ih, dh)
             nr = max(0, _end_tap(ih, dh, kh, H) - r0)
@@ -237,12 +246,12 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
                 if inner_lo <= ow and ow + npix <= inner_hi or nr == 0:
                     _segment(&x[n, 0, 0, 0] + ((ih + r0 * dh) * W + iw) * C if nr > 0 else NULL,
                              dh * W * C, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
-                             &y[n, oh, ow, 0], npix, r0, nr, 0, kw, n_groups, width, cog,
+                             y_row + ow * y_pix, npix, r0, nr, 0, kw, n_groups, width, cog,
                              cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
                 elif not exact:  # the block reaches into the zero padding left or right
                     _gather_window(&x[n, 0, 0, 0], window, ih + r0 * dh, nr, dh, iw, span, W, C)
                     _segment(window, span * C, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
-                             &y[n, oh, ow, 0], npix, r0, nr, 0, kw, n_groups, width, cog,
+                             y_row + ow * y_pix, npix, r0, nr, 0, kw, n_groups, width, cog,
                              cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
                 else:  # pixel by pixel, each with the columns of taps that land inside x
                     for p in range(npix):
@@ -251,8 +260,13 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
                         _segment(&x[n, 0, 0, 0] + ((ih + r0 * dh) * W + iw + p * sw + s0 * dw) * C
                                  if nr > 0 and ns > 0 else NULL,
                                  dh * W * C, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
-                                 &y[n, oh, ow + p, 0], 1, r0, nr, s0, ns, n_groups, width, cog,
+                                 y_row + (ow + p) * y_pix, 1, r0, nr, s0, ns, n_groups, width, cog,
                                  cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
+            if stream:
+                fc_stream_copy(&y[n, oh, 0, 0], y_row, Wo * Cout * sizeof(floating))
+        if stream:
+            fc_store_fence()
+        free(buf)
         free(window)
     return status
 
