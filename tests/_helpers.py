@@ -76,6 +76,17 @@ def conv_args(case):
     return {k: v for k, v in case.items() if k not in ("x", "w")}
 
 
+def transpose_reference_args(case):
+    """A conv_transpose2d case in the explicit form reference.conv_transpose2d(_backward)
+    takes."""
+    kh, kw = case["w"][:2]
+    stride, dilation = pair(case.get("stride", 1)), pair(case.get("dilation", 1))
+    return dict(stride=stride,
+                pads=resolve_padding(case.get("padding", 0), (kh, kw), stride, dilation, None),
+                output_padding=pair(case.get("output_padding", 0)), dilation=dilation,
+                groups=case.get("groups", 1))
+
+
 def conv_reference_args(case):
     """A conv2d case in the explicit form reference.conv2d(_backward) takes."""
     kh, kw = case["w"][:2]

@@ -8,7 +8,8 @@ import pytest
 import fastconv
 import reference
 from fastconv import _algorithms
-from _helpers import DTYPES, assert_close, case_id, pair, rand, resolve_padding
+from _helpers import (DTYPES, assert_close, case_id, conv_args, pair, rand, resolve_padding,
+                      transpose_reference_args)
 
 # ----------------------------------------------------------------------------------------------
 # transposed convolutions whose phases have one tap each.
@@ -31,19 +32,6 @@ SINGLE_TAP = [
 ]
 
 
-def transpose_reference_args(case):
-    kh, kw = case["w"][:2]
-    stride, dilation = pair(case.get("stride", 1)), pair(case.get("dilation", 1))
-    return dict(stride=stride,
-                pads=resolve_padding(case.get("padding", 0), (kh, kw), stride, dilation, None),
-                output_padding=pair(case.get("output_padding", 0)), dilation=dilation,
-                groups=case.get("groups", 1))
-
-
-def kwargs(case):
-    return {k: v for k, v in case.items() if k not in ("x", "w")}
-
-
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("algorithm", ["im2col", "auto", "direct"])
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -52,7 +40,7 @@ def test_single_tap_transpose_matches_reference(case, dtype, algorithm, with_bia
     x, w = rand(rng, case["x"], dtype), rand(rng, case["w"], dtype)
     groups = case.get("groups", 1)
     bias = rand(rng, (case["w"][2] * groups,), dtype) if with_bias else None
-    y = fastconv.conv_transpose2d(x, w, bias, **kwargs(case), algorithm=algorithm)
+    y = fastconv.conv_transpose2d(x, w, bias, **conv_args(case), algorithm=algorithm)
     expected = reference.conv_transpose2d(x, w, bias, **transpose_reference_args(case))
     assert_close(y, expected, dtype, case["x"][3] // groups, "conv_transpose2d")
 
@@ -116,7 +104,7 @@ def test_single_tap_same_for_one_and_two_threads(case, rng):
     results = []
     for n in (1, 2):
         with fastconv.num_threads(n):
-            results.append(fastconv.conv_transpose2d(x, w, **kwargs(big)))
+            results.append(fastconv.conv_transpose2d(x, w, **conv_args(big)))
     np.testing.assert_array_equal(results[0], results[1])
     expected = reference.conv_transpose2d(x, w, **transpose_reference_args(big))
     assert_close(results[0], expected, np.float32, big["x"][3], "conv_transpose2d")
@@ -199,7 +187,7 @@ def test_depthwise_gradients_same_for_one_and_two_threads(case, streamed, rng):
 def test_depthwise_strided_transpose_with_bias(case, dtype, streamed, rng):
     c = case["x"][3]
     x, w, bias = rand(rng, case["x"], dtype), rand(rng, case["w"], dtype), rand(rng, (c,), dtype)
-    y = fastconv.conv_transpose2d(x, w, bias, **kwargs(case), groups=c)
+    y = fastconv.conv_transpose2d(x, w, bias, **conv_args(case), groups=c)
     expected = reference.conv_transpose2d(x, w, bias, **dict(transpose_reference_args(case),
                                                               groups=c))
     assert_close(y, expected, dtype, case["w"][0] * case["w"][1], "conv_transpose2d")

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 import fastconv
 import reference
 from _helpers import (ALGORITHMS, DTYPES, assert_close, case_id, conv_args, conv_out_shape,
-                      conv_reference_args, pair, rand, resolve_padding, restoring_output_padding)
+                      conv_reference_args, rand, restoring_output_padding,
+                      transpose_reference_args)
 
 # x: the transposed convolution's input (N, H, W, C_in); w: (kh, kw, C_out // groups, C_in)
 CASES = [
@@ -33,17 +34,8 @@ CASES = [
 ]
 
 
-def reference_args(case):
-    kh, kw = case["w"][:2]
-    stride, dilation = pair(case.get("stride", 1)), pair(case.get("dilation", 1))
-    return dict(stride=stride,
-                pads=resolve_padding(case.get("padding", 0), (kh, kw), stride, dilation, None),
-                output_padding=pair(case.get("output_padding", 0)), dilation=dilation,
-                groups=case.get("groups", 1))
-
-
 def out_shape(case):
-    ref = reference_args(case)
+    ref = transpose_reference_args(case)
     hw = [(n - 1) * s - p[0] - p[1] + d * (k - 1) + op + 1 for n, s, p, d, k, op in
           zip(case["x"][1:3], ref["stride"], ref["pads"], ref["dilation"], case["w"][:2],
               ref["output_padding"])]
@@ -74,7 +66,7 @@ def test_matches_reference(case, dtype, algorithm, with_bias):
     x, w, bias, _ = make(case, dtype)
     bias = bias if with_bias else None
     y = fastconv.conv_transpose2d(x, w, bias, **conv_args(case), algorithm=algorithm)
-    expected = reference.conv_transpose2d(x, w, bias, **reference_args(case))
+    expected = reference.conv_transpose2d(x, w, bias, **transpose_reference_args(case))
     assert_close(y, expected, dtype, terms(case), "conv_transpose2d")
 
 
@@ -243,7 +235,7 @@ def test_backward_matches_reference(case, dtype, algorithm):
     x, w, _, gy = make(case, dtype)
     gx, gw, gb = fastconv.conv_transpose2d_backward(gy, x, w, **conv_args(case),
                                                     algorithm=algorithm)
-    rx, rw, rb = reference.conv_transpose2d_backward(gy, x, w, **reference_args(case))
+    rx, rw, rb = reference.conv_transpose2d_backward(gy, x, w, **transpose_reference_args(case))
     pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
     assert_close(gx, rx, dtype, case["w"][0] * case["w"][1] * case["w"][2], "grad_input")
     assert_close(gw, rw, dtype, pixels, "grad_weight")
@@ -255,7 +247,7 @@ def test_reference_backward_is_consistent_with_reference_forward():
     (zero padding): checks the two references against each other."""
     for case in CASES:
         x, w, _, gy = make(case, np.float64)
-        ref = reference_args(case)
+        ref = transpose_reference_args(case)
         rx, _, _ = reference.conv_transpose2d_backward(gy, x, w, **ref)
         full = reference.conv2d(gy, w, None, ref["stride"], ref["pads"], ref["dilation"],
                                 ref["groups"])
