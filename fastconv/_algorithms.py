@@ -49,7 +49,9 @@ COLUMN_BUFFER_BYTES = 256 * 1024  # a tile's column buffer: about a quarter of L
 # weight gradient larger (its GEMMs sum over the tiles of a block: longer sums pay more)
 WINOGRAD_BUFFER_BYTES = 512 * 1024
 WINOGRAD_GRAD_BUFFER_BYTES = 4 * 1024 * 1024
-WINOGRAD_MAX_WEIGHT_BYTES = 16 * 1024 * 1024  # "auto": the transformed weight, half of L3
+# "auto": the largest transformed weight (36 x C_in/groups x C_out) that every block of tiles
+# may re-read; 256 -> 256 channels (9 MiB) ran between 0.4x and 1.7x direct on 2 threads
+WINOGRAD_MAX_WEIGHT_BYTES = 4 * 1024 * 1024
 PARTIAL_SUM_BYTES = 16 * 1024 * 1024  # cap on the weight-gradient partial sums
 MIN_PARTIAL_SUMS, MAX_PARTIAL_SUMS = 2, 8
 
@@ -100,17 +102,17 @@ def for_convolution(algorithm: str, weight_shape, out_shape, itemsize: int, stri
 
 def winograd_pays(in_per_group: int, out_per_group: int, groups: int, out_shape,
                   itemsize: int) -> bool:
-    """Whether Winograd beats the other kernels (measured on this project's 2-core machine,
-    see README): at least 8 input channels per group (with fewer, transforming the input
-    costs more than the products save) and 64 channel pairs per group for its GEMMs; a
-    transformed weight (36 x C_in/groups x C_out) that stays in cache, as every block of
-    tiles reads all of it; enough tiles for the weight transform to pay; and at least half
-    of each 4x4 tile inside the output."""
+    """Whether Winograd beats the other kernels, as measured on this project's 2-core machine
+    with 2 threads (see README): at least 8 input channels and 512 channel pairs per group
+    (fewer: transforming the tiles costs more than the products save, as on CIFAR's
+    3-channel first layer or 8 groups of 16 channels); a transformed weight small enough
+    to stay in cache (WINOGRAD_MAX_WEIGHT_BYTES); at least 64 tiles (one 28x28 image has 49:
+    0.8x direct); and at least half of each 4x4 tile inside the output."""
     n, ho, wo = out_shape[:3]
     tiles = -(-ho // 4) * -(-wo // 4)
-    return (in_per_group >= 8 and in_per_group * out_per_group >= 64
+    return (in_per_group >= 8 and in_per_group * out_per_group >= 512
             and 36 * in_per_group * out_per_group * groups * itemsize <= WINOGRAD_MAX_WEIGHT_BYTES
-            and n * tiles >= 8
+            and n * tiles >= 64
             and 2 * ho * wo >= 16 * tiles)
 
 

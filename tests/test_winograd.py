@@ -142,13 +142,14 @@ def test_transposed_backward(rng):
 def test_phases_of_strided_input_gradients(rng, k):
     """A k x k stride-2 convolution's input gradient has a 3x3 sub-pixel phase, which "auto"
     runs through Winograd into a strided view of the result."""
-    x = rng.standard_normal((2, 30, 27, 3))
-    weight = rng.standard_normal((k, k, 3, 32)) / k
+    x = rng.standard_normal((4, 30, 27, 16))
+    weight = rng.standard_normal((k, k, 16, 32)) / k
     pads = ((k // 2, k // 2), (k // 2, k // 2))
     gy_shape = fastconv.conv2d(x, weight, stride=2, padding=k // 2).shape
     gy = rng.standard_normal(gy_shape)
     from fastconv._algorithms import for_convolution
-    assert for_convolution("auto", (3, 3, 32, 3), (2, 15, 14, 3), 8, (1, 1), (1, 1), 1) == "winograd"
+    assert for_convolution("auto", (3, 3, 32, 16), (4, 15, 14, 16), 8, (1, 1), (1, 1),
+                           1) == "winograd"
     gx = fastconv.conv2d_backward(gy, x, weight, stride=2, padding=k // 2, needs="input")[0]
     ref = reference.conv2d_backward(gy, x, weight, stride=(2, 2), pads=pads)[0]
     assert relative_error(gx, ref) <= FLOAT64_BOUND
@@ -263,11 +264,12 @@ def test_auto_choice_and_opting_out(rng):
 
     assert choice((3, 3, 64, 64), (8, 56, 56, 64)) == "winograd"
     assert choice((3, 3, 64, 64), (1, 4, 4, 64)) == "direct"  # one tile
-    assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) == "winograd"
+    assert choice((3, 3, 128, 128), (1, 28, 28, 128)) == "direct"  # 49 tiles
+    assert choice((3, 3, 32, 128), (8, 56, 56, 128), groups=4) == "winograd"
+    assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) == "direct"  # 256 pairs
     assert choice((3, 3, 1, 32), (8, 56, 56, 32), groups=32) == "direct"  # depthwise
     assert choice((3, 3, 3, 64), (8, 56, 56, 64)) == "direct"  # a first layer: C_in = 3
-    assert choice((3, 3, 64, 3), (8, 56, 56, 3)) == "winograd"  # its input gradient
-    assert choice((3, 3, 512, 512), (8, 14, 14, 512)) == "direct"  # weight too large
+    assert choice((3, 3, 256, 256), (8, 14, 14, 256)) == "direct"  # weight too large
     x, weight = operands(rng, 2, 24, 24, 32, 32)
     assert fastconv.get_auto_winograd() is True
     auto = fastconv.conv2d(x, weight, padding=1)
