@@ -52,6 +52,9 @@ WINOGRAD_GRAD_BUFFER_BYTES = 4 * 1024 * 1024
 # "auto": the largest transformed weight (36 x C_in/groups x C_out) that every block of tiles
 # may re-read; 256 -> 256 channels (9 MiB) ran between 0.4x and 1.7x direct on 2 threads
 WINOGRAD_MAX_WEIGHT_BYTES = 4 * 1024 * 1024
+# the weight gradient only writes its transformed weight (its partial sums), once per block:
+# 256 -> 256 channels ran 1.6-1.9x direct there
+WINOGRAD_MAX_GRAD_WEIGHT_BYTES = 16 * 1024 * 1024
 PARTIAL_SUM_BYTES = 16 * 1024 * 1024  # cap on the weight-gradient partial sums
 MIN_PARTIAL_SUMS, MAX_PARTIAL_SUMS = 2, 8
 
@@ -101,17 +104,17 @@ def for_convolution(algorithm: str, weight_shape, out_shape, itemsize: int, stri
 
 
 def winograd_pays(in_per_group: int, out_per_group: int, groups: int, out_shape,
-                  itemsize: int) -> bool:
+                  itemsize: int, max_weight_bytes: int = WINOGRAD_MAX_WEIGHT_BYTES) -> bool:
     """Whether Winograd beats the other kernels, as measured on this project's 2-core machine
     with 2 threads (see README): at least 8 input channels and 512 channel pairs per group
     (fewer: transforming the tiles costs more than the products save, as on CIFAR's
     3-channel first layer or 8 groups of 16 channels); a transformed weight small enough
-    to stay in cache (WINOGRAD_MAX_WEIGHT_BYTES); at least 64 tiles (one 28x28 image has 49:
+    to stay in cache (at most max_weight_bytes); at least 64 tiles (one 28x28 image has 49:
     0.8x direct); and at least half of each 4x4 tile inside the output."""
     n, ho, wo = out_shape[:3]
     tiles = -(-ho // 4) * -(-wo // 4)
     return (in_per_group >= 8 and in_per_group * out_per_group >= 512
-            and 36 * in_per_group * out_per_group * groups * itemsize <= WINOGRAD_MAX_WEIGHT_BYTES
+            and 36 * in_per_group * out_per_group * groups * itemsize <= max_weight_bytes
             and n * tiles >= 64
             and 2 * ho * wo >= 16 * tiles)
 
@@ -167,7 +170,8 @@ def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, 
         return algorithm
     kh, kw, cig, cout = weight_shape
     if (_auto_winograd and winograd_serves((kh, kw), geo.stride, geo.dilation)
-            and winograd_pays(cig, cout // geo.groups, geo.groups, out_shape, itemsize)):
+            and winograd_pays(cig, cout // geo.groups, geo.groups, out_shape, itemsize,
+                              WINOGRAD_MAX_GRAD_WEIGHT_BYTES)):
         return "winograd"
     depthwise = cig == 1 and geo.groups == cout
     return "im2col" if cig < 8 and not depthwise else "direct"

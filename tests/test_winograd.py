@@ -270,6 +270,10 @@ def test_auto_choice_and_opting_out(rng):
     assert choice((3, 3, 1, 32), (8, 56, 56, 32), groups=32) == "direct"  # depthwise
     assert choice((3, 3, 3, 64), (8, 56, 56, 64)) == "direct"  # a first layer: C_in = 3
     assert choice((3, 3, 256, 256), (8, 14, 14, 256)) == "direct"  # weight too large
+    geo = fastconv._params.conv_geometry("t", (8, 14, 14, 256), (3, 3, 256, 256), 1, 1, 1, 1)
+    # ... but not for the weight gradient, which writes its transformed weight once per block
+    assert _algorithms.for_weight_gradient("auto", (3, 3, 256, 256), (8, 14, 14, 256), 4,
+                                           geo) == "winograd"
     x, weight = operands(rng, 2, 24, 24, 32, 32)
     assert fastconv.get_auto_winograd() is True
     auto = fastconv.conv2d(x, weight, padding=1)
