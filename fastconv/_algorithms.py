@@ -59,6 +59,12 @@ PARTIAL_SUM_BYTES = 16 * 1024 * 1024  # cap on the weight-gradient partial sums
 MIN_PARTIAL_SUMS, MAX_PARTIAL_SUMS = 2, 8
 
 
+def is_depthwise(weight_shape, groups: int) -> bool:
+    """One input and one output channel per group, in more than one group (HWIO weight):
+    the kernels run all its channels as one vector-wide group."""
+    return weight_shape[2] == 1 and weight_shape[3] == groups > 1
+
+
 def check(fn: str, algorithm, geo) -> str:
     """The user's algorithm argument, validated against the convolution's geometry `geo`
     (ConvGeometry; "auto" is resolved per kernel call)."""
@@ -153,12 +159,13 @@ def for_single_tap_phases(algorithm: str, kh: int, kw: int, stride, dilation,
     return algorithm == "im2col" or in_per_group >= 8
 
 
-def for_depthwise_data(algorithm: str, stride, depthwise: bool) -> bool:
+def for_depthwise_data(algorithm: str, stride, weight_shape, groups: int) -> bool:
     """Whether a depthwise input gradient / transposed convolution runs as one pass over the
     output rows (_direct.data_depthwise, all sub-pixel phases of a row at once) rather than
     as sub-pixel phases: with a stride (stride 1 is a single phase already), for "direct"
     and "auto" (a depthwise GEMM has nothing to reuse)."""
-    return depthwise and algorithm != "im2col" and tuple(stride) != (1, 1)
+    return (is_depthwise(weight_shape, groups) and algorithm != "im2col"
+            and tuple(stride) != (1, 1))
 
 
 def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, geo) -> str:
@@ -173,8 +180,7 @@ def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, 
             and winograd_pays(cig, cout // geo.groups, geo.groups, out_shape, itemsize,
                               WINOGRAD_MAX_GRAD_WEIGHT_BYTES)):
         return "winograd"
-    depthwise = cig == 1 and geo.groups == cout
-    return "im2col" if cig < 8 and not depthwise else "direct"
+    return "im2col" if cig < 8 and not is_depthwise(weight_shape, geo.groups) else "direct"
 
 
 def tile_pixels(columns: int, itemsize: int, pixels: int) -> int:

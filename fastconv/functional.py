@@ -211,7 +211,7 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
     else:
         # a depthwise output far larger than the caches is written with non-temporal stores
         # (measured, mobilenet_dw_112 forward, 2 threads: kernel 2.63 -> 2.36 ms)
-        stream = (w.shape[2] == 1 and w.shape[3] == groups > 1 and y.flags.c_contiguous
+        stream = (_algorithms.is_depthwise(w.shape, groups) and y.flags.c_contiguous
                   and y.nbytes >= _algorithms.STREAM_BYTES)
         block = _algorithms.KERNELS[algo].CHANNEL_BLOCK[y.dtype.name]
         x, w, bias = _padded_channels(x, w, bias, groups, block)
@@ -235,7 +235,7 @@ def _padded_channels(xp, w, bias, groups, block):
     input needs it only when its channel count is not a multiple of the vector width."""
     kh, kw, cig, cout = w.shape
     cog = cout // groups
-    depthwise = cig == 1 and cog == 1 and groups > 1  # the kernel: all channels one group
+    depthwise = _algorithms.is_depthwise(w.shape, groups)  # the kernel: one group of all
     extra = -(cout if depthwise else cog) % block
     if not extra:
         return xp, w, bias
@@ -278,7 +278,7 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
             and out.flags.c_contiguous):
         _single_tap_kernel(gy, w, bias, out, geo, crop)
         return
-    if (_algorithms.for_depthwise_data(algorithm, geo.stride, cig == 1 and cout == groups > 1)
+    if (_algorithms.for_depthwise_data(algorithm, geo.stride, w.shape, groups)
             and out.flags.c_contiguous):
         gy, w, bias = _padded_channels(gy, w, bias, groups,
                                        _algorithms.KERNELS["direct"].CHANNEL_BLOCK[out.dtype.name])
