@@ -16,7 +16,8 @@ Returns 0, or 1 when a scratch buffer could not be allocated.
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel
-from libc.stdlib cimport malloc, calloc, free
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 
 from fastconv._kernels._blas cimport gemm
 
@@ -123,6 +124,18 @@ cdef inline Origin _tile_origin(Py_ssize_t tile, Py_ssize_t tiles_img,
     o.oh = (tile % tiles_img) // tiles_w * 4
     o.ow = tile % tiles_w * 4
     return o
+
+
+cdef inline void* _thread_buffers(Py_ssize_t v_size, Py_ssize_t m_size, Py_ssize_t width,
+                                  size_t itemsize) noexcept nogil:
+    """A thread's buffers in one allocation (NULL when out of memory), in values of
+    `itemsize` bytes: V (v_size), M (m_size), the tile transforms' scratch (36 x width), a row
+    of `width` zeros, and a row for the tile pixels beyond the output (4 x CHANNELS)."""
+    cdef size_t zeros_at = (v_size + m_size + POINTS_ * width) * itemsize
+    cdef char* buf = <char*> malloc(zeros_at + (width + 4 * CHANNELS) * itemsize)
+    if buf != NULL:
+        memset(buf + zeros_at, 0, width * itemsize)
+    return buf
 
 
 cdef inline void _input_tile(const floating* x, const floating* zeros, floating* tmp,
@@ -324,23 +337,26 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
     cdef Py_ssize_t ib, t0, nt, t, k, g
     cdef Origin o
     cdef const floating* b = &bias[0] if bias.shape[0] > 0 else NULL
-    cdef floating* v = NULL
-    cdef floating* m = NULL
-    cdef floating* tmp = NULL
-    cdef floating* zeros = NULL
-    cdef floating* scratch = NULL
+    cdef Py_ssize_t width = max(C, Cout)
+    cdef floating* v = NULL  # the thread's buffers: V, then M, tmp, zeros, scratch
+    cdef floating* m
+    cdef floating* tmp
+    cdef floating* zeros
+    cdef floating* scratch
     cdef int status = 0
     cdef int* failed = &status
     if n_tiles == 0:
         return 0
     with nogil, parallel(num_threads=num_threads):
-        v = <floating*> malloc(POINTS_ * v_stride * sizeof(floating))
-        m = <floating*> malloc(POINTS_ * m_stride * sizeof(floating))
-        tmp = <floating*> malloc(POINTS_ * max(C, Cout) * sizeof(floating))
-        zeros = <floating*> calloc(C, sizeof(floating))
-        scratch = <floating*> malloc(4 * CHANNELS * sizeof(floating))
+        v = <floating*> _thread_buffers(POINTS_ * v_stride, POINTS_ * m_stride, width,
+                                        sizeof(floating))
+        if v != NULL:
+            m = v + POINTS_ * v_stride
+            tmp = m + POINTS_ * m_stride
+            zeros = tmp + POINTS_ * width
+            scratch = zeros + width
         for ib in prange(n_blocks, schedule="static"):
-            if v == NULL or m == NULL or tmp == NULL or zeros == NULL or scratch == NULL:
+            if v == NULL:
                 failed[0] = 1
                 continue
             t0 = ib * block
@@ -360,10 +376,6 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
                 _output_tile(m + t * Cout, m_stride, tmp, &y[0, 0, 0, 0], scratch, b, o.n, o.oh,
                              o.ow, Ho, Wo, y_img, y_row, y_pix, Cout)
         free(v)
-        free(m)
-        free(tmp)
-        free(zeros)
-        free(scratch)
     return status
 
 
@@ -384,21 +396,23 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
     cdef Py_ssize_t v_stride = block * C, m_stride = block * Cout
     cdef Py_ssize_t chunk, t0, t_end, nt, t, k, g
     cdef Origin o
-    cdef floating* v = NULL
-    cdef floating* m = NULL
-    cdef floating* tmp = NULL
-    cdef floating* zeros = NULL
+    cdef floating* v = NULL  # the thread's buffers: V, then M, tmp, zeros
+    cdef floating* m
+    cdef floating* tmp
+    cdef floating* zeros
     cdef int status = 0
     cdef int* failed = &status
     if n_tiles == 0:
         return 0
     with nogil, parallel(num_threads=num_threads):
-        v = <floating*> malloc(POINTS_ * v_stride * sizeof(floating))
-        m = <floating*> malloc(POINTS_ * m_stride * sizeof(floating))
-        tmp = <floating*> malloc(POINTS_ * width * sizeof(floating))
-        zeros = <floating*> calloc(width, sizeof(floating))
+        v = <floating*> _thread_buffers(POINTS_ * v_stride, POINTS_ * m_stride, width,
+                                        sizeof(floating))
+        if v != NULL:
+            m = v + POINTS_ * v_stride
+            tmp = m + POINTS_ * m_stride
+            zeros = tmp + POINTS_ * width
         for chunk in prange(n_chunks, schedule="static"):
-            if v == NULL or m == NULL or tmp == NULL or zeros == NULL:
+            if v == NULL:
                 failed[0] = 1
                 continue
             t0 = chunk * n_tiles // n_chunks
@@ -420,7 +434,4 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
                              &partial[chunk, k, 0, 0] + g * cog, <int> Cout)
                 t0 = t0 + nt
         free(v)
-        free(m)
-        free(tmp)
-        free(zeros)
     return status
