@@ -302,12 +302,7 @@ def filter2d(image, kernel, padding="same", padding_mode="reflect", flip=False, 
     """
     fn = "filter2d"
     image = _dask_input("image", image)
-    _params.check_ndim("image", image, (2, 3, 4), "(H, W), (H, W, C) or (N, H, W, C)")
-    kernel = _params.as_array("kernel", kernel)
-    _params.check_ndim("kernel", kernel, (2,), "(kh, kw)")
-    if min(kernel.shape) < 1:
-        raise ValueError(f"{fn}: kernel of shape {kernel.shape} must have every dimension >= 1")
-    mode = _params.padding_mode(padding_mode)
+    kernel, mode = filters.check_filter_args(image, kernel, padding_mode)
     flip = _params.as_bool("flip", flip)
     threads = _threads_arg(threads)
     dtype = _params.float_dtype(image)

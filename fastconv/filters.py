@@ -86,6 +86,18 @@ def box(size) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # filter2d
 
+def check_filter_args(image, kernel, padding_mode):
+    """filter2d's checks of an image (any array with .ndim) and a kernel; returns the kernel
+    as an array and the padding mode. Shared with fastconv.dask.filter2d."""
+    _params.check_ndim("image", image, (2, 3, 4), "(H, W), (H, W, C) or (N, H, W, C)")
+    kernel = _params.as_array("kernel", kernel)
+    _params.check_ndim("kernel", kernel, (2,), "(kh, kw)")
+    if min(kernel.shape) < 1:
+        raise ValueError(f"filter2d: kernel of shape {kernel.shape} must have every dimension "
+                         f">= 1")
+    return kernel, _params.padding_mode(padding_mode)
+
+
 def filter2d(image, kernel, padding="same", padding_mode="reflect", flip=False):
     """Apply one 2-D `kernel` to every channel of `image` (a depthwise filter).
 
@@ -110,14 +122,8 @@ def filter2d(image, kernel, padding="same", padding_mode="reflect", flip=False):
     uint8/int8/int16/uint16/float16/float32 images, float64 for int32/int64/float64 images
     (np.result_type(image, float32)); the kernel is used in that precision.
     """
-    fn = "filter2d"
     image = _params.as_array("image", image)
-    _params.check_ndim("image", image, (2, 3, 4), "(H, W), (H, W, C) or (N, H, W, C)")
-    kernel = _params.as_array("kernel", kernel)
-    _params.check_ndim("kernel", kernel, (2,), "(kh, kw)")
-    if min(kernel.shape) < 1:
-        raise ValueError(f"{fn}: kernel of shape {kernel.shape} must have every dimension >= 1")
-    mode = _params.padding_mode(padding_mode)
+    kernel, mode = check_filter_args(image, kernel, padding_mode)
     dtype = _params.float_dtype(image)
     x = _batch(image)
     kh, kw = kernel.shape
@@ -128,7 +134,7 @@ def filter2d(image, kernel, padding="same", padding_mode="reflect", flip=False):
         before = ((kh - 1) // 2, (kw - 1) // 2) if flip else (kh // 2, kw // 2)
         padding = ((before[0], kh - 1 - before[0]), (before[1], kw - 1 - before[1]))
     # checked once here, so errors name filter2d and the image's layout
-    geo = _params.conv_geometry(fn, (x.shape[0], x.shape[1], x.shape[2], 1), (kh, kw, 1, 1),
+    geo = _params.conv_geometry("filter2d", (x.shape[0], x.shape[1], x.shape[2], 1), (kh, kw, 1, 1),
                                 1, padding, 1, 1)
     if x.shape[0] == 0 or x.shape[3] == 0:  # no images or no channels: nothing to filter
         y = np.zeros((x.shape[0], *geo.out_hw, x.shape[3]), dtype)
