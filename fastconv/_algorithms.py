@@ -117,12 +117,17 @@ def winograd_pays(in_per_group: int, out_per_group: int, groups: int, out_shape,
     3-channel first layer or 8 groups of 16 channels); a transformed weight small enough
     to stay in cache (at most max_weight_bytes); at least 64 tiles (one 28x28 image has 49:
     0.8x direct); and at least half of each 4x4 tile inside the output."""
-    n, ho, wo = out_shape[:3]
-    tiles = -(-ho // 4) * -(-wo // 4)
+    tiles = winograd_tiles(out_shape)
     return (in_per_group >= 8 and in_per_group * out_per_group >= 512
             and 36 * in_per_group * out_per_group * groups * itemsize <= max_weight_bytes
-            and n * tiles >= 64
-            and 2 * ho * wo >= 16 * tiles)
+            and tiles >= 64
+            and 2 * out_shape[0] * out_shape[1] * out_shape[2] >= 16 * tiles)
+
+
+def winograd_tiles(out_shape) -> int:
+    """The 4x4 output tiles of an output (N, H_out, W_out, ...)."""
+    n, ho, wo = out_shape[:3]
+    return n * -(-ho // 4) * -(-wo // 4)
 
 
 def set_auto_winograd(enabled: bool) -> None:

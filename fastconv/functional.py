@@ -154,7 +154,7 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
     pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
     flops = 2 * pixels * weight_size
     if algo == "winograd":
-        tiles = gy.shape[0] * -(-gy.shape[1] // 4) * -(-gy.shape[2] // 4)
+        tiles = _algorithms.winograd_tiles(gy.shape)
         block = _algorithms.winograd_block(x.shape[3], gy.shape[3], itemsize, tiles,
                                            _algorithms.WINOGRAD_GRAD_BUFFER_BYTES)
         chunks = _algorithms.partial_sums(4 * weight_size * itemsize, -(-tiles // block))
@@ -196,8 +196,8 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
     flops = 2 * pixels * w.size
     if algo == "winograd":
-        tiles = y.shape[0] * -(-y.shape[1] // 4) * -(-y.shape[2] // 4)
-        block = _algorithms.winograd_block(x.shape[3], y.shape[3], y.itemsize, tiles)
+        block = _algorithms.winograd_block(x.shape[3], y.shape[3], y.itemsize,
+                                           _algorithms.winograd_tiles(y.shape))
         _run(algo, "conv_forward", x, winograd_weight(w), bias, y, *offsets, groups, block,
              flops=flops)
     elif algo == "im2col":
