@@ -41,19 +41,41 @@ def _batched(name: str, arr) -> tuple[np.ndarray, bool]:
     return (arr[None], True) if arr.ndim == 3 else (arr, False)
 
 
-def _bounded(a: np.ndarray, headroom: float = 1.0) -> bool:
-    """Whether every value of `a` is a number of magnitude at most the dtype's largest
-    finite value / headroom (so with headroom 1: whether `a` is finite). Through its min and
-    max, because np.isfinite(a).all() would allocate a boolean array as large as `a`."""
+def _bounded(a: np.ndarray) -> bool:
+    """Whether every value of `a` is finite. Through its min and max, because
+    np.isfinite(a).all() would allocate a boolean array as large as `a`."""
     if a.size == 0:
         return True
-    limit = np.finfo(a.dtype).max / headroom
+    limit = np.finfo(a.dtype).max
     return bool(-limit <= a.min() and a.max() <= limit)  # False for NaN too
 
 
-# Winograd's transforms scale values by up to 10 (input) and 15 (output gradient) per axis:
-# inputs within the largest float / this headroom cannot overflow there
-WINOGRAD_HEADROOM = 1e6
+def _max_abs(a: np.ndarray) -> float:
+    """max |a| as a Python float (0 for an empty array, inf when `a` holds NaN), through its
+    min and max, without a temporary array as large as `a`."""
+    if a.size == 0:
+        return 0.0
+    low, high = float(a.min()), float(a.max())
+    return math.inf if math.isnan(low) or math.isnan(high) else max(-low, high)
+
+
+# How much Winograd F(4x4, 3x3)'s transforms (fastconv_winograd.h) can scale a value on a 2-D
+# tile: the largest absolute row sum of the 1-D matrix, squared (one pass per axis; the
+# kernels' partial results are partial sums of those rows, so they stay within it too).
+WINOGRAD_GAIN = {
+    "input": 10.0 ** 2,          # B^T: row [0, -4, -4, 1, 1, 0]
+    "weight": 1.0 ** 2,          # G: row [0, 0, 1]
+    "output": 19.0 ** 2,         # A^T: row [0, 1, -1, 8, -8, 1]
+    "grad_output": 15.0 ** 2,    # A: row [1, 2, 4, 8]
+    "to_taps": (5 / 3) ** 2,     # G^T: row [0, -1/6, -1/6, 1/6, 1/6, 1]
+}
+
+
+def _winograd_fits(dtype, bound: float) -> bool:
+    """Whether `bound`, the largest magnitude a Winograd kernel can reach, is a finite value
+    of `dtype` (False for inf and NaN). A worst case: operands that fail it run on the direct
+    kernel, whose partial sums are sums of the result's own terms."""
+    return bound <= float(np.finfo(dtype).max)
 
 
 def _bias(fn: str, bias, channels: int) -> np.ndarray | None:
@@ -143,9 +165,12 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
     x is zero-padded by `offsets` (top, left) rows and columns."""
     algo = _algorithms.for_weight_gradient(algorithm, weight_shape, gy.shape, gy.itemsize, geo)
     # the direct kernel skips the zero padding, where im2col would add 0 * inf = NaN, and
-    # Winograd's transforms would spread a non-finite value over its tile (or overflow)
+    # Winograd's transforms would spread a non-finite value over its tile, or overflow: the
+    # transformed tiles of x and gy, their products summed over all tiles, taken back to taps
     if (algo == "im2col" and not _bounded(gy)) or (algo == "winograd" and not (
-            _bounded(gy, WINOGRAD_HEADROOM) and _bounded(x, WINOGRAD_HEADROOM))):
+            _winograd_fits(dtype, WINOGRAD_GAIN["input"] * WINOGRAD_GAIN["grad_output"]
+                           * WINOGRAD_GAIN["to_taps"] * _algorithms.winograd_tiles(gy.shape)
+                           * _max_abs(x) * _max_abs(gy)))):
         algo = "direct"
     itemsize = np.dtype(dtype).itemsize
     kh, kw = geo.kernel_hw
@@ -189,8 +214,12 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
     # mode skips them everywhere.
     exact = not _bounded(w)
     # Winograd's transforms mix the pixels of a tile: one infinite input would make its
-    # neighbours' outputs NaN too, and a huge one could overflow
-    if exact or (algo == "winograd" and not _bounded(x, WINOGRAD_HEADROOM)):
+    # neighbours' outputs NaN too, and large ones can overflow where the result does not:
+    # the transformed tiles, their products summed over a group's input channels, the
+    # output transform and the bias
+    if exact or (algo == "winograd" and not _winograd_fits(
+            y.dtype, WINOGRAD_GAIN["input"] * WINOGRAD_GAIN["weight"] * WINOGRAD_GAIN["output"]
+            * w.shape[2] * _max_abs(x) * _max_abs(w) + _max_abs(bias))):
         algo = "direct"
     (sh, sw), (dh, dw) = stride, dilation
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
@@ -361,6 +390,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     x: (N, H, W, C_in) or (H, W, C_in); weight: (kh, kw, C_in // groups, C_out);
     bias: (C_out,) or None. Returns (N, H_out, W_out, C_out) (3-D for 3-D x) in
     np.result_type(x, weight, float32).
+
+    algorithm: "auto", "direct", "im2col" or "winograd" (3x3, stride 1, dilation 1 only;
+    ValueError otherwise). Winograd's transforms scale values by up to 36100 before they are
+    summed: where max|x| * max|weight| (times that and C_in // groups) could exceed the
+    dtype's largest value, or an operand is not finite, the direct kernel runs instead,
+    for "auto" and an explicit "winograd" alike (the result is right, only slower).
     """
     return _conv2d("conv2d", x, weight, bias, stride, padding, dilation, groups, padding_mode,
                    algorithm)
@@ -386,6 +421,9 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
     """Gradients of conv2d(x, weight, bias, ...) given grad_output = dL/dy.
 
     Returns (grad_input, grad_weight, grad_bias); those not named in `needs` are None.
+    Where Winograd's transforms could overflow (see conv2d; for the weight gradient, a bound
+    from max|x| * max|grad_output| and the number of 4x4 output tiles), the direct kernel
+    runs instead, for "auto" and an explicit "winograd" alike.
     """
     return _conv2d_backward("conv2d_backward", False, grad_output, x, weight, stride, padding,
                             dilation, groups, padding_mode, algorithm, needs)
