@@ -35,8 +35,12 @@ from fastconv.layers import (
 )
 from fastconv.matrix import conv_matrix
 from fastconv.pooling import (
+    avg_pool1d,
+    avg_pool1d_backward,
     avg_pool2d,
     avg_pool2d_backward,
+    max_pool1d,
+    max_pool1d_backward,
     max_pool2d,
     max_pool2d_backward,
     relu,
@@ -60,6 +64,8 @@ __all__ = [
     "ReLU",
     "SeparableConv2d",
     "Sequential",
+    "avg_pool1d",
+    "avg_pool1d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
     "conv1d",
@@ -78,6 +84,8 @@ __all__ = [
     "get_num_threads",
     "layers",
     "losses",
+    "max_pool1d",
+    "max_pool1d_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "num_threads",

@@ -271,15 +271,15 @@ def as_bool(name: str, value) -> bool:
 
 @dataclass(frozen=True)
 class PoolGeometry:
-    """A checked 2-D pooling: x (N, H, W, C) -> y (N, Ho, Wo, C), symmetric padding (ph, pw);
-    stride and dilation are the effective ones (see _effective)."""
+    """A checked 2-D pooling: x (N, H, W, C) -> y (N, Ho, Wo, C), padding ((top, bottom),
+    (left, right)); stride and dilation are the effective ones (see _effective)."""
     n: int
     in_hw: tuple[int, int]
     channels: int
     kernel_hw: tuple[int, int]
     stride: tuple[int, int]
     dilation: tuple[int, int]
-    padding: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
     ceil_mode: bool
     out_hw: tuple[int, int]
 
@@ -288,43 +288,62 @@ class PoolGeometry:
         return (self.n, *self.out_hw, self.channels)
 
 
-def pool_output_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
-    """PyTorch's pooling output size: floor (or ceil) of (in + 2p - d*(k-1) - 1) / s, plus one;
-    in ceil mode a last window that would start in the right/bottom padding is dropped."""
-    span = n + 2 * p - d * (k - 1) - 1
+def pool_output_size(n: int, k: int, s: int, p: tuple[int, int], d: int, ceil_mode: bool) -> int:
+    """PyTorch's (and ONNX's) pooling output size, padding p = (before, after): floor (or
+    ceil) of (in + before + after - d*(k-1) - 1) / s, plus one; in ceil mode a last window
+    that would start in the right/bottom padding is dropped."""
+    span = n + p[0] + p[1] - d * (k - 1) - 1
     out = (-(-span // s) if ceil_mode else span // s) + 1
-    if ceil_mode and (out - 1) * s >= n + p:
+    if ceil_mode and (out - 1) * s >= n + p[0]:
         out -= 1
     return out
 
 
+def pool_padding(fn: str, padding, kernel_hw, stride, dilation, in_hw) -> tuple:
+    """A pooling's padding as ((top, bottom), (left, right)). PyTorch's forms, an int or a
+    pair (ph, pw) added on both sides, keep PyTorch's rule: at most half of the dilated
+    kernel. ONNX's and Keras's forms take any size: explicit pairs ((top, bottom),
+    (left, right)) (ONNX's pads), "same" (output ceil(in / stride), the odd padding at the
+    bottom/right: Keras, ONNX SAME_UPPER) and "valid"."""
+    pytorch_form = _is_int(padding) or (isinstance(padding, (tuple, list)) and len(padding) == 2
+                                        and all(_is_int(p) for p in padding))
+    if not (pytorch_form or isinstance(padding, str) or (
+            isinstance(padding, (tuple, list)) and len(padding) == 2)):
+        raise TypeError(f"{fn}: padding must be an int or a pair (added on both sides, as in "
+                        f"PyTorch), ((top, bottom), (left, right)), 'same' or 'valid', but got "
+                        f"{padding!r}")
+    try:
+        pairs = padding_pairs(padding, kernel_hw, stride, dilation, in_hw)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{fn}: {exc}") from None
+    if pytorch_form:
+        for axis, k, (p, _), d in zip("HW", kernel_hw, pairs, dilation):
+            effective = d * (k - 1) + 1
+            if 2 * p > effective:
+                shown = tuple(p for p, _ in pairs)
+                raise ValueError(
+                    f"{fn}: padding must be at most half of the dilated kernel size (PyTorch's "
+                    f"rule; pass ((top, bottom), (left, right)) for ONNX's larger pads), but "
+                    f"got padding={shown}, kernel_size={tuple(kernel_hw)}, "
+                    f"dilation={tuple(dilation)} (on {axis}: {p} > {effective} / 2)")
+    return pairs
+
+
 def pool_geometry(fn: str, x_shape, kernel_size, stride, padding, dilation, ceil_mode
                   ) -> PoolGeometry:
-    """Check and resolve the geometry of a 2-D pooling of x (N, H, W, C), PyTorch's rules:
-    stride None means kernel_size; padding is an int or a pair (both sides), at most half of
-    the dilated kernel; the output must be at least 1 x 1."""
+    """Check and resolve the geometry of a 2-D pooling of x (N, H, W, C), PyTorch's rules
+    (ONNX's for explicit pairs of pads, see pool_padding): stride None means kernel_size;
+    the output must be at least 1 x 1."""
     kernel_hw = as_pair("kernel_size", kernel_size, 1)
     stride = kernel_hw if stride is None else as_pair("stride", stride, 1)
-    if isinstance(padding, str) or not (_is_int(padding) or (
-            isinstance(padding, (tuple, list)) and len(padding) == 2
-            and all(_is_int(p) for p in padding))):
-        raise TypeError(f"{fn}: padding must be an int or a pair of ints (added on both sides, "
-                        f"as in PyTorch), but got {padding!r}")
-    padding = as_pair("padding", padding, 0)
     dilation = as_pair("dilation", dilation, 1)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
-    for axis, k, p, d in zip("HW", kernel_hw, padding, dilation):
-        effective = d * (k - 1) + 1
-        if 2 * p > effective:
-            raise ValueError(f"{fn}: padding must be at most half of the dilated kernel size "
-                             f"(PyTorch's rule), but got padding={padding}, "
-                             f"kernel_size={kernel_hw}, dilation={dilation} (on {axis}: "
-                             f"{p} > {effective} / 2)")
     n, h, w, c = x_shape
+    padding = pool_padding(fn, padding, kernel_hw, stride, dilation, (h, w))
     out_hw = tuple(pool_output_size(size, k, s, p, d, ceil_mode) for size, k, s, p, d
                    in zip((h, w), kernel_hw, stride, padding, dilation))
     if min(out_hw) < 1:
-        padded = (h + 2 * padding[0], w + 2 * padding[1])
+        padded = (h + sum(padding[0]), w + sum(padding[1]))
         dilated = tuple(d * (k - 1) + 1 for k, d in zip(kernel_hw, dilation))
         raise ValueError(f"{fn}: padded input size {padded} (H, W) is smaller than the dilated "
                          f"kernel size {dilated} (H, W): the output would be {out_hw}")
