@@ -95,7 +95,11 @@ def for_convolution(algorithm: str, weight_shape, out_shape, itemsize: int, stri
       channel's GEMM would sum one term), and for few output channels per group behind many
       taps x input channels (a first layer's input gradient: the direct kernel's channel
       vectors run mostly empty, a GEMM's long sums do not);
-    - direct otherwise: its register blocks beat im2col + BLAS on most layers of the suite."""
+    - direct otherwise: its register blocks beat im2col + BLAS on most layers of the suite.
+    No geometry makes a kernel's scratch explode: direct's zero-padded window holds only the
+    columns its taps read when a stride or dilation spaces them (at most kh x 8 pixels x kw
+    taps x C_in values per thread), im2col's tiles are sized by tile_pixels, so a huge
+    stride or dilation (WaveNet/TCN's dilated 1-D convolutions) needs no rule here."""
     if algorithm != "auto":
         return algorithm
     kh, kw, cig, cout = weight_shape
