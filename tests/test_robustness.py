@@ -15,7 +15,7 @@ import pytest
 
 import fastconv
 import reference
-from conftest import assert_close
+from conftest import assert_close, assert_threads_ran
 from fastconv import filters, losses
 
 # ----------------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def test_many_python_threads_at_once_give_the_serial_results():
     assert not wrong, f"different results under threads: {wrong}"
 
 
-def test_threads_with_different_thread_counts_give_the_same_results():
+def test_threads_with_different_thread_counts_give_the_same_results(kernel_threads):
     x, w, _, b = _arrays()
     expected = fastconv.conv2d(x, w, b, padding=1)
 
@@ -95,6 +95,7 @@ def test_threads_with_different_thread_counts_give_the_same_results():
             results = list(pool.map(run, [1, 2, 3, 1, 2, 3]))
     finally:
         fastconv.set_num_threads(None)  # see the next test
+    assert_threads_ran(kernel_threads)
     assert all(np.array_equal(r, expected) for r in results)
 
 
