@@ -72,6 +72,9 @@ def check(fn: str, algorithm, geo) -> str:
         raise ValueError(f"{fn}: algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
     if algorithm == "winograd" and not winograd_serves(geo.kernel_hw, geo.stride, geo.dilation):
         others = tuple(a for a in ALGORITHMS if a != "winograd")
+        if "1d" in fn:  # conv1d and the like (_params.is_1d)
+            raise ValueError(f"{fn}: algorithm 'winograd' serves 2-D 3x3 kernels only, not a "
+                             f"1-D convolution; use one of {others}")
         raise ValueError(
             f"{fn}: algorithm 'winograd' serves 3x3 kernels with stride 1 and dilation 1, but "
             f"got kernel {tuple(geo.kernel_hw)}, stride {tuple(geo.stride)}, dilation "

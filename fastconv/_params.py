@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,14 +23,37 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+# every int argument must fit the kernels' 64-bit sizes and indices
+INT_LIMIT = 2**63 - 1
+
+
 def as_int(name: str, value, minimum: int | None = None) -> int:
-    """A Python int >= minimum (bools and floats are refused)."""
+    """A Python int >= minimum and within int64 (bools and floats are refused): the one
+    place where integer arguments are normalised, so none reaches compiled code out of range."""
     if not _is_int(value):
         raise TypeError(f"{name} must be an int, but got {value!r} of type {type(value).__name__}")
     value = operator.index(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, but got {value}")
+    if not -INT_LIMIT - 1 <= value <= INT_LIMIT:
+        raise ValueError(f"{name} must be at most 2**63 - 1 in magnitude (a 64-bit integer), "
+                         f"but got {value}")
     return value
+
+
+# More threads than this are refused (set_num_threads, num_threads) or, from OpenMP's default
+# (OMP_NUM_THREADS), capped: a thread per core is the useful most, and OpenMP runtimes
+# crash or abort when asked for tens of thousands
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+
+def as_thread_count(name: str, value) -> int:
+    """A thread count: an int in [1, MAX_THREADS] (4 x os.cpu_count())."""
+    n = as_int(name, value, 1)
+    if n > MAX_THREADS:
+        raise ValueError(f"{name} must be at most {MAX_THREADS} (4 x os.cpu_count() = "
+                         f"4 x {os.cpu_count()}), but got {n}")
+    return n
 
 
 def as_tuple(name: str, value, length: int, minimum: int | None = None) -> tuple[int, ...]:
@@ -38,7 +62,7 @@ def as_tuple(name: str, value, length: int, minimum: int | None = None) -> tuple
         return (as_int(name, value, minimum),) * length
     if isinstance(value, (tuple, list, np.ndarray)) and len(value) == length:
         return tuple(as_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(value))
-    what = "an int" if length == 1 else f"an int or a sequence of {length} ints"
+    what = "an int or a 1-tuple" if length == 1 else f"an int or a sequence of {length} ints"
     raise TypeError(f"{name} must be {what}, but got {value!r}")
 
 
@@ -153,30 +177,52 @@ class ConvGeometry:
                 * (self.in_channels // self.groups) * math.prod(self.kernel_hw))
 
 
+def is_1d(fn: str) -> bool:
+    """Whether `fn` is one of the 1-D functions (conv1d, conv_transpose1d and their
+    backward), which run as 2-D with H = 1 but must word their errors in 1-D."""
+    return "1d" in fn
+
+
+def shown_sizes(fn: str, sizes) -> str:
+    """Spatial sizes (H, W) as the caller knows them: (L,) for a 1-D function."""
+    return f"({sizes[-1]},) (L)" if is_1d(fn) else f"{tuple(sizes)} (H, W)"
+
+
+def shown_param(fn: str, pair) -> str:
+    """A per-axis parameter (stride, dilation, ...) as the caller knows it: an int in 1-D."""
+    return str(pair[-1]) if is_1d(fn) else str(tuple(pair))
+
+
 def check_weight(fn: str, weight: np.ndarray, x_shape, groups: int, transposed: bool) -> None:
     """The weight against the input x (N, H, W, C).
 
     conv2d: weight (kh, kw, C // groups, C_out), C_out divisible by groups.
     conv_transpose2d: weight (kh, kw, C_out // groups, C), C divisible by groups.
+    A 1-D function's weight and x (kh = H = 1 added) are shown as the caller passed them.
     """
-    layout = ("(kh, kw, C_out // groups, C_in) [HWIO of the convolution it is the adjoint of]"
-              if transposed else "(kh, kw, C_in // groups, C_out) [HWIO]")
-    check_ndim("weight", weight, (4,), layout)
-    if min(weight.shape) < 1:
-        raise ValueError(f"{fn}: weight of shape {weight.shape} {layout} must have every "
-                         f"dimension >= 1")
+    if is_1d(fn):
+        layout = ("(k, C_out // groups, C_in)" if transposed else "(k, C_in // groups, C_out)")
+        shape, x_shown, x_layout = weight.shape[1:], (x_shape[0], *x_shape[2:]), "[NLC]"
+    else:
+        layout = ("(kh, kw, C_out // groups, C_in) [HWIO of the convolution it is the adjoint "
+                  "of]" if transposed else "(kh, kw, C_in // groups, C_out) [HWIO]")
+        shape, x_shown, x_layout = weight.shape, tuple(x_shape), "[NHWC]"
+        check_ndim("weight", weight, (4,), layout)
+    if min(weight.shape[:2]) < 1:  # channel counts may be 0 (empty sums, PyTorch allows C_in 0)
+        raise ValueError(f"{fn}: weight of shape {shape} {layout} must have kernel sizes "
+                         f"{'k' if is_1d(fn) else 'kh, kw'} >= 1")
     channels = x_shape[3]
     if transposed:
         expected, divided = weight.shape[3], weight.shape[3]
     else:
         expected, divided = weight.shape[2] * groups, weight.shape[3]
     if divided % groups:
-        raise ValueError(f"{fn}: weight of shape {weight.shape} {layout} has {divided} "
+        raise ValueError(f"{fn}: weight of shape {shape} {layout} has {divided} "
                          f"{'input' if transposed else 'output'} channels, which is not "
                          f"divisible by groups={groups}")
     if channels != expected:
-        raise ValueError(f"{fn}: given groups={groups}, weight of shape {weight.shape} "
-                         f"{layout}, expected input {tuple(x_shape)} [NHWC] to have {expected} "
+        raise ValueError(f"{fn}: given groups={groups}, weight of shape {shape} "
+                         f"{layout}, expected input {x_shown} {x_layout} to have {expected} "
                          f"channels, but got {channels} channels instead")
 
 
@@ -202,8 +248,9 @@ def conv_geometry(fn: str, x_shape, weight_shape, stride, padding, dilation, gro
     if min(out_hw) < 1:
         padded = tuple(size + p[0] + p[1] for size, p in zip((h, w), pads))
         dilated = tuple(d * (k - 1) + 1 for k, d in zip((kh, kw), dilation))
-        raise ValueError(f"{fn}: padded input size {padded} (H, W) is smaller than the dilated "
-                         f"kernel size {dilated} (H, W): the output would be {out_hw}")
+        raise ValueError(f"{fn}: padded input size {shown_sizes(fn, padded)} is smaller than "
+                         f"the dilated kernel size {shown_sizes(fn, dilated)}: the output would "
+                         f"be {shown_sizes(fn, out_hw)}")
     return ConvGeometry(n, (h, w), c, (kh, kw), cout, *_effective(stride, dilation, (kh, kw), out_hw),
                         pads, groups, out_hw)
 
@@ -225,14 +272,16 @@ def conv_transpose_geometry(fn: str, x_shape, weight_shape, stride, padding, out
     for axis, (op, s, d) in enumerate(zip(output_padding, stride, dilation)):
         if op >= s and op >= d:
             raise ValueError(f"{fn}: output_padding must be smaller than either stride or "
-                             f"dilation, but got output_padding={output_padding}, "
-                             f"stride={stride}, dilation={dilation}")
+                             f"dilation, but got output_padding={shown_param(fn, output_padding)}"
+                             f", stride={shown_param(fn, stride)}, "
+                             f"dilation={shown_param(fn, dilation)}")
     out_hw = tuple((size - 1) * s - p[0] - p[1] + d * (k - 1) + op + 1 for size, p, k, s, d, op
                    in zip((h, w), pads, (kh, kw), stride, dilation, output_padding))
     if min(out_hw) < 1:
-        raise ValueError(f"{fn}: padding {pads} crops more than the full output "
-                         f"{tuple(o + p[0] + p[1] for o, p in zip(out_hw, pads))} (H, W): the "
-                         f"output would be {out_hw}")
+        full = tuple(o + p[0] + p[1] for o, p in zip(out_hw, pads))
+        raise ValueError(f"{fn}: padding {pads[-1] if is_1d(fn) else pads} crops more than the "
+                         f"full output {shown_sizes(fn, full)}: the output would be "
+                         f"{shown_sizes(fn, out_hw)}")
     return ConvGeometry(n, out_hw, cig_t * groups, (kh, kw), c,
                         *_effective(stride, dilation, (kh, kw), (h, w)), pads, groups, (h, w))
 

@@ -1,5 +1,9 @@
 """Convolutions on NumPy arrays: NHWC activations, HWIO weights.
 
+Result dtype (every function here, and the layers): np.result_type(x, weight, float32), i.e.
+float32 unless the input or the weight is float64; a bias is cast to it (a float64 or integer
+bias never widens the result), and gradients have the same dtype.
+
 Every function validates (fastconv._params), picks an algorithm (fastconv._algorithms),
 allocates its outputs and calls a compiled kernel. Padding of every mode is done here, so the
 kernels only ever see a "valid" convolution of an already padded, contiguous input.
@@ -87,6 +91,22 @@ def _bias(fn: str, bias, channels: int) -> np.ndarray | None:
     return bias
 
 
+def _computes(out: np.ndarray, *operands: np.ndarray) -> bool:
+    """Whether a kernel has anything to do: an output to write and every operand non-empty
+    (an empty operand - N, H, W or a channel count 0 - leaves only empty sums, and the
+    kernels are never called on zero-size arrays)."""
+    return out.size > 0 and all(a.size > 0 for a in operands)
+
+
+def _check_copied_padding(fn: str, mode: str, geo: ConvGeometry) -> None:
+    """Padding modes other than zeros copy input pixels: an empty axis has none to copy."""
+    for axis, size, (before, after) in zip("HW", geo.in_hw, geo.padding):
+        if mode != "zeros" and size == 0 and before + after > 0:
+            raise ValueError(f"{fn}: padding_mode={mode!r} copies input pixels into the "
+                             f"padding, but the input is empty along {axis} (size 0); use "
+                             f"padding_mode='zeros'")
+
+
 def _bias_arg(bias: np.ndarray | None, dtype) -> np.ndarray:
     """The kernels' form of an optional bias: a contiguous vector, empty for none."""
     return np.zeros(0, dtype) if bias is None else np.ascontiguousarray(bias, dtype)
@@ -163,6 +183,8 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
                  geo: ConvGeometry, dtype) -> np.ndarray:
     """sum over output pixels of x's window (x) gy, in fixed partial sums added up at the end.
     x is zero-padded by `offsets` (top, left) rows and columns."""
+    if gy.size == 0 or x.size == 0 or math.prod(weight_shape) == 0:  # empty sums
+        return np.zeros(weight_shape, dtype)
     algo = _algorithms.for_weight_gradient(algorithm, weight_shape, gy.shape, gy.itemsize, geo)
     # the direct kernel skips the zero padding, where im2col would add 0 * inf = NaN, and
     # Winograd's transforms would spread a non-finite value over its tile, or overflow: the
@@ -404,12 +426,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
 def _conv2d(fn, x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm):
     x, weight, unbatched = _conv_inputs(fn, x, weight, groups)
     bias = _bias(fn, bias, weight.shape[3])
-    dtype = _params.float_dtype(x, weight, *([] if bias is None else [bias]))
+    dtype = _params.float_dtype(x, weight)
     mode = _params.padding_mode(padding_mode)
     geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
+    _check_copied_padding(fn, mode, geo)
     algorithm = _algorithms.check(fn, algorithm, geo)
     y = np.empty((geo.n, *geo.out_hw, geo.out_channels), dtype)
-    if y.size:
+    if not _computes(y, x, weight):  # no input pixel or channel: the sums are empty
+        y[...] = 0 if bias is None else bias
+    else:
         _forward_kernel(algorithm, *_conv_input(x, geo.padding, mode, dtype),
                         np.ascontiguousarray(weight, dtype), _bias_arg(bias, dtype), y,
                         geo.stride, geo.dilation, geo.groups)
@@ -435,6 +460,7 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
     x, weight, unbatched = _conv_inputs(fn, x, weight, groups)
     mode = _params.padding_mode(padding_mode)
     geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
+    _check_copied_padding(fn, mode, geo)
     algorithm = _algorithms.check(fn, algorithm, geo)
     gy = _grad_output(fn, grad_output, (geo.n, *geo.out_hw, geo.out_channels), unbatched, one_d)
     dtype = _params.float_dtype(gy, x, weight)
@@ -443,13 +469,13 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
     if "input" in wanted:
         w = np.ascontiguousarray(weight, dtype)
         if mode == "zeros":  # the padding's gradient is dropped: compute only the input's
-            grad_input = np.empty((geo.n, *geo.in_hw, geo.in_channels), dtype)
-            if grad_input.size:
+            grad_input = np.zeros((geo.n, *geo.in_hw, geo.in_channels), dtype)
+            if _computes(grad_input, gy, w):
                 _data_kernel(algorithm, gy, w, _bias_arg(None, dtype), grad_input, geo,
                              (geo.padding[0][0], geo.padding[1][0]))
         else:  # the padding's gradient flows back to the pixels it copies
-            gxp = np.empty((geo.n, *geo.padded_hw, geo.in_channels), dtype)
-            if gxp.size:
+            gxp = np.zeros((geo.n, *geo.padded_hw, geo.in_channels), dtype)
+            if _computes(gxp, gy, w):
                 _data_kernel(algorithm, gy, w, _bias_arg(None, dtype), gxp, geo)
             grad_input = unpad(gxp, geo.padding, mode, geo.in_hw)
         if unbatched:
@@ -483,10 +509,12 @@ def _conv_transpose2d(fn, x, weight, bias, stride, padding, output_padding, dila
     geo = _params.conv_transpose_geometry(fn, x.shape, weight.shape, stride, padding,
                                           output_padding, dilation, groups)
     bias = _bias(fn, bias, geo.in_channels)
-    dtype = _params.float_dtype(x, weight, *([] if bias is None else [bias]))
+    dtype = _params.float_dtype(x, weight)
     algorithm = _algorithms.check(fn, algorithm, geo)
     y = np.empty((geo.n, *geo.in_hw, geo.in_channels), dtype)
-    if y.size:  # `padding` crops the full output: compute only what is kept
+    if not _computes(y, x, weight):  # no input pixel or channel: the sums are empty
+        y[...] = 0 if bias is None else bias
+    else:  # `padding` crops the full output: compute only what is kept
         _data_kernel(algorithm, np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype),
                      _bias_arg(bias, dtype), y, geo, (geo.padding[0][0], geo.padding[1][0]))
     return y[0] if unbatched else y
@@ -516,8 +544,8 @@ def _conv_transpose2d_backward(fn, one_d, grad_output, x, weight, stride, paddin
     x = np.ascontiguousarray(x, dtype)  # the convolution's output
     grad_input = grad_weight = grad_bias = None
     if "input" in wanted:
-        grad_input = np.empty(x.shape, dtype)
-        if grad_input.size:
+        grad_input = np.zeros(x.shape, dtype)
+        if _computes(grad_input, gy, weight):
             _forward_kernel(algorithm, gy, offsets, np.ascontiguousarray(weight, dtype),
                             _bias_arg(None, dtype), grad_input, geo.stride, geo.dilation,
                             geo.groups)
@@ -562,6 +590,9 @@ def _as_2d(x, weight, stride, padding, dilation, output_padding=0):
     _params.check_ndim("input", x, (2, 3), "(L, C) or (N, L, C) [NLC]")
     weight = _params.as_array("weight", weight)
     _params.check_ndim("weight", weight, (3,), "(k, C_in // groups, C_out)")
+    # padding: an int, (p,), a (left, right) pair or ((left, right),), or a string
+    if isinstance(padding, (tuple, list)) and len(padding) == 1:
+        padding = padding[0]
     if isinstance(padding, str):
         padding_2d = padding
     elif isinstance(padding, (tuple, list)):

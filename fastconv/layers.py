@@ -589,7 +589,8 @@ class Flatten(Layer):
         if not 0 <= start <= end < x.ndim:
             raise ValueError(f"{self!r}: cannot flatten dimensions {self.start_dim} to "
                              f"{self.end_dim} of an input of shape {x.shape}")
-        y = x.reshape(*x.shape[:start], -1, *x.shape[end + 1:])
+        # the flattened size spelled out: reshape cannot infer a -1 next to a 0-size axis
+        y = x.reshape(*x.shape[:start], math.prod(x.shape[start:end + 1]), *x.shape[end + 1:])
         self._save(shape=x.shape, out_shape=y.shape)
         return y
 

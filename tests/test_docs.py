@@ -15,7 +15,9 @@ def test_the_readme_has_snippets():
     assert len(SNIPPETS) >= 6
 
 
-@pytest.mark.parametrize("index", range(len(SNIPPETS)))
+# the training example takes seconds: with the heavy tests
+@pytest.mark.parametrize("index", [pytest.param(i, marks=pytest.mark.heavy) if "for epoch" in s
+                                   else i for i, s in enumerate(SNIPPETS)])
 def test_readme_snippet_runs(index, capsys):
     exec(compile(SNIPPETS[index], f"README.md snippet {index}", "exec"), {"__name__": "__main__"})
     assert capsys.readouterr().out  # every snippet shows its result
