@@ -43,6 +43,9 @@ class Layer:
 
     #: names of the parameter attributes, in state-dict order (None values are skipped)
     param_names: tuple[str, ...] = ()
+    #: names of the buffer attributes (non-trainable state such as BatchNorm's running
+    #: statistics), in state-dict order after the parameters (None values are skipped)
+    buffer_names: tuple[str, ...] = ()
     #: True when forward returns a new array that the layer does not keep (so the next
     #: layer may overwrite it: Sequential then runs a following ReLU in place)
     _output_is_private = False
@@ -107,38 +110,52 @@ class Layer:
         for _, _, grad in self.parameters():
             grad.fill(0)
 
+    def buffers(self):
+        """Yield (name, value) for every buffer (non-trainable state, updated in place)."""
+        for name in self.buffer_names:
+            value = getattr(self, name)
+            if value is not None:
+                yield name, value
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """{name: copy of the parameter}."""
-        return {name: value.copy() for name, value, _ in self.parameters()}
+        """{name: copy}: the parameters, then the buffers."""
+        state = {name: value.copy() for name, value, _ in self.parameters()}
+        state.update((name, value.copy()) for name, value in self.buffers())
+        return state
 
     def load_state_dict(self, state_dict, strict: bool = True) -> None:
-        """Copy parameters in place from {name: array} (cast to the layer's dtype).
+        """Copy parameters and buffers in place from {name: array} (cast to their dtypes).
 
         Everything is checked before anything is copied: missing or unexpected keys (unless
-        strict=False) and wrong shapes raise ValueError, non-numeric arrays TypeError.
+        strict=False) and wrong shapes raise ValueError, non-numeric arrays (or floats for an
+        integer buffer) TypeError.
         """
         name = type(self).__name__
         if not hasattr(state_dict, "keys"):
             raise TypeError(f"{name}.load_state_dict: expected a dict of arrays, but got "
                             f"{type(state_dict).__name__}")
         strict = _params.as_bool("strict", strict)
-        params = {key: value for key, value, _ in self.parameters()}
-        missing = [key for key in params if key not in state_dict]
-        unexpected = [key for key in state_dict if key not in params]
+        targets = {key: value for key, value, _ in self.parameters()}
+        targets.update(self.buffers())
+        missing = [key for key in targets if key not in state_dict]
+        unexpected = [key for key in state_dict if key not in targets]
         if strict and (missing or unexpected):
             raise ValueError(f"{name}.load_state_dict: missing keys {missing}, unexpected keys "
                              f"{unexpected}")
         loads = []
-        for key, param in params.items():
+        for key, target in targets.items():
             if key not in state_dict:
                 continue
             value = _params.as_array(f"state_dict[{key!r}]", state_dict[key])
-            if value.shape != param.shape:
+            if value.shape != target.shape:
                 raise ValueError(f"{name}.load_state_dict: expected {key!r} of shape "
-                                 f"{param.shape}, but got {value.shape}")
-            loads.append((param, value))
-        for param, value in loads:
-            np.copyto(param, value, casting="same_kind")
+                                 f"{target.shape}, but got {value.shape}")
+            if not np.can_cast(value.dtype, target.dtype, "same_kind"):
+                raise TypeError(f"{name}.load_state_dict: expected {key!r} of a dtype that "
+                                f"casts to {target.dtype}, but got {value.dtype}")
+            loads.append((target, value))
+        for target, value in loads:
+            np.copyto(target, value, casting="same_kind")
 
     def _init_param(self, name: str, value: np.ndarray) -> None:
         setattr(self, name, value)
@@ -642,6 +659,11 @@ class Sequential(Layer):
         for i, layer in enumerate(self.layers):
             for name, value, grad in layer.parameters():
                 yield f"{i}.{name}", value, grad
+
+    def buffers(self):
+        for i, layer in enumerate(self.layers):
+            for name, value in layer.buffers():
+                yield f"{i}.{name}", value
 
     def __repr__(self) -> str:
         if not self.layers:
