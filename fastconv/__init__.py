@@ -5,7 +5,8 @@ See README.md and the docstrings of the functions below.
 """
 from importlib.metadata import PackageNotFoundError, version
 
-from fastconv import filters, layers, losses, optim
+from fastconv import layers  # isort: skip  (first: fastconv.graph builds on its Layer)
+from fastconv import filters, graph, losses, models, optim
 from fastconv._algorithms import get_auto_winograd, set_auto_winograd
 from fastconv._threads import get_num_threads, num_threads, set_num_threads
 from fastconv.functional import (
@@ -20,6 +21,7 @@ from fastconv.functional import (
     conv_transpose2d_backward,
     conv_transpose_output_shape,
 )
+from fastconv.graph import Add, Concat, Graph, Mul, Parallel, Residual
 from fastconv.layers import (
     AvgPool2d,
     Conv2d,
@@ -32,6 +34,8 @@ from fastconv.layers import (
     ReLU,
     SeparableConv2d,
     Sequential,
+    from_torch,
+    state_dict_from_torch,
 )
 from fastconv.matrix import conv_matrix
 from fastconv.pooling import (
@@ -49,6 +53,12 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "Add",
+    "Concat",
+    "Graph",
+    "Mul",
+    "Parallel",
+    "Residual",
     "AvgPool2d",
     "Conv2d",
     "ConvTranspose2d",
@@ -74,16 +84,20 @@ __all__ = [
     "conv_transpose2d_backward",
     "conv_transpose_output_shape",
     "filters",
+    "from_torch",
+    "graph",
     "get_auto_winograd",
     "get_num_threads",
     "layers",
     "losses",
     "max_pool2d",
     "max_pool2d_backward",
+    "models",
     "num_threads",
     "optim",
     "relu",
     "relu_backward",
     "set_auto_winograd",
     "set_num_threads",
+    "state_dict_from_torch",
 ]

@@ -204,3 +204,52 @@ def test_blocks_identity_branches():
     np.testing.assert_allclose(se(x), x / (1 + np.exp(-x.mean(axis=(1, 2), keepdims=True))),
                                rtol=1e-6)
     assert se.backward(np.ones_like(x)).shape == x.shape
+
+
+# -- fastconv.models ----------------------------------------------------------------------------
+
+def _count(model):
+    return sum(value.size for _, value, _ in model.parameters())
+
+
+def test_model_parameter_counts_are_the_papers():
+    from fastconv import models
+
+    # torchvision's counts (BatchNorm weights and biases included, running statistics not)
+    assert _count(models.resnet18(rng=0)) == 11_689_512
+    assert _count(models.mobilenet_v2(rng=0)) == 3_504_872
+
+
+@pytest.mark.parametrize("name, kwargs, shape, out", [
+    ("resnet18", dict(width=4), (2, 32, 32, 3), (2, 7)),
+    ("resnet50", dict(width=2), (1, 32, 32, 3), (1, 7)),
+    ("mobilenet_v2", dict(width=4), (2, 32, 32, 3), (2, 7)),
+    ("vgg16_bn", dict(width=2), (1, 32, 32, 3), (1, 7)),
+    ("unet", dict(width=2, depth=2, in_channels=3), (2, 8, 12, 3), (2, 8, 12, 7)),
+])
+def test_models_run_forward_and_backward(name, kwargs, shape, out):
+    from fastconv import models
+
+    model = getattr(models, name)(num_classes=7, dtype=np.float64, rng=0, **kwargs)
+    x = RNG.standard_normal(shape)
+    y = model(x)
+    assert y.shape == out and y.dtype == np.float64
+    assert model.backward(np.ones_like(y)).shape == shape
+    assert all(np.isfinite(g).all() for _, _, g in model.parameters())
+    again = getattr(models, name)(num_classes=7, dtype=np.float64, rng=0, **kwargs)
+    np.testing.assert_array_equal(again.eval()(x), model.eval()(x))
+
+
+def test_blocks_compose_as_described():
+    from fastconv import models
+
+    block = models.basic_block(4, 8, 2, dtype=np.float64, rng=0)
+    res = block[0]
+    assert isinstance(res, Residual) and res["shortcut"][0].stride == (2, 2)
+    assert models.basic_block(4, 4)[0].nodes[-1][2] == ("body", "x")  # identity shortcut
+    se = models.squeeze_excitation(6, 2, dtype=np.float64, rng=0)
+    x = RNG.standard_normal((2, 3, 3, 6))
+    gate = se["1"](x)
+    np.testing.assert_allclose(se(x), x * gate)
+    dense = models.dense_block(3, 2, 3, rng=0)
+    assert dense(x[..., :3].astype(np.float32)).shape == (2, 3, 3, 9)
