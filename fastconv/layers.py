@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from fastconv import _params, functional, pooling
+from fastconv import _params, activations, functional, normalization, pooling, resample
 from fastconv._algorithms import ALGORITHMS
 
 _NHWC_3_OR_4 = "(H, W, C) or (N, H, W, C) [NHWC]"
@@ -460,12 +460,16 @@ class Linear(Layer):
 
 
 class ReLU(Layer):
-    """max(x, 0) elementwise; keeps only a boolean mask for backward."""
+    """max(x, 0) elementwise; keeps only a boolean mask for backward. inplace=True overwrites
+    the (float) input, as PyTorch's."""
 
-    _output_is_private = True
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = _params.as_bool("inplace", inplace)
+        self._output_is_private = not self.inplace
 
     def forward(self, x):
-        return self._forward(x, in_place=False)
+        return self._forward(x, in_place=self.inplace)
 
     def _forward(self, x, in_place: bool):
         x = _params.as_array("input", x)
@@ -477,6 +481,9 @@ class ReLU(Layer):
     def backward(self, grad_output):
         grad, saved = self._take(grad_output)
         return pooling.relu_backward(grad, saved["mask"])
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
 
 
 class _PoolBase(Layer):
@@ -616,6 +623,543 @@ class Flatten(Layer):
     def extra_repr(self) -> str:
         order = ", channels_first=True" if self.channels_first else ""
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}{order}"
+
+
+# ----------------------------------------------------------------------------------------------
+# normalisation
+
+class _BatchNorm(Layer):
+    """Batch normalisation over the last (channel) axis; see fastconv.batch_norm."""
+
+    param_names = ("weight", "bias")
+    buffer_names = ("running_mean", "running_var", "num_batches_tracked")
+    _output_is_private = True
+    _ndims: tuple[int, ...] = ()
+    _layout = ""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=np.float32):
+        super().__init__()
+        self.num_features = _params.as_int("num_features", num_features, 1)
+        self.eps = _params.as_float("eps", eps, 0.0)
+        self.momentum = None if momentum is None else _params.as_float("momentum", momentum)
+        self.affine = _params.as_bool("affine", affine)
+        self.track_running_stats = _params.as_bool("track_running_stats", track_running_stats)
+        self.dtype = _params.layer_dtype(dtype)
+        c = self.num_features
+        self.weight = self.bias = None
+        if self.affine:  # PyTorch's initialisation: weight 1, bias 0
+            self._init_param("weight", np.ones(c, self.dtype))
+            self._init_param("bias", np.zeros(c, self.dtype))
+        self.running_mean = self.running_var = self.num_batches_tracked = None
+        if self.track_running_stats:
+            self.running_mean = np.zeros(c, self.dtype)
+            self.running_var = np.ones(c, self.dtype)
+            self.num_batches_tracked = np.array(0, np.int64)
+
+    def forward(self, x):
+        x = _params.as_array("input", x)
+        _params.check_channels(repr(self), x, self.num_features, self._ndims, self._layout)
+        # PyTorch's rules: the running statistics move only in training mode; momentum None
+        # makes them the cumulative average of the batches seen
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked += 1
+            if self.momentum is None:
+                factor = 1.0 / int(self.num_batches_tracked)
+        batch_stats = self.training or self.running_mean is None
+        y, mean, var = normalization.batch_norm_forward(
+            repr(self), x, self.running_mean, self.running_var, self.weight, self.bias,
+            batch_stats, factor, self.eps)
+        self._save(x=x, mean=mean, var=var, batch_stats=batch_stats, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        needs = ("input", "weight", "bias") if self.affine else ("input",)
+        gx, gw, gb = normalization.batch_norm_backward(
+            grad, saved["x"], saved["mean"], saved["var"], self.weight,
+            training=saved["batch_stats"], eps=self.eps, needs=needs)
+        self._accumulate("weight", gw)
+        self._accumulate("bias", gb)
+        return gx
+
+    def extra_repr(self) -> str:
+        dtype = "" if self.dtype == np.float32 else f", dtype={self.dtype}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}{dtype}")
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of NHWC feature maps (N, H, W, C) per channel (PyTorch's
+    BatchNorm2d; see fastconv.batch_norm).
+
+    Training mode normalises with the batch's mean and biased variance (over N, H, W) and
+    updates the buffers running_mean / running_var (the unbiased variance) with `momentum`
+    (None: the cumulative average, using num_batches_tracked, an int64 0-d array); eval mode
+    normalises with the running statistics. track_running_stats=False: no buffers (None), batch
+    statistics always. affine: the parameters weight (ones) and bias (zeros), (C,). Buffers
+    and parameters have the layer's dtype; the state dict holds weight, bias, running_mean,
+    running_var, num_batches_tracked (PyTorch's names and order).
+    """
+
+    _ndims = (4,)
+    _layout = "(N, H, W, C) [NHWC]"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of (N, C) or (N, L, C) arrays per channel (the last axis):
+    PyTorch's BatchNorm1d with channels last; otherwise as BatchNorm2d."""
+
+    _ndims = (2, 3)
+    _layout = "(N, C) or (N, L, C) [channels last]"
+
+
+# ----------------------------------------------------------------------------------------------
+# activations
+
+class _Activation(Layer):
+    """An elementwise activation from fastconv.activations. Its backward reads the input
+    (`_reads = "input"`), the output ("output"), or either ("either": the output after an
+    in-place forward, the input otherwise). An in-place forward overwrites its input, so one
+    whose backward reads the input keeps a copy of it; and a layer that keeps its output must
+    not have it overwritten (by an in-place layer after it) before its backward."""
+
+    _reads = "input"
+    inplace = False
+
+    def _args(self) -> tuple:
+        return ()
+
+    def _function(self, x, *args, out=None):
+        raise NotImplementedError
+
+    def _gradient(self, grad, saved, *args):
+        raise NotImplementedError
+
+    def _set_inplace(self, inplace) -> None:
+        self.inplace = _params.as_bool("inplace", inplace)
+
+    @property
+    def _output_is_private(self):
+        return not self.inplace and self._reads != "output"
+
+    def forward(self, x):
+        x = _params.as_array("input", x)
+        reads_output = self._reads == "output" or (self._reads == "either" and self.inplace)
+        if self.inplace:
+            if x.dtype not in (np.float32, np.float64) or not x.flags.writeable:
+                raise TypeError(f"{self!r}: inplace=True needs a writeable float32 or float64 "
+                                f"array to overwrite, but got a "
+                                f"{'' if x.flags.writeable else 'read-only '}{x.dtype} array")
+            kept = x.copy() if self.training and not reads_output else None
+            y = self._function(x, *self._args(), out=x)
+        else:
+            y = self._function(x, *self._args())
+            kept = x
+        self._save(saved=y if reads_output else kept, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        return self._gradient(grad, saved["saved"], *self._args())
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+
+class ReLU6(_Activation):
+    """min(max(x, 0), 6) elementwise (see fastconv.relu6); inplace=True overwrites the input."""
+
+    _reads = "either"
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self._set_inplace(inplace)
+
+    def _function(self, x, out=None):
+        return activations.relu6(x, out=out)
+
+    def _gradient(self, grad, saved):
+        return activations.relu6_backward(grad, saved)
+
+
+class LeakyReLU(_Activation):
+    """x where x > 0, negative_slope * x elsewhere (see fastconv.leaky_relu)."""
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        self.negative_slope = _params.as_float("negative_slope", negative_slope)
+        self._set_inplace(inplace)
+        # with a slope >= 0 the output has the input's sign, which is all backward asks
+        self._reads = "either" if self.negative_slope >= 0 else "input"
+
+    def _args(self):
+        return (self.negative_slope,)
+
+    def _function(self, x, slope, out=None):
+        return activations.leaky_relu(x, slope, out=out)
+
+    def _gradient(self, grad, saved, slope):
+        return activations.leaky_relu_backward(grad, saved, slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace
+                                                          else "")
+
+
+class ELU(_Activation):
+    """x where x > 0, alpha * (exp(x) - 1) elsewhere (see fastconv.elu); backward reads the
+    output (as PyTorch's), which needs alpha >= 0."""
+
+    _reads = "output"
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        self.alpha = _params.as_float("alpha", alpha)
+        self._set_inplace(inplace)
+
+    def _args(self):
+        return (self.alpha,)
+
+    def _function(self, x, alpha, out=None):
+        return activations.elu(x, alpha, out=out)
+
+    def _gradient(self, grad, saved, alpha):
+        return activations.elu_backward(grad, saved, alpha)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+
+
+class SiLU(_Activation):
+    """x * sigmoid(x) elementwise (see fastconv.silu)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self._set_inplace(inplace)
+
+    def _function(self, x, out=None):
+        return activations.silu(x, out=out)
+
+    def _gradient(self, grad, saved):
+        return activations.silu_backward(grad, saved)
+
+
+class Hardswish(_Activation):
+    """x * relu6(x + 3) / 6 elementwise (see fastconv.hardswish)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self._set_inplace(inplace)
+
+    def _function(self, x, out=None):
+        return activations.hardswish(x, out=out)
+
+    def _gradient(self, grad, saved):
+        return activations.hardswish_backward(grad, saved)
+
+    def extra_repr(self) -> str:
+        return ""  # PyTorch's repr never shows it
+
+
+class Hardsigmoid(_Activation):
+    """relu6(x + 3) / 6 elementwise (see fastconv.hardsigmoid)."""
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self._set_inplace(inplace)
+
+    def _function(self, x, out=None):
+        return activations.hardsigmoid(x, out=out)
+
+    def _gradient(self, grad, saved):
+        return activations.hardsigmoid_backward(grad, saved)
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class Sigmoid(_Activation):
+    """1 / (1 + exp(-x)) elementwise (see fastconv.sigmoid); backward reads the output."""
+
+    _reads = "output"
+
+    def _function(self, x, out=None):
+        return activations.sigmoid(x, out=out)
+
+    def _gradient(self, grad, saved):
+        return activations.sigmoid_backward(grad, saved)
+
+
+class Tanh(_Activation):
+    """tanh(x) elementwise (see fastconv.tanh); backward reads the output."""
+
+    _reads = "output"
+
+    def _function(self, x, out=None):
+        return activations.tanh(x, out=out)
+
+    def _gradient(self, grad, saved):
+        return activations.tanh_backward(grad, saved)
+
+
+class GELU(_Activation):
+    """x * Phi(x) elementwise, exactly or with approximate="tanh" (see fastconv.gelu)."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in activations.GELU_APPROXIMATIONS:
+            raise ValueError(f"approximate must be one of {activations.GELU_APPROXIMATIONS}, "
+                             f"but got {approximate!r}")
+        self.approximate = approximate
+
+    def _args(self):
+        return (self.approximate,)
+
+    def _function(self, x, approximate, out=None):
+        return activations.gelu(x, approximate, out=out)
+
+    def _gradient(self, grad, saved, approximate):
+        return activations.gelu_backward(grad, saved, approximate)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class Softmax(_Activation):
+    """softmax along `dim` (default -1: the channels of NHWC; PyTorch's dim=1 of NCHW)."""
+
+    _reads = "output"
+
+    def __init__(self, dim=-1):
+        super().__init__()
+        self.dim = _params.as_int("dim", dim)
+
+    def _args(self):
+        return (self.dim,)
+
+    def _function(self, x, dim, out=None):
+        return activations.softmax(x, dim)
+
+    def _gradient(self, grad, saved, dim):
+        return activations.softmax_backward(grad, saved, dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Softmax):
+    """log(softmax) along `dim` (default -1: the channels), see fastconv.log_softmax."""
+
+    def _function(self, x, dim, out=None):
+        return activations.log_softmax(x, dim)
+
+    def _gradient(self, grad, saved, dim):
+        return activations.log_softmax_backward(grad, saved, dim)
+
+
+class PReLU(Layer):
+    """x where x > 0, weight * x elsewhere (see fastconv.prelu), with a learnable weight of
+    num_parameters slopes: 1 shared, or one per channel (the last axis), initialised to
+    `init` (PyTorch's default 0.25)."""
+
+    param_names = ("weight",)
+    _output_is_private = True
+
+    def __init__(self, num_parameters=1, init=0.25, dtype=np.float32):
+        super().__init__()
+        self.num_parameters = _params.as_int("num_parameters", num_parameters, 1)
+        init = _params.as_float("init", init)
+        self.dtype = _params.layer_dtype(dtype)
+        self._init_param("weight", np.full(self.num_parameters, init, self.dtype))
+
+    def forward(self, x):
+        x = _params.as_array("input", x)
+        if self.num_parameters > 1:
+            _params.check_channels(repr(self), x, self.num_parameters, None,
+                                   "(..., C) [channels last]")
+        y = activations.prelu(x, self.weight)
+        self._save(x=x, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        gx, gw = activations.prelu_backward(grad, saved["x"], self.weight)
+        self._accumulate("weight", gw)
+        return gx
+
+    def extra_repr(self) -> str:
+        dtype = "" if self.dtype == np.float32 else f", dtype={self.dtype}"
+        return f"num_parameters={self.num_parameters}{dtype}"
+
+
+# ----------------------------------------------------------------------------------------------
+# adaptive pooling, resampling, dropout
+
+def _fmt_size(size) -> str:
+    return repr(tuple(size)) if isinstance(size, list) else repr(size)
+
+
+class AdaptiveAvgPool2d(_PoolBase):
+    """Adaptive average pooling to output_size, an int or (Ho, Wo) with None keeping the
+    input's size (see fastconv.adaptive_avg_pool2d); AdaptiveAvgPool2d(1) is global average
+    pooling, giving (N, 1, 1, C). Keeps only the input's shape."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        resample._output_hw("AdaptiveAvgPool2d", output_size, (1, 1))  # checks it now
+        self.output_size = output_size
+
+    def forward(self, x):
+        x = self._input(x)
+        y = resample.adaptive_avg_pool2d(x, self.output_size)
+        self._save(shape=x.shape, dtype=x.dtype, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        return resample.adaptive_avg_pool2d_backward(
+            grad, self._stand_in(saved["shape"], saved["dtype"]), self.output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={_fmt_size(self.output_size)}"
+
+
+class AdaptiveMaxPool2d(_PoolBase):
+    """Adaptive max pooling to output_size (see fastconv.adaptive_max_pool2d); returns the
+    pooled values and keeps only the indices of the maxima for backward."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        resample._output_hw("AdaptiveMaxPool2d", output_size, (1, 1))
+        self.output_size = output_size
+
+    def forward(self, x):
+        x = self._input(x)
+        y, idx = resample.adaptive_max_pool2d(x, self.output_size, return_indices=True)
+        self._save(indices=idx, shape=x.shape, dtype=x.dtype, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        return resample.adaptive_max_pool2d_backward(
+            grad, self._stand_in(saved["shape"], saved["dtype"]), self.output_size,
+            indices=saved["indices"])
+
+    def extra_repr(self) -> str:
+        return f"output_size={_fmt_size(self.output_size)}"
+
+
+class Upsample(_PoolBase):
+    """Resizes H and W (see fastconv.interpolate): to `size`, or by `scale_factor`, with mode
+    "nearest" or "bilinear" (align_corners for bilinear). Keeps only the input's shape."""
+
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                 recompute_scale_factor=None):
+        super().__init__()
+        if isinstance(scale_factor, (tuple, list)):
+            scale_factor = tuple(_params.as_positive_real(f"scale_factor[{i}]", f)
+                                 for i, f in enumerate(scale_factor))
+        elif scale_factor is not None:
+            scale_factor = _params.as_positive_real("scale_factor", scale_factor)
+        self.size, self.scale_factor, self.mode = size, scale_factor, mode
+        self.align_corners, self.recompute_scale_factor = align_corners, recompute_scale_factor
+        resample._interpolate_plan("Upsample", (1, 1), **self._args())  # checks them now
+
+    def _args(self):
+        return dict(size=self.size, scale_factor=self.scale_factor, mode=self.mode,
+                    align_corners=self.align_corners,
+                    recompute_scale_factor=self.recompute_scale_factor)
+
+    def forward(self, x):
+        x = self._input(x)
+        y = resample.interpolate(x, **self._args())
+        self._save(shape=x.shape, dtype=x.dtype, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        return resample.interpolate_backward(
+            grad, self._stand_in(saved["shape"], saved["dtype"]), **self._args())
+
+    def extra_repr(self) -> str:
+        if self.scale_factor is not None:
+            info = f"scale_factor={self.scale_factor!r}"
+        else:
+            info = f"size={_fmt_size(self.size)}"
+        return f"{info}, mode={self.mode!r}"
+
+
+class Dropout(Layer):
+    """In training mode, zeroes each element with probability p and scales the others by
+    1 / (1 - p) (PyTorch's Dropout); the identity in eval mode (returns the input itself).
+    The zeros are drawn from `rng` (None, an int seed or a np.random.Generator), kept by the
+    layer. inplace=True overwrites the (writeable float) input."""
+
+    def __init__(self, p=0.5, inplace=False, rng=None):
+        super().__init__()
+        p = _params.as_float("p", p)
+        if not 0 <= p <= 1:
+            raise ValueError(f"dropout probability p must be between 0 and 1, but got {p}")
+        self.p = p
+        self.inplace = _params.as_bool("inplace", inplace)
+        self.rng = _params.as_rng(rng)
+
+    @property
+    def _output_is_private(self):
+        return self.training and not self.inplace
+
+    def _mask_shape(self, x: np.ndarray) -> tuple[int, ...]:
+        return x.shape
+
+    def forward(self, x):
+        x = _params.as_array("input", x)
+        if not self.training:
+            return x
+        keep = self.rng.random(self._mask_shape(x)) >= self.p
+        dtype = _params.float_dtype(x)
+        # p = 1 drops everything (PyTorch gives zeros, not 0 / 0)
+        factor = keep * dtype.type(0 if self.p == 1 else 1 / (1 - self.p))
+        if self.inplace:
+            if x.dtype != dtype or not x.flags.writeable:
+                raise TypeError(f"{self!r}: inplace=True needs a writeable float32 or float64 "
+                                f"array to overwrite, but got a {x.dtype} array")
+            y = np.multiply(x, factor, out=x)
+        else:
+            y = np.multiply(x, factor, dtype=dtype)
+        self._save(factor=factor, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        return grad * saved["factor"]
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
+
+
+class Dropout2d(Dropout):
+    """Dropout of whole channels: in training mode each (sample, channel) of NHWC x
+    (N, H, W, C) - or (H, W, C), one image - is zeroed with probability p, the others scaled by
+    1 / (1 - p) (PyTorch's Dropout2d, channels last); the identity in eval mode."""
+
+    def _mask_shape(self, x: np.ndarray) -> tuple[int, ...]:
+        _params.check_ndim("input", x, (3, 4), _NHWC_3_OR_4)
+        return (*x.shape[:-3], 1, 1, x.shape[-1])
+
+
+class Identity(Layer):
+    """Returns its input (the same array); backward returns grad_output."""
+
+    def forward(self, x):
+        x = _params.as_array("input", x)
+        self._save(out_shape=x.shape)
+        return x
+
+    def backward(self, grad_output):
+        grad, _ = self._take(grad_output)
+        return grad
 
 
 class Sequential(Layer):

@@ -1,0 +1,149 @@
+"""Batch normalisation with PyTorch's semantics (torch.nn.functional.batch_norm), channels last.
+
+x is (N, C), (N, L, C) or (N, H, W, C) - any array of 2 or more dimensions whose LAST axis is
+the channel axis; the statistics are taken per channel over every other axis. Sums are
+accumulated in float64; the result has x's (and weight's) float dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fastconv import _params
+from fastconv.functional import NEEDS, _needs
+
+_LAYOUT = "(N, ..., C) [channels last]"
+
+
+def _per_channel(fn: str, name: str, value, channels: int, required: bool) -> np.ndarray | None:
+    if value is None:
+        if required:
+            raise ValueError(f"{fn}: {name} must be given (in eval mode the running statistics "
+                             f"normalise the input)")
+        return None
+    arr = _params.as_array(name, value)
+    if arr.shape != (channels,):
+        raise ValueError(f"{fn}: expected {name} of shape ({channels},) (one value per channel "
+                         f"of an input with {channels} channels in its last dimension), but got "
+                         f"{arr.shape}")
+    return arr
+
+
+def _input(fn: str, x) -> np.ndarray:
+    x = _params.as_array("input", x)
+    if x.ndim < 2:
+        raise ValueError(f"{fn}: expected input of 2 or more dimensions {_LAYOUT}, but got a "
+                         f"{x.ndim}-D array of shape {x.shape}")
+    return x
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """Batch normalisation of x (N, ..., C), channels last (torch.nn.functional.batch_norm).
+
+    y = (x - mean) / sqrt(var + eps) * weight + bias per channel. In training mode mean and
+    var are the batch's (over every axis but the last; the biased variance), and the running
+    statistics (if not None) are updated in place: running = (1 - momentum) * running +
+    momentum * batch, with the UNBIASED batch variance for running_var. In eval mode
+    (training=False) running_mean and running_var (C,) normalise. weight and bias are (C,) or
+    None (1 and 0). Training needs more than one value per channel (ValueError otherwise, as
+    PyTorch); an empty batch gives an empty result and leaves the running statistics alone.
+    """
+    y, _, _ = batch_norm_forward("batch_norm", x, running_mean, running_var, weight, bias,
+                                 training, momentum, eps)
+    return y
+
+
+def batch_norm_forward(fn, x, running_mean, running_var, weight, bias, training, momentum, eps
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """batch_norm, also returning the float64 (mean, var) it normalised with (for backward)."""
+    x = _input(fn, x)
+    channels = x.shape[-1]
+    training = _params.as_bool("training", training)
+    momentum = _params.as_float("momentum", momentum)
+    eps = _params.as_float("eps", eps, 0.0)
+    running_mean = _per_channel(fn, "running_mean", running_mean, channels, not training)
+    running_var = _per_channel(fn, "running_var", running_var, channels, not training)
+    weight = _per_channel(fn, "weight", weight, channels, False)
+    bias = _per_channel(fn, "bias", bias, channels, False)
+    dtype = _params.float_dtype(x, *(a for a in (weight, bias) if a is not None))
+    x2 = x.reshape(-1, channels)
+    count = x2.shape[0]
+    if training:
+        if count == 1:
+            raise ValueError(f"{fn}: expected more than 1 value per channel when training, but "
+                             f"got input of shape {x.shape}")
+        if count == 0:
+            return np.empty(x.shape, dtype), np.zeros(channels), np.ones(channels)
+        mean = x2.sum(axis=0, dtype=np.float64) / count
+        centred = np.subtract(x2, mean.astype(dtype), dtype=dtype)
+        var = np.square(centred).sum(axis=0, dtype=np.float64) / count
+        for running, batch in ((running_mean, mean), (running_var, var * count / (count - 1))):
+            if running is not None:
+                running *= 1 - momentum
+                running += momentum * batch
+    else:
+        mean = running_mean.astype(np.float64)
+        var = running_var.astype(np.float64)
+        centred = np.subtract(x2, mean.astype(dtype), dtype=dtype)
+    scale = 1 / np.sqrt(var + eps)
+    if weight is not None:
+        scale *= weight
+    centred *= scale.astype(dtype)
+    if bias is not None:
+        centred += bias.astype(dtype)
+    return centred.reshape(x.shape), mean, var
+
+
+def batch_norm_backward(grad_output, x, mean, var, weight=None, training=False, eps=1e-5,
+                        needs=NEEDS):
+    """Gradients of batch_norm: (grad_input, grad_weight, grad_bias), each None unless named
+    in `needs` (a subset of ("input", "weight", "bias")).
+
+    mean and var (C,) are the statistics the forward normalised with: the running ones in
+    eval mode (training=False: the statistics are constants, grad_input = grad_output * weight
+    / sqrt(var + eps)); in training mode the batch's (biased variance), or None to compute
+    them from x, and the gradient also flows through them. grad_weight = sum of grad_output *
+    x_hat, grad_bias = sum of grad_output (over every axis but the last); they are given even
+    if weight is None (the gradient for a weight of ones, a bias of zeros).
+    """
+    fn = "batch_norm_backward"
+    x = _input(fn, x)
+    gy = _params.as_array("grad_output", grad_output)
+    _params.check_grad_shape(fn, "grad_output", gy, x.shape, _LAYOUT)
+    needs = _needs(needs)
+    training = _params.as_bool("training", training)
+    eps = _params.as_float("eps", eps, 0.0)
+    channels = x.shape[-1]
+    weight = _per_channel(fn, "weight", weight, channels, False)
+    dtype = _params.float_dtype(gy, x, *(() if weight is None else (weight,)))
+    x2, g2 = x.reshape(-1, channels), gy.reshape(-1, channels)
+    count = x2.shape[0]
+    if training and (mean is None or var is None):
+        mean = x2.sum(axis=0, dtype=np.float64) / max(count, 1)
+        var = np.square(x2 - mean).sum(axis=0) / max(count, 1)
+    mean = _per_channel(fn, "mean", mean, channels, True).astype(np.float64)
+    var = _per_channel(fn, "var", var, channels, True).astype(np.float64)
+    invstd = 1 / np.sqrt(var + eps)
+    sum_g = g2.sum(axis=0, dtype=np.float64)
+    centred = None
+    sum_g_centred = None
+    if "weight" in needs or (training and "input" in needs and count):
+        centred = np.subtract(x2, mean.astype(dtype), dtype=dtype)
+        sum_g_centred = np.einsum("ij,ij->j", g2, centred, dtype=np.float64)
+    grad_input = None
+    if "input" in needs:
+        scale = invstd if weight is None else invstd * weight
+        if training and count:
+            # d/dx of (x - mean) * invstd through the batch statistics:
+            # scale * (g - mean(g) - x_hat * mean(g * x_hat))
+            centred *= (-(invstd ** 2) * sum_g_centred / count).astype(dtype)
+            centred += g2
+            centred -= (sum_g / count).astype(dtype)
+            centred *= scale.astype(dtype)
+            grad_input = centred.reshape(x.shape)
+        else:
+            grad_input = np.multiply(g2, scale.astype(dtype), dtype=dtype).reshape(x.shape)
+    grad_weight = (sum_g_centred * invstd).astype(dtype) if "weight" in needs else None
+    grad_bias = sum_g.astype(dtype) if "bias" in needs else None
+    return grad_input, grad_weight, grad_bias
+
