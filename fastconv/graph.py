@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastconv import _params
-from fastconv.layers import Layer
+from fastconv.layers import Identity, Layer
 
 
 class Merge(Layer):
@@ -345,7 +345,7 @@ def _branches(branches: dict[str, Layer | None], merge: Merge, merge_name: str
     nodes: list[tuple[str, Layer, tuple[str, ...]]] = []
     joined = []
     for name, branch in branches.items():
-        if branch is None or type(branch).__name__ == "Identity":
+        if branch is None or type(branch) is Identity:
             joined.append("x")
         else:
             nodes.append((name, branch, ("x",)))
