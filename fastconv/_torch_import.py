@@ -13,6 +13,7 @@ dimension arguments, but a Linear may take it). Elementwise ops keep their input
 """
 from __future__ import annotations
 
+import ast
 import operator
 
 import numpy as np
@@ -251,7 +252,7 @@ def _args(names: str, args, kwargs) -> dict:
         bound[name] = value
     for name, eq, default in spec:
         if name not in bound:
-            bound[name] = kwargs.get(name, eval(default) if eq else None)
+            bound[name] = kwargs.get(name, ast.literal_eval(default) if eq else None)
     unknown = set(kwargs) - {name for name, _, _ in spec}
     if unknown:
         raise TypeError(f"unsupported arguments {sorted(unknown)}")
