@@ -41,6 +41,9 @@ class Merge(Layer):
     def __call__(self, *inputs):
         return self.forward(*inputs)
 
+    def forward(self, *inputs):
+        raise NotImplementedError
+
     def _inputs(self, inputs) -> list[np.ndarray]:
         if len(inputs) < 2:
             raise TypeError(f"{self!r}: expected two or more inputs, but got {len(inputs)}")

@@ -11,8 +11,8 @@ _Names = str | Sequence[str]
 
 class Merge(Layer):
     num_inputs: int | None
-    def __call__(self, *inputs: npt.ArrayLike) -> _Array: ...  # type: ignore[override]
-    def forward(self, *inputs: npt.ArrayLike) -> _Array: ...  # type: ignore[override]
+    def __call__(self, *inputs: npt.ArrayLike) -> _Array: ...
+    def forward(self, *inputs: npt.ArrayLike) -> _Array: ...
     def backward(self, grad_output: npt.ArrayLike) -> tuple[_Array, ...]: ...  # type: ignore[override]
 
 class _Elementwise(Merge): ...
