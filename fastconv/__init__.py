@@ -5,7 +5,17 @@ See README.md and the docstrings of the functions below.
 """
 from importlib.metadata import PackageNotFoundError, version
 
-from fastconv import activations, filters, layers, losses, normalization, optim, resample
+from fastconv import layers  # isort: skip  (first: fastconv.graph builds on its Layer)
+from fastconv import (
+    activations,
+    filters,
+    graph,
+    losses,
+    models,
+    normalization,
+    optim,
+    resample,
+)
 from fastconv._algorithms import get_auto_winograd, set_auto_winograd
 from fastconv._threads import get_num_threads, num_threads, set_num_threads
 from fastconv.activations import (
@@ -46,6 +56,7 @@ from fastconv.functional import (
     conv_transpose2d_backward,
     conv_transpose_output_shape,
 )
+from fastconv.graph import Add, Concat, Graph, Mul, Parallel, Residual
 from fastconv.layers import (
     AdaptiveAvgPool2d,
     AdaptiveMaxPool2d,
@@ -78,6 +89,8 @@ from fastconv.layers import (
     Softmax,
     Tanh,
     Upsample,
+    from_torch,
+    state_dict_from_torch,
 )
 from fastconv.matrix import conv_matrix
 from fastconv.normalization import (
@@ -111,6 +124,12 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "Add",
+    "Concat",
+    "Graph",
+    "Mul",
+    "Parallel",
+    "Residual",
     "AdaptiveAvgPool2d",
     "AdaptiveMaxPool2d",
     "AvgPool2d",
@@ -167,6 +186,8 @@ __all__ = [
     "elu",
     "elu_backward",
     "filters",
+    "from_torch",
+    "graph",
     "gelu",
     "gelu_backward",
     "get_auto_winograd",
@@ -187,6 +208,7 @@ __all__ = [
     "max_pool1d_backward",
     "max_pool2d",
     "max_pool2d_backward",
+    "models",
     "normalization",
     "num_threads",
     "optim",
@@ -199,6 +221,7 @@ __all__ = [
     "resample",
     "set_auto_winograd",
     "set_num_threads",
+    "state_dict_from_torch",
     "sigmoid",
     "sigmoid_backward",
     "silu",

@@ -598,14 +598,17 @@ class AvgPool2d(_PoolBase):
 class Flatten(Layer):
     """Flattens axes start_dim..end_dim (default: all but the batch axis) into one.
 
-    An NHWC feature map flattens in (H, W, C) order, not PyTorch's (C, H, W): from_torch
-    reorders the next Linear's weight to match.
+    An NHWC feature map flattens in (H, W, C) order, not PyTorch's (C, H, W); with
+    channels_first=True a 4-D input (N, H, W, C) is flattened in PyTorch's (C, H, W) order
+    (end_dim must then be the last axis), so a Linear after it takes PyTorch's weight as it is
+    (transposed): what from_torch uses. Inputs of other ranks flatten as they are.
     """
 
-    def __init__(self, start_dim=1, end_dim=-1):
+    def __init__(self, start_dim=1, end_dim=-1, *, channels_first=False):
         super().__init__()
         self.start_dim = _params.as_int("start_dim", start_dim)
         self.end_dim = _params.as_int("end_dim", end_dim)
+        self.channels_first = _params.as_bool("channels_first", channels_first)
 
     def forward(self, x):
         x = _params.as_array("input", x)
@@ -613,17 +616,27 @@ class Flatten(Layer):
         if not 0 <= start <= end < x.ndim:
             raise ValueError(f"{self!r}: cannot flatten dimensions {self.start_dim} to "
                              f"{self.end_dim} of an input of shape {x.shape}")
+        shape = x.shape
+        if self.channels_first and x.ndim == 4:
+            if end != 3:
+                raise ValueError(f"{self!r}: a (C, H, W)-order flatten of an input of shape "
+                                 f"{x.shape} must end at the last axis")
+            x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW: PyTorch's element order
         # the flattened size spelled out: reshape cannot infer a -1 next to a 0-size axis
         y = x.reshape(*x.shape[:start], math.prod(x.shape[start:end + 1]), *x.shape[end + 1:])
-        self._save(shape=x.shape, out_shape=y.shape)
+        self._save(shape=shape, out_shape=y.shape)
         return y
 
     def backward(self, grad_output):
         grad, saved = self._take(grad_output)
+        if self.channels_first and len(saved["shape"]) == 4:
+            n, h, w, c = saved["shape"]
+            return grad.reshape(n, c, h, w).transpose(0, 2, 3, 1)
         return grad.reshape(saved["shape"])
 
     def extra_repr(self) -> str:
-        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+        order = ", channels_first=True" if self.channels_first else ""
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}{order}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1238,133 +1251,50 @@ class Sequential(Layer):
 # weights from PyTorch
 
 def from_torch(module, input_shape=None) -> Layer:
-    """The fastconv layer (or Sequential) computing what a PyTorch module computes, with
-    its weights, for NHWC input.
+    """The fastconv network computing what a PyTorch module computes, with its weights and
+    buffers, for NHWC input (PyTorch's NCHW dimensions mapped onto NHWC).
 
-    Handles nn.Sequential, Conv2d, ConvTranspose2d, Linear, ReLU, MaxPool2d, AvgPool2d and
-    Flatten. PyTorch flattens a feature map in (C, H, W) order and fastconv in (H, W, C), so
-    the columns of a Linear after a Flatten are reordered; that needs the feature map's
-    (H, W), found by passing `input_shape=(H, W, C)`, the NHWC shape of one input image
-    (not needed when the feature map is 1 x 1). Parameters are copied. Needs torch, imported
-    only here.
+    Converts any module that torch.fx.symbolic_trace can trace: an nn.Sequential becomes a
+    Sequential, a single supported module its layer, anything else a fastconv.graph.Graph whose
+    nodes are named by the module paths. Modules: Conv2d, ConvTranspose2d, Linear,
+    BatchNorm1d/2d, ReLU, ReLU6, LeakyReLU, ELU, SiLU, Hardswish, Hardsigmoid, Sigmoid, Tanh,
+    GELU, Softmax, LogSoftmax, PReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d, Flatten, Dropout, Dropout2d, Identity, Upsample (a parameterless module
+    may be called several times). Functions: F.relu / relu6 / hardswish / hardsigmoid / silu /
+    gelu / leaky_relu / elu / softmax / log_softmax, torch.sigmoid / tanh, tensor + tensor,
+    tensor * tensor (also +=, torch.add, torch.mul), torch.cat, torch.flatten, x.flatten(1),
+    x.view(x.size(0), -1), x.reshape(N, -1), x.mean((2, 3), keepdim=...),
+    F.adaptive_avg_pool2d / adaptive_max_pool2d / avg_pool2d / max_pool2d, F.interpolate
+    (nearest, bilinear), F.dropout, x.relu(), x.contiguous().
+
+    The result's state_dict() keys are the module's (`layer1.0.conv1.weight`,
+    `bn1.num_batches_tracked`), the values in fastconv's layouts: see state_dict_from_torch,
+    the one function that converts a PyTorch state_dict for load_state_dict. It is in
+    training mode or eval mode as the module is. A flatten of a feature map keeps PyTorch's
+    (C, H, W) order (Flatten(channels_first=True)), so Linear weights are PyTorch's transposed.
+    input_shape (H, W, C) is accepted for compatibility and no longer needed.
+
+    Errors: TypeError naming an unsupported module or function and its place (module path or
+    fx node), or a model torch.fx cannot trace; ValueError for an unsupported option (e.g.
+    MaxPool2d(return_indices=True)) or a dimension with no NHWC equivalent. Needs torch,
+    imported only here.
     """
-    import torch  # noqa: F401  (fastconv never needs torch otherwise)
+    from fastconv import _torch_import
 
-    if input_shape is not None:
-        input_shape = _params.as_tuple("input_shape", input_shape, 3, 1)
-    return _TorchConverter(input_shape).convert(module)
+    return _torch_import.from_torch(module, input_shape)
 
 
-class _TorchConverter:
-    """Converts modules in order, following the shape of one zero image through them (when
-    input_shape is known) to learn what each Flatten flattens."""
+def state_dict_from_torch(module, state_dict=None) -> dict[str, np.ndarray]:
+    """A PyTorch state_dict (default: module.state_dict()) in fastconv's layouts, for
+    `from_torch(module).load_state_dict(...)`: the same keys, NumPy copies, Conv2d and
+    ConvTranspose2d weights .transpose(2, 3, 1, 0) (OIHW -> HWIO, IOHW -> HW(O/g)I), Linear
+    weights transposed to (in_features, out_features), the rest (biases, BatchNorm, PReLU,
+    num_batches_tracked) as they are. `module` is the torch module of that architecture: it
+    says which keys are conv and Linear weights."""
+    from fastconv import _torch_import
 
-    def __init__(self, input_shape):
-        self.sample = None if input_shape is None else np.zeros((1, *input_shape), np.float32)
-        self.channels = None if input_shape is None else input_shape[2]
-        self.flattened = None  # (H, W, C) of the map the last Flatten flattened, until a Linear
+    return _torch_import.state_dict_from_torch(module, state_dict)
 
-    def convert(self, module) -> Layer:
-        import torch.nn as nn
 
-        if isinstance(module, nn.Sequential):
-            return Sequential(*(self.convert(child) for child in module))
-        if isinstance(module, nn.Conv2d):
-            layer = self._conv(module)
-        elif isinstance(module, nn.ConvTranspose2d):
-            layer = self._conv_transpose(module)
-        elif isinstance(module, nn.Linear):
-            layer = self._linear(module)
-        elif isinstance(module, nn.ReLU):
-            layer = ReLU()
-        elif isinstance(module, nn.MaxPool2d):
-            if module.return_indices:
-                raise ValueError("from_torch: MaxPool2d(return_indices=True) returns a tuple; "
-                                 "fastconv's MaxPool2d layer returns only the pooled values")
-            layer = MaxPool2d(module.kernel_size, module.stride, module.padding,
-                              module.dilation, ceil_mode=bool(module.ceil_mode))
-        elif isinstance(module, nn.AvgPool2d):
-            layer = AvgPool2d(module.kernel_size, module.stride, module.padding,
-                              bool(module.ceil_mode), bool(module.count_include_pad),
-                              module.divisor_override)
-        elif isinstance(module, nn.Flatten):
-            layer = self._flatten(module)
-        else:
-            raise TypeError(f"from_torch: cannot convert {type(module).__name__}; supported: "
-                            f"Sequential, Conv2d, ConvTranspose2d, Linear, ReLU, MaxPool2d, "
-                            f"AvgPool2d, Flatten")
-        if self.sample is not None:
-            self.sample = layer.eval()(self.sample)
-            layer.train()
-        return layer
-
-    @staticmethod
-    def _dtype(module):
-        import torch
-
-        dtype = module.weight.dtype
-        if dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"from_torch: {type(module).__name__} has {dtype} weights; only "
-                            f"float32 and float64 convert")
-        return np.float32 if dtype == torch.float32 else np.float64
-
-    @staticmethod
-    def _numpy(tensor) -> np.ndarray:
-        return tensor.detach().cpu().numpy()
-
-    def _load(self, layer: Layer, module, weight: np.ndarray) -> Layer:
-        state = {"weight": weight}
-        if module.bias is not None:
-            state["bias"] = self._numpy(module.bias)
-        layer.load_state_dict(state)
-        return layer
-
-    def _conv(self, module) -> Layer:
-        layer = Conv2d(module.in_channels, module.out_channels, module.kernel_size,
-                       module.stride, module.padding, module.dilation, module.groups,
-                       module.bias is not None, module.padding_mode, self._dtype(module), rng=0)
-        self.channels = module.out_channels
-        return self._load(layer, module, self._numpy(module.weight).transpose(2, 3, 1, 0))
-
-    def _conv_transpose(self, module) -> Layer:
-        if module.padding_mode != "zeros":
-            raise ValueError(f"from_torch: ConvTranspose2d with padding_mode="
-                             f"{module.padding_mode!r} is not supported")
-        layer = ConvTranspose2d(module.in_channels, module.out_channels, module.kernel_size,
-                                module.stride, module.padding, module.output_padding,
-                                module.groups, module.bias is not None, module.dilation,
-                                self._dtype(module), rng=0)
-        self.channels = module.out_channels
-        return self._load(layer, module, self._numpy(module.weight).transpose(2, 3, 1, 0))
-
-    def _flatten(self, module) -> Layer:
-        if self.sample is not None and self.sample.ndim == 4:
-            if (module.start_dim, module.end_dim) not in ((1, -1), (1, 3)):
-                raise ValueError(f"from_torch: Flatten(start_dim={module.start_dim}, "
-                                 f"end_dim={module.end_dim}) of an NCHW feature map has no "
-                                 f"NHWC equivalent; only Flatten(1, -1) converts")
-            self.flattened = self.sample.shape[1:]
-        elif self.sample is None:
-            self.flattened = "unknown"
-        return Flatten(module.start_dim, module.end_dim)
-
-    def _linear(self, module) -> Layer:
-        weight = self._numpy(module.weight).T  # (in, out)
-        if self.sample is not None and self.sample.ndim == 4:
-            raise ValueError("from_torch: a Linear on a 4-D feature map acts on W in PyTorch "
-                             "(NCHW) but on C in fastconv (NHWC); it does not convert")
-        if self.flattened == "unknown" and module.in_features != self.channels:
-            raise ValueError(f"from_torch: {module} follows a Flatten of a feature map of "
-                             f"unknown (H, W); pass input_shape=(H, W, C) (one input image, "
-                             f"NHWC) so its columns can be put in fastconv's (H, W, C) "
-                             f"flatten order")
-        if isinstance(self.flattened, tuple):
-            h, w, c = self.flattened
-            # row j of the NHWC-ordered weight is PyTorch's column for the same pixel, channel
-            order = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
-            weight = weight[order]
-        self.flattened = None
-        self.channels = module.out_features
-        layer = Linear(module.in_features, module.out_features, module.bias is not None,
-                       self._dtype(module), rng=0)
-        return self._load(layer, module, weight)
+# the graph containers live in fastconv.graph (they build on Layer above)
+from fastconv.graph import Add, Concat, Graph, Merge, Mul, Parallel, Residual  # noqa: E402,F401

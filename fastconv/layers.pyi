@@ -180,7 +180,10 @@ class AvgPool2d(_PoolBase):
 class Flatten(Layer):
     start_dim: int
     end_dim: int
-    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None: ...
+    channels_first: bool
+    def __init__(
+        self, start_dim: int = 1, end_dim: int = -1, *, channels_first: bool = False
+    ) -> None: ...
 
 class _BatchNorm(Layer):
     num_features: int
@@ -296,3 +299,14 @@ class Sequential(Layer):
     def __getitem__(self, index: slice) -> Sequential: ...
 
 def from_torch(module: Any, input_shape: Sequence[int] | None = None) -> Layer: ...
+def state_dict_from_torch(
+    module: Any, state_dict: Mapping[str, Any] | None = None
+) -> dict[str, np.ndarray]: ...
+
+from fastconv.graph import Add as Add
+from fastconv.graph import Concat as Concat
+from fastconv.graph import Graph as Graph
+from fastconv.graph import Merge as Merge
+from fastconv.graph import Mul as Mul
+from fastconv.graph import Parallel as Parallel
+from fastconv.graph import Residual as Residual

@@ -1,0 +1,398 @@
+"""Networks beyond a chain of layers: shortcuts, joined branches, shared inputs.
+
+Three multi-input layers join values: `Add()` and `Mul()` (elementwise, NumPy broadcasting,
+so a squeeze-and-excitation gate (N, 1, 1, C) scales a map (N, H, W, C)) and `Concat(dim=-1)`
+(NHWC: the channels by default). Their `forward(*inputs)` takes two or more arrays and their
+`backward(grad_output)` returns a tuple with one gradient per input.
+
+`Graph(nodes, inputs=("x",), outputs=None)` runs any directed acyclic network: `nodes` is a
+list of `(name, layer, input_names)` in an order where every input is defined before use (a
+graph input or an earlier node; the value a node computes is named by the node). Backward
+runs the nodes in reverse and adds up the gradients of a value used by several nodes.
+Parameters and buffers are named "<node name>.<name>" (node names may contain dots, so a
+graph can carry PyTorch's names: "layer1.0.conv1.weight").
+
+Two blocks, both Graphs, write the common patterns in one line:
+
+    Residual(body)                    # body(x) + x            (ResNet, MobileNetV2)
+    Residual(body, shortcut)          # body(x) + shortcut(x)  (a ResNet downsample)
+    Parallel(a, b, c)                 # concat(a(x), b(x), c(x)) on channels (Inception)
+    Parallel(Identity(), f)           # concat(x, f(x))        (a DenseNet layer, a U-Net skip)
+    Parallel(Identity(), gate, merge=Mul())   # x * gate(x)    (squeeze-and-excitation)
+
+A layer keeps what its backward needs from its last forward, so one layer object cannot sit at
+two nodes of a graph: Graph refuses that (TypeError), use a separate layer per node.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fastconv import _params
+from fastconv.layers import Identity, Layer
+
+
+class Merge(Layer):
+    """The base of layers that join two or more arrays: forward(*inputs) -> array,
+    backward(grad_output) -> tuple of input gradients."""
+
+    #: how many inputs forward takes (None: two or more)
+    num_inputs: int | None = None
+
+    def __call__(self, *inputs):
+        return self.forward(*inputs)
+
+    def forward(self, *inputs):
+        raise NotImplementedError
+
+    def _inputs(self, inputs) -> list[np.ndarray]:
+        if len(inputs) < 2:
+            raise TypeError(f"{self!r}: expected two or more inputs, but got {len(inputs)}")
+        return [_params.as_array(f"input {i}", x) for i, x in enumerate(inputs)]
+
+
+def _sum_to_shape(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The gradient of an input broadcast to grad's shape: summed over the broadcast axes."""
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(i + extra for i, n in enumerate(shape)
+                                       if n == 1 and grad.shape[i + extra] != 1)
+    return grad.sum(axis=axes).reshape(shape) if axes else grad
+
+
+class _Elementwise(Merge):
+    _output_is_private = True
+
+    def _broadcast(self, arrays) -> tuple[int, ...]:
+        try:
+            return np.broadcast_shapes(*(a.shape for a in arrays))
+        except ValueError:
+            shapes = ", ".join(str(a.shape) for a in arrays)
+            raise ValueError(f"{self!r}: the input shapes {shapes} do not broadcast to one "
+                             f"shape (NumPy's rule: each axis equal or 1)") from None
+
+
+class Add(_Elementwise):
+    """Elementwise sum of two or more arrays, with NumPy broadcasting (PyTorch's `a + b`).
+    A shape mismatch is a ValueError naming the shapes."""
+
+    def forward(self, *inputs):
+        arrays = self._inputs(inputs)
+        self._broadcast(arrays)
+        y = arrays[0] + arrays[1]
+        for a in arrays[2:]:
+            y = y + a
+        self._save(shapes=[a.shape for a in arrays], out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        return tuple(_sum_to_shape(grad, shape) for shape in saved["shapes"])
+
+
+class Mul(_Elementwise):
+    """Elementwise product of two or more arrays, with NumPy broadcasting (PyTorch's
+    `a * b`; a squeeze-and-excitation gate (N, 1, 1, C) times a map (N, H, W, C)).
+    Keeps the inputs for backward. A shape mismatch is a ValueError naming the shapes."""
+
+    def forward(self, *inputs):
+        arrays = self._inputs(inputs)
+        self._broadcast(arrays)
+        y = arrays[0] * arrays[1]
+        for a in arrays[2:]:
+            y = y * a
+        self._save(arrays=arrays, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        arrays = saved["arrays"]
+        grads = []
+        for i, a in enumerate(arrays):
+            g = grad
+            for j, other in enumerate(arrays):
+                if j != i:
+                    g = g * other
+            grads.append(_sum_to_shape(g, a.shape))
+        return tuple(grads)
+
+
+class Concat(Merge):
+    """Joins two or more arrays along `dim` (default -1: the channels of NHWC maps; PyTorch's
+    torch.cat(..., dim=1) on NCHW). The other axes must be equal: a mismatch is a ValueError
+    naming the shapes."""
+
+    _output_is_private = True
+
+    def __init__(self, dim=-1):
+        super().__init__()
+        self.dim = _params.as_int("dim", dim)
+
+    def forward(self, *inputs):
+        arrays = self._inputs(inputs)
+        ndim = arrays[0].ndim
+        dim = self.dim + ndim if self.dim < 0 else self.dim
+        shapes = [a.shape for a in arrays]
+        if (not 0 <= dim < ndim or any(a.ndim != ndim for a in arrays)
+                or len({s[:dim] + s[dim + 1:] for s in shapes}) != 1):
+            raise ValueError(f"{self!r}: expected arrays of one rank, equal but on dimension "
+                             f"{self.dim}, but got shapes {', '.join(map(str, shapes))}")
+        y = np.concatenate(arrays, axis=dim, dtype=_params.float_dtype(*arrays))
+        self._save(sizes=[s[dim] for s in shapes], dim=dim, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        ends = np.cumsum(saved["sizes"])[:-1]
+        return tuple(np.split(grad, ends, axis=saved["dim"]))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+def _names(what: str, value) -> tuple[str, ...]:
+    """One name or a sequence of names, as a tuple of str."""
+    names = (value,) if isinstance(value, str) else tuple(value)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{what} must be a name or a non-empty sequence of names (str), but "
+                        f"got {value!r}")
+    return names
+
+
+def _num_inputs(layer: Layer) -> int | None:
+    return getattr(layer, "num_inputs", 1)
+
+
+class Graph(Layer):
+    """A network of layers wired by name: see the module docstring.
+
+    nodes: (name, layer, input_names) triples, every input defined earlier (a graph input or
+        a node); `input_names` is one name or a sequence (a Merge layer takes two or more, a
+        Graph as many as its inputs, any other layer one).
+    inputs: the graph's input names (default "x"); forward takes that many arrays.
+    outputs: the names of the values returned (default: the last node); several names make
+        forward return a tuple and backward take a tuple (None for an output with no gradient).
+
+    A value is freed as soon as the nodes that use it have run. A node that raises ValueError
+    or TypeError has the node's name (dotted through nested graphs) added to the message.
+    Errors at construction: TypeError for a non-layer, a layer at two nodes or a wrong number
+    of inputs; ValueError for a duplicate or undefined name.
+    """
+
+    def __init__(self, nodes, inputs=("x",), outputs=None):
+        super().__init__()
+        self.inputs = _names("Graph inputs", inputs)
+        self.nodes: list[tuple[str, Layer, tuple[str, ...]]] = []
+        defined = set(self.inputs)
+        if len(defined) != len(self.inputs):
+            raise ValueError(f"Graph: duplicate input names in {self.inputs}")
+        seen: dict[int, str] = {}
+        for i, node in enumerate(nodes):
+            if not (isinstance(node, tuple) and len(node) == 3):
+                raise TypeError(f"Graph: node {i} must be a (name, layer, input_names) tuple, "
+                                f"but got {node!r}")
+            name, layer, names = node
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"Graph: node {i}'s name must be a non-empty str, but got "
+                                f"{name!r}")
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Graph: node {name!r}'s layer must be a fastconv.layers.Layer, "
+                                f"but got {type(layer).__name__}")
+            if id(layer) in seen:
+                raise TypeError(f"Graph: node {name!r} has the layer of node "
+                                f"{seen[id(layer)]!r}; a layer keeps what its backward needs "
+                                f"from its last call, so each node needs a layer of its own")
+            seen[id(layer)] = name
+            if name in defined:
+                raise ValueError(f"Graph: the name {name!r} is defined twice")
+            names = _names(f"Graph: node {name!r}'s inputs", names)
+            undefined = [n for n in names if n not in defined]
+            if undefined:
+                raise ValueError(f"Graph: node {name!r} uses {undefined}, which no earlier "
+                                 f"node or graph input defines")
+            expected = _num_inputs(layer)
+            if (len(names) < 2) if expected is None else (len(names) != expected):
+                want = "two or more" if expected is None else str(expected)
+                raise TypeError(f"Graph: node {name!r} ({type(layer).__name__}) takes {want} "
+                                f"inputs, but got {len(names)}: {list(names)}")
+            if isinstance(layer, Graph) and len(layer.outputs) != 1:
+                raise TypeError(f"Graph: node {name!r} is a graph with {len(layer.outputs)} "
+                                f"outputs; a node computes one value")
+            defined.add(name)
+            self.nodes.append((name, layer, names))
+        if outputs is None:
+            if not self.nodes:
+                raise ValueError("Graph: with no nodes, name the outputs")
+            outputs = self.nodes[-1][0]
+        self.outputs = _names("Graph outputs", outputs)
+        undefined = [n for n in self.outputs if n not in defined]
+        if undefined:
+            raise ValueError(f"Graph: the outputs {undefined} are not defined")
+        # the index of the last node using each value, to free it after that node
+        self._last_use: dict[str, int] = {}
+        for i, (_, _, names) in enumerate(self.nodes):
+            for n in names:
+                self._last_use[n] = i
+
+    @property
+    def num_inputs(self) -> int:  # type: ignore[override]
+        return len(self.inputs)
+
+    def __call__(self, *inputs):
+        return self.forward(*inputs)
+
+    def __getitem__(self, name: str) -> Layer:
+        """The layer of the node `name`."""
+        for node, layer, _ in self.nodes:
+            if node == name:
+                return layer
+        raise KeyError(f"Graph has no node {name!r}")
+
+    def forward(self, *inputs):
+        if len(inputs) != len(self.inputs):
+            raise TypeError(f"{type(self).__name__}: expected {len(self.inputs)} input(s) "
+                            f"{self.inputs}, but got {len(inputs)}")
+        values = {}
+        for name, x in zip(self.inputs, inputs):
+            values[name] = _params.as_array(f"input {name!r}", x)
+        in_specs = [(v.shape, v.dtype) for v in values.values()]
+        keep = set(self.outputs)
+        for i, (name, layer, names) in enumerate(self.nodes):
+            args = [values[n] for n in names]
+            for n in set(names):
+                if self._last_use[n] == i and n not in keep:
+                    del values[n]
+            values[name] = _at_node(name, layer, args)
+        outs = tuple(values[n] for n in self.outputs)
+        self._save(in_specs=in_specs, out_shape=tuple(o.shape for o in outs))
+        return outs[0] if len(outs) == 1 else outs
+
+    def backward(self, grad_output):
+        if len(self.outputs) == 1:
+            grad_output = (grad_output,)
+        elif not isinstance(grad_output, (tuple, list)) or len(grad_output) != len(self.outputs):
+            raise TypeError(f"{type(self).__name__}.backward: expected a tuple of "
+                            f"{len(self.outputs)} gradients (or None) for the outputs "
+                            f"{self.outputs}")
+        if self._saved is None:
+            self._take(None)  # raises the error saying why there is nothing to go back through
+        shapes = self._saved["out_shape"]
+        grads: dict[str, np.ndarray] = {}
+        for i, (name, g) in enumerate(zip(self.outputs, grad_output)):
+            if g is None:
+                continue
+            g = _params.as_array("grad_output", g)
+            if g.shape != shapes[i]:
+                raise ValueError(f"{type(self).__name__}.backward: expected the gradient of "
+                                 f"output {name!r} of shape {shapes[i]}, but got {g.shape}")
+            _add_grad(grads, name, g)
+        saved, self._saved = self._saved, None
+        for name, layer, names in reversed(self.nodes):
+            g = grads.pop(name, None)
+            if g is None:  # the node feeds no output that has a gradient
+                continue
+            result = _at_node(name, layer, [g], backward=True)
+            for n, gi in zip(names, result if _num_inputs(layer) != 1 else (result,)):
+                _add_grad(grads, n, gi)
+        result = tuple(grads[n] if n in grads else np.zeros(shape, dtype)
+                       for n, (shape, dtype) in zip(self.inputs, saved["in_specs"]))
+        return result[0] if len(result) == 1 else result
+
+    def train(self, mode: bool = True) -> "Graph":
+        super().train(mode)
+        for _, layer, _ in self.nodes:
+            layer.train(mode)
+        return self
+
+    def parameters(self):
+        for name, layer, _ in self.nodes:
+            for pname, value, grad in layer.parameters():
+                yield f"{name}.{pname}", value, grad
+
+    def buffers(self):
+        for name, layer, _ in self.nodes:
+            for bname, value in layer.buffers():
+                yield f"{name}.{bname}", value
+
+    def __repr__(self) -> str:
+        lines = [f"  inputs: {', '.join(self.inputs)}"]
+        for name, layer, names in self.nodes:
+            inner = repr(layer).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {inner} <- {', '.join(names)}")
+        lines.append(f"  outputs: {', '.join(self.outputs)}")
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+def _add_grad(grads: dict, name: str, g: np.ndarray) -> None:
+    """Adds g to the gradient of the value `name` (a value used by several nodes gets the
+    sum of their gradients); never writes into g, which a layer may still hold."""
+    grads[name] = g if name not in grads else grads[name] + g
+
+
+def _at_node(name: str, layer: Layer, args, backward: bool = False):
+    """layer(*args) (or layer.backward(args[0])), its ValueError/TypeError naming the node."""
+    try:
+        return layer.backward(args[0]) if backward else layer(*args)
+    except (ValueError, TypeError) as error:
+        if type(error) not in (ValueError, TypeError):
+            raise
+        path = name + ("." + error.node_path if hasattr(error, "node_path") else "")
+        message = getattr(error, "message", str(error))
+        wrapped = type(error)(f"{message} (at node {path!r})")
+        wrapped.node_path, wrapped.message = path, message  # type: ignore[attr-defined]
+        raise wrapped from None
+
+
+def _branches(branches: dict[str, Layer | None], merge: Merge, merge_name: str
+              ) -> list[tuple[str, Layer, tuple[str, ...]]]:
+    """Nodes running each branch on the input "x" (None or an Identity: x itself) and
+    joining their results with `merge`."""
+    nodes: list[tuple[str, Layer, tuple[str, ...]]] = []
+    joined = []
+    for name, branch in branches.items():
+        if branch is None or type(branch) is Identity:
+            joined.append("x")
+        else:
+            nodes.append((name, branch, ("x",)))
+            joined.append(name)
+    nodes.append((merge_name, merge, tuple(joined)))
+    return nodes
+
+
+class Residual(Graph):
+    """out = body(x) + shortcut(x), the shortcut the identity by default (a ResNet or
+    MobileNetV2 block; a ResNet block with a downsample passes it as `shortcut`).
+    Parameters are named "body.<name>" and "shortcut.<name>". `merge` joins the two (default
+    Add(); a shape mismatch is a ValueError naming both shapes and the node "add")."""
+
+    def __init__(self, body: Layer, shortcut: Layer | None = None, merge: Merge | None = None):
+        merge = Add() if merge is None else merge
+        super().__init__(_branches({"body": body, "shortcut": shortcut}, merge, "add"))
+
+    def __repr__(self) -> str:
+        lines = [f"  ({name}): " + repr(layer).replace("\n", "\n  ")
+                 for name, layer, _ in self.nodes[:-1]]
+        if len(self.nodes) == 2:
+            lines.append("  (shortcut): identity")
+        merge = self.nodes[-1][1]
+        if not isinstance(merge, Add):
+            lines.append(f"  (merge): {merge!r}")
+        return "Residual(\n" + "\n".join(lines) + "\n)"
+
+
+class Parallel(Graph):
+    """Runs every branch on the same input and joins the results with `merge` (default
+    Concat(-1): the channels, as PyTorch's torch.cat(..., dim=1)). A branch that is None or an
+    Identity passes the input itself (a DenseNet layer: Parallel(Identity(), f)). Parameters
+    are named "<branch index>.<name>", as in a Sequential."""
+
+    def __init__(self, *branches: Layer | None, merge: Merge | None = None):
+        if len(branches) < 2:
+            raise TypeError(f"Parallel: expected two or more branches, but got {len(branches)}")
+        merge = Concat() if merge is None else merge
+        super().__init__(_branches({str(i): b for i, b in enumerate(branches)}, merge, "merge"))
+        self.branches = list(branches)
+
+    def __repr__(self) -> str:
+        lines = [f"  ({i}): " + ("identity" if b is None else repr(b).replace("\n", "\n  "))
+                 for i, b in enumerate(self.branches)]
+        lines.append(f"  (merge): {self.nodes[-1][1]!r}")
+        return "Parallel(\n" + "\n".join(lines) + "\n)"
