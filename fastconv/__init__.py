@@ -42,6 +42,7 @@ from fastconv.pooling import (
     relu,
     relu_backward,
 )
+from fastconv.serialization import load, save
 
 try:
     __version__ = version("fastconv")
@@ -77,6 +78,7 @@ __all__ = [
     "get_auto_winograd",
     "get_num_threads",
     "layers",
+    "load",
     "losses",
     "max_pool2d",
     "max_pool2d_backward",
@@ -84,6 +86,7 @@ __all__ = [
     "optim",
     "relu",
     "relu_backward",
+    "save",
     "set_auto_winograd",
     "set_num_threads",
 ]
