@@ -69,7 +69,8 @@ def save(model_or_state_dict, path) -> None:
     for key, value in state.items():
         if not isinstance(key, str):
             raise TypeError(f"fastconv.save: state dict keys must be str, but got {key!r}")
-        arrays[key] = np.ascontiguousarray(_params.as_array(f"state_dict[{key!r}]", value))
+        # C order for the writers (np.ascontiguousarray would turn a 0-d array into 1-d)
+        arrays[key] = np.asarray(_params.as_array(f"state_dict[{key!r}]", value), order="C")
     if fmt == ".safetensors":
         metadata = {_ORDER_KEY: json.dumps(list(arrays))}
         _safetensors_numpy("fastconv.save").save_file(arrays, path, metadata=metadata)
