@@ -117,6 +117,7 @@ from fastconv.resample import (
     interpolate,
     interpolate_backward,
 )
+from fastconv.serialization import load, save
 
 try:
     __version__ = version("fastconv")
@@ -203,6 +204,7 @@ __all__ = [
     "leaky_relu_backward",
     "log_softmax",
     "log_softmax_backward",
+    "load",
     "losses",
     "max_pool1d",
     "max_pool1d_backward",
@@ -219,6 +221,7 @@ __all__ = [
     "relu6_backward",
     "relu_backward",
     "resample",
+    "save",
     "set_auto_winograd",
     "set_num_threads",
     "state_dict_from_torch",

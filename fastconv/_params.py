@@ -420,6 +420,19 @@ def as_float(name: str, value, minimum: float | None = None) -> float:
     return value
 
 
+def as_float_in(name: str, value, low: float, high: float, include_low: bool = True,
+                include_high: bool = True) -> float:
+    """A real number between low and high, each end included or not (PyTorch's ranges of
+    optimizer and scheduler arguments)."""
+    value = as_float(name, value)
+    above = value >= low if include_low else value > low
+    below = value <= high if include_high else value < high
+    if not (above and below):
+        interval = f"{'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}"
+        raise ValueError(f"{name} must be in {interval}, but got {value}")
+    return value
+
+
 def layer_dtype(dtype) -> np.dtype:
     """A layer's parameter dtype: float32 or float64."""
     try:
