@@ -7,6 +7,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 from fastconv import filters, layers, losses, optim
 from fastconv._algorithms import get_auto_winograd, set_auto_winograd
+from fastconv._autotune import (
+    get_autotune,
+    load_autotune_cache,
+    save_autotune_cache,
+    set_autotune,
+)
 from fastconv._threads import get_num_threads, num_threads, set_num_threads
 from fastconv.functional import (
     conv1d,
@@ -75,8 +81,10 @@ __all__ = [
     "conv_transpose_output_shape",
     "filters",
     "get_auto_winograd",
+    "get_autotune",
     "get_num_threads",
     "layers",
+    "load_autotune_cache",
     "losses",
     "max_pool2d",
     "max_pool2d_backward",
@@ -84,6 +92,8 @@ __all__ = [
     "optim",
     "relu",
     "relu_backward",
+    "save_autotune_cache",
     "set_auto_winograd",
+    "set_autotune",
     "set_num_threads",
 ]

@@ -21,7 +21,7 @@ from fastconv import _algorithms
 PACKAGE = Path(fastconv.__file__).resolve().parent
 KERNELS = PACKAGE / "_kernels"
 PUBLIC_MODULES = ("functional", "pooling", "layers", "filters", "matrix", "losses", "optim",
-                  "_threads")
+                  "_threads", "_autotune")
 SIMD_SUFFIXES = ("_avx2", "_avx512")
 
 
