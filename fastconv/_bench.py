@@ -788,7 +788,7 @@ def format_table(results: list[Result], algorithms, peers,
             line += f"  {ratio:10.2f}" if ratio else f"  {'-':>10}"
         if sgemm_gflops:
             share = r.of_sgemm(sgemm_gflops)
-            line += f"  {share:8.2f}" if share else f"  {'-':>8}"
+            line += f"  {share:8.2g}" if share else f"  {'-':>8}"
         line += "  " + (f"FAIL ({', '.join(r.failed)})" if r.failed else "ok")
         lines.append(line)
     return "\n".join(lines)

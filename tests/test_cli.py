@@ -150,9 +150,9 @@ def test_bench_compare_torch(capsys):
     assert cli.main(TINY + ["--compare", "torch", "--algorithms", "im2col"]) == 0
     out = capsys.readouterr().out
     assert _header(out) == ["layer", "dir", "im2col", "numpy", "torch", "x", "vs", "torch",
-                            "check"]
+                            "of", "sgemm", "check"]
     for row in _rows(out):
-        assert float(row[-2]) > 0 and row[-1] == "ok"
+        assert float(row[-3]) > 0 and float(row[-2]) > 0 and row[-1] == "ok"
     assert "geometric mean of x vs torch" in out and "over 2 rows" in out
 
 
