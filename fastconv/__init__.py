@@ -17,6 +17,12 @@ from fastconv import (
     resample,
 )
 from fastconv._algorithms import get_auto_winograd, set_auto_winograd
+from fastconv._autotune import (
+    get_autotune,
+    load_autotune_cache,
+    save_autotune_cache,
+    set_autotune,
+)
 from fastconv._threads import get_num_threads, num_threads, set_num_threads
 from fastconv.activations import (
     elu,
@@ -192,6 +198,7 @@ __all__ = [
     "gelu",
     "gelu_backward",
     "get_auto_winograd",
+    "get_autotune",
     "get_num_threads",
     "hardsigmoid",
     "hardsigmoid_backward",
@@ -205,6 +212,7 @@ __all__ = [
     "log_softmax",
     "log_softmax_backward",
     "load",
+    "load_autotune_cache",
     "losses",
     "max_pool1d",
     "max_pool1d_backward",
@@ -222,7 +230,9 @@ __all__ = [
     "relu_backward",
     "resample",
     "save",
+    "save_autotune_cache",
     "set_auto_winograd",
+    "set_autotune",
     "set_num_threads",
     "state_dict_from_torch",
     "sigmoid",

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from fastconv import _algorithms, _params
+from fastconv import _algorithms, _autotune, _params
 from fastconv._params import ConvGeometry
 from fastconv._threads import blas_single_thread, get_num_threads
 
@@ -435,9 +435,10 @@ def _conv2d(fn, x, weight, bias, stride, padding, dilation, groups, padding_mode
     if not _computes(y, x, weight):  # no input pixel or channel: the sums are empty
         y[...] = 0 if bias is None else bias
     else:
-        _forward_kernel(algorithm, *_conv_input(x, geo.padding, mode, dtype),
-                        np.ascontiguousarray(weight, dtype), _bias_arg(bias, dtype), y,
-                        geo.stride, geo.dilation, geo.groups)
+        xin, offsets = _conv_input(x, geo.padding, mode, dtype)
+        w, b = np.ascontiguousarray(weight, dtype), _bias_arg(bias, dtype)
+        _autotune.run("forward", geo, dtype, algorithm, lambda algo: _forward_kernel(
+            algo, xin, offsets, w, b, y, geo.stride, geo.dilation, geo.groups))
     return y[0] if unbatched else y
 
 
@@ -471,18 +472,22 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
         if mode == "zeros":  # the padding's gradient is dropped: compute only the input's
             grad_input = np.zeros((geo.n, *geo.in_hw, geo.in_channels), dtype)
             if _computes(grad_input, gy, w):
-                _data_kernel(algorithm, gy, w, _bias_arg(None, dtype), grad_input, geo,
-                             (geo.padding[0][0], geo.padding[1][0]))
+                gx = grad_input
+                _autotune.run("input_gradient", geo, dtype, algorithm, lambda algo: _data_kernel(
+                    algo, gy, w, _bias_arg(None, dtype), gx, geo,
+                    (geo.padding[0][0], geo.padding[1][0])))
         else:  # the padding's gradient flows back to the pixels it copies
             gxp = np.zeros((geo.n, *geo.padded_hw, geo.in_channels), dtype)
             if _computes(gxp, gy, w):
-                _data_kernel(algorithm, gy, w, _bias_arg(None, dtype), gxp, geo)
+                _autotune.run("input_gradient", geo, dtype, algorithm, lambda algo: _data_kernel(
+                    algo, gy, w, _bias_arg(None, dtype), gxp, geo))
             grad_input = unpad(gxp, geo.padding, mode, geo.in_hw)
         if unbatched:
             grad_input = grad_input[0]
     if "weight" in wanted:
-        grad_weight = _weight_grad(algorithm, *_conv_input(x, geo.padding, mode, dtype), gy,
-                                   weight.shape, geo, dtype)
+        xin, offsets = _conv_input(x, geo.padding, mode, dtype)
+        grad_weight = _autotune.run("weight_gradient", geo, dtype, algorithm, lambda algo: (
+            _weight_grad(algo, xin, offsets, gy, weight.shape, geo, dtype)))
     if "bias" in wanted:
         grad_bias = gy.sum(axis=(0, 1, 2))
     return grad_input, grad_weight, grad_bias
@@ -515,8 +520,11 @@ def _conv_transpose2d(fn, x, weight, bias, stride, padding, output_padding, dila
     if not _computes(y, x, weight):  # no input pixel or channel: the sums are empty
         y[...] = 0 if bias is None else bias
     else:  # `padding` crops the full output: compute only what is kept
-        _data_kernel(algorithm, np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype),
-                     _bias_arg(bias, dtype), y, geo, (geo.padding[0][0], geo.padding[1][0]))
+        x, w, b = (np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype),
+                   _bias_arg(bias, dtype))
+        # the input gradient of the convolution geo describes
+        _autotune.run("input_gradient", geo, dtype, algorithm, lambda algo: _data_kernel(
+            algo, x, w, b, y, geo, (geo.padding[0][0], geo.padding[1][0])))
     return y[0] if unbatched else y
 
 
@@ -546,13 +554,15 @@ def _conv_transpose2d_backward(fn, one_d, grad_output, x, weight, stride, paddin
     if "input" in wanted:
         grad_input = np.zeros(x.shape, dtype)
         if _computes(grad_input, gy, weight):
-            _forward_kernel(algorithm, gy, offsets, np.ascontiguousarray(weight, dtype),
-                            _bias_arg(None, dtype), grad_input, geo.stride, geo.dilation,
-                            geo.groups)
+            w, gx = np.ascontiguousarray(weight, dtype), grad_input
+            _autotune.run("forward", geo, dtype, algorithm, lambda algo: _forward_kernel(
+                algo, gy, offsets, w, _bias_arg(None, dtype), gx, geo.stride, geo.dilation,
+                geo.groups))
         if unbatched:
             grad_input = grad_input[0]
     if "weight" in wanted:
-        grad_weight = _weight_grad(algorithm, gy, offsets, x, weight.shape, geo, dtype)
+        grad_weight = _autotune.run("weight_gradient", geo, dtype, algorithm, lambda algo: (
+            _weight_grad(algo, gy, offsets, x, weight.shape, geo, dtype)))
     if "bias" in wanted:
         grad_bias = gy.sum(axis=(0, 1, 2))
     return grad_input, grad_weight, grad_bias

@@ -1,5 +1,6 @@
 """algorithm="winograd" (F(4x4, 3x3)) against the plain-NumPy reference, its error bound,
 where it applies, and what "auto" makes of it."""
+import math
 import os
 import subprocess
 import sys
@@ -324,10 +325,13 @@ def test_auto_choice_and_opting_out(rng):
     assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) == "direct"  # 256 pairs
     assert choice((3, 3, 1, 32), (8, 56, 56, 32), groups=32) == "direct"  # depthwise
     assert choice((3, 3, 3, 64), (8, 56, 56, 64)) == "direct"  # a first layer: C_in = 3
-    assert choice((3, 3, 256, 256), (8, 14, 14, 256)) == "direct"  # weight too large
-    geo = fastconv._params.conv_geometry("t", (8, 14, 14, 256), (3, 3, 256, 256), 1, 1, 1, 1)
+    # the smallest channel count whose transformed weight (36 x c x c floats) exceeds what
+    # this machine's cache holds (_algorithms.WINOGRAD_MAX_WEIGHT_BYTES)
+    c = math.isqrt(_algorithms.WINOGRAD_MAX_WEIGHT_BYTES // (36 * 4)) + 1
+    assert choice((3, 3, c, c), (8, 14, 14, c)) == "direct"  # weight too large
+    geo = fastconv._params.conv_geometry("t", (8, 14, 14, c), (3, 3, c, c), 1, 1, 1, 1)
     # ... but not for the weight gradient, which writes its transformed weight once per block
-    assert _algorithms.for_weight_gradient("auto", (3, 3, 256, 256), (8, 14, 14, 256), 4,
+    assert _algorithms.for_weight_gradient("auto", (3, 3, c, c), (8, 14, 14, c), 4,
                                            geo) == "winograd"
     x, weight = operands(rng, 2, 24, 24, 32, 32)
     assert fastconv.get_auto_winograd() is True
