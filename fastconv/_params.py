@@ -354,6 +354,8 @@ def pool_padding(fn: str, padding, kernel_hw, stride, dilation, in_hw) -> tuple:
     kernel. ONNX's and Keras's forms take any size: explicit pairs ((top, bottom),
     (left, right)) (ONNX's pads), "same" (output ceil(in / stride), the odd padding at the
     bottom/right: Keras, ONNX SAME_UPPER) and "valid"."""
+    if isinstance(padding, (tuple, list)) and len(padding) == 1 and _is_int(padding[0]):
+        padding = padding[0]  # PyTorch's 1-tuple: both axes
     pytorch_form = _is_int(padding) or (isinstance(padding, (tuple, list)) and len(padding) == 2
                                         and all(_is_int(p) for p in padding))
     if not (pytorch_form or isinstance(padding, str) or (
@@ -378,14 +380,29 @@ def pool_padding(fn: str, padding, kernel_hw, stride, dilation, in_hw) -> tuple:
     return pairs
 
 
+def _pool_pair(name: str, value, minimum: int) -> tuple[int, int]:
+    """PyTorch's forms of a 2-D pooling size: an int, a 1-tuple (used for both axes) or a
+    pair."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    return as_pair(name, value, minimum)
+
+
+def pool_pairs(kernel_size, stride, dilation) -> tuple[tuple[int, int], ...]:
+    """(kernel_size, stride, dilation) of a 2-D pooling as pairs, in PyTorch's forms: each an
+    int, a 1-tuple or a pair; stride None or empty (`()`, `[]`) means kernel_size."""
+    kernel_hw = _pool_pair("kernel_size", kernel_size, 1)
+    empty = isinstance(stride, (tuple, list)) and len(stride) == 0
+    stride_hw = kernel_hw if stride is None or empty else _pool_pair("stride", stride, 1)
+    return kernel_hw, stride_hw, _pool_pair("dilation", dilation, 1)
+
+
 def pool_geometry(fn: str, x_shape, kernel_size, stride, padding, dilation, ceil_mode
                   ) -> PoolGeometry:
     """Check and resolve the geometry of a 2-D pooling of x (N, H, W, C), PyTorch's rules
     (ONNX's for explicit pairs of pads, see pool_padding): stride None means kernel_size;
     the output must be at least 1 x 1."""
-    kernel_hw = as_pair("kernel_size", kernel_size, 1)
-    stride = kernel_hw if stride is None else as_pair("stride", stride, 1)
-    dilation = as_pair("dilation", dilation, 1)
+    kernel_hw, stride, dilation = pool_pairs(kernel_size, stride, dilation)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
     n, h, w, c = x_shape
     padding = pool_padding(fn, padding, kernel_hw, stride, dilation, (h, w))

@@ -509,11 +509,9 @@ class MaxPool2d(_PoolBase):
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, *, ceil_mode=False):
         super().__init__()
-        self.kernel_size = _params.as_pair("kernel_size", kernel_size, 1)
-        self.stride = self.kernel_size if stride is None else _params.as_pair("stride",
-                                                                              stride, 1)
+        self.kernel_size, self.stride, self.dilation = _params.pool_pairs(kernel_size, stride,
+                                                                          dilation)
         self.padding = padding
-        self.dilation = _params.as_pair("dilation", dilation, 1)
         self.ceil_mode = _params.as_bool("ceil_mode", ceil_mode)
         # checks padding against PyTorch's rule now, on an input just big enough
         _params.pool_geometry("MaxPool2d", (1, 2 * self.kernel_size[0] * self.dilation[0],
@@ -555,15 +553,13 @@ class AvgPool2d(_PoolBase):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
                  count_include_pad=True, divisor_override=None, *, dilation=1):
         super().__init__()
-        self.kernel_size = _params.as_pair("kernel_size", kernel_size, 1)
-        self.stride = self.kernel_size if stride is None else _params.as_pair("stride",
-                                                                              stride, 1)
+        self.kernel_size, self.stride, self.dilation = _params.pool_pairs(kernel_size, stride,
+                                                                          dilation)
         self.padding = padding
         self.ceil_mode = _params.as_bool("ceil_mode", ceil_mode)
         self.count_include_pad = _params.as_bool("count_include_pad", count_include_pad)
         self.divisor_override = None if divisor_override is None else _params.as_int(
             "divisor_override", divisor_override, 1)
-        self.dilation = _params.as_pair("dilation", dilation, 1)
         _params.pool_geometry("AvgPool2d", (1, 2 * self.kernel_size[0] * self.dilation[0],
                                             2 * self.kernel_size[1] * self.dilation[1], 1),
                               self.kernel_size, self.stride, padding, self.dilation, False)

@@ -409,3 +409,26 @@ X = np.zeros((1, 6, 6, 2), np.float32)
 def test_bad_arguments_raise_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("forms, plain", [
+    (dict(kernel_size=(3,), stride=(), padding=(1,)), dict(kernel_size=3, padding=1)),
+    (dict(kernel_size=(2,), stride=[]), dict(kernel_size=2)),
+    (dict(kernel_size=3, stride=(2,), padding=(1,), dilation=(1,)),
+     dict(kernel_size=3, stride=2, padding=1)),
+])
+def test_pytorch_one_tuple_and_empty_stride_forms(forms, plain, rng):
+    """PyTorch's pool2d takes 1-tuples for both axes and stride=() for the default; so do
+    the functions and the layers (issue: 1-D and PyTorch argument forms)."""
+    x = rng.standard_normal((2, 7, 7, 3)).astype(np.float32)
+    np.testing.assert_array_equal(fastconv.max_pool2d(x, **forms), fastconv.max_pool2d(x, **plain))
+    avg_forms = {k: v for k, v in forms.items() if k != "dilation"}
+    np.testing.assert_array_equal(fastconv.avg_pool2d(x, **avg_forms),
+                                  fastconv.avg_pool2d(x, **plain))
+    np.testing.assert_array_equal(fastconv.MaxPool2d(**forms)(x), fastconv.max_pool2d(x, **plain))
+    np.testing.assert_array_equal(fastconv.AvgPool2d(**avg_forms)(x),
+                                  fastconv.avg_pool2d(x, **plain))
+    torch = pytest.importorskip("torch")
+    t = torch.from_numpy(x.transpose(0, 3, 1, 2))
+    expected = torch.nn.functional.max_pool2d(t, **forms).numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(fastconv.max_pool2d(x, **forms), expected)
