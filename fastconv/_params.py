@@ -234,6 +234,16 @@ def _effective(stride, dilation, kernel_hw, out_hw):
             tuple(1 if k == 1 else d for d, k in zip(dilation, kernel_hw)))
 
 
+def check_output_size(fn: str, n: int, out_hw, channels: int) -> None:
+    """An output too large for any array (more than 2**63 bytes of float64) is refused here,
+    naming the arguments that make it so, instead of in NumPy's allocator."""
+    elements = n * math.prod(out_hw) * channels
+    if elements * 8 > INT_LIMIT:
+        raise ValueError(f"{fn}: the output would have {shown_sizes(fn, tuple(out_hw))} pixels "
+                         f"per image ({elements} values in all), more than any array can hold; "
+                         f"check padding, stride and dilation")
+
+
 def conv_geometry(fn: str, x_shape, weight_shape, stride, padding, dilation, groups
                   ) -> ConvGeometry:
     """Check and resolve the geometry of conv2d(x, weight) with x 4-D (N, H, W, C)."""
@@ -251,6 +261,7 @@ def conv_geometry(fn: str, x_shape, weight_shape, stride, padding, dilation, gro
         raise ValueError(f"{fn}: padded input size {shown_sizes(fn, padded)} is smaller than "
                          f"the dilated kernel size {shown_sizes(fn, dilated)}: the output would "
                          f"be {shown_sizes(fn, out_hw)}")
+    check_output_size(fn, n, out_hw, cout)
     return ConvGeometry(n, (h, w), c, (kh, kw), cout, *_effective(stride, dilation, (kh, kw), out_hw),
                         pads, groups, out_hw)
 
@@ -282,6 +293,7 @@ def conv_transpose_geometry(fn: str, x_shape, weight_shape, stride, padding, out
         raise ValueError(f"{fn}: padding {pads[-1] if is_1d(fn) else pads} crops more than the "
                          f"full output {shown_sizes(fn, full)}: the output would be "
                          f"{shown_sizes(fn, out_hw)}")
+    check_output_size(fn, n, out_hw, cig_t * groups)
     return ConvGeometry(n, out_hw, cig_t * groups, (kh, kw), c,
                         *_effective(stride, dilation, (kh, kw), (h, w)), pads, groups, (h, w))
 
@@ -413,6 +425,7 @@ def pool_geometry(fn: str, x_shape, kernel_size, stride, padding, dilation, ceil
         dilated = tuple(d * (k - 1) + 1 for k, d in zip(kernel_hw, dilation))
         raise ValueError(f"{fn}: padded input size {padded} (H, W) is smaller than the dilated "
                          f"kernel size {dilated} (H, W): the output would be {out_hw}")
+    check_output_size(fn, n, out_hw, c)
     return PoolGeometry(n, (h, w), c, kernel_hw, *_effective(stride, dilation, kernel_hw, out_hw),
                         padding, ceil_mode, out_hw)
 

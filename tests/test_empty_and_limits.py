@@ -169,3 +169,20 @@ def test_a_huge_omp_num_threads_is_capped(value):
                          cwd=ROOT, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == [str(4 * os.cpu_count()), "1", "144.0"]
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, w: fastconv.conv2d(x, w, padding=2**62),
+    lambda x, w: fastconv.conv2d(x, w, padding=2**41, dilation=2**40),
+    lambda x, w: fastconv.conv_transpose2d(x, w, stride=2**40),
+    lambda x, w: fastconv.conv1d(x[0], w[0], padding=2**62),
+    lambda x, w: fastconv.max_pool2d(x, 2, padding=((2**62, 2**62), (0, 0))),
+    lambda x, w: fastconv.avg_pool2d(x, 2, padding=((0, 0), (2**62, 2**62))),
+])
+def test_outputs_larger_than_any_array_are_refused_by_name(call):
+    """Legal int64 arguments whose output no array can hold: a ValueError from fastconv that
+    says so and names what to check, not NumPy's 'Maximum allowed dimension exceeded'."""
+    x = np.ones((1, 4, 4, 1), np.float32)
+    w = np.ones((2, 2, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="more than any array can hold; check padding, stride"):
+        call(x, w)

@@ -492,9 +492,9 @@ FUNCTIONS = {  # (transposed, one_d) -> (forward, backward)
 
 
 # Outputs of more elements than this (a transposed convolution with a huge stride or dilation)
-# are left out: neither the references nor the test's arrays can be built, and NumPy may
-# refuse to allocate them (its ValueError does not name the argument: a resource limit
-# API.md does not rule on).
+# are left out: neither the references nor the test's arrays can be built (fastconv refuses
+# outputs larger than any array with a ValueError naming the arguments:
+# test_empty_and_limits.py; below that, allocating them is a matter of memory).
 MAX_OUTPUT_ELEMENTS = 2**24
 
 
