@@ -662,15 +662,16 @@ class _BatchNorm(Layer):
         _params.check_channels(repr(self), x, self.num_features, self._ndims, self._layout)
         # PyTorch's rules: the running statistics move only in training mode; momentum None
         # makes them the cumulative average of the batches seen
+        counting = self.training and self.track_running_stats
         factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1
-            if self.momentum is None:
-                factor = 1.0 / int(self.num_batches_tracked)
+        if counting and self.momentum is None:
+            factor = 1.0 / (int(self.num_batches_tracked) + 1)
         batch_stats = self.training or self.running_mean is None
         y, mean, var = normalization.batch_norm_forward(
             repr(self), x, self.running_mean, self.running_var, self.weight, self.bias,
             batch_stats, factor, self.eps)
+        if counting:  # after the checks: a refused batch does not count
+            self.num_batches_tracked += 1
         self._save(x=x, mean=mean, var=var, batch_stats=batch_stats, out_shape=y.shape)
         return y
 

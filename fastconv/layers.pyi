@@ -1,6 +1,6 @@
 # Type stubs of fastconv.layers: PyTorch-style layers on NumPy arrays (NHWC, HWIO weights).
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Self, overload
+from typing import Any, Literal, Self, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -135,7 +135,10 @@ class Linear(Layer):
         rng: np.random.Generator | int | None = None,
     ) -> None: ...
 
-class ReLU(Layer): ...
+class ReLU(Layer):
+    inplace: bool
+    def __init__(self, inplace: bool = False) -> None: ...
+
 class _PoolBase(Layer): ...
 
 class MaxPool2d(_PoolBase):
@@ -176,6 +179,109 @@ class Flatten(Layer):
     def __init__(
         self, start_dim: int = 1, end_dim: int = -1, *, channels_first: bool = False
     ) -> None: ...
+
+class _BatchNorm(Layer):
+    num_features: int
+    eps: float
+    momentum: float | None
+    affine: bool
+    track_running_stats: bool
+    dtype: np.dtype[Any]
+    weight: np.ndarray | None
+    bias: np.ndarray | None
+    running_mean: np.ndarray | None
+    running_var: np.ndarray | None
+    num_batches_tracked: npt.NDArray[np.int64] | None
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        dtype: npt.DTypeLike = ...,
+    ) -> None: ...
+
+class BatchNorm2d(_BatchNorm): ...
+class BatchNorm1d(_BatchNorm): ...
+
+class _Activation(Layer):
+    inplace: bool
+
+class ReLU6(_Activation):
+    def __init__(self, inplace: bool = False) -> None: ...
+
+class LeakyReLU(_Activation):
+    negative_slope: float
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None: ...
+
+class ELU(_Activation):
+    alpha: float
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None: ...
+
+class SiLU(_Activation):
+    def __init__(self, inplace: bool = False) -> None: ...
+
+class Hardswish(_Activation):
+    def __init__(self, inplace: bool = False) -> None: ...
+
+class Hardsigmoid(_Activation):
+    def __init__(self, inplace: bool = False) -> None: ...
+
+class Sigmoid(_Activation): ...
+class Tanh(_Activation): ...
+
+class GELU(_Activation):
+    approximate: str
+    def __init__(self, approximate: Literal["none", "tanh"] = "none") -> None: ...
+
+class Softmax(_Activation):
+    dim: int
+    def __init__(self, dim: int = -1) -> None: ...
+
+class LogSoftmax(Softmax): ...
+
+class PReLU(Layer):
+    num_parameters: int
+    dtype: np.dtype[Any]
+    weight: np.ndarray
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, dtype: npt.DTypeLike = ...) -> None: ...
+
+_OutputSize = int | None | Sequence[int | None]
+
+class AdaptiveAvgPool2d(_PoolBase):
+    output_size: _OutputSize
+    def __init__(self, output_size: _OutputSize) -> None: ...
+
+class AdaptiveMaxPool2d(_PoolBase):
+    output_size: _OutputSize
+    def __init__(self, output_size: _OutputSize) -> None: ...
+
+class Upsample(_PoolBase):
+    size: int | Sequence[int] | None
+    scale_factor: float | tuple[float, ...] | None
+    mode: str
+    align_corners: bool | None
+    recompute_scale_factor: bool | None
+    def __init__(
+        self,
+        size: int | Sequence[int] | None = None,
+        scale_factor: float | Sequence[float] | None = None,
+        mode: Literal["nearest", "bilinear"] = "nearest",
+        align_corners: bool | None = None,
+        recompute_scale_factor: bool | None = None,
+    ) -> None: ...
+
+class Dropout(Layer):
+    p: float
+    inplace: bool
+    rng: np.random.Generator
+    def __init__(
+        self, p: float = 0.5, inplace: bool = False, rng: np.random.Generator | int | None = None
+    ) -> None: ...
+
+class Dropout2d(Dropout): ...
+class Identity(Layer): ...
 
 class Sequential(Layer):
     layers: list[Layer]
