@@ -424,8 +424,9 @@ class _Tracer:
             a = _args("input, output_size, return_indices=False", args, kwargs)
             if a["return_indices"]:
                 raise ValueError("return_indices=True is not supported")
-            cls = L.AdaptiveAvgPool2d if key is F.adaptive_avg_pool2d else L.AdaptiveMaxPool2d
-            self._add(node, node.name, cls(a["output_size"]), args[:1], MAP)
+            pool = (L.AdaptiveAvgPool2d if key is F.adaptive_avg_pool2d
+                    else L.AdaptiveMaxPool2d)(a["output_size"])
+            self._add(node, node.name, pool, args[:1], MAP)
         elif key is F.avg_pool2d:
             a = _args("input, kernel_size, stride=None, padding=0, ceil_mode=False, "
                       "count_include_pad=True, divisor_override=None", args, kwargs)
@@ -453,15 +454,16 @@ class _Tracer:
             a = _args("input, dim=None, _stacklevel=3, dtype=None", args, kwargs)
             if a["dim"] is None or a["dtype"] is not None:
                 raise ValueError("give dim (and no dtype)")
-            cls = L.Softmax if key in (F.softmax, ".softmax") else L.LogSoftmax
-            self._add(node, node.name, cls(_map_dim(a["dim"], kind)), args[:1], kind)
+            dim = _map_dim(a["dim"], kind)
+            softmax = L.Softmax(dim) if key in (F.softmax, ".softmax") else L.LogSoftmax(dim)
+            self._add(node, node.name, softmax, args[:1], kind)
         elif key in (F.dropout, F.dropout2d):
             a = _args("input, p=0.5, training=True, inplace=False", args, kwargs)
             if not a["training"]:
                 self._alias(node, args[0])
             else:
-                cls = L.Dropout if key is F.dropout else L.Dropout2d
-                self._add(node, node.name, cls(a["p"]), args[:1], kind)
+                drop = L.Dropout(a["p"]) if key is F.dropout else L.Dropout2d(a["p"])
+                self._add(node, node.name, drop, args[:1], kind)
         elif key == ".contiguous":
             self._alias(node, args[0])
         else:
@@ -503,7 +505,7 @@ class _Tracer:
         if kind == FLAT or sorted(d % 4 for d in dims) != [2, 3] or a["dtype"] is not None:
             raise ValueError(f"only a mean over H and W of a feature map, x.mean((2, 3)), "
                              f"converts; got dim={a['dim']!r}")
-        layer = L.AdaptiveAvgPool2d(1)
+        layer: L.Layer = L.AdaptiveAvgPool2d(1)
         if not a["keepdim"]:
             layer = L.Sequential(layer, L.Flatten())
         self._add(node, node.name, layer, node.args[:1], MAP if a["keepdim"] else FLAT)
