@@ -17,6 +17,12 @@ from fastconv import (
     resample,
 )
 from fastconv._algorithms import get_auto_winograd, set_auto_winograd
+from fastconv._autotune import (
+    get_autotune,
+    load_autotune_cache,
+    save_autotune_cache,
+    set_autotune,
+)
 from fastconv._threads import get_num_threads, num_threads, set_num_threads
 from fastconv.activations import (
     elu,
@@ -98,8 +104,12 @@ from fastconv.normalization import (
     batch_norm_backward,
 )
 from fastconv.pooling import (
+    avg_pool1d,
+    avg_pool1d_backward,
     avg_pool2d,
     avg_pool2d_backward,
+    max_pool1d,
+    max_pool1d_backward,
     max_pool2d,
     max_pool2d_backward,
     relu,
@@ -113,6 +123,7 @@ from fastconv.resample import (
     interpolate,
     interpolate_backward,
 )
+from fastconv.serialization import load, save
 
 try:
     __version__ = version("fastconv")
@@ -152,6 +163,8 @@ __all__ = [
     "ReLU6",
     "SeparableConv2d",
     "Sequential",
+    "avg_pool1d",
+    "avg_pool1d_backward",
     "SiLU",
     "Sigmoid",
     "Softmax",
@@ -185,6 +198,7 @@ __all__ = [
     "gelu",
     "gelu_backward",
     "get_auto_winograd",
+    "get_autotune",
     "get_num_threads",
     "hardsigmoid",
     "hardsigmoid_backward",
@@ -197,7 +211,11 @@ __all__ = [
     "leaky_relu_backward",
     "log_softmax",
     "log_softmax_backward",
+    "load",
+    "load_autotune_cache",
     "losses",
+    "max_pool1d",
+    "max_pool1d_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "models",
@@ -211,7 +229,10 @@ __all__ = [
     "relu6_backward",
     "relu_backward",
     "resample",
+    "save",
+    "save_autotune_cache",
     "set_auto_winograd",
+    "set_autotune",
     "set_num_threads",
     "state_dict_from_torch",
     "sigmoid",

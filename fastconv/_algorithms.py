@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import importlib
+import math
 import os
 
 import numpy as np
 
+from fastconv import _machine
 from fastconv._kernels import _im2col, _openmp
 
-SIMD_LEVELS = ("baseline", "avx2", "avx512")
+SIMD_LEVELS = _machine.SIMD_LEVELS
 
 
 def simd_modules(name: str) -> dict:
@@ -25,12 +27,9 @@ def simd_modules(name: str) -> dict:
 
 
 def _best_simd(name: str):
-    """The widest variant; FASTCONV_SIMD=baseline|avx2|avx512 caps it (for tests, or a CPU
-    that clocks down on wide vectors)."""
+    """The widest variant that _machine.simd_levels() allows (FASTCONV_SIMD caps it)."""
     modules = simd_modules(name)
-    cap = os.environ.get("FASTCONV_SIMD", "avx512")
-    allowed = SIMD_LEVELS[:SIMD_LEVELS.index(cap) + 1] if cap in SIMD_LEVELS else SIMD_LEVELS
-    return [modules[level] for level in SIMD_LEVELS if level in modules and level in allowed][-1]
+    return [modules[level] for level in _machine.simd_levels() if level in modules][-1]
 
 
 KERNELS = {"direct": _best_simd("_direct"), "im2col": _im2col,
@@ -41,20 +40,31 @@ PARALLEL_MIN_FLOPS = 1_000_000
 ALGORITHMS = ("auto",) + tuple(KERNELS)
 
 MIN_GEMM_ROWS = 16  # a GEMM with fewer rows runs far below BLAS speed
-# outputs at least this large are written with non-temporal stores where a kernel can (they
-# would not stay in the caches anyway; the stores skip reading each line first)
-STREAM_BYTES = 4 * 1024 * 1024
-COLUMN_BUFFER_BYTES = 256 * 1024  # a tile's column buffer: about a quarter of L2
-# a thread's transformed tiles, in and out: forward within L2 (the transforms dominate);
-# weight gradient larger (its GEMMs sum over the tiles of a block: longer sums pay more)
-WINOGRAD_BUFFER_BYTES = 512 * 1024
-WINOGRAD_GRAD_BUFFER_BYTES = 4 * 1024 * 1024
+# The sizes below follow the caches the machine reports (_machine.FACTS, read at import). The
+# fractions give the constants first measured on this project's first machine (256 KiB,
+# 512 KiB, 4 MiB, 4 MiB, 16 MiB, 4 MiB) for a 1 MiB L2 (the old comment's "a quarter of L2")
+# and an 8 MiB L3 (inferred: that machine's L3 was not recorded).
+MACHINE = _machine.FACTS
+# outputs at least this large are written with non-temporal stores where a kernel can: with
+# an input of about the same size they would not both stay in the last-level cache, and the
+# stores skip reading each line first (half the last-level cache)
+STREAM_BYTES = MACHINE.last_level // 2
+# a tile's column buffer: a quarter of L2, so that the tile, the weight panel BLAS packs and
+# the output rows it writes stay in the core's own L2
+COLUMN_BUFFER_BYTES = MACHINE.l2 // 4
+# a thread's transformed tiles, in and out: forward within half of L2 (the transforms
+# dominate: their reads and writes must hit L2); the weight gradient 4x L2, spilling to L3
+# (its GEMMs sum over the tiles of a block: longer sums pay more than L2 hits)
+WINOGRAD_BUFFER_BYTES = MACHINE.l2 // 2
+WINOGRAD_GRAD_BUFFER_BYTES = 4 * MACHINE.l2
 # "auto": the largest transformed weight (36 x C_in/groups x C_out) that every block of tiles
-# may re-read; 256 -> 256 channels (9 MiB) ran between 0.4x and 1.7x direct on 2 threads
-WINOGRAD_MAX_WEIGHT_BYTES = 4 * 1024 * 1024
+# may re-read: half the last-level cache, the other half left to the tiles and activations
+# streaming through (beyond it each block re-reads the weight from memory: 256 -> 256
+# channels, 9 MiB against an 8 MiB L3, ran between 0.4x and 1.7x direct on 2 threads)
+WINOGRAD_MAX_WEIGHT_BYTES = MACHINE.last_level // 2
 # the weight gradient only writes its transformed weight (its partial sums), once per block:
-# 256 -> 256 channels ran 1.6-1.9x direct there
-WINOGRAD_MAX_GRAD_WEIGHT_BYTES = 16 * 1024 * 1024
+# twice the last-level cache (256 -> 256 channels ran 1.6-1.9x direct with an 8 MiB L3)
+WINOGRAD_MAX_GRAD_WEIGHT_BYTES = 2 * MACHINE.last_level
 PARTIAL_SUM_BYTES = 16 * 1024 * 1024  # cap on the weight-gradient partial sums
 MIN_PARTIAL_SUMS, MAX_PARTIAL_SUMS = 2, 8
 
@@ -72,6 +82,9 @@ def check(fn: str, algorithm, geo) -> str:
         raise ValueError(f"{fn}: algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
     if algorithm == "winograd" and not winograd_serves(geo.kernel_hw, geo.stride, geo.dilation):
         others = tuple(a for a in ALGORITHMS if a != "winograd")
+        if "1d" in fn:  # conv1d and the like (_params.is_1d)
+            raise ValueError(f"{fn}: algorithm 'winograd' serves 2-D 3x3 kernels only, not a "
+                             f"1-D convolution; use one of {others}")
         raise ValueError(
             f"{fn}: algorithm 'winograd' serves 3x3 kernels with stride 1 and dilation 1, but "
             f"got kernel {tuple(geo.kernel_hw)}, stride {tuple(geo.stride)}, dilation "
@@ -85,51 +98,101 @@ def winograd_serves(kernel_hw, stride, dilation) -> bool:
     return tuple(kernel_hw) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
 
 
+NOT_WINOGRAD_SHAPED = "not 3x3 stride 1"
+WINOGRAD_REASON = "rule: 3x3 stride 1, wide enough, transformed weight fits the cache"
+
+
 def for_convolution(algorithm: str, weight_shape, out_shape, itemsize: int, stride, dilation,
                     groups: int) -> str:
     """The kernel for a convolution with output shape `out_shape` (N, H_out, W_out, C_out)
-    (also each sub-convolution of an input gradient or a transposed convolution). "auto":
-    - Winograd where it serves and pays (see winograd_pays);
-    - im2col for a 1x1 stride-1 convolution with 8 or more input channels per group (a
-      single GEMM on the input as it is, with no column copy; not depthwise, where each
-      channel's GEMM would sum one term), and for few output channels per group behind many
-      taps x input channels (a first layer's input gradient: the direct kernel's channel
-      vectors run mostly empty, a GEMM's long sums do not);
-    - direct otherwise: its register blocks beat im2col + BLAS on most layers of the suite."""
+    (also each sub-convolution of an input gradient or a transposed convolution); "auto"
+    follows convolution_rule."""
     if algorithm != "auto":
         return algorithm
+    return convolution_rule(weight_shape, out_shape, itemsize, stride, dilation, groups)[0]
+
+
+def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
+                     groups: int) -> tuple[str, str]:
+    """"auto"'s (kernel, reason) for a convolution:
+    - Winograd where it serves and pays (see winograd_refusal);
+    - im2col for a 1x1 stride-1 convolution with 8 or more input channels per group (a
+      single GEMM on the input as it is, with no column copy; not depthwise, where each
+      channel's GEMM would sum one term), and for output channels per group filling less
+      than half a vector behind 64+ taps x input channels (a first layer's input gradient:
+      the direct kernel's channel vectors run mostly empty, a GEMM's long sums do not);
+    - direct otherwise: its register blocks beat im2col + BLAS on most layers of the suite.
+    No geometry makes a kernel's scratch explode: direct's zero-padded window holds only the
+    columns its taps read when a stride or dilation spaces them (at most kh x 8 pixels x kw
+    taps x C_in values per thread), im2col's tiles are sized by tile_pixels, so a huge
+    stride or dilation (WaveNet/TCN's dilated 1-D convolutions) needs no rule here."""
     kh, kw, cig, cout = weight_shape
-    if _auto_picks_winograd(weight_shape, out_shape, itemsize, stride, dilation, groups,
-                            WINOGRAD_MAX_WEIGHT_BYTES):
-        return "winograd"
+    refusal = _auto_winograd_refusal(weight_shape, out_shape, itemsize, stride, dilation,
+                                     groups, WINOGRAD_MAX_WEIGHT_BYTES)
+    if not refusal:
+        return "winograd", WINOGRAD_REASON
     if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and cig >= 8:
-        return "im2col"
-    if cout // groups < 8 and kh * kw * cig >= 64:
-        return "im2col"
-    return "direct"
+        return "im2col", "rule: 1x1 stride 1: one GEMM on the input as it is"
+    half_vector = MACHINE.lanes(itemsize) // 2
+    if cout // groups < half_vector and kh * kw * cig >= 64:
+        return "im2col", (f"rule: {cout // groups} output channels per group (< half a "
+                          f"{MACHINE.lanes(itemsize)}-lane vector) behind long sums: GEMM")
+    return "direct", _direct_reason(refusal)
+
+
+def _direct_reason(winograd_refusal: str) -> str:
+    """The reason of a "direct" by default, with why Winograd was not taken where it serves."""
+    if winograd_refusal == NOT_WINOGRAD_SHAPED:
+        return "rule: direct (the default)"
+    return f"rule: direct (the default; {winograd_refusal})"
 
 
 def _auto_picks_winograd(weight_shape, out_shape, itemsize: int, stride, dilation, groups: int,
                          max_weight_bytes: int) -> bool:
     """"auto"'s choice of Winograd, for a convolution or its weight gradient."""
+    return not _auto_winograd_refusal(weight_shape, out_shape, itemsize, stride, dilation,
+                                      groups, max_weight_bytes)
+
+
+def _auto_winograd_refusal(weight_shape, out_shape, itemsize: int, stride, dilation,
+                           groups: int, max_weight_bytes: int) -> str:
+    """Why "auto" does not choose Winograd ("" when it does)."""
     kh, kw, cig, cout = weight_shape
-    return (_auto_winograd and winograd_serves((kh, kw), stride, dilation)
-            and winograd_pays(cig, cout // groups, groups, out_shape, itemsize, max_weight_bytes))
+    if not winograd_serves((kh, kw), stride, dilation):
+        return NOT_WINOGRAD_SHAPED
+    if not _auto_winograd:
+        return "Winograd off (set_auto_winograd)"
+    return winograd_refusal(cig, cout // groups, groups, out_shape, itemsize, max_weight_bytes)
 
 
 def winograd_pays(in_per_group: int, out_per_group: int, groups: int, out_shape,
                   itemsize: int, max_weight_bytes: int) -> bool:
-    """Whether Winograd beats the other kernels, as measured on this project's 2-core machine
-    with 2 threads (see README): at least 8 input channels and 512 channel pairs per group
-    (fewer: transforming the tiles costs more than the products save, as on CIFAR's
-    3-channel first layer or 8 groups of 16 channels); a transformed weight small enough
-    to stay in cache (at most max_weight_bytes); at least 64 tiles (one 28x28 image has 49:
-    0.8x direct); and at least half of each 4x4 tile inside the output."""
+    """Whether Winograd beats the other kernels (see winograd_refusal)."""
+    return not winograd_refusal(in_per_group, out_per_group, groups, out_shape, itemsize,
+                                max_weight_bytes)
+
+
+def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_shape,
+                     itemsize: int, max_weight_bytes: int) -> str:
+    """Why Winograd would not beat the other kernels ("" when it would), as measured on
+    this project's 2-core machine with 2 threads (see README): it needs at least 8 input
+    channels and 512 channel pairs per group (fewer: transforming the tiles costs more than
+    the products save, as on CIFAR's 3-channel first layer or 8 groups of 16 channels); a
+    transformed weight small enough to stay in cache (at most max_weight_bytes); at least
+    64 tiles (one 28x28 image has 49: 0.8x direct); and at least half of each 4x4 tile
+    inside the output."""
     tiles = winograd_tiles(out_shape)
-    return (in_per_group >= 8 and in_per_group * out_per_group >= 512
-            and 36 * in_per_group * out_per_group * groups * itemsize <= max_weight_bytes
-            and tiles >= 64
-            and 2 * out_shape[0] * out_shape[1] * out_shape[2] >= 16 * tiles)
+    weight_bytes = 36 * in_per_group * out_per_group * groups * itemsize
+    if in_per_group < 8 or in_per_group * out_per_group < 512:
+        return "too few channels for Winograd"
+    if weight_bytes > max_weight_bytes:
+        return (f"Winograd's weight {weight_bytes / 2**20:.1f} MiB > "
+                f"{max_weight_bytes / 2**20:.1f} MiB")
+    if tiles < 64:
+        return f"{tiles} < 64 Winograd tiles"
+    if 2 * out_shape[0] * out_shape[1] * out_shape[2] < 16 * tiles:
+        return "Winograd tiles mostly outside the output"
+    return ""
 
 
 def winograd_tiles(out_shape) -> int:
@@ -183,17 +246,74 @@ def for_depthwise_data(algorithm: str, stride, weight_shape, groups: int) -> boo
 
 
 def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, geo) -> str:
-    """The kernel for a weight gradient (geo: the convolution's ConvGeometry). "auto":
-    Winograd where it serves and pays for the forward convolution; im2col + BLAS when a group
-    has few input channels (a first layer: the direct kernel's blocks of FC_CI input
-    channels run empty); direct otherwise."""
+    """The kernel for a weight gradient (geo: the convolution's ConvGeometry); "auto"
+    follows weight_gradient_rule."""
     if algorithm != "auto":
         return algorithm
-    if _auto_picks_winograd(weight_shape, out_shape, itemsize, geo.stride, geo.dilation,
-                            geo.groups, WINOGRAD_MAX_GRAD_WEIGHT_BYTES):
-        return "winograd"
+    return weight_gradient_rule(weight_shape, out_shape, itemsize, geo)[0]
+
+
+def weight_gradient_rule(weight_shape, out_shape, itemsize: int, geo) -> tuple[str, str]:
+    """"auto"'s (kernel, reason) for a weight gradient: Winograd where it serves and pays for
+    the forward convolution (with the larger WINOGRAD_MAX_GRAD_WEIGHT_BYTES); im2col + BLAS
+    when a group has few input channels (a first layer: the direct kernel's blocks of FC_CI
+    input channels run empty); direct otherwise."""
+    refusal = _auto_winograd_refusal(weight_shape, out_shape, itemsize, geo.stride,
+                                     geo.dilation, geo.groups, WINOGRAD_MAX_GRAD_WEIGHT_BYTES)
+    if not refusal:
+        return "winograd", WINOGRAD_REASON
     cig = weight_shape[2]
-    return "im2col" if cig < 8 and not is_depthwise(weight_shape, geo.groups) else "direct"
+    if cig < 8 and not is_depthwise(weight_shape, geo.groups):
+        return "im2col", f"rule: {cig} input channels per group: GEMM"
+    return "direct", _direct_reason(refusal)
+
+
+def input_gradient_rule(weight_shape, geo, itemsize: int) -> tuple[str, str]:
+    """"auto"'s (kernel, reason) for an input gradient (or the transposed convolution) of
+    the convolution `geo` with HWIO `weight_shape`, as functional._data_kernel runs it: one
+    GEMM when each sub-pixel phase has one tap, one pass for a strided depthwise one, else
+    the convolution rule of its phases (shown for the phase with the most taps)."""
+    kh, kw, cig, cout = weight_shape
+    groups = geo.groups
+    if for_single_tap_phases("auto", kh, kw, geo.stride, geo.dilation, cout // groups):
+        return "im2col", "rule: one tap per sub-pixel phase: one GEMM over all taps"
+    if for_depthwise_data("auto", geo.stride, weight_shape, groups):
+        return "direct", "rule: strided depthwise: one pass over the rows"
+    taps = tuple(max(_phase_tap_count(k, s, d))
+                 for k, s, d in zip((kh, kw), geo.stride, geo.dilation))
+    phase_hw = tuple(-(-h // s) for h, s in zip(geo.in_hw, geo.stride))
+    step = tuple(d // math.gcd(s, d) for s, d in zip(geo.stride, geo.dilation))
+    return convolution_rule((*taps, cout // groups, cig * groups),
+                            (geo.n, *phase_hw, geo.in_channels), itemsize, (1, 1), step, groups)
+
+
+def _phase_tap_count(k: int, stride: int, dilation: int) -> list[int]:
+    """How many taps of a kernel of size k fall in each sub-pixel phase."""
+    return [sum(1 for r in range(k) if r * dilation % stride == a) for a in range(stride)]
+
+
+def describe(geo, dtype="float32", threads: int | None = None) -> dict[str, tuple[str, str]]:
+    """What "auto" runs for the convolution `geo` (a ConvGeometry; for a transposed
+    convolution, the convolution it is the adjoint of) in `dtype`, and why:
+    {"forward": (kernel, reason), "input_gradient": ..., "weight_gradient": ...}. The reason
+    is "autotuned" where set_autotune(True) measured the geometry (at `threads` threads,
+    default get_num_threads()), else the rule that chose."""
+    from fastconv import _autotune
+
+    itemsize = np.dtype(dtype).itemsize
+    weight_shape = (*geo.kernel_hw, geo.in_channels // geo.groups, geo.out_channels)
+    out_shape = (geo.n, *geo.out_hw, geo.out_channels)
+    chosen = {
+        "forward": convolution_rule(weight_shape, out_shape, itemsize, geo.stride,
+                                    geo.dilation, geo.groups),
+        "input_gradient": input_gradient_rule(weight_shape, geo, itemsize),
+        "weight_gradient": weight_gradient_rule(weight_shape, out_shape, itemsize, geo),
+    }
+    for direction in chosen:
+        measured = _autotune.lookup(direction, geo, dtype, threads)
+        if measured is not None:
+            chosen[direction] = (measured, "autotuned")
+    return chosen
 
 
 def tile_pixels(columns: int, itemsize: int, pixels: int) -> int:

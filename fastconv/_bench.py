@@ -100,6 +100,12 @@ class Layer:
                     groups=self.groups)
 
 
+def _batches(*layers: Layer) -> tuple[Layer, ...]:
+    """Each layer as given and at batch 1 (named with "_b1")."""
+    return tuple(x for layer in layers
+                 for x in (layer, layer.replace(name=layer.name + "_b1", n=1)))
+
+
 SUITE: tuple[Layer, ...] = (
     #     name                   N   H=W  C_in C_out k  stride pad dil groups
     Layer("resnet_stem_7x7s2",   1, 224,   3,   64, 7, 2, 3),
@@ -117,6 +123,20 @@ SUITE: tuple[Layer, ...] = (
     Layer("cifar_3x3",          64,  32,   3,   32, 3, 1, 1),
     Layer("dcgan_tconv_4x4s2",   8,  16, 256,  128, 4, 2, 1, transposed=True),
     Layer("unet_tconv_2x2s2",    4,  32, 128,   64, 2, 2, 0, transposed=True),
+) + _batches(  # the layers of real networks at batch 8 and (name + "_b1") batch 1
+    Layer("resnet50_1x1_256to64_56",   8,  56,  256,   64, 1, 1, 0),
+    Layer("resnet50_1x1_1024to256_14", 8,  14, 1024,  256, 1, 1, 0),
+    Layer("resnet50_1x1_512to2048_7",  8,   7,  512, 2048, 1, 1, 0),
+    Layer("wide_3x3_128to256_56",      8,  56,  128,  256, 3, 1, 1),
+    Layer("vgg_3x3_512_28",            8,  28,  512,  512, 3, 1, 1),
+    Layer("down_3x3s2_128to256_56",    8,  56,  128,  256, 3, 2, 1),
+    Layer("mobilenetv2_1x1_96to576_14", 8, 14,   96,  576, 1, 1, 0),
+    Layer("mobilenetv2_1x1_960to320_7", 8,  7,  960,  320, 1, 1, 0),
+) + (  # batch 1 of old rows (their batch 8 is the old row): 64 -> 256 at 56 (ResNet-50's
+    # 1x1 expand), 256 -> 256 at 14, 512 -> 512 at 7
+    Layer("resnet_1x1_56_b1",    1,  56,  64,  256, 1, 1, 0),
+    Layer("resnet_3x3_14_b1",    1,  14, 256,  256, 3, 1, 1),
+    Layer("resnet_3x3_7_b1",     1,   7, 512,  512, 3, 1, 1),
 )
 LAYERS = {layer.name: layer for layer in SUITE}
 
@@ -124,6 +144,17 @@ LAYERS = {layer.name: layer for layer in SUITE}
 def quick_layer(layer: Layer) -> Layer:
     """The --quick version of a layer: an eighth of the batch (at least one image)."""
     return layer.replace(n=max(1, layer.n // 8))
+
+
+def quick_selection(layers) -> list[Layer]:
+    """The --quick versions of `layers`, each geometry once (the first of its name): a
+    batch-8 layer's quick version is its "_b1" twin."""
+    kept, seen = [], set()
+    for layer in map(quick_layer, layers):
+        if layer.replace(name="") not in seen:
+            seen.add(layer.replace(name=""))
+            kept.append(layer)
+    return kept
 
 
 def geometry(layer: Layer):
@@ -148,27 +179,31 @@ def serves(layer: Layer, algorithm: str) -> bool:
     return _algorithms.winograd_serves(geo.kernel_hw, geo.stride, geo.dilation)
 
 
-def auto_choice(layer: Layer) -> str:
-    """What "auto" runs for the layer's convolution (forward, or for a transposed layer the
-    stride-1 sub-convolutions of its sub-pixel phases) and for its weight gradient."""
+def auto_choices(layer: Layer, threads: int | None = None) -> dict[str, tuple[str, str]]:
+    """What "auto" runs for the layer and why (_algorithms.describe, fp32, at `threads`,
+    default the current thread count), in the layer's own terms: {"forward": (algorithm,
+    reason), "input_gradient": ..., "weight_gradient": ...}. A transposed layer's forward is
+    the input gradient of the convolution it is the adjoint of, and its input gradient that
+    convolution's forward."""
     from fastconv import _algorithms
 
-    geo = geometry(layer)
-    cig = geo.in_channels // geo.groups
-    if layer.transposed:  # each phase: about k / stride taps per axis, stride 1, C_in -> C_out
-        sub = tuple(-(-k // s) for k, s in zip(geo.kernel_hw, geo.stride))
-        phase_hw = tuple(-(-h // s) for h, s in zip(geo.in_hw, geo.stride))
-        conv = _algorithms.for_convolution(
-            "auto", (*sub, geo.out_channels // geo.groups, geo.in_channels),
-            (geo.n, *phase_hw, geo.in_channels), 4, (1, 1), (1, 1), geo.groups)
-    else:
-        conv = _algorithms.for_convolution(
-            "auto", (*geo.kernel_hw, cig, geo.out_channels),
-            (geo.n, *geo.out_hw, geo.out_channels), 4, geo.stride, geo.dilation, geo.groups)
-    weight = _algorithms.for_weight_gradient(  # (of the adjoint convolution when transposed)
-        "auto", (*geo.kernel_hw, cig, geo.out_channels), (geo.n, *geo.out_hw, geo.out_channels),
-        4, geo)
+    chosen = _algorithms.describe(geometry(layer), "float32", threads)
+    if layer.transposed:
+        return {"forward": chosen["input_gradient"], "input_gradient": chosen["forward"],
+                "weight_gradient": chosen["weight_gradient"]}
+    return chosen
+
+
+def auto_choice(layer: Layer) -> str:
+    """What "auto" runs for the layer's forward and for its weight gradient, in one word
+    ("direct") or two ("direct/im2col (weight)")."""
+    chosen = auto_choices(layer)
+    conv, weight = chosen["forward"][0], chosen["weight_gradient"][0]
     return conv if conv == weight else f"{conv}/{weight} (weight)"
+
+
+# the parts of auto_choices each bench direction runs
+CHOICES_OF = {"forward": ("forward",), "backward": ("input_gradient", "weight_gradient")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -438,6 +473,9 @@ class Result:
     direction: str
     algorithms: tuple[str, ...]
     entries: dict[str, Entry]
+    # what "auto" ran in this direction and why: {"forward": (algorithm, reason)}, or the
+    # input and weight gradients for backward (auto_choices, taken after the measurement)
+    auto: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def flops(self) -> int:
@@ -467,11 +505,19 @@ class Result:
             return None
         return torch.seconds / self.entries[best].seconds
 
-    def as_dict(self) -> dict:
+    def of_sgemm(self, sgemm_gflops: float | None) -> float | None:
+        """The best fastconv algorithm's GFLOP/s as a fraction of the sgemm rate."""
+        best = self.gflops(self.best) if self.best else None
+        return best / sgemm_gflops if best and sgemm_gflops else None
+
+    def as_dict(self, sgemm_gflops: float | None = None) -> dict:
         layer = dataclasses.asdict(self.layer)
         return {"layer": self.layer.name, "direction": self.direction, "geometry": layer,
                 "flops": self.flops, "auto_choice": auto_choice(self.layer),
+                "auto": {part: {"algorithm": algorithm, "reason": reason}
+                         for part, (algorithm, reason) in self.auto.items()},
                 "best": self.best, "vs_torch": self.vs_torch,
+                "fraction_of_sgemm": self.of_sgemm(sgemm_gflops),
                 "failed": self.failed,
                 "results": {name: {**dataclasses.asdict(e), "gflops": self.gflops(name)}
                             for name, e in self.entries.items()}}
@@ -547,7 +593,9 @@ def bench_layer(layer: Layer, direction: str, algorithms, repeats: int = 5, torc
         time.sleep(SPIN_PAUSE)
     for c, _ in timed:
         entries[c.name].seconds = statistics.median(entries[c.name].times)
-    return Result(layer, direction, tuple(algorithms), entries)
+    chosen = auto_choices(layer)  # after the runs: an autotuned choice is known by now
+    return Result(layer, direction, tuple(algorithms), entries,
+                  {part: chosen[part] for part in CHOICES_OF[direction]})
 
 
 @contextmanager
@@ -592,14 +640,9 @@ def cpu_simd_flags(path: str = "/proc/cpuinfo") -> list[str]:
 
 
 def cpu_model(path: str = "/proc/cpuinfo") -> str:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from fastconv import _machine
+
+    return _machine.cpu_model(path)
 
 
 def blas_env() -> dict[str, str | None]:
@@ -637,6 +680,40 @@ def thread_pools() -> list[dict]:
     return [{**info, "owner": _owner(info.get("filepath") or "")} for info in threadpool_info()]
 
 
+def blas_kernel() -> str:
+    """The BLAS fastconv's kernels call (SciPy's) as threadpoolctl names it: library,
+    version and the kernel it picked for this CPU ("openblas 0.3.30 Haswell")."""
+    pools = [p for p in thread_pools() if p.get("user_api") == "blas"]
+    if not pools:
+        return "unknown"
+    pool = next((p for p in pools if p.get("owner") == "scipy"), pools[0])
+    return " ".join(str(pool.get(key)) for key in ("internal_api", "version", "architecture")
+                    if pool.get(key))
+
+
+SGEMM_SIZE = 1024  # the square sgemm that measures the machine's GEMM rate
+
+
+def sgemm_rate(size: int = SGEMM_SIZE, seconds: float = 0.3) -> float:
+    """GFLOP/s of a size x size x size float32 GEMM through the BLAS fastconv's kernels call
+    (SciPy's), at its current thread count (set it with thread_count): the fastest of the
+    calls made in about `seconds` (at least three), after one untimed call. The ceiling the
+    suite's rows are read against."""
+    from scipy.linalg import blas
+
+    rng = np.random.default_rng(0)
+    a, b = (np.asfortranarray(rng.standard_normal((size, size), np.float32)) for _ in "ab")
+    c = np.zeros((size, size), np.float32, order="F")
+    blas.sgemm(1.0, a, b, 0.0, c, overwrite_c=True)
+    best, calls, start = math.inf, 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - start < seconds:
+        begin = time.perf_counter()
+        blas.sgemm(1.0, a, b, 0.0, c, overwrite_c=True)
+        best = min(best, time.perf_counter() - begin)
+        calls += 1
+    return 2 * size ** 3 / best / 1e9
+
+
 def describe_pool(info: dict) -> str:
     extra = [f"{info.get('num_threads')} threads"]
     for key in ("architecture", "threading_layer"):
@@ -651,6 +728,7 @@ def machine_info(threads: int | None = None) -> dict:
     import scipy
 
     import fastconv
+    from fastconv import _machine
     from fastconv._kernels import _openmp
 
     torch = torch_module()
@@ -668,6 +746,9 @@ def machine_info(threads: int | None = None) -> dict:
         "scipy": scipy.__version__,
         "torch": None if torch is None else torch.__version__,
         "blas": thread_pools(),
+        "blas_kernel": blas_kernel(),
+        "caches": _machine.FACTS.as_dict(),
+        "autotune": fastconv.get_autotune(),
         "env": blas_env(),
     }
 
@@ -684,8 +765,10 @@ def _cell(value: float | None, width: int, entry: Entry | None = None) -> str:
     return text.rjust(width)
 
 
-def format_table(results: list[Result], algorithms, peers) -> str:
-    """A text table: GFLOP/s per implementation, x vs torch, and the check."""
+def format_table(results: list[Result], algorithms, peers,
+                 sgemm_gflops: float | None = None) -> str:
+    """A text table: GFLOP/s per implementation, x vs torch, the best fastconv algorithm's
+    fraction of the sgemm rate (when given), and the check."""
     name_w = max([len("layer")] + [len(r.layer.name) for r in results])
     cols = list(algorithms) + list(peers)
     width = max(7, *(len(c) for c in cols))
@@ -693,6 +776,8 @@ def format_table(results: list[Result], algorithms, peers) -> str:
     with_torch = "torch" in peers
     if with_torch:
         head += "  x vs torch"
+    if sgemm_gflops:
+        head += "  of sgemm"
     head += "  check"
     lines = [head, "-" * len(head)]
     for r in results:
@@ -701,6 +786,21 @@ def format_table(results: list[Result], algorithms, peers) -> str:
         if with_torch:
             ratio = r.vs_torch
             line += f"  {ratio:10.2f}" if ratio else f"  {'-':>10}"
+        if sgemm_gflops:
+            share = r.of_sgemm(sgemm_gflops)
+            line += f"  {share:8.2g}" if share else f"  {'-':>8}"
         line += "  " + (f"FAIL ({', '.join(r.failed)})" if r.failed else "ok")
         lines.append(line)
+    return "\n".join(lines)
+
+
+def format_choices(results: list[Result]) -> str:
+    """What "auto" ran on each row and why, one line per row."""
+    names = {"forward": "forward", "input_gradient": "input grad", "weight_gradient": "weight grad"}
+    name_w = max([len(r.layer.name) for r in results] + [5])
+    lines = []
+    for r in results:
+        parts = [f"{names[part]} {algorithm} ({reason})" for part, (algorithm, reason) in
+                 r.auto.items()]
+        lines.append(f"{r.layer.name:<{name_w}}  {r.direction:<8}  {'; '.join(parts)}")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,14 +23,37 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+# every int argument must fit the kernels' 64-bit sizes and indices
+INT_LIMIT = 2**63 - 1
+
+
 def as_int(name: str, value, minimum: int | None = None) -> int:
-    """A Python int >= minimum (bools and floats are refused)."""
+    """A Python int >= minimum and within int64 (bools and floats are refused): the one
+    place where integer arguments are normalised, so none reaches compiled code out of range."""
     if not _is_int(value):
         raise TypeError(f"{name} must be an int, but got {value!r} of type {type(value).__name__}")
     value = operator.index(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, but got {value}")
+    if not -INT_LIMIT - 1 <= value <= INT_LIMIT:
+        raise ValueError(f"{name} must be at most 2**63 - 1 in magnitude (a 64-bit integer), "
+                         f"but got {value}")
     return value
+
+
+# More threads than this are refused (set_num_threads, num_threads) or, from OpenMP's default
+# (OMP_NUM_THREADS), capped: a thread per core is the useful most, and OpenMP runtimes
+# crash or abort when asked for tens of thousands
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+
+def as_thread_count(name: str, value) -> int:
+    """A thread count: an int in [1, MAX_THREADS] (4 x os.cpu_count())."""
+    n = as_int(name, value, 1)
+    if n > MAX_THREADS:
+        raise ValueError(f"{name} must be at most {MAX_THREADS} (4 x os.cpu_count() = "
+                         f"4 x {os.cpu_count()}), but got {n}")
+    return n
 
 
 def as_tuple(name: str, value, length: int, minimum: int | None = None) -> tuple[int, ...]:
@@ -38,7 +62,7 @@ def as_tuple(name: str, value, length: int, minimum: int | None = None) -> tuple
         return (as_int(name, value, minimum),) * length
     if isinstance(value, (tuple, list, np.ndarray)) and len(value) == length:
         return tuple(as_int(f"{name}[{i}]", v, minimum) for i, v in enumerate(value))
-    what = "an int" if length == 1 else f"an int or a sequence of {length} ints"
+    what = "an int or a 1-tuple" if length == 1 else f"an int or a sequence of {length} ints"
     raise TypeError(f"{name} must be {what}, but got {value!r}")
 
 
@@ -153,30 +177,52 @@ class ConvGeometry:
                 * (self.in_channels // self.groups) * math.prod(self.kernel_hw))
 
 
+def is_1d(fn: str) -> bool:
+    """Whether `fn` is one of the 1-D functions (conv1d, conv_transpose1d and their
+    backward), which run as 2-D with H = 1 but must word their errors in 1-D."""
+    return "1d" in fn
+
+
+def shown_sizes(fn: str, sizes) -> str:
+    """Spatial sizes (H, W) as the caller knows them: (L,) for a 1-D function."""
+    return f"({sizes[-1]},) (L)" if is_1d(fn) else f"{tuple(sizes)} (H, W)"
+
+
+def shown_param(fn: str, pair) -> str:
+    """A per-axis parameter (stride, dilation, ...) as the caller knows it: an int in 1-D."""
+    return str(pair[-1]) if is_1d(fn) else str(tuple(pair))
+
+
 def check_weight(fn: str, weight: np.ndarray, x_shape, groups: int, transposed: bool) -> None:
     """The weight against the input x (N, H, W, C).
 
     conv2d: weight (kh, kw, C // groups, C_out), C_out divisible by groups.
     conv_transpose2d: weight (kh, kw, C_out // groups, C), C divisible by groups.
+    A 1-D function's weight and x (kh = H = 1 added) are shown as the caller passed them.
     """
-    layout = ("(kh, kw, C_out // groups, C_in) [HWIO of the convolution it is the adjoint of]"
-              if transposed else "(kh, kw, C_in // groups, C_out) [HWIO]")
-    check_ndim("weight", weight, (4,), layout)
-    if min(weight.shape) < 1:
-        raise ValueError(f"{fn}: weight of shape {weight.shape} {layout} must have every "
-                         f"dimension >= 1")
+    if is_1d(fn):
+        layout = ("(k, C_out // groups, C_in)" if transposed else "(k, C_in // groups, C_out)")
+        shape, x_shown, x_layout = weight.shape[1:], (x_shape[0], *x_shape[2:]), "[NLC]"
+    else:
+        layout = ("(kh, kw, C_out // groups, C_in) [HWIO of the convolution it is the adjoint "
+                  "of]" if transposed else "(kh, kw, C_in // groups, C_out) [HWIO]")
+        shape, x_shown, x_layout = weight.shape, tuple(x_shape), "[NHWC]"
+        check_ndim("weight", weight, (4,), layout)
+    if min(weight.shape[:2]) < 1:  # channel counts may be 0 (empty sums, PyTorch allows C_in 0)
+        raise ValueError(f"{fn}: weight of shape {shape} {layout} must have kernel sizes "
+                         f"{'k' if is_1d(fn) else 'kh, kw'} >= 1")
     channels = x_shape[3]
     if transposed:
         expected, divided = weight.shape[3], weight.shape[3]
     else:
         expected, divided = weight.shape[2] * groups, weight.shape[3]
     if divided % groups:
-        raise ValueError(f"{fn}: weight of shape {weight.shape} {layout} has {divided} "
+        raise ValueError(f"{fn}: weight of shape {shape} {layout} has {divided} "
                          f"{'input' if transposed else 'output'} channels, which is not "
                          f"divisible by groups={groups}")
     if channels != expected:
-        raise ValueError(f"{fn}: given groups={groups}, weight of shape {weight.shape} "
-                         f"{layout}, expected input {tuple(x_shape)} [NHWC] to have {expected} "
+        raise ValueError(f"{fn}: given groups={groups}, weight of shape {shape} "
+                         f"{layout}, expected input {x_shown} {x_layout} to have {expected} "
                          f"channels, but got {channels} channels instead")
 
 
@@ -202,8 +248,9 @@ def conv_geometry(fn: str, x_shape, weight_shape, stride, padding, dilation, gro
     if min(out_hw) < 1:
         padded = tuple(size + p[0] + p[1] for size, p in zip((h, w), pads))
         dilated = tuple(d * (k - 1) + 1 for k, d in zip((kh, kw), dilation))
-        raise ValueError(f"{fn}: padded input size {padded} (H, W) is smaller than the dilated "
-                         f"kernel size {dilated} (H, W): the output would be {out_hw}")
+        raise ValueError(f"{fn}: padded input size {shown_sizes(fn, padded)} is smaller than "
+                         f"the dilated kernel size {shown_sizes(fn, dilated)}: the output would "
+                         f"be {shown_sizes(fn, out_hw)}")
     return ConvGeometry(n, (h, w), c, (kh, kw), cout, *_effective(stride, dilation, (kh, kw), out_hw),
                         pads, groups, out_hw)
 
@@ -225,14 +272,16 @@ def conv_transpose_geometry(fn: str, x_shape, weight_shape, stride, padding, out
     for axis, (op, s, d) in enumerate(zip(output_padding, stride, dilation)):
         if op >= s and op >= d:
             raise ValueError(f"{fn}: output_padding must be smaller than either stride or "
-                             f"dilation, but got output_padding={output_padding}, "
-                             f"stride={stride}, dilation={dilation}")
+                             f"dilation, but got output_padding={shown_param(fn, output_padding)}"
+                             f", stride={shown_param(fn, stride)}, "
+                             f"dilation={shown_param(fn, dilation)}")
     out_hw = tuple((size - 1) * s - p[0] - p[1] + d * (k - 1) + op + 1 for size, p, k, s, d, op
                    in zip((h, w), pads, (kh, kw), stride, dilation, output_padding))
     if min(out_hw) < 1:
-        raise ValueError(f"{fn}: padding {pads} crops more than the full output "
-                         f"{tuple(o + p[0] + p[1] for o, p in zip(out_hw, pads))} (H, W): the "
-                         f"output would be {out_hw}")
+        full = tuple(o + p[0] + p[1] for o, p in zip(out_hw, pads))
+        raise ValueError(f"{fn}: padding {pads[-1] if is_1d(fn) else pads} crops more than the "
+                         f"full output {shown_sizes(fn, full)}: the output would be "
+                         f"{shown_sizes(fn, out_hw)}")
     return ConvGeometry(n, out_hw, cig_t * groups, (kh, kw), c,
                         *_effective(stride, dilation, (kh, kw), (h, w)), pads, groups, (h, w))
 
@@ -271,15 +320,15 @@ def as_bool(name: str, value) -> bool:
 
 @dataclass(frozen=True)
 class PoolGeometry:
-    """A checked 2-D pooling: x (N, H, W, C) -> y (N, Ho, Wo, C), symmetric padding (ph, pw);
-    stride and dilation are the effective ones (see _effective)."""
+    """A checked 2-D pooling: x (N, H, W, C) -> y (N, Ho, Wo, C), padding ((top, bottom),
+    (left, right)); stride and dilation are the effective ones (see _effective)."""
     n: int
     in_hw: tuple[int, int]
     channels: int
     kernel_hw: tuple[int, int]
     stride: tuple[int, int]
     dilation: tuple[int, int]
-    padding: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
     ceil_mode: bool
     out_hw: tuple[int, int]
 
@@ -288,43 +337,62 @@ class PoolGeometry:
         return (self.n, *self.out_hw, self.channels)
 
 
-def pool_output_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
-    """PyTorch's pooling output size: floor (or ceil) of (in + 2p - d*(k-1) - 1) / s, plus one;
-    in ceil mode a last window that would start in the right/bottom padding is dropped."""
-    span = n + 2 * p - d * (k - 1) - 1
+def pool_output_size(n: int, k: int, s: int, p: tuple[int, int], d: int, ceil_mode: bool) -> int:
+    """PyTorch's (and ONNX's) pooling output size, padding p = (before, after): floor (or
+    ceil) of (in + before + after - d*(k-1) - 1) / s, plus one; in ceil mode a last window
+    that would start in the right/bottom padding is dropped."""
+    span = n + p[0] + p[1] - d * (k - 1) - 1
     out = (-(-span // s) if ceil_mode else span // s) + 1
-    if ceil_mode and (out - 1) * s >= n + p:
+    if ceil_mode and (out - 1) * s >= n + p[0]:
         out -= 1
     return out
 
 
+def pool_padding(fn: str, padding, kernel_hw, stride, dilation, in_hw) -> tuple:
+    """A pooling's padding as ((top, bottom), (left, right)). PyTorch's forms, an int or a
+    pair (ph, pw) added on both sides, keep PyTorch's rule: at most half of the dilated
+    kernel. ONNX's and Keras's forms take any size: explicit pairs ((top, bottom),
+    (left, right)) (ONNX's pads), "same" (output ceil(in / stride), the odd padding at the
+    bottom/right: Keras, ONNX SAME_UPPER) and "valid"."""
+    pytorch_form = _is_int(padding) or (isinstance(padding, (tuple, list)) and len(padding) == 2
+                                        and all(_is_int(p) for p in padding))
+    if not (pytorch_form or isinstance(padding, str) or (
+            isinstance(padding, (tuple, list)) and len(padding) == 2)):
+        raise TypeError(f"{fn}: padding must be an int or a pair (added on both sides, as in "
+                        f"PyTorch), ((top, bottom), (left, right)), 'same' or 'valid', but got "
+                        f"{padding!r}")
+    try:
+        pairs = padding_pairs(padding, kernel_hw, stride, dilation, in_hw)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{fn}: {exc}") from None
+    if pytorch_form:
+        for axis, k, (p, _), d in zip("HW", kernel_hw, pairs, dilation):
+            effective = d * (k - 1) + 1
+            if 2 * p > effective:
+                shown = tuple(p for p, _ in pairs)
+                raise ValueError(
+                    f"{fn}: padding must be at most half of the dilated kernel size (PyTorch's "
+                    f"rule; pass ((top, bottom), (left, right)) for ONNX's larger pads), but "
+                    f"got padding={shown}, kernel_size={tuple(kernel_hw)}, "
+                    f"dilation={tuple(dilation)} (on {axis}: {p} > {effective} / 2)")
+    return pairs
+
+
 def pool_geometry(fn: str, x_shape, kernel_size, stride, padding, dilation, ceil_mode
                   ) -> PoolGeometry:
-    """Check and resolve the geometry of a 2-D pooling of x (N, H, W, C), PyTorch's rules:
-    stride None means kernel_size; padding is an int or a pair (both sides), at most half of
-    the dilated kernel; the output must be at least 1 x 1."""
+    """Check and resolve the geometry of a 2-D pooling of x (N, H, W, C), PyTorch's rules
+    (ONNX's for explicit pairs of pads, see pool_padding): stride None means kernel_size;
+    the output must be at least 1 x 1."""
     kernel_hw = as_pair("kernel_size", kernel_size, 1)
     stride = kernel_hw if stride is None else as_pair("stride", stride, 1)
-    if isinstance(padding, str) or not (_is_int(padding) or (
-            isinstance(padding, (tuple, list)) and len(padding) == 2
-            and all(_is_int(p) for p in padding))):
-        raise TypeError(f"{fn}: padding must be an int or a pair of ints (added on both sides, "
-                        f"as in PyTorch), but got {padding!r}")
-    padding = as_pair("padding", padding, 0)
     dilation = as_pair("dilation", dilation, 1)
     ceil_mode = as_bool("ceil_mode", ceil_mode)
-    for axis, k, p, d in zip("HW", kernel_hw, padding, dilation):
-        effective = d * (k - 1) + 1
-        if 2 * p > effective:
-            raise ValueError(f"{fn}: padding must be at most half of the dilated kernel size "
-                             f"(PyTorch's rule), but got padding={padding}, "
-                             f"kernel_size={kernel_hw}, dilation={dilation} (on {axis}: "
-                             f"{p} > {effective} / 2)")
     n, h, w, c = x_shape
+    padding = pool_padding(fn, padding, kernel_hw, stride, dilation, (h, w))
     out_hw = tuple(pool_output_size(size, k, s, p, d, ceil_mode) for size, k, s, p, d
                    in zip((h, w), kernel_hw, stride, padding, dilation))
     if min(out_hw) < 1:
-        padded = (h + 2 * padding[0], w + 2 * padding[1])
+        padded = (h + sum(padding[0]), w + sum(padding[1]))
         dilated = tuple(d * (k - 1) + 1 for k, d in zip(kernel_hw, dilation))
         raise ValueError(f"{fn}: padded input size {padded} (H, W) is smaller than the dilated "
                          f"kernel size {dilated} (H, W): the output would be {out_hw}")
@@ -349,6 +417,19 @@ def as_float(name: str, value, minimum: float | None = None) -> float:
     value = float(value)
     if not math.isfinite(value) or (minimum is not None and value < minimum):
         raise ValueError(f"{name} must be a finite number >= {minimum}, but got {value}")
+    return value
+
+
+def as_float_in(name: str, value, low: float, high: float, include_low: bool = True,
+                include_high: bool = True) -> float:
+    """A real number between low and high, each end included or not (PyTorch's ranges of
+    optimizer and scheduler arguments)."""
+    value = as_float(name, value)
+    above = value >= low if include_low else value > low
+    below = value <= high if include_high else value < high
+    if not (above and below):
+        interval = f"{'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}"
+        raise ValueError(f"{name} must be in {interval}, but got {value}")
     return value
 
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from contextlib import contextmanager
 
 from threadpoolctl import ThreadpoolController
 
 from fastconv._kernels import _openmp
-from fastconv._params import as_int
+from fastconv._params import MAX_THREADS, as_thread_count
 
 _requested: int | None = None  # set_num_threads; None: OpenMP's default (OMP_NUM_THREADS, ...)
 # num_threads(n) blocks hold their n per Python thread, so that overlapping blocks in
@@ -27,19 +28,42 @@ def get_num_threads() -> int:
         return local
     if _requested is not None:
         return _requested
-    return max(1, _openmp.max_threads())
+    return _openmp_default()
+
+
+def _openmp_default() -> int:
+    """OpenMP's default thread count (OMP_NUM_THREADS, threadpoolctl's limit), capped at
+    MAX_THREADS with a warning: libgomp crashes when a region asks for ~40000 threads."""
+    global _warned_cap
+    n = _openmp.max_threads()
+    if n > MAX_THREADS:
+        if not _warned_cap:
+            _warned_cap = True
+            warnings.warn(f"fastconv: OpenMP's default of {n} threads (OMP_NUM_THREADS?) is "
+                          f"more than 4 x os.cpu_count() = {MAX_THREADS}; fastconv uses "
+                          f"{MAX_THREADS}", RuntimeWarning, stacklevel=3)
+        return MAX_THREADS
+    return max(1, n)
+
+
+_warned_cap = False
 
 
 def set_num_threads(n: int | None) -> None:
-    """Use n threads in fastconv's kernels, process-wide (None: back to OpenMP's default)."""
+    """Use n threads in fastconv's kernels, process-wide (None: back to OpenMP's default).
+
+    n must be in [1, 4 x os.cpu_count()] (ValueError otherwise); OpenMP's default
+    (OMP_NUM_THREADS) is capped at that bound, with a RuntimeWarning.
+    """
     global _requested
-    _requested = None if n is None else as_int("num_threads", n, 1)
+    _requested = None if n is None else as_thread_count("num_threads", n)
 
 
 @contextmanager
 def num_threads(n: int):
-    """Context manager: fastconv uses n threads inside the block, in this Python thread."""
-    n = as_int("num_threads", n, 1)
+    """Context manager: fastconv uses n threads inside the block, in this Python thread
+    (n in [1, 4 x os.cpu_count()], as for set_num_threads)."""
+    n = as_thread_count("num_threads", n)
     previous = getattr(_local, "n", None)
     _local.n = n
     try:

@@ -160,10 +160,8 @@ def _leaf_converters() -> dict:
                            ceil_mode=bool(m.ceil_mode)), MAP
 
     def avg_pool(m, kind):
-        if m.divisor_override is not None:
-            raise ValueError("from_torch: AvgPool2d(divisor_override=...) is not supported")
         return L.AvgPool2d(m.kernel_size, m.stride, m.padding, bool(m.ceil_mode),
-                           bool(m.count_include_pad)), MAP
+                           bool(m.count_include_pad), m.divisor_override), MAP
 
     def adaptive(name):
         def make(m, kind):
@@ -424,17 +422,15 @@ class _Tracer:
             a = _args("input, output_size, return_indices=False", args, kwargs)
             if a["return_indices"]:
                 raise ValueError("return_indices=True is not supported")
-            pool = (L.AdaptiveAvgPool2d if key is F.adaptive_avg_pool2d
-                    else L.AdaptiveMaxPool2d)(a["output_size"])
-            self._add(node, node.name, pool, args[:1], MAP)
+            pool = L.AdaptiveAvgPool2d if key is F.adaptive_avg_pool2d else L.AdaptiveMaxPool2d
+            self._add(node, node.name, pool(a["output_size"]), args[:1], MAP)
         elif key is F.avg_pool2d:
             a = _args("input, kernel_size, stride=None, padding=0, ceil_mode=False, "
                       "count_include_pad=True, divisor_override=None", args, kwargs)
-            if a["divisor_override"] is not None:
-                raise ValueError("divisor_override is not supported")
             self._add(node, node.name, L.AvgPool2d(a["kernel_size"], a["stride"] or None,
                                                    a["padding"], a["ceil_mode"],
-                                                   a["count_include_pad"]), args[:1], MAP)
+                                                   a["count_include_pad"],
+                                                   a["divisor_override"]), args[:1], MAP)
         elif key is F.max_pool2d:
             a = _args("input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, "
                       "return_indices=False", args, kwargs)
@@ -454,16 +450,15 @@ class _Tracer:
             a = _args("input, dim=None, _stacklevel=3, dtype=None", args, kwargs)
             if a["dim"] is None or a["dtype"] is not None:
                 raise ValueError("give dim (and no dtype)")
-            dim = _map_dim(a["dim"], kind)
-            softmax = L.Softmax(dim) if key in (F.softmax, ".softmax") else L.LogSoftmax(dim)
-            self._add(node, node.name, softmax, args[:1], kind)
+            cls = L.Softmax if key in (F.softmax, ".softmax") else L.LogSoftmax
+            self._add(node, node.name, cls(_map_dim(a["dim"], kind)), args[:1], kind)
         elif key in (F.dropout, F.dropout2d):
             a = _args("input, p=0.5, training=True, inplace=False", args, kwargs)
             if not a["training"]:
                 self._alias(node, args[0])
             else:
-                drop = L.Dropout(a["p"]) if key is F.dropout else L.Dropout2d(a["p"])
-                self._add(node, node.name, drop, args[:1], kind)
+                dropout = L.Dropout if key is F.dropout else L.Dropout2d
+                self._add(node, node.name, dropout(a["p"]), args[:1], kind)
         elif key == ".contiguous":
             self._alias(node, args[0])
         else:

@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="threads for fastconv, BLAS and PyTorch alike (default: "
                             "fastconv.get_num_threads())")
     bench.add_argument("--quick", action="store_true",
-                       help=f"an eighth of each batch and {QUICK_REPEATS} rounds: a smoke run "
+                       help=f"an eighth of each batch (each geometry once: a layer and its _b1 twin "
+                            f"agree then) and {QUICK_REPEATS} rounds: a smoke run "
                             f"of well under a minute")
     bench.add_argument("--repeats", type=_positive_int("--repeats"), metavar="R",
                        help=f"timed rounds per layer (default {DEFAULT_REPEATS}, "
@@ -247,6 +248,7 @@ def cmd_info(args) -> int:
         f"winograd kernel: {KERNELS['winograd'].ISA}",
         f"CPU: {info['cpu']} ({info['cpu_count']} logical cores)",
         f"SIMD: {' '.join(info['simd']) or 'unknown'}",
+        _caches_line(info["caches"]),
         f"Python {info['python']} on {info['platform']}",
         f"NumPy {info['numpy']}, SciPy {info['scipy']}, threadpoolctl "
         f"{_installed_version('threadpoolctl')}, PyTorch {info['torch'] or 'not installed'}",
@@ -255,11 +257,43 @@ def cmd_info(args) -> int:
     lines += [f"  {_bench.describe_pool(pool)}" for pool in info["blas"]] or ["  none found"]
     for name, value in info["env"].items():
         lines.append(f"{name}: {'unset' if value is None else value}")
+    lines.append(f"autotune: {'on' if info['autotune'] else 'off'}")
+    lines.append(f"auto's choices for the suite's layers (fp32, {info['threads']} threads):")
+    lines += _suite_choices()
     print("\n".join(lines))
     warning = _bench.blas_env_warning()
     if warning:
         print(warning, file=sys.stderr)
     return 0
+
+
+def _caches_line(caches: dict) -> str:
+    """The machine facts "auto" reasons with (fastconv._machine)."""
+    def size(n: int) -> str:
+        return f"{n // 2**20} MiB" if n >= 2**20 and n % 2**20 == 0 else f"{n // 1024} KiB"
+    l3 = (f"L3 {size(caches['l3'])} (shared by {caches['l3_shared_by']})" if caches["l3"]
+          else "no L3")
+    return (f"caches ({caches['caches_from']}): L1d {size(caches['l1d'])}, L2 "
+            f"{size(caches['l2'])}, {l3}; vectors {8 * caches['vector_bytes']} bits "
+            f"({caches['simd']})")
+
+
+def _suite_choices() -> list[str]:
+    """One line per suite layer: auto's algorithm in each direction, then the distinct
+    reasons, numbered."""
+    reasons: list[str] = []
+    lines = []
+    width = max(len(name) for name in _bench.LAYERS)
+    for layer in _bench.SUITE:
+        cells = []
+        for algorithm, reason in _bench.auto_choices(layer).values():
+            if reason not in reasons:
+                reasons.append(reason)
+            cells.append(f"{algorithm} [{reasons.index(reason) + 1}]")
+        lines.append(f"  {layer.name:<{width}}  " + "  ".join(f"{c:<14}" for c in cells).rstrip())
+    head = f"  {'layer':<{width}}  " + "  ".join(f"{c:<14}" for c in ("forward", "input grad",
+                                                                        "weight grad"))
+    return [head.rstrip()] + lines + [f"  [{i}] {reason}" for i, reason in enumerate(reasons, 1)]
 
 
 def _installed_version(name: str) -> str | None:
@@ -304,7 +338,7 @@ class _Progress:
 def _selected_layers(args) -> list[_bench.Layer]:
     layers = [_bench.LAYERS[name] for name in (args.layers or _bench.LAYERS)]
     if args.quick:
-        layers = [_bench.quick_layer(layer) for layer in layers]
+        layers = _bench.quick_selection(layers)
     if args.batch:
         layers = [layer.replace(n=args.batch) for layer in layers]
     if args.max_hw:
@@ -380,8 +414,13 @@ def cmd_bench(args) -> int:
 
     results = []
     progress = _Progress(len(layers) * len(directions), not args.no_progress)
+    # the ceiling every row is read against (a smaller one for smoke runs with --max-hw)
+    sgemm_size = 256 if args.max_hw else _bench.SGEMM_SIZE
     try:
         with _bench.thread_count(threads, torch):
+            sgemm = _bench.sgemm_rate(sgemm_size)
+            print(f"sgemm: {sgemm:.0f} GFLOP/s ({sgemm_size}^3 float32 through "
+                  f"{_bench.blas_kernel()}, {threads} threads, measured now)", flush=True)
             for layer in layers:
                 for direction in directions:
                     progress.start(f"{layer.name} {direction}")
@@ -393,7 +432,9 @@ def cmd_bench(args) -> int:
         progress.close()
 
     print()
-    print(_bench.format_table(results, algorithms, peers))
+    print(_bench.format_table(results, algorithms, peers, sgemm))
+    print("\nauto's choices (autotuned: measured with set_autotune; rule: fastconv._algorithms):")
+    print(_bench.format_choices(results))
     ratios = [r.vs_torch for r in results if r.vs_torch]
     geomean = _bench.geometric_mean(ratios)
     if torch is not None:
@@ -406,12 +447,13 @@ def cmd_bench(args) -> int:
         print(f"FAIL {line}", file=sys.stderr)
 
     if args.json:
-        report = {"machine": _bench.machine_info(threads),
+        report = {"machine": {**_bench.machine_info(threads), "sgemm_gflops": sgemm,
+                              "sgemm_size": sgemm_size},
                   "config": {"layers": [layer.name for layer in layers],
                              "algorithms": algorithms, "directions": list(directions),
                              "repeats": repeats, "quick": args.quick, "threads": threads,
                              "compare": "torch" if torch is not None else "none"},
-                  "results": [r.as_dict() for r in results],
+                  "results": [r.as_dict(sgemm) for r in results],
                   "geomean_vs_torch": geomean,
                   "failed": len(failed)}
         try:

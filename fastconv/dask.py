@@ -101,7 +101,7 @@ def _task_threads(requested: int | None):
 
 
 def _threads_arg(threads) -> int | None:
-    return None if threads is None else _params.as_int("threads", threads, 1)
+    return None if threads is None else _params.as_thread_count("threads", threads)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """Convolutions on NumPy arrays: NHWC activations, HWIO weights.
 
+Result dtype (every function here, and the layers): np.result_type(x, weight, float32), i.e.
+float32 unless the input or the weight is float64; a bias is cast to it (a float64 or integer
+bias never widens the result), and gradients have the same dtype.
+
 Every function validates (fastconv._params), picks an algorithm (fastconv._algorithms),
 allocates its outputs and calls a compiled kernel. Padding of every mode is done here, so the
 kernels only ever see a "valid" convolution of an already padded, contiguous input.
@@ -10,7 +14,7 @@ import math
 
 import numpy as np
 
-from fastconv import _algorithms, _params
+from fastconv import _algorithms, _autotune, _params
 from fastconv._params import ConvGeometry
 from fastconv._threads import blas_single_thread, get_num_threads
 
@@ -41,19 +45,41 @@ def _batched(name: str, arr) -> tuple[np.ndarray, bool]:
     return (arr[None], True) if arr.ndim == 3 else (arr, False)
 
 
-def _bounded(a: np.ndarray, headroom: float = 1.0) -> bool:
-    """Whether every value of `a` is a number of magnitude at most the dtype's largest
-    finite value / headroom (so with headroom 1: whether `a` is finite). Through its min and
-    max, because np.isfinite(a).all() would allocate a boolean array as large as `a`."""
+def _bounded(a: np.ndarray) -> bool:
+    """Whether every value of `a` is finite. Through its min and max, because
+    np.isfinite(a).all() would allocate a boolean array as large as `a`."""
     if a.size == 0:
         return True
-    limit = np.finfo(a.dtype).max / headroom
+    limit = np.finfo(a.dtype).max
     return bool(-limit <= a.min() and a.max() <= limit)  # False for NaN too
 
 
-# Winograd's transforms scale values by up to 10 (input) and 15 (output gradient) per axis:
-# inputs within the largest float / this headroom cannot overflow there
-WINOGRAD_HEADROOM = 1e6
+def _max_abs(a: np.ndarray) -> float:
+    """max |a| as a Python float (0 for an empty array, inf when `a` holds NaN), through its
+    min and max, without a temporary array as large as `a`."""
+    if a.size == 0:
+        return 0.0
+    low, high = float(a.min()), float(a.max())
+    return math.inf if math.isnan(low) or math.isnan(high) else max(-low, high)
+
+
+# How much Winograd F(4x4, 3x3)'s transforms (fastconv_winograd.h) can scale a value on a 2-D
+# tile: the largest absolute row sum of the 1-D matrix, squared (one pass per axis; the
+# kernels' partial results are partial sums of those rows, so they stay within it too).
+WINOGRAD_GAIN = {
+    "input": 10.0 ** 2,          # B^T: row [0, -4, -4, 1, 1, 0]
+    "weight": 1.0 ** 2,          # G: row [0, 0, 1]
+    "output": 19.0 ** 2,         # A^T: row [0, 1, -1, 8, -8, 1]
+    "grad_output": 15.0 ** 2,    # A: row [1, 2, 4, 8]
+    "to_taps": (5 / 3) ** 2,     # G^T: row [0, -1/6, -1/6, 1/6, 1/6, 1]
+}
+
+
+def _winograd_fits(dtype, bound: float) -> bool:
+    """Whether `bound`, the largest magnitude a Winograd kernel can reach, is a finite value
+    of `dtype` (False for inf and NaN). A worst case: operands that fail it run on the direct
+    kernel, whose partial sums are sums of the result's own terms."""
+    return bound <= float(np.finfo(dtype).max)
 
 
 def _bias(fn: str, bias, channels: int) -> np.ndarray | None:
@@ -63,6 +89,22 @@ def _bias(fn: str, bias, channels: int) -> np.ndarray | None:
     if bias.shape != (channels,):
         raise ValueError(f"{fn}: expected bias of shape ({channels},), but got {bias.shape}")
     return bias
+
+
+def _computes(out: np.ndarray, *operands: np.ndarray) -> bool:
+    """Whether a kernel has anything to do: an output to write and every operand non-empty
+    (an empty operand - N, H, W or a channel count 0 - leaves only empty sums, and the
+    kernels are never called on zero-size arrays)."""
+    return out.size > 0 and all(a.size > 0 for a in operands)
+
+
+def _check_copied_padding(fn: str, mode: str, geo: ConvGeometry) -> None:
+    """Padding modes other than zeros copy input pixels: an empty axis has none to copy."""
+    for axis, size, (before, after) in zip("HW", geo.in_hw, geo.padding):
+        if mode != "zeros" and size == 0 and before + after > 0:
+            raise ValueError(f"{fn}: padding_mode={mode!r} copies input pixels into the "
+                             f"padding, but the input is empty along {axis} (size 0); use "
+                             f"padding_mode='zeros'")
 
 
 def _bias_arg(bias: np.ndarray | None, dtype) -> np.ndarray:
@@ -141,11 +183,16 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
                  geo: ConvGeometry, dtype) -> np.ndarray:
     """sum over output pixels of x's window (x) gy, in fixed partial sums added up at the end.
     x is zero-padded by `offsets` (top, left) rows and columns."""
+    if gy.size == 0 or x.size == 0 or math.prod(weight_shape) == 0:  # empty sums
+        return np.zeros(weight_shape, dtype)
     algo = _algorithms.for_weight_gradient(algorithm, weight_shape, gy.shape, gy.itemsize, geo)
     # the direct kernel skips the zero padding, where im2col would add 0 * inf = NaN, and
-    # Winograd's transforms would spread a non-finite value over its tile (or overflow)
+    # Winograd's transforms would spread a non-finite value over its tile, or overflow: the
+    # transformed tiles of x and gy, their products summed over all tiles, taken back to taps
     if (algo == "im2col" and not _bounded(gy)) or (algo == "winograd" and not (
-            _bounded(gy, WINOGRAD_HEADROOM) and _bounded(x, WINOGRAD_HEADROOM))):
+            _winograd_fits(dtype, WINOGRAD_GAIN["input"] * WINOGRAD_GAIN["grad_output"]
+                           * WINOGRAD_GAIN["to_taps"] * _algorithms.winograd_tiles(gy.shape)
+                           * _max_abs(x) * _max_abs(gy)))):
         algo = "direct"
     itemsize = np.dtype(dtype).itemsize
     kh, kw = geo.kernel_hw
@@ -189,8 +236,12 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
     # mode skips them everywhere.
     exact = not _bounded(w)
     # Winograd's transforms mix the pixels of a tile: one infinite input would make its
-    # neighbours' outputs NaN too, and a huge one could overflow
-    if exact or (algo == "winograd" and not _bounded(x, WINOGRAD_HEADROOM)):
+    # neighbours' outputs NaN too, and large ones can overflow where the result does not:
+    # the transformed tiles, their products summed over a group's input channels, the
+    # output transform and the bias
+    if exact or (algo == "winograd" and not _winograd_fits(
+            y.dtype, WINOGRAD_GAIN["input"] * WINOGRAD_GAIN["weight"] * WINOGRAD_GAIN["output"]
+            * w.shape[2] * _max_abs(x) * _max_abs(w) + _max_abs(bias))):
         algo = "direct"
     (sh, sw), (dh, dw) = stride, dilation
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
@@ -361,6 +412,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     x: (N, H, W, C_in) or (H, W, C_in); weight: (kh, kw, C_in // groups, C_out);
     bias: (C_out,) or None. Returns (N, H_out, W_out, C_out) (3-D for 3-D x) in
     np.result_type(x, weight, float32).
+
+    algorithm: "auto", "direct", "im2col" or "winograd" (3x3, stride 1, dilation 1 only;
+    ValueError otherwise). Winograd's transforms scale values by up to 36100 before they are
+    summed: where max|x| * max|weight| (times that and C_in // groups) could exceed the
+    dtype's largest value, or an operand is not finite, the direct kernel runs instead,
+    for "auto" and an explicit "winograd" alike (the result is right, only slower).
     """
     return _conv2d("conv2d", x, weight, bias, stride, padding, dilation, groups, padding_mode,
                    algorithm)
@@ -369,15 +426,19 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
 def _conv2d(fn, x, weight, bias, stride, padding, dilation, groups, padding_mode, algorithm):
     x, weight, unbatched = _conv_inputs(fn, x, weight, groups)
     bias = _bias(fn, bias, weight.shape[3])
-    dtype = _params.float_dtype(x, weight, *([] if bias is None else [bias]))
+    dtype = _params.float_dtype(x, weight)
     mode = _params.padding_mode(padding_mode)
     geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
+    _check_copied_padding(fn, mode, geo)
     algorithm = _algorithms.check(fn, algorithm, geo)
     y = np.empty((geo.n, *geo.out_hw, geo.out_channels), dtype)
-    if y.size:
-        _forward_kernel(algorithm, *_conv_input(x, geo.padding, mode, dtype),
-                        np.ascontiguousarray(weight, dtype), _bias_arg(bias, dtype), y,
-                        geo.stride, geo.dilation, geo.groups)
+    if not _computes(y, x, weight):  # no input pixel or channel: the sums are empty
+        y[...] = 0 if bias is None else bias
+    else:
+        xin, offsets = _conv_input(x, geo.padding, mode, dtype)
+        w, b = np.ascontiguousarray(weight, dtype), _bias_arg(bias, dtype)
+        _autotune.run("forward", geo, dtype, algorithm, lambda algo: _forward_kernel(
+            algo, xin, offsets, w, b, y, geo.stride, geo.dilation, geo.groups))
     return y[0] if unbatched else y
 
 
@@ -386,6 +447,9 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
     """Gradients of conv2d(x, weight, bias, ...) given grad_output = dL/dy.
 
     Returns (grad_input, grad_weight, grad_bias); those not named in `needs` are None.
+    Where Winograd's transforms could overflow (see conv2d; for the weight gradient, a bound
+    from max|x| * max|grad_output| and the number of 4x4 output tiles), the direct kernel
+    runs instead, for "auto" and an explicit "winograd" alike.
     """
     return _conv2d_backward("conv2d_backward", False, grad_output, x, weight, stride, padding,
                             dilation, groups, padding_mode, algorithm, needs)
@@ -397,6 +461,7 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
     x, weight, unbatched = _conv_inputs(fn, x, weight, groups)
     mode = _params.padding_mode(padding_mode)
     geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
+    _check_copied_padding(fn, mode, geo)
     algorithm = _algorithms.check(fn, algorithm, geo)
     gy = _grad_output(fn, grad_output, (geo.n, *geo.out_hw, geo.out_channels), unbatched, one_d)
     dtype = _params.float_dtype(gy, x, weight)
@@ -405,20 +470,24 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
     if "input" in wanted:
         w = np.ascontiguousarray(weight, dtype)
         if mode == "zeros":  # the padding's gradient is dropped: compute only the input's
-            grad_input = np.empty((geo.n, *geo.in_hw, geo.in_channels), dtype)
-            if grad_input.size:
-                _data_kernel(algorithm, gy, w, _bias_arg(None, dtype), grad_input, geo,
-                             (geo.padding[0][0], geo.padding[1][0]))
+            grad_input = np.zeros((geo.n, *geo.in_hw, geo.in_channels), dtype)
+            if _computes(grad_input, gy, w):
+                gx = grad_input
+                _autotune.run("input_gradient", geo, dtype, algorithm, lambda algo: _data_kernel(
+                    algo, gy, w, _bias_arg(None, dtype), gx, geo,
+                    (geo.padding[0][0], geo.padding[1][0])))
         else:  # the padding's gradient flows back to the pixels it copies
-            gxp = np.empty((geo.n, *geo.padded_hw, geo.in_channels), dtype)
-            if gxp.size:
-                _data_kernel(algorithm, gy, w, _bias_arg(None, dtype), gxp, geo)
+            gxp = np.zeros((geo.n, *geo.padded_hw, geo.in_channels), dtype)
+            if _computes(gxp, gy, w):
+                _autotune.run("input_gradient", geo, dtype, algorithm, lambda algo: _data_kernel(
+                    algo, gy, w, _bias_arg(None, dtype), gxp, geo))
             grad_input = unpad(gxp, geo.padding, mode, geo.in_hw)
         if unbatched:
             grad_input = grad_input[0]
     if "weight" in wanted:
-        grad_weight = _weight_grad(algorithm, *_conv_input(x, geo.padding, mode, dtype), gy,
-                                   weight.shape, geo, dtype)
+        xin, offsets = _conv_input(x, geo.padding, mode, dtype)
+        grad_weight = _autotune.run("weight_gradient", geo, dtype, algorithm, lambda algo: (
+            _weight_grad(algo, xin, offsets, gy, weight.shape, geo, dtype)))
     if "bias" in wanted:
         grad_bias = gy.sum(axis=(0, 1, 2))
     return grad_input, grad_weight, grad_bias
@@ -445,12 +514,17 @@ def _conv_transpose2d(fn, x, weight, bias, stride, padding, output_padding, dila
     geo = _params.conv_transpose_geometry(fn, x.shape, weight.shape, stride, padding,
                                           output_padding, dilation, groups)
     bias = _bias(fn, bias, geo.in_channels)
-    dtype = _params.float_dtype(x, weight, *([] if bias is None else [bias]))
+    dtype = _params.float_dtype(x, weight)
     algorithm = _algorithms.check(fn, algorithm, geo)
     y = np.empty((geo.n, *geo.in_hw, geo.in_channels), dtype)
-    if y.size:  # `padding` crops the full output: compute only what is kept
-        _data_kernel(algorithm, np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype),
-                     _bias_arg(bias, dtype), y, geo, (geo.padding[0][0], geo.padding[1][0]))
+    if not _computes(y, x, weight):  # no input pixel or channel: the sums are empty
+        y[...] = 0 if bias is None else bias
+    else:  # `padding` crops the full output: compute only what is kept
+        x, w, b = (np.ascontiguousarray(x, dtype), np.ascontiguousarray(weight, dtype),
+                   _bias_arg(bias, dtype))
+        # the input gradient of the convolution geo describes
+        _autotune.run("input_gradient", geo, dtype, algorithm, lambda algo: _data_kernel(
+            algo, x, w, b, y, geo, (geo.padding[0][0], geo.padding[1][0])))
     return y[0] if unbatched else y
 
 
@@ -478,15 +552,17 @@ def _conv_transpose2d_backward(fn, one_d, grad_output, x, weight, stride, paddin
     x = np.ascontiguousarray(x, dtype)  # the convolution's output
     grad_input = grad_weight = grad_bias = None
     if "input" in wanted:
-        grad_input = np.empty(x.shape, dtype)
-        if grad_input.size:
-            _forward_kernel(algorithm, gy, offsets, np.ascontiguousarray(weight, dtype),
-                            _bias_arg(None, dtype), grad_input, geo.stride, geo.dilation,
-                            geo.groups)
+        grad_input = np.zeros(x.shape, dtype)
+        if _computes(grad_input, gy, weight):
+            w, gx = np.ascontiguousarray(weight, dtype), grad_input
+            _autotune.run("forward", geo, dtype, algorithm, lambda algo: _forward_kernel(
+                algo, gy, offsets, w, _bias_arg(None, dtype), gx, geo.stride, geo.dilation,
+                geo.groups))
         if unbatched:
             grad_input = grad_input[0]
     if "weight" in wanted:
-        grad_weight = _weight_grad(algorithm, gy, offsets, x, weight.shape, geo, dtype)
+        grad_weight = _autotune.run("weight_gradient", geo, dtype, algorithm, lambda algo: (
+            _weight_grad(algo, gy, offsets, x, weight.shape, geo, dtype)))
     if "bias" in wanted:
         grad_bias = gy.sum(axis=(0, 1, 2))
     return grad_input, grad_weight, grad_bias
@@ -524,6 +600,9 @@ def _as_2d(x, weight, stride, padding, dilation, output_padding=0):
     _params.check_ndim("input", x, (2, 3), "(L, C) or (N, L, C) [NLC]")
     weight = _params.as_array("weight", weight)
     _params.check_ndim("weight", weight, (3,), "(k, C_in // groups, C_out)")
+    # padding: an int, (p,), a (left, right) pair or ((left, right),), or a string
+    if isinstance(padding, (tuple, list)) and len(padding) == 1:
+        padding = padding[0]
     if isinstance(padding, str):
         padding_2d = padding
     elif isinstance(padding, (tuple, list)):

@@ -16,7 +16,7 @@ _Needs: TypeAlias = str | Iterable[str]  # drawn from "input", "weight", "bias"
 _Grads: TypeAlias = tuple[_Array | None, _Array | None, _Array | None]
 
 NEEDS: tuple[str, str, str]
-WINOGRAD_HEADROOM: float
+WINOGRAD_GAIN: dict[str, float]
 
 def winograd_weight(w: np.ndarray) -> np.ndarray: ...
 def pad(x: np.ndarray, pads: Any, mode: str, dtype: Any) -> np.ndarray: ...

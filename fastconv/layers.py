@@ -546,10 +546,14 @@ class MaxPool2d(_PoolBase):
 
 
 class AvgPool2d(_PoolBase):
-    """2-D average pooling (see fastconv.avg_pool2d); keeps only the input's shape."""
+    """2-D average pooling (see fastconv.avg_pool2d); keeps only the input's shape.
+
+    dilation (ONNX's; PyTorch's AvgPool2d has none) is keyword-only, after PyTorch's
+    arguments.
+    """
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 count_include_pad=True):
+                 count_include_pad=True, divisor_override=None, *, dilation=1):
         super().__init__()
         self.kernel_size = _params.as_pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else _params.as_pair("stride",
@@ -557,13 +561,17 @@ class AvgPool2d(_PoolBase):
         self.padding = padding
         self.ceil_mode = _params.as_bool("ceil_mode", ceil_mode)
         self.count_include_pad = _params.as_bool("count_include_pad", count_include_pad)
-        _params.pool_geometry("AvgPool2d", (1, 2 * self.kernel_size[0],
-                                            2 * self.kernel_size[1], 1),
-                              self.kernel_size, self.stride, padding, 1, False)
+        self.divisor_override = None if divisor_override is None else _params.as_int(
+            "divisor_override", divisor_override, 1)
+        self.dilation = _params.as_pair("dilation", dilation, 1)
+        _params.pool_geometry("AvgPool2d", (1, 2 * self.kernel_size[0] * self.dilation[0],
+                                            2 * self.kernel_size[1] * self.dilation[1], 1),
+                              self.kernel_size, self.stride, padding, self.dilation, False)
 
     def _args(self):
         return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
-                    ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad)
+                    ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad,
+                    divisor_override=self.divisor_override, dilation=self.dilation)
 
     def forward(self, x):
         x = self._input(x)
@@ -577,9 +585,14 @@ class AvgPool2d(_PoolBase):
                                            **self._args())
 
     def extra_repr(self) -> str:
-        return (f"kernel_size={_fmt_pair(self.kernel_size)}, stride={_fmt_pair(self.stride)}, "
+        text = (f"kernel_size={_fmt_pair(self.kernel_size)}, stride={_fmt_pair(self.stride)}, "
                 f"padding={self.padding!r}, ceil_mode={self.ceil_mode}, "
                 f"count_include_pad={self.count_include_pad}")
+        if self.divisor_override is not None:
+            text += f", divisor_override={self.divisor_override}"
+        if self.dilation != (1, 1):
+            text += f", dilation={_fmt_pair(self.dilation)}"
+        return text
 
 
 class Flatten(Layer):
@@ -609,7 +622,8 @@ class Flatten(Layer):
                 raise ValueError(f"{self!r}: a (C, H, W)-order flatten of an input of shape "
                                  f"{x.shape} must end at the last axis")
             x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW: PyTorch's element order
-        y = x.reshape(*x.shape[:start], -1, *x.shape[end + 1:])
+        # the flattened size spelled out: reshape cannot infer a -1 next to a 0-size axis
+        y = x.reshape(*x.shape[:start], math.prod(x.shape[start:end + 1]), *x.shape[end + 1:])
         self._save(shape=shape, out_shape=y.shape)
         return y
 

@@ -163,6 +163,8 @@ class AvgPool2d(_PoolBase):
     padding: _Padding
     ceil_mode: bool
     count_include_pad: bool
+    divisor_override: int | None
+    dilation: tuple[int, int]
     def __init__(
         self,
         kernel_size: _Pair,
@@ -170,6 +172,9 @@ class AvgPool2d(_PoolBase):
         padding: _Padding = 0,
         ceil_mode: bool = False,
         count_include_pad: bool = True,
+        divisor_override: int | None = None,
+        *,
+        dilation: _Pair = 1,
     ) -> None: ...
 
 class Flatten(Layer):

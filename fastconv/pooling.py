@@ -1,6 +1,7 @@
-"""Pooling and ReLU on NHWC arrays, with PyTorch's semantics.
+"""Pooling and ReLU on NHWC (and, 1-D, NLC) arrays, with PyTorch's semantics (ONNX's for
+its pads, padding larger than PyTorch allows, and average pooling's dilation).
 
-max_pool2d / avg_pool2d and their backward passes validate (fastconv._params), allocate their
+max_pool2d / avg_pool2d, max_pool1d / avg_pool1d and their backward passes validate (fastconv._params), allocate their
 outputs and call the compiled kernels in fastconv._kernels._pool. relu is plain NumPy.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from fastconv._kernels import _pool
 from fastconv._threads import get_num_threads
 
 _NHWC = "[NHWC]"
+_NLC = "[NLC]"
 CHANNEL_BLOCK = 64  # channels per task of the max-pool backward scatter
 # below this many element visits per thread, more threads cost more than they save (waking a
 # thread on a busy machine can take a scheduler time slice, milliseconds)
@@ -23,35 +25,73 @@ def _threads(work: int) -> int:
     return max(1, min(get_num_threads(), work // MIN_WORK_PER_THREAD))
 
 
-def _batched(name: str, arr) -> tuple[np.ndarray, bool]:
-    """An NHWC array, 3-D (H, W, C) taken as one image; returns (4-D array, was_unbatched)."""
+def _batched(name: str, arr, one_d: bool = False) -> tuple[np.ndarray, bool]:
+    """An NHWC array, 3-D (H, W, C) taken as one image, returns (4-D array, was_unbatched);
+    one_d: an NLC array, 2-D (L, C) taken as one sequence, as NHWC with H = 1."""
     arr = _params.as_array(name, arr)
-    _params.check_ndim(name, arr, (3, 4), "(H, W, C) or (N, H, W, C) [NHWC]")
+    if one_d:
+        _params.check_ndim(name, arr, (2, 3), "(L, C) or (N, L, C) [NLC]")
+        arr = arr[..., None, :, :]
+    else:
+        _params.check_ndim(name, arr, (3, 4), "(H, W, C) or (N, H, W, C) [NHWC]")
     return (arr[None], True) if arr.ndim == 3 else (arr, False)
 
 
-def _grad_output(fn: str, grad_output, geo: _params.PoolGeometry, unbatched: bool) -> np.ndarray:
+def _shown(shape: tuple, unbatched: bool, one_d: bool) -> tuple:
+    """A 4-D NHWC shape as the caller sees it: without H for 1-D, without N when unbatched."""
+    shape = (shape[0], *shape[2:]) if one_d else shape
+    return shape[1:] if unbatched else shape
+
+
+def _unshown(arr: np.ndarray, unbatched: bool, one_d: bool) -> np.ndarray:
+    """A 4-D NHWC result in the caller's layout (the inverse of _batched)."""
+    arr = arr[:, 0] if one_d else arr
+    return arr[0] if unbatched else arr
+
+
+def _grad_output(fn: str, grad_output, geo: _params.PoolGeometry, unbatched: bool,
+                 one_d: bool = False) -> np.ndarray:
     """grad_output checked against the forward output's shape, as a 4-D array."""
     gy = _params.as_array("grad_output", grad_output)
-    expected = geo.out_shape
-    _params.check_grad_shape(fn, "grad_output", gy, expected[1:] if unbatched else expected,
-                             _NHWC)
-    return gy.reshape(expected)
+    _params.check_grad_shape(fn, "grad_output", gy, _shown(geo.out_shape, unbatched, one_d),
+                             _NLC if one_d else _NHWC)
+    return gy.reshape(geo.out_shape)
 
 
-def _max_indices(fn: str, indices, geo: _params.PoolGeometry, unbatched: bool) -> np.ndarray:
+def _max_indices(fn: str, indices, geo: _params.PoolGeometry, unbatched: bool,
+                 one_d: bool = False) -> np.ndarray:
     """User-given max-pool indices: integers of the output's shape, each in [-1, H*W)."""
     idx = _params.as_array("indices", indices)
     expected = geo.out_shape
-    _params.check_grad_shape(fn, "indices", idx, expected[1:] if unbatched else expected, _NHWC)
+    _params.check_grad_shape(fn, "indices", idx, _shown(expected, unbatched, one_d),
+                             _NLC if one_d else _NHWC)
     if idx.dtype.kind not in "iu":
-        raise TypeError(f"{fn}: indices must be integers (as returned by max_pool2d with "
-                        f"return_indices=True), but got dtype {idx.dtype}")
+        raise TypeError(f"{fn}: indices must be integers (as returned by "
+                        f"{fn.replace('_backward', '')} with return_indices=True), but got dtype "
+                        f"{idx.dtype}")
     plane = geo.in_hw[0] * geo.in_hw[1]
     if idx.size and (idx.min() < -1 or idx.max() >= plane):
-        raise ValueError(f"{fn}: indices must be flat indices into each image's H * W = {plane} "
-                         f"plane (or -1), but got values in [{idx.min()}, {idx.max()}]")
+        where = f"each sequence's L = {plane}" if one_d else f"each image's H * W = {plane} plane"
+        raise ValueError(f"{fn}: indices must be flat indices into {where} (or -1), but got "
+                         f"values in [{idx.min()}, {idx.max()}]")
     return np.ascontiguousarray(idx.reshape(expected), np.int64)
+
+
+def _args_1d(kernel_size, stride, padding, dilation) -> tuple:
+    """The 2-D pooling arguments (H = 1) of a 1-D call: padding an int or (p,) (both sides,
+    PyTorch's rule), (before, after) (ONNX's pads), 'same' or 'valid'."""
+    k = _params.as_tuple("kernel_size", kernel_size, 1, 1)[0]
+    s = None if stride is None else _params.as_tuple("stride", stride, 1, 1)[0]
+    if isinstance(padding, (tuple, list)) and len(padding) == 1:
+        padding = padding[0]
+    if _params._is_int(padding):
+        padding_2d = (0, padding)
+    elif isinstance(padding, (tuple, list)):
+        padding_2d = ((0, 0), tuple(padding))
+    else:
+        padding_2d = padding
+    return (1, k), None if s is None else (1, s), padding_2d, (1, _params.as_tuple(
+        "dilation", dilation, 1, 1)[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -61,28 +101,47 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
                return_indices=False):
     """2-D max pooling of NHWC `x` (N, H, W, C) or (H, W, C), PyTorch's semantics.
 
-    stride defaults to kernel_size; padding (an int or a pair, added on both sides) is -inf
-    and at most half of the dilated kernel; ceil_mode rounds the output size up but drops a
-    window that would start in the bottom/right padding. NaN propagates.
+    stride defaults to kernel_size. padding is -inf: an int or a pair (ph, pw), added on
+    both sides and at most half of the dilated kernel (PyTorch's rule); or ONNX's and Keras's
+    forms, of any size: ((top, bottom), (left, right)) (ONNX's pads), "same" (output
+    ceil(in / stride), the odd padding at the bottom/right: Keras, ONNX SAME_UPPER) or
+    "valid". ceil_mode rounds the output size up but drops a window that would start in the
+    bottom/right padding. NaN propagates.
     With return_indices=True also returns int64 indices of the maxima, flat into each image's
     H * W plane per channel (PyTorch's convention, laid out NHWC like the output); a window
-    wholly in the padding (possible with dilation) gives -inf and index -1.
+    wholly in the padding (possible with dilation or large pads) gives -inf and index -1.
+    Raises TypeError/ValueError naming a bad argument.
     """
-    fn = "max_pool2d"
-    x, unbatched = _batched("input", x)
+    return _max_pool_nd("max_pool2d", False, x, kernel_size, stride, padding, dilation,
+                        ceil_mode, return_indices)
+
+
+def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
+    """1-D max pooling of NLC `x` (N, L, C) or (L, C), PyTorch's semantics (as max_pool2d
+    along L): padding an int or (p,) (both sides, at most half the dilated kernel), or
+    (before, after) (ONNX's pads, any size), "same" or "valid". Indices are positions in L.
+    """
+    k, s, p, d = _args_1d(kernel_size, stride, padding, dilation)
+    return _max_pool_nd("max_pool1d", True, x, k, s, p, d, ceil_mode, return_indices)
+
+
+def _max_pool_nd(fn, one_d, x, kernel_size, stride, padding, dilation, ceil_mode,
+                 return_indices):
+    x, unbatched = _batched("input", x, one_d)
     return_indices = _params.as_bool("return_indices", return_indices)
     geo = _params.pool_geometry(fn, x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     y, idx = _max_pool(x, geo, _params.float_dtype(x))
-    if unbatched:
-        y, idx = y[0], idx[0]
+    y, idx = _unshown(y, unbatched, one_d), _unshown(idx, unbatched, one_d)
     return (y, idx) if return_indices else y
 
 
 def _max_pool(x: np.ndarray, geo: _params.PoolGeometry, dtype) -> tuple[np.ndarray, np.ndarray]:
     y = np.empty(geo.out_shape, dtype)
     idx = np.empty(geo.out_shape, np.int64)
+    # the padding after the image needs no argument: y's shape says how far windows go
     _pool.max_pool_forward(np.ascontiguousarray(x, dtype), y, idx, *geo.kernel_hw, *geo.stride,
-                           *geo.padding, *geo.dilation,
+                           geo.padding[0][0], geo.padding[1][0], *geo.dilation,
                            _threads(y.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
     return y, idx
 
@@ -95,59 +154,119 @@ def max_pool2d_backward(grad_output, x, kernel_size, stride=None, padding=0, dil
     overlap). With `indices` from max_pool2d(..., return_indices=True) only x's shape and
     dtype are used; without, the maxima are found again from x.
     """
-    fn = "max_pool2d_backward"
-    x, unbatched = _batched("input", x)
+    return _max_pool_nd_backward("max_pool2d_backward", False, grad_output, x, kernel_size,
+                                 stride, padding, dilation, ceil_mode, indices)
+
+
+def max_pool1d_backward(grad_output, x, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False, indices=None):
+    """Gradient of max_pool1d with respect to x (N, L, C), given grad_output = dL/dy."""
+    k, s, p, d = _args_1d(kernel_size, stride, padding, dilation)
+    return _max_pool_nd_backward("max_pool1d_backward", True, grad_output, x, k, s, p, d,
+                                 ceil_mode, indices)
+
+
+def _max_pool_nd_backward(fn, one_d, grad_output, x, kernel_size, stride, padding, dilation,
+                          ceil_mode, indices):
+    x, unbatched = _batched("input", x, one_d)
     geo = _params.pool_geometry(fn, x.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    gy = _grad_output(fn, grad_output, geo, unbatched)
+    gy = _grad_output(fn, grad_output, geo, unbatched, one_d)
     dtype = _params.float_dtype(gy, x)
     if indices is None:
         _, idx = _max_pool(x, geo, dtype)
     else:
-        idx = _max_indices(fn, indices, geo, unbatched)
+        idx = _max_indices(fn, indices, geo, unbatched, one_d)
     gx = np.zeros(x.shape, dtype)
     _pool.max_pool_backward(np.ascontiguousarray(gy, dtype), idx, gx, CHANNEL_BLOCK,
                             _threads(gy.size))
-    return gx[0] if unbatched else gx
+    return _unshown(gx, unbatched, one_d)
 
 
 # ----------------------------------------------------------------------------------------------
 # average pooling
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
-    """2-D average pooling of NHWC `x` (N, H, W, C) or (H, W, C), PyTorch's semantics.
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, dilation=1):
+    """2-D average pooling of NHWC `x` (N, H, W, C) or (H, W, C), PyTorch's semantics
+    (ONNX's AveragePool for its pads and dilation).
 
-    stride defaults to kernel_size; padding (an int or a pair, at most half the kernel) is
-    zeros counted in the divisor when count_include_pad, left out of it otherwise; ceil_mode
-    rounds the output size up, dropping a window that would start in the padding (a window
-    overhanging the bottom/right edge never counts the part past the padding).
+    stride defaults to kernel_size. padding is zeros: an int or a pair (ph, pw), added on
+    both sides and at most half the kernel (PyTorch's rule); or ((top, bottom),
+    (left, right)) (ONNX's pads), "same" (Keras, ONNX SAME_UPPER; Keras's average leaves the
+    padding out: count_include_pad=False) or "valid", of any size. count_include_pad counts
+    the padded cells a window covers in the divisor, otherwise only the input pixels (a
+    window with none gives 0). ceil_mode rounds the output size up, dropping a window that
+    would start in the bottom/right padding (a window overhanging the bottom/right edge never
+    counts the part past the padding). divisor_override (an int >= 1, PyTorch's) replaces
+    the divisor. dilation (ONNX's dilations; PyTorch's avg_pool2d has none) spaces the taps,
+    and only taps count in the divisor.
+    Raises TypeError/ValueError naming a bad argument.
     """
-    fn = "avg_pool2d"
-    x, unbatched = _batched("input", x)
-    geo = _params.pool_geometry(fn, x.shape, kernel_size, stride, padding, 1, ceil_mode)
+    return _avg_pool_nd("avg_pool2d", False, x, kernel_size, stride, padding, ceil_mode,
+                        count_include_pad, divisor_override, dilation)
+
+
+def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, dilation=1):
+    """1-D average pooling of NLC `x` (N, L, C) or (L, C), PyTorch's semantics (as
+    avg_pool2d along L): padding an int or (p,) (both sides, at most half the kernel), or
+    (before, after) (ONNX's pads, any size), "same" or "valid"."""
+    k, s, p, d = _args_1d(kernel_size, stride, padding, dilation)
+    return _avg_pool_nd("avg_pool1d", True, x, k, s, p, ceil_mode, count_include_pad,
+                        divisor_override, d)
+
+
+def _avg_args(fn, x_shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+              divisor_override, dilation) -> tuple:
+    """The geometry and the kernels' arguments after the arrays, of an average pooling."""
+    geo = _params.pool_geometry(fn, x_shape, kernel_size, stride, padding, dilation, ceil_mode)
     count_include_pad = _params.as_bool("count_include_pad", count_include_pad)
+    divisor = 0 if divisor_override is None else _params.as_int("divisor_override",
+                                                                divisor_override, 1)
+    return geo, (*geo.kernel_hw, *geo.stride, *geo.padding[0], *geo.padding[1], *geo.dilation,
+                 count_include_pad, divisor)
+
+
+def _avg_pool_nd(fn, one_d, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                 divisor_override, dilation):
+    x, unbatched = _batched("input", x, one_d)
+    geo, args = _avg_args(fn, x.shape, kernel_size, stride, padding, ceil_mode,
+                          count_include_pad, divisor_override, dilation)
     dtype = _params.float_dtype(x)
     y = np.empty(geo.out_shape, dtype)
-    _pool.avg_pool_forward(np.ascontiguousarray(x, dtype), y, *geo.kernel_hw, *geo.stride,
-                           *geo.padding, count_include_pad,
+    _pool.avg_pool_forward(np.ascontiguousarray(x, dtype), y, *args,
                            _threads(y.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
-    return y[0] if unbatched else y
+    return _unshown(y, unbatched, one_d)
 
 
 def avg_pool2d_backward(grad_output, x, kernel_size, stride=None, padding=0, ceil_mode=False,
-                        count_include_pad=True):
+                        count_include_pad=True, divisor_override=None, dilation=1):
     """Gradient of avg_pool2d with respect to x, given grad_output = dL/dy (only x's shape
     and dtype are used)."""
-    fn = "avg_pool2d_backward"
-    x, unbatched = _batched("input", x)
-    geo = _params.pool_geometry(fn, x.shape, kernel_size, stride, padding, 1, ceil_mode)
-    count_include_pad = _params.as_bool("count_include_pad", count_include_pad)
-    gy = _grad_output(fn, grad_output, geo, unbatched)
+    return _avg_pool_nd_backward("avg_pool2d_backward", False, grad_output, x, kernel_size,
+                                 stride, padding, ceil_mode, count_include_pad,
+                                 divisor_override, dilation)
+
+
+def avg_pool1d_backward(grad_output, x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True, divisor_override=None, dilation=1):
+    """Gradient of avg_pool1d with respect to x (N, L, C), given grad_output = dL/dy."""
+    k, s, p, d = _args_1d(kernel_size, stride, padding, dilation)
+    return _avg_pool_nd_backward("avg_pool1d_backward", True, grad_output, x, k, s, p,
+                                 ceil_mode, count_include_pad, divisor_override, d)
+
+
+def _avg_pool_nd_backward(fn, one_d, grad_output, x, kernel_size, stride, padding, ceil_mode,
+                          count_include_pad, divisor_override, dilation):
+    x, unbatched = _batched("input", x, one_d)
+    geo, args = _avg_args(fn, x.shape, kernel_size, stride, padding, ceil_mode,
+                          count_include_pad, divisor_override, dilation)
+    gy = _grad_output(fn, grad_output, geo, unbatched, one_d)
     dtype = _params.float_dtype(gy, x)
     gx = np.empty(x.shape, dtype)
-    _pool.avg_pool_backward(np.ascontiguousarray(gy, dtype), gx, *geo.kernel_hw, *geo.stride,
-                            *geo.padding, count_include_pad,
+    _pool.avg_pool_backward(np.ascontiguousarray(gy, dtype), gx, *args,
                             _threads(gx.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
-    return gx[0] if unbatched else gx
+    return _unshown(gx, unbatched, one_d)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,3 +43,49 @@ def random_array(rng, shape, dtype=np.float64):
     if dtype.kind in "iu":
         return rng.integers(0, 8, size=shape).astype(dtype)
     return rng.standard_normal(shape).astype(dtype)
+
+
+class _RecordingKernels:
+    """A kernel module whose functions record the thread count they are called with (their
+    last argument, see functional._run)."""
+
+    def __init__(self, module, seen: list):
+        self._module, self._seen = module, seen
+
+    def __getattr__(self, name):
+        attr = getattr(self._module, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args):
+            self._seen.append(args[-1])
+            return attr(*args)
+        return call
+
+
+@pytest.fixture
+def kernel_threads(monkeypatch):
+    """For thread tests: every kernel call shares its work however small it is
+    (PARALLEL_MIN_FLOPS lowered to 0), and the thread counts the kernels were given are
+    recorded in the list returned. A test then calls assert_threads_ran(list), so that it
+    cannot pass with everything on one thread."""
+    from fastconv import _algorithms
+
+    seen: list = []
+    monkeypatch.setattr(_algorithms, "PARALLEL_MIN_FLOPS", 0)
+    for algo, module in list(_algorithms.KERNELS.items()):
+        monkeypatch.setitem(_algorithms.KERNELS, algo, _RecordingKernels(module, seen))
+    monkeypatch.setattr("fastconv.functional._algorithms", _algorithms)
+    return seen
+
+
+def assert_threads_ran(seen: list) -> None:
+    """Some kernel call was given more than one thread, and OpenMP runs a region asked for
+    that many threads on that many (seen from inside the region, _openmp.team_size)."""
+    from fastconv._kernels import _openmp
+
+    if not _openmp.openmp_enabled():
+        pytest.skip("built without OpenMP: the kernels run on one thread")
+    most = max(seen, default=0)
+    assert most > 1, f"no kernel call was given more than one thread: {sorted(set(seen))}"
+    assert _openmp.team_size(most) == most, "OpenMP ran fewer threads than asked"

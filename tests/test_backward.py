@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import fastconv
 import reference
+from conftest import assert_threads_ran
 from _helpers import (ALGORITHMS, DTYPES, PADDING_MODES, assert_close, case_id, conv_args,
                       conv_out_shape, conv_reference_args, rand, restoring_output_padding)
 
@@ -211,13 +212,14 @@ THREAD_CASES = [
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", THREAD_CASES, ids=case_id)
-def test_same_result_with_one_and_two_threads(case, dtype, algorithm):
+def test_same_result_with_one_and_two_threads(case, dtype, algorithm, kernel_threads):
     x, w, gy = make(case, dtype)
     args = dict(conv_args(case), algorithm=algorithm)
     with fastconv.num_threads(1):
         gx1, gw1, gb1 = fastconv.conv2d_backward(gy, x, w, **args)
     with fastconv.num_threads(2):
         gx2, gw2, gb2 = fastconv.conv2d_backward(gy, x, w, **args)
+    assert_threads_ran(kernel_threads)
     np.testing.assert_array_equal(gw2, gw1)  # fixed partial sums: bit-identical by design
     np.testing.assert_array_equal(gb2, gb1)
     tol = 1e-12 if dtype == np.float64 else 1e-5

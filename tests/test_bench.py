@@ -44,11 +44,50 @@ def test_suite_matches_design(name, numbers, transposed):
     assert layer.transposed == transposed
 
 
-def test_suite_has_the_fifteen_layers():
+OLD_ROWS = ["resnet_stem_7x7s2", "resnet_3x3_56", "resnet_1x1_56", "resnet_3x3_28",
+            "resnet_3x3_14", "resnet_3x3_7", "vgg_3x3_112", "mobilenet_dw_112",
+            "mobilenet_dw_s2", "dilated_3x3_d2", "grouped_g8", "lenet_5x5", "cifar_3x3",
+            "dcgan_tconv_4x4s2", "unet_tconv_2x2s2"]
+
+
+def test_suite_keeps_the_fifteen_old_layers_first():
     names = [layer.name for layer in _bench.SUITE]
-    assert len(names) == len(set(names)) == 15
+    assert len(names) == len(set(names)) == 34
+    assert names[:15] == OLD_ROWS
     assert [n for n in names if _bench.LAYERS[n].transposed] == ["dcgan_tconv_4x4s2",
                                                                   "unet_tconv_2x2s2"]
+
+
+# issue 14's layers of real networks: (C_in, C_out, k, stride, H=W) -> a layer at batch 8 and
+# one at batch 1 (an old row serves as the batch-8 one of three of them)
+REAL_NETWORK_LAYERS = [(256, 64, 1, 1, 56), (64, 256, 1, 1, 56), (1024, 256, 1, 1, 14),
+                       (512, 2048, 1, 1, 7), (128, 256, 3, 1, 56), (256, 256, 3, 1, 14),
+                       (512, 512, 3, 1, 28), (512, 512, 3, 1, 7), (128, 256, 3, 2, 56),
+                       (96, 576, 1, 1, 14), (960, 320, 1, 1, 7)]
+
+
+@pytest.mark.parametrize("c_in, c_out, k, stride, hw", REAL_NETWORK_LAYERS)
+def test_suite_has_real_network_layers_at_batch_1_and_8(c_in, c_out, k, stride, hw):
+    found = [layer for layer in _bench.SUITE
+             if (layer.c_in, layer.c_out, layer.k, layer.stride, layer.hw) == (c_in, c_out, k,
+                                                                               stride, hw)]
+    assert sorted(layer.n for layer in found) == [1, 8]
+    batch1 = next(layer for layer in found if layer.n == 1)
+    batch8 = next(layer for layer in found if layer.n == 8)
+    assert batch1.name == batch8.name + "_b1"
+    assert all(layer.pad == k // 2 and layer.groups == 1 for layer in found)
+
+
+def test_quick_selection_runs_each_geometry_once():
+    quick = _bench.quick_selection(_bench.SUITE)
+    names = [layer.name for layer in quick]
+    assert names[:15] == OLD_ROWS  # the old rows keep their names and order
+    assert not any(name.endswith("_b1") for name in names)  # = their batch-8 twin's quick one
+    assert len(names) == 34 - 11  # the eleven _b1 twins
+    assert all(layer.n <= 8 for layer in quick)
+    # asked for alone, a _b1 layer is kept
+    assert [l.name for l in _bench.quick_selection([_bench.LAYERS["resnet_3x3_7_b1"]])] == [
+        "resnet_3x3_7_b1"]
 
 
 def test_shapes_of_plain_and_transposed_layers():
@@ -325,7 +364,10 @@ def test_bench_files_are_collected_only_when_asked():
     from fastconv._algorithms import ALGORITHMS
     winograd_layers = [layer.name for layer in _bench.SUITE if _bench.serves(layer, "winograd")]
     assert winograd_layers == ["resnet_3x3_56", "resnet_3x3_28", "resnet_3x3_14", "resnet_3x3_7",
-                               "vgg_3x3_112", "mobilenet_dw_112", "grouped_g8", "cifar_3x3"]
+                               "vgg_3x3_112", "mobilenet_dw_112", "grouped_g8", "cifar_3x3",
+                               "wide_3x3_128to256_56", "wide_3x3_128to256_56_b1",
+                               "vgg_3x3_512_28", "vgg_3x3_512_28_b1", "resnet_3x3_14_b1",
+                               "resnet_3x3_7_b1"]
     assert len(items) == 2 * (len(_bench.SUITE) * (len(ALGORITHMS) - 1) + len(winograd_layers))
     assert any("lenet_5x5-backward-im2col" in item for item in items)
     assert any("vgg_3x3_112-forward-winograd" in item for item in items)
@@ -333,3 +375,38 @@ def test_bench_files_are_collected_only_when_asked():
     import tomllib
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert config["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
+
+
+def test_sgemm_rate():
+    assert 0 < _bench.sgemm_rate(64, seconds=0.0) < 1e6  # GFLOP/s, finite
+
+
+def test_fraction_of_sgemm_and_choices_in_the_table():
+    layer = TINY[0]
+    result = _bench.bench_layer(layer, "backward", ["direct", "im2col"], repeats=1)
+    assert set(result.auto) == {"input_gradient", "weight_gradient"}
+    assert result.auto == {part: _bench.auto_choices(layer)[part]
+                           for part in ("input_gradient", "weight_gradient")}
+    best = result.gflops(result.best)
+    assert result.of_sgemm(2 * best) == pytest.approx(0.5)
+    assert result.of_sgemm(None) is None
+    table = _bench.format_table([result], ["direct", "im2col"], [], sgemm_gflops=4 * best)
+    assert table.splitlines()[0].split()[-3:] == ["of", "sgemm", "check"]
+    assert table.splitlines()[2].split()[-2:] == ["0.25", "ok"]
+    assert "of sgemm" not in _bench.format_table([result], ["direct"], [])
+    line = _bench.format_choices([result])
+    assert line.split()[:2] == [layer.name, "backward"]
+    assert f"input grad {result.auto['input_gradient'][0]} (" in line
+    assert result.as_dict(4 * best)["fraction_of_sgemm"] == pytest.approx(0.25)
+
+
+def test_auto_choices_of_a_transposed_layer():
+    """A transposed layer's forward is its adjoint convolution's input gradient."""
+    from fastconv import _algorithms
+
+    layer = _bench.LAYERS["unet_tconv_2x2s2"]
+    conv = _algorithms.describe(_bench.geometry(layer))
+    mine = _bench.auto_choices(layer)
+    assert mine["forward"] == conv["input_gradient"]
+    assert mine["input_gradient"] == conv["forward"]
+    assert mine["forward"][0] == "im2col"  # one tap per sub-pixel phase

@@ -39,16 +39,23 @@ def test_bench_tiny_layer(capsys):
     assert out.startswith(f"fastconv {fastconv.__version__} bench: ")
     assert "BLAS: openblas" in out or "BLAS: " in out
     assert _header(out) == ["layer", "dir", "direct", "im2col", "winograd", "auto", "numpy",
-                            "check"]
+                            "of", "sgemm", "check"]
+    sgemm = next(line for line in out.splitlines() if line.startswith("sgemm: "))
+    assert float(sgemm.split()[1]) > 0 and "float32 through " in sgemm
     rows = _rows(out)
     assert [r[:2] for r in rows] == [["lenet_5x5", "forward"], ["lenet_5x5", "backward"]]
     for row in rows:
         assert row[4] == "n/a"  # Winograd serves 3x3 kernels only
         numbers = row[2:4] + row[5:6] + ([row[6]] if row[1] == "forward" else [])
         assert all(float(v) > 0 for v in numbers), row
+        assert float(row[-2]) > 0  # the best algorithm's fraction of the sgemm rate
         assert row[-1] == "ok"
     assert rows[1][6] == "-"  # the NumPy baseline is forward only
     assert "FAIL" not in out + err
+    # auto's choice and its reason, per row
+    choices = out.split("auto's choices")[1].splitlines()[1:3]
+    assert choices[0].split()[:4] == ["lenet_5x5", "forward", "forward", "direct"]
+    assert "input grad im2col (rule: " in choices[1] and "weight grad im2col (rule: " in choices[1]
 
 
 def test_bench_json(tmp_path, capsys):
@@ -69,6 +76,14 @@ def test_bench_json(tmp_path, capsys):
     assert report["config"]["algorithms"] == ["im2col", "direct"]
     assert report["config"]["layers"] == ["lenet_5x5", "unet_tconv_2x2s2"]
     assert report["failed"] == 0
+    assert machine["sgemm_gflops"] > 0 and machine["blas_kernel"]
+    assert machine["caches"]["l2"] > 0 and machine["cpu"]
+    for r in report["results"]:
+        best = r["results"][r["best"]]["gflops"]
+        assert r["fraction_of_sgemm"] == pytest.approx(best / machine["sgemm_gflops"])
+        assert set(r["auto"]) == {"forward"}
+        assert r["auto"]["forward"]["reason"].startswith("rule: ")
+    assert report["results"][1]["auto"]["forward"]["algorithm"] == "im2col"  # one tap a phase
     assert [(r["layer"], r["direction"]) for r in report["results"]] == [
         ("lenet_5x5", "forward"), ("unet_tconv_2x2s2", "forward")]
     for r in report["results"]:
@@ -135,9 +150,9 @@ def test_bench_compare_torch(capsys):
     assert cli.main(TINY + ["--compare", "torch", "--algorithms", "im2col"]) == 0
     out = capsys.readouterr().out
     assert _header(out) == ["layer", "dir", "im2col", "numpy", "torch", "x", "vs", "torch",
-                            "check"]
+                            "of", "sgemm", "check"]
     for row in _rows(out):
-        assert float(row[-2]) > 0 and row[-1] == "ok"
+        assert float(row[-3]) > 0 and float(row[-2]) > 0 and row[-1] == "ok"
     assert "geometric mean of x vs torch" in out and "over 2 rows" in out
 
 
@@ -184,6 +199,16 @@ def test_info(capsys):
     assert f"compile args: {_openmp.compile_args()}" in out
     assert any(line.startswith("  openblas ") for line in out)  # SciPy's BLAS, via threadpoolctl
     assert any(line.startswith("OPENBLAS_CORETYPE: ") for line in out)
+    assert any(line.startswith("caches (") and " L2 " in line for line in out)
+    assert f"autotune: {'on' if fastconv.get_autotune() else 'off'}" in out
+    # every suite layer with auto's choice in each direction, the reasons numbered below
+    rows = {line.split()[0]: line.split()[1:] for line in out if line.startswith("  ")
+            and line.split()[0] in _bench.LAYERS}
+    assert set(rows) == set(_bench.LAYERS)
+    assert rows["resnet_1x1_56"][:2] == ["im2col", "[1]"] or rows["resnet_1x1_56"][0] == "im2col"
+    assert all(cells[0::2] and set(cells[0::2]) <= {"direct", "im2col", "winograd"}
+               for cells in rows.values())
+    assert any(line.startswith("  [1] rule: ") for line in out)
 
 
 def test_info_json(capsys):

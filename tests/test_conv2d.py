@@ -224,7 +224,10 @@ def test_random_configurations_match_reference(cfg):
     (np.float32, np.int32, None, np.float64),
     (np.float64, np.float32, None, np.float64),
     (np.float32, np.float64, None, np.float64),
-    (np.float32, np.float32, np.float64, np.float64),
+    # the bias is cast to np.result_type(x, weight, float32): it never widens the result
+    (np.float32, np.float32, np.float64, np.float32),
+    (np.float32, np.float32, np.int64, np.float32),
+    (np.float64, np.float32, np.float32, np.float64),
     (np.float32, np.float32, np.float32, np.float32),
 ])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

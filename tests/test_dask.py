@@ -349,6 +349,7 @@ def client():
         yield client
 
 
+@pytest.mark.heavy
 def test_cluster_conv2d_equals_in_memory(client, rng):
     import distributed
     x = random_array(rng, (3, 25, 22, 3), np.float32)
@@ -361,6 +362,7 @@ def test_cluster_conv2d_equals_in_memory(client, rng):
     assert_same(result, fastconv.conv2d(x, weight, **kwargs), 27)
 
 
+@pytest.mark.heavy
 def test_cluster_filter2d_and_predict_equal_in_memory(client, rng):
     image = random_array(rng, (30, 27, 3), np.float32)
     kernel = filters.gaussian(1.5)
@@ -373,6 +375,7 @@ def test_cluster_filter2d_and_predict_equal_in_memory(client, rng):
     assert_same(result, model.eval()(x), 6 * 9 + 4 * 3 * 3)
 
 
+@pytest.mark.heavy
 def test_cluster_threads_times_worker_threads_fit_the_cores(client):
     worker_threads = client.nthreads()
     defaults = client.run(fastconv.get_num_threads)  # fastconv's setting on each worker
@@ -387,6 +390,7 @@ def test_cluster_threads_times_worker_threads_fit_the_cores(client):
 # ----------------------------------------------------------------------------------------------
 # examples/huge_image.py at a small size
 
+@pytest.mark.heavy
 def test_huge_image_example_matches_in_memory(tmp_path):
     size = 600
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -15,7 +15,9 @@ def test_the_readme_has_snippets():
     assert len(SNIPPETS) >= 6
 
 
-@pytest.mark.parametrize("index", range(len(SNIPPETS)))
+# the training example takes seconds: with the heavy tests
+@pytest.mark.parametrize("index", [pytest.param(i, marks=pytest.mark.heavy) if "for epoch" in s
+                                   else i for i, s in enumerate(SNIPPETS)])
 def test_readme_snippet_runs(index, capsys):
     exec(compile(SNIPPETS[index], f"README.md snippet {index}", "exec"), {"__name__": "__main__"})
     assert capsys.readouterr().out  # every snippet shows its result
@@ -34,3 +36,13 @@ def test_train_digits_example_learns():
     assert run.returncode == 0, run.stderr
     accuracies = [float(a) for a in re.findall(r"test acc (\d\.\d+)", run.stdout)]
     assert len(accuracies) == 4 and accuracies[-1] >= 0.9, run.stdout
+
+
+@pytest.mark.heavy
+def test_train_resnet_example_learns():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / "train_resnet.py"),
+                          "--epochs", "4"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr
+    accuracies = [float(a) for a in re.findall(r"test acc (\d\.\d+)", run.stdout)]
+    assert len(accuracies) == 4 and accuracies[-1] >= 0.95, run.stdout

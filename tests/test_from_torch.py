@@ -110,13 +110,19 @@ def test_flatten_needs_no_input_shape():
     np.testing.assert_array_equal(model[2].weight, net[2].weight.detach().numpy().T)
 
 
+def test_avg_pool_divisor_override_converts():
+    net = nn.Sequential(nn.Conv2d(2, 3, 1), nn.AvgPool2d(3, 2, 1, ceil_mode=True,
+                                                         divisor_override=5)).double()
+    x = np.random.default_rng(0).standard_normal((2, 7, 6, 2))
+    model = _compare(net, x, 1e-10)
+    assert model[1].divisor_override == 5
+
+
 def test_unsupported_modules_are_clear_errors():
     with pytest.raises(TypeError, match=r"cannot convert Softplus \(module '1'\)"):
         L.from_torch(nn.Sequential(nn.Conv2d(1, 1, 1), nn.Softplus()))
     with pytest.raises(ValueError, match="return_indices"):
         L.from_torch(nn.MaxPool2d(2, return_indices=True))
-    with pytest.raises(ValueError, match="divisor_override"):
-        L.from_torch(nn.AvgPool2d(2, divisor_override=3))
     with pytest.raises(TypeError, match="float32 and float64"):
         L.from_torch(nn.Linear(2, 2).half())
     with pytest.raises(ValueError, match="acts on W in PyTorch"):

@@ -20,8 +20,9 @@ from fastconv import _algorithms
 
 PACKAGE = Path(fastconv.__file__).resolve().parent
 KERNELS = PACKAGE / "_kernels"
-PUBLIC_MODULES = ("functional", "pooling", "layers", "filters", "matrix", "losses", "optim",
-                  "_threads", "graph", "models")
+PUBLIC_MODULES = ("functional", "pooling", "layers", "filters", "matrix", "losses",
+                  "optim/__init__", "optim/lr_scheduler", "serialization", "_threads", "graph",
+                  "models", "_autotune")
 SIMD_SUFFIXES = ("_avx2", "_avx512")
 
 

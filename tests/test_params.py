@@ -62,7 +62,7 @@ def test_as_tuple_lengths():
     assert _params.as_tuple("d", 2, 1) == (2,)
     assert _params.as_tuple("d", (4,), 1) == (4,)
     assert _params.as_tuple("d", 1, 3) == (1, 1, 1)
-    with pytest.raises(TypeError, match=r"d must be an int, but got \(1, 2\)"):
+    with pytest.raises(TypeError, match=r"d must be an int or a 1-tuple, but got \(1, 2\)"):
         _params.as_tuple("d", (1, 2), 1)
 
 

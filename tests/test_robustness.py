@@ -6,6 +6,7 @@ import sys
 import textwrap
 import threading
 import time
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 import fastconv
 import reference
-from conftest import assert_close
+from conftest import assert_close, assert_threads_ran
 from fastconv import filters, losses
 
 # ----------------------------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def test_many_python_threads_at_once_give_the_serial_results():
     assert not wrong, f"different results under threads: {wrong}"
 
 
-def test_threads_with_different_thread_counts_give_the_same_results():
+def test_threads_with_different_thread_counts_give_the_same_results(kernel_threads):
     x, w, _, b = _arrays()
     expected = fastconv.conv2d(x, w, b, padding=1)
 
@@ -94,6 +95,7 @@ def test_threads_with_different_thread_counts_give_the_same_results():
             results = list(pool.map(run, [1, 2, 3, 1, 2, 3]))
     finally:
         fastconv.set_num_threads(None)  # see the next test
+    assert_threads_ran(kernel_threads)
     assert all(np.array_equal(r, expected) for r in results)
 
 
@@ -257,10 +259,15 @@ def test_fork_after_use_with_one_thread_in_the_children(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# leaks: many calls of every public function keep the resident memory flat
+# leaks: many calls of every public function keep the memory flat. By default a lean check of
+# what Python allocates (tracemalloc: NumPy reports its array buffers to it); the heavy run
+# (pytest -m heavy) also watches the resident memory over thousands of calls, which sees
+# what the compiled kernels malloc.
 
-LEAK_CALLS = int(os.environ.get("FASTCONV_LEAK_CALLS", "10000"))
-LEAK_TOLERANCE = 4 * 2**20  # bytes; one leaked result per call would be >= 10 MB
+TRACED_CALLS = 200
+TRACED_TOLERANCE = 64 * 2**10  # bytes; one leaked result per call would be >= 200 KiB
+LEAK_BATCHES, LEAK_BATCH_CALLS = 4, int(os.environ.get("FASTCONV_LEAK_CALLS", "1500"))
+LEAK_TOLERANCE = 4 * 2**20  # bytes; one leaked result per call would be >= 12 MB
 
 
 def _rss() -> int | None:
@@ -328,17 +335,40 @@ def _leak_calls():
 LEAK_CALLABLES = _leak_calls()
 
 
+@pytest.mark.parametrize("name", list(LEAK_CALLABLES))
+def test_calls_keep_traced_memory_flat(name):
+    call = LEAK_CALLABLES[name]
+    for _ in range(20):  # warm up: caches, pools, lazily imported modules
+        call()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        call()
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(TRACED_CALLS):
+            call()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < TRACED_TOLERANCE, f"{name}: traced memory grew by {grown / 2**10:.0f} KiB " \
+                                     f"over {TRACED_CALLS} calls"
+
+
+@pytest.mark.heavy
 @pytest.mark.skipif(_rss() is None, reason="cannot read the resident set size here")
 @pytest.mark.parametrize("name", list(LEAK_CALLABLES))
 def test_many_calls_keep_memory_flat(name):
+    """The resident memory after each batch of calls: measured from the end of the first
+    batch (which absorbs the allocator's and the caches' growth) to the end of the last."""
     call = LEAK_CALLABLES[name]
-    for _ in range(LEAK_CALLS // 10):  # warm up: caches, pools, lazily imported modules
-        call()
-    gc.collect()
-    before = _rss()
-    for _ in range(LEAK_CALLS):
-        call()
-    gc.collect()
-    grown = _rss() - before
+    sizes = []
+    for _ in range(1 + LEAK_BATCHES):
+        for _ in range(LEAK_BATCH_CALLS):
+            call()
+        gc.collect()
+        sizes.append(_rss())
+    grown = sizes[-1] - sizes[0]
     assert grown < LEAK_TOLERANCE, f"{name}: resident memory grew by {grown / 2**20:.1f} MiB " \
-                                   f"over {LEAK_CALLS} calls"
+                                   f"over {LEAK_BATCHES * LEAK_BATCH_CALLS} calls ({sizes})"

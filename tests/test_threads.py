@@ -8,7 +8,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import fastconv
-from conftest import ALGORITHMS
+from conftest import ALGORITHMS, assert_threads_ran
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def make(config, dtype, rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("config", list(CONFIGS))
-def test_forward_identical_for_1_and_2_threads(config, algorithm, dtype, rng):
+def test_forward_identical_for_1_and_2_threads(config, algorithm, dtype, rng, kernel_threads):
     x, w, b, kwargs = make(CONFIGS[config], dtype, rng)
     with fastconv.num_threads(1):
         assert fastconv.get_num_threads() == 1
@@ -49,6 +49,7 @@ def test_forward_identical_for_1_and_2_threads(config, algorithm, dtype, rng):
     with fastconv.num_threads(2):
         assert fastconv.get_num_threads() == 2
         y2 = fastconv.conv2d(x, w, b, algorithm=algorithm, **kwargs)
+    assert_threads_ran(kernel_threads)
     # forward work is split by output pixels, never summed across threads: bit-identical
     np.testing.assert_array_equal(y1, y2)
     assert np.isfinite(y1).all() and np.abs(y1).max() > 0
@@ -56,10 +57,12 @@ def test_forward_identical_for_1_and_2_threads(config, algorithm, dtype, rng):
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("config", ["dense", "depthwise"])
-def test_forward_identical_under_threadpoolctl_openmp_limit(config, algorithm, rng):
+def test_forward_identical_under_threadpoolctl_openmp_limit(config, algorithm, rng,
+                                                          kernel_threads):
     x, w, b, kwargs = make(CONFIGS[config], np.float32, rng)
     with fastconv.num_threads(2):
         y2 = fastconv.conv2d(x, w, b, algorithm=algorithm, **kwargs)
+    assert_threads_ran(kernel_threads)
     with threadpool_limits(1, "openmp"):
         # with no explicit request, fastconv follows OpenMP's current default
         assert fastconv.get_num_threads() == 1

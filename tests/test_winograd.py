@@ -1,5 +1,6 @@
 """algorithm="winograd" (F(4x4, 3x3)) against the plain-NumPy reference, its error bound,
 where it applies, and what "auto" makes of it."""
+import math
 import os
 import subprocess
 import sys
@@ -230,6 +231,61 @@ def test_huge_finite_inputs(rng, huge):
         gy, x, weight, padding=1, algorithm="direct", needs="weight")[1])
 
 
+# issue 15: finite results within ~10x of the largest float whose Winograd transforms overflow
+# (sign patterns of one 4x4 tile; scaled to the dtype below)
+OVERFLOW_X = np.array([[-1, 1, -1, 1], [1, 1, 1, 1], [-1, 1, 1, -1], [1, 1, -1, 1]], float)
+OVERFLOW_W = np.array([[1, 0, 1], [0, 1, -1], [1, 0, 1]], float)
+OVERFLOW_WGRAD_X = np.array([[1, 1, 1, -1], [-1, -1, -1, -1], [-1, 1, 1, 1], [1, 1, 1, 1]], float)
+OVERFLOW_WGRAD_GY = np.array([[1, 1, 1, 1], [-1, 1, 1, -1], [-1, 1, 1, -1], [1, 1, 1, -1]], float)
+
+
+def _embedded(pattern, channels, size):
+    """A 4x4 pattern at the top left of one (1, size, size, channels) image, channel 0, the
+    rest zeros: the same results on its first tile, and for size 32 and 8 or more channels
+    enough tiles and channels for "auto" to choose Winograd."""
+    out = np.zeros((1, size, size, channels), pattern.dtype)
+    out[0, :4, :4, 0] = pattern
+    return out
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "auto"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_operands_whose_transforms_would_overflow(dtype, algorithm):
+    """Where the transforms could reach beyond the largest float, the direct kernel runs:
+    forward (issue 15's example: Winograd gave -inf for 1.134e37), input gradient (the same
+    convolution, rotated) and weight gradient, each the direct kernel's finite result."""
+    big = float(np.finfo(dtype).max)
+    size, c_in, c_out = (32, 8, 64) if algorithm == "auto" else (4, 1, 1)
+    scale = big / float(np.finfo(np.float32).max)
+    x = _embedded((3e32 * scale * OVERFLOW_X).astype(dtype), c_in, size)
+    w = np.zeros((3, 3, c_in, c_out), dtype)
+    w[:, :, 0, 0] = 18904.574 * OVERFLOW_W
+    if algorithm == "auto":  # the case is one where "auto" would choose Winograd
+        assert _algorithms.for_convolution("auto", w.shape, (1, size, size, c_out),
+                                           x.itemsize, (1, 1), (1, 1), 1) == "winograd"
+    y = fastconv.conv2d(x, w, padding=1, algorithm=algorithm)
+    direct = fastconv.conv2d(x, w, padding=1, algorithm="direct")
+    assert np.isfinite(direct).all() and np.abs(direct).max() > big / 100
+    np.testing.assert_array_equal(y, direct)
+    # input gradient: the convolution of grad_output with the rotated weight (in and out
+    # channels swapped), so the rotated example reaches the same values
+    gy = np.ascontiguousarray(x[:, ::-1, ::-1])
+    w_rot = np.ascontiguousarray(w[::-1, ::-1].swapaxes(2, 3))
+    gx, expected = (fastconv.conv2d_backward(gy, np.zeros(y.shape, dtype), w_rot, padding=1,
+                                             algorithm=a, needs="input")[0]
+                    for a in (algorithm, "direct"))
+    assert np.isfinite(expected).all() and np.abs(expected).max() > big / 100
+    np.testing.assert_array_equal(gx, expected)
+    # weight gradient: its largest tap sums 6 products of s * s, a tenth of the largest float
+    s = np.sqrt(big / 60)
+    xw = _embedded((s * OVERFLOW_WGRAD_X).astype(dtype), c_in, size)
+    gyw = _embedded((s * OVERFLOW_WGRAD_GY).astype(dtype), c_out, size)
+    gw, expected = (fastconv.conv2d_backward(gyw, xw, w, padding=1, algorithm=a,
+                                             needs="weight")[1] for a in (algorithm, "direct"))
+    assert np.isfinite(expected).all() and np.abs(expected).max() > big / 100
+    np.testing.assert_array_equal(gw, expected)
+
+
 @pytest.mark.parametrize("kwargs, got", [
     ({"weight_shape": (5, 5, 2, 3)}, "kernel (5, 5)"),
     ({"weight_shape": (3, 1, 2, 3)}, "kernel (3, 1)"),
@@ -269,10 +325,13 @@ def test_auto_choice_and_opting_out(rng):
     assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) == "direct"  # 256 pairs
     assert choice((3, 3, 1, 32), (8, 56, 56, 32), groups=32) == "direct"  # depthwise
     assert choice((3, 3, 3, 64), (8, 56, 56, 64)) == "direct"  # a first layer: C_in = 3
-    assert choice((3, 3, 256, 256), (8, 14, 14, 256)) == "direct"  # weight too large
-    geo = fastconv._params.conv_geometry("t", (8, 14, 14, 256), (3, 3, 256, 256), 1, 1, 1, 1)
+    # the smallest channel count whose transformed weight (36 x c x c floats) exceeds what
+    # this machine's cache holds (_algorithms.WINOGRAD_MAX_WEIGHT_BYTES)
+    c = math.isqrt(_algorithms.WINOGRAD_MAX_WEIGHT_BYTES // (36 * 4)) + 1
+    assert choice((3, 3, c, c), (8, 14, 14, c)) == "direct"  # weight too large
+    geo = fastconv._params.conv_geometry("t", (8, 14, 14, c), (3, 3, c, c), 1, 1, 1, 1)
     # ... but not for the weight gradient, which writes its transformed weight once per block
-    assert _algorithms.for_weight_gradient("auto", (3, 3, 256, 256), (8, 14, 14, 256), 4,
+    assert _algorithms.for_weight_gradient("auto", (3, 3, c, c), (8, 14, 14, c), 4,
                                            geo) == "winograd"
     x, weight = operands(rng, 2, 24, 24, 32, 32)
     assert fastconv.get_auto_winograd() is True

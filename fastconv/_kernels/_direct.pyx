@@ -132,18 +132,26 @@ cdef inline void _block(const floating* x, const floating* w, floating* y, const
 
 
 cdef inline void _gather_window(const floating* x, floating* out, Py_ssize_t ih, Py_ssize_t nr,
-                                Py_ssize_t dh, Py_ssize_t iw, Py_ssize_t span, Py_ssize_t W,
-                                Py_ssize_t C) noexcept nogil:
-    """out[rr, j, :] = x[ih + rr*dh, iw + j, :] for rr < nr, j < span, zero where iw + j falls
-    outside [0, W): a block's receptive field, with its zero padding made explicit."""
-    cdef Py_ssize_t rr, j, c
+                                Py_ssize_t dh, Py_ssize_t iw, Py_ssize_t npix, Py_ssize_t sw,
+                                Py_ssize_t kw, Py_ssize_t dw, Py_ssize_t span, bint by_tap,
+                                Py_ssize_t W, Py_ssize_t C) noexcept nogil:
+    """A block's receptive field, rows ih + rr*dh for rr < nr, with its zero padding made
+    explicit (zero where a column falls outside [0, W)):
+    - by_tap: only the columns the taps read, out[rr, p, s, :] = x[., iw + p*sw + s*dw, :]
+      for p < npix, s < kw (rows FC_PB*kw pixels apart): bounded by the block's work
+      however large the stride or dilation;
+    - otherwise every column of the block's span, out[rr, j, :] = x[., iw + j, :] for
+      j < span: fewer copies when the taps overlap (small stride and dilation)."""
+    cdef Py_ssize_t rr, j, c, col, n_cols = npix * kw if by_tap else span
+    cdef Py_ssize_t row_len = FC_PB * kw if by_tap else span
     cdef const floating* src
     cdef floating* dst
     for rr in range(nr):
-        for j in range(span):
-            dst = out + (rr * span + j) * C
-            if 0 <= iw + j < W:
-                src = x + ((ih + rr * dh) * W + iw + j) * C
+        for j in range(n_cols):
+            dst = out + (rr * row_len + j) * C
+            col = iw + (j // kw) * sw + (j % kw) * dw if by_tap else iw + j
+            if 0 <= col < W:
+                src = x + ((ih + rr * dh) * W + col) * C
                 for c in range(C):
                     dst[c] = src[c]
             else:
@@ -184,7 +192,9 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     Zero padding is implicit: output pixel (oh, ow), tap (r, s) reads
     x[oh*sh + r*dh - top, ow*sw + s*dw - left], and no padded copy of x is made. Rows of taps
     that fall outside x are skipped; a block of pixels whose columns of taps reach outside x
-    first copies its receptive field into a small zero-padded buffer of its thread — unless
+    first copies its receptive field (only the columns its taps read, when a large stride
+    or dilation leaves gaps between them: the buffer stays as small as the block's work)
+    into a small zero-padded buffer of its thread — unless
     `exact`: then its pixels run one by one over the taps inside x, so that taps in the
     padding contribute nothing even where a weight is NaN or infinite (0 * inf is NaN).
     y's shape says how far the output goes. `stream` (y C-contiguous): each row is computed
@@ -212,8 +222,11 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     cdef Py_ssize_t inner_lo = min(Wo, (left + sw - 1) // sw)
     cdef Py_ssize_t inner_hi = inner_lo if W - 1 + left - (kw - 1) * dw < 0 else \
         max(inner_lo, min(Wo, (W - 1 + left - (kw - 1) * dw) // sw + 1))
-    # input columns one block of pixels reads
+    # input columns one block of pixels spans; when the taps read fewer (a large stride or
+    # dilation), the padded window holds only those, so its size is bounded by the work
     cdef Py_ssize_t span = (FC_PB - 1) * sw + (kw - 1) * dw + 1
+    cdef bint by_tap = FC_PB * kw < span
+    cdef Py_ssize_t window_cols = FC_PB * kw if by_tap else span
     cdef Py_ssize_t row, n, oh, ih, r0, nr, ow, ow_block, iw, npix, p, s0, ns
     cdef bint has_bias = bias.shape[0] > 0
     cdef floating* window = NULL
@@ -226,7 +239,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     if stream:
         y_pix = Cout
     with nogil, parallel(num_threads=num_threads):
-        window = <floating*> malloc(kh * span * C * sizeof(floating))
+        window = <floating*> malloc(kh * window_cols * C * sizeof(floating))
         buf = <floating*> malloc(Wo * Cout * sizeof(floating) + 64) if stream else NULL
         for row in prange(N * Ho, schedule="static"):
             if window == NULL or (stream and buf == NULL):
@@ -249,10 +262,12 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
                              y_row + ow * y_pix, npix, r0, nr, 0, kw, n_groups, width, cog,
                              cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
                 elif not exact:  # the block reaches into the zero padding left or right
-                    _gather_window(&x[n, 0, 0, 0], window, ih + r0 * dh, nr, dh, iw, span, W, C)
-                    _segment(window, span * C, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
-                             y_row + ow * y_pix, npix, r0, nr, 0, kw, n_groups, width, cog,
-                             cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
+                    _gather_window(&x[n, 0, 0, 0], window, ih + r0 * dh, nr, dh, iw, npix, sw,
+                                   kw, dw, span, by_tap, W, C)
+                    _segment(window, window_cols * C, &w[0, 0, 0, 0],
+                             &bias[0] if has_bias else NULL, y_row + ow * y_pix, npix, r0, nr, 0,
+                             kw, n_groups, width, cog, cog_padded, cb, depthwise, kw, cig, w_ci,
+                             y_pix, kw * C if by_tap else x_pix, C if by_tap else x_col)
                 else:  # pixel by pixel, each with the columns of taps that land inside x
                     for p in range(npix):
                         s0 = _first_tap(iw + p * sw, dw)

@@ -13,10 +13,12 @@ def max_pool_backward(
     gy: _Floats, idx: npt.NDArray[np.int64], gx: _Floats, channel_block: int, num_threads: int,
 ) -> None: ...
 def avg_pool_forward(
-    x: _Floats, y: _Floats, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
-    count_include_pad: bool, num_threads: int,
+    x: _Floats, y: _Floats, kh: int, kw: int, sh: int, sw: int, top: int, bottom: int,
+    left: int, right: int, dh: int, dw: int, count_include_pad: bool, divisor_override: int,
+    num_threads: int,
 ) -> None: ...
 def avg_pool_backward(
-    gy: _Floats, gx: _Floats, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
-    count_include_pad: bool, num_threads: int,
+    gy: _Floats, gx: _Floats, kh: int, kw: int, sh: int, sw: int, top: int, bottom: int,
+    left: int, right: int, dh: int, dw: int, count_include_pad: bool, divisor_override: int,
+    num_threads: int,
 ) -> None: ...

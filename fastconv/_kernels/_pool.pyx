@@ -2,7 +2,9 @@
 
 The input is not padded: each window is clipped to the image here (max pooling pads with
 -inf, so clipping is the same thing; average pooling needs the clipped and unclipped window
-sizes for its divisor). The innermost loops run over contiguous channels.
+sizes for its divisor). Padding may be asymmetric (ONNX's pads) and larger than the kernel:
+max pooling needs only the padding before (top, left), the output's shape says the rest.
+The innermost loops run over contiguous channels.
 
 Shapes:
     x    (N, H, W, C)     input
@@ -101,30 +103,28 @@ def max_pool_backward(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C)
                         gxp[j * C + c] += gyp[c]
 
 
-cdef inline Py_ssize_t _divisor(Py_ssize_t start, Py_ssize_t k, Py_ssize_t p, Py_ssize_t size,
-                                bint count_include_pad) noexcept nogil:
-    """How many rows (or columns) of the window count in the average: with padding, those
-    inside the padded image; without, those inside the image."""
-    cdef Py_ssize_t end = start + k
-    if end > size + p:
-        end = size + p
+cdef inline Py_ssize_t _divisor(Py_ssize_t start, Py_ssize_t dil, Py_ssize_t k, Py_ssize_t size,
+                                Py_ssize_t after, bint count_include_pad) noexcept nogil:
+    """How many taps of a window along one axis count in the average: with padding, those
+    inside the padded image (the `after` padding included: a ceil-mode window may overhang
+    it); without, those inside the image. The window starts at `start` >= -(padding before)."""
     if count_include_pad:
-        return end - start
-    if start < 0:
-        start = 0
-    if end > size:
-        end = size
-    return end - start
+        return _end_tap(start, dil, k, size + after)
+    return max(0, _end_tap(start, dil, k, size) - _first_tap(start, dil))
 
 
 def avg_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
                      floating[:, :, :, ::1] y,         # OUT (N, Ho, Wo, C)
                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                     Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad, int num_threads):
-    """Mean over each window (padding counts as zeros when count_include_pad)."""
+                     Py_ssize_t top, Py_ssize_t bottom, Py_ssize_t left, Py_ssize_t right,
+                     Py_ssize_t dh, Py_ssize_t dw, bint count_include_pad,
+                     Py_ssize_t divisor_override, int num_threads):
+    """Mean over each window's taps (padding counts as zeros when count_include_pad); the
+    divisor is divisor_override when > 0. A window with a divisor of 0 (no tap inside the
+    image, count_include_pad False) gives 0."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2]
-    cdef Py_ssize_t row, n, oh, ow, h0, w0, h1, w1, ih, iw, c, dv
+    cdef Py_ssize_t row, n, oh, ow, h0, w0, r0, r1, s0, s1, r, s, c, dv, count
     cdef const floating* xp
     cdef floating* yp
     cdef floating divisor
@@ -133,38 +133,41 @@ def avg_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
     for row in prange(N * Ho, nogil=True, schedule="static", num_threads=num_threads):
         n = row // Ho
         oh = row % Ho
-        h0 = oh * sh - ph
-        dv = _divisor(h0, kh, ph, H, count_include_pad)
-        h1 = h0 + kh if h0 + kh < H else H
-        if h0 < 0:
-            h0 = 0
+        h0 = oh * sh - top
+        r0 = _first_tap(h0, dh)
+        r1 = _end_tap(h0, dh, kh, H)
+        dv = _divisor(h0, dh, kh, H, bottom, count_include_pad)
         for ow in range(Wo):
-            w0 = ow * sw - pw
-            divisor = <floating>(dv * _divisor(w0, kw, pw, W, count_include_pad))
-            w1 = w0 + kw if w0 + kw < W else W
-            if w0 < 0:
-                w0 = 0
+            w0 = ow * sw - left
+            s0 = _first_tap(w0, dw)
+            s1 = _end_tap(w0, dw, kw, W)
+            count = divisor_override if divisor_override > 0 else \
+                dv * _divisor(w0, dw, kw, W, right, count_include_pad)
+            divisor = <floating> count
             yp = &y[n, oh, ow, 0]
             for c in range(C):
                 yp[c] = 0
-            for ih in range(h0, h1):
-                for iw in range(w0, w1):
-                    xp = &x[n, ih, iw, 0]
+            for r in range(r0, r1):
+                for s in range(s0, s1):
+                    xp = &x[n, h0 + r * dh, w0 + s * dw, 0]
                     for c in range(C):
                         yp[c] += xp[c]
-            for c in range(C):
-                yp[c] = yp[c] / divisor
+            if count > 0:
+                for c in range(C):
+                    yp[c] = yp[c] / divisor
 
 
 def avg_pool_backward(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C)
                       floating[:, :, :, ::1] gx,        # OUT (N, H, W, C), every element written
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                      Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad, int num_threads):
-    """Gather form: each input pixel sums gy / divisor over the windows that cover it
-    (output row oh covers ih when oh*sh - ph <= ih < oh*sh - ph + kh)."""
+                      Py_ssize_t top, Py_ssize_t bottom, Py_ssize_t left, Py_ssize_t right,
+                      Py_ssize_t dh, Py_ssize_t dw, bint count_include_pad,
+                      Py_ssize_t divisor_override, int num_threads):
+    """Gather form: each input pixel sums gy / divisor over the windows that cover it (tap r
+    of output row oh reads ih = oh*sh - top + r*dh; likewise along W)."""
     cdef Py_ssize_t N = gx.shape[0], H = gx.shape[1], W = gx.shape[2], C = gx.shape[3]
     cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2]
-    cdef Py_ssize_t row, n, ih, iw, oh, ow, oh0, oh1, ow0, ow1, t, c, dv
+    cdef Py_ssize_t row, n, ih, iw, oh, ow, r, s, t, c, dv, count
     cdef const floating* gyp
     cdef floating* gxp
     cdef floating divisor
@@ -173,25 +176,25 @@ def avg_pool_backward(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C)
     for row in prange(N * H, nogil=True, schedule="static", num_threads=num_threads):
         n = row // H
         ih = row % H
-        t = ih + ph - kh
-        oh0 = 0 if t < 0 else t // sh + 1
-        oh1 = (ih + ph) // sh + 1
-        if oh1 > Ho:
-            oh1 = Ho
         for iw in range(W):
-            t = iw + pw - kw
-            ow0 = 0 if t < 0 else t // sw + 1
-            ow1 = (iw + pw) // sw + 1
-            if ow1 > Wo:
-                ow1 = Wo
             gxp = &gx[n, ih, iw, 0]
             for c in range(C):
                 gxp[c] = 0
-            for oh in range(oh0, oh1):
-                dv = _divisor(oh * sh - ph, kh, ph, H, count_include_pad)
-                for ow in range(ow0, ow1):
-                    divisor = <floating>(dv * _divisor(ow * sw - pw, kw, pw, W,
-                                                       count_include_pad))
-                    gyp = &gy[n, oh, ow, 0]
-                    for c in range(C):
-                        gxp[c] += gyp[c] / divisor
+            for r in range(kh):
+                t = ih + top - r * dh  # oh * sh for the output row whose tap r reads ih
+                if t < 0 or t % sh != 0 or t // sh >= Ho:
+                    continue
+                oh = t // sh
+                dv = _divisor(oh * sh - top, dh, kh, H, bottom, count_include_pad)
+                for s in range(kw):
+                    t = iw + left - s * dw
+                    if t < 0 or t % sw != 0 or t // sw >= Wo:
+                        continue
+                    ow = t // sw
+                    count = divisor_override if divisor_override > 0 else \
+                        dv * _divisor(ow * sw - left, dw, kw, W, right, count_include_pad)
+                    if count > 0:
+                        divisor = <floating> count
+                        gyp = &gy[n, oh, ow, 0]
+                        for c in range(C):
+                            gxp[c] += gyp[c] / divisor

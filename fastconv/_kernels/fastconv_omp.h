@@ -5,8 +5,12 @@
 #ifdef _OPENMP
 #include <omp.h>
 static int fc_omp_max_threads(void) { return omp_get_max_threads(); }
+static int fc_omp_thread_num(void) { return omp_get_thread_num(); }
+static int fc_omp_team_size(void) { return omp_get_num_threads(); }
 #else
 static int fc_omp_max_threads(void) { return 1; }
+static int fc_omp_thread_num(void) { return 0; }
+static int fc_omp_team_size(void) { return 1; }
 #endif
 #ifndef FASTCONV_COMPILE_ARGS
 #define FASTCONV_COMPILE_ARGS ""
