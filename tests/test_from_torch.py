@@ -389,3 +389,31 @@ def test_unsupported_ops_name_the_op_and_its_place():
         L.from_torch(BadCat())
     with pytest.raises(TypeError, match="expected a torch.nn.Module"):
         L.from_torch(np.zeros(3))
+
+
+class _Functional(nn.Module):
+    """The functional calls from_torch maps, with NCHW dims (softmax, cat) to move."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.prelu = nn.PReLU(4)
+        self.fc = nn.Linear(4 * 2 * 2 + 4, 5)
+
+    def forward(self, x):
+        y = self.prelu(self.conv(x))
+        a = F.gelu(F.max_pool2d(y, 2), approximate="tanh") + F.silu(F.avg_pool2d(y, 2))
+        b = torch.mul(F.leaky_relu(a, 0.2), torch.tanh(F.elu(a))).relu()
+        wide = F.interpolate(a, size=(4, 4), mode="bilinear", align_corners=False)
+        c = F.softmax(F.relu6(b), dim=1) * F.adaptive_max_pool2d(wide, 2)
+        flat = c.reshape(c.shape[0], -1)
+        pooled = F.dropout(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1), 0.3, training=False)
+        return F.log_softmax(self.fc(torch.cat([flat, pooled], dim=1)), dim=1)
+
+
+def test_functional_calls_match_pytorch():
+    torch.manual_seed(5)
+    x = np.random.default_rng(7).standard_normal((2, 4, 4, 3))
+    model = _compare_model(_Functional().double(), x, 1e-10)
+    assert isinstance(model["softmax"], L.Softmax) and model["softmax"].dim == 3
+    assert model["flatten"].channels_first
