@@ -221,6 +221,13 @@ class _ConvBase(Layer):
             _params.check_channels(repr(self), x, self.in_channels, (3, 4), _NHWC_3_OR_4)
         return x
 
+    def __getstate__(self):
+        # plans and packs are caches, rebuilt at the first call of a copy or unpickled layer
+        state = self.__dict__.copy()
+        state.pop("_plans", None)
+        state.pop("_packs", None)
+        return state
+
     def _planned_forward(self, x: np.ndarray) -> np.ndarray:
         """The forward through the layer's plan for x's shape (fastconv._plan): checks,
         geometry and algorithm made once per shape; in eval mode the weights are packed once
