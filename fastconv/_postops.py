@@ -104,7 +104,7 @@ class PostOps:
         scale, shift = vector(self.scale), vector(self.shift)
         act1, alpha1 = _code(self.act1)
         act2, alpha2 = _code(self.act2)
-        if not self.residual:
+        if not self.residual or residual is None:
             _epilogue.apply(rows, b, scale, shift, act1, alpha1, none.reshape(0, channels), 0,
                             0.0, threads)
             return y
