@@ -26,11 +26,12 @@ arrays it returns are never such buffers. FusedConv layers keep plans and packed
 from __future__ import annotations
 
 import copy
+import math
 import threading
 
 import numpy as np
 
-from fastconv import _params, _plan
+from fastconv import _algorithms, _params, _plan
 from fastconv import layers as L
 from fastconv._postops import Activation, PostOps, activation_of
 from fastconv.graph import Add, Graph, Parallel, Residual
@@ -107,16 +108,34 @@ class FusedConv(L.Layer):
         if x.ndim not in (3, 4) or x.shape[-1] != self.in_channels:
             _params.check_channels(repr(self), x, self.in_channels, (3, 4),
                                    "(H, W, C) or (N, H, W, C) [NHWC]")
-        batched = x if x.ndim == 4 else x[None]
-        plan = _plan.plan_for(self, batched)
-        packs = _plan.packs_of(self)
-        if out is not None and x.ndim == 3:
-            out = out[None]
-        y = plan.run(batched, self.weight, self.bias, packs, out=out)
         if x.ndim == 3:
-            y = y[0]
-            residual = residual if residual is None or residual.ndim < 4 else residual[0]
-        return self._post(y, residual, bias=False)
+            residual = None if residual is None else residual[None]
+            return self._convolve(x[None], residual, None if out is None else out[None])[0]
+        return self._convolve(x, residual, out)
+
+    def _convolve(self, x: np.ndarray, residual, out) -> np.ndarray:
+        """The convolution and its post-ops on a 4-D x. When the post-ops need a pass and
+        the output is larger than half the last-level cache, a few images at a time, so that
+        the pass finds them in cache."""
+        plan = _plan.plan_for(self, x)
+        packs = _plan.packs_of(self)
+        n = x.shape[0]
+        image_bytes = math.prod(plan.out_shape[1:]) * plan.dtype.itemsize
+        ops = self.post_ops
+        step = n
+        if ops.act1 or ops.residual or ops.scale is not None or ops.shift is not None:
+            step = max(1, _algorithms.STREAM_BYTES // max(1, image_bytes))
+        if step >= n:
+            y = plan.run(x, self.weight, self.bias, packs, out=out)
+            return self._post(y, residual, bias=False)
+        y = np.empty(plan.out_shape, plan.dtype) if out is None else out
+        for i in range(0, n, step):
+            part = _plan.plan_for(self, x[i:i + step])
+            part.run(x[i:i + step], self.weight, self.bias, packs, out=y[i:i + step])
+            batch_residual = (residual[i:i + step] if residual is not None and residual.ndim == 4
+                              and residual.shape[0] == n else residual)
+            self._post(y[i:i + step], batch_residual, bias=False)
+        return y
 
     def _post(self, y: np.ndarray, residual, bias: bool) -> np.ndarray:
         ops = self.post_ops

@@ -272,3 +272,18 @@ def test_torch_model_through_from_torch():
     expected = module(torch.from_numpy(x)).detach().numpy().transpose(0, 2, 3, 1)
     _assert_close(fast(x.transpose(0, 2, 3, 1)), expected, np.float32)
     assert sum(isinstance(layer, FusedConv) for _, layer, _ in fast.nodes) == 2
+
+
+def test_large_outputs_run_a_few_images_at_a_time(monkeypatch):
+    """Past half the last-level cache the conv and its post-ops run per group of images."""
+    conv = L.Conv2d(8, 8, 3, padding=1, rng=1)
+    model = _randomise_norms(_block(conv, 8, np.float32, act=L.SiLU), np.random.default_rng(4))
+    fast = fastconv.optimize_for_inference(model)
+    x = RNG.standard_normal((5, 6, 6, 8)).astype(np.float32)
+    whole = fast(x)
+    monkeypatch.setattr(fastconv._algorithms, "STREAM_BYTES", 2 * 6 * 6 * 8 * 4)
+    (fused,) = [layer for _, layer, _ in fast.nodes]
+    fused._plans.clear()
+    np.testing.assert_array_equal(fast(x), whole)
+    assert {(2, 6, 6, 8), (1, 6, 6, 8)} <= {key[0] for key in fused._plans}
+    _assert_close(fast(x), model.eval()(x), np.float32)
