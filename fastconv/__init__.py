@@ -10,6 +10,7 @@ from fastconv import (
     activations,
     filters,
     graph,
+    inference,
     losses,
     models,
     normalization,
@@ -23,6 +24,7 @@ from fastconv._autotune import (
     save_autotune_cache,
     set_autotune,
 )
+from fastconv._plan import weights_changed
 from fastconv._threads import get_num_threads, num_threads, set_num_threads
 from fastconv.activations import (
     elu,
@@ -98,6 +100,7 @@ from fastconv.layers import (
     from_torch,
     state_dict_from_torch,
 )
+from fastconv.inference import optimize_for_inference
 from fastconv.matrix import conv_matrix
 from fastconv.normalization import (
     batch_norm,
@@ -204,6 +207,7 @@ __all__ = [
     "hardsigmoid_backward",
     "hardswish",
     "hardswish_backward",
+    "inference",
     "interpolate",
     "interpolate_backward",
     "layers",
@@ -222,6 +226,7 @@ __all__ = [
     "normalization",
     "num_threads",
     "optim",
+    "optimize_for_inference",
     "prelu",
     "prelu_backward",
     "relu",
@@ -243,4 +248,5 @@ __all__ = [
     "softmax_backward",
     "tanh",
     "tanh_backward",
+    "weights_changed",
 ]

@@ -78,17 +78,22 @@ def is_depthwise(weight_shape, groups: int) -> bool:
 def check(fn: str, algorithm, geo) -> str:
     """The user's algorithm argument, validated against the convolution's geometry `geo`
     (ConvGeometry; "auto" is resolved per kernel call)."""
+    return check_kernel(fn, algorithm, geo.kernel_hw, geo.stride, geo.dilation)
+
+
+def check_kernel(fn: str, algorithm, kernel_hw, stride, dilation) -> str:
+    """check() on the kernel size, stride and dilation alone (a layer's, when it is built)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"{fn}: algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
-    if algorithm == "winograd" and not winograd_serves(geo.kernel_hw, geo.stride, geo.dilation):
+    if algorithm == "winograd" and not winograd_serves(kernel_hw, stride, dilation):
         others = tuple(a for a in ALGORITHMS if a != "winograd")
         if "1d" in fn:  # conv1d and the like (_params.is_1d)
             raise ValueError(f"{fn}: algorithm 'winograd' serves 2-D 3x3 kernels only, not a "
                              f"1-D convolution; use one of {others}")
         raise ValueError(
             f"{fn}: algorithm 'winograd' serves 3x3 kernels with stride 1 and dilation 1, but "
-            f"got kernel {tuple(geo.kernel_hw)}, stride {tuple(geo.stride)}, dilation "
-            f"{tuple(geo.dilation)}; use one of {others}")
+            f"got kernel {tuple(kernel_hw)}, stride {tuple(stride)}, dilation "
+            f"{tuple(dilation)}; use one of {others}")
     return algorithm
 
 

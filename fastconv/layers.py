@@ -28,8 +28,8 @@ import math
 
 import numpy as np
 
-from fastconv import _params, activations, functional, normalization, pooling, resample
-from fastconv._algorithms import ALGORITHMS
+from fastconv import _params, _plan, activations, functional, normalization, pooling, resample
+from fastconv import _algorithms
 
 _NHWC_3_OR_4 = "(H, W, C) or (N, H, W, C) [NHWC]"
 
@@ -91,6 +91,8 @@ class Layer:
         self.training = _params.as_bool("mode", mode)
         if not self.training:
             self._saved = None
+        if "_packs" in self.__dict__:  # switching modes also drops packed weights (_plan)
+            self._packs.clear()
         return self
 
     def eval(self) -> "Layer":
@@ -156,6 +158,7 @@ class Layer:
             loads.append((target, value))
         for target, value in loads:
             np.copyto(target, value, casting="same_kind")
+            _plan.bump(target)  # weights packed from it are stale
 
     def _init_param(self, name: str, value: np.ndarray) -> None:
         setattr(self, name, value)
@@ -207,15 +210,42 @@ class _ConvBase(Layer):
                               self.kernel_size)
         self.padding = padding
         self.dtype = _params.layer_dtype(dtype)
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, but got {algorithm!r}")
-        self.algorithm = algorithm
+        # refused now rather than at the first call (a kernel that cannot serve the layer)
+        self.algorithm = _algorithms.check_kernel(type(self).__name__, algorithm,
+                                                  self.kernel_size, self.stride, self.dilation)
         return _params.as_bool("bias", bias)
 
     def _input(self, x) -> np.ndarray:
         x = _params.as_array("input", x)
-        _params.check_channels(repr(self), x, self.in_channels, (3, 4), _NHWC_3_OR_4)
+        if x.ndim not in (3, 4) or x.shape[-1] != self.in_channels:
+            _params.check_channels(repr(self), x, self.in_channels, (3, 4), _NHWC_3_OR_4)
         return x
+
+    def __getstate__(self):
+        # plans and packs are caches, rebuilt at the first call of a copy or unpickled layer
+        state = self.__dict__.copy()
+        state.pop("_plans", None)
+        state.pop("_packs", None)
+        return state
+
+    def _planned_forward(self, x: np.ndarray) -> np.ndarray:
+        """The forward through the layer's plan for x's shape (fastconv._plan): checks,
+        geometry and algorithm made once per shape; in eval mode the weights are packed once
+        per version (in training mode at every call: each step changes them anyway, and
+        gradient checks edit them in place)."""
+        batched = x if x.ndim == 4 else x[None]
+        packs = _plan.Packs() if self.training else _plan.packs_of(self)
+        y = _plan.plan_for(self, batched).run(batched, self.weight, self.bias, packs)
+        return y if x.ndim == 4 else y[0]
+
+    def plan(self, input_shape, dtype=None):
+        """The layer's plan (fastconv._plan.ConvPlan) for inputs of `input_shape` (N, H, W,
+        C) and `dtype` (default: the layer's), as a forward call makes it; its describe()
+        says what runs. ValueError/TypeError as forward for a shape that cannot serve."""
+        shape = tuple(_params.as_tuple("input_shape", input_shape, 4, 0))
+        stand_in = np.lib.stride_tricks.as_strided(
+            np.zeros(1, self.dtype if dtype is None else np.dtype(dtype)), shape, (0,) * 4)
+        return _plan.plan_for(self, self._input(stand_in))
 
     def extra_repr(self) -> str:
         return ", ".join(self._repr_parts())
@@ -264,9 +294,11 @@ class Conv2d(_ConvBase):
                     groups=self.groups, padding_mode=self.padding_mode,
                     algorithm=self.algorithm)
 
+    _plan_kind = "conv2d"
+
     def forward(self, x):
         x = self._input(x)
-        y = functional.conv2d(x, self.weight, self.bias, **self._conv_args())
+        y = self._planned_forward(x)
         self._save(x=x, out_shape=y.shape)
         return y
 
@@ -303,9 +335,11 @@ class ConvTranspose2d(_ConvBase):
                     output_padding=self.output_padding, dilation=self.dilation,
                     groups=self.groups, algorithm=self.algorithm)
 
+    _plan_kind = "conv_transpose2d"
+
     def forward(self, x):
         x = self._input(x)
-        y = functional.conv_transpose2d(x, self.weight, self.bias, **self._conv_args())
+        y = self._planned_forward(x)
         self._save(x=x, out_shape=y.shape)
         return y
 

@@ -5,6 +5,7 @@ from typing import Any, Literal, Self, overload
 import numpy as np
 import numpy.typing as npt
 
+from fastconv._plan import ConvPlan
 from fastconv.functional import _Algorithm, _Array, _Pair, _Padding, _PaddingMode
 
 class Layer:
@@ -37,6 +38,7 @@ class _ConvBase(Layer):
     algorithm: _Algorithm
     weight: np.ndarray
     bias: np.ndarray | None
+    def plan(self, input_shape: Sequence[int], dtype: npt.DTypeLike | None = None) -> ConvPlan: ...
 
 class Conv2d(_ConvBase):
     padding_mode: str

@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from fastconv import _params
+from fastconv import _params, _plan
 
 # a key that learning-rate schedulers add to the parameter groups (PyTorch's name): kept by the
 # optimizer's state dict, never one of its hyper-parameters
@@ -155,6 +155,7 @@ class Optimizer:
                                         for item in state.values()):
                     state = self.state[name] = {}
                 self._update(group, value, grad.astype(value.dtype, copy=False), state)
+                _plan.bump(value)  # weights packed from it are stale
 
     def state_dict(self) -> dict:
         """{"state": {parameter name: {state name: copy}}, "param_groups": [{hyper-parameter:

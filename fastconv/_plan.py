@@ -1,0 +1,332 @@
+"""Plans: a convolution prepared once, run many times (XNNPACK's create / reshape / run).
+
+A ConvPlan holds what fastconv.functional derives on every call - the checked geometry, the
+computing dtype, the algorithm "auto" (or the autotuner) picks, the kernel's tiles and thread
+count - for one layer configuration, input shape, input dtype and thread count. A layer keeps
+its plans per input shape (`plan_for`), so a planned call only checks its input and runs the
+kernel.
+
+Packed weights (the contiguous cast, the direct kernel's channel-padded weight and bias,
+Winograd's transformed weight) live in a `Packs` cache on the layer, keyed by algorithm and
+dtype, and are valid while the weight and bias are the same array objects at the same
+VERSION. A version is a per-array counter: `bump(array)` raises it, and every supported way of
+changing weights bumps it - Optimizer.step() and Layer.load_state_dict(). Code that writes
+into weights by hand (`layer.weight[...] = ...`) calls `fastconv.weights_changed(model)`
+once afterwards (assigning a new array, `layer.weight = w`, needs nothing).
+
+The planned path runs the same kernels with the same arguments as fastconv.functional, so
+its results are the same bits.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from fastconv import _algorithms, _autotune, _params, functional
+from fastconv._threads import blas_single_thread, get_num_threads
+
+# ----------------------------------------------------------------------------------------------
+# weight versions
+
+_versions: dict[int, int] = {}  # id(array) -> version; only arrays ever bumped are here
+
+
+def bump(*arrays) -> None:
+    """Mark arrays as changed in place: packs made from them are rebuilt at their next use.
+    (A stale entry of a freed array is harmless: a pack holds its array, so its id is never
+    reused while the pack lives, and versions only grow.)"""
+    for a in arrays:
+        if a is not None:
+            _versions[id(a)] = _versions.get(id(a), 0) + 1
+
+
+def version(a) -> int:
+    return _versions.get(id(a), 0)
+
+
+def weights_changed(model) -> None:
+    """Tell fastconv that the weights of `model` (a layer, or an array) were changed in
+    place by hand, e.g. `layer.weight[...] = w` or `layer.weight *= 2`: packed weights made
+    from them are rebuilt at the next call. Optimizer.step() and load_state_dict() do this
+    themselves; assigning a new array (`layer.weight = w`) needs nothing.
+
+    Raises TypeError for anything but a fastconv layer or a NumPy array."""
+    if isinstance(model, np.ndarray):
+        bump(model)
+        return
+    if not (hasattr(model, "parameters") and hasattr(model, "buffers")):
+        raise TypeError(f"weights_changed: expected a fastconv layer or a NumPy array, but got "
+                        f"{type(model).__name__}")
+    for _, value, _ in model.parameters():
+        bump(value)
+    for _, value in model.buffers():
+        bump(value)
+
+
+class Packs:
+    """Packed forms of a layer's weight, per (algorithm, dtype): each kept with the weight and
+    bias objects and versions it was made from, and made again when one of them changed."""
+
+    def __init__(self) -> None:
+        self._store: dict[Any, tuple] = {}
+
+    def get(self, key, weight: np.ndarray, bias: np.ndarray | None, make):
+        stamp = (version(weight), None if bias is None else version(bias))
+        entry = self._store.get(key)
+        if entry is not None and entry[0] is weight and entry[1] is bias and entry[2] == stamp:
+            return entry[3]
+        packed = make()
+        self._store[key] = (weight, bias, stamp, packed)
+        return packed
+
+    def keys(self) -> list:
+        return list(self._store)
+
+    def clear(self) -> None:
+        self._store.clear()
+
+
+class _Packed:
+    """A weight as one algorithm's kernel takes it."""
+
+    __slots__ = ("weight", "bias", "exact", "max_weight", "max_bias")
+
+    def __init__(self, weight, bias, exact, max_weight=0.0, max_bias=0.0):
+        self.weight, self.bias, self.exact = weight, bias, exact
+        self.max_weight, self.max_bias = max_weight, max_bias
+
+
+# ----------------------------------------------------------------------------------------------
+# plans
+
+KINDS = ("conv2d", "conv_transpose2d")
+
+
+class ConvPlan:
+    """A 2-D convolution (kind "conv2d") or transposed convolution ("conv_transpose2d") of
+    one configuration on inputs of one shape (N, H, W, C) and dtype at one thread count.
+
+    run(x, weight, bias, packs, out=None) -> y (N, H_out, W_out, C_out), the layer's
+    forward; describe() -> dict (see there). Built by plan_for; errors of the configuration
+    against the input (ValueError/TypeError, the functional API's) are raised when built."""
+
+    def __init__(self, kind: str, x_shape, x_dtype, weight: np.ndarray, bias, stride, padding,
+                 dilation, groups, algorithm, padding_mode="zeros", output_padding=0):
+        self.kind = kind
+        self.x_shape = tuple(x_shape)
+        self._args = (stride, padding, dilation, groups, algorithm, padding_mode, output_padding)
+        transposed = kind == "conv_transpose2d"
+        fn = kind
+        groups = _params.as_int("groups", groups, 1)
+        _params.check_weight(fn, weight, self.x_shape, groups, transposed)
+        if transposed:
+            geo = _params.conv_transpose_geometry(fn, self.x_shape, weight.shape, stride,
+                                                  padding, output_padding, dilation, groups)
+            out_channels = geo.in_channels
+            self.out_shape = (geo.n, *geo.in_hw, geo.in_channels)
+            self.mode = "zeros"
+        else:
+            self.mode = _params.padding_mode(padding_mode)
+            geo = _params.conv_geometry(fn, self.x_shape, weight.shape, stride, padding,
+                                        dilation, groups)
+            functional._check_copied_padding(fn, self.mode, geo)
+            out_channels = geo.out_channels
+            self.out_shape = (geo.n, *geo.out_hw, geo.out_channels)
+        if bias is not None and np.shape(bias) != (out_channels,):
+            raise ValueError(f"{fn}: expected bias of shape ({out_channels},), but got "
+                             f"{np.shape(bias)}")
+        self.geo = geo
+        self.requested = _algorithms.check(fn, algorithm, geo)
+        self.dtype = np.result_type(x_dtype, weight.dtype, np.float32)
+        self.threads = get_num_threads()
+        self.computes = (math.prod(self.out_shape) > 0 and math.prod(self.x_shape) > 0
+                         and weight.size > 0)
+        # the zero padding the kernels skip (top, left); other modes are padded per call
+        self.offsets = ((geo.padding[0][0], geo.padding[1][0])
+                        if self.mode == "zeros" else (0, 0))
+        self.direction = "input_gradient" if transposed else "forward"
+        self.dtype_name = self.dtype.name
+        self._launches: dict[str, tuple] = {}
+        self.algorithm = self._resolve()
+
+    # -- choosing -------------------------------------------------------------------------
+    def _resolve(self) -> str | None:
+        """The concrete algorithm (None: the autotuner has yet to measure this geometry; the
+        unplanned path measures it at the first call)."""
+        if self.requested != "auto":
+            return self.requested
+        if _autotune.get_autotune():
+            return _autotune.lookup(self.direction, self.geo, self.dtype, self.threads)
+        if self.kind == "conv_transpose2d":
+            return "auto"  # its sub-pixel phases each follow the rule (functional._data_kernel)
+        weight_shape = (*self.geo.kernel_hw, self.geo.in_channels // self.geo.groups,
+                        self.geo.out_channels)
+        return _algorithms.for_convolution("auto", weight_shape, self.out_shape,
+                                           self.dtype.itemsize, self.geo.stride,
+                                           self.geo.dilation, self.geo.groups)
+
+    def describe(self) -> dict:
+        """{"kind", "input_shape", "output_shape", "dtype", "threads", "stride", "padding"
+        ((top, bottom), (left, right)), "dilation", "groups", "algorithm" (as requested),
+        "forward" (the kernel this plan runs, "auto" for a transposed convolution's
+        per-phase rule), "reason", "input_gradient", "weight_gradient" ((kernel, reason) of
+        "auto" for backward)}."""
+        geo = self.geo
+        chosen = _algorithms.describe(geo, self.dtype, self.threads)
+        runs = chosen[self.direction]
+        reason = "requested" if self.requested != "auto" else runs[1]
+        return {"kind": self.kind, "input_shape": self.x_shape, "output_shape": self.out_shape,
+                "dtype": self.dtype.name, "threads": self.threads,
+                "stride": tuple(geo.stride), "padding": tuple(map(tuple, geo.padding)),
+                "dilation": tuple(geo.dilation), "groups": geo.groups,
+                "algorithm": self.requested, "forward": self.algorithm, "reason": reason,
+                "input_gradient": chosen["forward" if self.kind == "conv_transpose2d"
+                                         else "input_gradient"],
+                "weight_gradient": chosen["weight_gradient"]}
+
+    # -- packing --------------------------------------------------------------------------
+    def _pack(self, algo: str, weight: np.ndarray, bias) -> _Packed:
+        w = np.ascontiguousarray(weight, self.dtype)
+        b = functional._bias_arg(bias, self.dtype)
+        exact = not functional._bounded(w)
+        if algo == "winograd":
+            return _Packed(functional.winograd_weight(w), b, exact, functional._max_abs(w),
+                           functional._max_abs(b))
+        if algo == "direct":
+            block = _algorithms.KERNELS["direct"].CHANNEL_BLOCK[self.dtype.name]
+            stand_in = np.zeros((1, 1, 1, self.geo.in_channels), self.dtype)  # x is padded per call
+            _, w, b = functional._padded_channels(stand_in, w, b, self.geo.groups, block)
+        return _Packed(w, b, exact)
+
+    # -- running --------------------------------------------------------------------------
+    def run(self, x: np.ndarray, weight: np.ndarray, bias, packs: Packs,
+            out: np.ndarray | None = None) -> np.ndarray:
+        """y = the convolution of x (4-D, of the planned shape) with weight and bias, into
+        `out` (C-contiguous, of the output's shape and dtype) when given."""
+        y = np.empty(self.out_shape, self.dtype) if out is None else out
+        if not self.computes:
+            y[...] = 0 if bias is None else bias
+            return y
+        if self.algorithm is None:  # autotune: measure through the unplanned path once
+            y[...] = self._unplanned(x, weight, bias)
+            self.algorithm = self._resolve()
+            return y
+        dtype = self.dtype
+        if self.kind == "conv_transpose2d":
+            pack = packs.get(("transposed", self.dtype_name), weight, bias,
+                             lambda: _Packed(np.ascontiguousarray(weight, dtype),
+                                             functional._bias_arg(bias, dtype), False))
+            xin = x if x.dtype == dtype and x.flags.c_contiguous else np.ascontiguousarray(x, dtype)
+            functional._data_kernel(self.algorithm, xin, pack.weight, pack.bias, y, self.geo,
+                                    self.offsets)
+            return y
+        if self.mode == "zeros":
+            xin = x if x.dtype == dtype and x.flags.c_contiguous else np.ascontiguousarray(x, dtype)
+        else:
+            xin = functional.pad(x, self.geo.padding, self.mode, dtype)
+        algo = self.algorithm
+        pack = packs.get((algo, self.dtype_name), weight, bias,
+                         lambda: self._pack(algo, weight, bias))
+        if algo == "winograd" and (pack.exact or not functional._winograd_fits(
+                dtype, functional.WINOGRAD_GAIN["input"] * functional.WINOGRAD_GAIN["weight"]
+                * functional.WINOGRAD_GAIN["output"] * weight.shape[2] * functional._max_abs(xin)
+                * pack.max_weight + pack.max_bias)):
+            algo = "direct"
+        elif pack.exact:
+            algo = "direct"
+        if algo != self.algorithm:
+            pack = packs.get((algo, self.dtype_name), weight, bias,
+                             lambda: self._pack(algo, weight, bias))
+        self._forward(algo, xin, pack, y)
+        return y
+
+    def _forward(self, algo: str, x: np.ndarray, pack: _Packed, y: np.ndarray) -> None:
+        """functional._forward_kernel with the choices and the packing made in advance."""
+        launch = self._launches.get(algo)
+        if launch is None:
+            launch = self._launches[algo] = self._launch(algo)
+        kernel, threads, uses_blas, before, after, pad_x = launch
+        exact = (pack.exact,) if algo == "direct" else ()
+        if pad_x:  # the depthwise kernel reads whole channel vectors of x too
+            x = np.ascontiguousarray(np.pad(x, ((0, 0),) * 3 + ((0, pad_x),)))
+        if uses_blas:
+            with blas_single_thread():
+                status = kernel(x, pack.weight, pack.bias, y, *before, *exact, *after, threads)
+        else:
+            status = kernel(x, pack.weight, pack.bias, y, *before, *exact, *after, threads)
+        if status:
+            raise MemoryError("fastconv: could not allocate a kernel's scratch buffer")
+
+    def _launch(self, algo: str) -> tuple:
+        """(kernel, threads, uses BLAS, arguments before and after the exact flag, channels
+        to add to x) of `algo` for this plan, as functional._forward_kernel derives them."""
+        geo = self.geo
+        (sh, sw), (dh, dw) = geo.stride, geo.dilation
+        weight_shape = (*geo.kernel_hw, geo.in_channels // geo.groups, geo.out_channels)
+        y_shape = self.out_shape
+        pixels = math.prod(y_shape[:3])
+        flops = 2 * pixels * math.prod(weight_shape)
+        itemsize = self.dtype.itemsize
+        threads = self.threads if flops >= _algorithms.PARALLEL_MIN_FLOPS else 1
+        kernel = _algorithms.KERNELS[algo].conv_forward
+        uses_blas = _algorithms.USES_BLAS[algo]
+        if algo == "winograd":
+            block = _algorithms.winograd_block(geo.in_channels, geo.out_channels, itemsize,
+                                               _algorithms.winograd_tiles(y_shape))
+            return kernel, threads, uses_blas, (*self.offsets, geo.groups, block), (), 0
+        if algo == "im2col":
+            tile = _algorithms.tile_pixels(math.prod(weight_shape[:3]), itemsize, pixels)
+            return (kernel, threads, uses_blas,
+                    (*self.offsets, sh, sw, dh, dw, geo.groups, tile), (), 0)
+        depthwise = _algorithms.is_depthwise(weight_shape, geo.groups)
+        block = _algorithms.KERNELS["direct"].CHANNEL_BLOCK[self.dtype.name]
+        pad_x = -geo.out_channels % block if depthwise else 0
+        stream = depthwise and math.prod(y_shape) * itemsize >= _algorithms.STREAM_BYTES
+        return (kernel, threads, uses_blas, (*self.offsets, sh, sw, dh, dw, geo.groups),
+                (stream,), pad_x)
+
+    def _unplanned(self, x, weight, bias) -> np.ndarray:
+        stride, padding, dilation, groups, algorithm, padding_mode, output_padding = self._args
+        if self.kind == "conv_transpose2d":
+            return functional.conv_transpose2d(x, weight, bias, stride, padding, output_padding,
+                                               dilation, groups, algorithm)
+        return functional.conv2d(x, weight, bias, stride, padding, dilation, groups,
+                                 padding_mode, algorithm)
+
+
+def plan_for(layer, x: np.ndarray) -> ConvPlan:
+    """The plan of a Conv2d / ConvTranspose2d-like layer (attributes stride, padding,
+    dilation, groups, algorithm, weight, bias and padding_mode or output_padding; kind
+    `layer._plan_kind`) for the 4-D input x, made at the first call with x's shape and dtype
+    (and the current thread count and autotune settings) and kept in `layer._plans`."""
+    weight = layer.weight
+    key = (x.shape, x.dtype.num, weight.shape, weight.dtype.num, layer.bias is None,
+           get_num_threads(), layer.stride, repr(layer.padding), layer.dilation, layer.groups,
+           layer.algorithm, getattr(layer, "padding_mode", None),
+           getattr(layer, "output_padding", None), _autotune.get_autotune(),
+           _algorithms.get_auto_winograd())
+    plans = layer.__dict__.get("_plans")
+    if plans is None:
+        plans = layer._plans = {}
+    plan = plans.get(key)
+    if plan is None:
+        if len(plans) >= MAX_PLANS:  # a layer fed ever new shapes keeps the latest ones
+            del plans[next(iter(plans))]
+        plan = plans[key] = ConvPlan(layer._plan_kind, x.shape, x.dtype, weight, layer.bias,
+                                     layer.stride, layer.padding, layer.dilation, layer.groups,
+                                     layer.algorithm, getattr(layer, "padding_mode", "zeros"),
+                                     getattr(layer, "output_padding", 0))
+    return plan
+
+
+MAX_PLANS = 16  # per layer
+
+
+def packs_of(layer) -> Packs:
+    """The layer's pack cache (made at its first use)."""
+    packs = layer.__dict__.get("_packs")
+    if packs is None:
+        packs = layer._packs = Packs()
+    return packs

@@ -1,0 +1,464 @@
+"""The inference form of a model: BatchNorm folded, activations and residual adds fused.
+
+    fast = fastconv.optimize_for_inference(model)   # model itself is left as it is
+    y = fast(x)                                     # == model.eval()(x), float32 ~1e-6
+
+optimize_for_inference copies the model in eval mode and flattens its Sequentials and Graphs
+(Residual, Parallel, from_torch's graphs, recursively) into one InferenceGraph, whose nodes
+carry the original module paths ("layer1.0.body.0"). Then:
+
+- every Conv2d / ConvTranspose2d (DepthwiseConv2d too) and Linear becomes a FusedConv;
+- a BatchNorm2d (BatchNorm1d after a Linear) in eval mode that only reads such a layer is
+  folded into its weight and bias: w' = w * s, b' = (b - mean) * s + beta per output channel,
+  s = gamma / sqrt(running_var + eps) (computed in float64);
+- the activation that follows (ReLU, ReLU6, LeakyReLU, ELU, SiLU, Hardswish, Hardsigmoid,
+  Sigmoid, Tanh, GELU), an Add of the result and another value (ResNet's and MobileNetV2's
+  shortcut), and an activation after that add become the layer's post-ops
+  (fastconv._postops: bias, scale/shift, act, residual add, act, in one pass);
+- Identity and Dropout (the identity in eval mode) are dropped;
+- every other layer is kept as it is.
+
+A value used by several nodes, or returned by the model, is never fused into a later node.
+The InferenceGraph reuses the activation buffers of FusedConv outputs from call to call; the
+arrays it returns are never such buffers. FusedConv layers keep plans and packed weights
+(fastconv._plan), so their folded weights are packed once.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import threading
+
+import numpy as np
+
+from fastconv import _algorithms, _params, _plan
+from fastconv import layers as L
+from fastconv._postops import Activation, PostOps, activation_of
+from fastconv.graph import Add, Graph, Parallel, Residual
+
+_CONV_KINDS = {L.Conv2d: "conv2d", L.ConvTranspose2d: "conv_transpose2d", L.Linear: "linear"}
+
+
+class FusedConv(L.Layer):
+    """A convolution (kind "conv2d" or "conv_transpose2d", the configuration of the layer it
+    was made from) or a Linear ("linear") with post-ops; inference only (backward raises
+    RuntimeError). forward(x) or, when post_ops.residual, forward(x, residual) with residual
+    of the output's shape (or one broadcasting to it). Parameters: weight and bias (the folded
+    ones, in the original layer's layout); post_ops.bias is always None (the kernel adds the
+    bias). `describe(input_shape)` returns the plan's description and the post-ops."""
+
+    param_names = ("weight", "bias")
+    _output_is_private = True
+
+    def __init__(self, layer: L.Layer, post_ops: PostOps | None = None):
+        super().__init__()
+        kind = next((k for cls, k in _CONV_KINDS.items() if isinstance(layer, cls)), None)
+        if kind is None:
+            raise TypeError(f"FusedConv: expected a Conv2d, ConvTranspose2d or Linear, but got "
+                            f"{type(layer).__name__}")
+        self.kind = self._plan_kind = kind
+        self.source = type(layer).__name__
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                     "dilation", "groups", "algorithm", "padding_mode", "output_padding",
+                     "in_features", "out_features", "dtype"):
+            if hasattr(layer, name):
+                setattr(self, name, getattr(layer, name))
+        self._init_param("weight", layer.weight)
+        self.bias = None
+        if layer.bias is not None:
+            self._init_param("bias", layer.bias)
+        self.post_ops = PostOps() if post_ops is None else post_ops
+        self.training = False
+
+    @property
+    def channels(self) -> int:
+        """The output channels (features)."""
+        return self.out_features if self.kind == "linear" else self.out_channels
+
+    @property
+    def num_inputs(self) -> int:
+        return 2 if self.post_ops.residual else 1
+
+    def __call__(self, *inputs):
+        return self.forward(*inputs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_plans", None)
+        state.pop("_packs", None)
+        return state
+
+    def forward(self, x, residual=None, *, out: np.ndarray | None = None):
+        """The layer's output, into `out` (C-contiguous, of the output's shape and dtype)
+        when given."""
+        if self.post_ops.residual:
+            if residual is None:
+                raise TypeError(f"{self!r}: expected two inputs (x, residual), but got one")
+            residual = _params.as_array("residual", residual)
+        elif residual is not None:
+            raise TypeError(f"{self!r}: expected one input, but got two")
+        x = _params.as_array("input", x)
+        if self.kind == "linear":
+            _params.check_channels(repr(self), x, self.in_features, None, "(..., in_features)",
+                                   "features")
+            dtype = _params.float_dtype(x, self.weight)
+            y = np.matmul(x.astype(dtype, copy=False), self.weight.astype(dtype, copy=False),
+                          out=out)
+            return self._post(y, residual, bias=True)
+        if x.ndim not in (3, 4) or x.shape[-1] != self.in_channels:
+            _params.check_channels(repr(self), x, self.in_channels, (3, 4),
+                                   "(H, W, C) or (N, H, W, C) [NHWC]")
+        if x.ndim == 3:
+            residual = None if residual is None else residual[None]
+            return self._convolve(x[None], residual, None if out is None else out[None])[0]
+        return self._convolve(x, residual, out)
+
+    def _convolve(self, x: np.ndarray, residual, out) -> np.ndarray:
+        """The convolution and its post-ops on a 4-D x. When the post-ops need a pass and
+        the output is larger than half the last-level cache, a few images at a time, so that
+        the pass finds them in cache."""
+        plan = _plan.plan_for(self, x)
+        packs = _plan.packs_of(self)
+        n = x.shape[0]
+        image_bytes = math.prod(plan.out_shape[1:]) * plan.dtype.itemsize
+        ops = self.post_ops
+        step = n
+        if ops.act1 or ops.residual or ops.scale is not None or ops.shift is not None:
+            step = max(1, _algorithms.STREAM_BYTES // max(1, image_bytes))
+        if step >= n:
+            y = plan.run(x, self.weight, self.bias, packs, out=out)
+            return self._post(y, residual, bias=False)
+        y = np.empty(plan.out_shape, plan.dtype) if out is None else out
+        for i in range(0, n, step):
+            part = _plan.plan_for(self, x[i:i + step])
+            part.run(x[i:i + step], self.weight, self.bias, packs, out=y[i:i + step])
+            batch_residual = (residual[i:i + step] if residual is not None and residual.ndim == 4
+                              and residual.shape[0] == n else residual)
+            self._post(y[i:i + step], batch_residual, bias=False)
+        return y
+
+    def _post(self, y: np.ndarray, residual, bias: bool) -> np.ndarray:
+        ops = self.post_ops
+        if residual is not None and residual.shape != y.shape:
+            try:
+                np.broadcast_shapes(residual.shape, y.shape)
+            except ValueError:
+                raise ValueError(f"{self!r}: the residual of shape {residual.shape} does not "
+                                 f"broadcast to the output's shape {y.shape}") from None
+            if np.broadcast_shapes(residual.shape, y.shape) != y.shape:
+                raise ValueError(f"{self!r}: the residual of shape {residual.shape} would "
+                                 f"broadcast the output's shape {y.shape}")
+        wanted = ops.act1 or ops.residual or ops.scale is not None or ops.shift is not None
+        if bias and self.bias is not None:
+            if not wanted:
+                y += self.bias
+                return y
+            ops = PostOps(self.bias, ops.scale, ops.shift, ops.act1, ops.residual, ops.act2)
+        if ops.act1 or ops.residual or ops.scale is not None or ops.bias is not None:
+            ops.apply(y, residual)
+        return y
+
+    def backward(self, grad_output):
+        raise RuntimeError(f"{type(self).__name__}.backward: a fused layer is for inference "
+                           f"only; train the original model")
+
+    def describe(self, input_shape) -> dict:
+        """The plan's describe() (fastconv._plan.ConvPlan) for inputs of `input_shape` in the
+        layer's dtype, and "post_ops": the fused steps (e.g. ["bias", "relu", "add", "relu"])."""
+        post = (["bias"] if self.bias is not None else []) + self.post_ops.names()
+        if self.kind == "linear":
+            return {"kind": "linear", "input_shape": tuple(input_shape), "post_ops": post}
+        shape = tuple(_params.as_tuple("input_shape", input_shape, 4, 0))
+        stand_in = np.lib.stride_tricks.as_strided(np.zeros(1, self.dtype), shape, (0,) * 4)
+        return {**_plan.plan_for(self, stand_in).describe(), "post_ops": post}
+
+    def extra_repr(self) -> str:
+        if self.kind == "linear":
+            what = f"in_features={self.in_features}, out_features={self.out_features}"
+        else:
+            what = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                    f"stride={self.stride}")
+            if self.groups != 1:
+                what += f", groups={self.groups}"
+        post = (["bias"] if self.bias is not None else []) + self.post_ops.names()
+        return f"{self.source}: {what}, post_ops=[{', '.join(post)}]"
+
+
+# ----------------------------------------------------------------------------------------------
+# the graph
+
+
+class InferenceGraph(Graph):
+    """A Graph made by optimize_for_inference: eval mode only, and FusedConv nodes write
+    into activation buffers kept from call to call (per Python thread), each given back once
+    the nodes reading its value (or a view of it) have run. Returned arrays are never such
+    buffers."""
+
+    def __init__(self, nodes, inputs=("x",), outputs=None):
+        super().__init__(nodes, inputs, outputs)
+        self.training = False
+        self._local = threading.local()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_local", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def train(self, mode: bool = True) -> "InferenceGraph":
+        if _params.as_bool("mode", mode):
+            raise RuntimeError("InferenceGraph: an inference model has no training mode; "
+                               "train the original model")
+        return super().train(False)
+
+    def backward(self, grad_output):
+        raise RuntimeError("InferenceGraph.backward: an inference model is for inference "
+                           "only; train the original model")
+
+    def forward(self, *inputs):
+        if len(inputs) != len(self.inputs):
+            raise TypeError(f"{type(self).__name__}: expected {len(self.inputs)} input(s) "
+                            f"{self.inputs}, but got {len(inputs)}")
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = _BufferPool()
+        values = {name: _params.as_array(f"input {name!r}", x)
+                  for name, x in zip(self.inputs, inputs)}
+        keep = set(self.outputs)
+        for i, (name, layer, names) in enumerate(self.nodes):
+            args = [values[n] for n in names]
+            if type(layer) is FusedConv and name not in keep and layer.kind != "linear":
+                values[name] = _fused_at_node(name, layer, args, pool)
+            else:
+                values[name] = _at_node(name, layer, args)
+            pool.track(values[name])
+            del args
+            # after the node ran: its output never lands in a buffer it reads
+            for n in set(names):
+                if self._last_use[n] == i and n not in keep:
+                    pool.release(values.pop(n))
+        outs = []
+        for n in self.outputs:
+            v = values[n]
+            outs.append(v.copy() if pool.owns(v) else v)  # never hand out a pooled buffer
+        for v in values.values():
+            pool.release(v)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _at_node(name, layer, args):
+    from fastconv.graph import _at_node as at_node
+
+    return at_node(name, layer, args)
+
+
+def _fused_at_node(name: str, layer: FusedConv, args, pool: "_BufferPool") -> np.ndarray:
+    x = args[0] if args[0].ndim == 4 else None
+    if x is None or not isinstance(x, np.ndarray):
+        return _at_node(name, layer, args)
+    try:
+        plan = _plan.plan_for(layer, x)
+    except (ValueError, TypeError):
+        return _at_node(name, layer, args)  # raises with the node's name
+    out = pool.take(plan.out_shape, plan.dtype)
+    try:
+        return layer.forward(*args, out=out)
+    except (ValueError, TypeError):
+        pool.give_back(out)
+        return _at_node(name, layer, args)
+
+
+class _BufferPool:
+    """Free buffers by (shape, dtype), and how many live values view each pooled buffer
+    (a buffer goes back to the free list when none does)."""
+
+    def __init__(self) -> None:
+        self.free: dict[tuple, list[np.ndarray]] = {}
+        self.pooled: dict[int, np.ndarray] = {}  # id -> buffer, every buffer made here
+        self.users: dict[int, int] = {}  # id of a pooled buffer -> live values on it
+
+    def take(self, shape, dtype) -> np.ndarray:
+        free = self.free.get((shape, dtype))
+        if free:
+            buffer = free.pop()
+        else:
+            buffer = np.empty(shape, dtype)
+            self.pooled[id(buffer)] = buffer
+        return buffer
+
+    def give_back(self, buffer: np.ndarray) -> None:
+        self.free.setdefault((buffer.shape, buffer.dtype), []).append(buffer)
+
+    def _root(self, value) -> int | None:
+        if not isinstance(value, np.ndarray):
+            return None
+        base = value if value.base is None else value.base
+        return id(base) if id(base) in self.pooled and self.pooled[id(base)] is base else None
+
+    def owns(self, value) -> bool:
+        return self._root(value) is not None
+
+    def track(self, value) -> None:
+        root = self._root(value)
+        if root is not None:
+            self.users[root] = self.users.get(root, 0) + 1
+
+    def release(self, value) -> None:
+        root = self._root(value)
+        if root is None:
+            return
+        self.users[root] -= 1
+        if self.users[root] == 0:
+            del self.users[root]
+            self.give_back(self.pooled[root])
+
+
+# ----------------------------------------------------------------------------------------------
+# building
+
+
+def optimize_for_inference(model: L.Layer) -> InferenceGraph:
+    """An eval-mode copy of `model` with BatchNorm folded into the preceding convolutions and
+    activations and residual adds fused into them (see fastconv.inference); `model` is left
+    as it is. Takes a Sequential, a Graph (Residual, Parallel, from_torch's) or a single
+    layer; returns an InferenceGraph with the model's inputs and outputs, computing what
+    model.eval() computes (float32 within about 1e-5 relative, float64 1e-12).
+
+    The result is for inference only (backward and train() raise RuntimeError). Its weights
+    are its own (folded) arrays: to change them, build it again from the changed model.
+    Raises TypeError for anything but a fastconv layer."""
+    if not isinstance(model, L.Layer):
+        raise TypeError(f"optimize_for_inference: expected a fastconv layer (Sequential, Graph, "
+                        f"...), but got {type(model).__name__}")
+    model = copy.deepcopy(model).eval()
+    nodes: list[list] = []
+    if isinstance(model, Graph):
+        inputs = model.inputs
+        outputs = _flatten_graph(model, "", list(inputs), nodes)
+    else:
+        inputs = ("x",)
+        outputs = [_flatten(model, "", ["x"], nodes)]
+    nodes = _fuse(nodes, outputs)
+    return InferenceGraph([tuple(n) for n in nodes], inputs, tuple(outputs))
+
+
+def _flatten(layer: L.Layer, name: str, inputs: list[str], nodes: list) -> str:
+    """Appends the nodes computing `layer` on the values `inputs` to `nodes` ([name, layer,
+    inputs] lists); returns the name of the value it computes."""
+    if type(layer) in (L.Identity, L.Dropout, L.Dropout2d):
+        return inputs[0]
+    prefix = name + "." if name else ""
+    if type(layer) is L.Sequential:
+        value = inputs[0]
+        for i, child in enumerate(layer.layers):
+            value = _flatten(child, f"{prefix}{i}", [value], nodes)
+        return value
+    if type(layer) in (Graph, Residual, Parallel) and len(layer.outputs) == 1:
+        return _flatten_graph(layer, prefix, inputs, nodes)[0]
+    taken = {n[0] for n in nodes}
+    unique, k = name or "out", 1
+    while unique in taken:
+        unique, k = f"{name}#{k}", k + 1
+    if type(layer) in _CONV_KINDS or isinstance(layer, (L.Conv2d, L.ConvTranspose2d)):
+        layer = FusedConv(layer)
+    nodes.append([unique, layer, tuple(inputs)])
+    return unique
+
+
+def _flatten_graph(graph: Graph, prefix: str, inputs: list[str], nodes: list) -> list[str]:
+    names = dict(zip(graph.inputs, inputs))
+    for node, layer, args in graph.nodes:
+        names[node] = _flatten(layer, prefix + node, [names[a] for a in args], nodes)
+    return [names[o] for o in graph.outputs]
+
+
+def _fuse(nodes: list, outputs: list) -> list:
+    """Folds and fuses (see the module docstring) until nothing changes. A fused node keeps
+    the convolution's name (the value it now computes is renamed in `nodes` and `outputs`)."""
+    changed = True
+    while changed:
+        changed = False
+        users: dict[str, list[int]] = {}
+        for j, (_, _, args) in enumerate(nodes):
+            for a in args:
+                users.setdefault(a, []).append(j)
+        for i, (name, layer, args) in enumerate(nodes):
+            if type(layer) is not FusedConv or name in outputs or len(users.get(name, ())) != 1:
+                continue
+            j = users[name][0]
+            consumer = nodes[j][1]
+            if nodes[j][2].count(name) != 1:
+                continue
+            fused_args = _absorb(layer, consumer, nodes[j][2], name, args)
+            if fused_args is None:
+                continue
+            old = nodes[j][0]
+            nodes[j] = [name, layer, fused_args]
+            del nodes[i]
+            for node in nodes:
+                node[2] = tuple(name if a == old else a for a in node[2])
+            outputs[:] = [name if o == old else o for o in outputs]
+            changed = True
+            break
+    return nodes
+
+
+def _absorb(fused: FusedConv, consumer: L.Layer, consumer_args, name: str, args):
+    """Makes `consumer` (reading `fused`'s value `name`) part of `fused`; returns the fused
+    node's inputs, or None when it cannot."""
+    ops = fused.post_ops
+    kind = type(consumer)
+    bare = not ops.act1 and not ops.residual and ops.scale is None
+    norm = L.BatchNorm1d if fused.kind == "linear" else L.BatchNorm2d
+    if kind is norm and bare and _fold_batch_norm(fused, consumer):
+        return args
+    act = activation_of(consumer)
+    if act is not None:
+        if not ops.act1 and not ops.residual:
+            ops.act1 = act
+            return args
+        if ops.residual and not ops.act2:
+            ops.act2 = act
+            return args
+        return None
+    if kind is Add and len(consumer_args) == 2 and not ops.residual:
+        other = consumer_args[1] if consumer_args[0] == name else consumer_args[0]
+        ops.residual = True
+        return (*args, other)
+    return None
+
+
+def _fold_batch_norm(fused: FusedConv, bn) -> bool:
+    """w' = w * s, b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps), per output
+    channel, in float64; False (nothing changed) when bn normalises with batch statistics
+    (no running ones) or has another dtype than the weight."""
+    if bn.running_mean is None or np.dtype(bn.dtype) != fused.weight.dtype:
+        return False
+    c = fused.channels
+    var = bn.running_var.astype(np.float64)
+    scale = 1.0 / np.sqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean.astype(np.float64) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    w = fused.weight.astype(np.float64)
+    if fused.kind == "conv_transpose2d":  # (kh, kw, C_out // groups, C_in): channel g*cog + o
+        kh, kw, cog, cin = w.shape
+        groups = fused.groups
+        per_out = scale.reshape(groups, cog).T[None, None, :, :, None]
+        w = (w.reshape(kh, kw, cog, groups, cin // groups) * per_out).reshape(w.shape)
+    else:  # the output channels (features) are the last axis
+        w = w * scale
+    bias = shift if fused.bias is None else fused.bias.astype(np.float64) * scale + shift
+    dtype = fused.weight.dtype
+    fused.weight = np.ascontiguousarray(w, dtype)
+    fused.grads["weight"] = np.zeros_like(fused.weight)
+    fused._init_param("bias", bias.astype(dtype).reshape(c))
+    return True
+
+
+__all__ = ["Activation", "FusedConv", "InferenceGraph", "PostOps", "optimize_for_inference"]

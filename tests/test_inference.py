@@ -1,0 +1,289 @@
+"""optimize_for_inference and the fused post-ops: the same outputs as the model in eval
+mode, every post-op against separate NumPy passes, buffers that never alias held outputs."""
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import activations as A
+from fastconv import layers as L
+from fastconv import models
+from fastconv._postops import ACTIVATIONS, Activation, PostOps
+from fastconv.graph import Add, Graph, Residual
+from fastconv.inference import FusedConv, InferenceGraph
+
+RNG = np.random.default_rng(160)
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def _randomise_norms(model, rng):
+    """BatchNorm statistics and affine parameters away from their initial 0 / 1."""
+    for name, value in model.buffers():
+        if name.endswith("running_mean"):
+            value[...] = rng.standard_normal(value.shape) * 0.2
+        elif name.endswith("running_var"):
+            value[...] = rng.uniform(0.5, 2.0, value.shape)
+    for name, value, _ in model.parameters():
+        if value.ndim == 1 and ("bn" in name or name.rsplit(".", 2)[-2].isdigit()):
+            value[...] = rng.uniform(0.5, 1.5, value.shape) if name.endswith("weight") \
+                else value + rng.standard_normal(value.shape) * 0.1
+    return model
+
+
+def _assert_close(actual, expected, dtype):
+    scale = max(float(np.max(np.abs(expected))), 1e-30)
+    assert actual.dtype == expected.dtype
+    np.testing.assert_allclose(actual, expected, rtol=TOL[dtype], atol=TOL[dtype] * scale)
+
+
+MODELS = {
+    "resnet18": (lambda dtype: models.resnet18(5, width=4, dtype=dtype, rng=0), (2, 32, 32, 3)),
+    "mobilenet_v2": (lambda dtype: models.mobilenet_v2(5, width=8, dtype=dtype, rng=0),
+                     (1, 32, 32, 3)),
+    "unet": (lambda dtype: models.unet(2, width=4, depth=2, dtype=dtype, rng=0), (1, 16, 16, 3)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_models_equal_their_eval_mode(name, dtype):
+    build, shape = MODELS[name]
+    model = _randomise_norms(build(dtype), np.random.default_rng(1))
+    state = model.state_dict()
+    fast = fastconv.optimize_for_inference(model)
+    assert model.training  # the user's model is untouched
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, state[key])
+    x = RNG.standard_normal(shape).astype(dtype)
+    expected = model.eval()(x)
+    first = fast(x)
+    _assert_close(first, expected, dtype)
+    np.testing.assert_array_equal(fast(x), first)  # buffers reused: same answer
+    kinds = {type(layer) for _, layer, _ in fast.nodes}
+    assert not kinds & {L.BatchNorm2d, L.ReLU, L.ReLU6, Add, L.Dropout}, kinds
+
+
+def test_resnet_blocks_fuse_bias_act_add_act():
+    fast = fastconv.optimize_for_inference(models.resnet18(5, width=4, rng=0))
+    chains = [tuple(layer.post_ops.names()) for _, layer, _ in fast.nodes
+              if isinstance(layer, FusedConv)]
+    assert chains.count(("add", "relu")) == 8  # conv -> bn -> add(x) -> relu, every block
+    mobile = fastconv.optimize_for_inference(models.mobilenet_v2(5, width=8, rng=0))
+    chains = [tuple(layer.post_ops.names()) for _, layer, _ in mobile.nodes
+              if isinstance(layer, FusedConv)]
+    assert ("add",) in chains and ("relu6",) in chains
+
+
+# ----------------------------------------------------------------------------------------------
+# post-ops against separate NumPy passes
+
+def _numpy_activation(act, x):
+    functions = {"relu": lambda v: np.maximum(v, 0), "relu6": A.relu6,
+                 "leaky_relu": lambda v: A.leaky_relu(v, act.alpha), "silu": A.silu,
+                 "hardswish": A.hardswish, "hardsigmoid": A.hardsigmoid, "sigmoid": A.sigmoid,
+                 "tanh": A.tanh, "gelu": A.gelu, "gelu_tanh": lambda v: A.gelu(v, "tanh"),
+                 "elu": lambda v: A.elu(v, act.alpha)}
+    return x if act is None else functions[act.name](x)
+
+
+def _numpy_chain(ops, y, residual):
+    y = y.copy()
+    for vector, combine in ((ops.bias, np.add), (ops.scale, np.multiply),
+                            (ops.shift, np.add)):
+        if vector is not None:
+            y = combine(y, vector.astype(y.dtype))
+    y = _numpy_activation(ops.act1, y)
+    if ops.residual:
+        y = y + residual
+    return _numpy_activation(ops.act2, y)
+
+
+def _act(name):
+    return Activation(name, {"leaky_relu": 0.1, "elu": 0.7}.get(name, 0.0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_every_activation_alone_and_in_a_chain(name, dtype):
+    y = (RNG.standard_normal((2, 3, 5, 7)) * 4).astype(dtype)
+    y[0, 0, 0, :3] = (-3, 3, 0)  # kinks
+    c = y.shape[-1]
+    vectors = [RNG.standard_normal(c).astype(dtype) for _ in range(3)]
+    residual = RNG.standard_normal(y.shape).astype(dtype)
+    for ops in (PostOps(act1=_act(name)),
+                PostOps(*vectors, act1=_act(name), residual=True, act2=_act(name)),
+                PostOps(bias=vectors[0], residual=True, act2=_act(name))):
+        _assert_close(ops.apply(y.copy(), residual), _numpy_chain(ops, y, residual), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_chains_of_post_ops(dtype):
+    y = RNG.standard_normal((3, 4, 4, 16)).astype(dtype)
+    bias, scale, shift = (RNG.standard_normal(16).astype(dtype) for _ in range(3))
+    residual = RNG.standard_normal(y.shape).astype(dtype)
+    for ops in (PostOps(bias), PostOps(scale=scale, shift=shift), PostOps(bias, scale, shift),
+                PostOps(residual=True), PostOps(bias, residual=True),
+                PostOps(bias, act1=_act("relu"), residual=True, act2=_act("relu")),
+                PostOps(scale=scale, act1=_act("silu"), residual=True)):
+        _assert_close(ops.apply(y.copy(), residual), _numpy_chain(ops, y, residual), dtype)
+    # a residual that broadcasts (a squeeze-and-excitation shape), and a float64 one
+    ops = PostOps(bias, act1=_act("relu"), residual=True, act2=_act("hardswish"))
+    small = RNG.standard_normal((3, 1, 1, 16)).astype(dtype)
+    _assert_close(ops.apply(y.copy(), small), _numpy_chain(ops, y, small), dtype)
+    # empty outputs, NaN kept
+    assert ops.apply(np.zeros((0, 4, 4, 16), dtype), np.zeros((0, 4, 4, 16))).size == 0
+    nan = np.full((1, 1, 1, 16), np.nan, dtype)
+    assert np.isnan(PostOps(act1=_act("relu")).apply(nan)).all()
+
+
+def test_post_ops_refuse_bad_chains():
+    with pytest.raises(ValueError, match="act2 follows the residual"):
+        PostOps(act2=_act("relu"))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        PostOps(act1=Activation("softmax"))
+    with pytest.raises(ValueError, match="none was given"):
+        PostOps(residual=True).apply(np.zeros((1, 2), np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# fused convolutions of every kind and algorithm
+
+def _block(conv, channels, dtype, act=L.ReLU, norm=L.BatchNorm2d):
+    """relu(bn(conv(x)) + x): a conv, its norm and a residual add with an activation after."""
+    body = L.Sequential(conv, norm(channels, dtype=dtype), act())
+    return L.Sequential(Residual(body), act())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("algorithm", ["direct", "im2col", "winograd", "auto"])
+def test_fused_conv_for_every_algorithm(algorithm, dtype):
+    conv = L.Conv2d(8, 8, 3, padding=1, dtype=dtype, algorithm=algorithm, rng=1)
+    model = _randomise_norms(_block(conv, 8, dtype), np.random.default_rng(2))
+    x = RNG.standard_normal((2, 8, 8, 8)).astype(dtype)
+    fast = fastconv.optimize_for_inference(model)
+    (fused,) = [layer for _, layer, _ in fast.nodes]
+    assert fused.post_ops.names() == ["relu", "add", "relu"] and fused.algorithm == algorithm
+    _assert_close(fast(x), model.eval()(x), dtype)
+    assert fused.describe(x.shape)["post_ops"] == ["bias", "relu", "add", "relu"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed_grouped_depthwise_and_linear_folds(dtype):
+    rng = np.random.default_rng(3)
+    tconv = L.Sequential(L.ConvTranspose2d(4, 6, 3, stride=2, groups=2, dtype=dtype, rng=1),
+                         L.BatchNorm2d(6, dtype=dtype), L.LeakyReLU(0.2))
+    depthwise = L.Sequential(L.DepthwiseConv2d(6, 3, padding=1, dtype=dtype, rng=1),
+                             L.BatchNorm2d(6, dtype=dtype), L.GELU("tanh"))
+    grouped = L.Sequential(L.Conv2d(6, 4, 1, groups=2, bias=False, dtype=dtype, rng=1),
+                           L.BatchNorm2d(4, dtype=dtype, affine=False), L.Hardswish())
+    head = L.Sequential(L.Flatten(), L.Linear(4 * 9 * 9, 5, dtype=dtype, rng=1),
+                        L.BatchNorm1d(5, dtype=dtype), L.Sigmoid())
+    model = _randomise_norms(L.Sequential(tconv, depthwise, grouped, head), rng)
+    x = RNG.standard_normal((2, 4, 4, 4)).astype(dtype)
+    fast = fastconv.optimize_for_inference(model)
+    assert [type(layer).__name__ for _, layer, _ in fast.nodes] == ["FusedConv"] * 3 + [
+        "Flatten", "FusedConv"]
+    _assert_close(fast(x), model.eval()(x), dtype)
+
+
+def test_what_is_not_fused():
+    """A value used twice, a model output, batch statistics, and unknown layers stay."""
+    conv = L.Conv2d(3, 4, 3, padding=1, rng=0)
+    nodes = [("conv", conv, "x"), ("bn", L.BatchNorm2d(4, track_running_stats=False), "conv"),
+             ("relu", L.ReLU(), "bn"), ("elu", L.ELU(-1.0), "relu"),
+             ("conv2", L.Conv2d(4, 4, 1, rng=0), "relu"), ("pool", L.MaxPool2d(2), "conv2"),
+             ("add", Add(), ("conv2", "elu"))]
+    model = Graph(nodes, outputs=("add", "pool"))
+    fast = fastconv.optimize_for_inference(model)
+    names = [name for name, _, _ in fast.nodes]
+    assert names == ["conv", "bn", "relu", "elu", "conv2", "pool", "add"]
+    x = RNG.standard_normal((2, 6, 6, 3)).astype(np.float32)
+    for got, expected in zip(fast(x), model.eval()(x)):
+        _assert_close(got, expected, np.float32)
+
+
+def test_identity_and_dropout_are_dropped_and_a_single_layer_works():
+    model = L.Sequential(L.Identity(), L.Conv2d(3, 3, 1, rng=0), L.Dropout(0.5), L.ReLU())
+    fast = fastconv.optimize_for_inference(model)
+    assert len(fast.nodes) == 1
+    x = RNG.standard_normal((1, 3, 3, 3)).astype(np.float32)
+    _assert_close(fast(x), model.eval()(x), np.float32)
+    single = fastconv.optimize_for_inference(L.Conv2d(3, 3, 1, rng=0))
+    assert isinstance(single, InferenceGraph) and single(x).shape == (1, 3, 3, 3)
+
+
+def test_inference_only_and_errors():
+    fast = fastconv.optimize_for_inference(L.Sequential(L.Conv2d(3, 3, 1, rng=0), L.ReLU()))
+    x = np.ones((1, 2, 2, 3), np.float32)
+    fast(x)
+    with pytest.raises(RuntimeError, match="inference only"):
+        fast.backward(np.ones((1, 2, 2, 3)))
+    with pytest.raises(RuntimeError, match="no training mode"):
+        fast.train()
+    with pytest.raises(TypeError, match="expected a fastconv layer"):
+        fastconv.optimize_for_inference(lambda v: v)
+    with pytest.raises(ValueError, match="3 channels.*at node"):
+        fast(np.ones((1, 2, 2, 4), np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# activation buffers
+
+def test_buffers_never_alias_held_outputs_and_are_reused():
+    # the output a view (Flatten) of a fused conv's buffer, and a conv output held by the user
+    model = L.Sequential(L.Conv2d(3, 4, 3, padding=1, rng=0), L.ReLU(),
+                         L.Conv2d(4, 4, 3, padding=1, rng=1), L.Flatten())
+    fast = fastconv.optimize_for_inference(model)
+    x1, x2 = (RNG.standard_normal((2, 5, 5, 3)).astype(np.float32) for _ in range(2))
+    y1 = fast(x1)
+    held = y1.copy()
+    y2 = fast(x2)
+    np.testing.assert_array_equal(y1, held)  # the second call did not write into y1
+    assert not np.shares_memory(y1, y2)
+    pool = fast._local.pool
+    count = len(pool.pooled)
+    fast(x1)
+    fast(x2)
+    assert len(pool.pooled) == count  # steady state: no new buffers
+    assert all(not np.shares_memory(y1, b) for b in pool.pooled.values())
+
+
+def test_torch_model_through_from_torch():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.conv(x)) + x)
+
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU6(), Block())
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    module.eval()
+    fast = fastconv.optimize_for_inference(fastconv.from_torch(module))
+    x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    expected = module(torch.from_numpy(x)).detach().numpy().transpose(0, 2, 3, 1)
+    _assert_close(fast(x.transpose(0, 2, 3, 1)), expected, np.float32)
+    assert sum(isinstance(layer, FusedConv) for _, layer, _ in fast.nodes) == 2
+
+
+def test_large_outputs_run_a_few_images_at_a_time(monkeypatch):
+    """Past half the last-level cache the conv and its post-ops run per group of images."""
+    conv = L.Conv2d(8, 8, 3, padding=1, rng=1)
+    model = _randomise_norms(_block(conv, 8, np.float32, act=L.SiLU), np.random.default_rng(4))
+    fast = fastconv.optimize_for_inference(model)
+    x = RNG.standard_normal((5, 6, 6, 8)).astype(np.float32)
+    whole = fast(x)
+    monkeypatch.setattr(fastconv._algorithms, "STREAM_BYTES", 2 * 6 * 6 * 8 * 4)
+    (fused,) = [layer for _, layer, _ in fast.nodes]
+    fused._plans.clear()
+    np.testing.assert_array_equal(fast(x), whole)
+    assert {(2, 6, 6, 8), (1, 6, 6, 8)} <= {key[0] for key in fused._plans}
+    _assert_close(fast(x), model.eval()(x), np.float32)

@@ -1,0 +1,192 @@
+"""Plans (fastconv._plan): made once per input shape, the same results as the unplanned
+functional path, packed weights invalidated by every way weights change."""
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _plan
+from fastconv import functional as F
+
+RNG = np.random.default_rng(16)
+
+# (layer arguments, input shape): each algorithm that serves, odd channel counts (the direct
+# kernel's channel padding), depthwise, groups, strides, dilation, other padding modes
+CONV_CASES = [
+    (dict(in_channels=3, out_channels=5, kernel_size=3, padding=1), (2, 7, 6, 3)),
+    (dict(in_channels=8, out_channels=16, kernel_size=3, padding=1, algorithm="winograd"),
+     (1, 9, 10, 8)),
+    (dict(in_channels=8, out_channels=12, kernel_size=1, algorithm="im2col"), (2, 5, 5, 8)),
+    (dict(in_channels=6, out_channels=6, kernel_size=3, stride=2, padding=1, groups=6),
+     (2, 9, 8, 6)),
+    (dict(in_channels=4, out_channels=6, kernel_size=3, dilation=2, padding=2, groups=2),
+     (1, 8, 9, 4)),
+    (dict(in_channels=3, out_channels=4, kernel_size=(3, 2), padding="same",
+          padding_mode="reflect"), (2, 6, 5, 3)),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, padding=1, algorithm="direct"),
+     (6, 5, 3)),  # unbatched
+    (dict(in_channels=3, out_channels=4, kernel_size=3), (0, 5, 5, 3)),  # N = 0
+]
+
+TRANSPOSED_CASES = [
+    (dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, output_padding=1),
+     (2, 4, 5, 4)),
+    (dict(in_channels=8, out_channels=4, kernel_size=2, stride=2), (1, 4, 4, 8)),
+    (dict(in_channels=6, out_channels=6, kernel_size=3, stride=2, groups=6), (1, 5, 4, 6)),
+]
+
+
+def _layer(cls, args, dtype):
+    return cls(**args, dtype=dtype, rng=0)
+
+
+def _reference(layer, x):
+    if isinstance(layer, fastconv.ConvTranspose2d):
+        return F.conv_transpose2d(x, layer.weight, layer.bias, **layer._conv_args())
+    return F.conv2d(x, layer.weight, layer.bias, **layer._conv_args())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls, args, shape",
+                         [(fastconv.Conv2d, *case) for case in CONV_CASES]
+                         + [(fastconv.ConvTranspose2d, *case) for case in TRANSPOSED_CASES])
+def test_planned_path_equals_the_unplanned_reference(cls, args, shape, dtype):
+    layer = _layer(cls, args, dtype)
+    x = RNG.standard_normal(shape).astype(dtype)
+    expected = _reference(layer, x)
+    for mode in ("train", "eval"):
+        getattr(layer, mode)()
+        for _ in range(2):  # the second call runs the kept plan and (eval) packs
+            np.testing.assert_array_equal(layer(x), expected)
+
+
+def test_non_contiguous_and_other_dtype_inputs():
+    layer = fastconv.Conv2d(3, 5, 3, padding=1, rng=0).eval()
+    x = RNG.standard_normal((2, 6, 7, 6))[..., ::2]  # float64, strided channels
+    np.testing.assert_array_equal(layer(x), _reference(layer, x))
+    assert layer(x).dtype == np.float64
+
+
+def test_same_plan_for_the_same_arguments_new_plan_for_a_new_shape():
+    layer = fastconv.Conv2d(3, 4, 3, padding=1, rng=0)
+    x = np.zeros((2, 5, 5, 3), np.float32)
+    first = _plan.plan_for(layer, x)
+    assert _plan.plan_for(layer, x.copy()) is first
+    assert layer.plan((2, 5, 5, 3)) is first
+    other = _plan.plan_for(layer, np.zeros((2, 6, 5, 3), np.float32))
+    assert other is not first and other.out_shape == (2, 6, 5, 4)
+    assert _plan.plan_for(layer, x.astype(np.float64)) is not first
+    with fastconv.num_threads(1):
+        assert _plan.plan_for(layer, x) is not first
+    layer.stride = (2, 2)  # a changed configuration is a new plan
+    assert _plan.plan_for(layer, x).out_shape == (2, 3, 3, 4)
+
+
+def test_describe_reports_the_choice():
+    layer = fastconv.Conv2d(8, 16, 3, padding=1, rng=0)
+    d = layer.plan((1, 16, 16, 8)).describe()
+    expected = fastconv._algorithms.describe(layer.plan((1, 16, 16, 8)).geo, "float32")
+    assert d["forward"] == expected["forward"][0] and d["reason"] == expected["forward"][1]
+    assert d["input_shape"] == (1, 16, 16, 8) and d["output_shape"] == (1, 16, 16, 16)
+    assert d["padding"] == ((1, 1), (1, 1)) and d["dtype"] == "float32"
+    assert d["weight_gradient"] == expected["weight_gradient"]
+    explicit = fastconv.Conv2d(8, 16, 3, padding=1, algorithm="im2col", rng=0)
+    d = explicit.plan((1, 16, 16, 8)).describe()
+    assert (d["forward"], d["reason"], d["algorithm"]) == ("im2col", "requested", "im2col")
+    t = fastconv.ConvTranspose2d(8, 4, 2, stride=2, rng=0).plan((1, 4, 4, 8)).describe()
+    assert t["kind"] == "conv_transpose2d" and t["output_shape"] == (1, 8, 8, 4)
+
+
+def test_algorithm_refused_at_construction():
+    with pytest.raises(ValueError, match="winograd.*3x3.*kernel \\(5, 5\\)"):
+        fastconv.Conv2d(4, 4, 5, algorithm="winograd")
+    with pytest.raises(ValueError, match="winograd.*stride \\(2, 2\\)"):
+        fastconv.ConvTranspose2d(4, 4, 3, stride=2, algorithm="winograd")
+    with pytest.raises(ValueError, match="dilation"):
+        fastconv.Conv2d(4, 4, 3, dilation=2, algorithm="winograd")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        fastconv.Conv2d(4, 4, 3, algorithm="fft")
+
+
+def test_bad_input_still_names_the_problem():
+    layer = fastconv.Conv2d(3, 4, 3, rng=0)
+    with pytest.raises(ValueError, match="3 channels"):
+        layer(np.zeros((1, 5, 5, 4), np.float32))
+    with pytest.raises(ValueError, match="kernel size"):
+        layer(np.zeros((1, 2, 2, 3), np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# packed weights: invalidation
+
+def _packed_layer():
+    """An eval layer whose pack is a real copy (Winograd's transformed weight; no bias, which
+    the kernel reads as it is)."""
+    layer = fastconv.Conv2d(8, 8, 3, padding=1, bias=False, algorithm="winograd", rng=0).eval()
+    x = RNG.standard_normal((1, 6, 6, 8)).astype(np.float32)
+    return layer, x
+
+
+def _step(kind, layer):
+    for _, _, grad in layer.parameters():
+        grad[...] = 1.0
+    optimizer = (fastconv.optim.SGD(layer, lr=0.1) if kind == "sgd"
+                 else fastconv.optim.Adam(layer, lr=0.1))
+    optimizer.step()
+
+
+def _change(kind, layer):
+    if kind in ("sgd", "adam"):
+        _step(kind, layer)
+    elif kind == "load_state_dict":
+        layer.load_state_dict({k: v * 2 for k, v in layer.state_dict().items()})
+    else:  # by hand, then the one call
+        layer.weight *= -1
+        fastconv.weights_changed(layer)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "load_state_dict", "by_hand"])
+def test_packs_are_invalidated(kind, monkeypatch):
+    layer, x = _packed_layer()
+    before = layer(x)
+    _change(kind, layer)
+    after = layer(x)
+    np.testing.assert_array_equal(after, _reference(layer, x))
+    assert not np.allclose(after, before)
+    # without the version bump the kept pack is stale: the test above would fail
+    layer, x = _packed_layer()
+    before = layer(x)
+    monkeypatch.setattr(_plan, "bump", lambda *arrays: None)
+    _change(kind, layer)
+    np.testing.assert_array_equal(layer(x), before)
+    assert not np.allclose(layer(x), _reference(layer, x))
+
+
+def test_packs_are_kept_while_the_weight_is_unchanged_and_dropped_by_train_and_eval():
+    layer, x = _packed_layer()
+    layer(x)
+    (entry,) = layer._packs._store.values()
+    layer(x)
+    assert layer._packs._store[("winograd", "float32")][3] is entry[3]
+    layer.train()
+    assert not layer._packs._store
+    layer.weight[...] *= 2  # by hand, in training mode: packed at every call
+    np.testing.assert_array_equal(layer(x), _reference(layer, x))
+    layer.eval()
+    layer.weight = layer.weight * 3  # a new array: nothing to call
+    np.testing.assert_array_equal(layer(x), _reference(layer, x))
+
+
+def test_weights_changed_refuses_other_objects():
+    with pytest.raises(TypeError, match="fastconv layer or a NumPy array"):
+        fastconv.weights_changed([1, 2])
+
+
+def test_copies_and_pickles_drop_the_caches():
+    layer, x = _packed_layer()
+    y = layer(x)
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert "_plans" not in clone.__dict__ and "_packs" not in clone.__dict__
+        np.testing.assert_array_equal(clone(x), y)
