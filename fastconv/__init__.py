@@ -13,6 +13,7 @@ from fastconv import (
     losses,
     models,
     normalization,
+    onnx,
     optim,
     resample,
 )
