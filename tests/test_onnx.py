@@ -442,3 +442,26 @@ def test_refuses_unknown_operators_opsets_and_attributes():
     order = make([node("MaxPool", kernel_shape=[2, 2], storage_order=1)], X4)
     with pytest.raises(ValueError, match="storage_order=1"):
         fo.load(order)
+
+
+# ----------------------------------------------------------------------------------------------
+# the command line
+
+def test_cli_info_and_bench_of_an_onnx_file(tmp_path, capsys):
+    from fastconv.cli import main
+
+    path = tmp_path / "m.onnx"
+    model = make([node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]), node("Relu", ["a"])],
+                 {"x": ["n", 3, 8, 8]}, inits={"w": rand(4, 3, 3, 3)})
+    path.write_bytes(model.SerializeToString())
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "Conv" in out and "-> Conv2d" in out and "fastconv loads it" in out
+    pytest.importorskip("onnxruntime")
+    assert main(["bench", "--onnx", str(path), "--shape", "2,3,8,8", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "outputs: ok" in out and "ratio" in out
+    unsupported = make([node("LpNormalization")], X4)
+    path.write_bytes(unsupported.SerializeToString())
+    assert main(["info", str(path)]) == 1
+    assert "cannot load it" in capsys.readouterr().out
