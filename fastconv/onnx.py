@@ -1419,7 +1419,7 @@ class _Loader:
     def _op_Transpose(self, node):
         a = self._attrs(node, "perm")
         x = self._runtime(node.input[0])
-        perm = list(a.get("perm", range(x.rank))[::-1] if "perm" not in a else a["perm"])
+        perm = list(a["perm"]) if "perm" in a else list(range(x.rank))[::-1]
         stored = [0, 2, 3, 1] if x.kind == MAP else list(range(x.rank))
         # out_onnx = in_onnx.transpose(perm); in_onnx = stored_in.transpose(argsort(stored))
         total = [int(np.argsort(stored)[p]) for p in perm]
