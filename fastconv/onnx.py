@@ -1376,7 +1376,8 @@ class _Loader:
     def _op_Flatten(self, node):
         a = self._attrs(node, "axis")
         x = self._runtime(node.input[0])
-        axis = a.get("axis", 1) % (x.rank + 1) if x.rank else 0
+        axis = a.get("axis", 1)
+        axis = axis + x.rank if axis < 0 else axis  # ONNX's range: -rank..rank
         name = node.name or node.output[0]
         if x.kind == MAP and axis == 1:
             self._emit(name, L.Flatten(1, -1, channels_first=True), [x], FLAT, 2,

@@ -252,7 +252,7 @@ def test_flatten_gemm_and_the_reshape_chain_of_torch():
              node("Concat", ["n1", "minus1"], ["target"], axis=0),
              node("Reshape", ["p", "target"], ["f"]),
              node("Gemm", ["f", "w", "b"], ["g"], transB=1, alpha=0.5, beta=2.0),
-             node("Flatten", ["x"], ["h"], axis=1),
+             node("Flatten", ["x"], ["h"], axis=-3),
              node("MatMul", ["h", "w2"], ["y"])]
     inits = {"ax0": np.int64([0]), "minus1": np.int64([-1]), "w": rand(4, 3), "b": rand(4),
              "w2": rand(3 * 7 * 6, 5)}
@@ -465,3 +465,44 @@ def test_cli_info_and_bench_of_an_onnx_file(tmp_path, capsys):
     path.write_bytes(unsupported.SerializeToString())
     assert main(["info", str(path)]) == 1
     assert "cannot load it" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX's backend node tests (collecting them takes seconds: with the heavy tests)
+
+@pytest.mark.heavy
+def test_onnx_backend_node_tests_of_the_supported_operators():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from onnx.backend.test.case import node as cases
+        testcases = cases.collect_testcases(None)
+    # align_corners with a fractional scale: onnx.reference divides by the unrounded output
+    # size in * scale, ONNX Runtime (and PyTorch, and fastconv) by the output size
+    disputed = {"test_resize_downsample_scales_linear_align_corners"}
+    ran, wrong = 0, []
+    for case in testcases:
+        model = case.model
+        opset = {o.domain: o.version for o in model.opset_import}.get("", 0)
+        if ({n.op_type for n in model.graph.node} - set(fo.SUPPORTED) or "expanded" in case.name
+                or not fo.OPSETS[0] <= opset <= fo.OPSETS[1] or case.name in disputed):
+            continue
+        inputs, outputs = case.data_sets[0]
+        if not all(np.asarray(a).dtype in (np.float32, np.float64) for a in inputs[:1]):
+            continue
+        # the operands after the first as constants (weights, shapes, axes, scales)
+        for info, value in zip(model.graph.input[1:], inputs[1:]):
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), info.name))
+        try:
+            net = fo.load(model)
+        except ValueError:
+            continue  # refused clearly: what fastconv lacks (cubic, 1-D and 3-D pooling, ...)
+        got = net(np.asarray(inputs[0]))
+        got = got if isinstance(got, tuple) else (got,)
+        ran += 1
+        for g, e in zip(got, outputs):
+            # the expected values of some cases are rounded to 4 digits
+            if g.shape != e.shape or not np.allclose(g, e, rtol=2e-4, atol=1e-5):
+                wrong.append(case.name)
+    assert ran >= 130 and not wrong, (ran, wrong)
