@@ -14,6 +14,7 @@ from fastconv import (
     losses,
     models,
     normalization,
+    onnx,
     optim,
     resample,
 )

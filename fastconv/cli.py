@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "SIMD features and the BLAS/OpenMP libraries in use.")
     info.add_argument("--json", action="store_true", help="print the same as JSON")
     info.set_defaults(func=cmd_info, parser=info)
+    _add_onnx_arguments(bench, info)
 
     filt = sub.add_parser(
         "filter", help="apply a classic filter (Sobel, Gaussian, ...) to an image file",
@@ -233,6 +234,8 @@ def _version() -> str:
 # fastconv info
 
 def cmd_info(args) -> int:
+    if args.model:
+        return cmd_info_onnx(args)
     info = _bench.machine_info()
     info["torch"] = _installed_version("torch")  # without importing it (slow, loads its libs)
     if args.json:
@@ -380,6 +383,8 @@ def _finite(value):
 
 
 def cmd_bench(args) -> int:
+    if args.onnx:
+        return cmd_bench_onnx(args)
     import fastconv
 
     torch = None
@@ -578,3 +583,135 @@ def cmd_filter(args) -> int:
                           " gradient magnitude" if len(kernels) == 2 else "")
     print(f"{args.output}: {what} of {args.input} ({out.shape[1]}x{out.shape[0]} {mode})")
     return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX models: fastconv info FILE.onnx, fastconv bench --onnx FILE.onnx
+
+def _add_onnx_arguments(bench, info) -> None:
+    bench.add_argument("--onnx", metavar="FILE",
+                       help="time the ONNX model FILE in fastconv against ONNX Runtime "
+                            "(outputs checked, ms per batch, ratio) instead of the layer suite")
+    bench.add_argument("--shape", type=_shape, metavar="N,C,H,W",
+                       help="the input shape for --onnx (default: the model's, with 1 for a "
+                            "dynamic batch axis)")
+    info.add_argument("model", nargs="?", metavar="FILE.onnx",
+                      help="list the operators of this ONNX model, what fastconv computes "
+                           "each with and what it lacks")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"--shape must be positive integers separated by "
+                                         f"commas, like 1,3,224,224, but got {text!r}")
+    return shape
+
+
+def _onnx_proto(path: str):
+    try:
+        import onnx
+    except ImportError:
+        print("fastconv: ONNX models need the onnx package: pip install 'fastconv[onnx]'",
+              file=sys.stderr)
+        return None
+    try:
+        return onnx.load(path)
+    except Exception as exc:
+        print(f"fastconv: cannot read {path!r} as an ONNX model: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_info_onnx(args) -> int:
+    from collections import Counter
+
+    from fastconv import onnx as fonnx
+
+    proto = _onnx_proto(args.model)
+    if proto is None:
+        return 2
+    counts = Counter(node.op_type for node in proto.graph.node)
+    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in proto.opset_import)
+    print(f"{args.model}: {len(proto.graph.node)} nodes, opset {opsets}")
+    width = max(map(len, counts), default=0)
+    for op, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        maps = fonnx.SUPPORTED.get(op, "only when constant (folded)")
+        print(f"  {op:<{width}} {count:>5}  -> {maps}")
+    try:
+        model = fonnx.load(proto)
+    except (ValueError, TypeError) as exc:
+        print(f"fastconv cannot load it: {exc}")
+        return 1
+    print(f"fastconv loads it: {len(model.nodes)} layers, "
+          f"{sum(v.size for _, v, _ in model.parameters())} parameters")
+    return 0
+
+
+def cmd_bench_onnx(args) -> int:
+    import time
+
+    from fastconv import onnx as fonnx
+    from fastconv._threads import get_num_threads
+
+    proto = _onnx_proto(args.onnx)
+    if proto is None:
+        return 2
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print("fastconv bench --onnx: needs onnxruntime (pip install onnxruntime)",
+              file=sys.stderr)
+        return 2
+    try:
+        model = fonnx.load(proto)
+    except (ValueError, TypeError) as exc:
+        print(f"fastconv bench --onnx: {exc}", file=sys.stderr)
+        return 1
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        print(f"fastconv bench --onnx: the model has {len(inputs)} inputs; one is supported",
+              file=sys.stderr)
+        return 2
+    dims = [d.dim_value if d.HasField("dim_value") else None
+            for d in inputs[0].type.tensor_type.shape.dim]
+    shape = args.shape or tuple(1 if (n is None and i == 0) else n for i, n in enumerate(dims))
+    if None in shape or len(shape) != len(dims):
+        print(f"fastconv bench --onnx: the input's shape is {dims}; give --shape",
+              file=sys.stderr)
+        return 2
+    threads = get_num_threads()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(proto.SerializeToString(), options)
+    double = inputs[0].type.tensor_type.elem_type == 11  # onnx.TensorProto.DOUBLE
+    dtype = np.float64 if double else np.float32
+    x = np.random.default_rng(args.seed).standard_normal(shape).astype(dtype)
+    expected = session.run(None, {inputs[0].name: x})
+    got = model(x)
+    got = got if isinstance(got, tuple) else (got,)
+    error = max(float(np.abs(g - e).max() / max(np.abs(e).max(), 1e-30))
+                for g, e in zip(got, expected))
+    repeats = args.repeats or DEFAULT_REPEATS
+
+    def median_ms(run) -> float:
+        run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return 1000 * float(np.median(times))
+
+    ours = median_ms(lambda: model(x))
+    theirs = median_ms(lambda: session.run(None, {inputs[0].name: x}))
+    ok = error <= 1e-4
+    print(f"{args.onnx}: input {tuple(shape)}, {threads} threads, {repeats} rounds")
+    print(f"  outputs: {'ok' if ok else 'FAIL'} (max abs difference / max abs output "
+          f"{error:.1e})")
+    print(f"  fastconv {ours:.2f} ms, onnxruntime {theirs:.2f} ms, ratio (onnxruntime / "
+          f"fastconv) {theirs / ours:.2f}x")
+    return 0 if ok else 1

@@ -22,7 +22,7 @@ PACKAGE = Path(fastconv.__file__).resolve().parent
 KERNELS = PACKAGE / "_kernels"
 PUBLIC_MODULES = ("functional", "pooling", "layers", "filters", "matrix", "losses",
                   "optim/__init__", "optim/lr_scheduler", "serialization", "_threads", "graph",
-                  "models", "_autotune", "inference")
+                  "models", "_autotune", "inference", "onnx")
 SIMD_SUFFIXES = ("_avx2", "_avx512")
 
 
