@@ -12,27 +12,10 @@ import time
 import numpy as np
 
 import fastconv
+from digits import load_data, tqdm  # beside this script
 from fastconv.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from fastconv.losses import CrossEntropyLoss
 from fastconv.optim import SGD
-
-try:
-    from tqdm import tqdm
-except ImportError:  # no progress bar then
-    def tqdm(iterable, **kwargs):
-        return iterable
-
-
-def load_data(seed):
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError:
-        raise SystemExit("this example needs scikit-learn: pip install 'fastconv[examples]'")
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)[..., None]  # (1797, 8, 8, 1) NHWC
-    return train_test_split(images, digits.target, test_size=0.2, stratify=digits.target,
-                            random_state=seed)
 
 
 def make_model(rng):

@@ -29,20 +29,14 @@ def test_readme_worked_example_prints_the_lecture_values(capsys):
     assert "[[19. 25.]\n [37. 43.]]" in capsys.readouterr().out
 
 
-def test_train_digits_example_learns():
+@pytest.mark.parametrize("example, epochs, accuracy", [
+    ("train_digits.py", 4, 0.9),
+    pytest.param("train_resnet.py", 4, 0.95, marks=pytest.mark.heavy),
+])
+def test_training_example_learns(example, epochs, accuracy):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run = subprocess.run([sys.executable, str(ROOT / "examples" / "train_digits.py"),
-                          "--epochs", "4"], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / example), "--epochs",
+                          str(epochs)], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr
     accuracies = [float(a) for a in re.findall(r"test acc (\d\.\d+)", run.stdout)]
-    assert len(accuracies) == 4 and accuracies[-1] >= 0.9, run.stdout
-
-
-@pytest.mark.heavy
-def test_train_resnet_example_learns():
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    run = subprocess.run([sys.executable, str(ROOT / "examples" / "train_resnet.py"),
-                          "--epochs", "4"], capture_output=True, text=True, env=env, timeout=600)
-    assert run.returncode == 0, run.stderr
-    accuracies = [float(a) for a in re.findall(r"test acc (\d\.\d+)", run.stdout)]
-    assert len(accuracies) == 4 and accuracies[-1] >= 0.95, run.stdout
+    assert len(accuracies) == epochs and accuracies[-1] >= accuracy, run.stdout
