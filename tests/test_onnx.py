@@ -35,10 +35,15 @@ def make(nodes, inputs, outputs="y", inits=(), opset=17, elem=TensorProto.FLOAT)
     return model
 
 
-def oracle(model, feeds):
+def oracle(model, feeds, reference_ok=True):
+    """ONNX Runtime's outputs, else onnx.reference's where it is right (reference_ok; onnx
+    1.23's fails on grouped ConvTranspose, negative Pad and Resize's tf_half_pixel_for_nn, and
+    differs from ONNX Runtime on downscaling Resize with floor or linear align_corners)."""
     try:
         import onnxruntime as ort
     except ImportError:
+        if not reference_ok:
+            pytest.skip("onnx.reference is wrong here: needs onnxruntime as the oracle")
         from onnx.reference import ReferenceEvaluator
         return ReferenceEvaluator(model).run(None, feeds)
     so = ort.SessionOptions()
@@ -47,9 +52,9 @@ def oracle(model, feeds):
     return sess.run(None, feeds)
 
 
-def check(model, feeds, tol=TOL):
+def check(model, feeds, tol=TOL, reference_ok=True):
     """fastconv's outputs equal the oracle's; returns the loaded model."""
-    expected = oracle(model, feeds)
+    expected = oracle(model, feeds, reference_ok)
     net = fo.load(model)
     got = net(*feeds.values())
     got = got if isinstance(got, tuple) else (got,)
@@ -102,7 +107,7 @@ def test_conv_transpose(attrs):
     groups = attrs.get("group", 1)
     w, b = rand(3, 4 // groups * 1 if groups == 1 else 2, 3, 3), rand(4 if groups == 1 else 6)
     check(make([node("ConvTranspose", ["x", "w", "b"], **attrs)], X4, inits={"w": w, "b": b}),
-          feeds4())
+          feeds4(), reference_ok=groups == 1)
 
 
 def test_batch_norm_and_the_state_dict_names():
@@ -214,7 +219,10 @@ def test_resize(mode, coords, nearest, how):
         scales = [1, 1, 2, 2.5] if how == "scales" else [1, 1, 0.6, 0.5]
         inits = {"scales": np.float32(scales)}
         names = ["x", "", "scales"]
-    check(make([node("Resize", names, **attrs)], X4, inits=inits), feeds4())
+    reference_ok = coords != "tf_half_pixel_for_nn" and not (how == "down" and (
+        nearest == "floor" or mode == "linear" and coords == "align_corners"))
+    check(make([node("Resize", names, **attrs)], X4, inits=inits), feeds4(),
+          reference_ok=reference_ok)
 
 
 @pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
@@ -225,7 +233,7 @@ def test_pad(mode):
 
 def test_pad_crops_with_negative_pads():
     inits = {"pads": np.int64([0, 0, -1, 2, 0, 0, 1, -2])}
-    check(make([node("Pad", ["x", "pads"])], X4, inits=inits), feeds4())
+    check(make([node("Pad", ["x", "pads"])], X4, inits=inits), feeds4(), reference_ok=False)
 
 
 # ----------------------------------------------------------------------------------------------
