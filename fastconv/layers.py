@@ -76,7 +76,9 @@ class Layer:
         if self._saved is None:
             why = ("it is in eval mode, whose forward keeps nothing; call .train() first"
                    if not self.training else
-                   "no forward pass has run since the last backward")
+                   "no forward pass has run since the last backward (one backward per "
+                   "forward: a layer used at two places in a network keeps only its last "
+                   "input, so give each place its own layer)")
             raise RuntimeError(f"{name}.backward: nothing to go back through: {why}")
         grad = _params.as_array("grad_output", grad_output)
         expected = self._saved["out_shape"]

@@ -328,6 +328,16 @@ def test_backward_errors(make, shape):
         layer.backward(np.zeros(y.shape))
 
 
+def test_a_layer_used_twice_in_a_network_is_refused_at_backward_with_the_reason():
+    """One backward per forward: the second use overwrites what the first kept, so the
+    backward of the first use says so (instead of a gradient for the wrong input)."""
+    conv = L.Conv2d(2, 2, 3, padding=1, rng=0)
+    net = L.Sequential(conv, L.ReLU(), conv)
+    y = net(np.ones((1, 4, 4, 2), np.float32))
+    with pytest.raises(RuntimeError, match="used at two places in a network keeps only"):
+        net.backward(np.ones_like(y))
+
+
 @pytest.mark.parametrize("make,error,match", [
     (lambda: L.Conv2d(3, 4, 3, groups=2), ValueError, "in_channels must be divisible by groups"),
     (lambda: L.Conv2d(4, 6, 3, groups=4), ValueError, "out_channels must be divisible"),
