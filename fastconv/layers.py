@@ -103,7 +103,10 @@ class Layer:
 
     # -- parameters ------------------------------------------------------------------------
     def parameters(self):
-        """Yield (name, value, grad) for every parameter."""
+        """Yield (name, value, grad) for every parameter. The values are the layer's own
+        arrays: code that writes into them by hand in eval mode calls
+        fastconv.weights_changed(model) afterwards, or a convolution keeps using the weight it
+        packed before (optimizers and load_state_dict do this themselves)."""
         for name in self.param_names:
             value = getattr(self, name)
             if value is not None:
@@ -277,7 +280,9 @@ class _ConvBase(Layer):
 
 class Conv2d(_ConvBase):
     """2-D convolution layer: weight (kh, kw, in_channels // groups, out_channels) [HWIO],
-    bias (out_channels,); see fastconv.conv2d."""
+    bias (out_channels,); see fastconv.conv2d. In eval mode the weight is packed once and
+    reused: after writing into weight or bias in place (`layer.weight *= 2`), call
+    fastconv.weights_changed(layer), or the old weight is used."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", dtype=np.float32, algorithm="auto",
@@ -317,7 +322,9 @@ class Conv2d(_ConvBase):
 class ConvTranspose2d(_ConvBase):
     """2-D transposed convolution layer: weight (kh, kw, out_channels // groups, in_channels)
     (the HWIO weight of the convolution it is the adjoint of), bias (out_channels,); see
-    fastconv.conv_transpose2d. PyTorch's weight converts with .transpose(2, 3, 1, 0)."""
+    fastconv.conv_transpose2d. PyTorch's weight converts with .transpose(2, 3, 1, 0). After
+    writing into weight or bias in place in eval mode, call fastconv.weights_changed(layer)
+    (see Conv2d)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, dtype=np.float32,
