@@ -86,15 +86,22 @@ class Permute(L.Layer):
 
     _output_is_private = True
 
-    def __init__(self, perm):
+    def __init__(self, perm, channels=None):
         super().__init__()
         self.perm = tuple(int(p) for p in perm)
+        # at a model input: the channel count (axis 1) the file declares, checked here since
+        # an NHWC array given to an NCHW model would fail deep inside with transposed shapes
+        self.channels = channels
 
     def forward(self, x):
         x = _params.as_array("input", x)
         if x.ndim != len(self.perm):
             raise ValueError(f"{self!r}: expected a {len(self.perm)}-D input, but got shape "
                              f"{x.shape}")
+        if self.channels is not None and x.shape[1] != self.channels:
+            raise ValueError(f"{self!r}: expected the model's input in the file's layout "
+                             f"(N, C, H, W) with C = {self.channels}, but got shape {x.shape} "
+                             f"(an ONNX model takes NCHW arrays, not NHWC)")
         y = np.ascontiguousarray(x.transpose(self.perm))
         self._save(out_shape=y.shape)
         return y
@@ -104,7 +111,8 @@ class Permute(L.Layer):
         return grad.transpose(np.argsort(self.perm))
 
     def extra_repr(self) -> str:
-        return f"perm={self.perm}"
+        channels = "" if self.channels is None else f", channels={self.channels}"
+        return f"perm={self.perm}{channels}"
 
 
 class Reshape(L.Layer):
@@ -693,7 +701,12 @@ class _Loader:
             self.names.add(info.name)
             inputs.append(info.name)
             value = _Value(info.name, FLAT, rank)
-            self.values[info.name] = self._as_map(value) if rank == 4 else value
+            if rank == 4:
+                channels = self.static[info.name][1]
+                self.converted[(info.name, MAP)] = self._emit(
+                    f"{info.name}/nhwc", Permute((0, 2, 3, 1), channels), [value], MAP, 4)
+                value = self._as_map(value)
+            self.values[info.name] = value
         for node in self.graph.node:
             self._node(node)
         outputs = []

@@ -16,7 +16,8 @@ class OnnxError(ValueError): ...
 
 class Permute(Layer):
     perm: tuple[int, ...]
-    def __init__(self, perm: Sequence[int]) -> None: ...
+    channels: int | None
+    def __init__(self, perm: Sequence[int], channels: int | None = None) -> None: ...
 
 class Reshape(Layer):
     shape: tuple[int, ...]

@@ -429,6 +429,23 @@ def test_refuses_bad_files(tmp_path):
     assert fo.load(str(path))(feeds4()["x"]).shape == (2, 3, 7, 6)
 
 
+def test_an_nhwc_array_given_to_an_nchw_model_is_refused_at_the_input():
+    """The file declares C = 3 on axis 1: an NHWC array is refused by name at the input (also
+    after optimize_for_inference), not deep inside with transposed shapes; a dynamic C is not
+    checked."""
+    w = rand(4, 3, 3, 3)
+    model = make([node("Conv", ["x", "w"], pads=[1, 1, 1, 1])], X4, inits={"w": w})
+    x = feeds4()["x"]
+    import fastconv
+    for net in (fo.load(model), fastconv.optimize_for_inference(fo.load(model))):
+        assert net(x).shape == (2, 4, 7, 6)
+        with pytest.raises(ValueError, match=r"file's layout \(N, C, H, W\) with C = 3, but got "
+                                             r"shape \(2, 7, 6, 3\)"):
+            net(x.transpose(0, 2, 3, 1))
+    relu = fo.load(make([node("Relu")], {"x": [2, "c", 7, 6]}))
+    assert relu(x.transpose(0, 2, 3, 1)).shape == (2, 7, 6, 3)
+
+
 def test_refuses_unknown_operators_opsets_and_attributes():
     unknown = make([node("Relu")], X4)
     unknown.graph.node[0].op_type = "FancyConv"
