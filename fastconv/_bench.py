@@ -485,9 +485,9 @@ def onnx_conv_model(layer: Layer, w: np.ndarray) -> bytes:
     return model.SerializeToString()
 
 
-def onnxruntime_session(model: bytes, ort, threads: int):
-    """An ONNX Runtime CPU session: all graph optimisations, `threads` intra-op threads,
-    one inter-op thread."""
+def onnxruntime_session(model, ort, threads: int):
+    """An ONNX Runtime CPU session of a model (serialized bytes or a file): all graph
+    optimisations, `threads` intra-op threads, one inter-op thread."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads

@@ -9,11 +9,14 @@ and the median of the rounds is reported. PyTorch and ONNX Runtime are optional 
 """
 from __future__ import annotations
 
-import io
 import math
+import os
 import statistics
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
@@ -41,7 +44,7 @@ PAUSE = 0.05
 class Model:
     """A network of the benchmark: its fastconv.models constructor and image size."""
     name: str
-    build: object  # (width, rng) -> fastconv model
+    build: Callable[..., L.Layer]  # (width, rng, classes) -> fastconv model
     image: int  # H = W of the input images
     width: int  # the paper's channel count of the first stage
     classes: int = 1000
@@ -165,39 +168,43 @@ def _twin_classes(torch) -> dict:
     takes the same weight)."""
     if _TWIN_CLASSES:
         return _TWIN_CLASSES
-    nn = torch.nn
+    nn: Any = torch.nn
 
-    class TorchGraph(nn.Module):
-        def __init__(self, nodes, output):
-            super().__init__()
-            self.wiring = [(name, tuple(names)) for name, _, names in nodes]
-            self.output = output
-            for name, module, _ in nodes:
-                self.add_module(name, module)
+    # classes made with type(): they exist only once torch is imported (and mypy's stubtest
+    # would look for classes defined in a function at the module's top level)
+    def graph_init(self, nodes, output):
+        nn.Module.__init__(self)
+        self.wiring = [(name, tuple(names)) for name, _, names in nodes]
+        self.output = output
+        for name, module, _ in nodes:
+            self.add_module(name, module)
 
-        def forward(self, x):
-            values = {"x": x}
-            for name, names in self.wiring:
-                values[name] = getattr(self, name)(*(values[n] for n in names))
-            return values[self.output]
+    def graph_forward(self, x):
+        values = {"x": x}
+        for name, names in self.wiring:
+            values[name] = getattr(self, name)(*(values[n] for n in names))
+        return values[self.output]
 
-    class TorchMerge(nn.Module):
-        def __init__(self, op):
-            super().__init__()
-            self.op = op
+    def merge_init(self, op):
+        nn.Module.__init__(self)
+        self.op = op
 
-        def forward(self, *xs):
-            if self.op == "Concat":  # NHWC channels = NCHW dimension 1
-                return torch.cat(xs, 1)
-            y = xs[0]
-            for x in xs[1:]:
-                y = y + x if self.op == "Add" else y * x
-            return y
+    def merge_forward(self, *xs):
+        if self.op == "Concat":  # NHWC channels = NCHW dimension 1
+            return torch.cat(xs, 1)
+        y = xs[0]
+        for x in xs[1:]:
+            y = y + x if self.op == "Add" else y * x
+        return y
 
-    class FlattenNHWC(nn.Module):
-        def forward(self, x):
-            return x.permute(0, 2, 3, 1).flatten(1) if x.dim() == 4 else x.flatten(1)
+    def flatten_forward(self, x):
+        return x.permute(0, 2, 3, 1).flatten(1) if x.dim() == 4 else x.flatten(1)
 
+    TorchGraph = type("TorchGraph", (nn.Module,), {"__init__": graph_init,
+                                                   "forward": graph_forward})
+    TorchMerge = type("TorchMerge", (nn.Module,), {"__init__": merge_init,
+                                                   "forward": merge_forward})
+    FlattenNHWC = type("FlattenNHWC", (nn.Module,), {"forward": flatten_forward})
     _TWIN_CLASSES.update(Graph=TorchGraph, Merge=TorchMerge, FlattenNHWC=FlattenNHWC)
     return _TWIN_CLASSES
 
@@ -208,12 +215,14 @@ def onnx_session(twin, x_nchw: np.ndarray, ort, threads: int):
     (dynamo=False: it works offline), with a dynamic batch dimension. Input "x" NCHW."""
     import torch
 
-    buffer = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(twin, (torch.from_numpy(x_nchw),), buffer, dynamo=False,
+    with tempfile.TemporaryDirectory() as folder, torch.no_grad(), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own notice
+        path = os.path.join(folder, "model.onnx")
+        torch.onnx.export(twin, (torch.from_numpy(x_nchw),), path, dynamo=False,
                           input_names=["x"], output_names=["y"], opset_version=17,
                           dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    return _bench.onnxruntime_session(buffer.getvalue(), ort, threads)
+        return _bench.onnxruntime_session(path, ort, threads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,7 +319,8 @@ def bench_inference(model: Model, batches, engines, threads: int, repeats: int,
     (without it: fastconv's optimized form against its plain eval form). Why a peer could
     not run is appended to `notes`."""
     notes = [] if notes is None else notes
-    torch = _bench.torch_module() if "torch" in engines or "onnxruntime" in engines else None
+    torch: Any = (_bench.torch_module() if "torch" in engines or "onnxruntime" in engines
+                  else None)
     image = image or model.image
     net = build(model, width, image, seed, classes)
     twin = torch_twin(net, torch).to(memory_format=torch.channels_last) if torch else None
@@ -367,7 +377,7 @@ def bench_train(model: Model, batches, engines, repeats: int, width: int | None 
     from fastconv.losses import CrossEntropyLoss
     from fastconv.optim import SGD
 
-    torch = _bench.torch_module() if "torch" in engines else None
+    torch: Any = _bench.torch_module() if "torch" in engines else None
     rng = np.random.default_rng(seed + 2)
     results = []
     for n in batches:
