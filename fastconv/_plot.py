@@ -120,10 +120,12 @@ def models_figure(results, engines, title: str = "") -> Figure:
         rows = [r for r in results if r.mode == mode]
         for j, engine in enumerate(engines):
             offset = (j - (len(engines) - 1) / 2) * bar
-            xs = [i + offset for i, r in enumerate(rows) if r.images_per_s(engine)]
-            heights = [r.images_per_s(engine) for r in rows if r.images_per_s(engine)]
+            drawn = [i for i, r in enumerate(rows)
+                     if r.images_per_s(engine) and engine not in r.failed]
+            xs = [i + offset for i in drawn]
+            heights = [rows[i].images_per_s(engine) for i in drawn]
             for i, r in enumerate(rows):
-                if engine in r.failed:
+                if engine in r.failed:  # a wrong result has no speed worth drawing
                     ax.text(i + offset, 0, "FAIL", rotation=90, ha="center", va="bottom",
                             color="#c00000", fontsize=8, fontweight="bold")
             if xs:
