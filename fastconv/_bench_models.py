@@ -35,6 +35,7 @@ INSTALL = {"torch": TORCH_INSTALL, "onnxruntime": ORT_INSTALL}
 # and every parameter gradient (train-mode BatchNorm divides by small batch deviations)
 INFERENCE_TOLERANCE = 1e-4
 TRAIN_TOLERANCE = 1e-3
+TRAIN_SLACK = 10
 # seconds between two engines' calls: thread pools that spin after a call (OpenBLAS, OpenMP,
 # ONNX Runtime's) must not steal the next engine's cores
 PAUSE = 0.05
@@ -372,7 +373,9 @@ def bench_train(model: Model, batches, engines, repeats: int, width: int | None 
                 lr: float = 0.01) -> list[Result]:
     """One training step (forward, cross-entropy loss, backward, SGD with momentum) of the
     network in training mode, fastconv against PyTorch (channels_last). The first step of
-    each is checked: the logits and every parameter gradient against PyTorch's."""
+    each is checked: the logits and every parameter gradient against PyTorch's in float64,
+    each within TRAIN_TOLERANCE or TRAIN_SLACK x PyTorch's own float32 error, whichever
+    is larger."""
     import fastconv
     from fastconv.losses import CrossEntropyLoss
     from fastconv.optim import SGD
@@ -414,18 +417,28 @@ def bench_train(model: Model, batches, engines, repeats: int, width: int | None 
                 return logits
 
             runs["torch"] = step_torch
-            # the check: both start from the same weights (the steps keep them equal up to
-            # rounding); gradients are read before the next step clears them
-            expected = step_torch().detach().numpy()
-            torch_grads = fastconv.state_dict_from_torch(
-                twin, {k: p.grad for k, p in twin.named_parameters()})
-            result.errors["torch"] = 0.0
-            logits = step_fastconv()
-            grads = {name: g for name, _, g in net.parameters()}
-            error = max([relative_error(logits, expected)]
-                        + [relative_error(grads[k], g) for k, g in torch_grads.items()])
-            result.errors["fastconv"] = error
-            if error > TRAIN_TOLERANCE:
+            # the check, on the first step (both engines start from the same weights):
+            # the logits and every parameter gradient against PyTorch in float64; a
+            # gradient that is mostly cancellation (a conv before train-mode BatchNorm on
+            # 4x4 maps) is off by more than TRAIN_TOLERANCE in any float32 engine, so
+            # fastconv passes where it stays within TRAIN_SLACK x PyTorch's own float32
+            # error (measured: fastconv's is up to 4x PyTorch's on such gradients)
+            reference = _torch_step_float64(twin, x, labels, torch)
+            results_of = {"torch": step_torch, "fastconv": step_fastconv}
+            ratio = 0.0
+            for name, step in results_of.items():
+                logits = _nhwc(step().detach() if name == "torch" else step())
+                grads = (fastconv.state_dict_from_torch(
+                    twin, {k: p.grad for k, p in twin.named_parameters()})
+                    if name == "torch" else {k: g for k, _, g in net.parameters()})
+                errors = {k: relative_error(grads[k], g) for k, g in reference[1].items()}
+                errors["logits"] = relative_error(logits, reference[0])
+                result.errors[name] = max(errors.values())
+                if name == "torch":
+                    allowed = {k: max(TRAIN_TOLERANCE, TRAIN_SLACK * e) for k, e in errors.items()}
+                else:
+                    ratio = max(e / allowed[k] for k, e in errors.items())
+            if ratio > 1:
                 result.failed.append("fastconv")
         else:
             step_fastconv()
@@ -435,6 +448,21 @@ def bench_train(model: Model, batches, engines, repeats: int, width: int | None 
         result.seconds = {name: statistics.median(t) for name, t in result.times.items()}
         results.append(result)
     return results
+
+
+def _torch_step_float64(twin, x: np.ndarray, labels: np.ndarray, torch):
+    """(logits, {name: gradient} in fastconv's layouts) of a float64 copy of the twin in
+    training mode: the reference of the training step's check."""
+    import copy
+
+    import fastconv
+
+    exact = copy.deepcopy(twin).double().to(memory_format=torch.contiguous_format)
+    logits = exact(torch.from_numpy(x).double().permute(0, 3, 1, 2).contiguous())
+    torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
+    grads = fastconv.state_dict_from_torch(
+        exact, {k: p.grad for k, p in exact.named_parameters()})
+    return logits.detach().numpy(), grads
 
 
 def geometric_mean(values) -> float | None:

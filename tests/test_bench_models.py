@@ -57,7 +57,7 @@ def test_models_bench_checks_and_writes_json(tmp_path, capsys):
     assert inference["vs_torch"] > 0 and inference["vs_onnxruntime"] > 0
     train = rows["resnet18", "train", 1]
     assert set(train["engines"]) == {"fastconv", "torch"}
-    assert train["engines"]["fastconv"]["error_vs_torch"] <= _bench_models.TRAIN_TOLERANCE
+    assert 0 < train["engines"]["fastconv"]["error_vs_torch"] < 0.1  # vs float64
     assert report["config"]["engines"] == ["fastconv", "torch", "onnxruntime"]
     assert report["machine"]["onnxruntime"] and report["failed"] == 0
     assert "x vs torch" in out and "x vs ort" in out and "FAIL" not in out
@@ -153,3 +153,18 @@ def test_model_options_are_checked(capsys):
     assert "one batch size" in capsys.readouterr().err
     assert cli.main(["bench", "--compare", "tensorflow"]) == 2
     assert "unknown peer 'tensorflow'" in capsys.readouterr().err
+
+
+def test_models_plot_draws_images_per_second_and_marks_fail():
+    pytest.importorskip("matplotlib")
+    from fastconv import _plot
+
+    ok = _bench_models.Result("resnet18", 8, 224, "inference",
+                              seconds={"fastconv": 0.2, "torch": 0.4})
+    bad = _bench_models.Result("unet", 1, 128, "inference", failed=["fastconv"],
+                               seconds={"fastconv": 0.1, "torch": 0.3})
+    fig = _plot.models_figure([ok, bad], ["fastconv", "torch"], "title")
+    (ax,) = fig.axes
+    heights = sorted(round(p.get_height()) for p in ax.patches)
+    assert heights == [3, 20, 40]  # images/s: unet's fastconv bar is left out
+    assert "FAIL" in [t.get_text() for t in ax.texts]
