@@ -1,7 +1,7 @@
 """The standard layer suite and the measurement engine behind `fastconv bench`.
 
-Everything here works with NumPy alone; PyTorch is used as a peer when it is importable and
-tqdm is the CLI's business. Each measured call is first checked against a float64 reference
+Everything here works with NumPy alone; PyTorch and ONNX Runtime (forward only) are used as
+peers when they are importable and tqdm is the CLI's business. Each measured call is first checked against a float64 reference
 computed here from the definition (a tap-by-tap sum, independent of fastconv's kernels);
 then all implementations are timed round by round on the same arrays, interleaved, and the
 median of the rounds is reported.
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 DIRECTIONS = ("forward", "backward")
-PEERS = ("numpy", "torch")
+PEERS = ("numpy", "torch", "onnxruntime")
 BLAS_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 SIMD_FLAGS = ("sse2", "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
               "avx512_vnni", "avx512_bf16", "amx_tile", "neon", "asimd", "sve")
@@ -454,6 +454,63 @@ def torch_contender(layer: Layer, direction: str, arrays: dict, torch) -> Conten
                      lambda grads: [nhwc(grads[0]), grads[1].numpy().transpose(2, 3, 1, 0)])
 
 
+def onnxruntime_module():
+    """onnxruntime, or None when it (or onnx, which builds its models) is not installed."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except Exception:  # ImportError, or a broken installation
+        return None
+    return onnxruntime
+
+
+def onnx_conv_model(layer: Layer, w: np.ndarray) -> bytes:
+    """A one-node ONNX model (opset 17) of the layer's forward: Conv, or ConvTranspose for a
+    transposed layer, input "x" NCHW, the weight an initializer in ONNX's layout (OIHW;
+    ConvTranspose: (C_in, C_out / groups, kh, kw)), no bias."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    n, c_out = layer.n, layer.c_out
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, layer.c_in, layer.hw, layer.hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                      [n, c_out, layer.out_hw, layer.out_hw])
+    weight = numpy_helper.from_array(np.ascontiguousarray(w.transpose(3, 2, 0, 1)), "w")
+    node = helper.make_node("ConvTranspose" if layer.transposed else "Conv", ["x", "w"], ["y"],
+                            kernel_shape=[layer.k] * 2, strides=[layer.stride] * 2,
+                            pads=[layer.pad] * 4, dilations=[layer.dilation] * 2,
+                            group=layer.groups)
+    graph = helper.make_graph([node], layer.name, [x], [y], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by every onnxruntime since 1.10
+    return model.SerializeToString()
+
+
+def onnxruntime_session(model, ort, threads: int):
+    """An ONNX Runtime CPU session of a model (serialized bytes or a file): all graph
+    optimisations, `threads` intra-op threads, one inter-op thread."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_contender(layer: Layer, direction: str, arrays: dict, ort) -> Contender | None:
+    """ONNX Runtime's convolution (forward only: ORT has no backward), at fastconv's thread
+    count, on an NCHW copy of the input made here (outside the timing); the result is
+    transposed back to NHWC for the check. Its pool spins after a call: timed on its own."""
+    import fastconv
+
+    if direction != "forward":
+        return None
+    session = onnxruntime_session(onnx_conv_model(layer, arrays["w"]), ort,
+                                  fastconv.get_num_threads())
+    feed = {"x": np.ascontiguousarray(arrays["x"].transpose(0, 3, 1, 2))}
+    return Contender("onnxruntime", lambda: session.run(None, feed)[0],
+                     lambda y: [y.transpose(0, 2, 3, 1)], spins=True)
+
+
 # ----------------------------------------------------------------------------------------------
 # measurement
 
@@ -500,10 +557,18 @@ class Result:
     @property
     def vs_torch(self) -> float | None:
         """torch time / fastconv's best time (> 1: fastconv is faster)."""
-        best, torch = self.best, self.entries.get("torch")
-        if best is None or torch is None or torch.status != "ok":
+        return self.vs("torch")
+
+    @property
+    def vs_onnxruntime(self) -> float | None:
+        """ONNX Runtime's time / fastconv's best time (> 1: fastconv is faster)."""
+        return self.vs("onnxruntime")
+
+    def vs(self, peer: str) -> float | None:
+        best, theirs = self.best, self.entries.get(peer)
+        if best is None or theirs is None or theirs.status != "ok":
             return None
-        return torch.seconds / self.entries[best].seconds
+        return theirs.seconds / self.entries[best].seconds
 
     def of_sgemm(self, sgemm_gflops: float | None) -> float | None:
         """The best fastconv algorithm's GFLOP/s as a fraction of the sgemm rate."""
@@ -517,6 +582,7 @@ class Result:
                 "auto": {part: {"algorithm": algorithm, "reason": reason}
                          for part, (algorithm, reason) in self.auto.items()},
                 "best": self.best, "vs_torch": self.vs_torch,
+                "vs_onnxruntime": self.vs_onnxruntime,
                 "fraction_of_sgemm": self.of_sgemm(sgemm_gflops),
                 "failed": self.failed,
                 "results": {name: {**dataclasses.asdict(e), "gflops": self.gflops(name)}
@@ -540,7 +606,8 @@ def _sample(c: Contender, number: int, entries: dict) -> None:
 
 
 def bench_layer(layer: Layer, direction: str, algorithms, repeats: int = 5, torch=None,
-                numpy_baseline: bool = True, min_sample: float = 5e-3, seed: int = 0) -> Result:
+                numpy_baseline: bool = True, min_sample: float = 5e-3, seed: int = 0,
+                ort=None) -> Result:
     """Check every implementation against the float64 reference (that call is also its
     warm-up), then time those that passed in `repeats` interleaved rounds."""
     arrays = make_arrays(layer, direction, seed)
@@ -551,6 +618,8 @@ def bench_layer(layer: Layer, direction: str, algorithms, repeats: int = 5, torc
         contenders.append(numpy_contender(layer, direction, arrays))
     if torch is not None:
         contenders.append(torch_contender(layer, direction, arrays, torch))
+    if ort is not None:
+        contenders.append(onnxruntime_contender(layer, direction, arrays, ort))
     contenders = [c for c in contenders if c is not None]
 
     entries, timed = {}, []
@@ -767,15 +836,18 @@ def _cell(value: float | None, width: int, entry: Entry | None = None) -> str:
 
 def format_table(results: list[Result], algorithms, peers,
                  sgemm_gflops: float | None = None) -> str:
-    """A text table: GFLOP/s per implementation, x vs torch, the best fastconv algorithm's
-    fraction of the sgemm rate (when given), and the check."""
+    """A text table: GFLOP/s per implementation, x vs torch and vs ONNX Runtime, the best
+    fastconv algorithm's fraction of the sgemm rate (when given), and the check."""
     name_w = max([len("layer")] + [len(r.layer.name) for r in results])
     cols = list(algorithms) + list(peers)
     width = max(7, *(len(c) for c in cols))
     head = f"{'layer':<{name_w}}  {'dir':<8}" + "".join("  " + c.rjust(width) for c in cols)
     with_torch = "torch" in peers
+    with_ort = "onnxruntime" in peers
     if with_torch:
         head += "  x vs torch"
+    if with_ort:
+        head += "  x vs ort"
     if sgemm_gflops:
         head += "  of sgemm"
     head += "  check"
@@ -786,6 +858,9 @@ def format_table(results: list[Result], algorithms, peers,
         if with_torch:
             ratio = r.vs_torch
             line += f"  {ratio:10.2f}" if ratio else f"  {'-':>10}"
+        if with_ort:
+            ratio = r.vs_onnxruntime
+            line += f"  {ratio:8.2f}" if ratio else f"  {'-':>8}"
         if sgemm_gflops:
             share = r.of_sgemm(sgemm_gflops)
             line += f"  {share:8.2g}" if share else f"  {'-':>8}"

@@ -1,4 +1,5 @@
-"""`fastconv bench --plot FILE`: GFLOP/s per layer as grouped bars, one panel per direction.
+"""`fastconv bench --plot FILE`: GFLOP/s per layer as grouped bars, one panel per direction
+(--models: images/s per network and batch size, one panel per mode).
 
 Needs matplotlib (the `plot` extra), imported by the CLI only when --plot is given. Uses
 matplotlib's object-oriented API (a Figure saved directly), never pyplot, so it neither
@@ -10,7 +11,8 @@ from matplotlib.figure import Figure
 
 # fastconv's algorithms in blues and greens, the peers in their own colours
 ALGORITHM_COLOURS = ("#1f4e9c", "#3b8fd9", "#7cc3ef", "#2a9d8f", "#8ab17d", "#5e548e")
-PEER_COLOURS = {"numpy": "#8c8c8c", "torch": "#ee4c2c"}  # PyTorch's orange-red
+# PyTorch's orange-red, ONNX Runtime's grey-blue
+PEER_COLOURS = {"numpy": "#8c8c8c", "torch": "#ee4c2c", "onnxruntime": "#4a6b8a"}
 # value labels on the bars while there are few enough to read
 MAX_LABELLED_BARS = 40
 
@@ -98,3 +100,61 @@ def save(results, algorithms, peers, path: str, title: str = "") -> None:
     """Draw figure(...) into path (format from the extension). Raises OSError if the file
     cannot be written."""
     figure(results, algorithms, peers, title).savefig(path, dpi=120)
+
+
+ENGINE_COLOURS = {"fastconv": ALGORITHM_COLOURS[0], **PEER_COLOURS}
+
+
+def models_figure(results, engines, title: str = "") -> Figure:
+    """The bar chart of `fastconv bench --models` (a list of _bench_models.Result): one
+    panel per mode (inference, train), a group of bars per network and batch size, a bar of
+    images/s per engine; "FAIL" is written where an engine disagreed with PyTorch."""
+    modes = list(dict.fromkeys(r.mode for r in results))
+    most = max((sum(r.mode == m for r in results) for m in modes), default=1)
+    fig = Figure(figsize=(max(6.4, 1.6 + most * (0.25 * len(engines) + 0.4)),
+                          1.2 + 3.3 * max(1, len(modes))), layout="constrained")
+    axes = fig.subplots(max(1, len(modes)), 1, squeeze=False)[:, 0]
+    bar = 0.8 / max(1, len(engines))
+    handles: dict = {}
+    for ax, mode in zip(axes, modes):
+        rows = [r for r in results if r.mode == mode]
+        for j, engine in enumerate(engines):
+            offset = (j - (len(engines) - 1) / 2) * bar
+            drawn = [i for i, r in enumerate(rows)
+                     if r.images_per_s(engine) and engine not in r.failed]
+            xs = [i + offset for i in drawn]
+            heights = [rows[i].images_per_s(engine) for i in drawn]
+            for i, r in enumerate(rows):
+                if engine in r.failed:  # a wrong result has no speed worth drawing
+                    ax.text(i + offset, 0, "FAIL", rotation=90, ha="center", va="bottom",
+                            color="#c00000", fontsize=8, fontweight="bold")
+            if xs:
+                bars = ax.bar(xs, heights, bar, color=ENGINE_COLOURS.get(engine, "#444444"),
+                              label=engine)
+                handles.setdefault(engine, bars)
+                ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=2,
+                             rotation=90 if len(rows) * len(engines) > 8 else 0)
+        what = "a training step" if mode == "train" else "inference"
+        ax.set_title(f"{what} ({rows[0].image} px)" if len({r.image for r in rows}) == 1
+                     else what, fontsize=10)
+        ax.set_ylabel("images/s")
+        ax.set_xticks(range(len(rows)), [f"{r.model} b{r.batch}" for r in rows],
+                      rotation=30 if len(rows) > 1 else 0,
+                      ha="right" if len(rows) > 1 else "center", fontsize=8)
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        ax.margins(y=0.2)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    if handles:
+        order = [e for e in engines if e in handles]
+        fig.legend([handles[e] for e in order], order, loc="outside lower center",
+                   ncols=len(order), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def save_models(results, engines, path: str, title: str = "") -> None:
+    """Draw models_figure(...) into path (format from the extension). Raises OSError if the
+    file cannot be written."""
+    models_figure(results, engines, title).savefig(path, dpi=120)

@@ -22,6 +22,9 @@ from fastconv._params import PADDING_MODES
 
 DEFAULT_REPEATS = 7
 QUICK_REPEATS = 3
+MODEL_REPEATS = 5  # --models: a call of a whole network lasts long enough on its own
+COMPARE_PEERS = ("torch", "onnxruntime")
+PEER_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime"}
 
 FILTER_KERNELS = ("sobel", "prewitt", "laplace", "gaussian", "box", "sharpen")
 EDGE_KERNELS = ("sobel", "prewitt", "laplace")  # signed responses, shown as |response| / max
@@ -49,6 +52,31 @@ def _layers(text: str) -> list[str]:
             f"unknown layer {', '.join(map(repr, unknown))}; the suite has: "
             f"{', '.join(_bench.LAYERS)}")
     return names
+
+
+def _models(text: str) -> list[str]:
+    from fastconv._bench_models import MODELS
+
+    names = list(MODELS) if text == "all" else _names(text)
+    unknown = [name for name in names if name not in MODELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown model {', '.join(map(repr, unknown))}; choose from "
+            f"{', '.join(MODELS)} (or all)")
+    return list(dict.fromkeys(names))
+
+
+def _compare(text: str) -> str | list[str]:
+    """"auto", "none" or a comma-separated list of peers (each then required)."""
+    if text in ("auto", "none"):
+        return text
+    names = _names(text)
+    unknown = [name for name in names if name not in COMPARE_PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown peer {', '.join(map(repr, unknown))}; choose auto, none or a list of "
+            f"{', '.join(COMPARE_PEERS)}")
+    return list(dict.fromkeys(names))
 
 
 def _algorithm_names() -> tuple[str, ...]:
@@ -82,6 +110,12 @@ def _positive_int(what: str):
     return parse
 
 
+def _positive_ints(what: str):
+    def parse(text: str) -> list[int]:
+        return [_positive_int(what)(part) for part in _names(text)]
+    return parse
+
+
 def _positive_real(what: str):
     def parse(text: str) -> float:
         try:
@@ -109,16 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     layer_list = ", ".join(_bench.LAYERS)
     bench = sub.add_parser(
-        "bench", help="benchmark the standard layer suite against NumPy and PyTorch",
+        "bench", help="benchmark the standard layer suite (or whole networks: --models) "
+                      "against NumPy, PyTorch and ONNX Runtime",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Run the standard layer suite (NHWC, fp32) through fastconv's algorithms.\n"
             "Every result is first checked against a float64 reference (FAIL if it disagrees\n"
             "beyond float32 tolerance); then fastconv, a NumPy baseline (as_strided im2col +\n"
-            "matmul, forward only) and PyTorch (channels_last, when installed) are timed\n"
-            "round by round on the same arrays, interleaved. Reported: GFLOP/s of the median\n"
-            "time, GFLOP = 2*N*Ho*Wo*C_out*(C_in/groups)*kh*kw / 1e9 (backward: input and\n"
-            "weight gradients, twice that), and torch time / best fastconv time.\n\n"
+            "matmul, forward only), PyTorch (channels_last) and ONNX Runtime (a one-node\n"
+            "Conv model, forward only; NCHW copies made outside the timing), when installed,\n"
+            "are timed round by round on the same arrays, interleaved. Reported: GFLOP/s of\n"
+            "the median time, GFLOP = 2*N*Ho*Wo*C_out*(C_in/groups)*kh*kw / 1e9 (backward:\n"
+            "input and weight gradients, twice that), and peer time / best fastconv time.\n\n"
+            "--models runs whole networks instead (fastconv.models with random weights, the\n"
+            "same weights in a PyTorch twin and its ONNX export for ONNX Runtime), inference\n"
+            "(and a training step with --train), every result checked against PyTorch:\n"
+            "  fastconv bench --models resnet18,resnet50,mobilenetv2,vgg16,unet --batch 1,8\n\n"
             "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE slow OpenBLAS down; unset them:\n"
             "  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE fastconv bench --quick"),
         epilog=f"layers: {layer_list}\nexit status: 0 all results correct, 1 a FAIL, "
@@ -139,11 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=_positive_int("--repeats"), metavar="R",
                        help=f"timed rounds per layer (default {DEFAULT_REPEATS}, "
                             f"--quick {QUICK_REPEATS})")
-    bench.add_argument("--batch", type=_positive_int("--batch"), metavar="N",
-                       help="use this batch size N for every layer")
-    bench.add_argument("--compare", choices=("auto", "torch", "none"), default="auto",
-                       help="peer to compare with: torch (required), auto (torch if "
-                            "importable, the default) or none")
+    bench.add_argument("--batch", type=_positive_ints("--batch"), metavar="N[,N...]",
+                       help="use this batch size N for every layer; --models: the batch "
+                            "sizes to run (default 1,8)")
+    bench.add_argument("--compare", type=_compare, default="auto", metavar="PEERS",
+                       help="peers to compare with: auto (those importable among torch "
+                            "and onnxruntime, the default), none, or a list such as "
+                            "torch,onnxruntime (each then required)")
+    bench.add_argument("--models", type=_models, metavar="A,B,...",
+                       help="benchmark whole networks instead of the layer suite: "
+                            "resnet18, resnet50, mobilenetv2, vgg16 (224x224 images), unet "
+                            "(128x128), or all; --quick: resnet18 and mobilenetv2 at batch 1")
+    bench.add_argument("--train", action="store_true",
+                       help="--models: also time a training step (forward, cross-entropy, "
+                            "backward, SGD) of resnet18 at 112x112 against PyTorch")
     bench.add_argument("--json", metavar="FILE",
                        help="also write every result and the machine description as JSON")
     bench.add_argument("--plot", metavar="FILE",
@@ -155,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     # for tests and smoke runs: shrink every image to at most this height/width
     bench.add_argument("--max-hw", type=_positive_int("--max-hw"), help=argparse.SUPPRESS)
     bench.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    # for tests: --models at a smaller first-stage width, image size and class count
+    bench.add_argument("--width", type=_positive_int("--width"), help=argparse.SUPPRESS)
+    bench.add_argument("--image", type=_positive_int("--image"), help=argparse.SUPPRESS)
+    bench.add_argument("--classes", type=_positive_int("--classes"), help=argparse.SUPPRESS)
     bench.set_defaults(func=cmd_bench, parser=bench)
 
     info = sub.add_parser("info", help="version, build, threads, CPU and BLAS libraries",
@@ -343,7 +396,7 @@ def _selected_layers(args) -> list[_bench.Layer]:
     if args.quick:
         layers = _bench.quick_selection(layers)
     if args.batch:
-        layers = [layer.replace(n=args.batch) for layer in layers]
+        layers = [layer.replace(n=args.batch[0]) for layer in layers]
     if args.max_hw:
         layers = [layer.replace(hw=max(min(layer.hw, args.max_hw),
                                        layer.dilation * (layer.k - 1) + 1))
@@ -351,13 +404,13 @@ def _selected_layers(args) -> list[_bench.Layer]:
     return layers
 
 
-def _header(args, threads: int, torch, repeats: int) -> str:
+def _header(args, threads: int, torch, repeats: int, ort=None) -> str:
     import fastconv
     from fastconv._kernels import _openmp
 
     mode = "quick (batch / 8)" if args.quick else "full"
     if args.batch:
-        mode += f", batch {args.batch}"
+        mode += f", batch {args.batch[0]}"
     lines = [f"fastconv {fastconv.__version__} bench: {threads} threads, OpenMP "
              f"{'on' if _openmp.openmp_enabled() else 'off'}, {mode}, median of {repeats} "
              f"interleaved rounds",
@@ -366,6 +419,9 @@ def _header(args, threads: int, torch, repeats: int) -> str:
     lines += [f"BLAS: {_bench.describe_pool(p)}" for p in pools] or ["BLAS: none found"]
     if torch is not None:
         lines.append(f"PyTorch {torch.__version__} (channels_last, {threads} threads)")
+    if ort is not None:
+        lines.append(f"ONNX Runtime {ort.__version__} (CPU, ORT_ENABLE_ALL, {threads} intra-op "
+                     f"threads, forward only)")
     lines.append("GFLOP/s = 2*N*Ho*Wo*C_out*(C_in/groups)*k*k / median time (backward: input "
                  "+ weight grads, 2x)")
     return "\n".join(lines)
@@ -382,40 +438,74 @@ def _finite(value):
     return value
 
 
+def _peers(args) -> dict:
+    """{peer: module or None} for torch and onnxruntime as --compare asks: a peer named in
+    the list must be importable (else exit 2 saying how to install it); with auto, a
+    missing one is named on stderr with how to install it."""
+    from fastconv._bench_models import INSTALL
+
+    find = {"torch": _bench.torch_module, "onnxruntime": _bench.onnxruntime_module}
+    if args.compare == "none":
+        return {name: None for name in COMPARE_PEERS}
+    wanted = COMPARE_PEERS if args.compare == "auto" else args.compare
+    peers = {name: find[name]() if name in wanted else None for name in COMPARE_PEERS}
+    for name in wanted:
+        if peers[name] is None:
+            message = (f"--compare {name} needs {PEER_NAMES[name]}, which is not importable "
+                       f"here: {INSTALL[name]}")
+            if args.compare != "auto":
+                args.parser.error(message)
+            print(f"note: {PEER_NAMES[name]} is not installed, so there is no {name} column "
+                  f"(to add it: {INSTALL[name]})", file=sys.stderr)
+    return peers
+
+
+def _plot_module(args) -> Any:
+    """fastconv._plot when --plot is given (None otherwise); exit status 2 when matplotlib
+    is missing or the file's extension names no format it writes."""
+    if not args.plot:
+        return None
+    try:
+        from fastconv import _plot as plot
+    except ImportError as exc:
+        print(f"fastconv bench: --plot needs matplotlib, which is not importable here "
+              f"({exc}): pip install 'fastconv[plot]' (or pip install matplotlib)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+    problem = plot.check_path(args.plot)
+    if problem:
+        args.parser.error(problem)
+    return plot
+
+
 def cmd_bench(args) -> int:
     if args.onnx:
         return cmd_bench_onnx(args)
     import fastconv
 
-    torch = None
-    if args.compare != "none":
-        torch = _bench.torch_module()
-        if torch is None and args.compare == "torch":
-            args.parser.error("--compare torch needs PyTorch, which is not importable here "
-                              "(pip install 'fastconv[torch]')")
-    plot: Any = None
-    if args.plot:  # checked before the run, not after minutes of measuring
-        try:
-            from fastconv import _plot as plot
-        except ImportError as exc:
-            print(f"fastconv bench: --plot needs matplotlib, which is not importable here "
-                  f"({exc}): pip install 'fastconv[plot]' (or pip install matplotlib)",
-                  file=sys.stderr)
-            return 2
-        problem = plot.check_path(args.plot)
-        if problem:
-            args.parser.error(problem)
+    if args.models:
+        return cmd_bench_models(args)
+    if args.batch and len(args.batch) > 1:
+        args.parser.error(f"--batch: the layer suite takes one batch size, but got "
+                          f"{','.join(map(str, args.batch))} (several are for --models)")
+    for option in ("train", "width", "image", "classes"):
+        if getattr(args, option):
+            args.parser.error(f"--{option} applies to --models only")
+    peers_found = _peers(args)
+    torch, ort = peers_found["torch"], peers_found["onnxruntime"]
+    plot = _plot_module(args)  # checked before the run, not after minutes of measuring
     threads = args.threads or fastconv.get_num_threads()
     algorithms = args.algorithms or list(_algorithm_names())
     directions = _bench.DIRECTIONS if args.direction == "both" else (args.direction,)
     repeats = args.repeats or (QUICK_REPEATS if args.quick else DEFAULT_REPEATS)
     layers = _selected_layers(args)
-    peers = ["numpy"] + (["torch"] if torch is not None else [])
+    peers = (["numpy"] + (["torch"] if torch is not None else [])
+             + (["onnxruntime"] if ort is not None else []))
 
     warning = _bench.blas_env_warning()
     if warning:
         print(warning, file=sys.stderr)
-    print(_header(args, threads, torch, repeats), flush=True)
+    print(_header(args, threads, torch, repeats, ort), flush=True)
 
     results = []
     progress = _Progress(len(layers) * len(directions), not args.no_progress)
@@ -431,7 +521,7 @@ def cmd_bench(args) -> int:
                     progress.start(f"{layer.name} {direction}")
                     results.append(_bench.bench_layer(
                         layer, direction, algorithms, repeats=repeats, torch=torch,
-                        seed=args.seed))
+                        seed=args.seed, ort=ort))
                     progress.step()
     finally:
         progress.close()
@@ -446,6 +536,12 @@ def cmd_bench(args) -> int:
         text = f"{geomean:.2f}" if geomean else "-"
         print(f"\ngeometric mean of x vs torch (torch time / best fastconv time, > 1: fastconv "
               f"faster) over {len(ratios)} rows: {text}")
+    ort_ratios = [r.vs_onnxruntime for r in results if r.vs_onnxruntime]
+    geomean_ort = _bench.geometric_mean(ort_ratios)
+    if ort is not None:
+        text = f"{geomean_ort:.2f}" if geomean_ort else "-"
+        print(f"geometric mean of x vs ort (ONNX Runtime time / best fastconv time, forward) "
+              f"over {len(ort_ratios)} rows: {text}")
     failed = [f"{r.layer.name} {r.direction} {a}: {r.entries[a].message}"
               for r in results for a in r.failed]
     for line in failed:
@@ -457,9 +553,11 @@ def cmd_bench(args) -> int:
                   "config": {"layers": [layer.name for layer in layers],
                              "algorithms": algorithms, "directions": list(directions),
                              "repeats": repeats, "quick": args.quick, "threads": threads,
-                             "compare": "torch" if torch is not None else "none"},
+                             "compare": [p for p in peers if p != "numpy"] or "none",
+                             "onnxruntime": None if ort is None else ort.__version__},
                   "results": [r.as_dict(sgemm) for r in results],
                   "geomean_vs_torch": geomean,
+                  "geomean_vs_onnxruntime": geomean_ort,
                   "failed": len(failed)}
         try:
             with open(args.json, "w") as f:
@@ -473,6 +571,114 @@ def cmd_bench(args) -> int:
                  f"threads, {'quick' if args.quick else 'full'} suite; {_bench.cpu_model()}")
         try:
             plot.save(results, algorithms, peers, args.plot, title)
+        except OSError as exc:
+            print(f"fastconv bench: could not write --plot {args.plot}: {exc}", file=sys.stderr)
+            return 1
+        print(f"plot written to {args.plot}")
+    return 1 if failed else 0
+
+
+def cmd_bench_models(args) -> int:
+    """fastconv bench --models: whole networks, fastconv against PyTorch and ONNX Runtime."""
+    import fastconv
+    from fastconv import _bench_models as bm
+
+    for option in ("layers", "algorithms", "max_hw"):
+        if getattr(args, option):
+            args.parser.error(f"--{option.replace('_', '-')} applies to the layer suite, not "
+                              f"to --models")
+    peers = _peers(args)
+    torch, ort = peers["torch"], peers["onnxruntime"]
+    if ort is not None and torch is None:
+        print("note: ONNX Runtime runs the networks' ONNX export, made by PyTorch: without "
+              f"PyTorch there is no onnxruntime column (to add it: {bm.TORCH_INSTALL})",
+              file=sys.stderr)
+    plot = _plot_module(args)
+    threads = args.threads or fastconv.get_num_threads()
+    repeats = args.repeats or (QUICK_REPEATS if args.quick else MODEL_REPEATS)
+    names, batches = args.models, args.batch or [1, 8]
+    if args.quick:
+        names, batches = [n for n in names if n in bm.QUICK] or list(bm.QUICK), [1]
+    engines = ["fastconv"] + (["torch"] if torch is not None else []) + (
+        ["onnxruntime"] if ort is not None and torch is not None else [])
+    training = [n for n in names if n in bm.TRAIN_MODELS] if args.train else []
+    size = dict(width=args.width, seed=args.seed, classes=args.classes)
+
+    lines = [f"fastconv {fastconv.__version__} bench --models: {threads} threads, fp32, median "
+             f"of {repeats} interleaved rounds ({', '.join(engines)} in turn, one call each)",
+             f"CPU: {_bench.cpu_model()} [{' '.join(_bench.cpu_simd_flags()) or '?'}]",
+             f"fastconv inference: {bm.inference_description()}"]
+    if torch is not None:
+        lines.append(f"PyTorch {torch.__version__}: eager, channels_last, inference_mode, "
+                     f"{threads} threads")
+    if "onnxruntime" in engines:
+        lines.append(f"ONNX Runtime {ort.__version__}: CPU, ORT_ENABLE_ALL, {threads} intra-op "
+                     f"threads, 1 inter-op; the PyTorch twin exported with torch.onnx "
+                     f"(dynamo=False, opset 17)")
+    images = sorted({(bm.MODELS[n].image if args.image is None else args.image)
+                     for n in names})
+    lines.append(f"random weights (BatchNorm statistics from one pass over random images); "
+                 f"images {'/'.join(map(str, images))} px square (classifiers 224, unet 128)"
+                 + (f"; training step at {args.image or bm.TRAIN_IMAGE} px" if training else ""))
+    lines.append(f"check: max|engine - torch| / max|torch| <= {bm.INFERENCE_TOLERANCE:g} "
+                 f"(inference); training: the logits and all parameter gradients (relative to "
+                 f"the largest) vs PyTorch in float64 <= {bm.TRAIN_TOLERANCE:g}")
+    lines.append("x vs peer = peer time / fastconv time (> 1: fastconv faster)")
+    print("\n".join(lines), flush=True)
+
+    results: list = []
+    notes: list[str] = []
+    progress = _Progress(len(names) + len(training), not args.no_progress)
+    try:
+        with _bench.thread_count(threads, torch):
+            for name in names:
+                progress.start(f"{name} inference")
+                results += bm.bench_inference(bm.MODELS[name], batches, engines, threads,
+                                              repeats, image=args.image, notes=notes, **size)
+                progress.step()
+            for name in training:
+                progress.start(f"{name} training step")
+                results += bm.bench_train(bm.MODELS[name], batches, engines, repeats,
+                                          image=args.image or bm.TRAIN_IMAGE, **size)
+                progress.step()
+    finally:
+        progress.close()
+
+    print()
+    print(bm.format_table(results, engines))
+    summary = bm.summary(results)
+    if summary:
+        print()
+        print("\n".join(summary))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    failed = [f"{r.model} batch {r.batch} {r.mode}: {', '.join(r.failed)}"
+              for r in results if r.failed]
+    for line in failed:
+        print(f"FAIL {line}", file=sys.stderr)
+
+    if args.json:
+        machine = {**_bench.machine_info(threads),
+                   "onnxruntime": None if ort is None else ort.__version__}
+        report = {"machine": machine,
+                  "config": {"models": names, "batches": batches, "repeats": repeats,
+                             "threads": threads, "engines": engines, "train": training,
+                             "fastconv_inference": bm.inference_description(),
+                             "width": args.width, "image": args.image},
+                  "results": [r.as_dict() for r in results],
+                  "summary": summary, "notes": notes, "failed": len(failed)}
+        try:
+            with open(args.json, "w") as f:
+                json.dump(_finite(report), f, indent=2, allow_nan=False)
+        except OSError as exc:
+            print(f"fastconv bench: could not write --json {args.json}: {exc}", file=sys.stderr)
+            return 1
+        print(f"results written to {args.json}")
+    if plot is not None:
+        title = (f"fastconv {fastconv.__version__}: images/s (median of {repeats}), {threads} "
+                 f"threads; {_bench.cpu_model()}")
+        try:
+            plot.save_models(results, engines, args.plot, title)
         except OSError as exc:
             print(f"fastconv bench: could not write --plot {args.plot}: {exc}", file=sys.stderr)
             return 1
