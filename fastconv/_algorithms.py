@@ -34,8 +34,8 @@ def _best_simd(name: str):
 
 
 KERNELS = {"direct": _best_simd("_direct"), "im2col": _im2col,
-           "winograd": _best_simd("_winograd")}
-USES_BLAS = {"direct": False, "im2col": True, "winograd": True}
+           "winograd": _best_simd("_winograd"), "blocked": _best_simd("_blocked")}
+USES_BLAS = {"direct": False, "im2col": True, "winograd": True, "blocked": False}
 # below this much work (a few microseconds) waking a second thread costs more than it saves
 PARALLEL_MIN_FLOPS = 1_000_000
 ALGORITHMS = ("auto",) + tuple(KERNELS)
@@ -169,7 +169,7 @@ def for_single_tap_phases(algorithm: str, kh: int, kw: int, stride, dilation,
     share a phase (kernel <= stride, as in 2x2 stride 2), worth it only with a stride (stride
     1 is a single phase already) and, for "auto", enough input channels per group for a GEMM
     (`in_per_group`: the transposed convolution's, i.e. grad_output's)."""
-    if algorithm == "direct" or tuple(stride) == (1, 1):
+    if algorithm in ("direct", "blocked") or tuple(stride) == (1, 1):
         return False
     for k, s, d in zip((kh, kw), stride, dilation):
         if len({r * d % s for r in range(k)}) < k:
@@ -191,6 +191,8 @@ def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, 
     Winograd where it serves and pays for the forward convolution; im2col + BLAS when a group
     has few input channels (a first layer: the direct kernel's blocks of FC_CI input
     channels run empty); direct otherwise."""
+    if algorithm == "blocked":  # a forward kernel only: its weight gradient is direct's
+        return "direct"
     if algorithm != "auto":
         return algorithm
     if _auto_picks_winograd(weight_shape, out_shape, itemsize, geo.stride, geo.dilation,

@@ -237,6 +237,11 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
              flops=flops)
         if out is not y:
             y[...] = out
+    elif algo == "blocked":
+        block = _algorithms.KERNELS[algo].OUT_BLOCK[y.dtype.name]
+        in_block, rows = _blocked_tiling(w.shape, block, y.itemsize, y.shape[2])
+        _run(algo, "conv_forward", x, pack_weight(w, groups), _blocked_bias(bias, groups, block),
+             y, *offsets, sh, sw, dh, dw, in_block, rows, flops=flops)
     else:
         # a depthwise output far larger than the caches is written with non-temporal stores
         # (measured, mobilenet_dw_112 forward, 2 threads: kernel 2.63 -> 2.36 ms)
@@ -246,6 +251,56 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
         x, w, bias = _padded_channels(x, w, bias, groups, block)
         _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups, exact,
              stream, flops=flops)
+
+
+# The blocked kernel's cache blocking: a block of input channels' packed weight (kh x kw x
+# in_block x OUT_BLOCK values) near BLOCKED_WEIGHT_BYTES, so that it stays in L2 while it
+# serves a work item's pixels (at least BLOCKED_ITEM_PIXELS of them: whole output rows).
+BLOCKED_WEIGHT_BYTES = 256 * 1024
+BLOCKED_ITEM_PIXELS = 32
+
+
+def pack_weight(w: np.ndarray, groups: int, block: int | None = None) -> np.ndarray:
+    """An HWIO weight (kh, kw, C_in // groups, C_out) in the blocked kernel's layout
+    (groups, n_blocks, kh, kw, C_in // groups, block): each group's output channels cut into
+    blocks of `block` (default: the kernel's OUT_BLOCK for w's dtype), the last one
+    zero-padded. A function of the weight alone, so its result can be kept and reused."""
+    if block is None:
+        block = _algorithms.KERNELS["blocked"].OUT_BLOCK[w.dtype.name]
+    kh, kw, cig, cout = w.shape
+    cog = cout // groups
+    n_blocks = -(-cog // block)
+    w = w.reshape(kh, kw, cig, groups, cog)
+    if n_blocks * block != cog:
+        w = np.pad(w, ((0, 0),) * 4 + ((0, n_blocks * block - cog),))
+    return np.ascontiguousarray(
+        w.reshape(kh, kw, cig, groups, n_blocks, block).transpose(3, 4, 0, 1, 2, 5))
+
+
+def unpack_weight(packed: np.ndarray, out_channels: int) -> np.ndarray:
+    """The HWIO weight (kh, kw, C_in // groups, out_channels) that pack_weight packed."""
+    groups, n_blocks, kh, kw, cig, block = packed.shape
+    w = packed.transpose(2, 3, 4, 0, 1, 5).reshape(kh, kw, cig, groups, n_blocks * block)
+    return np.ascontiguousarray(w[..., :out_channels // groups].reshape(kh, kw, cig, out_channels))
+
+
+def _blocked_bias(bias: np.ndarray, groups: int, block: int) -> np.ndarray:
+    """The blocked kernel's bias: (groups, n_blocks * block), zero-padded like the weight
+    ((0, 0) for none)."""
+    if not bias.size:
+        return bias.reshape(0, 0)
+    cog = bias.size // groups
+    return np.ascontiguousarray(np.pad(bias.reshape(groups, cog), ((0, 0), (0, -cog % block))))
+
+
+def _blocked_tiling(weight_shape, block: int, itemsize: int, out_width: int) -> tuple[int, int]:
+    """(in_block, rows) of the blocked kernel: input channels per cache block (all of them
+    when their packed weight is small enough; else equal blocks near BLOCKED_WEIGHT_BYTES)
+    and output rows per work item. Depends on the problem only, not the thread count."""
+    kh, kw, cig, _ = weight_shape
+    n_blocks = -(-(kh * kw * cig * block * itemsize) // BLOCKED_WEIGHT_BYTES)
+    in_block = -(-cig // n_blocks)
+    return in_block, -(-BLOCKED_ITEM_PIXELS // out_width)
 
 
 def winograd_weight(w: np.ndarray) -> np.ndarray:
