@@ -239,9 +239,10 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
             y[...] = out
     elif algo == "blocked":
         block = _algorithms.KERNELS[algo].OUT_BLOCK[y.dtype.name]
-        in_block, rows = _blocked_tiling(w.shape, block, y.itemsize, y.shape[2])
-        _run(algo, "conv_forward", x, pack_weight(w, groups), _blocked_bias(bias, groups, block),
-             y, *offsets, sh, sw, dh, dw, in_block, rows, flops=flops)
+        packed = pack_weight(w, groups)
+        _run(algo, "conv_forward", x, packed, _blocked_bias(bias, groups, block), y, *offsets,
+             sh, sw, dh, dw, _blocked_in_block(w.shape, block, y.itemsize), BLOCKED_ITEM_PIXELS,
+             packed.nbytes > BLOCKED_CACHE_BYTES, flops=flops)
     else:
         # a depthwise output far larger than the caches is written with non-temporal stores
         # (measured, mobilenet_dw_112 forward, 2 threads: kernel 2.63 -> 2.36 ms)
@@ -255,9 +256,13 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
 
 # The blocked kernel's cache blocking: a block of input channels' packed weight (kh x kw x
 # in_block x OUT_BLOCK values) near BLOCKED_WEIGHT_BYTES, so that it stays in L2 while it
-# serves a work item's pixels (at least BLOCKED_ITEM_PIXELS of them: whole output rows).
+# serves a work item's BLOCKED_ITEM_PIXELS output pixels (8 register blocks of 6). A packed
+# weight larger than BLOCKED_CACHE_BYTES is kept per output-channel block by each thread
+# (the work ordered block by block); a smaller one stays in cache whole, and a thread runs
+# all blocks of a few pixels while their input is in cache.
 BLOCKED_WEIGHT_BYTES = 256 * 1024
-BLOCKED_ITEM_PIXELS = 32
+BLOCKED_ITEM_PIXELS = 48
+BLOCKED_CACHE_BYTES = 512 * 1024  # half of this machine's 1 MiB L2 per core
 
 
 def pack_weight(w: np.ndarray, groups: int, block: int | None = None) -> np.ndarray:
@@ -293,14 +298,13 @@ def _blocked_bias(bias: np.ndarray, groups: int, block: int) -> np.ndarray:
     return np.ascontiguousarray(np.pad(bias.reshape(groups, cog), ((0, 0), (0, -cog % block))))
 
 
-def _blocked_tiling(weight_shape, block: int, itemsize: int, out_width: int) -> tuple[int, int]:
-    """(in_block, rows) of the blocked kernel: input channels per cache block (all of them
-    when their packed weight is small enough; else equal blocks near BLOCKED_WEIGHT_BYTES)
-    and output rows per work item. Depends on the problem only, not the thread count."""
+def _blocked_in_block(weight_shape, block: int, itemsize: int) -> int:
+    """The blocked kernel's input channels per cache block: all of them when their packed
+    weight is small enough, else equal blocks near BLOCKED_WEIGHT_BYTES. Depends on the
+    problem only, not the thread count."""
     kh, kw, cig, _ = weight_shape
     n_blocks = -(-(kh * kw * cig * block * itemsize) // BLOCKED_WEIGHT_BYTES)
-    in_block = -(-cig // n_blocks)
-    return in_block, -(-BLOCKED_ITEM_PIXELS // out_width)
+    return -(-cig // n_blocks)
 
 
 def winograd_weight(w: np.ndarray) -> np.ndarray:

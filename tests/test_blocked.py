@@ -12,8 +12,8 @@ from fastconv import _algorithms, functional
 VARIANTS = _algorithms.simd_modules("_blocked")
 
 
-def run_kernel(module, x, w, bias, stride, pads, dilation, groups, in_block, rows, threads=2,
-               out=None):
+def run_kernel(module, x, w, bias, stride, pads, dilation, groups, in_block, item_pixels,
+               threads=2, out=None, weight_outer=False):
     """The kernel called as conv2d calls it, with the cache blocking chosen by the test."""
     (sh, sw), (dh, dw) = stride, dilation
     (top, bottom), (left, right) = pads
@@ -25,7 +25,7 @@ def run_kernel(module, x, w, bias, stride, pads, dilation, groups, in_block, row
     status = module.conv_forward(
         x, functional.pack_weight(w, groups, block),
         functional._blocked_bias(bias, groups, block), y, top, left, sh, sw, dh, dw,
-        in_block, rows, threads)
+        in_block, item_pixels, weight_outer, threads)
     assert status == 0
     return y
 
@@ -50,9 +50,9 @@ def test_channel_counts_around_every_block(level, dtype, rng):
         w = rng.standard_normal((3, 3, cin, cout)).astype(dtype)
         bias = rng.standard_normal(cout).astype(dtype)
         expected = reference.conv2d(x, w, bias, (1, 1), ((1, 1), (1, 1)))
-        for in_block, rows in ((cin, 1), (3, 2), (1, 7)):
+        for in_block, item_pixels, weight_outer in ((cin, 7, False), (3, 13, True), (1, 1, False)):
             y = run_kernel(module, x, w, bias, (1, 1), ((1, 1), (1, 1)), (1, 1), 1,
-                           min(in_block, cin), rows)
+                           min(in_block, cin), item_pixels, weight_outer=weight_outer)
             assert_close(y, expected, dtype, 9 * cin)
 
 
@@ -84,14 +84,16 @@ def test_geometry(level, dtype, case, rng):
     w = rng.standard_normal((kh, kw, c // groups, cout)).astype(dtype)
     bias = rng.standard_normal(cout).astype(dtype)
     expected = reference.conv2d(x, w, bias, stride, pads, dilation, groups)
-    for in_block, rows in ((c // groups, 2), (max(1, c // groups // 2), 1)):
-        y = run_kernel(module, x, w, bias, stride, pads, dilation, groups, in_block, rows)
+    for in_block, item_pixels, outer in ((c // groups, 20, False),
+                                         (max(1, c // groups // 2), 7, True)):
+        y = run_kernel(module, x, w, bias, stride, pads, dilation, groups, in_block, item_pixels,
+                       weight_outer=outer)
         assert_close(y, expected, dtype, kh * kw * c // groups)
     # no bias, and an output that is a strided view (as the input gradient's phases write)
     big = np.full((n, 2 * expected.shape[1], 3 * expected.shape[2], cout), np.nan, dtype)
     view = big[:, 1::2, ::3]
     run_kernel(module, x, w, np.zeros(0, dtype), stride, pads, dilation, groups,
-               c // groups, 3, out=view)
+               c // groups, 48, out=view)
     assert_close(view, expected - bias, dtype, kh * kw * c // groups)
     assert np.isnan(big[:, ::2]).all() and np.isnan(big[:, :, 1::3]).all()
 
@@ -134,7 +136,7 @@ def test_conv2d_and_gradients_through_blocked(dtype, rng, monkeypatch):
     pads = ((1, 1), (1, 1))
     y = fastconv.conv2d(x, w, b, stride=2, padding=1, algorithm="blocked")
     assert_close(y, reference.conv2d(x, w, b, (2, 2), pads), dtype, 108)
-    assert len(calls) == 1 and calls[0][-3] < 12  # in_block: the channels were cut
+    assert len(calls) == 1 and calls[0][-4] < 12  # in_block: the channels were cut
     gy = rng.standard_normal(y.shape).astype(dtype)
     gx, gw, gb = fastconv.conv2d_backward(gy, x, w, stride=2, padding=1, algorithm="blocked")
     want = reference.conv2d_backward(gy, x, w, (2, 2), pads)
@@ -163,8 +165,10 @@ def test_identical_for_1_and_2_threads(dtype, rng):
     x = rng.standard_normal((3, 13, 11, 24)).astype(dtype)
     w = rng.standard_normal((3, 3, 24, 40)).astype(dtype)
     bias = rng.standard_normal(40).astype(dtype)
-    args = (x, w, bias, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, 10, 2)
-    one, two = run_kernel(module, *args, threads=1), run_kernel(module, *args, threads=2)
-    np.testing.assert_array_equal(one, two)
+    args = (x, w, bias, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, 10, 16)
+    for outer in (False, True):
+        one = run_kernel(module, *args, threads=1, weight_outer=outer)
+        two = run_kernel(module, *args, threads=2, weight_outer=outer)
+        np.testing.assert_array_equal(one, two)
     assert_close(two, reference.conv2d(x, w, bias, (1, 1), ((1, 1), (1, 1))), dtype, 216)
     assert module.team_size(2) == 2 and module.team_size(1) == 1

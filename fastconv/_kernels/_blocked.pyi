@@ -15,7 +15,9 @@ OUT_BLOCK: dict[str, int]  # {"float32": n, "float64": n}: output channels per p
 
 def conv_forward(
     x: _Floats, wp: _Floats, bias: _Floats, y: _Floats,
-    top: int, left: int, sh: int, sw: int, dh: int, dw: int, in_block: int, rows: int,
+    top: int, left: int, sh: int, sw: int, dh: int, dw: int, in_block: int,
+    item_pixels: int,
+    weight_outer: bool,
     num_threads: int,
 ) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
 def team_size(num_threads: int) -> int: ...  # threads an OpenMP region of num_threads gets

@@ -73,11 +73,16 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                  floating[:, :, :, :] y,                     # OUT (N, Ho, Wo, C_out)
                  Py_ssize_t top, Py_ssize_t left,            # zero padding before row / column 0
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                 Py_ssize_t in_block, Py_ssize_t rows, int num_threads):
-    """y = conv(x, w) + bias. Work items are (group, output-channel block, image, `rows`
-    output rows), in that order, split between the threads in equal contiguous runs (a
-    thread keeps one weight block while it can); every output value is computed by one
-    thread in a fixed order, so the result does not depend on the thread count.
+                 Py_ssize_t in_block, Py_ssize_t item_pixels, bint weight_outer,
+                 int num_threads):
+    """y = conv(x, w) + bias. A work item is one output-channel block of one group over a run
+    of at most item_pixels consecutive output pixels (row-major) of one image, each image's
+    pixels cut into runs of equal length (within one). The items are split between the
+    threads in equal contiguous runs of the order (group, block, image, run) when
+    `weight_outer` (a thread keeps one block's weight: for weights larger than the cache),
+    else (group, image, run, block) (a thread keeps a run's input while it goes through all
+    blocks). Every output value is computed by one thread in a fixed order, so the result
+    does not depend on the thread count.
     Returns 0, or 1 when a scratch buffer could not be allocated."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t G = wp.shape[0], n_ob = wp.shape[1], kh = wp.shape[2], kw = wp.shape[3]
@@ -85,25 +90,26 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], cog = y.shape[3] // G
     cdef Py_ssize_t y_img = y.strides[0] // sizeof(floating), y_row = y.strides[1] // sizeof(floating)
     cdef Py_ssize_t y_pix = y.strides[2] // sizeof(floating)
-    cdef Py_ssize_t n_rb = (Ho + rows - 1) // rows, n_items = G * n_ob * N * n_rb
+    cdef Py_ssize_t P = Ho * Wo, n_runs = (P + item_pixels - 1) // item_pixels
+    cdef Py_ssize_t n_items = G * n_ob * N * n_runs, per_group = n_ob * N * n_runs
     cdef Py_ssize_t ntaps = kh * kw, w_tap = cig * ob
     cdef bint has_bias = bias.shape[0] > 0
     cdef bint split = in_block < cig  # partial sums wait in the tile between input blocks
-    cdef Py_ssize_t item, rest, g, b, n, oh0, oh1, oh, ih, ow, iw, npix, p, r, s, t
-    cdef Py_ssize_t ci0, cb, nc, n_out, pix, n_pix, n_blocks, blk
-    cdef bint reached, last
+    cdef Py_ssize_t item, rest, g, b, n, run, p0, n_pix, n_blocks, blk, pix, npix, p, t
+    cdef Py_ssize_t oh, ow, ih, iw, r, s, ci0, cb, nc, n_out, init_pix
+    cdef bint last
     cdef const floating* zeros = NULL
     cdef const floating* x_img
     cdef const floating* w_blk
     cdef const floating* b_blk
     cdef const floating* init
     cdef const floating** xp = NULL
-    cdef floating* tile = NULL
     cdef floating** outp = NULL
-    cdef Py_ssize_t init_pix
+    cdef floating* tile = NULL
+    cdef floating* y_blk
     cdef int status = 0
     cdef int* failed = &status
-    if N * Ho * Wo == 0:
+    if N * P == 0:
         return 0
     zeros = <const floating*> calloc(in_block + 64, sizeof(floating))
     if zeros == NULL:
@@ -111,53 +117,54 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
     with nogil, parallel(num_threads=num_threads):
         xp = <const floating**> malloc(ntaps * FC_BLK_NP * sizeof(floating*))
         outp = <floating**> malloc(FC_BLK_NP * sizeof(floating*))
-        tile = <floating*> malloc(rows * Wo * ob * sizeof(floating)) if split else NULL
+        tile = <floating*> malloc(item_pixels * ob * sizeof(floating)) if split else NULL
         for item in prange(n_items, schedule="static"):
             if xp == NULL or outp == NULL or (split and tile == NULL):
                 failed[0] = 1
                 continue
-            g = item // (n_ob * N * n_rb)
-            rest = item % (n_ob * N * n_rb)
-            b = rest // (N * n_rb)           # output-channel block within the group
-            rest = rest % (N * n_rb)
-            n = rest // n_rb
-            oh0 = (rest % n_rb) * rows
-            oh1 = min(Ho, oh0 + rows)
+            g = item // per_group
+            rest = item % per_group
+            if weight_outer:  # (block, image, run)
+                b = rest // (N * n_runs)
+                rest = rest % (N * n_runs)
+            else:  # (image, run, block)
+                b = rest % n_ob
+                rest = rest // n_ob
+            n = rest // n_runs
+            run = rest % n_runs
+            p0 = run * P // n_runs  # the run: pixels [p0, p0 + n_pix) of image n
+            n_pix = (run + 1) * P // n_runs - p0
+            n_blocks = (n_pix + FC_BLK_NP - 1) // FC_BLK_NP
             nc = min(ob, cog - b * ob)
             x_img = &x[n, 0, 0, 0] + g * cig
+            y_blk = &y[0, 0, 0, 0] + n * y_img + g * cog + b * ob
             b_blk = &bias[g, b * ob] if has_bias else NULL
-            n_pix = (oh1 - oh0) * Wo
-            n_blocks = (n_pix + FC_BLK_NP - 1) // FC_BLK_NP
             ci0 = 0
             while ci0 < cig:
                 cb = min(in_block, cig - ci0)
                 last = ci0 + cb >= cig
                 w_blk = &wp[g, b, 0, 0, ci0, 0]
-                # the item's pixels (row-major over its rows) in n_blocks blocks of equal size
-                # (within one): 7 pixels run as 4 + 3, not 6 + 1
+                # the run in n_blocks register blocks of equal size (within one): 7 pixels
+                # run as 4 + 3, not 6 + 1
                 for blk in range(n_blocks):
-                    pix = blk * n_pix // n_blocks
+                    pix = blk * n_pix // n_blocks  # within the run
                     npix = (blk + 1) * n_pix // n_blocks - pix
+                    oh = (p0 + pix) // Wo
+                    ow = (p0 + pix) % Wo
                     for p in range(npix):
-                        oh = oh0 + (pix + p) // Wo
-                        ow = (pix + p) % Wo
-                        # where the pixel's sum goes: the tile, or y after the last input block
-                        outp[p] = (&y[0, 0, 0, 0] + n * y_img + oh * y_row + ow * y_pix
-                                   + g * cog + b * ob) if last else tile + (pix + p) * ob
-                        # each tap's input pointer: into x, or at the zeros
-                        for r in range(kh):
-                            ih = oh * sh + r * dh - top
-                            for s in range(kw):
-                                iw = ow * sw + s * dw - left
-                                xp[(r * kw + s) * FC_BLK_NP + p] = \
-                                    x_img + (ih * W + iw) * C + ci0 if 0 <= ih < H and 0 <= iw < W \
-                                    else zeros
-                    for t in range(ntaps):  # taps that reach x from no pixel are skipped
-                        reached = False
+                        # the pixel's sums go to the tile, or to y after the last input block
+                        outp[p] = y_blk + oh * y_row + ow * y_pix if last else tile + (pix + p) * ob
+                        _tap_pointers(xp + p, x_img + ci0, zeros, oh * sh - top, ow * sw - left,
+                                      kh, kw, dh, dw, H, W, C)
+                        ow = ow + 1
+                        if ow == Wo:
+                            ow = 0
+                            oh = oh + 1
+                    for t in range(ntaps):  # a tap that reaches x from no pixel is skipped
                         for p in range(npix):
                             if xp[t * FC_BLK_NP + p] != zeros:
-                                reached = True
-                        if not reached:
+                                break
+                        else:
                             xp[t * FC_BLK_NP] = NULL
                     # start from the bias (first input block) or the tile
                     init = b_blk if ci0 == 0 else tile + pix * ob
@@ -180,6 +187,19 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
     return status
 
 
+cdef inline void _tap_pointers(const floating** xp, const floating* x, const floating* zeros,
+                               Py_ssize_t ih0, Py_ssize_t iw0, Py_ssize_t kh, Py_ssize_t kw,
+                               Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t H, Py_ssize_t W,
+                               Py_ssize_t C) noexcept nogil:
+    """xp[(r*kw + s) * FC_BLK_NP] = x's pixel (ih0 + r*dh, iw0 + s*dw) for one output pixel
+    whose tap (0, 0) reads input pixel (ih0, iw0), or `zeros` where that is outside x."""
+    cdef Py_ssize_t r, s, ih, iw
+    for r in range(kh):
+        ih = ih0 + r * dh
+        for s in range(kw):
+            iw = iw0 + s * dw
+            xp[(r * kw + s) * FC_BLK_NP] = x + (ih * W + iw) * C if 0 <= ih < H and 0 <= iw < W \
+                else zeros
 
 def team_size(int num_threads):
     """The number of threads an OpenMP parallel region asking for num_threads gets here (the
