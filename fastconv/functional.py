@@ -206,7 +206,8 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
 
 def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, groups) -> None:
     """y = conv(x, w) + bias, x zero-padded by `offsets` (top, left) rows and columns; y's
-    shape sets how far the output goes (y may be a view with strided pixels)."""
+    shape sets how far the output goes (y may be a view with strided pixels; w a view too:
+    the blocked kernel packs it, the others get a contiguous copy)."""
     algo = _algorithms.for_convolution(algorithm, w.shape, y.shape, y.itemsize, stride, dilation,
                                        groups)
     # Taps in the zero padding contribute nothing (C of conv_matrix has no entry for them),
@@ -221,6 +222,8 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
             y.dtype, WINOGRAD_GAIN["input"] * WINOGRAD_GAIN["weight"] * WINOGRAD_GAIN["output"]
             * w.shape[2] * _max_abs(x) * _max_abs(w) + _max_abs(bias))):
         algo = "direct"
+    if algo != "blocked":
+        w = np.ascontiguousarray(w)
     (sh, sw), (dh, dw) = stride, dilation
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
     flops = 2 * pixels * w.size
@@ -345,6 +348,12 @@ def _phase_taps(phase: int, k: int, stride: int, dilation: int):
     return taps, first, dilation // math.gcd(stride, dilation)
 
 
+def _taps_slice(taps: list) -> slice:
+    """`taps`, an increasing arithmetic progression (those of one sub-pixel phase), as a
+    slice, so that indexing with it makes a view rather than a copy."""
+    return slice(taps[0], taps[-1] + 1, taps[1] - taps[0] if len(taps) > 1 else 1)
+
+
 def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0)) -> None:
     """out = C^T gy + bias: the input gradient of the convolution (or a transposed
     convolution) on the padded input grid, of which `out` holds the rows and columns from
@@ -395,7 +404,9 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
             # columns that lie before `out`
             offsets = (first_r + (len(rows) - 1) * step_r - (i0 + top - a) // sh,
                        first_s + (len(cols) - 1) * step_s - (j0 + left - b) // sw)
-            w_phase = np.ascontiguousarray(wt[rows][:, cols][::-1, ::-1])
+            # the phase's taps, flipped: a view (they are evenly spaced), copied once by the
+            # kernel's own packing or made contiguous in _forward_kernel
+            w_phase = wt[_taps_slice(rows)][:, _taps_slice(cols)][::-1, ::-1]
             _forward_kernel(algorithm, gy, offsets, w_phase, bias, phase, (1, 1),
                             (step_r, step_s), groups)
 
