@@ -217,8 +217,6 @@ def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, 
     channels run empty) and for 1x1 kernels (one GEMM x^T gy per chunk of pixels; measured
     on a Zen 5, one thread: 1024 -> 256 at 14x14 1.9x direct, 512 -> 2048 at 7x7 1.5x,
     256 -> 512 stride 2 at 56x56 1.7x, 64 <-> 256 at 56x56 1.0-1.1x); direct otherwise."""
-    if algorithm == "blocked":  # a forward kernel only: its weight gradient is direct's
-        return "direct"
     if algorithm != "auto":
         return algorithm
     if _auto_picks_winograd(weight_shape, out_shape, itemsize, geo.stride, geo.dilation,

@@ -164,10 +164,11 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
     """sum over output pixels of x's window (x) gy, in fixed partial sums added up at the end.
     x is zero-padded by `offsets` (top, left) rows and columns."""
     algo = _algorithms.for_weight_gradient(algorithm, weight_shape, gy.shape, gy.itemsize, geo)
-    # the direct kernel skips the zero padding, where im2col would add 0 * inf = NaN, and
+    # the direct kernel skips the zero padding, where im2col and blocked would add
+    # 0 * inf = NaN, and
     # Winograd's transforms would spread a non-finite value over its tile, or overflow: the
     # transformed tiles of x and gy, their products summed over all tiles, taken back to taps
-    if (algo == "im2col" and not _bounded(gy)) or (algo == "winograd" and not (
+    if (algo in ("im2col", "blocked") and not _bounded(gy)) or (algo == "winograd" and not (
             _winograd_fits(dtype, WINOGRAD_GAIN["input"] * WINOGRAD_GAIN["grad_output"]
                            * WINOGRAD_GAIN["to_taps"] * _algorithms.winograd_tiles(gy.shape)
                            * _max_abs(x) * _max_abs(gy)))):
@@ -178,6 +179,16 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
     weight_size = int(np.prod(weight_shape))
     pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
     flops = 2 * pixels * weight_size
+    if algo == "blocked":
+        grad = np.zeros(weight_shape, dtype)
+        block = _algorithms.KERNELS[algo].OUT_BLOCK[np.dtype(dtype).name]
+        units = geo.groups * -(-weight_shape[3] // geo.groups // block)
+        # enough work units for the threads (a fixed number: results do not depend on them)
+        ranges = max(1, min(-(-weight_shape[2] // _algorithms.KERNELS[algo].PIXEL_BLOCK),
+                            -(-BLOCKED_GRAD_UNITS // units)))
+        _run(algo, "conv_backward_weight", x, gy, grad, *offsets, sh, sw, dh, dw, geo.groups,
+             ranges, BLOCKED_CHUNK_PIXELS, flops=flops)
+        return grad
     if algo == "winograd":
         tiles = _algorithms.winograd_tiles(gy.shape)
         block = _algorithms.winograd_block(x.shape[3], gy.shape[3], itemsize, tiles,
@@ -266,6 +277,10 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
 BLOCKED_WEIGHT_BYTES = 256 * 1024
 BLOCKED_ITEM_PIXELS = 48
 BLOCKED_CACHE_BYTES = 512 * 1024  # half of this machine's 1 MiB L2 per core
+# its weight gradient: output pixels per chunk (their grad_output, one block of channels,
+# stays in L1/L2 while every tap and input channel uses it), and the work units it aims for
+BLOCKED_CHUNK_PIXELS = 256
+BLOCKED_GRAD_UNITS = 8
 
 
 def pack_weight(w: np.ndarray, groups: int, block: int | None = None) -> np.ndarray:
@@ -461,11 +476,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     bias: (C_out,) or None. Returns (N, H_out, W_out, C_out) (3-D for 3-D x) in
     np.result_type(x, weight, float32).
 
-    algorithm: "auto", "direct", "im2col" or "winograd" (3x3, stride 1, dilation 1 only;
-    ValueError otherwise). Winograd's transforms scale values by up to 36100 before they are
-    summed: where max|x| * max|weight| (times that and C_in // groups) could exceed the
-    dtype's largest value, or an operand is not finite, the direct kernel runs instead,
-    for "auto" and an explicit "winograd" alike (the result is right, only slower).
+    algorithm: "auto", "direct", "im2col", "blocked" (direct with packed weights, for wide
+    layers) or "winograd" (3x3, stride 1, dilation 1 only; ValueError otherwise).
+    Winograd's transforms scale values by up to 36100 before they are summed: where
+    max|x| * max|weight| (times that and C_in // groups) could exceed the dtype's largest
+    value, or an operand is not finite, the direct kernel runs instead, for "auto" and an
+    explicit "winograd" alike (the result is right, only slower). "blocked" reads the zero
+    padding as zeros (0 * w): where the weight is not finite, the direct kernel's exact
+    mode runs instead.
     """
     return _conv2d("conv2d", x, weight, bias, stride, padding, dilation, groups, padding_mode,
                    algorithm)

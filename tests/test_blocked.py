@@ -116,18 +116,23 @@ def test_packed_layout_round_trip(groups, block, dtype, rng):
 def test_conv2d_and_gradients_through_blocked(dtype, rng, monkeypatch):
     """conv2d routes algorithm="blocked" to the kernel, with input-channel cache blocks when
     the weight is large (here: always, the budget lowered); the input gradient's sub-pixel
-    phases (strided views of the output) run through it too."""
+    phases (strided views of the output) and the weight gradient run through it too."""
     monkeypatch.setattr(functional, "BLOCKED_WEIGHT_BYTES", 1024)
     calls = []
     kernel = _algorithms.KERNELS["blocked"]
 
     class Spy:
-        OUT_BLOCK = kernel.OUT_BLOCK
+        OUT_BLOCK, PIXEL_BLOCK = kernel.OUT_BLOCK, kernel.PIXEL_BLOCK
 
         @staticmethod
         def conv_forward(*args):
             calls.append(args)
             return kernel.conv_forward(*args)
+
+        @staticmethod
+        def conv_backward_weight(*args):
+            calls.append("weight")
+            return kernel.conv_backward_weight(*args)
 
     monkeypatch.setitem(_algorithms.KERNELS, "blocked", Spy)
     x = rng.standard_normal((2, 9, 10, 12)).astype(dtype)
@@ -140,7 +145,8 @@ def test_conv2d_and_gradients_through_blocked(dtype, rng, monkeypatch):
     gy = rng.standard_normal(y.shape).astype(dtype)
     gx, gw, gb = fastconv.conv2d_backward(gy, x, w, stride=2, padding=1, algorithm="blocked")
     want = reference.conv2d_backward(gy, x, w, (2, 2), pads)
-    assert len(calls) == 5  # one per sub-pixel phase of the stride-2 input gradient
+    # one call per sub-pixel phase of the stride-2 input gradient, one for the weight's
+    assert len(calls) == 6 and calls[-1] == "weight"
     assert_close(gx, want[0], dtype, 9 * 20)
     assert_close(gw, want[1], dtype, gy[..., 0].size)
     assert_close(gb, want[2], dtype, gy[..., 0].size)
@@ -172,3 +178,76 @@ def test_identical_for_1_and_2_threads(dtype, rng):
         np.testing.assert_array_equal(one, two)
     assert_close(two, reference.conv2d(x, w, bias, (1, 1), ((1, 1), (1, 1))), dtype, 216)
     assert module.team_size(2) == 2 and module.team_size(1) == 1
+
+
+def weight_gradient_reference(x, gy, w_shape, stride, pads, dilation, groups):
+    """sum over output pixels of x's window (x) gy, from the definition, in float64."""
+    kh, kw, cig, cout = w_shape
+    cog = cout // groups
+    (sh, sw), (dh, dw) = stride, dilation
+    ho, wo = gy.shape[1:3]
+    xp = np.pad(x.astype(float), ((0, 0), *pads, (0, 0)))
+    want = np.zeros(w_shape)
+    for r in range(kh):
+        for s in range(kw):
+            window = xp[:, r * dh: r * dh + sh * (ho - 1) + 1: sh,
+                        s * dw: s * dw + sw * (wo - 1) + 1: sw]
+            for g in range(groups):
+                want[r, s, :, g * cog:(g + 1) * cog] = np.einsum(
+                    "nhwi,nhwo->io", window[..., g * cig:(g + 1) * cig],
+                    gy[..., g * cog:(g + 1) * cog].astype(float))
+    return want
+
+
+@pytest.mark.parametrize("level", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", range(len(GEOMETRIES)))
+def test_weight_gradient(level, dtype, case, rng):
+    """Every geometry, with input-channel ranges of one register block or all of them,
+    chunks of pixels that split images and rows (or hold all of them)."""
+    n, h, wd, c, kh, kw, cout, stride, dilation, groups, pads = GEOMETRIES[case]
+    module = VARIANTS[level]
+    x = rng.standard_normal((n, h, wd, c)).astype(dtype)
+    y = reference.conv2d(x, np.zeros((kh, kw, c // groups, cout)), None, stride, pads,
+                         dilation, groups)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    want = weight_gradient_reference(x, gy, (kh, kw, c // groups, cout), stride, pads,
+                                     dilation, groups)
+    for ranges, chunk in ((1, 1000), (c // groups, 5), (2, 64)):
+        gw = np.zeros((kh, kw, c // groups, cout), dtype)
+        assert module.conv_backward_weight(x, gy, gw, pads[0][0], pads[1][0], *stride,
+                                           *dilation, groups, ranges, chunk, 2) == 0
+        assert_close(gw, want, dtype, gy[..., 0].size)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_weight_gradient_channel_counts_and_threads(dtype, rng):
+    """Output channels around the vector and block sizes, input channels around the register
+    block; 1 and 2 threads bit-identical (each weight element is summed by one thread)."""
+    module = _algorithms.KERNELS["blocked"]
+    for cout in channel_counts(module, dtype):
+        cin = module.PIXEL_BLOCK + cout % 3 - 1
+        x = rng.standard_normal((2, 6, 5, cin)).astype(dtype)
+        gy = rng.standard_normal((2, 6, 5, cout)).astype(dtype)
+        want = weight_gradient_reference(x, gy, (3, 3, cin, cout), (1, 1), ((1, 1), (1, 1)),
+                                         (1, 1), 1)
+        results = []
+        for threads in (1, 2):
+            gw = np.zeros((3, 3, cin, cout), dtype)
+            module.conv_backward_weight(x, gy, gw, 1, 1, 1, 1, 1, 1, 1, 2, 16, threads)
+            results.append(gw)
+        np.testing.assert_array_equal(results[0], results[1])
+        assert_close(results[1], want, dtype, 60)
+
+
+def test_non_finite_grad_output_weight_gradient_runs_direct(rng):
+    """A tap in the zero padding adds nothing to the weight gradient, even against an
+    infinite grad_output (the blocked kernel would add 0 * inf = NaN): direct runs then."""
+    x = rng.standard_normal((1, 4, 5, 3))
+    w = rng.standard_normal((3, 3, 3, 2))
+    gy = np.zeros((1, 4, 5, 2))
+    gy[0, 0, 0, 0] = np.inf
+    _, gw, _ = fastconv.conv2d_backward(gy, x, w, padding=1, algorithm="blocked",
+                                        needs="weight")
+    # pixel (0, 0)'s taps in row 0 and column 0 read the padding: no NaN there
+    assert not np.isnan(gw[:, :, :, 0]).any() and np.isinf(gw[1:, 1:, :, 0]).all()

@@ -38,6 +38,10 @@ cdef extern from "fastconv_blocked.h":
     void fc_blocked_f(int npix, const float* const* xp, const float* w, Py_ssize_t ntaps,
                       Py_ssize_t cb, Py_ssize_t w_tap, const float* init, Py_ssize_t init_pix,
                       float* const* out, Py_ssize_t nc) noexcept nogil
+    void fc_wgrad_blocked_f(int nci, const float* const* xp, Py_ssize_t ci0, const float* gy,
+                            Py_ssize_t npix, float* gw, Py_ssize_t w_ci, Py_ssize_t nc) noexcept nogil
+    void fc_wgrad_blocked_d(int nci, const double* const* xp, Py_ssize_t ci0, const double* gy,
+                            Py_ssize_t npix, double* gw, Py_ssize_t w_ci, Py_ssize_t nc) noexcept nogil
     void fc_blocked_d(int npix, const double* const* xp, const double* w, Py_ssize_t ntaps,
                       Py_ssize_t cb, Py_ssize_t w_tap, const double* init, Py_ssize_t init_pix,
                       double* const* out, Py_ssize_t nc) noexcept nogil
@@ -200,6 +204,124 @@ cdef inline void _tap_pointers(const floating** xp, const floating* x, const flo
             iw = iw0 + s * dw
             xp[(r * kw + s) * FC_BLK_NP] = x + (ih * W + iw) * C if 0 <= ih < H and 0 <= iw < W \
                 else zeros
+
+def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
+                         const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out)
+                         floating[:, :, :, ::1] gw,        # OUT (kh, kw, cig, C_out), zeroed
+                         Py_ssize_t top, Py_ssize_t left,  # zero padding, as in conv_forward
+                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                         Py_ssize_t groups, Py_ssize_t in_ranges, Py_ssize_t chunk_pixels,
+                         int num_threads):
+    """Weight gradient gw[r, s, ci, co] = sum over output pixels of x at tap (r, s) times gy,
+    without partial sums: a work unit is (group, block of OUT_BLOCK output channels, one of
+    `in_ranges` ranges of input channels), and owns its part of gw. It goes through all
+    output pixels in chunks of chunk_pixels: the chunk's gy, its block of channels, copied
+    once into a zero-padded buffer of the thread (it stays in cache while every tap and
+    input channel of the range uses it), then for each tap, register blocks of FC_BLK_NP
+    input channels x OUT_BLOCK output channels summed over the chunk's pixels (a tap in the
+    padding reads zeros). Each element of gw is summed by one thread in a fixed order: the
+    result does not depend on the thread count.
+    Returns 0, or 1 when a scratch buffer could not be allocated."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], Cout = gy.shape[3]
+    cdef Py_ssize_t kh = gw.shape[0], kw = gw.shape[1], cig = gw.shape[2], cog = Cout // groups
+    cdef Py_ssize_t ob = FC_BLK_OB_F if floating is float else FC_BLK_OB_D
+    cdef Py_ssize_t n_ob = (cog + ob - 1) // ob, ntaps = kh * kw
+    cdef Py_ssize_t n_ci_blocks = (cig + FC_BLK_NP - 1) // FC_BLK_NP
+    cdef Py_ssize_t P = N * Ho * Wo, n_chunks = (P + chunk_pixels - 1) // chunk_pixels
+    cdef Py_ssize_t n_units = groups * n_ob * in_ranges
+    cdef Py_ssize_t unit, g, b, k, nc, ci_lo, ci_hi, chunk, p0, npix, p, c, n, oh, ow, t, r, s
+    cdef Py_ssize_t ci, nci, ih, iw
+    cdef const floating* zeros = NULL
+    cdef const floating** xp = NULL
+    cdef floating* gbuf = NULL
+    cdef const floating* src
+    cdef int status = 0
+    cdef int* failed = &status
+    if P == 0:
+        return 0
+    zeros = <const floating*> calloc(cig + 64, sizeof(floating))
+    if zeros == NULL:
+        return 1
+    with nogil, parallel(num_threads=num_threads):
+        xp = <const floating**> malloc(ntaps * chunk_pixels * sizeof(floating*))
+        gbuf = <floating*> malloc(chunk_pixels * ob * sizeof(floating))
+        for unit in prange(n_units, schedule="static"):
+            if xp == NULL or gbuf == NULL:
+                failed[0] = 1
+                continue
+            g = unit // (n_ob * in_ranges)
+            b = (unit // in_ranges) % n_ob
+            k = unit % in_ranges
+            nc = min(ob, cog - b * ob)
+            # the range's input channels, whole register blocks but for the last
+            ci_lo = min(cig, k * n_ci_blocks // in_ranges * FC_BLK_NP)
+            ci_hi = min(cig, (k + 1) * n_ci_blocks // in_ranges * FC_BLK_NP)
+            if ci_hi <= ci_lo:
+                continue
+            for chunk in range(n_chunks):
+                p0 = chunk * chunk_pixels
+                npix = min(chunk_pixels, P - p0)
+                n = p0 // (Ho * Wo)
+                oh = p0 // Wo % Ho
+                ow = p0 % Wo
+                for p in range(npix):
+                    # the pixel's gy channels of the block, zero-padded to ob
+                    src = &gy[0, 0, 0, 0] + (p0 + p) * Cout + g * cog + b * ob
+                    for c in range(nc):
+                        gbuf[p * ob + c] = src[c]
+                    for c in range(nc, ob):
+                        gbuf[p * ob + c] = 0
+                    # each tap's input pixel (at the group's first channel), or the zeros
+                    for r in range(kh):
+                        ih = oh * sh + r * dh - top
+                        for s in range(kw):
+                            iw = ow * sw + s * dw - left
+                            xp[(r * kw + s) * chunk_pixels + p] = \
+                                &x[n, ih, iw, g * cig] if 0 <= ih < H and 0 <= iw < W else zeros
+                    ow = ow + 1
+                    if ow == Wo:
+                        ow = 0
+                        oh = oh + 1
+                        if oh == Ho:
+                            oh = 0
+                            n = n + 1
+                for t in range(ntaps):
+                    ci = ci_lo
+                    while ci < ci_hi:
+                        nci = min(<Py_ssize_t> FC_BLK_NP, ci_hi - ci)
+                        if not FC_HAVE_VECTORS:
+                            _scalar_wgrad(<int> nci, xp + t * chunk_pixels, ci, gbuf, npix,
+                                          &gw[0, 0, 0, 0] + (t * cig + ci) * Cout + g * cog + b * ob,
+                                          Cout, nc, ob)
+                        elif floating is float:
+                            fc_wgrad_blocked_f(<int> nci, xp + t * chunk_pixels, ci, gbuf, npix,
+                                               &gw[0, 0, 0, 0] + (t * cig + ci) * Cout + g * cog + b * ob,
+                                               Cout, nc)
+                        else:
+                            fc_wgrad_blocked_d(<int> nci, xp + t * chunk_pixels, ci, gbuf, npix,
+                                               &gw[0, 0, 0, 0] + (t * cig + ci) * Cout + g * cog + b * ob,
+                                               Cout, nc)
+                        ci = ci + nci
+        free(gbuf)
+        free(xp)
+    free(<void*> zeros)
+    return status
+
+
+cdef inline void _scalar_wgrad(int nci, const floating* const* xp, Py_ssize_t ci0,
+                               const floating* gy, Py_ssize_t npix, floating* gw,
+                               Py_ssize_t w_ci, Py_ssize_t nc, Py_ssize_t ob) noexcept nogil:
+    """fc_wgrad_blocked's result one value at a time, for compilers without vector extensions."""
+    cdef Py_ssize_t i, c, p
+    cdef floating acc
+    for i in range(nci):
+        for c in range(nc):
+            acc = 0
+            for p in range(npix):
+                acc = acc + xp[p][ci0 + i] * gy[p * ob + c]
+            gw[i * w_ci + c] += acc
+
 
 def team_size(int num_threads):
     """The number of threads an OpenMP parallel region asking for num_threads gets here (the

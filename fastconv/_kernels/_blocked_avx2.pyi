@@ -3,6 +3,7 @@ from fastconv._kernels._blocked import (
     ISA as ISA,
     OUT_BLOCK as OUT_BLOCK,
     PIXEL_BLOCK as PIXEL_BLOCK,
+    conv_backward_weight as conv_backward_weight,
     conv_forward as conv_forward,
     team_size as team_size,
 )
