@@ -216,7 +216,9 @@ def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, 
     has few input channels (a first layer: the direct kernel's blocks of FC_CI input
     channels run empty) and for 1x1 kernels (one GEMM x^T gy per chunk of pixels; measured
     on a Zen 5, one thread: 1024 -> 256 at 14x14 1.9x direct, 512 -> 2048 at 7x7 1.5x,
-    256 -> 512 stride 2 at 56x56 1.7x, 64 <-> 256 at 56x56 1.0-1.1x); direct otherwise."""
+    256 -> 512 stride 2 at 56x56 1.7x, 64 <-> 256 at 56x56 1.0-1.1x); blocked where its
+    blocks fill (blocked_pays: 3x3 256 -> 256 at 14x14 1.1x im2col and 1.5x direct, 512 -> 512
+    at 7x7 1.5x and 2x); direct otherwise."""
     if algorithm != "auto":
         return algorithm
     if _auto_picks_winograd(weight_shape, out_shape, itemsize, geo.stride, geo.dilation,
@@ -224,7 +226,9 @@ def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, 
         return "winograd"
     cig = weight_shape[2]
     gemm = cig < 8 or tuple(weight_shape[:2]) == (1, 1)
-    return "im2col" if gemm and not is_depthwise(weight_shape, geo.groups) else "direct"
+    if gemm and not is_depthwise(weight_shape, geo.groups):
+        return "im2col"
+    return "blocked" if blocked_pays(weight_shape, itemsize, geo.stride, geo.groups) else "direct"
 
 
 def tile_pixels(columns: int, itemsize: int, pixels: int) -> int:

@@ -39,9 +39,11 @@ cdef extern from "fastconv_blocked.h":
                       Py_ssize_t cb, Py_ssize_t w_tap, const float* init, Py_ssize_t init_pix,
                       float* const* out, Py_ssize_t nc) noexcept nogil
     void fc_wgrad_blocked_f(int nci, const float* const* xp, Py_ssize_t ci0, const float* gy,
-                            Py_ssize_t npix, float* gw, Py_ssize_t w_ci, Py_ssize_t nc) noexcept nogil
+                            Py_ssize_t gy_pix, Py_ssize_t npix, float* gw, Py_ssize_t w_ci,
+                            Py_ssize_t nc) noexcept nogil
     void fc_wgrad_blocked_d(int nci, const double* const* xp, Py_ssize_t ci0, const double* gy,
-                            Py_ssize_t npix, double* gw, Py_ssize_t w_ci, Py_ssize_t nc) noexcept nogil
+                            Py_ssize_t gy_pix, Py_ssize_t npix, double* gw, Py_ssize_t w_ci,
+                            Py_ssize_t nc) noexcept nogil
     void fc_blocked_d(int npix, const double* const* xp, const double* w, Py_ssize_t ntaps,
                       Py_ssize_t cb, Py_ssize_t w_tap, const double* init, Py_ssize_t init_pix,
                       double* const* out, Py_ssize_t nc) noexcept nogil
@@ -215,9 +217,10 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
     """Weight gradient gw[r, s, ci, co] = sum over output pixels of x at tap (r, s) times gy,
     without partial sums: a work unit is (group, block of OUT_BLOCK output channels, one of
     `in_ranges` ranges of input channels), and owns its part of gw. It goes through all
-    output pixels in chunks of chunk_pixels: the chunk's gy, its block of channels, copied
-    once into a zero-padded buffer of the thread (it stays in cache while every tap and
-    input channel of the range uses it), then for each tap, register blocks of FC_BLK_NP
+    output pixels in chunks of chunk_pixels (the chunk's gy, its block of channels, stays in
+    cache while every tap and input channel of the range uses it; a last block narrower than
+    OUT_BLOCK is first copied into a zero-padded buffer), for each tap in register blocks of
+    FC_BLK_NP
     input channels x OUT_BLOCK output channels summed over the chunk's pixels (a tap in the
     padding reads zeros). Each element of gw is summed by one thread in a fixed order: the
     result does not depend on the thread count.
@@ -235,7 +238,9 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
     cdef const floating* zeros = NULL
     cdef const floating** xp = NULL
     cdef floating* gbuf = NULL
-    cdef const floating* src
+    cdef const floating* g_chunk
+    cdef floating* gw_blk
+    cdef Py_ssize_t g_pix
     cdef int status = 0
     cdef int* failed = &status
     if P == 0:
@@ -254,6 +259,7 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
             b = (unit // in_ranges) % n_ob
             k = unit % in_ranges
             nc = min(ob, cog - b * ob)
+            gw_blk = &gw[0, 0, 0, 0] + g * cog + b * ob
             # the range's input channels, whole register blocks but for the last
             ci_lo = min(cig, k * n_ci_blocks // in_ranges * FC_BLK_NP)
             ci_hi = min(cig, (k + 1) * n_ci_blocks // in_ranges * FC_BLK_NP)
@@ -265,13 +271,16 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
                 n = p0 // (Ho * Wo)
                 oh = p0 // Wo % Ho
                 ow = p0 % Wo
+                # the chunk's gy, the block's channels: in place, or zero-padded to ob
+                g_chunk = &gy[0, 0, 0, 0] + p0 * Cout + g * cog + b * ob
+                g_pix = Cout
+                if nc < ob:
+                    for p in range(npix):
+                        for c in range(ob):
+                            gbuf[p * ob + c] = g_chunk[p * Cout + c] if c < nc else 0
+                    g_chunk = gbuf
+                    g_pix = ob
                 for p in range(npix):
-                    # the pixel's gy channels of the block, zero-padded to ob
-                    src = &gy[0, 0, 0, 0] + (p0 + p) * Cout + g * cog + b * ob
-                    for c in range(nc):
-                        gbuf[p * ob + c] = src[c]
-                    for c in range(nc, ob):
-                        gbuf[p * ob + c] = 0
                     # each tap's input pixel (at the group's first channel), or the zeros
                     for r in range(kh):
                         ih = oh * sh + r * dh - top
@@ -291,17 +300,16 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
                     while ci < ci_hi:
                         nci = min(<Py_ssize_t> FC_BLK_NP, ci_hi - ci)
                         if not FC_HAVE_VECTORS:
-                            _scalar_wgrad(<int> nci, xp + t * chunk_pixels, ci, gbuf, npix,
-                                          &gw[0, 0, 0, 0] + (t * cig + ci) * Cout + g * cog + b * ob,
-                                          Cout, nc, ob)
+                            _scalar_wgrad(<int> nci, xp + t * chunk_pixels, ci, g_chunk, g_pix,
+                                          npix, gw_blk + (t * cig + ci) * Cout, Cout, nc)
                         elif floating is float:
-                            fc_wgrad_blocked_f(<int> nci, xp + t * chunk_pixels, ci, gbuf, npix,
-                                               &gw[0, 0, 0, 0] + (t * cig + ci) * Cout + g * cog + b * ob,
-                                               Cout, nc)
+                            fc_wgrad_blocked_f(<int> nci, xp + t * chunk_pixels, ci, g_chunk,
+                                               g_pix, npix, gw_blk + (t * cig + ci) * Cout, Cout,
+                                               nc)
                         else:
-                            fc_wgrad_blocked_d(<int> nci, xp + t * chunk_pixels, ci, gbuf, npix,
-                                               &gw[0, 0, 0, 0] + (t * cig + ci) * Cout + g * cog + b * ob,
-                                               Cout, nc)
+                            fc_wgrad_blocked_d(<int> nci, xp + t * chunk_pixels, ci, g_chunk,
+                                               g_pix, npix, gw_blk + (t * cig + ci) * Cout, Cout,
+                                               nc)
                         ci = ci + nci
         free(gbuf)
         free(xp)
@@ -310,8 +318,8 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
 
 
 cdef inline void _scalar_wgrad(int nci, const floating* const* xp, Py_ssize_t ci0,
-                               const floating* gy, Py_ssize_t npix, floating* gw,
-                               Py_ssize_t w_ci, Py_ssize_t nc, Py_ssize_t ob) noexcept nogil:
+                               const floating* gy, Py_ssize_t gy_pix, Py_ssize_t npix,
+                               floating* gw, Py_ssize_t w_ci, Py_ssize_t nc) noexcept nogil:
     """fc_wgrad_blocked's result one value at a time, for compilers without vector extensions."""
     cdef Py_ssize_t i, c, p
     cdef floating acc
@@ -319,7 +327,7 @@ cdef inline void _scalar_wgrad(int nci, const floating* const* xp, Py_ssize_t ci
         for c in range(nc):
             acc = 0
             for p in range(npix):
-                acc = acc + xp[p][ci0 + i] * gy[p * ob + c]
+                acc = acc + xp[p][ci0 + i] * gy[p * gy_pix + c]
             gw[i * w_ci + c] += acc
 
 

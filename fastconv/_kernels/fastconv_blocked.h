@@ -94,22 +94,22 @@ FC_DEFINE_BLOCKED_DISPATCH(double, d)
 #endif
 
 /* Weight gradient, one block of NCI input channels x OB output channels of one tap:
- *   gw[i*w_ci + c] += sum_{p < npix} xp[p][i] * gy[p*OB + c]     for i < nci, c < nc
- * xp: each pixel's input at the block's first channel (or at zeros where the tap falls in
- * the padding); gy: the pixels' output gradients, OB channels each (zero-padded). */
+ *   gw[i*w_ci + c] += sum_{p < npix} xp[p][ci0 + i] * gy[p*gy_pix + c]   for i < nci, c < nc
+ * xp: each pixel's input at the group's first channel (or at zeros where the tap falls in
+ * the padding); gy: the pixels' output gradients, OB channels each (zero beyond nc). */
 #define FC_DEFINE_WGRAD_BLOCKED(T, V, SUF, NCI)                                              \
     static inline void fc_wgrad_blocked_##SUF##_##NCI(                                       \
-        const T *const *xp, ptrdiff_t ci0, const T *gy, ptrdiff_t npix, T *gw,               \
-        ptrdiff_t w_ci, ptrdiff_t nc)                                                        \
+        const T *const *xp, ptrdiff_t ci0, const T *gy, ptrdiff_t gy_pix, ptrdiff_t npix,    \
+        T *gw, ptrdiff_t w_ci, ptrdiff_t nc)                                                 \
     {                                                                                        \
-        enum { VL = sizeof(V) / sizeof(T), OB = VL * FC_BLK_NV };                            \
+        enum { VL = sizeof(V) / sizeof(T) };                                                 \
         V acc[NCI][FC_BLK_NV];                                                               \
         for (int i = 0; i < NCI; i++)                                                        \
             for (int v = 0; v < FC_BLK_NV; v++) acc[i][v] = (V){0};                          \
         for (ptrdiff_t p = 0; p < npix; p++) {                                               \
             const T *xs = xp[p] + ci0;                                                       \
             V g[FC_BLK_NV];                                                                  \
-            for (int v = 0; v < FC_BLK_NV; v++) g[v] = fc_load_##SUF(gy + p * OB + v * VL);  \
+            for (int v = 0; v < FC_BLK_NV; v++) g[v] = fc_load_##SUF(gy + p * gy_pix + v * VL); \
             for (int i = 0; i < NCI; i++) {                                                  \
                 T xi = xs[i];                                                                \
                 for (int v = 0; v < FC_BLK_NV; v++) acc[i][v] += xi * g[v];                  \
@@ -128,11 +128,11 @@ FC_BLK_FOR_EACH_NP(FC_DEFINE_WGRAD_BLOCKED, float, fc_vf, f)
 FC_BLK_FOR_EACH_NP(FC_DEFINE_WGRAD_BLOCKED, double, fc_vd, d)
 
 #define FC_WG_CASE(SUF, NCI) \
-    case NCI: fc_wgrad_blocked_##SUF##_##NCI(xp, ci0, gy, npix, gw, w_ci, nc); break;
+    case NCI: fc_wgrad_blocked_##SUF##_##NCI(xp, ci0, gy, gy_pix, npix, gw, w_ci, nc); break;
 #define FC_DEFINE_WGRAD_DISPATCH(T, SUF)                                                     \
     static inline void fc_wgrad_blocked_##SUF(                                               \
-        int nci, const T *const *xp, ptrdiff_t ci0, const T *gy, ptrdiff_t npix, T *gw,      \
-        ptrdiff_t w_ci, ptrdiff_t nc)                                                        \
+        int nci, const T *const *xp, ptrdiff_t ci0, const T *gy, ptrdiff_t gy_pix,           \
+        ptrdiff_t npix, T *gw, ptrdiff_t w_ci, ptrdiff_t nc)                                 \
     {                                                                                        \
         switch (nci) {                                                                       \
             FC_WG_CASE(SUF, 1) FC_WG_CASE(SUF, 2) FC_WG_CASE(SUF, 3) FC_WG_CASE(SUF, 4)      \
@@ -149,8 +149,8 @@ FC_DEFINE_WGRAD_DISPATCH(double, d)
 FC_STUB_BLOCKED(f, float)
 FC_STUB_BLOCKED(d, double)
 #define FC_STUB_WGRAD_BLOCKED(SUF, T) static inline void fc_wgrad_blocked_##SUF(int nci, \
-    const T *const *xp, ptrdiff_t ci0, const T *gy, ptrdiff_t npix, T *gw, ptrdiff_t w_ci, \
-    ptrdiff_t nc) {}
+    const T *const *xp, ptrdiff_t ci0, const T *gy, ptrdiff_t gy_pix, ptrdiff_t npix, T *gw, \
+    ptrdiff_t w_ci, ptrdiff_t nc) {}
 FC_STUB_WGRAD_BLOCKED(f, float)
 FC_STUB_WGRAD_BLOCKED(d, double)
 #endif
