@@ -1,19 +1,21 @@
-"""Blocked direct convolution on NHWC activations and a packed weight (fastconv_blocked.h).
+"""Blocked direct convolution on NHWC activations and a packed weight (fastconv_blocked.h):
+the forward convolution (also each sub-pixel phase of an input gradient) and the weight
+gradient.
 
 The weight is packed once (functional.pack_weight) into blocks of OUT_BLOCK output channels,
 [group][C_out block][kh][kw][C_in / groups][OUT_BLOCK], zero-padded to whole blocks, so that
-one block's weight is one contiguous stream. A register block is FC_BLK_NP pixels of an
-output row x OUT_BLOCK channels (FC_BLK_NV vectors): each input value is broadcast once and
-multiplied into every output vector, each weight vector loaded once and used for every pixel.
+one block's weight is one contiguous stream. A register block is FC_BLK_NP output pixels x
+OUT_BLOCK channels (FC_BLK_NV vectors): each input value is broadcast once and multiplied
+into every output vector, each weight vector loaded once and used for every pixel.
 Input channels are cut into blocks of `in_block` so that a block's weight
 (kh * kw * in_block * OUT_BLOCK values) stays in cache while it serves all pixels of a work
 item; the partial sums of the earlier input blocks wait in a small per-thread tile, and each
 output value is written to y once, after the last.
 
-Zero padding is implicit: a tap that falls outside x reads a shared row of zeros (the taps of
-a row outside x are skipped), so no padded copy of x is made. That is not the definition
-where a weight is NaN or infinite (0 * inf): the caller uses the direct kernel's exact mode
-then. Stride and dilation are offsets.
+Zero padding is implicit: a tap that falls outside x reads a shared row of zeros (a tap that
+no pixel of a block reaches inside x is skipped), so no padded copy of x is made. That is
+not the definition where a weight (or, for the weight gradient, grad_output) is NaN or
+infinite (0 * inf): the caller runs the direct kernel then. Stride and dilation are offsets.
 
 Shapes (groups G, C_in = G * cig, C_out = G * cog, n_ob = ceil(cog / OUT_BLOCK)):
     x     (N, H, W, C_in)                   unpadded input
@@ -24,8 +26,6 @@ Shapes (groups G, C_in = G * cig, C_out = G * cog, n_ob = ceil(cog / OUT_BLOCK))
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, calloc, free
-
-from fastconv._kernels._taps cimport _end_tap, _first_tap
 
 
 cdef extern from "fastconv_blocked.h":
@@ -38,15 +38,15 @@ cdef extern from "fastconv_blocked.h":
     void fc_blocked_f(int npix, const float* const* xp, const float* w, Py_ssize_t ntaps,
                       Py_ssize_t cb, Py_ssize_t w_tap, const float* init, Py_ssize_t init_pix,
                       float* const* out, Py_ssize_t nc) noexcept nogil
+    void fc_blocked_d(int npix, const double* const* xp, const double* w, Py_ssize_t ntaps,
+                      Py_ssize_t cb, Py_ssize_t w_tap, const double* init, Py_ssize_t init_pix,
+                      double* const* out, Py_ssize_t nc) noexcept nogil
     void fc_wgrad_blocked_f(int nci, const float* const* xp, Py_ssize_t ci0, const float* gy,
                             Py_ssize_t gy_pix, Py_ssize_t npix, float* gw, Py_ssize_t w_ci,
                             Py_ssize_t nc) noexcept nogil
     void fc_wgrad_blocked_d(int nci, const double* const* xp, Py_ssize_t ci0, const double* gy,
                             Py_ssize_t gy_pix, Py_ssize_t npix, double* gw, Py_ssize_t w_ci,
                             Py_ssize_t nc) noexcept nogil
-    void fc_blocked_d(int npix, const double* const* xp, const double* w, Py_ssize_t ntaps,
-                      Py_ssize_t cb, Py_ssize_t w_tap, const double* init, Py_ssize_t init_pix,
-                      double* const* out, Py_ssize_t nc) noexcept nogil
 
 
 ISA = FC_ISA.decode()

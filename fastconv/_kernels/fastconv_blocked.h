@@ -4,7 +4,9 @@
  * vector loaded once per block and multiplied into all FC_BLK_NP pixels: NP*NV FMAs per
  * NP + NV loads (the old direct block, NP pixels x one vector, does NP FMAs per NP + 1).
  * Sized to the register file the module is compiled for (NP*NV accumulators, NV weight
- * vectors and a broadcast): AVX-512 has 32 vector registers, SSE2 and AVX2 16.
+ * vectors and a broadcast): AVX-512 has 32 vector registers, 6 x 4 uses 29 of them (7 x 4
+ * would need 33: GCC spills accumulators to the stack); SSE2 and AVX2 have 16, 6 x 2 uses 15.
+ * The weight gradient's block is FC_BLK_NP input channels x the same FC_BLK_NV vectors.
  * Packed weight layout: [group][C_out block][kh][kw][C_in / groups][FC_BLK_NV vectors].
  */
 #ifndef FASTCONV_BLOCKED_H
@@ -19,11 +21,7 @@
 #endif
 #endif
 #ifndef FC_BLK_NP
-#if defined(__AVX512F__)
 #define FC_BLK_NP 6
-#else
-#define FC_BLK_NP 6
-#endif
 #endif
 
 /* output channels per block (one packed weight row) */
@@ -33,7 +31,7 @@
 #if FC_HAVE_VECTORS
 /* One block of NP pixels x OB output channels over ntaps taps of cb input channels:
  *   out[p][c] = init[p*init_pix + c]
- *                        + sum_{t < ntaps, ci < cb} xp[t*FC_BLK_NP + p][ci] * w[t*w_tap + ci*OB + c]
+ *               + sum_{t < ntaps, ci < cb} xp[t*FC_BLK_NP + p][ci] * w[t*w_tap + ci*OB + c]
  * for c < nc (init NULL: 0). xp holds each tap's pointer per pixel (into x, or at zeros where
  * the tap falls in the padding); a tap whose first pointer is NULL is skipped (no pixel of the
  * block reaches x through it). init and out may be the same buffer. */
