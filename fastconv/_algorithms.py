@@ -215,9 +215,9 @@ def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, 
     """The kernel for a weight gradient (geo: the convolution's ConvGeometry). "auto":
     Winograd where it serves and pays for the forward convolution; im2col + BLAS when a group
     has few input channels (a first layer: the direct kernel's blocks of FC_CI input
-    channels run empty) and for 1x1 kernels (one GEMM x^T gy per chunk of pixels; measured
-    on a Zen 5, one thread: 1024 -> 256 at 14x14 1.9x direct, 512 -> 2048 at 7x7 1.5x,
-    256 -> 512 stride 2 at 56x56 1.7x, 64 <-> 256 at 56x56 1.0-1.1x); blocked where its
+    channels run empty) and for 1x1 kernels with at least 256 input channels per group (GEMMs
+    x^T gy; measured on a Zen 5, 2 threads: 1024 -> 256 at 14x14 1.7-2x direct, 512 -> 2048
+    at 7x7 2.5x, 256 -> 64 at 56x56 1.0x, but 64 -> 256 at 56x56 0.85x); blocked where its
     blocks fill (blocked_pays: 3x3 256 -> 256 at 14x14 1.1x im2col and 1.5x direct, 512 -> 512
     at 7x7 1.5x and 2x); direct otherwise."""
     if algorithm != "auto":
@@ -226,7 +226,7 @@ def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, 
                             geo.groups, WINOGRAD_MAX_GRAD_WEIGHT_BYTES):
         return "winograd"
     cig = weight_shape[2]
-    gemm = cig < 8 or tuple(weight_shape[:2]) == (1, 1)
+    gemm = cig < 8 or (tuple(weight_shape[:2]) == (1, 1) and cig >= 256)
     if gemm and not is_depthwise(weight_shape, geo.groups):
         return "im2col"
     return "blocked" if blocked_pays(weight_shape, itemsize, geo.stride, geo.groups) else "direct"

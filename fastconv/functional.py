@@ -159,6 +159,13 @@ def _conv_input(x: np.ndarray, pads, mode: str, dtype):
     return pad(x, pads, mode, dtype), (0, 0)
 
 
+# A 1x1 weight gradient at least this large is one multi-threaded GEMM x^T gy; a smaller one
+# is summed in partial sums over chunks of pixels, each a single-threaded GEMM (measured, 2
+# threads: 512 -> 2048 at 7x7 (4 MiB) 1.5x faster as one GEMM, 64 <-> 256 at 56x56 (64 KiB)
+# 8% slower)
+POINTWISE_GEMM_WEIGHT_BYTES = 1024 * 1024
+
+
 def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_shape,
                  geo: ConvGeometry, dtype) -> np.ndarray:
     """sum over output pixels of x's window (x) gy, in fixed partial sums added up at the end.
@@ -201,7 +208,8 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
         _run(algo, "weight_gradient_taps", partial.reshape(chunks, 36, -1),
              grad.reshape(9, -1), flops=36 * chunks * weight_size)
         return grad
-    if algo == "im2col" and _pointwise(x, offsets, weight_shape, gy, geo.stride, geo.groups):
+    if (algo == "im2col" and _pointwise(x, offsets, weight_shape, gy, geo.stride, geo.groups)
+            and weight_size * itemsize >= POINTWISE_GEMM_WEIGHT_BYTES):
         # one GEMM x^T gy, BLAS on fastconv's threads
         grad = np.empty(weight_shape, dtype)
         with blas_threads(get_num_threads() if flops >= _algorithms.PARALLEL_MIN_FLOPS else 1):

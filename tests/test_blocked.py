@@ -253,11 +253,12 @@ def test_non_finite_grad_output_weight_gradient_runs_direct(rng):
     assert not np.isnan(gw[:, :, :, 0]).any() and np.isinf(gw[1:, 1:, :, 0]).all()
 
 
-def test_pointwise_gemm_on_fastconv_threads(rng):
+def test_pointwise_gemm_on_fastconv_threads(rng, monkeypatch):
     """A 1x1 stride-1 convolution (im2col) is one GEMM with BLAS on fastconv's thread count:
     the forward result and the weight gradient are the same for 1 and 2 threads, right, and
     BLAS's own setting is back afterwards."""
     from threadpoolctl import threadpool_info
+    monkeypatch.setattr(functional, "POINTWISE_GEMM_WEIGHT_BYTES", 0)  # however small
     before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
     x = rng.standard_normal((2, 20, 30, 48)).astype(np.float32)
     w = rng.standard_normal((1, 1, 48, 40)).astype(np.float32)
