@@ -92,9 +92,8 @@ def for_convolution(algorithm: str, weight_shape, out_shape, itemsize: int, stri
     - Winograd where it serves and pays (see winograd_pays);
     - the blocked direct kernel where its blocks fill (see blocked_pays);
     - im2col for a 1x1 stride-1 convolution with 8 or more input channels per group (a
-      single GEMM on the input as it is, with no column copy, multi-threaded in BLAS for one
-      group; not depthwise, where each channel's GEMM would sum one term), and for few
-      output channels per group behind many
+      single GEMM on the input as it is, with no column copy; not depthwise, where each
+      channel's GEMM would sum one term), and for few output channels per group behind many
       taps x input channels (a first layer's input gradient: the direct kernel's channel
       vectors run mostly empty, a GEMM's long sums do not);
     - direct otherwise: its register blocks beat im2col + BLAS on most layers of the suite.
@@ -125,17 +124,20 @@ def blocked_pays(weight_shape, itemsize: int, stride, groups: int) -> bool:
       channels in a 64-wide block run at a quarter of its speed, below direct),
     - a group has at least 16 input channels (fewer: the per-tap work is too short to cover
       setting up a block; the 3-channel stem runs on direct),
-    - and it is not a 1x1 stride-1 convolution: that is one multi-threaded GEMM on the input
-      as it is (im2col), 2 threads: 64 -> 256 at 56x56 416 GFLOP/s vs blocked 229, 256 -> 64
-      346 vs 318-350, 1024 -> 256 at 14x14 449-466 vs 419-433, 512 -> 2048 at 7x7 394-404
-      vs 352."""
+    - and it is not a 1x1 stride-1 convolution with fewer than 128 input channels per group:
+      that one GEMM on the input as it is (im2col) streams a large output better
+      (64 -> 256 at 56x56, 2 threads: im2col 1.5x blocked); from 128 input channels blocked
+      wins (256 -> 64 at 56x56 1.1-1.2x, 1024 -> 256 at 14x14 1.35x, 512 -> 2048 at 7x7 1.2x).
+    im2col's GEMMs stay single-threaded inside OpenMP threads: one multi-threaded BLAS GEMM
+    ran 1.1-1.4x faster alone, but its threads and OpenMP's then spin against each other
+    (a 3x3 layer right after it ran at half speed)."""
     kh, kw, cig, cout = weight_shape
     cog = cout // groups
     block = KERNELS["blocked"].OUT_BLOCK["float32" if itemsize == 4 else "float64"]
     padded = -(-cog // block) * block
     if is_depthwise(weight_shape, groups) or cig < 16 or 4 * cog < 3 * padded:
         return False
-    return not ((kh, kw) == (1, 1) and tuple(stride) == (1, 1))
+    return not ((kh, kw) == (1, 1) and tuple(stride) == (1, 1) and cig < 128)
 
 
 def _auto_picks_winograd(weight_shape, out_shape, itemsize: int, stride, dilation, groups: int,
@@ -215,11 +217,11 @@ def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, 
     """The kernel for a weight gradient (geo: the convolution's ConvGeometry). "auto":
     Winograd where it serves and pays for the forward convolution; im2col + BLAS when a group
     has few input channels (a first layer: the direct kernel's blocks of FC_CI input
-    channels run empty) and for 1x1 kernels with at least 256 input channels per group (GEMMs
-    x^T gy; measured on a Zen 5, 2 threads: 1024 -> 256 at 14x14 1.7-2x direct, 512 -> 2048
-    at 7x7 2.5x, 256 -> 64 at 56x56 1.0x, but 64 -> 256 at 56x56 0.85x); blocked where its
-    blocks fill (blocked_pays: 3x3 256 -> 256 at 14x14 1.1x im2col and 1.5x direct, 512 -> 512
-    at 7x7 1.5x and 2x); direct otherwise."""
+    channels run empty) and for 1x1 kernels with at least 256 input channels per group (one
+    GEMM x^T gy per chunk of pixels; measured on a Zen 5, 2 threads: 1024 -> 256 at 14x14
+    1.4-1.8x direct, 512 -> 2048 at 7x7 1.6-1.8x, 256 -> 64 at 56x56 1.0x, but 64 -> 256 at
+    56x56 0.85x); blocked where its blocks fill (blocked_pays: 3x3 256 -> 256 at 14x14 1.1x
+    im2col and 1.5x direct, 512 -> 512 at 7x7 1.5x and 2x); direct otherwise."""
     if algorithm != "auto":
         return algorithm
     if _auto_picks_winograd(weight_shape, out_shape, itemsize, geo.stride, geo.dilation,

@@ -83,26 +83,6 @@ def blas_single_thread():
                         lib.set_num_threads(n)
 
 
-@contextmanager
-def blas_threads(n: int):
-    """BLAS on n threads for a GEMM that fastconv runs as one call (a 1x1 convolution's; one
-    multi-threaded GEMM measured 1.1-1.4x faster there than OpenMP threads each running
-    single-threaded GEMMs on tiles), the user's setting restored after. Left as it is while
-    a kernel in another Python thread holds BLAS on one thread (blas_single_thread)."""
-    libraries = _blas_libraries()
-    with _blas_lock:
-        saved = [] if _blas_users else [(lib, lib.num_threads) for lib in libraries
-                                        if lib.num_threads != n]
-        for lib, _ in saved:
-            lib.set_num_threads(n)
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            for lib, m in saved:
-                lib.set_num_threads(m)
-
-
 def _single_thread_after_fork() -> None:
     """GCC's OpenMP runtime does not survive fork(): a forked child's first parallel region
     would hang. Children made by fork() therefore start on one thread (set_num_threads

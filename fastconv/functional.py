@@ -12,7 +12,7 @@ import numpy as np
 
 from fastconv import _algorithms, _params
 from fastconv._params import ConvGeometry
-from fastconv._threads import blas_single_thread, blas_threads, get_num_threads
+from fastconv._threads import blas_single_thread, get_num_threads
 
 NEEDS = ("input", "weight", "bias")
 
@@ -159,13 +159,6 @@ def _conv_input(x: np.ndarray, pads, mode: str, dtype):
     return pad(x, pads, mode, dtype), (0, 0)
 
 
-# A 1x1 weight gradient at least this large is one multi-threaded GEMM x^T gy; a smaller one
-# is summed in partial sums over chunks of pixels, each a single-threaded GEMM (measured, 2
-# threads: 512 -> 2048 at 7x7 (4 MiB) 1.5x faster as one GEMM, 64 <-> 256 at 56x56 (64 KiB)
-# 8% slower)
-POINTWISE_GEMM_WEIGHT_BYTES = 1024 * 1024
-
-
 def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_shape,
                  geo: ConvGeometry, dtype) -> np.ndarray:
     """sum over output pixels of x's window (x) gy, in fixed partial sums added up at the end.
@@ -207,14 +200,6 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
         grad = np.empty(weight_shape, dtype)
         _run(algo, "weight_gradient_taps", partial.reshape(chunks, 36, -1),
              grad.reshape(9, -1), flops=36 * chunks * weight_size)
-        return grad
-    if (algo == "im2col" and _pointwise(x, offsets, weight_shape, gy, geo.stride, geo.groups)
-            and weight_size * itemsize >= POINTWISE_GEMM_WEIGHT_BYTES):
-        # one GEMM x^T gy, BLAS on fastconv's threads
-        grad = np.empty(weight_shape, dtype)
-        with blas_threads(get_num_threads() if flops >= _algorithms.PARALLEL_MIN_FLOPS else 1):
-            np.matmul(x.reshape(-1, x.shape[3]).T, gy.reshape(-1, gy.shape[3]),
-                      out=grad.reshape(weight_shape[2], weight_shape[3]))
         return grad
     if algo == "im2col":
         tile = _algorithms.tile_pixels(weight_size // weight_shape[3], itemsize, pixels)
@@ -258,13 +243,6 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
                                            _algorithms.winograd_tiles(y.shape))
         _run(algo, "conv_forward", x, winograd_weight(w), bias, y, *offsets, groups, block,
              flops=flops)
-    elif algo == "im2col" and _pointwise(x, offsets, w.shape, y, stride, groups):
-        # one GEMM on the input as it is, BLAS on fastconv's threads
-        with blas_threads(get_num_threads() if flops >= _algorithms.PARALLEL_MIN_FLOPS else 1):
-            np.matmul(x.reshape(-1, x.shape[3]), w.reshape(w.shape[2], w.shape[3]),
-                      out=y.reshape(-1, y.shape[3]))
-        if bias.size:
-            y += bias
     elif algo == "im2col":
         columns = w.shape[0] * w.shape[1] * w.shape[2]
         tile = _algorithms.tile_pixels(columns, y.itemsize, pixels)
@@ -348,14 +326,6 @@ def _blocked_in_block(weight_shape, block: int, itemsize: int) -> int:
     kh, kw, cig, _ = weight_shape
     n_blocks = -(-(kh * kw * cig * block * itemsize) // BLOCKED_WEIGHT_BYTES)
     return -(-cig // n_blocks)
-
-
-def _pointwise(x: np.ndarray, offsets, weight_shape, y: np.ndarray, stride, groups: int) -> bool:
-    """Whether a convolution is one GEMM of x's pixels by the weight: 1x1, stride 1, one
-    group, no padding or cropping, and a C-contiguous output (written as one matrix)."""
-    return (tuple(weight_shape[:2]) == (1, 1) and tuple(stride) == (1, 1) and groups == 1
-            and tuple(offsets) == (0, 0) and x.shape[:3] == y.shape[:3]
-            and y.flags.c_contiguous)
 
 
 def winograd_weight(w: np.ndarray) -> np.ndarray:

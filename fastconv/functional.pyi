@@ -23,7 +23,6 @@ BLOCKED_ITEM_PIXELS: int
 BLOCKED_CACHE_BYTES: int
 BLOCKED_CHUNK_PIXELS: int
 BLOCKED_GRAD_UNITS: int
-POINTWISE_GEMM_WEIGHT_BYTES: int
 
 def winograd_weight(w: np.ndarray) -> np.ndarray: ...
 def pack_weight(w: np.ndarray, groups: int, block: int | None = None) -> np.ndarray: ...

@@ -251,30 +251,3 @@ def test_non_finite_grad_output_weight_gradient_runs_direct(rng):
                                         needs="weight")
     # pixel (0, 0)'s taps in row 0 and column 0 read the padding: no NaN there
     assert not np.isnan(gw[:, :, :, 0]).any() and np.isinf(gw[1:, 1:, :, 0]).all()
-
-
-def test_pointwise_gemm_on_fastconv_threads(rng, monkeypatch):
-    """A 1x1 stride-1 convolution (im2col) is one GEMM with BLAS on fastconv's thread count:
-    the forward result and the weight gradient are the same for 1 and 2 threads, right, and
-    BLAS's own setting is back afterwards."""
-    from threadpoolctl import threadpool_info
-    monkeypatch.setattr(functional, "POINTWISE_GEMM_WEIGHT_BYTES", 0)  # however small
-    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-    x = rng.standard_normal((2, 20, 30, 48)).astype(np.float32)
-    w = rng.standard_normal((1, 1, 48, 40)).astype(np.float32)
-    b = rng.standard_normal(40).astype(np.float32)
-    gy = rng.standard_normal((2, 20, 30, 40)).astype(np.float32)
-    results = []
-    for threads in (1, 2):
-        with fastconv.num_threads(threads):
-            y = fastconv.conv2d(x, w, b, algorithm="im2col")
-            _, gw, _ = fastconv.conv2d_backward(gy, x, w, algorithm="im2col", needs="weight")
-            results.append((y, gw))
-    for one, two in zip(*results):
-        np.testing.assert_array_equal(one, two)
-    assert_close(results[1][0], reference.conv2d(x, w, b), np.float32, 48)
-    assert_close(results[1][1], weight_gradient_reference(x, gy, w.shape, (1, 1),
-                                                          ((0, 0), (0, 0)), (1, 1), 1),
-                 np.float32, 1200)
-    assert [lib["num_threads"] for lib in threadpool_info()
-            if lib["user_api"] == "blas"] == before
