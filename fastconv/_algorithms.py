@@ -33,8 +33,8 @@ def _best_simd(name: str):
 
 
 KERNELS = {"direct": _best_simd("_direct"), "im2col": _im2col,
-           "winograd": _best_simd("_winograd")}
-USES_BLAS = {"direct": False, "im2col": True, "winograd": True}
+           "winograd": _best_simd("_winograd"), "blocked": _best_simd("_blocked")}
+USES_BLAS = {"direct": False, "im2col": True, "winograd": True, "blocked": False}
 # below this much work (a few microseconds) waking a second thread costs more than it saves
 PARALLEL_MIN_FLOPS = 1_000_000
 ALGORITHMS = ("auto",) + tuple(KERNELS)
@@ -121,6 +121,7 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
                      groups: int) -> tuple[str, str]:
     """"auto"'s (kernel, reason) for a convolution:
     - Winograd where it serves and pays (see winograd_refusal);
+    - the blocked direct kernel where its blocks fill (see blocked_pays);
     - im2col for a 1x1 stride-1 convolution with 8 or more input channels per group (a
       single GEMM on the input as it is, with no column copy; not depthwise, where each
       channel's GEMM would sum one term), and for output channels per group filling less
@@ -136,6 +137,8 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
                                      groups, WINOGRAD_MAX_WEIGHT_BYTES)
     if not refusal:
         return "winograd", WINOGRAD_REASON
+    if blocked_pays(weight_shape, itemsize, stride, groups):
+        return "blocked", "rule: blocked direct kernel (its channel blocks fill; see blocked_pays)"
     if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and cig >= 8:
         return "im2col", "rule: 1x1 stride 1: one GEMM on the input as it is"
     half_vector = MACHINE.lanes(itemsize) // 2
@@ -150,6 +153,30 @@ def _direct_reason(winograd_refusal: str) -> str:
     if winograd_refusal == NOT_WINOGRAD_SHAPED:
         return "rule: direct (the default)"
     return f"rule: direct (the default; {winograd_refusal})"
+
+
+def blocked_pays(weight_shape, itemsize: int, stride, groups: int) -> bool:
+    """Whether the blocked kernel beats direct and im2col (measured on an AMD Zen 5, AVX-512,
+    fp32, 1 and 2 threads): its register block is OUT_BLOCK output channels (4 vectors on
+    AVX-512, 2 on AVX2) x 6 pixels, summed over kh*kw taps x C_in/groups, so it pays when
+    - a group's output channels fill its blocks (at least 3/4 of the padded width: 16
+      channels in a 64-wide block run at a quarter of its speed, below direct),
+    - a group has at least 16 input channels (fewer: the per-tap work is too short to cover
+      setting up a block; the 3-channel stem runs on direct),
+    - and it is not a 1x1 stride-1 convolution with fewer than 128 input channels per group:
+      that one GEMM on the input as it is (im2col) streams a large output better
+      (64 -> 256 at 56x56, 2 threads: im2col 1.5x blocked); from 128 input channels blocked
+      wins (256 -> 64 at 56x56 1.1-1.2x, 1024 -> 256 at 14x14 1.35x, 512 -> 2048 at 7x7 1.2x).
+    im2col's GEMMs stay single-threaded inside OpenMP threads: one multi-threaded BLAS GEMM
+    ran 1.1-1.4x faster alone, but its threads and OpenMP's then spin against each other
+    (a 3x3 layer right after it ran at half speed)."""
+    kh, kw, cig, cout = weight_shape
+    cog = cout // groups
+    block = KERNELS["blocked"].OUT_BLOCK["float32" if itemsize == 4 else "float64"]
+    padded = -(-cog // block) * block
+    if is_depthwise(weight_shape, groups) or cig < 16 or 4 * cog < 3 * padded:
+        return False
+    return not ((kh, kw) == (1, 1) and tuple(stride) == (1, 1) and cig < 128)
 
 
 def _auto_picks_winograd(weight_shape, out_shape, itemsize: int, stride, dilation, groups: int,
@@ -233,7 +260,7 @@ def for_single_tap_phases(algorithm: str, kh: int, kw: int, stride, dilation,
     share a phase (kernel <= stride, as in 2x2 stride 2), worth it only with a stride (stride
     1 is a single phase already) and, for "auto", enough input channels per group for a GEMM
     (`in_per_group`: the transposed convolution's, i.e. grad_output's)."""
-    if algorithm == "direct" or tuple(stride) == (1, 1):
+    if algorithm in ("direct", "blocked") or tuple(stride) == (1, 1):
         return False
     for k, s, d in zip((kh, kw), stride, dilation):
         if len({r * d % s for r in range(k)}) < k:
@@ -262,14 +289,23 @@ def weight_gradient_rule(weight_shape, out_shape, itemsize: int, geo) -> tuple[s
     """"auto"'s (kernel, reason) for a weight gradient: Winograd where it serves and pays for
     the forward convolution (with the larger WINOGRAD_MAX_GRAD_WEIGHT_BYTES); im2col + BLAS
     when a group has few input channels (a first layer: the direct kernel's blocks of FC_CI
-    input channels run empty); direct otherwise."""
+    input channels run empty) and for 1x1 kernels with at least 256 input channels per group
+    (one GEMM x^T gy per chunk of pixels; measured on a Zen 5, 2 threads: 1024 -> 256 at 14x14
+    1.4-1.8x direct, 512 -> 2048 at 7x7 1.6-1.8x, 256 -> 64 at 56x56 1.0x, but 64 -> 256 at
+    56x56 0.85x); blocked where its blocks fill (blocked_pays: 3x3 256 -> 256 at 14x14 1.1x
+    im2col and 1.5x direct, 512 -> 512 at 7x7 1.5x and 2x); direct otherwise."""
     refusal = _auto_winograd_refusal(weight_shape, out_shape, itemsize, geo.stride,
                                      geo.dilation, geo.groups, WINOGRAD_MAX_GRAD_WEIGHT_BYTES)
     if not refusal:
         return "winograd", WINOGRAD_REASON
     cig = weight_shape[2]
-    if cig < 8 and not is_depthwise(weight_shape, geo.groups):
-        return "im2col", f"rule: {cig} input channels per group: GEMM"
+    if not is_depthwise(weight_shape, geo.groups):
+        if cig < 8:
+            return "im2col", f"rule: {cig} input channels per group: GEMM"
+        if tuple(weight_shape[:2]) == (1, 1) and cig >= 256:
+            return "im2col", f"rule: 1x1 with {cig} input channels per group: one GEMM x^T gy"
+    if blocked_pays(weight_shape, itemsize, geo.stride, geo.groups):
+        return "blocked", "rule: blocked direct kernel (its channel blocks fill; see blocked_pays)"
     return "direct", _direct_reason(refusal)
 
 

@@ -11,14 +11,22 @@ _Array: TypeAlias = npt.NDArray[np.floating[Any]]
 _Pair: TypeAlias = int | Sequence[int]
 _Padding: TypeAlias = int | Sequence[int] | Sequence[Sequence[int]] | Literal["valid", "same"]
 _PaddingMode: TypeAlias = Literal["zeros", "reflect", "symmetric", "replicate", "circular"]
-_Algorithm: TypeAlias = str  # "auto", "direct", "im2col", "winograd" (_algorithms.ALGORITHMS)
+_Algorithm: TypeAlias = str  # "auto", "direct", "im2col", "winograd", "blocked" (_algorithms.ALGORITHMS)
 _Needs: TypeAlias = str | Iterable[str]  # drawn from "input", "weight", "bias"
 _Grads: TypeAlias = tuple[_Array | None, _Array | None, _Array | None]
 
 NEEDS: tuple[str, str, str]
 WINOGRAD_GAIN: dict[str, float]
 
+BLOCKED_WEIGHT_BYTES: int
+BLOCKED_ITEM_PIXELS: int
+BLOCKED_CACHE_BYTES: int
+BLOCKED_CHUNK_PIXELS: int
+BLOCKED_GRAD_UNITS: int
+
 def winograd_weight(w: np.ndarray) -> np.ndarray: ...
+def pack_weight(w: np.ndarray, groups: int, block: int | None = None) -> np.ndarray: ...
+def unpack_weight(packed: np.ndarray, out_channels: int) -> np.ndarray: ...
 def pad(x: np.ndarray, pads: Any, mode: str, dtype: Any) -> np.ndarray: ...
 def unpad(grad_padded: np.ndarray, pads: Any, mode: str, in_hw: Any) -> np.ndarray: ...
 def conv2d(

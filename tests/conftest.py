@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-ALGORITHMS = ("direct", "im2col", "auto")
+ALGORITHMS = ("direct", "im2col", "blocked", "auto")
 FLOAT_DTYPES = (np.float32, np.float64)
 
 # Relative accuracy per summed term: float32 errors grow about like sqrt(terms),

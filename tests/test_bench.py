@@ -130,7 +130,7 @@ def test_suite_geometry_agrees_with_fastconv(layer):
     else:
         assert geo.out_hw == (layer.out_hw,) * 2
     assert layer.flops() == geo.flops
-    assert _bench.auto_choice(layer).split("/")[0] in ("direct", "im2col", "winograd")
+    assert _bench.auto_choice(layer).split("/")[0] in ("direct", "im2col", "winograd", "blocked")
 
 
 def test_quick_layer_divides_the_batch():

@@ -38,19 +38,19 @@ def test_bench_tiny_layer(capsys):
     out, err = capsys.readouterr()
     assert out.startswith(f"fastconv {fastconv.__version__} bench: ")
     assert "BLAS: openblas" in out or "BLAS: " in out
-    assert _header(out) == ["layer", "dir", "direct", "im2col", "winograd", "auto", "numpy",
-                            "of", "sgemm", "check"]
+    assert _header(out) == ["layer", "dir", "direct", "im2col", "winograd", "blocked", "auto",
+                            "numpy", "of", "sgemm", "check"]
     sgemm = next(line for line in out.splitlines() if line.startswith("sgemm: "))
     assert float(sgemm.split()[1]) > 0 and "float32 through " in sgemm
     rows = _rows(out)
     assert [r[:2] for r in rows] == [["lenet_5x5", "forward"], ["lenet_5x5", "backward"]]
     for row in rows:
         assert row[4] == "n/a"  # Winograd serves 3x3 kernels only
-        numbers = row[2:4] + row[5:6] + ([row[6]] if row[1] == "forward" else [])
+        numbers = row[2:4] + row[5:7] + ([row[7]] if row[1] == "forward" else [])
         assert all(float(v) > 0 for v in numbers), row
         assert float(row[-2]) > 0  # the best algorithm's fraction of the sgemm rate
         assert row[-1] == "ok"
-    assert rows[1][6] == "-"  # the NumPy baseline is forward only
+    assert rows[1][7] == "-"  # the NumPy baseline is forward only
     assert "FAIL" not in out + err
     # auto's choice and its reason, per row
     choices = out.split("auto's choices")[1].splitlines()[1:3]

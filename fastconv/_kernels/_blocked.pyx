@@ -1,0 +1,346 @@
+"""Blocked direct convolution on NHWC activations and a packed weight (fastconv_blocked.h):
+the forward convolution (also each sub-pixel phase of an input gradient) and the weight
+gradient.
+
+The weight is packed once (functional.pack_weight) into blocks of OUT_BLOCK output channels,
+[group][C_out block][kh][kw][C_in / groups][OUT_BLOCK], zero-padded to whole blocks, so that
+one block's weight is one contiguous stream. A register block is FC_BLK_NP output pixels x
+OUT_BLOCK channels (FC_BLK_NV vectors): each input value is broadcast once and multiplied
+into every output vector, each weight vector loaded once and used for every pixel.
+Input channels are cut into blocks of `in_block` so that a block's weight
+(kh * kw * in_block * OUT_BLOCK values) stays in cache while it serves all pixels of a work
+item; the partial sums of the earlier input blocks wait in a small per-thread tile, and each
+output value is written to y once, after the last.
+
+Zero padding is implicit: a tap that falls outside x reads a shared row of zeros (a tap that
+no pixel of a block reaches inside x is skipped), so no padded copy of x is made. That is
+not the definition where a weight (or, for the weight gradient, grad_output) is NaN or
+infinite (0 * inf): the caller runs the direct kernel then. Stride and dilation are offsets.
+
+Shapes (groups G, C_in = G * cig, C_out = G * cog, n_ob = ceil(cog / OUT_BLOCK)):
+    x     (N, H, W, C_in)                   unpadded input
+    wp    (G, n_ob, kh, kw, cig, OUT_BLOCK) packed weight
+    bias  (G, n_ob * OUT_BLOCK), or (0, 0) for none
+    y     (N, Ho, Wo, C_out)                channels contiguous; rows and pixels may be strided
+"""
+from cython cimport floating
+from cython.parallel cimport prange, parallel, threadid
+from libc.stdlib cimport malloc, calloc, free
+
+
+cdef extern from "fastconv_blocked.h":
+    enum:
+        FC_BLK_NP       # output pixels per register block
+        FC_BLK_OB_F     # float output channels per block
+        FC_BLK_OB_D     # double output channels per block
+        FC_HAVE_VECTORS
+    const char* FC_ISA
+    void fc_blocked_f(int npix, const float* const* xp, const float* w, Py_ssize_t ntaps,
+                      Py_ssize_t cb, Py_ssize_t w_tap, const float* init, Py_ssize_t init_pix,
+                      float* const* out, Py_ssize_t nc) noexcept nogil
+    void fc_blocked_d(int npix, const double* const* xp, const double* w, Py_ssize_t ntaps,
+                      Py_ssize_t cb, Py_ssize_t w_tap, const double* init, Py_ssize_t init_pix,
+                      double* const* out, Py_ssize_t nc) noexcept nogil
+    void fc_wgrad_blocked_f(int nci, const float* const* xp, Py_ssize_t ci0, const float* gy,
+                            Py_ssize_t gy_pix, Py_ssize_t npix, float* gw, Py_ssize_t w_ci,
+                            Py_ssize_t nc) noexcept nogil
+    void fc_wgrad_blocked_d(int nci, const double* const* xp, Py_ssize_t ci0, const double* gy,
+                            Py_ssize_t gy_pix, Py_ssize_t npix, double* gw, Py_ssize_t w_ci,
+                            Py_ssize_t nc) noexcept nogil
+
+
+ISA = FC_ISA.decode()
+PIXEL_BLOCK = FC_BLK_NP
+# output channels per packed weight block: FC_BLK_NV vectors (a few scalars without vectors)
+OUT_BLOCK = {"float32": FC_BLK_OB_F, "float64": FC_BLK_OB_D}
+
+
+cdef inline void _scalar_block(int npix, const floating* const* xp, const floating* w,
+                               Py_ssize_t ntaps, Py_ssize_t cb, Py_ssize_t w_tap,
+                               Py_ssize_t ob, const floating* init, Py_ssize_t init_pix,
+                               floating** out, Py_ssize_t nc) noexcept nogil:
+    """fc_blocked's result one value at a time, for compilers without vector extensions."""
+    cdef Py_ssize_t p, c, t, ci
+    cdef floating acc
+    for p in range(npix):
+        for c in range(nc):
+            acc = init[p * init_pix + c] if init != NULL else 0
+            for t in range(ntaps):
+                if xp[t * FC_BLK_NP] == NULL:
+                    continue
+                for ci in range(cb):
+                    acc = acc + xp[t * FC_BLK_NP + p][ci] * w[t * w_tap + ci * ob + c]
+            out[p][c] = acc
+
+
+def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_in), unpadded
+                 const floating[:, :, :, :, :, ::1] wp,      # IN  packed weight (see above)
+                 const floating[:, ::1] bias,                # IN  (G, n_ob * OUT_BLOCK) or (0, 0)
+                 floating[:, :, :, :] y,                     # OUT (N, Ho, Wo, C_out)
+                 Py_ssize_t top, Py_ssize_t left,            # zero padding before row / column 0
+                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                 Py_ssize_t in_block, Py_ssize_t item_pixels, bint weight_outer,
+                 int num_threads):
+    """y = conv(x, w) + bias. A work item is one output-channel block of one group over a run
+    of at most item_pixels consecutive output pixels (row-major) of one image, each image's
+    pixels cut into runs of equal length (within one). The items are split between the
+    threads in equal contiguous runs of the order (group, block, image, run) when
+    `weight_outer` (a thread keeps one block's weight: for weights larger than the cache),
+    else (group, image, run, block) (a thread keeps a run's input while it goes through all
+    blocks). Every output value is computed by one thread in a fixed order, so the result
+    does not depend on the thread count.
+    Returns 0, or 1 when a scratch buffer could not be allocated."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t G = wp.shape[0], n_ob = wp.shape[1], kh = wp.shape[2], kw = wp.shape[3]
+    cdef Py_ssize_t cig = wp.shape[4], ob = wp.shape[5]
+    cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], cog = y.shape[3] // G
+    cdef Py_ssize_t y_img = y.strides[0] // sizeof(floating), y_row = y.strides[1] // sizeof(floating)
+    cdef Py_ssize_t y_pix = y.strides[2] // sizeof(floating)
+    cdef Py_ssize_t P = Ho * Wo, n_runs = (P + item_pixels - 1) // item_pixels
+    cdef Py_ssize_t n_items = G * n_ob * N * n_runs, per_group = n_ob * N * n_runs
+    cdef Py_ssize_t ntaps = kh * kw, w_tap = cig * ob
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef bint split = in_block < cig  # partial sums wait in the tile between input blocks
+    cdef Py_ssize_t item, rest, g, b, n, run, p0, n_pix, n_blocks, blk, pix, npix, p, t
+    cdef Py_ssize_t oh, ow, ih, iw, r, s, ci0, cb, nc, n_out, init_pix
+    cdef bint last
+    cdef const floating* zeros = NULL
+    cdef const floating* x_img
+    cdef const floating* w_blk
+    cdef const floating* b_blk
+    cdef const floating* init
+    cdef const floating** xp = NULL
+    cdef floating** outp = NULL
+    cdef floating* tile = NULL
+    cdef floating* y_blk
+    cdef int status = 0
+    cdef int* failed = &status
+    if N * P == 0:
+        return 0
+    zeros = <const floating*> calloc(in_block + 64, sizeof(floating))
+    if zeros == NULL:
+        return 1
+    with nogil, parallel(num_threads=num_threads):
+        xp = <const floating**> malloc(ntaps * FC_BLK_NP * sizeof(floating*))
+        outp = <floating**> malloc(FC_BLK_NP * sizeof(floating*))
+        tile = <floating*> malloc(item_pixels * ob * sizeof(floating)) if split else NULL
+        for item in prange(n_items, schedule="static"):
+            if xp == NULL or outp == NULL or (split and tile == NULL):
+                failed[0] = 1
+                continue
+            g = item // per_group
+            rest = item % per_group
+            if weight_outer:  # (block, image, run)
+                b = rest // (N * n_runs)
+                rest = rest % (N * n_runs)
+            else:  # (image, run, block)
+                b = rest % n_ob
+                rest = rest // n_ob
+            n = rest // n_runs
+            run = rest % n_runs
+            p0 = run * P // n_runs  # the run: pixels [p0, p0 + n_pix) of image n
+            n_pix = (run + 1) * P // n_runs - p0
+            n_blocks = (n_pix + FC_BLK_NP - 1) // FC_BLK_NP
+            nc = min(ob, cog - b * ob)
+            x_img = &x[n, 0, 0, 0] + g * cig
+            y_blk = &y[0, 0, 0, 0] + n * y_img + g * cog + b * ob
+            b_blk = &bias[g, b * ob] if has_bias else NULL
+            ci0 = 0
+            while ci0 < cig:
+                cb = min(in_block, cig - ci0)
+                last = ci0 + cb >= cig
+                w_blk = &wp[g, b, 0, 0, ci0, 0]
+                # the run in n_blocks register blocks of equal size (within one): 7 pixels
+                # run as 4 + 3, not 6 + 1
+                for blk in range(n_blocks):
+                    pix = blk * n_pix // n_blocks  # within the run
+                    npix = (blk + 1) * n_pix // n_blocks - pix
+                    oh = (p0 + pix) // Wo
+                    ow = (p0 + pix) % Wo
+                    for p in range(npix):
+                        # the pixel's sums go to the tile, or to y after the last input block
+                        outp[p] = y_blk + oh * y_row + ow * y_pix if last else tile + (pix + p) * ob
+                        _tap_pointers(xp + p, x_img + ci0, zeros, oh * sh - top, ow * sw - left,
+                                      kh, kw, dh, dw, H, W, C)
+                        ow = ow + 1
+                        if ow == Wo:
+                            ow = 0
+                            oh = oh + 1
+                    for t in range(ntaps):  # a tap that reaches x from no pixel is skipped
+                        for p in range(npix):
+                            if xp[t * FC_BLK_NP + p] != zeros:
+                                break
+                        else:
+                            xp[t * FC_BLK_NP] = NULL
+                    # start from the bias (first input block) or the tile
+                    init = b_blk if ci0 == 0 else tile + pix * ob
+                    init_pix = 0 if ci0 == 0 else ob
+                    n_out = nc if last else ob
+                    if not FC_HAVE_VECTORS:
+                        _scalar_block(<int> npix, xp, w_blk, ntaps, cb, w_tap, ob, init,
+                                      init_pix, outp, n_out)
+                    elif floating is float:
+                        fc_blocked_f(<int> npix, xp, w_blk, ntaps, cb, w_tap, init, init_pix,
+                                     outp, n_out)
+                    else:
+                        fc_blocked_d(<int> npix, xp, w_blk, ntaps, cb, w_tap, init, init_pix,
+                                     outp, n_out)
+                ci0 = ci0 + cb
+        free(tile)
+        free(outp)
+        free(xp)
+    free(<void*> zeros)
+    return status
+
+
+cdef inline void _tap_pointers(const floating** xp, const floating* x, const floating* zeros,
+                               Py_ssize_t ih0, Py_ssize_t iw0, Py_ssize_t kh, Py_ssize_t kw,
+                               Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t H, Py_ssize_t W,
+                               Py_ssize_t C) noexcept nogil:
+    """xp[(r*kw + s) * FC_BLK_NP] = x's pixel (ih0 + r*dh, iw0 + s*dw) for one output pixel
+    whose tap (0, 0) reads input pixel (ih0, iw0), or `zeros` where that is outside x."""
+    cdef Py_ssize_t r, s, ih, iw
+    for r in range(kh):
+        ih = ih0 + r * dh
+        for s in range(kw):
+            iw = iw0 + s * dw
+            xp[(r * kw + s) * FC_BLK_NP] = x + (ih * W + iw) * C if 0 <= ih < H and 0 <= iw < W \
+                else zeros
+
+def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
+                         const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out)
+                         floating[:, :, :, ::1] gw,        # OUT (kh, kw, cig, C_out), zeroed
+                         Py_ssize_t top, Py_ssize_t left,  # zero padding, as in conv_forward
+                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                         Py_ssize_t groups, Py_ssize_t in_ranges, Py_ssize_t chunk_pixels,
+                         int num_threads):
+    """Weight gradient gw[r, s, ci, co] = sum over output pixels of x at tap (r, s) times gy,
+    without partial sums: a work unit is (group, block of OUT_BLOCK output channels, one of
+    `in_ranges` ranges of input channels), and owns its part of gw. It goes through all
+    output pixels in chunks of chunk_pixels (the chunk's gy, its block of channels, stays in
+    cache while every tap and input channel of the range uses it; a last block narrower than
+    OUT_BLOCK is first copied into a zero-padded buffer), for each tap in register blocks of
+    FC_BLK_NP
+    input channels x OUT_BLOCK output channels summed over the chunk's pixels (a tap in the
+    padding reads zeros). Each element of gw is summed by one thread in a fixed order: the
+    result does not depend on the thread count.
+    Returns 0, or 1 when a scratch buffer could not be allocated."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], Cout = gy.shape[3]
+    cdef Py_ssize_t kh = gw.shape[0], kw = gw.shape[1], cig = gw.shape[2], cog = Cout // groups
+    cdef Py_ssize_t ob = FC_BLK_OB_F if floating is float else FC_BLK_OB_D
+    cdef Py_ssize_t n_ob = (cog + ob - 1) // ob, ntaps = kh * kw
+    cdef Py_ssize_t n_ci_blocks = (cig + FC_BLK_NP - 1) // FC_BLK_NP
+    cdef Py_ssize_t P = N * Ho * Wo, n_chunks = (P + chunk_pixels - 1) // chunk_pixels
+    cdef Py_ssize_t n_units = groups * n_ob * in_ranges
+    cdef Py_ssize_t unit, g, b, k, nc, ci_lo, ci_hi, chunk, p0, npix, p, c, n, oh, ow, t, r, s
+    cdef Py_ssize_t ci, nci, ih, iw
+    cdef const floating* zeros = NULL
+    cdef const floating** xp = NULL
+    cdef floating* gbuf = NULL
+    cdef const floating* g_chunk
+    cdef floating* gw_blk
+    cdef Py_ssize_t g_pix
+    cdef int status = 0
+    cdef int* failed = &status
+    if P == 0:
+        return 0
+    zeros = <const floating*> calloc(cig + 64, sizeof(floating))
+    if zeros == NULL:
+        return 1
+    with nogil, parallel(num_threads=num_threads):
+        xp = <const floating**> malloc(ntaps * chunk_pixels * sizeof(floating*))
+        gbuf = <floating*> malloc(chunk_pixels * ob * sizeof(floating))
+        for unit in prange(n_units, schedule="static"):
+            if xp == NULL or gbuf == NULL:
+                failed[0] = 1
+                continue
+            g = unit // (n_ob * in_ranges)
+            b = (unit // in_ranges) % n_ob
+            k = unit % in_ranges
+            nc = min(ob, cog - b * ob)
+            gw_blk = &gw[0, 0, 0, 0] + g * cog + b * ob
+            # the range's input channels, whole register blocks but for the last
+            ci_lo = min(cig, k * n_ci_blocks // in_ranges * FC_BLK_NP)
+            ci_hi = min(cig, (k + 1) * n_ci_blocks // in_ranges * FC_BLK_NP)
+            if ci_hi <= ci_lo:
+                continue
+            for chunk in range(n_chunks):
+                p0 = chunk * chunk_pixels
+                npix = min(chunk_pixels, P - p0)
+                n = p0 // (Ho * Wo)
+                oh = p0 // Wo % Ho
+                ow = p0 % Wo
+                # the chunk's gy, the block's channels: in place, or zero-padded to ob
+                g_chunk = &gy[0, 0, 0, 0] + p0 * Cout + g * cog + b * ob
+                g_pix = Cout
+                if nc < ob:
+                    for p in range(npix):
+                        for c in range(ob):
+                            gbuf[p * ob + c] = g_chunk[p * Cout + c] if c < nc else 0
+                    g_chunk = gbuf
+                    g_pix = ob
+                for p in range(npix):
+                    # each tap's input pixel (at the group's first channel), or the zeros
+                    for r in range(kh):
+                        ih = oh * sh + r * dh - top
+                        for s in range(kw):
+                            iw = ow * sw + s * dw - left
+                            xp[(r * kw + s) * chunk_pixels + p] = \
+                                &x[n, ih, iw, g * cig] if 0 <= ih < H and 0 <= iw < W else zeros
+                    ow = ow + 1
+                    if ow == Wo:
+                        ow = 0
+                        oh = oh + 1
+                        if oh == Ho:
+                            oh = 0
+                            n = n + 1
+                for t in range(ntaps):
+                    ci = ci_lo
+                    while ci < ci_hi:
+                        nci = min(<Py_ssize_t> FC_BLK_NP, ci_hi - ci)
+                        if not FC_HAVE_VECTORS:
+                            _scalar_wgrad(<int> nci, xp + t * chunk_pixels, ci, g_chunk, g_pix,
+                                          npix, gw_blk + (t * cig + ci) * Cout, Cout, nc)
+                        elif floating is float:
+                            fc_wgrad_blocked_f(<int> nci, xp + t * chunk_pixels, ci, g_chunk,
+                                               g_pix, npix, gw_blk + (t * cig + ci) * Cout, Cout,
+                                               nc)
+                        else:
+                            fc_wgrad_blocked_d(<int> nci, xp + t * chunk_pixels, ci, g_chunk,
+                                               g_pix, npix, gw_blk + (t * cig + ci) * Cout, Cout,
+                                               nc)
+                        ci = ci + nci
+        free(gbuf)
+        free(xp)
+    free(<void*> zeros)
+    return status
+
+
+cdef inline void _scalar_wgrad(int nci, const floating* const* xp, Py_ssize_t ci0,
+                               const floating* gy, Py_ssize_t gy_pix, Py_ssize_t npix,
+                               floating* gw, Py_ssize_t w_ci, Py_ssize_t nc) noexcept nogil:
+    """fc_wgrad_blocked's result one value at a time, for compilers without vector extensions."""
+    cdef Py_ssize_t i, c, p
+    cdef floating acc
+    for i in range(nci):
+        for c in range(nc):
+            acc = 0
+            for p in range(npix):
+                acc = acc + xp[p][ci0 + i] * gy[p * gy_pix + c]
+            gw[i * w_ci + c] += acc
+
+
+def team_size(int num_threads):
+    """The number of threads an OpenMP parallel region asking for num_threads gets here (the
+    region conv_forward opens): 1 without OpenMP, fewer than asked under a thread limit."""
+    cdef int* seen = <int*> calloc(max(num_threads, 1), sizeof(int))
+    cdef int i, size = 0
+    if seen == NULL:
+        raise MemoryError()
+    with nogil, parallel(num_threads=num_threads):
+        seen[threadid()] = 1
+    for i in range(max(num_threads, 1)):
+        size += seen[i]
+    free(seen)
+    return size

@@ -1,0 +1,253 @@
+"""The blocked direct kernel (algorithm="blocked"): every instruction-set variant this CPU runs
+against the reference, channel counts around each block size, input-channel cache blocks,
+geometry, the packed layout, thread-count independence."""
+import numpy as np
+import pytest
+
+import fastconv
+import reference
+from conftest import assert_close
+from fastconv import _algorithms, functional
+
+VARIANTS = _algorithms.simd_modules("_blocked")
+
+
+def run_kernel(module, x, w, bias, stride, pads, dilation, groups, in_block, item_pixels,
+               threads=2, out=None, weight_outer=False):
+    """The kernel called as conv2d calls it, with the cache blocking chosen by the test."""
+    (sh, sw), (dh, dw) = stride, dilation
+    (top, bottom), (left, right) = pads
+    kh, kw, _, cout = w.shape
+    ho = (x.shape[1] + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (x.shape[2] + left + right - dw * (kw - 1) - 1) // sw + 1
+    y = np.full((x.shape[0], ho, wo, cout), np.nan, x.dtype) if out is None else out
+    block = module.OUT_BLOCK[x.dtype.name]
+    status = module.conv_forward(
+        x, functional.pack_weight(w, groups, block),
+        functional._blocked_bias(bias, groups, block), y, top, left, sh, sw, dh, dw,
+        in_block, item_pixels, weight_outer, threads)
+    assert status == 0
+    return y
+
+
+def channel_counts(module, dtype):
+    """1, around one vector and around one block (and two) of output channels."""
+    block = module.OUT_BLOCK[np.dtype(dtype).name]
+    vector = block // 4 if module.ISA == "avx512" else block // 2
+    counts = {1, vector - 1, vector, vector + 1, block - 1, block, block + 1, 2 * block + 1}
+    return sorted(c for c in counts if c >= 1)
+
+
+@pytest.mark.parametrize("level", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_channel_counts_around_every_block(level, dtype, rng):
+    """Output channels around the vector and block sizes (the last block zero-padded),
+    input channels cut into cache blocks of 1, 3 and all of them."""
+    module = VARIANTS[level]
+    for cout in channel_counts(module, dtype):
+        cin = max(1, cout % 11)
+        x = rng.standard_normal((2, 5, 7, cin)).astype(dtype)
+        w = rng.standard_normal((3, 3, cin, cout)).astype(dtype)
+        bias = rng.standard_normal(cout).astype(dtype)
+        expected = reference.conv2d(x, w, bias, (1, 1), ((1, 1), (1, 1)))
+        for in_block, item_pixels, weight_outer in ((cin, 7, False), (3, 13, True), (1, 1, False)):
+            y = run_kernel(module, x, w, bias, (1, 1), ((1, 1), (1, 1)), (1, 1), 1,
+                           min(in_block, cin), item_pixels, weight_outer=weight_outer)
+            assert_close(y, expected, dtype, 9 * cin)
+
+
+# (N, H, W, C_in, kh, kw, C_out, stride, dilation, groups, pads): odd sizes, ragged pixel
+# blocks, stride beyond the kernel, dilation, padding wider than the kernel reaches,
+# asymmetric padding, groups, 1x1 (stride 1 and 2)
+GEOMETRIES = [
+    (2, 11, 13, 5, 3, 3, 7, (1, 1), (1, 1), 1, ((1, 1), (1, 1))),
+    (1, 9, 13, 3, 3, 3, 33, (2, 2), (1, 1), 1, ((0, 0), (0, 0))),
+    (2, 10, 11, 4, 2, 2, 6, (3, 3), (1, 1), 1, ((0, 1), (2, 0))),
+    (1, 12, 15, 6, 3, 3, 5, (1, 2), (2, 3), 1, ((2, 2), (3, 1))),
+    (1, 3, 4, 8, 3, 3, 16, (1, 1), (2, 2), 1, ((5, 5), (5, 5))),
+    (3, 7, 9, 1, 5, 5, 6, (1, 1), (1, 1), 1, ((4, 4), (4, 4))),
+    (1, 12, 30, 12, 3, 2, 24, (1, 1), (1, 2), 3, ((3, 3), (3, 3))),
+    (2, 6, 6, 8, 3, 3, 8, (1, 1), (1, 1), 8, ((1, 1), (1, 1))),
+    (2, 8, 9, 17, 1, 1, 19, (1, 1), (1, 1), 1, ((0, 0), (0, 0))),
+    (1, 9, 8, 10, 1, 1, 12, (2, 2), (1, 1), 2, ((0, 0), (0, 0))),
+    (1, 1, 1, 3, 1, 1, 2, (1, 1), (1, 1), 1, ((0, 0), (0, 0))),
+]
+
+
+@pytest.mark.parametrize("level", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", range(len(GEOMETRIES)))
+def test_geometry(level, dtype, case, rng):
+    n, h, wd, c, kh, kw, cout, stride, dilation, groups, pads = GEOMETRIES[case]
+    module = VARIANTS[level]
+    x = rng.standard_normal((n, h, wd, c)).astype(dtype)
+    w = rng.standard_normal((kh, kw, c // groups, cout)).astype(dtype)
+    bias = rng.standard_normal(cout).astype(dtype)
+    expected = reference.conv2d(x, w, bias, stride, pads, dilation, groups)
+    for in_block, item_pixels, outer in ((c // groups, 20, False),
+                                         (max(1, c // groups // 2), 7, True)):
+        y = run_kernel(module, x, w, bias, stride, pads, dilation, groups, in_block, item_pixels,
+                       weight_outer=outer)
+        assert_close(y, expected, dtype, kh * kw * c // groups)
+    # no bias, and an output that is a strided view (as the input gradient's phases write)
+    big = np.full((n, 2 * expected.shape[1], 3 * expected.shape[2], cout), np.nan, dtype)
+    view = big[:, 1::2, ::3]
+    run_kernel(module, x, w, np.zeros(0, dtype), stride, pads, dilation, groups,
+               c // groups, 48, out=view)
+    assert_close(view, expected - bias, dtype, kh * kw * c // groups)
+    assert np.isnan(big[:, ::2]).all() and np.isnan(big[:, :, 1::3]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("groups, block", [(1, 16), (1, 5), (3, 8), (2, 1)])
+def test_packed_layout_round_trip(groups, block, dtype, rng):
+    w = rng.standard_normal((3, 2, 4, 6 * groups)).astype(dtype)
+    packed = functional.pack_weight(w, groups, block)
+    n_blocks = -(-6 // block)
+    assert packed.shape == (groups, n_blocks, 3, 2, 4, block) and packed.dtype == dtype
+    # blocked layout: packed[g, b, r, s, i, j] = w[r, s, i, g*6 + b*block + j], zero padding
+    g, b, j = groups - 1, n_blocks - 1, (6 - 1) % block
+    assert packed[g, b, 2, 1, 3, j] == w[2, 1, 3, g * 6 + b * block + j]
+    assert not packed[:, -1, ..., 6 - (n_blocks - 1) * block:].any()
+    np.testing.assert_array_equal(functional.unpack_weight(packed, 6 * groups), w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_conv2d_and_gradients_through_blocked(dtype, rng, monkeypatch):
+    """conv2d routes algorithm="blocked" to the kernel, with input-channel cache blocks when
+    the weight is large (here: always, the budget lowered); the input gradient's sub-pixel
+    phases (strided views of the output) and the weight gradient run through it too."""
+    monkeypatch.setattr(functional, "BLOCKED_WEIGHT_BYTES", 1024)
+    calls = []
+    kernel = _algorithms.KERNELS["blocked"]
+
+    class Spy:
+        OUT_BLOCK, PIXEL_BLOCK = kernel.OUT_BLOCK, kernel.PIXEL_BLOCK
+
+        @staticmethod
+        def conv_forward(*args):
+            calls.append(args)
+            return kernel.conv_forward(*args)
+
+        @staticmethod
+        def conv_backward_weight(*args):
+            calls.append("weight")
+            return kernel.conv_backward_weight(*args)
+
+    monkeypatch.setitem(_algorithms.KERNELS, "blocked", Spy)
+    x = rng.standard_normal((2, 9, 10, 12)).astype(dtype)
+    w = rng.standard_normal((3, 3, 12, 20)).astype(dtype)
+    b = rng.standard_normal(20).astype(dtype)
+    pads = ((1, 1), (1, 1))
+    y = fastconv.conv2d(x, w, b, stride=2, padding=1, algorithm="blocked")
+    assert_close(y, reference.conv2d(x, w, b, (2, 2), pads), dtype, 108)
+    assert len(calls) == 1 and calls[0][-4] < 12  # in_block: the channels were cut
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx, gw, gb = fastconv.conv2d_backward(gy, x, w, stride=2, padding=1, algorithm="blocked")
+    want = reference.conv2d_backward(gy, x, w, (2, 2), pads)
+    # one call per sub-pixel phase of the stride-2 input gradient, one for the weight's
+    assert len(calls) == 6 and calls[-1] == "weight"
+    assert_close(gx, want[0], dtype, 9 * 20)
+    assert_close(gw, want[1], dtype, gy[..., 0].size)
+    assert_close(gb, want[2], dtype, gy[..., 0].size)
+
+
+def test_non_finite_weight_runs_exact_direct(rng):
+    """Taps in the zero padding contribute nothing even where the weight is infinite (0 * inf
+    would be NaN): such a weight goes to the direct kernel's exact mode."""
+    x = rng.standard_normal((1, 4, 5, 3)).astype(np.float32)
+    w = np.zeros((3, 3, 3, 2), np.float32)
+    w[0, 0, 0, 0] = np.inf
+    y = fastconv.conv2d(x, w, padding=1, algorithm="blocked")
+    assert np.isfinite(y[0, 0, :, 0]).all() and np.isfinite(y[0, :, 0, 0]).all()
+    assert np.isinf(y[0, 1:, 1:, 0]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_identical_for_1_and_2_threads(dtype, rng):
+    module = _algorithms.KERNELS["blocked"]
+    if module.team_size(2) < 2:
+        pytest.skip("OpenMP gives this process one thread")
+    x = rng.standard_normal((3, 13, 11, 24)).astype(dtype)
+    w = rng.standard_normal((3, 3, 24, 40)).astype(dtype)
+    bias = rng.standard_normal(40).astype(dtype)
+    args = (x, w, bias, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, 10, 16)
+    for outer in (False, True):
+        one = run_kernel(module, *args, threads=1, weight_outer=outer)
+        two = run_kernel(module, *args, threads=2, weight_outer=outer)
+        np.testing.assert_array_equal(one, two)
+    assert_close(two, reference.conv2d(x, w, bias, (1, 1), ((1, 1), (1, 1))), dtype, 216)
+    assert module.team_size(2) == 2 and module.team_size(1) == 1
+
+
+def weight_gradient_reference(x, gy, w_shape, stride, pads, dilation, groups):
+    """sum over output pixels of x's window (x) gy, from the definition, in float64."""
+    kh, kw, cig, cout = w_shape
+    cog = cout // groups
+    (sh, sw), (dh, dw) = stride, dilation
+    ho, wo = gy.shape[1:3]
+    xp = np.pad(x.astype(float), ((0, 0), *pads, (0, 0)))
+    want = np.zeros(w_shape)
+    for r in range(kh):
+        for s in range(kw):
+            window = xp[:, r * dh: r * dh + sh * (ho - 1) + 1: sh,
+                        s * dw: s * dw + sw * (wo - 1) + 1: sw]
+            for g in range(groups):
+                want[r, s, :, g * cog:(g + 1) * cog] = np.einsum(
+                    "nhwi,nhwo->io", window[..., g * cig:(g + 1) * cig],
+                    gy[..., g * cog:(g + 1) * cog].astype(float))
+    return want
+
+
+@pytest.mark.parametrize("level", sorted(VARIANTS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", range(len(GEOMETRIES)))
+def test_weight_gradient(level, dtype, case, rng):
+    """Every geometry, with input-channel ranges of one register block or all of them,
+    chunks of pixels that split images and rows (or hold all of them)."""
+    n, h, wd, c, kh, kw, cout, stride, dilation, groups, pads = GEOMETRIES[case]
+    module = VARIANTS[level]
+    x = rng.standard_normal((n, h, wd, c)).astype(dtype)
+    y = reference.conv2d(x, np.zeros((kh, kw, c // groups, cout)), None, stride, pads,
+                         dilation, groups)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    want = weight_gradient_reference(x, gy, (kh, kw, c // groups, cout), stride, pads,
+                                     dilation, groups)
+    for ranges, chunk in ((1, 1000), (c // groups, 5), (2, 64)):
+        gw = np.zeros((kh, kw, c // groups, cout), dtype)
+        assert module.conv_backward_weight(x, gy, gw, pads[0][0], pads[1][0], *stride,
+                                           *dilation, groups, ranges, chunk, 2) == 0
+        assert_close(gw, want, dtype, gy[..., 0].size)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_weight_gradient_channel_counts_and_threads(dtype, rng):
+    """Output channels around the vector and block sizes, input channels around the register
+    block; 1 and 2 threads bit-identical (each weight element is summed by one thread)."""
+    module = _algorithms.KERNELS["blocked"]
+    for cout in channel_counts(module, dtype):
+        cin = module.PIXEL_BLOCK + cout % 3 - 1
+        x = rng.standard_normal((2, 6, 5, cin)).astype(dtype)
+        gy = rng.standard_normal((2, 6, 5, cout)).astype(dtype)
+        want = weight_gradient_reference(x, gy, (3, 3, cin, cout), (1, 1), ((1, 1), (1, 1)),
+                                         (1, 1), 1)
+        results = []
+        for threads in (1, 2):
+            gw = np.zeros((3, 3, cin, cout), dtype)
+            module.conv_backward_weight(x, gy, gw, 1, 1, 1, 1, 1, 1, 1, 2, 16, threads)
+            results.append(gw)
+        np.testing.assert_array_equal(results[0], results[1])
+        assert_close(results[1], want, dtype, 60)
+
+
+def test_non_finite_grad_output_weight_gradient_runs_direct(rng):
+    """A tap in the zero padding adds nothing to the weight gradient, even against an
+    infinite grad_output (the blocked kernel would add 0 * inf = NaN): direct runs then."""
+    x = rng.standard_normal((1, 4, 5, 3))
+    w = rng.standard_normal((3, 3, 3, 2))
+    gy = np.zeros((1, 4, 5, 2))
+    gy[0, 0, 0, 0] = np.inf
+    _, gw, _ = fastconv.conv2d_backward(gy, x, w, padding=1, algorithm="blocked",
+                                        needs="weight")
+    # pixel (0, 0)'s taps in row 0 and column 0 read the padding: no NaN there
+    assert not np.isnan(gw[:, :, :, 0]).any() and np.isinf(gw[1:, 1:, :, 0]).all()
