@@ -6,13 +6,15 @@ count - for one layer configuration, input shape, input dtype and thread count. 
 its plans per input shape (`plan_for`), so a planned call only checks its input and runs the
 kernel.
 
-Packed weights (the contiguous cast, the direct kernel's channel-padded weight and bias,
-Winograd's transformed weight) live in a `Packs` cache on the layer, keyed by algorithm and
-dtype, and are valid while the weight and bias are the same array objects at the same
-VERSION. A version is a per-array counter: `bump(array)` raises it, and every supported way of
-changing weights bumps it - Optimizer.step() and Layer.load_state_dict(). Code that writes
-into weights by hand (`layer.weight[...] = ...`) calls `fastconv.weights_changed(model)`
-once afterwards (assigning a new array, `layer.weight = w`, needs nothing).
+Packed weights (functional.prepare_weight: Winograd's transformed weight, the blocked
+kernel's blocks, the direct kernel's channel-padded weight) are made at every call of a plain
+layer (a fresh `Packs`), and kept in a `Packs` cache on the layers of an optimize_for_inference
+model, keyed by algorithm and dtype, valid while the weight and bias are the same array
+objects at the same VERSION. A version is a per-array counter: `bump(array)` raises it, and
+every supported way of changing weights bumps it - Optimizer.step() and
+Layer.load_state_dict(). Code that writes into such weights by hand
+(`layer.weight[...] = ...`) calls `fastconv.weights_changed(model)` once afterwards
+(assigning a new array, `layer.weight = w`, needs nothing).
 
 The planned path runs the same kernels with the same arguments as fastconv.functional, so
 its results are the same bits.
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fastconv import _algorithms, _autotune, _params, functional
-from fastconv._threads import blas_single_thread, get_num_threads
+from fastconv._threads import get_num_threads
 
 # ----------------------------------------------------------------------------------------------
 # weight versions
@@ -47,8 +49,8 @@ def version(a) -> int:
 
 
 def weights_changed(model) -> None:
-    """Tell fastconv that the weights of `model` (a layer, or an array) were changed in
-    place by hand, e.g. `layer.weight[...] = w` or `layer.weight *= 2`: packed weights made
+    """Tell fastconv that the weights of `model` (a layer of an optimize_for_inference model,
+    such a model, or an array) were changed in place by hand, e.g. `layer.weight[...] = w` or `layer.weight *= 2`: packed weights made
     from them are rebuilt at the next call. Optimizer.step() and load_state_dict() do this
     themselves; assigning a new array (`layer.weight = w`) needs nothing.
 
@@ -86,16 +88,6 @@ class Packs:
 
     def clear(self) -> None:
         self._store.clear()
-
-
-class _Packed:
-    """A weight as one algorithm's kernel takes it."""
-
-    __slots__ = ("weight", "bias", "exact", "max_weight", "max_bias")
-
-    def __init__(self, weight, bias, exact, max_weight=0.0, max_bias=0.0):
-        self.weight, self.bias, self.exact = weight, bias, exact
-        self.max_weight, self.max_bias = max_weight, max_bias
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +140,6 @@ class ConvPlan:
                         if self.mode == "zeros" else (0, 0))
         self.direction = "input_gradient" if transposed else "forward"
         self.dtype_name = self.dtype.name
-        self._launches: dict[str, tuple] = {}
         self.algorithm = self._resolve()
 
     # -- choosing -------------------------------------------------------------------------
@@ -186,21 +177,15 @@ class ConvPlan:
                                          else "input_gradient"],
                 "weight_gradient": chosen["weight_gradient"]}
 
-    # -- packing --------------------------------------------------------------------------
-    def _pack(self, algo: str, weight: np.ndarray, bias) -> _Packed:
-        w = np.ascontiguousarray(weight, self.dtype)
-        b = functional._bias_arg(bias, self.dtype)
-        exact = not functional._bounded(w)
-        if algo == "winograd":
-            return _Packed(functional.winograd_weight(w), b, exact, functional._max_abs(w),
-                           functional._max_abs(b))
-        if algo == "direct":
-            block = _algorithms.KERNELS["direct"].CHANNEL_BLOCK[self.dtype.name]
-            stand_in = np.zeros((1, 1, 1, self.geo.in_channels), self.dtype)  # x is padded per call
-            _, w, b = functional._padded_channels(stand_in, w, b, self.geo.groups, block)
-        return _Packed(w, b, exact)
-
     # -- running --------------------------------------------------------------------------
+    def _prepared(self, algo: str, weight: np.ndarray, bias, packs: Packs
+                  ) -> functional.PreparedWeight:
+        """The weight as `algo`'s kernel takes it, from the layer's cache."""
+        dtype = self.dtype
+        return packs.get((algo, self.dtype_name), weight, bias, lambda: functional.prepare_weight(
+            algo, weight if weight.dtype == dtype else weight.astype(dtype),
+            functional._bias_arg(bias, dtype), self.geo.groups))
+
     def run(self, x: np.ndarray, weight: np.ndarray, bias, packs: Packs,
             out: np.ndarray | None = None) -> np.ndarray:
         """y = the convolution of x (4-D, of the planned shape) with weight and bias, into
@@ -216,76 +201,20 @@ class ConvPlan:
         dtype = self.dtype
         if self.kind == "conv_transpose2d":
             pack = packs.get(("transposed", self.dtype_name), weight, bias,
-                             lambda: _Packed(np.ascontiguousarray(weight, dtype),
-                                             functional._bias_arg(bias, dtype), False))
+                             lambda: (np.ascontiguousarray(weight, dtype),
+                                      functional._bias_arg(bias, dtype)))
             xin = x if x.dtype == dtype and x.flags.c_contiguous else np.ascontiguousarray(x, dtype)
-            functional._data_kernel(self.algorithm, xin, pack.weight, pack.bias, y, self.geo,
-                                    self.offsets)
+            functional._data_kernel(self.algorithm, xin, *pack, y, self.geo, self.offsets)
             return y
         if self.mode == "zeros":
             xin = x if x.dtype == dtype and x.flags.c_contiguous else np.ascontiguousarray(x, dtype)
         else:
             xin = functional.pad(x, self.geo.padding, self.mode, dtype)
-        algo = self.algorithm
-        pack = packs.get((algo, self.dtype_name), weight, bias,
-                         lambda: self._pack(algo, weight, bias))
-        if algo == "winograd" and (pack.exact or not functional._winograd_fits(
-                dtype, functional.WINOGRAD_GAIN["input"] * functional.WINOGRAD_GAIN["weight"]
-                * functional.WINOGRAD_GAIN["output"] * weight.shape[2] * functional._max_abs(xin)
-                * pack.max_weight + pack.max_bias)):
-            algo = "direct"
-        elif pack.exact:
-            algo = "direct"
-        if algo != self.algorithm:
-            pack = packs.get((algo, self.dtype_name), weight, bias,
-                             lambda: self._pack(algo, weight, bias))
-        self._forward(algo, xin, pack, y)
-        return y
-
-    def _forward(self, algo: str, x: np.ndarray, pack: _Packed, y: np.ndarray) -> None:
-        """functional._forward_kernel with the choices and the packing made in advance."""
-        launch = self._launches.get(algo)
-        if launch is None:
-            launch = self._launches[algo] = self._launch(algo)
-        kernel, threads, uses_blas, before, after, pad_x = launch
-        exact = (pack.exact,) if algo == "direct" else ()
-        if pad_x:  # the depthwise kernel reads whole channel vectors of x too
-            x = np.ascontiguousarray(np.pad(x, ((0, 0),) * 3 + ((0, pad_x),)))
-        if uses_blas:
-            with blas_single_thread():
-                status = kernel(x, pack.weight, pack.bias, y, *before, *exact, *after, threads)
-        else:
-            status = kernel(x, pack.weight, pack.bias, y, *before, *exact, *after, threads)
-        if status:
-            raise MemoryError("fastconv: could not allocate a kernel's scratch buffer")
-
-    def _launch(self, algo: str) -> tuple:
-        """(kernel, threads, uses BLAS, arguments before and after the exact flag, channels
-        to add to x) of `algo` for this plan, as functional._forward_kernel derives them."""
         geo = self.geo
-        (sh, sw), (dh, dw) = geo.stride, geo.dilation
-        weight_shape = (*geo.kernel_hw, geo.in_channels // geo.groups, geo.out_channels)
-        y_shape = self.out_shape
-        pixels = math.prod(y_shape[:3])
-        flops = 2 * pixels * math.prod(weight_shape)
-        itemsize = self.dtype.itemsize
-        threads = self.threads if flops >= _algorithms.PARALLEL_MIN_FLOPS else 1
-        kernel = _algorithms.KERNELS[algo].conv_forward
-        uses_blas = _algorithms.USES_BLAS[algo]
-        if algo == "winograd":
-            block = _algorithms.winograd_block(geo.in_channels, geo.out_channels, itemsize,
-                                               _algorithms.winograd_tiles(y_shape))
-            return kernel, threads, uses_blas, (*self.offsets, geo.groups, block), (), 0
-        if algo == "im2col":
-            tile = _algorithms.tile_pixels(math.prod(weight_shape[:3]), itemsize, pixels)
-            return (kernel, threads, uses_blas,
-                    (*self.offsets, sh, sw, dh, dw, geo.groups, tile), (), 0)
-        depthwise = _algorithms.is_depthwise(weight_shape, geo.groups)
-        block = _algorithms.KERNELS["direct"].CHANNEL_BLOCK[self.dtype.name]
-        pad_x = -geo.out_channels % block if depthwise else 0
-        stream = depthwise and math.prod(y_shape) * itemsize >= _algorithms.STREAM_BYTES
-        return (kernel, threads, uses_blas, (*self.offsets, sh, sw, dh, dw, geo.groups),
-                (stream,), pad_x)
+        functional.run_forward(self._prepared(self.algorithm, weight, bias, packs), xin,
+                               self.offsets, y, geo.stride, geo.dilation, geo.groups,
+                               lambda other: self._prepared(other, weight, bias, packs))
+        return y
 
     def _unplanned(self, x, weight, bias) -> np.ndarray:
         stride, padding, dilation, groups, algorithm, padding_mode, output_padding = self._args

@@ -240,34 +240,74 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
 def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, groups) -> None:
     """y = conv(x, w) + bias, x zero-padded by `offsets` (top, left) rows and columns; y's
     shape sets how far the output goes (y may be a view with strided pixels; w a view too:
-    the blocked kernel packs it, the others get a contiguous copy)."""
+    prepare_weight packs or copies it)."""
     algo = _algorithms.for_convolution(algorithm, w.shape, y.shape, y.itemsize, stride, dilation,
                                        groups)
-    # Taps in the zero padding contribute nothing (C of conv_matrix has no entry for them),
-    # not 0 * w: that differs where w is NaN or infinite, and only the direct kernel's exact
-    # mode skips them everywhere.
+    run_forward(prepare_weight(algo, w, bias, groups), x, offsets, y, stride, dilation, groups,
+                lambda other: prepare_weight(other, w, bias, groups))
+
+
+class PreparedWeight:
+    """A weight and bias as one algorithm's forward kernel takes them (prepare_weight): a
+    function of the weight alone, so plans keep it while the weight is unchanged."""
+
+    __slots__ = ("algo", "weight", "bias", "shape", "exact", "max_weight", "max_bias")
+
+    def __init__(self, algo, weight, bias, shape, exact, max_weight, max_bias):
+        self.algo, self.weight, self.bias, self.shape = algo, weight, bias, shape
+        self.exact, self.max_weight, self.max_bias = exact, max_weight, max_bias
+
+
+def prepare_weight(algo: str, w: np.ndarray, bias: np.ndarray, groups: int) -> PreparedWeight:
+    """The HWIO weight w (C-contiguous or a view) and the kernels' bias vector (empty for
+    none) in the layout of `algo`'s forward kernel: Winograd's transformed weight, the
+    blocked kernel's packed blocks, the direct kernel's channel-padded weight, im2col's
+    contiguous one. A non-finite weight goes to the direct kernel's exact mode: taps in the
+    zero padding contribute nothing (C of conv_matrix has no entry for them), not 0 * w, and
+    only that mode skips them everywhere."""
     exact = not _bounded(w)
+    if exact:
+        algo = "direct"
+    shape = w.shape
+    max_weight, max_bias = (_max_abs(w), _max_abs(bias)) if algo == "winograd" else (0.0, 0.0)
+    if algo == "blocked":
+        block = _algorithms.KERNELS[algo].OUT_BLOCK[bias.dtype.name]
+        w, bias = pack_weight(w, groups), _blocked_bias(bias, groups, block)
+    elif algo == "winograd":
+        w = winograd_weight(np.ascontiguousarray(w))
+    elif algo == "direct":
+        block = _algorithms.KERNELS[algo].CHANNEL_BLOCK[bias.dtype.name]
+        w, bias = _padded_weight(np.ascontiguousarray(w), bias, groups, block)
+    else:
+        w = np.ascontiguousarray(w)
+    return PreparedWeight(algo, w, bias, shape, exact, max_weight, max_bias)
+
+
+def run_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, groups,
+                prepare_other) -> None:
+    """The forward kernel of `prepared` on x (zero-padded by `offsets`) into y, with the
+    weight made ready in advance; `prepare_other(algo)` gives the weight for another
+    algorithm when this input rules Winograd out."""
+    algo = prepared.algo
     # Winograd's transforms mix the pixels of a tile: one infinite input would make its
     # neighbours' outputs NaN too, and large ones can overflow where the result does not:
     # the transformed tiles, their products summed over a group's input channels, the
     # output transform and the bias
-    if exact or (algo == "winograd" and not _winograd_fits(
+    if algo == "winograd" and not _winograd_fits(
             y.dtype, WINOGRAD_GAIN["input"] * WINOGRAD_GAIN["weight"] * WINOGRAD_GAIN["output"]
-            * w.shape[2] * _max_abs(x) * _max_abs(w) + _max_abs(bias))):
-        algo = "direct"
-    if algo != "blocked":
-        w = np.ascontiguousarray(w)
+            * prepared.shape[2] * _max_abs(x) * prepared.max_weight + prepared.max_bias):
+        prepared = prepare_other("direct")
+        algo = prepared.algo
+    w, bias, shape = prepared.weight, prepared.bias, prepared.shape
     (sh, sw), (dh, dw) = stride, dilation
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
-    flops = 2 * pixels * w.size
+    flops = 2 * pixels * math.prod(shape)
     if algo == "winograd":
         block = _algorithms.winograd_block(x.shape[3], y.shape[3], y.itemsize,
                                            _algorithms.winograd_tiles(y.shape))
-        _run(algo, "conv_forward", x, winograd_weight(w), bias, y, *offsets, groups, block,
-             flops=flops)
+        _run(algo, "conv_forward", x, w, bias, y, *offsets, groups, block, flops=flops)
     elif algo == "im2col":
-        columns = w.shape[0] * w.shape[1] * w.shape[2]
-        tile = _algorithms.tile_pixels(columns, y.itemsize, pixels)
+        tile = _algorithms.tile_pixels(shape[0] * shape[1] * shape[2], y.itemsize, pixels)
         out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)  # GEMM rows: contiguous
         _run(algo, "conv_forward", x, w, bias, out, *offsets, sh, sw, dh, dw, groups, tile,
              flops=flops)
@@ -275,19 +315,18 @@ def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, gr
             y[...] = out
     elif algo == "blocked":
         block = _algorithms.KERNELS[algo].OUT_BLOCK[y.dtype.name]
-        packed = pack_weight(w, groups)
-        _run(algo, "conv_forward", x, packed, _blocked_bias(bias, groups, block), y, *offsets,
-             sh, sw, dh, dw, _blocked_in_block(w.shape, block, y.itemsize), BLOCKED_ITEM_PIXELS,
-             packed.nbytes > max(BLOCKED_CACHE_BYTES, x.nbytes), flops=flops)
+        _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw,
+             _blocked_in_block(shape, block, y.itemsize), BLOCKED_ITEM_PIXELS,
+             w.nbytes > max(BLOCKED_CACHE_BYTES, x.nbytes), flops=flops)
     else:
+        depthwise = _algorithms.is_depthwise(shape, groups)
         # a depthwise output far larger than the caches is written with non-temporal stores
         # (measured, mobilenet_dw_112 forward, 2 threads: kernel 2.63 -> 2.36 ms)
-        stream = (_algorithms.is_depthwise(w.shape, groups) and y.flags.c_contiguous
-                  and y.nbytes >= _algorithms.STREAM_BYTES)
-        block = _algorithms.KERNELS[algo].CHANNEL_BLOCK[y.dtype.name]
-        x, w, bias = _padded_channels(x, w, bias, groups, block)
-        _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups, exact,
-             stream, flops=flops)
+        stream = depthwise and y.flags.c_contiguous and y.nbytes >= _algorithms.STREAM_BYTES
+        if depthwise:  # the kernel reads whole channel vectors of x too
+            x = _padded_depthwise_input(x, w.shape[3])
+        _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups,
+             prepared.exact, stream, flops=flops)
 
 
 # The blocked kernel's cache blocking: a block of input channels' packed weight (kh x kw x
@@ -359,25 +398,31 @@ def winograd_weight(w: np.ndarray) -> np.ndarray:
     return u
 
 
-def _padded_channels(xp, w, bias, groups, block):
-    """The direct kernel's operands: each group's output channels padded with zeros to a
-    multiple of `block` in w and bias (and a depthwise input's channels in xp), so that its
-    whole-vector loads stay inside the arrays. Cheap: weights are small, and a depthwise
-    input needs it only when its channel count is not a multiple of the vector width."""
+def _padded_weight(w, bias, groups, block):
+    """The direct kernel's weight and bias: each group's output channels padded with zeros to
+    a multiple of `block` (a depthwise weight: all its channels, the kernel runs them as one
+    group), so that its whole-vector loads stay inside the arrays. Cheap: weights are small."""
     kh, kw, cig, cout = w.shape
     cog = cout // groups
-    depthwise = _algorithms.is_depthwise(w.shape, groups)  # the kernel: one group of all
+    depthwise = _algorithms.is_depthwise(w.shape, groups)
     extra = -(cout if depthwise else cog) % block
     if not extra:
-        return xp, w, bias
+        return w, bias
     if depthwise:
         pad_last = ((0, 0),) * 3 + ((0, extra),)
-        return (np.ascontiguousarray(np.pad(xp, pad_last)), np.ascontiguousarray(np.pad(w, pad_last)),
+        return (np.ascontiguousarray(np.pad(w, pad_last)),
                 np.pad(bias, (0, extra)) if bias.size else bias)
     w = np.pad(w.reshape(kh, kw, cig, groups, cog), ((0, 0),) * 4 + ((0, extra),))
     if bias.size:
         bias = np.pad(bias.reshape(groups, cog), ((0, 0), (0, extra))).reshape(-1)
-    return xp, np.ascontiguousarray(w.reshape(kh, kw, cig, -1)), bias
+    return np.ascontiguousarray(w.reshape(kh, kw, cig, -1)), bias
+
+
+def _padded_depthwise_input(x, channels: int):
+    """A depthwise input with its channels padded with zeros to the padded weight's
+    `channels` (needed only when C is not a multiple of the vector width)."""
+    extra = channels - x.shape[3]
+    return x if not extra else np.ascontiguousarray(np.pad(x, ((0, 0),) * 3 + ((0, extra),)))
 
 
 def _phase_taps(phase: int, k: int, stride: int, dilation: int):
@@ -417,8 +462,9 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
         return
     if (_algorithms.for_depthwise_data(algorithm, geo.stride, w.shape, groups)
             and out.flags.c_contiguous):
-        gy, w, bias = _padded_channels(gy, w, bias, groups,
-                                       _algorithms.KERNELS["direct"].CHANNEL_BLOCK[out.dtype.name])
+        w, bias = _padded_weight(w, bias, groups,
+                                 _algorithms.KERNELS["direct"].CHANNEL_BLOCK[out.dtype.name])
+        gy = _padded_depthwise_input(gy, w.shape[3])
         _run("direct", "data_depthwise", np.ascontiguousarray(gy), w, bias, out, *crop,
              *geo.stride, *geo.dilation, out.nbytes >= _algorithms.STREAM_BYTES,
              flops=2 * gy.shape[0] * gy.shape[1] * gy.shape[2] * w.size)

@@ -45,7 +45,10 @@ class FusedConv(L.Layer):
     RuntimeError). forward(x) or, when post_ops.residual, forward(x, residual) with residual
     of the output's shape (or one broadcasting to it). Parameters: weight and bias (the folded
     ones, in the original layer's layout); post_ops.bias is always None (the kernel adds the
-    bias). `describe(input_shape)` returns the plan's description and the post-ops."""
+    bias). `describe(input_shape)` returns the plan's description and the post-ops.
+    Its weight is packed once for each algorithm and kept while weight and bias are
+    unchanged; writing into them in place needs fastconv.weights_changed(layer) afterwards
+    (optimizers and load_state_dict call it themselves)."""
 
     param_names = ("weight", "bias")
     _output_is_private = True

@@ -103,10 +103,8 @@ class Layer:
 
     # -- parameters ------------------------------------------------------------------------
     def parameters(self):
-        """Yield (name, value, grad) for every parameter. The values are the layer's own
-        arrays: code that writes into them by hand in eval mode calls
-        fastconv.weights_changed(model) afterwards, or a convolution keeps using the weight it
-        packed before (optimizers and load_state_dict do this themselves)."""
+        """Yield (name, value, grad) for every parameter (the layer's own arrays, which
+        optimizers update in place)."""
         for name in self.param_names:
             value = getattr(self, name)
             if value is not None:
@@ -235,12 +233,11 @@ class _ConvBase(Layer):
 
     def _planned_forward(self, x: np.ndarray) -> np.ndarray:
         """The forward through the layer's plan for x's shape (fastconv._plan): checks,
-        geometry and algorithm made once per shape; in eval mode the weights are packed once
-        per version (in training mode at every call: each step changes them anyway, and
-        gradient checks edit them in place)."""
+        geometry and algorithm made once per shape. The weight is packed at every call, so
+        any change to it, in place or not, is seen; fastconv.optimize_for_inference makes a
+        copy whose packs are kept."""
         batched = x if x.ndim == 4 else x[None]
-        packs = _plan.Packs() if self.training else _plan.packs_of(self)
-        y = _plan.plan_for(self, batched).run(batched, self.weight, self.bias, packs)
+        y = _plan.plan_for(self, batched).run(batched, self.weight, self.bias, _plan.Packs())
         return y if x.ndim == 4 else y[0]
 
     def plan(self, input_shape, dtype=None):
@@ -280,9 +277,7 @@ class _ConvBase(Layer):
 
 class Conv2d(_ConvBase):
     """2-D convolution layer: weight (kh, kw, in_channels // groups, out_channels) [HWIO],
-    bias (out_channels,); see fastconv.conv2d. In eval mode the weight is packed once and
-    reused: after writing into weight or bias in place (`layer.weight *= 2`), call
-    fastconv.weights_changed(layer), or the old weight is used."""
+    bias (out_channels,); see fastconv.conv2d."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", dtype=np.float32, algorithm="auto",
@@ -322,9 +317,7 @@ class Conv2d(_ConvBase):
 class ConvTranspose2d(_ConvBase):
     """2-D transposed convolution layer: weight (kh, kw, out_channels // groups, in_channels)
     (the HWIO weight of the convolution it is the adjoint of), bias (out_channels,); see
-    fastconv.conv_transpose2d. PyTorch's weight converts with .transpose(2, 3, 1, 0). After
-    writing into weight or bias in place in eval mode, call fastconv.weights_changed(layer)
-    (see Conv2d)."""
+    fastconv.conv_transpose2d. PyTorch's weight converts with .transpose(2, 3, 1, 0)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, dtype=np.float32,
