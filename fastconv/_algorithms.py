@@ -138,21 +138,21 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
     if not refusal:
         return "winograd", WINOGRAD_REASON
     if blocked_pays(weight_shape, itemsize, stride, groups):
-        return "blocked", "rule: blocked direct kernel (its channel blocks fill; see blocked_pays)"
+        return "blocked", _with_refusal("blocked (its channel blocks fill)", refusal)
     if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and cig >= 8:
         return "im2col", "rule: 1x1 stride 1: one GEMM on the input as it is"
     half_vector = MACHINE.lanes(itemsize) // 2
     if cout // groups < half_vector and kh * kw * cig >= 64:
         return "im2col", (f"rule: {cout // groups} output channels per group (< half a "
                           f"{MACHINE.lanes(itemsize)}-lane vector) behind long sums: GEMM")
-    return "direct", _direct_reason(refusal)
+    return "direct", _with_refusal("direct (the default)", refusal)
 
 
-def _direct_reason(winograd_refusal: str) -> str:
-    """The reason of a "direct" by default, with why Winograd was not taken where it serves."""
+def _with_refusal(rule: str, winograd_refusal: str) -> str:
+    """A rule's reason, with why Winograd was not taken where it serves."""
     if winograd_refusal == NOT_WINOGRAD_SHAPED:
-        return "rule: direct (the default)"
-    return f"rule: direct (the default; {winograd_refusal})"
+        return f"rule: {rule}"
+    return f"rule: {rule}; {winograd_refusal}"
 
 
 def blocked_pays(weight_shape, itemsize: int, stride, groups: int) -> bool:
@@ -305,8 +305,8 @@ def weight_gradient_rule(weight_shape, out_shape, itemsize: int, geo) -> tuple[s
         if tuple(weight_shape[:2]) == (1, 1) and cig >= 256:
             return "im2col", f"rule: 1x1 with {cig} input channels per group: one GEMM x^T gy"
     if blocked_pays(weight_shape, itemsize, geo.stride, geo.groups):
-        return "blocked", "rule: blocked direct kernel (its channel blocks fill; see blocked_pays)"
-    return "direct", _direct_reason(refusal)
+        return "blocked", _with_refusal("blocked (its channel blocks fill)", refusal)
+    return "direct", _with_refusal("direct (the default)", refusal)
 
 
 def input_gradient_rule(weight_shape, geo, itemsize: int) -> tuple[str, str]:

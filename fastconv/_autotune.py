@@ -76,9 +76,14 @@ def lookup(direction: str, geo, dtype, threads: int | None = None) -> str | None
 
 
 def candidates(geo) -> tuple[str, ...]:
-    """The algorithms that can serve the convolution `geo`."""
+    """The algorithms that can serve the convolution `geo` (blocked, which serves every
+    one, not where it cannot win: a depthwise convolution has one channel per group, a
+    block of output channels would run one lane in 16 or 32)."""
     serves = _algorithms.winograd_serves(geo.kernel_hw, geo.stride, geo.dilation)
-    return tuple(a for a in CANDIDATES if a != "winograd" or serves)
+    depthwise = _algorithms.is_depthwise(
+        (*geo.kernel_hw, geo.in_channels // geo.groups, geo.out_channels), geo.groups)
+    return tuple(a for a in CANDIDATES if (a != "winograd" or serves)
+                 and (a != "blocked" or not depthwise))
 
 
 def time_call(algorithm: str, run: Callable[[str], Any]) -> tuple[float, Any]:

@@ -50,8 +50,8 @@ def version(a) -> int:
 
 def weights_changed(model) -> None:
     """Tell fastconv that the weights of `model` (a layer of an optimize_for_inference model,
-    such a model, or an array) were changed in place by hand, e.g. `layer.weight[...] = w` or `layer.weight *= 2`: packed weights made
-    from them are rebuilt at the next call. Optimizer.step() and load_state_dict() do this
+    such a model, or an array) were changed in place by hand, e.g. `layer.weight[...] = w` or
+    `layer.weight *= 2`: packed weights made from them are rebuilt at the next call. Optimizer.step() and load_state_dict() do this
     themselves; assigning a new array (`layer.weight = w`) needs nothing.
 
     Raises TypeError for anything but a fastconv layer or a NumPy array."""
@@ -200,11 +200,11 @@ class ConvPlan:
             return y
         dtype = self.dtype
         if self.kind == "conv_transpose2d":
-            pack = packs.get(("transposed", self.dtype_name), weight, bias,
+            w, b = packs.get(("transposed", self.dtype_name), weight, bias,
                              lambda: (np.ascontiguousarray(weight, dtype),
                                       functional._bias_arg(bias, dtype)))
             xin = x if x.dtype == dtype and x.flags.c_contiguous else np.ascontiguousarray(x, dtype)
-            functional._data_kernel(self.algorithm, xin, *pack, y, self.geo, self.offsets)
+            functional._data_kernel(self.algorithm, xin, w, b, y, self.geo, self.offsets)
             return y
         if self.mode == "zeros":
             xin = x if x.dtype == dtype and x.flags.c_contiguous else np.ascontiguousarray(x, dtype)

@@ -206,7 +206,7 @@ def test_info(capsys):
             and line.split()[0] in _bench.LAYERS}
     assert set(rows) == set(_bench.LAYERS)
     assert rows["resnet_1x1_56"][:2] == ["im2col", "[1]"] or rows["resnet_1x1_56"][0] == "im2col"
-    assert all(cells[0::2] and set(cells[0::2]) <= {"direct", "im2col", "winograd"}
+    assert all(cells[0::2] and set(cells[0::2]) <= {"direct", "im2col", "winograd", "blocked"}
                for cells in rows.values())
     assert any(line.startswith("  [1] rule: ") for line in out)
 

@@ -41,8 +41,11 @@ def test_variant_forward_and_weight_gradient(level, dtype, case, rng):
                                 (dilation, dilation), groups)
     y = np.empty(expected.shape, dtype)
     # the kernel's contract: output channels padded to its vector width (as conv2d does it)
-    operands = functional._padded_channels(x, w, bias, groups,
-                                           module.CHANNEL_BLOCK[np.dtype(dtype).name])
+    w_padded, bias_padded = functional._padded_weight(
+        w, bias, groups, module.CHANNEL_BLOCK[np.dtype(dtype).name])
+    depthwise = _algorithms.is_depthwise(w.shape, groups)
+    operands = (functional._padded_depthwise_input(x, w_padded.shape[3]) if depthwise else x,
+                w_padded, bias_padded)
     tol = 1e-4 if dtype == np.float32 else 1e-11
     # padded blocks through the window buffer, or pixel by pixel; rows straight into y, or
     # through a buffer streamed out
