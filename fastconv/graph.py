@@ -3,7 +3,10 @@
 Three multi-input layers join values: `Add()` and `Mul()` (elementwise, NumPy broadcasting,
 so a squeeze-and-excitation gate (N, 1, 1, C) scales a map (N, H, W, C)) and `Concat(dim=-1)`
 (NHWC: the channels by default). Their `forward(*inputs)` takes two or more arrays and their
-`backward(grad_output)` returns a tuple with one gradient per input.
+`backward(grad_output)` returns a tuple with one gradient per input. `Binary("sub")` and
+`Binary("div")` do a - b and a / b the same way. Two one-input layers that the importers
+(fastconv.from_torch, fastconv.onnx) also need: `Constant(op, value)` (x + 3, 1 - x, x / 6)
+and `Pad(pads, mode)` (F.pad, ONNX's Pad).
 
 `Graph(nodes, inputs=("x",), outputs=None)` runs any directed acyclic network: `nodes` is a
 list of `(name, layer, input_names)` in an order where every input is defined before use (a
@@ -146,6 +149,171 @@ class Concat(Merge):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+
+def _apply(op, a, b):
+    return {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+            "pow": np.power}[op](a, b)
+
+
+def _partials(op, a, b, y, g):
+    """(dL/da, dL/db) of y = op(a, b) given g = dL/dy (before summing over broadcasts)."""
+    if op == "add":
+        return g, g
+    if op == "sub":
+        return g, -g
+    if op == "mul":
+        return g * b, g * a
+    if op == "div":
+        return g / b, -g * y / b
+    with np.errstate(divide="ignore", invalid="ignore"):  # pow
+        return g * b * np.power(a, b - 1), g * y * np.log(a)
+
+
+class Binary(_Elementwise):
+    """a - b, a / b or a ** b of two arrays, op "sub", "div" or "pow", with NumPy broadcasting
+    (PyTorch's `a - b`, `a / b`, `a ** b`; ONNX's Sub, Div, Pow; Add and Mul do a + b and
+    a * b). backward returns both input gradients, summed over the broadcast axes. A shape
+    mismatch is a ValueError naming the shapes."""
+
+    num_inputs = 2
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    def forward(self, *inputs):
+        a, b = arrays = self._inputs(inputs)
+        self._broadcast(arrays)
+        y = _apply(self.op, a, b)
+        self._save(a=a, b=b, y=y, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, s = self._take(grad_output)
+        ga, gb = _partials(self.op, s["a"], s["b"], s["y"], grad)
+        return _sum_to_shape(ga, s["a"].shape), _sum_to_shape(gb, s["b"].shape)
+
+    def extra_repr(self) -> str:
+        return repr(self.op)
+
+
+class Constant(Layer):
+    """op(x, value) (or op(value, x) with constant_first) for op "add", "sub", "mul", "div"
+    or "pow" and a constant array `value` broadcast with x (a bias, a scale, the 3 and 6 of a
+    hard swish, the 1 of `1 - x`). A fixed value is cast to a float input's dtype, as PyTorch
+    does with a Python number (float32 stays float32); trainable=True (fastconv.onnx: an
+    initializer of more than one element) makes it a parameter "value" with a gradient."""
+
+    _output_is_private = True
+
+    def __init__(self, op, value, constant_first=False, trainable=False):
+        super().__init__()
+        self.op, self.constant_first = op, bool(constant_first)
+        value = np.array(value)
+        if trainable and op != "pow":
+            self.param_names = ("value",)
+            self._init_param("value", value)
+        else:
+            self.value = value
+
+    def forward(self, x):
+        x = _params.as_array("input", x)
+        c = self._constant(x)
+        a, b = (c, x) if self.constant_first else (x, c)
+        y = _apply(self.op, a, b)
+        if y.dtype != x.dtype and x.dtype.kind == "f":
+            y = y.astype(x.dtype)
+        self._save(x=x, y=y, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, s = self._take(grad_output)
+        x = s["x"]
+        c = self._constant(x)
+        a, b = (c, x) if self.constant_first else (x, c)
+        ga, gb = _partials(self.op, a, b, s["y"], grad)
+        gx, gc = (gb, ga) if self.constant_first else (ga, gb)
+        if self.param_names:
+            self._accumulate("value", _sum_to_shape(gc, c.shape))
+        return _sum_to_shape(gx, x.shape).astype(x.dtype, copy=False)
+
+    def _constant(self, x: np.ndarray) -> np.ndarray:
+        if self.param_names or x.dtype.kind != "f":
+            return self.value
+        return self.value.astype(x.dtype, copy=False)
+
+    def extra_repr(self) -> str:
+        shown = (f"{self.value.item():g}" if self.value.size == 1
+                 else f"array of shape {self.value.shape}")
+        return f"{self.op!r}, {shown}" + (", constant_first=True" if self.constant_first else "")
+
+
+
+def _pad_indices(n: int, before: int, after: int, mode: str) -> np.ndarray:
+    """The source index of each padded position along one axis (-1: the constant)."""
+    j = np.arange(-before, n + after)
+    if mode == "edge":
+        return np.clip(j, 0, n - 1)
+    if mode == "reflect":
+        if n == 1:
+            return np.zeros_like(j)
+        period = 2 * (n - 1)
+        j = np.abs(j) % period
+        return np.where(j > n - 1, period - j, j)
+    return np.where((j >= 0) & (j < n), j, -1)
+
+
+class Pad(Layer):
+    """Pads each axis of the input by pads[axis] = (before, after) (negative ones crop), mode
+    "constant" (with `value`), "reflect" (mirrored about the edge, the edge not repeated) or
+    "edge" (the edge repeated): ONNX's Pad, PyTorch's F.pad (mode "replicate" is "edge").
+    pads has one pair per input axis (an NHWC map: ((0, 0), (top, bottom), (left, right),
+    (0, 0))); another rank is a ValueError."""
+
+    _output_is_private = True
+
+    def __init__(self, pads, mode="constant", value=0.0):
+        super().__init__()
+        self.pads = tuple((int(b), int(a)) for b, a in pads)
+        self.mode, self.value = mode, float(value)
+
+    def forward(self, x):
+        x = _params.as_array("input", x)
+        if x.ndim != len(self.pads):
+            raise ValueError(f"{self!r}: expected a {len(self.pads)}-D input, but got shape "
+                             f"{x.shape}")
+        taps = []
+        y = x
+        for axis, (n, (b, a)) in enumerate(zip(x.shape, self.pads)):
+            if (b, a) == (0, 0):
+                continue
+            if self.mode != "constant" and n + min(b, 0) + min(a, 0) < 1:
+                raise ValueError(f"{self!r}: cannot pad an axis of size {n} in mode "
+                                 f"{self.mode!r}")
+            idx = _pad_indices(n, b, a, self.mode)
+            taps.append((axis, n, idx))
+            y = np.take(y, np.maximum(idx, 0), axis=axis)
+            if self.mode == "constant" and (idx < 0).any():
+                where = [slice(None)] * y.ndim
+                where[axis] = idx < 0
+                y[tuple(where)] = self.value
+        self._save(taps=taps, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        grad, saved = self._take(grad_output)
+        for axis, n, idx in reversed(saved["taps"]):
+            g = np.moveaxis(grad, axis, 0)
+            out = np.zeros((n,) + g.shape[1:], grad.dtype)
+            np.add.at(out, idx[idx >= 0], g[idx >= 0])
+            grad = np.moveaxis(out, 0, axis)
+        return grad
+
+    def extra_repr(self) -> str:
+        return f"pads={self.pads}, mode={self.mode!r}" + (
+            f", value={self.value}" if self.mode == "constant" and self.value else "")
+
 
 
 def _names(what: str, value) -> tuple[str, ...]:

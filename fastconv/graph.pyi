@@ -19,6 +19,24 @@ class _Elementwise(Merge): ...
 class Add(_Elementwise): ...
 class Mul(_Elementwise): ...
 
+class Binary(_Elementwise):
+    op: str
+    def __init__(self, op: str) -> None: ...
+
+class Constant(Layer):
+    op: str
+    constant_first: bool
+    value: np.ndarray
+    def __init__(self, op: str, value: npt.ArrayLike, constant_first: bool = False,
+                 trainable: bool = False) -> None: ...
+
+class Pad(Layer):
+    pads: tuple[tuple[int, int], ...]
+    mode: str
+    value: float
+    def __init__(self, pads: Sequence[tuple[int, int]], mode: str = "constant",
+                 value: float = 0.0) -> None: ...
+
 class Concat(Merge):
     dim: int
     def __init__(self, dim: int = -1) -> None: ...

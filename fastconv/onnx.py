@@ -36,7 +36,8 @@ import numpy as np
 from fastconv import _params
 from fastconv import layers as L
 from fastconv._torch_import import FLAT, MAP, _map_dim
-from fastconv.graph import Add, Concat, Graph, Merge, Mul, _sum_to_shape
+from fastconv.graph import (Add, Binary, Concat, Constant, Graph, Merge, Mul, Pad,
+                            _sum_to_shape)
 from fastconv.resample import _gather, _scatter
 
 #: the opsets of the default ONNX domain that load accepts
@@ -298,95 +299,6 @@ class Elementwise(L.Layer):
         return ", ".join([repr(self.op)] + [repr(a) for a in self.args])
 
 
-def _apply(op, a, b):
-    return {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
-            "pow": np.power}[op](a, b)
-
-
-def _partials(op, a, b, y, g):
-    """(dL/da, dL/db) of y = op(a, b) given g = dL/dy (before summing over broadcasts)."""
-    if op == "add":
-        return g, g
-    if op == "sub":
-        return g, -g
-    if op == "mul":
-        return g * b, g * a
-    if op == "div":
-        return g / b, -g * y / b
-    with np.errstate(divide="ignore", invalid="ignore"):  # pow
-        return g * b * np.power(a, b - 1), g * y * np.log(a)
-
-
-class Binary(Merge):
-    """a - b, a / b or a ** b of two computed arrays (NumPy broadcasting); Add and Mul of
-    fastconv.graph do a + b and a * b."""
-
-    num_inputs = 2
-    _output_is_private = True
-
-    def __init__(self, op):
-        super().__init__()
-        self.op = op
-
-    def forward(self, *inputs):
-        a, b = self._inputs(inputs)
-        y = _apply(self.op, a, b)
-        self._save(a=a, b=b, y=y, out_shape=y.shape)
-        return y
-
-    def backward(self, grad_output):
-        grad, s = self._take(grad_output)
-        ga, gb = _partials(self.op, s["a"], s["b"], s["y"], grad)
-        return _sum_to_shape(ga, s["a"].shape), _sum_to_shape(gb, s["b"].shape)
-
-    def extra_repr(self) -> str:
-        return repr(self.op)
-
-
-class Constant(L.Layer):
-    """op(x, value) (or op(value, x) with constant_first) for op "add", "sub", "mul", "div"
-    or "pow" and a constant array `value` broadcast with x (a bias, a scale, the 3 and 6 of a
-    hard swish). A value from an ONNX initializer of more than one element is a trainable
-    parameter ("value"), otherwise it is fixed."""
-
-    _output_is_private = True
-
-    def __init__(self, op, value, constant_first=False, trainable=False):
-        super().__init__()
-        self.op, self.constant_first = op, bool(constant_first)
-        value = np.array(value)
-        if trainable and op != "pow":
-            self.param_names = ("value",)
-            self._init_param("value", value)
-        else:
-            self.value = value
-
-    def forward(self, x):
-        x = _params.as_array("input", x)
-        c = self.value
-        a, b = (c, x) if self.constant_first else (x, c)
-        y = _apply(self.op, a, b)
-        if y.dtype != x.dtype and x.dtype.kind == "f":
-            y = y.astype(x.dtype)
-        self._save(x=x, y=y, out_shape=y.shape)
-        return y
-
-    def backward(self, grad_output):
-        grad, s = self._take(grad_output)
-        x, c = s["x"], self.value
-        a, b = (c, x) if self.constant_first else (x, c)
-        ga, gb = _partials(self.op, a, b, s["y"], grad)
-        gx, gc = (gb, ga) if self.constant_first else (ga, gb)
-        if self.param_names:
-            self._accumulate("value", _sum_to_shape(gc, c.shape))
-        return _sum_to_shape(gx, x.shape).astype(x.dtype, copy=False)
-
-    def extra_repr(self) -> str:
-        shown = (f"{self.value.item():g}" if self.value.size == 1
-                 else f"array of shape {self.value.shape}")
-        return f"{self.op!r}, {shown}" + (", constant_first=True" if self.constant_first else "")
-
-
 class MatMul(Merge):
     """a @ b of two computed arrays (NumPy's matmul, ONNX's MatMul, 2-D or more)."""
 
@@ -404,68 +316,6 @@ class MatMul(Merge):
         a, b = s["a"], s["b"]
         return (_sum_to_shape(grad @ np.swapaxes(b, -1, -2), a.shape),
                 _sum_to_shape(np.swapaxes(a, -1, -2) @ grad, b.shape))
-
-
-def _pad_indices(n: int, before: int, after: int, mode: str) -> np.ndarray:
-    """The source index of each padded position along one axis (-1: the constant)."""
-    j = np.arange(-before, n + after)
-    if mode == "edge":
-        return np.clip(j, 0, n - 1)
-    if mode == "reflect":
-        if n == 1:
-            return np.zeros_like(j)
-        period = 2 * (n - 1)
-        j = np.abs(j) % period
-        return np.where(j > n - 1, period - j, j)
-    return np.where((j >= 0) & (j < n), j, -1)
-
-
-class Pad(L.Layer):
-    """ONNX's Pad on the stored axes: pads ((before, after) per axis, negative ones crop),
-    mode "constant" (with `value`), "reflect" or "edge"."""
-
-    _output_is_private = True
-
-    def __init__(self, pads, mode="constant", value=0.0):
-        super().__init__()
-        self.pads = tuple((int(b), int(a)) for b, a in pads)
-        self.mode, self.value = mode, float(value)
-
-    def forward(self, x):
-        x = _params.as_array("input", x)
-        if x.ndim != len(self.pads):
-            raise ValueError(f"{self!r}: expected a {len(self.pads)}-D input, but got shape "
-                             f"{x.shape}")
-        taps = []
-        y = x
-        for axis, (n, (b, a)) in enumerate(zip(x.shape, self.pads)):
-            if (b, a) == (0, 0):
-                continue
-            if self.mode != "constant" and n + min(b, 0) + min(a, 0) < 1:
-                raise ValueError(f"{self!r}: cannot pad an axis of size {n} in mode "
-                                 f"{self.mode!r}")
-            idx = _pad_indices(n, b, a, self.mode)
-            taps.append((axis, n, idx))
-            y = np.take(y, np.maximum(idx, 0), axis=axis)
-            if self.mode == "constant" and (idx < 0).any():
-                where = [slice(None)] * y.ndim
-                where[axis] = idx < 0
-                y[tuple(where)] = self.value
-        self._save(taps=taps, out_shape=y.shape)
-        return y
-
-    def backward(self, grad_output):
-        grad, saved = self._take(grad_output)
-        for axis, n, idx in reversed(saved["taps"]):
-            g = np.moveaxis(grad, axis, 0)
-            out = np.zeros((n,) + g.shape[1:], grad.dtype)
-            np.add.at(out, idx[idx >= 0], g[idx >= 0])
-            grad = np.moveaxis(out, 0, axis)
-        return grad
-
-    def extra_repr(self) -> str:
-        return f"pads={self.pads}, mode={self.mode!r}" + (
-            f", value={self.value}" if self.mode == "constant" and self.value else "")
 
 
 def _resize_taps(n: int, out: int, scale: float, coords: str, mode: str, nearest: str):

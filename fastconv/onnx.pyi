@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fastconv.graph import Graph, Merge
+from fastconv.graph import Binary as Binary, Constant as Constant, Graph, Merge, Pad as Pad
 from fastconv.layers import Layer
 
 OPSETS: tuple[int, int]
@@ -48,25 +48,7 @@ class Elementwise(Layer):
     args: tuple[float, ...]
     def __init__(self, op: str, *args: float) -> None: ...
 
-class Binary(Merge):
-    op: str
-    def __init__(self, op: str) -> None: ...
-
-class Constant(Layer):
-    op: str
-    constant_first: bool
-    value: np.ndarray
-    def __init__(self, op: str, value: npt.ArrayLike, constant_first: bool = False,
-                 trainable: bool = False) -> None: ...
-
 class MatMul(Merge): ...
-
-class Pad(Layer):
-    pads: tuple[tuple[int, int], ...]
-    mode: str
-    value: float
-    def __init__(self, pads: Sequence[tuple[int, int]], mode: str = "constant",
-                 value: float = 0.0) -> None: ...
 
 class Resize(Layer):
     size: tuple[int, ...] | None
