@@ -4,8 +4,9 @@ when called).
 An nn.Sequential becomes a fastconv Sequential, a supported leaf module (Conv2d, BatchNorm2d,
 ReLU, ...) the matching layer, and any other module is traced with torch.fx.symbolic_trace into
 a fastconv Graph: each call_module node becomes a node named by the module's path (so the
-state_dict keys are PyTorch's), each functional call (F.relu, torch.cat, +, *, x.mean((2, 3)),
-torch.flatten, x.view(x.size(0), -1), F.interpolate, ...) a node named by the fx node.
+state_dict keys are PyTorch's), each functional call (F.relu, torch.cat, + - * / of tensors or
+with a number, F.pad, x.mean((2, 3)), torch.flatten, x.view(x.size(0), -1), F.interpolate, ...)
+a node named by the fx node.
 PyTorch's NCHW dimensions are mapped onto NHWC, which needs each value's layout: a value is a
 "map" (an (N, C, H, W) tensor, made by a conv, a pool, a BatchNorm2d ...), "flat" (made by a
 Linear, a flatten, a mean over H and W) or "input" (a model input: taken as an image for
@@ -20,7 +21,7 @@ import numpy as np
 
 from fastconv import _params
 from fastconv import layers as L
-from fastconv.graph import Add, Concat, Graph, Mul
+from fastconv.graph import Add, Binary, Concat, Constant, Graph, Mul, Pad
 
 MAP, FLAT, INPUT = "map", "flat", "input"
 #: a torch dimension of a 4-D NCHW tensor -> the NHWC axis
@@ -185,6 +186,9 @@ def _leaf_converters() -> dict:
     def simple(make):
         return lambda m, kind: (make(m), kind)
 
+    def pad(mode):
+        return lambda m, kind: (_pad(m.padding, mode, getattr(m, "value", 0.0), kind), MAP)
+
     return {
         nn.Conv2d: conv,
         nn.ConvTranspose2d: conv_transpose,
@@ -212,6 +216,10 @@ def _leaf_converters() -> dict:
         nn.Dropout: simple(lambda m: L.Dropout(m.p)),
         nn.Dropout2d: simple(lambda m: L.Dropout2d(m.p)),
         nn.Identity: simple(lambda m: L.Identity()),
+        nn.ZeroPad2d: pad("constant"),
+        nn.ConstantPad2d: pad("constant"),
+        nn.ReflectionPad2d: pad("reflect"),
+        nn.ReplicationPad2d: pad("replicate"),
         nn.Upsample: lambda m, kind: (_upsample(m.size, m.scale_factor, m.mode,
                                                 m.align_corners), MAP),
     }
@@ -232,11 +240,47 @@ def _flatten(start: int, end: int, kind: str) -> L.Layer:
     return L.Flatten(start, end, channels_first=kind != FLAT)
 
 
+#: F.pad's modes -> Pad's
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
+def _pad(pad, mode: str, value, kind: str) -> Pad:
+    """F.pad(x, pad, mode, value) of a 4-D NCHW value: pad is (left, right, top, bottom, ...),
+    pairs for the last dimension first, mapped onto the NHWC axes."""
+    pad = tuple(pad)
+    if len(pad) % 2 or not 2 <= len(pad) <= 8 or not all(isinstance(p, int) for p in pad):
+        raise ValueError(f"pad must be 1 to 4 pairs of ints, (left, right, top, bottom, ...), "
+                         f"but got {pad!r}")
+    if mode not in _PAD_MODES:
+        raise ValueError(f"padding mode {mode!r} is not supported (only 'constant', "
+                         f"'reflect' and 'replicate')")
+    if mode != "constant" and value:
+        raise ValueError(f"padding mode {mode!r} takes no value, but got value={value!r}")
+    if kind == FLAT:
+        raise ValueError("only a 4-D (N, C, H, W) feature map pads; this value was flattened")
+    pads = [(0, 0)] * 4
+    for i in range(len(pad) // 2):  # the first pair pads the last dimension, W
+        pads[_map_dim(3 - i, kind)] = (pad[2 * i], pad[2 * i + 1])
+    return Pad(pads, _PAD_MODES[mode], float(value or 0.0))
+
+
 def _upsample(size, scale_factor, mode, align_corners) -> L.Layer:
     if mode not in ("nearest", "bilinear"):
         raise ValueError(f"from_torch: interpolation mode {mode!r} is not supported (only "
                          f"'nearest' and 'bilinear')")
     return L.Upsample(size, scale_factor, mode, align_corners)
+
+
+def _arithmetic() -> dict:
+    """{fx target (".name" for a method): "add" | "sub" | "mul" | "div"}."""
+    import torch
+
+    ops = {"add": (operator.add, operator.iadd, torch.add, ".add"),
+           "sub": (operator.sub, operator.isub, torch.sub, torch.subtract, ".sub"),
+           "mul": (operator.mul, operator.imul, torch.mul, torch.multiply, ".mul"),
+           "div": (operator.truediv, operator.itruediv, torch.div, torch.true_divide,
+                   torch.divide, ".div")}
+    return {target: op for op, targets in ops.items() for target in targets}
 
 
 def _args(names: str, args, kwargs) -> dict:
@@ -331,12 +375,17 @@ class _Tracer:
         return self.value[arg]
 
     def _add(self, node, name: str, layer: L.Layer, inputs, kind: str) -> None:
+        name = self._emit(name, layer, tuple(self._tensor(a, node) for a in inputs))
+        self.value[node], self.kind[node] = name, kind
+
+    def _emit(self, name: str, layer: L.Layer, input_names: tuple[str, ...]) -> str:
+        """Appends a node under a fresh name (a module path and an fx name may coincide)."""
         base, i = name, 1
-        while name in self.names:  # a module path and an fx name may coincide
+        while name in self.names:
             name, i = f"{base}_{i}", i + 1
         self.names.add(name)
-        self.nodes.append((name, layer, tuple(self._tensor(a, node) for a in inputs)))
-        self.value[node], self.kind[node] = name, kind
+        self.nodes.append((name, layer, input_names))
+        return name
 
     def _alias(self, node, source) -> None:
         """node computes the same tensor as `source` (contiguous(), an eval-mode dropout)."""
@@ -396,9 +445,14 @@ class _Tracer:
         elif key is F.elu:
             a = _args("input, alpha=1.0, inplace=False", args, kwargs)
             self._add(node, node.name, L.ELU(a["alpha"]), args[:1], kind)
-        elif key in (operator.add, operator.iadd, torch.add, ".add", operator.mul,
-                     operator.imul, torch.mul, ".mul"):
-            self._binary(node, key in (operator.add, operator.iadd, torch.add, ".add"))
+        elif key in _arithmetic():
+            self._arithmetic(node, _arithmetic()[key])
+        elif key in (operator.neg, torch.neg, ".neg"):
+            self._add(node, node.name, Constant("mul", -1), args[:1], kind)
+        elif key is F.pad:
+            a = _args("input, pad, mode='constant', value=None", args, kwargs)
+            self._add(node, node.name, _pad(a["pad"], a["mode"], a["value"], kind), args[:1],
+                      MAP)
         elif key is torch.cat or key is torch.concat:
             a = _args("tensors, dim=0", args, kwargs)
             kinds = {self._kind_of(t) for t in a["tensors"]}
@@ -464,19 +518,37 @@ class _Tracer:
         else:
             raise TypeError(f"from_torch: cannot convert {self._op(node)}")
 
-    def _binary(self, node, add: bool) -> None:
+    def _arithmetic(self, node, op: str) -> None:
+        """a + b, a - b, a * b, a / b of two tensors (Add, Binary, Mul: broadcasting) or of a
+        tensor and a Python number on either side (Constant); torch.add/sub's alpha scales b."""
         import torch.fx
 
-        a = _args("input, other, alpha=1", node.args, node.kwargs)
-        if a["alpha"] != 1:
-            raise ValueError("alpha other than 1 is not supported")
-        operands = [a["input"], a["other"]]
-        if not all(isinstance(x, torch.fx.Node) and x in self.value for x in operands):
-            raise TypeError("with a constant operand is not supported (only tensor + tensor "
-                            "and tensor * tensor)")
-        kinds = {self.kind[x] for x in operands}
+        names = {"add": "input, other, alpha=1", "sub": "input, other, alpha=1",
+                 "mul": "input, other", "div": "input, other, rounding_mode=None"}[op]
+        a = _args(names, node.args, node.kwargs)
+        if a.get("rounding_mode") is not None:
+            raise ValueError(f"rounding_mode={a['rounding_mode']!r} is not supported")
+        x, y, alpha = a["input"], a["other"], a.get("alpha", 1)
+        for operand in (x, y):
+            if not isinstance(operand, (torch.fx.Node, int, float)) or isinstance(operand, bool):
+                raise TypeError(f"takes {operand!r} where fastconv needs a tensor computed by "
+                                f"the model or a Python number")
+        if not isinstance(y, torch.fx.Node):  # tensor op number
+            self._add(node, node.name, Constant(op, y * alpha), (x,), self._kind_of(x))
+            return
+        y_name = self._tensor(y, node)
+        if alpha != 1:
+            y_name = self._emit(f"{node.name}_alpha", Constant("mul", alpha), (y_name,))
+        if not isinstance(x, torch.fx.Node):  # number op tensor
+            layer: L.Layer = Constant(op, x, constant_first=True)
+            name = self._emit(node.name, layer, (y_name,))
+            self.value[node], self.kind[node] = name, self._kind_of(y)
+            return
+        kinds = {self._kind_of(x), self._kind_of(y)}
         kind = MAP if MAP in kinds else kinds.pop()
-        self._add(node, node.name, Add() if add else Mul(), operands, kind)
+        layer = {"add": Add, "mul": Mul}.get(op, lambda: Binary(op))()
+        name = self._emit(node.name, layer, (self._tensor(x, node), y_name))
+        self.value[node], self.kind[node] = name, kind
 
     def _reshape(self, node, kind: str) -> None:
         """x.view(x.size(0), -1) and friends: a flatten of everything but the batch axis."""

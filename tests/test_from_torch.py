@@ -348,16 +348,16 @@ def test_state_dict_from_torch_round_trips_into_a_fresh_model():
 
 
 def test_unsupported_ops_name_the_op_and_its_place():
-    class Sub(nn.Module):
+    class Sliced(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(1, 1, 1)
+            self.conv = nn.Conv2d(1, 8, 1)
 
         def forward(self, x):
-            return self.conv(x) - x
+            return self.conv(x)[:, :4]
 
-    with pytest.raises(TypeError, match=r"cannot convert operator.sub.*fx node 'sub'"):
-        L.from_torch(Sub())
+    with pytest.raises(TypeError, match=r"cannot convert operator.getitem.*fx node 'getitem'"):
+        L.from_torch(Sliced())
 
     class Shared(nn.Module):
         def __init__(self):
@@ -370,12 +370,26 @@ def test_unsupported_ops_name_the_op_and_its_place():
     with pytest.raises(TypeError, match=r"module 'conv' \(Conv2d\) is called twice"):
         L.from_torch(Shared())
 
-    class Scaled(nn.Module):
+    class Floored(nn.Module):
         def forward(self, x):
-            return torch.relu(x) * 2
+            return torch.div(torch.relu(x), 2, rounding_mode="floor")
 
-    with pytest.raises(TypeError, match=r"constant operand.*fx node 'mul'"):
-        L.from_torch(Scaled())
+    with pytest.raises(ValueError, match=r"torch.div: rounding_mode='floor'.*fx node 'div'"):
+        L.from_torch(Floored())
+
+    class Circular(nn.Module):
+        def forward(self, x):
+            return F.pad(x, (1, 1), mode="circular")
+
+    with pytest.raises(ValueError, match=r"padding mode 'circular' is not supported.*'pad'"):
+        L.from_torch(Circular())
+
+    class PadFlat(nn.Module):
+        def forward(self, x):
+            return F.pad(torch.flatten(x, 1), (1, 1))
+
+    with pytest.raises(ValueError, match=r"only a 4-D \(N, C, H, W\) feature map pads"):
+        L.from_torch(PadFlat())
 
     class BadCat(nn.Module):
         def __init__(self):
@@ -417,3 +431,97 @@ def test_functional_calls_match_pytorch():
     model = _compare_model(_Functional().double(), x, 1e-10)
     assert isinstance(model["softmax"], L.Softmax) and model["softmax"].dim == 3
     assert model["flatten"].channels_first
+
+
+class _Hardswish(nn.Module):
+    """A hard swish written out, x * relu6(x + 3) / 6, and the other number operands."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        h = y * F.relu6(y + 3) / 6
+        z = (1 - h) + 3 * y - (y - 1) * 0.5 + 2 / (3 + torch.sigmoid(y)) + 2 - (-y)
+        return self.fc(z.mean((2, 3))) / 4
+
+
+def test_number_operands_match_pytorch():
+    torch.manual_seed(2)
+    x = np.random.default_rng(3).standard_normal((2, 5, 4, 3))
+    model = _compare_model(_Hardswish().double(), x, 1e-10)
+    assert type(model["sub"]).__name__ == "Constant" and model["sub"].constant_first
+
+
+def test_number_operands_keep_float32():
+    torch.manual_seed(2)
+    net = _Hardswish().eval()
+    model = L.from_torch(net)
+    x = np.random.default_rng(4).standard_normal((1, 3, 3, 3)).astype(np.float32)
+    y = model(x)
+    assert y.dtype == np.float32  # a Python number does not promote to float64
+    np.testing.assert_allclose(y, net(_nchw(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+class _TensorOps(nn.Module):
+    """tensor - tensor, tensor / tensor with broadcasting both ways, torch.sub / torch.div,
+    torch.add(alpha=...) and an in-place -=."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.gate = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        g = torch.sigmoid(self.gate(F.adaptive_avg_pool2d(y, 1))) + 0.5  # (N, C, 1, 1)
+        a = torch.sub(y, g) / g - g / (y * y + 1)
+        b = torch.div(a, 2 + y.sigmoid()) + torch.add(a, y, alpha=-0.5)
+        b -= torch.sub(g, b, alpha=2)
+        return b
+
+
+def test_tensor_sub_and_div_match_pytorch():
+    torch.manual_seed(4)
+    x = np.random.default_rng(5).standard_normal((2, 4, 5, 3))
+    model = _compare_model(_TensorOps().double(), x, 1e-10)
+    assert type(model["sub"]).__name__ == "Binary" and model["sub"].op == "sub"
+
+
+class _Padded(nn.Module):
+    """F.pad in every mode it converts, and the padding modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.reflect = nn.ReflectionPad2d((1, 0, 2, 1))
+        self.conv2 = nn.Conv2d(6, 2, 3)
+
+    def forward(self, x):
+        y = self.conv(F.pad(x, (1, 2, 0, 1), mode="replicate"))
+        y = F.pad(y, (1, 1, 1, 1), mode="reflect") + F.pad(y, [1, 1, 1, 1], value=0.25)
+        y = self.conv2(self.reflect(F.pad(y, (0, 0, 0, 0, 1, 1))))  # two zero channels
+        return nn.functional.pad(y, (-1, 1))  # a negative pad crops
+
+
+def test_pads_match_pytorch():
+    torch.manual_seed(6)
+    x = np.random.default_rng(7).standard_normal((2, 4, 5, 3))
+    model = _compare_model(_Padded().double(), x, 1e-10)
+    assert model["pad"].mode == "edge"
+    assert model["pad"].pads == ((0, 0), (0, 1), (1, 2), (0, 0))
+    assert model["pad_2"].value == 0.25
+
+
+@pytest.mark.parametrize("module, mode", [
+    (nn.ZeroPad2d((1, 2, 0, 3)), "constant"),
+    (nn.ConstantPad2d(1, -2.0), "constant"),
+    (nn.ReplicationPad2d(2), "edge"),
+])
+def test_padding_modules_match_pytorch(module, mode):
+    net = nn.Sequential(nn.Conv2d(2, 3, 1), module).double()
+    x = np.random.default_rng(8).standard_normal((1, 3, 4, 2))
+    model = _compare(net, x, 1e-12)
+    assert model[1].mode == mode
