@@ -1292,12 +1292,16 @@ def from_torch(module, input_shape=None) -> Layer:
     BatchNorm1d/2d, ReLU, ReLU6, LeakyReLU, ELU, SiLU, Hardswish, Hardsigmoid, Sigmoid, Tanh,
     GELU, Softmax, LogSoftmax, PReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
     AdaptiveMaxPool2d, Flatten, Dropout, Dropout2d, Identity, Upsample (a parameterless module
-    may be called several times). Functions: F.relu / relu6 / hardswish / hardsigmoid / silu /
-    gelu / leaky_relu / elu / softmax / log_softmax, torch.sigmoid / tanh, tensor + tensor,
-    tensor * tensor (also +=, torch.add, torch.mul), torch.cat, torch.flatten, x.flatten(1),
-    x.view(x.size(0), -1), x.reshape(N, -1), x.mean((2, 3), keepdim=...),
-    F.adaptive_avg_pool2d / adaptive_max_pool2d / avg_pool2d / max_pool2d, F.interpolate
-    (nearest, bilinear), F.dropout, x.relu(), x.contiguous().
+    may be called several times), ZeroPad2d, ConstantPad2d, ReflectionPad2d, ReplicationPad2d.
+    Functions: F.relu / relu6 / hardswish / hardsigmoid / silu / gelu / leaky_relu / elu /
+    softmax / log_softmax, torch.sigmoid / tanh, + - * / of two tensors (NumPy broadcasting:
+    fastconv.graph's Add, Binary, Mul) or of a tensor and a Python number on either side
+    (x + 3, 1 - x, x / 6: fastconv.graph.Constant), also +=, -=, *=, /=, torch.add / sub
+    (with alpha) / mul / div (rounding_mode=None), -x, F.pad of a feature map (mode
+    "constant" with value, "reflect", "replicate"; fastconv.graph.Pad), torch.cat,
+    torch.flatten, x.flatten(1), x.view(x.size(0), -1), x.reshape(N, -1),
+    x.mean((2, 3), keepdim=...), F.adaptive_avg_pool2d / adaptive_max_pool2d / avg_pool2d /
+    max_pool2d, F.interpolate (nearest, bilinear), F.dropout, x.relu(), x.contiguous().
 
     The result's state_dict() keys are the module's (`layer1.0.conv1.weight`,
     `bn1.num_batches_tracked`), the values in fastconv's layouts: see state_dict_from_torch,
@@ -1308,7 +1312,8 @@ def from_torch(module, input_shape=None) -> Layer:
 
     Errors: TypeError naming an unsupported module or function and its place (module path or
     fx node), or a model torch.fx cannot trace; ValueError for an unsupported option (e.g.
-    MaxPool2d(return_indices=True)) or a dimension with no NHWC equivalent. Needs torch,
+    MaxPool2d(return_indices=True), F.pad mode "circular") or a dimension with no NHWC
+    equivalent (a flatten of H only, F.pad of a flattened value). Needs torch,
     imported only here.
     """
     from fastconv import _torch_import
