@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 import fastconv
-from digits import load_data, tqdm  # beside this script
+from digits import accuracy, load_data, tqdm  # beside this script
 from fastconv.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from fastconv.losses import CrossEntropyLoss
 from fastconv.optim import SGD
@@ -24,13 +24,6 @@ def make_model(rng):
         Conv2d(16, 32, 3, padding=1, rng=rng), ReLU(), MaxPool2d(2),  # 4x4 -> 2x2
         Flatten(), Linear(32 * 2 * 2, 10, rng=rng),
     )
-
-
-def accuracy(model, x, y):
-    model.eval()  # inference: the layers keep nothing for backward
-    predicted = model(x).argmax(axis=1)
-    model.train()
-    return float(np.mean(predicted == y))
 
 
 def main():

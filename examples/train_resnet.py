@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 import fastconv
-from digits import load_data, tqdm  # beside this script
+from digits import accuracy, load_data, tqdm  # beside this script
 from fastconv.layers import AdaptiveAvgPool2d, Flatten, Linear, Sequential
 from fastconv.losses import CrossEntropyLoss
 from fastconv.models import basic_block, conv_bn
@@ -32,13 +32,6 @@ def make_model(rng):
         basic_block(32, 32, rng=rng),
         AdaptiveAvgPool2d(1), Flatten(), Linear(32, 10, rng=rng),
     )
-
-
-def accuracy(model, x, y):
-    model.eval()  # running batch-norm statistics; the layers keep nothing for backward
-    predicted = model(x).argmax(axis=1)
-    model.train()
-    return float(np.mean(predicted == y))
 
 
 def main():

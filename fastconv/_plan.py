@@ -7,12 +7,13 @@ its plans per input shape (`plan_for`), so a planned call only checks its input 
 kernel.
 
 Packed weights (functional.prepare_weight: Winograd's transformed weight, the blocked
-kernel's blocks, the direct kernel's channel-padded weight) are made at every call of a plain
-layer (a fresh `Packs`), and kept in a `Packs` cache on the layers of an optimize_for_inference
-model, keyed by algorithm and dtype, valid while the weight and bias are the same array
+kernel's blocks, the direct kernel's channel-padded weight) live in a `Packs` cache on the
+layer, keyed by algorithm and dtype, valid while the weight and bias are the same array
 objects at the same VERSION. A version is a per-array counter: `bump(array)` raises it, and
 every supported way of changing weights bumps it - Optimizer.step() and
-Layer.load_state_dict(). Code that writes into such weights by hand
+Layer.load_state_dict(). A plain layer's cache also compares the values (Packs(verify=True)),
+so an in-place edit by hand is always seen; the layers of an optimize_for_inference model
+skip that read of their weights, and code that writes into them by hand
 (`layer.weight[...] = ...`) calls `fastconv.weights_changed(model)` once afterwards
 (assigning a new array, `layer.weight = w`, needs nothing).
 
@@ -69,18 +70,24 @@ def weights_changed(model) -> None:
 
 class Packs:
     """Packed forms of a layer's weight, per (algorithm, dtype): each kept with the weight and
-    bias objects and versions it was made from, and made again when one of them changed."""
+    bias objects and versions it was made from, and made again when one of them changed.
+    With verify=True (plain layers) the values are compared too, against a copy taken when
+    the pack was made: any change, in place or not, is then seen without weights_changed,
+    for the cost of reading the weight once per call (less than packing it again)."""
 
-    def __init__(self) -> None:
+    def __init__(self, verify: bool = False) -> None:
         self._store: dict[Any, tuple] = {}
+        self.verify = verify
 
     def get(self, key, weight: np.ndarray, bias: np.ndarray | None, make):
         stamp = (version(weight), None if bias is None else version(bias))
         entry = self._store.get(key)
-        if entry is not None and entry[0] is weight and entry[1] is bias and entry[2] == stamp:
+        if (entry is not None and entry[0] is weight and entry[1] is bias and entry[2] == stamp
+                and (not self.verify or _same_values(entry[4], weight, bias))):
             return entry[3]
         packed = make()
-        self._store[key] = (weight, bias, stamp, packed)
+        values = (weight.copy(), None if bias is None else np.array(bias)) if self.verify else None
+        self._store[key] = (weight, bias, stamp, packed, values)
         return packed
 
     def keys(self) -> list:
@@ -88,6 +95,12 @@ class Packs:
 
     def clear(self) -> None:
         self._store.clear()
+
+
+def _same_values(values, weight: np.ndarray, bias) -> bool:
+    """Whether weight and bias still hold the values copied into `values` (NaNs equal)."""
+    return (np.array_equal(values[0], weight, equal_nan=True)
+            and (bias is None or np.array_equal(values[1], bias, equal_nan=True)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,9 +266,9 @@ def plan_for(layer, x: np.ndarray) -> ConvPlan:
 MAX_PLANS = 16  # per layer
 
 
-def packs_of(layer) -> Packs:
-    """The layer's pack cache (made at its first use)."""
+def packs_of(layer, verify: bool = False) -> Packs:
+    """The layer's pack cache (made at its first use; see Packs for `verify`)."""
     packs = layer.__dict__.get("_packs")
     if packs is None:
-        packs = layer._packs = Packs()
+        packs = layer._packs = Packs(verify)
     return packs

@@ -427,6 +427,23 @@ def _header(args, threads: int, torch, repeats: int, ort=None) -> str:
     return "\n".join(lines)
 
 
+def _dump_json(report: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(_finite(report), f, indent=2, allow_nan=False)
+
+
+def _written(option: str, path: str, write) -> bool:
+    """Run write(), which writes `path` (the value of `option`); say where the result went,
+    or why it could not be written (False)."""
+    try:
+        write()
+    except OSError as exc:
+        print(f"fastconv bench: could not write {option} {path}: {exc}", file=sys.stderr)
+        return False
+    print(f"{'results' if option == '--json' else 'plot'} written to {path}")
+    return True
+
+
 def _finite(value):
     """JSON without NaN/Infinity (not valid JSON): non-finite floats become null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -559,22 +576,14 @@ def cmd_bench(args) -> int:
                   "geomean_vs_torch": geomean,
                   "geomean_vs_onnxruntime": geomean_ort,
                   "failed": len(failed)}
-        try:
-            with open(args.json, "w") as f:
-                json.dump(_finite(report), f, indent=2, allow_nan=False)
-        except OSError as exc:
-            print(f"fastconv bench: could not write --json {args.json}: {exc}", file=sys.stderr)
+        if not _written("--json", args.json, lambda: _dump_json(report, args.json)):
             return 1
-        print(f"results written to {args.json}")
     if plot is not None:
         title = (f"fastconv {fastconv.__version__}: GFLOP/s (median of {repeats}), {threads} "
                  f"threads, {'quick' if args.quick else 'full'} suite; {_bench.cpu_model()}")
-        try:
-            plot.save(results, algorithms, peers, args.plot, title)
-        except OSError as exc:
-            print(f"fastconv bench: could not write --plot {args.plot}: {exc}", file=sys.stderr)
+        if not _written("--plot", args.plot,
+                        lambda: plot.save(results, algorithms, peers, args.plot, title)):
             return 1
-        print(f"plot written to {args.plot}")
     return 1 if failed else 0
 
 
@@ -667,22 +676,14 @@ def cmd_bench_models(args) -> int:
                              "width": args.width, "image": args.image},
                   "results": [r.as_dict() for r in results],
                   "summary": summary, "notes": notes, "failed": len(failed)}
-        try:
-            with open(args.json, "w") as f:
-                json.dump(_finite(report), f, indent=2, allow_nan=False)
-        except OSError as exc:
-            print(f"fastconv bench: could not write --json {args.json}: {exc}", file=sys.stderr)
+        if not _written("--json", args.json, lambda: _dump_json(report, args.json)):
             return 1
-        print(f"results written to {args.json}")
     if plot is not None:
         title = (f"fastconv {fastconv.__version__}: images/s (median of {repeats}), {threads} "
                  f"threads; {_bench.cpu_model()}")
-        try:
-            plot.save_models(results, engines, args.plot, title)
-        except OSError as exc:
-            print(f"fastconv bench: could not write --plot {args.plot}: {exc}", file=sys.stderr)
+        if not _written("--plot", args.plot,
+                        lambda: plot.save_models(results, engines, args.plot, title)):
             return 1
-        print(f"plot written to {args.plot}")
     return 1 if failed else 0
 
 

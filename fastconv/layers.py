@@ -233,11 +233,12 @@ class _ConvBase(Layer):
 
     def _planned_forward(self, x: np.ndarray) -> np.ndarray:
         """The forward through the layer's plan for x's shape (fastconv._plan): checks,
-        geometry and algorithm made once per shape. The weight is packed at every call, so
-        any change to it, in place or not, is seen; fastconv.optimize_for_inference makes a
-        copy whose packs are kept."""
+        geometry and algorithm made once per shape; the packed weight is kept while the
+        weight's values are unchanged (compared at every call, so any change to it, in place
+        or not, is seen)."""
         batched = x if x.ndim == 4 else x[None]
-        y = _plan.plan_for(self, batched).run(batched, self.weight, self.bias, _plan.Packs())
+        y = _plan.plan_for(self, batched).run(batched, self.weight, self.bias,
+                                              _plan.packs_of(self, verify=True))
         return y if x.ndim == 4 else y[0]
 
     def plan(self, input_shape, dtype=None):

@@ -182,14 +182,17 @@ def test_packs_are_kept_while_the_weight_is_unchanged():
 
 @pytest.mark.parametrize("training", [True, False])
 def test_plain_layers_see_weights_changed_in_place(training):
-    """A plain layer packs at every call: an in-place edit needs no call, in either mode."""
+    """A plain layer compares its weight with the one it packed: an in-place edit needs no
+    call, in either mode."""
     layer = fastconv.Conv2d(8, 8, 3, padding=1, algorithm="winograd", rng=0).train(training)
     x = RNG.standard_normal((1, 6, 6, 8)).astype(np.float32)
     layer(x)
+    (entry,) = layer._packs._store.values()
+    layer(x)
+    assert layer._packs._store[("winograd", "float32")][3] is entry[3]  # unchanged: kept
     layer.weight *= -2
     layer.bias += 1
     np.testing.assert_array_equal(layer(x), _reference(layer, x))
-    assert "_packs" not in layer.__dict__
 
 
 def test_weights_changed_refuses_other_objects():
