@@ -561,9 +561,10 @@ class MaxPool2d(_PoolBase):
 
     def forward(self, x):
         x = self._input(x)
+        if not self.training:  # nothing for backward: the maxima alone, faster
+            return pooling.max_pool2d(x, **self._args())
         y, idx = pooling.max_pool2d(x, return_indices=True, **self._args())
-        self._save(indices=idx if self.training else None, shape=x.shape, dtype=x.dtype,
-                   out_shape=y.shape)
+        self._save(indices=idx, shape=x.shape, dtype=x.dtype, out_shape=y.shape)
         return y
 
     def backward(self, grad_output):

@@ -432,3 +432,20 @@ def test_pytorch_one_tuple_and_empty_stride_forms(forms, plain, rng):
     t = torch.from_numpy(x.transpose(0, 3, 1, 2))
     expected = torch.nn.functional.max_pool2d(t, **forms).numpy().transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(fastconv.max_pool2d(x, **forms), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, stride=2, padding=1),
+                                    dict(kernel_size=2),
+                                    dict(kernel_size=3, dilation=2, padding=2, ceil_mode=True)])
+def test_max_pool_without_indices_equals_the_indexed_kernel(dtype, kwargs, rng):
+    """max_pool2d(return_indices=False) and an eval-mode MaxPool2d run a kernel that finds
+    the maxima alone; its values (NaN and infinities included) are the indexed kernel's."""
+    x = rng.standard_normal((2, 9, 9, 19)).astype(dtype)
+    x[0, 3, 4, 5], x[1, 0, 0, :], x[1, 2, 2, 3] = np.nan, np.inf, -np.inf
+    indexed, _ = fastconv.max_pool2d(x, return_indices=True, **kwargs)
+    np.testing.assert_array_equal(fastconv.max_pool2d(x, **kwargs), indexed)
+    layer = fastconv.MaxPool2d(kwargs["kernel_size"], kwargs.get("stride"),
+                               kwargs.get("padding", 0), kwargs.get("dilation", 1),
+                               ceil_mode=kwargs.get("ceil_mode", False))
+    np.testing.assert_array_equal(layer.eval()(x), indexed)

@@ -69,6 +69,43 @@ def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
                             ip[c] = flat
 
 
+def max_pool_values(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
+                    floating[:, :, :, ::1] y,         # OUT (N, Ho, Wo, C)
+                    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                    int num_threads):
+    """max_pool_forward's maxima without their indices (inference): the channel loop is a
+    branch-free select the compiler vectorises. NaN wins as there."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
+    cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2]
+    cdef Py_ssize_t row, n, oh, ow, h0, w0, r0, r1, s0, s1, r, s, c
+    cdef const floating* xp
+    cdef floating* yp
+    cdef floating v, m
+    if N * Ho * Wo * C == 0:
+        return
+    for row in prange(N * Ho, nogil=True, schedule="static", num_threads=num_threads):
+        n = row // Ho
+        oh = row % Ho
+        h0 = oh * sh - ph
+        r0 = _first_tap(h0, dh)
+        r1 = _end_tap(h0, dh, kh, H)
+        for ow in range(Wo):
+            w0 = ow * sw - pw
+            s0 = _first_tap(w0, dw)
+            s1 = _end_tap(w0, dw, kw, W)
+            yp = &y[n, oh, ow, 0]
+            for c in range(C):
+                yp[c] = -INFINITY
+            for r in range(r0, r1):
+                for s in range(s0, s1):
+                    xp = &x[n, h0 + r * dh, w0 + s * dw, 0]
+                    for c in range(C):
+                        v = xp[c]
+                        m = yp[c]
+                        yp[c] = v if (v > m or v != v) else m
+
+
 def max_pool_backward(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C)
                       const int64_t[:, :, :, ::1] idx,  # IN  (N, Ho, Wo, C), each in [-1, H*W)
                       floating[:, :, :, ::1] gx,        # OUT (N, H, W, C), zeroed by the caller
