@@ -132,7 +132,7 @@ def _max_pool_nd(fn, one_d, x, kernel_size, stride, padding, dilation, ceil_mode
     return_indices = _params.as_bool("return_indices", return_indices)
     geo = _params.pool_geometry(fn, x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     if not return_indices:
-        return _unshown(max_pool_values(x, geo, _params.float_dtype(x)), unbatched, one_d)
+        return _unshown(_max_pool_values(x, geo, _params.float_dtype(x)), unbatched, one_d)
     y, idx = _max_pool(x, geo, _params.float_dtype(x))
     return _unshown(y, unbatched, one_d), _unshown(idx, unbatched, one_d)
 
@@ -147,7 +147,7 @@ def _max_pool(x: np.ndarray, geo: _params.PoolGeometry, dtype) -> tuple[np.ndarr
     return y, idx
 
 
-def max_pool_values(x: np.ndarray, geo: _params.PoolGeometry, dtype) -> np.ndarray:
+def _max_pool_values(x: np.ndarray, geo: _params.PoolGeometry, dtype) -> np.ndarray:
     """_max_pool's maxima alone (no indices to find and store: about 3x faster)."""
     y = np.empty(geo.out_shape, dtype)
     _pool.max_pool_values(np.ascontiguousarray(x, dtype), y, *geo.kernel_hw, *geo.stride,
