@@ -32,7 +32,7 @@ def _best_simd(name: str):
     return [modules[level] for level in _machine.simd_levels() if level in modules][-1]
 
 
-KERNELS = {"direct": _best_simd("_direct"), "im2col": _im2col,
+KERNELS = {"direct": _best_simd("_direct"), "im2col": _best_simd("_im2col"),
            "winograd": _best_simd("_winograd"), "blocked": _best_simd("_blocked")}
 USES_BLAS = {"direct": False, "im2col": True, "winograd": True, "blocked": False}
 # below this much work (a few microseconds) waking a second thread costs more than it saves

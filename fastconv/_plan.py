@@ -200,9 +200,12 @@ class ConvPlan:
             functional._bias_arg(bias, dtype), self.geo.groups))
 
     def run(self, x: np.ndarray, weight: np.ndarray, bias, packs: Packs,
-            out: np.ndarray | None = None) -> np.ndarray:
+            out: np.ndarray | None = None, post=None) -> np.ndarray:
         """y = the convolution of x (4-D, of the planned shape) with weight and bias, into
-        `out` (C-contiguous, of the output's shape and dtype) when given."""
+        `out` (C-contiguous, of the output's shape and dtype) when given. `post`: an
+        _epilogue.Epilogue for y, applied by the kernel as it stores (see fuses_post)."""
+        if post is not None and not self.fuses_post:
+            raise ValueError(f"{self.kind}: this plan takes no post-op chain (see fuses_post)")
         y = np.empty(self.out_shape, self.dtype) if out is None else out
         if not self.computes:
             y[...] = 0 if bias is None else bias
@@ -226,8 +229,14 @@ class ConvPlan:
         geo = self.geo
         functional.run_forward(self._prepared(self.algorithm, weight, bias, packs), xin,
                                self.offsets, y, geo.stride, geo.dilation, geo.groups,
-                               lambda other: self._prepared(other, weight, bias, packs))
+                               lambda other: self._prepared(other, weight, bias, packs), post)
         return y
+
+    @property
+    def fuses_post(self) -> bool:
+        """Whether run() takes a post-op chain (a convolution whose kernel writes the output
+        itself; a transposed one runs per sub-pixel phase, and autotuning measures first)."""
+        return self.kind == "conv2d" and self.computes and self.algorithm is not None
 
     def _unplanned(self, x, weight, bias) -> np.ndarray:
         stride, padding, dilation, groups, algorithm, padding_mode, output_padding = self._args

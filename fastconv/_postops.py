@@ -5,13 +5,14 @@
 on a convolution's NHWC output, every step optional: a per-channel bias, a per-channel scale
 and shift (a BatchNorm that could not be folded into the weights), an activation, the
 addition of a residual tensor of the output's shape, an activation. PostOps describes the
-chain; apply() runs it in place in ONE pass over the output (_kernels/_epilogue.pyx, OpenMP
-over rows). The description maps one to one onto the C struct fc_postops_f32 / _f64 of
-_kernels/fastconv_epilogue.h, which a convolution kernel can take later to apply the chain
-to each output row in its own store (the next step: each activation written once).
+chain; epilogue() gives it as the kernels take it (the C struct fc_postops_f32 / _f64 of
+_kernels/fastconv_epilogue.h, applied by the convolution kernels in their own stores, so that
+each activation is written once), and apply() runs it in place as one pass over a finished
+output (_kernels/_epilogue.pyx, OpenMP over rows).
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -81,6 +82,20 @@ class PostOps:
     def __repr__(self) -> str:
         return f"PostOps({', '.join(self.names())})"
 
+    def epilogue(self, y_shape, dtype, residual: np.ndarray | None = None,
+                 bias: bool = True) -> "_epilogue.Epilogue | None":
+        """The chain as the kernels take it, for an output of shape `y_shape` (channels
+        last) and `dtype`; None when the residual does not have the output's shape (it is
+        then added by NumPy, see apply). bias=False leaves out the bias (a kernel adds it)."""
+        if self.residual and (residual is None or residual.shape != tuple(y_shape)):
+            return None
+        channels = y_shape[-1]
+        act1, alpha1 = _code(self.act1)
+        act2, alpha2 = _code(self.act2)
+        return _epilogue.Epilogue(math.prod(y_shape) // max(1, channels), channels, dtype,
+                                  self.bias if bias else None, self.scale, self.shift, act1,
+                                  alpha1, residual if self.residual else None, act2, alpha2)
+
     def apply(self, y: np.ndarray, residual: np.ndarray | None = None,
               bias: bool = True) -> np.ndarray:
         """Runs the chain on y (C-contiguous float32 or float64, channels last) in place and
@@ -91,33 +106,19 @@ class PostOps:
             raise ValueError("PostOps.apply: the chain adds a residual, but none was given")
         if y.size == 0:
             return y
-        dtype = y.dtype
-        channels = y.shape[-1]
-        rows = y.reshape(-1, channels)
+        rows = y.reshape(-1, y.shape[-1])
         threads = get_num_threads() if y.size >= PARALLEL_MIN_ELEMENTS else 1
-        none = np.zeros(0, dtype)
-
-        def vector(v):
-            return none if v is None else np.ascontiguousarray(v, dtype)
-
-        b = vector(self.bias if bias else None)
-        scale, shift = vector(self.scale), vector(self.shift)
-        act1, alpha1 = _code(self.act1)
-        act2, alpha2 = _code(self.act2)
-        if not self.residual or residual is None:
-            _epilogue.apply(rows, b, scale, shift, act1, alpha1, none.reshape(0, channels), 0,
-                            0.0, threads)
-            return y
-        if residual.shape == y.shape:
-            r = np.ascontiguousarray(residual, dtype).reshape(-1, channels)
-            _epilogue.apply(rows, b, scale, shift, act1, alpha1, r, act2, alpha2, threads)
+        post = self.epilogue(y.shape, y.dtype, residual, bias)
+        if post is not None:
+            _epilogue.apply(rows, post, threads)
             return y
         # a residual that broadcasts (e.g. (N, 1, 1, C)): the add in NumPy between two passes
-        _epilogue.apply(rows, b, scale, shift, act1, alpha1, none.reshape(0, channels), 0, 0.0,
-                        threads)
+        assert residual is not None
+        before = PostOps(self.bias if bias else None, self.scale, self.shift, self.act1)
+        _epilogue.apply(rows, before.epilogue(y.shape, y.dtype), threads)
         np.add(y, residual, out=y, casting="unsafe")
-        _epilogue.apply(rows, none, none, none, act2, alpha2, none.reshape(0, channels), 0, 0.0,
-                        threads)
+        if self.act2 is not None:
+            _epilogue.apply(rows, PostOps(act1=self.act2).epilogue(y.shape, y.dtype), threads)
         return y
 
 

@@ -284,10 +284,11 @@ def prepare_weight(algo: str, w: np.ndarray, bias: np.ndarray, groups: int) -> P
 
 
 def run_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, groups,
-                prepare_other) -> None:
+                prepare_other, post=None) -> None:
     """The forward kernel of `prepared` on x (zero-padded by `offsets`) into y, with the
     weight made ready in advance; `prepare_other(algo)` gives the weight for another
-    algorithm when this input rules Winograd out."""
+    algorithm when this input rules Winograd out. `post`: an _epilogue.Epilogue for all of
+    y's pixels (row-major), which the kernel applies in its stores, or None."""
     algo = prepared.algo
     # Winograd's transforms mix the pixels of a tile: one infinite input would make its
     # neighbours' outputs NaN too, and large ones can overflow where the result does not:
@@ -305,19 +306,19 @@ def run_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, group
     if algo == "winograd":
         block = _algorithms.winograd_block(x.shape[3], y.shape[3], y.itemsize,
                                            _algorithms.winograd_tiles(y.shape))
-        _run(algo, "conv_forward", x, w, bias, y, *offsets, groups, block, flops=flops)
+        _run(algo, "conv_forward", x, w, bias, y, *offsets, groups, block, post, flops=flops)
     elif algo == "im2col":
         tile = _algorithms.tile_pixels(shape[0] * shape[1] * shape[2], y.itemsize, pixels)
         out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)  # GEMM rows: contiguous
         _run(algo, "conv_forward", x, w, bias, out, *offsets, sh, sw, dh, dw, groups, tile,
-             flops=flops)
+             post, flops=flops)
         if out is not y:
             y[...] = out
     elif algo == "blocked":
         block = _algorithms.KERNELS[algo].OUT_BLOCK[y.dtype.name]
         _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw,
              _blocked_in_block(shape, block, y.itemsize), BLOCKED_ITEM_PIXELS,
-             w.nbytes > max(BLOCKED_CACHE_BYTES, x.nbytes), flops=flops)
+             w.nbytes > max(BLOCKED_CACHE_BYTES, x.nbytes), post, flops=flops)
     else:
         depthwise = _algorithms.is_depthwise(shape, groups)
         # a depthwise output far larger than the caches is written with non-temporal stores
@@ -326,7 +327,7 @@ def run_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, group
         if depthwise:  # the kernel reads whole channel vectors of x too
             x = _padded_depthwise_input(x, w.shape[3])
         _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups,
-             prepared.exact, stream, flops=flops)
+             prepared.exact, stream, post, flops=flops)
 
 
 # The blocked kernel's cache blocking: a block of input channels' packed weight (kh x kw x

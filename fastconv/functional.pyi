@@ -6,6 +6,8 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from fastconv._kernels._epilogue import Epilogue
+
 # shared by the other stubs of the package (stub-only names: private)
 _Array: TypeAlias = npt.NDArray[np.floating[Any]]
 _Pair: TypeAlias = int | Sequence[int]
@@ -43,7 +45,8 @@ class PreparedWeight:
 def prepare_weight(algo: str, w: np.ndarray, bias: np.ndarray, groups: int) -> PreparedWeight: ...
 def run_forward(prepared: PreparedWeight, x: np.ndarray, offsets: Any, y: np.ndarray,
                 stride: Any, dilation: Any, groups: int,
-                prepare_other: Callable[[str], PreparedWeight]) -> None: ...
+                prepare_other: Callable[[str], PreparedWeight] | None,
+                post: Epilogue | None = None) -> None: ...
 def pad(x: np.ndarray, pads: Any, mode: str, dtype: Any) -> np.ndarray: ...
 def unpad(grad_padded: np.ndarray, pads: Any, mode: str, in_hw: Any) -> np.ndarray: ...
 def conv2d(

@@ -123,16 +123,21 @@ class FusedConv(L.Layer):
         return self._convolve(x, residual, out)
 
     def _convolve(self, x: np.ndarray, residual, out) -> np.ndarray:
-        """The convolution and its post-ops on a 4-D x. When the post-ops need a pass and
-        the output is larger than half the last-level cache, a few images at a time, so that
-        the pass finds them in cache."""
+        """The convolution and its post-ops on a 4-D x: the kernel applies them as it stores
+        (a convolution with a residual of the output's shape, or none). Else a pass after
+        it, and when the output is larger than half the last-level cache, a few images at a
+        time, so that the pass finds them in cache."""
         plan = _plan.plan_for(self, x)
         packs = _plan.packs_of(self)
         n = x.shape[0]
-        image_bytes = math.prod(plan.out_shape[1:]) * plan.dtype.itemsize
         ops = self.post_ops
         step = n
         if ops.act1 or ops.residual or ops.scale is not None or ops.shift is not None:
+            post = ops.epilogue(plan.out_shape, plan.dtype, residual) if plan.fuses_post \
+                else None
+            if post is not None:
+                return plan.run(x, self.weight, self.bias, packs, out=out, post=post)
+            image_bytes = math.prod(plan.out_shape[1:]) * plan.dtype.itemsize
             step = max(1, _algorithms.STREAM_BYTES // max(1, image_bytes))
         if step >= n:
             y = plan.run(x, self.weight, self.bias, packs, out=out)
@@ -237,18 +242,21 @@ class InferenceGraph(Graph):
         values = {name: _params.as_array(f"input {name!r}", x)
                   for name, x in zip(self.inputs, inputs)}
         keep = set(self.outputs)
-        for i, (name, layer, names) in enumerate(self.nodes):
-            args = [values[n] for n in names]
-            if type(layer) is FusedConv and name not in keep and layer.kind != "linear":
-                values[name] = _fused_at_node(name, layer, args, pool)
-            else:
-                values[name] = _at_node(name, layer, args)
-            pool.track(values[name])
-            del args
-            # after the node ran: its output never lands in a buffer it reads
-            for n in set(names):
-                if self._last_use[n] == i and n not in keep:
-                    pool.release(values.pop(n))
+        # BLAS on one thread for the whole pass (the kernels ask for it at every call; held
+        # here, those requests cost a counter, not a setting of OpenBLAS's threads)
+        with blas_single_thread():
+            for i, (name, layer, names) in enumerate(self.nodes):
+                args = [values[n] for n in names]
+                if type(layer) is FusedConv and name not in keep and layer.kind != "linear":
+                    values[name] = _fused_at_node(name, layer, args, pool)
+                else:
+                    values[name] = _at_node(name, layer, args)
+                pool.track(values[name])
+                del args
+                # after the node ran: its output never lands in a buffer it reads
+                for n in set(names):
+                    if self._last_use[n] == i and n not in keep:
+                        pool.release(values.pop(n))
         outs = []
         for n in self.outputs:
             v = values[n]

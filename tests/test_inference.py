@@ -145,6 +145,103 @@ def test_post_ops_refuse_bad_chains():
 
 
 # ----------------------------------------------------------------------------------------------
+# the chain in the kernels' own stores
+
+# (algorithm, module name, N, H, W, C_in, k, C_out, stride, pad, groups): every kernel that
+# takes an Epilogue; channel counts around the vector and register-block widths; odd
+# sizes, strided, depthwise, grouped
+KERNEL_CASES = [
+    ("direct", "_direct", 2, 7, 9, 5, 3, 17, 1, 1, 1),
+    ("direct", "_direct", 1, 9, 11, 33, 3, 33, 2, 1, 33),
+    ("direct", "_direct", 2, 6, 5, 6, 3, 10, 1, 0, 2),
+    ("im2col", "_im2col", 2, 8, 7, 16, 1, 65, 1, 0, 1),
+    ("im2col", "_im2col", 1, 9, 9, 7, 3, 15, 2, 1, 1),
+    ("blocked", "_blocked", 2, 7, 13, 9, 3, 63, 1, 1, 1),
+    ("blocked", "_blocked", 1, 10, 10, 40, 1, 129, 1, 0, 1),
+    ("blocked", "_blocked", 1, 11, 8, 12, 3, 18, 2, 1, 3),
+    ("winograd", "_winograd", 2, 9, 10, 16, 3, 17, 1, 1, 1),
+]
+
+
+def _kernel_variants():
+    from fastconv import _algorithms
+
+    for case in KERNEL_CASES:
+        modules = _algorithms.simd_modules(case[1]) if case[1] != "_im2col" else {
+            "baseline": _algorithms.KERNELS["im2col"]}
+        for level in sorted(modules):
+            yield pytest.param(case, level, id=f"{case[0]}-{level}-{'x'.join(map(str, case[2:]))}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case, level", list(_kernel_variants()))
+def test_every_kernel_applies_the_chain_in_its_stores(case, level, dtype, monkeypatch):
+    """Each instruction-set variant of each kernel, given an Epilogue, stores what the kernel
+    stores without one followed by the chain in NumPy (bias, scale, shift, act, residual,
+    act), on 1 and 2 threads alike."""
+    from fastconv import _algorithms, functional
+    from fastconv._kernels import _epilogue
+
+    algo, module, n, h, w_, c, k, cout, stride, pad, groups = case
+    modules = _algorithms.simd_modules(module) if module != "_im2col" else {
+        "baseline": _algorithms.KERNELS["im2col"]}
+    monkeypatch.setitem(_algorithms.KERNELS, algo, modules[level])
+    monkeypatch.setattr(_algorithms, "PARALLEL_MIN_FLOPS", 0)
+    x = RNG.standard_normal((n, h, w_, c)).astype(dtype)
+    w = RNG.standard_normal((k, k, c // groups, cout)).astype(dtype)
+    bias = RNG.standard_normal(cout).astype(dtype)
+    prepared = functional.prepare_weight(algo, w, bias, groups)
+    ho, wo = ((h + 2 * pad - k) // stride + 1, (w_ + 2 * pad - k) // stride + 1)
+    plain = np.full((n, ho, wo, cout), np.nan, dtype)
+    run = lambda y, post: functional.run_forward(  # noqa: E731
+        prepared, x, (pad, pad), y, (stride, stride), (1, 1), groups, None, post)
+    run(plain, None)
+    scale, shift = RNG.uniform(0.5, 1.5, cout), RNG.standard_normal(cout)
+    residual = RNG.standard_normal(plain.shape).astype(dtype)
+    for ops in (PostOps(act1=_act("relu6")),
+                PostOps(None, scale, shift, _act("leaky_relu"), True, _act("relu")),
+                PostOps(bias, act1=_act("hardswish"), residual=True)):
+        expected = _numpy_chain(ops, plain, residual)
+        for threads in (1, 2):
+            with fastconv.num_threads(threads):
+                fused = np.full_like(plain, np.nan)
+                run(fused, ops.epilogue(fused.shape, dtype, residual))
+                _assert_close(fused, expected, dtype)
+    with pytest.raises(ValueError, match="made for"):
+        run(plain, _epilogue.Epilogue(plain.size // cout + 1, cout, dtype))
+
+
+def test_fused_convolutions_make_no_second_pass(monkeypatch):
+    """optimize_for_inference's convolutions apply their post-ops in the kernel: with the
+    separate pass broken, ResNet and MobileNet blocks still give the eval-mode outputs."""
+    from fastconv._kernels import _epilogue
+
+    def no_pass(*args):
+        raise AssertionError("a separate post-op pass ran")
+
+    for build, shape in (MODELS["resnet18"], MODELS["mobilenet_v2"]):
+        model = _randomise_norms(build(np.float32), np.random.default_rng(4))
+        x = RNG.standard_normal(shape).astype(np.float32)
+        expected = model.eval()(x)
+        fast = fastconv.optimize_for_inference(model)
+        with monkeypatch.context() as patch:
+            patch.setattr(_epilogue, "apply", no_pass)
+            _assert_close(fast(x), expected, np.float32)
+
+
+def test_a_plan_refuses_a_chain_it_cannot_apply():
+    layer = L.ConvTranspose2d(4, 4, 3, stride=2, rng=0)
+    x = np.ones((1, 3, 3, 4), np.float32)
+    from fastconv import _plan
+
+    plan = _plan.plan_for(layer, x)
+    assert not plan.fuses_post
+    with pytest.raises(ValueError, match="takes no post-op chain"):
+        plan.run(x, layer.weight, layer.bias, _plan.packs_of(layer),
+                 post=PostOps(act1=_act("relu")).epilogue(plan.out_shape, np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
 # fused convolutions of every kind and algorithm
 
 def _block(conv, channels, dtype, act=L.ReLU, norm=L.BatchNorm2d):
@@ -275,14 +372,16 @@ def test_torch_model_through_from_torch():
 
 
 def test_large_outputs_run_a_few_images_at_a_time(monkeypatch):
-    """Past half the last-level cache the conv and its post-ops run per group of images."""
-    conv = L.Conv2d(8, 8, 3, padding=1, rng=1)
+    """Where the post-ops run as a pass after the kernel (a transposed convolution), past
+    half the last-level cache the conv and its post-ops run per group of images."""
+    conv = L.ConvTranspose2d(8, 8, 3, padding=1, rng=1)
     model = _randomise_norms(_block(conv, 8, np.float32, act=L.SiLU), np.random.default_rng(4))
     fast = fastconv.optimize_for_inference(model)
     x = RNG.standard_normal((5, 6, 6, 8)).astype(np.float32)
     whole = fast(x)
     monkeypatch.setattr(fastconv._algorithms, "STREAM_BYTES", 2 * 6 * 6 * 8 * 4)
     (fused,) = [layer for _, layer, _ in fast.nodes]
+    assert fused.kind == "conv_transpose2d"
     fused._plans.clear()
     np.testing.assert_array_equal(fast(x), whole)
     assert {(2, 6, 6, 8), (1, 6, 6, 8)} <= {key[0] for key in fused._plans}

@@ -52,7 +52,7 @@ def test_variant_forward_and_weight_gradient(level, dtype, case, rng):
     for exact, stream in ((False, False), (True, False), (False, True), (True, True)):
         y[...] = np.nan
         module.conv_forward(*operands, y, pad, pad, stride, stride, dilation, dilation, groups,
-                            exact, stream, 2)
+                            exact, stream, None, 2)
         np.testing.assert_allclose(y, expected, rtol=tol, atol=tol * np.abs(expected).max())
 
     # weight gradient: sum over output pixels of window (x) gy, from the definition

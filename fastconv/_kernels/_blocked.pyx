@@ -27,6 +27,8 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, calloc, free
 
+from fastconv._kernels._epilogue cimport Epilogue, chain_of, chain_span
+
 
 cdef extern from "fastconv_blocked.h":
     enum:
@@ -80,8 +82,9 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                  Py_ssize_t top, Py_ssize_t left,            # zero padding before row / column 0
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                  Py_ssize_t in_block, Py_ssize_t item_pixels, bint weight_outer,
-                 int num_threads):
-    """y = conv(x, w) + bias. A work item is one output-channel block of one group over a run
+                 Epilogue post, int num_threads):
+    """y = conv(x, w) + bias, then `post`'s chain (None: none) on each register block as
+    it is stored. A work item is one output-channel block of one group over a run
     of at most item_pixels consecutive output pixels (row-major) of one image, each image's
     pixels cut into runs of equal length (within one). The items are split between the
     threads in equal contiguous runs of the order (group, block, image, run) when
@@ -100,6 +103,7 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
     cdef Py_ssize_t n_items = G * n_ob * N * n_runs, per_group = n_ob * N * n_runs
     cdef Py_ssize_t ntaps = kh * kw, w_tap = cig * ob
     cdef bint has_bias = bias.shape[0] > 0
+    cdef const void* chain = chain_of(post, sizeof(floating), N * P, y.shape[3])
     cdef bint split = in_block < cig  # partial sums wait in the tile between input blocks
     cdef Py_ssize_t item, rest, g, b, n, run, p0, n_pix, n_blocks, blk, pix, npix, p, t
     cdef Py_ssize_t oh, ow, ih, iw, r, s, ci0, cb, nc, n_out, init_pix
@@ -185,6 +189,10 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                     else:
                         fc_blocked_d(<int> npix, xp, w_blk, ntaps, cb, w_tap, init, init_pix,
                                      outp, n_out)
+                    if last and chain != NULL:
+                        for p in range(npix):
+                            chain_span(chain, outp[p], n * P + p0 + pix + p, 1, 0,
+                                       g * cog + b * ob, nc)
                 ci0 = ci0 + cb
         free(tile)
         free(outp)

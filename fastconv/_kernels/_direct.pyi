@@ -7,6 +7,8 @@ from typing import TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from fastconv._kernels._epilogue import Epilogue
+
 _Floats: TypeAlias = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 
 ISA: str  # "baseline", "avx2" or "avx512": the instruction set this module was built for
@@ -15,8 +17,7 @@ CHANNEL_BLOCK: dict[str, int]  # {"float32": n, "float64": n}: output channels p
 def conv_forward(
     x: _Floats, w: _Floats, bias: _Floats, y: _Floats,
     top: int, left: int, sh: int, sw: int, dh: int, dw: int, groups: int, exact: bool,
-    stream: bool,
-    num_threads: int,
+    stream: bool, post: Epilogue | None, num_threads: int,
 ) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
 def conv_backward_weight(
     x: _Floats, gy: _Floats, partial: _Floats, kh: int, kw: int,

@@ -14,6 +14,8 @@ Shapes (groups G, C_in = G * cig, C_out = G * cog):
 """
 from cython cimport floating
 from cython.parallel cimport prange, parallel
+
+from fastconv._kernels._epilogue cimport Epilogue, chain_of, chain_span
 from libc.stdlib cimport malloc, free
 
 from fastconv._kernels._taps cimport _end_tap, _first_tap
@@ -185,8 +187,9 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
                  floating[:, :, :, :] y,           # OUT (N, Ho, Wo, C_out), channels contiguous
                  Py_ssize_t top, Py_ssize_t left,  # zero padding before the first row / column
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                 Py_ssize_t groups, bint exact, bint stream, int num_threads):
-    """Each thread takes whole output rows; within a row, blocks of up to FC_PB pixels x one
+                 Py_ssize_t groups, bint exact, bint stream, Epilogue post, int num_threads):
+    """y = conv(x, w) + bias, then `post`'s chain (None: none) on each output row once it is
+    computed. Each thread takes whole output rows; within a row, blocks of up to FC_PB pixels x one
     vector of output channels are accumulated in registers over all taps and input channels.
 
     Zero padding is implicit: output pixel (oh, ow), tap (r, s) reads
@@ -229,6 +232,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     cdef Py_ssize_t window_cols = FC_PB * kw if by_tap else span
     cdef Py_ssize_t row, n, oh, ih, r0, nr, ow, ow_block, iw, npix, p, s0, ns
     cdef bint has_bias = bias.shape[0] > 0
+    cdef const void* chain = chain_of(post, sizeof(floating), N * Ho * Wo, Cout)
     cdef floating* window = NULL
     cdef floating* buf = NULL
     cdef floating* y_row
@@ -277,6 +281,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
                                  dh * W * C, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
                                  y_row + (ow + p) * y_pix, 1, r0, nr, s0, ns, n_groups, width, cog,
                                  cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
+            chain_span(chain, y_row, row * Wo, Wo, y_pix, 0, Cout)
             if stream:
                 fc_stream_copy(&y[n, oh, 0, 0], y_row, Wo * Cout * sizeof(floating))
         if stream:

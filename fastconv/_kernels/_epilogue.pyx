@@ -1,69 +1,88 @@
-"""Post-operations on a finished convolution output, in place, in one pass (see
-fastconv_epilogue.h for the chain and fastconv._postops for its Python description).
+# cython: auto_pickle=False
+"""Post-operations on a convolution's output (fastconv_epilogue.h's chain
+y = act2(act1((y + bias) * scale + shift) + residual)): the Epilogue that kernels take to
+apply it in their stores, and apply(), the same chain as one pass over a finished output.
 
-Shapes:
-    y         (rows, C)   the output as rows of C channels (NHWC: rows = N * H * W)
-    bias, scale, shift (C,) or empty (step absent)
-    residual  (rows, C) or (0, C) (absent)
+Shapes (P output pixels of C channels, NHWC: P = N * H * W):
+    y                   (P, C)
+    bias, scale, shift  (C,) or None (step absent)
+    residual            (P, C) C-contiguous, or None (absent)
 """
-from cython cimport floating
+import numpy as np
 from cython.parallel cimport prange
 
-cdef extern from "fastconv_epilogue.h" nogil:
-    ctypedef struct fc_postops_f32:
-        const float* bias
-        const float* scale
-        const float* shift
-        int act1
-        float alpha1
-        int act2
-        float alpha2
-    ctypedef struct fc_postops_f64:
-        const double* bias
-        const double* scale
-        const double* shift
-        int act1
-        double alpha1
-        int act2
-        double alpha2
-    void fc_postops_row_f32(const fc_postops_f32* p, float* y, const float* residual,
-                            Py_ssize_t c)
-    void fc_postops_row_f64(const fc_postops_f64* p, double* y, const double* residual,
-                            Py_ssize_t c)
+
+cdef class Epilogue:
+    """The chain for an output of `pixels` x `channels` values of `dtype` (float32 or
+    float64); activation codes are fastconv._postops.ACTIVATIONS' (0: none). The arrays are
+    converted to `dtype` and kept alive here."""
+
+    def __init__(self, Py_ssize_t pixels, Py_ssize_t channels, dtype, bias=None, scale=None,
+                 shift=None, int act1=0, double alpha1=0.0, residual=None, int act2=0,
+                 double alpha2=0.0):
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"Epilogue: dtype must be float32 or float64, but got {dtype}")
+        if pixels < 0 or channels < 0:
+            raise ValueError(f"Epilogue: pixels and channels must be >= 0, but got "
+                             f"{pixels} and {channels}")
+        self.itemsize, self.pixels, self.channels = dtype.itemsize, pixels, channels
+        vectors = []
+        for name, v in (("bias", bias), ("scale", scale), ("shift", shift)):
+            if v is not None:
+                v = np.ascontiguousarray(v, dtype)
+                if v.shape != (channels,):
+                    raise ValueError(f"Epilogue: {name} must have shape ({channels},), but "
+                                     f"got {v.shape}")
+            vectors.append(v)
+        if residual is not None:
+            residual = np.ascontiguousarray(residual, dtype).reshape(-1, channels) \
+                if np.size(residual) else np.zeros((0, channels), dtype)
+            if residual.shape != (pixels, channels):
+                raise ValueError(f"Epilogue: residual must have {pixels} x {channels} values, "
+                                 f"but got shape {residual.shape}")
+        self._arrays = (*vectors, residual)
+        if dtype == np.float32:
+            self.f32.bias = _floats(vectors[0])
+            self.f32.scale = _floats(vectors[1])
+            self.f32.shift = _floats(vectors[2])
+            self.f32.residual = _floats(residual)
+            self.f32.residual_pixel = channels
+            self.f32.act1, self.f32.alpha1, self.f32.act2, self.f32.alpha2 = \
+                act1, <float> alpha1, act2, <float> alpha2
+        else:
+            self.f64.bias = _doubles(vectors[0])
+            self.f64.scale = _doubles(vectors[1])
+            self.f64.shift = _doubles(vectors[2])
+            self.f64.residual = _doubles(residual)
+            self.f64.residual_pixel = channels
+            self.f64.act1, self.f64.alpha1, self.f64.act2, self.f64.alpha2 = \
+                act1, alpha1, act2, alpha2
 
 
+cdef const float* _floats(a) except? NULL:
+    cdef const float[::1] view
+    if a is None or a.size == 0:
+        return NULL
+    view = a.reshape(-1)
+    return &view[0]
 
 
+cdef const double* _doubles(a) except? NULL:
+    cdef const double[::1] view
+    if a is None or a.size == 0:
+        return NULL
+    view = a.reshape(-1)
+    return &view[0]
 
-def apply(floating[:, ::1] y,                 # IN/OUT (rows, C)
-          const floating[::1] bias,           # IN (C,) or (0,)
-          const floating[::1] scale,          # IN (C,) or (0,)
-          const floating[::1] shift,          # IN (C,) or (0,)
-          int act1, double alpha1,
-          const floating[:, ::1] residual,    # IN (rows, C) or (0, C)
-          int act2, double alpha2,
-          int num_threads):
-    """y = act2(act1((y + bias) * scale + shift) + residual), row by row, in place."""
+
+def apply(floating[:, ::1] y, Epilogue post, int num_threads):
+    """The chain on y (P, C) in place, row by row (OpenMP over rows); None: nothing."""
     cdef Py_ssize_t rows = y.shape[0], c = y.shape[1], row
-    cdef fc_postops_f32 p32
-    cdef fc_postops_f64 p64
-    cdef bint has_residual = residual.shape[0] > 0
+    cdef const void* chain = chain_of(post, sizeof(floating), rows, c)
     if rows == 0 or c == 0:
         return 0
-    if floating is float:
-        p32.bias = &bias[0] if bias.shape[0] else NULL
-        p32.scale = &scale[0] if scale.shape[0] else NULL
-        p32.shift = &shift[0] if shift.shape[0] else NULL
-        p32.act1, p32.alpha1, p32.act2, p32.alpha2 = act1, <float>alpha1, act2, <float>alpha2
-        for row in prange(rows, nogil=True, schedule="static", chunksize=16,
-                          num_threads=num_threads):
-            fc_postops_row_f32(&p32, &y[row, 0], &residual[row, 0] if has_residual else NULL, c)
-    else:
-        p64.bias = &bias[0] if bias.shape[0] else NULL
-        p64.scale = &scale[0] if scale.shape[0] else NULL
-        p64.shift = &shift[0] if shift.shape[0] else NULL
-        p64.act1, p64.alpha1, p64.act2, p64.alpha2 = act1, alpha1, act2, alpha2
-        for row in prange(rows, nogil=True, schedule="static", chunksize=16,
-                          num_threads=num_threads):
-            fc_postops_row_f64(&p64, &y[row, 0], &residual[row, 0] if has_residual else NULL, c)
+    cdef Py_ssize_t chunk = 16
+    for row in prange(0, rows, chunk, nogil=True, schedule="static", num_threads=num_threads):
+        chain_span(chain, &y[row, 0], row, min(chunk, rows - row), c, 0, c)
     return 0

@@ -18,6 +18,7 @@ from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 
 from fastconv._kernels._blas cimport gemm
+from fastconv._kernels._epilogue cimport Epilogue, chain_of, chain_span
 
 
 cdef inline void unroll_tile(const floating* x, floating* col, Py_ssize_t p0, Py_ssize_t T,
@@ -78,7 +79,9 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
                  floating[:, :, :, ::1] y,         # OUT (N, Ho, Wo, C_out)
                  Py_ssize_t top, Py_ssize_t left,  # zero padding before the first row / column
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                 Py_ssize_t groups, Py_ssize_t tile, int num_threads):
+                 Py_ssize_t groups, Py_ssize_t tile, Epilogue post, int num_threads):
+    """y = conv(x, w) + bias, then `post`'s chain (None: none) on each tile while it is in
+    cache."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], cig = w.shape[2], Cout = w.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], cog = Cout // groups
@@ -87,6 +90,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
     cdef bint pointwise = is_pointwise(kh, kw, sh, sw, top, left, H, W, Ho, Wo)
     cdef int lda = <int> (C if pointwise else K)
     cdef bint has_bias = bias.shape[0] > 0
+    cdef const void* chain = chain_of(post, sizeof(floating), P, Cout)
     cdef Py_ssize_t it, p0, T, g, t, co
     cdef floating* col = NULL
     cdef floating* yp
@@ -113,6 +117,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
                 for t in range(T):
                     for co in range(Cout):
                         yp[t * Cout + co] += bias[co]
+            chain_span(chain, yp, p0, T, Cout, 0, Cout)
         free(col)
     return status
 

@@ -20,6 +20,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 from fastconv._kernels._blas cimport gemm
+from fastconv._kernels._epilogue cimport Epilogue, chain_of, chain_span
 
 
 cdef extern from "fastconv_winograd.h":
@@ -324,7 +325,9 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
                  floating[:, :, :, :] y,           # OUT (N, Ho, Wo, C_out), channels contiguous
                                                    #     (pixels may be strided: a phase's view)
                  Py_ssize_t top, Py_ssize_t left,  # zero padding before the first row / column
-                 Py_ssize_t groups, Py_ssize_t block, int num_threads):
+                 Py_ssize_t groups, Py_ssize_t block, Epilogue post, int num_threads):
+    """y = conv(x, w) + bias (u: w transformed), then `post`'s chain (None: none) on each
+    4x4 output tile once it is written."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t cig = u.shape[1], Cout = u.shape[2], cog = Cout // groups
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2]
@@ -334,7 +337,8 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
     cdef Py_ssize_t tiles_w = (Wo + 3) // 4, tiles_img = (Ho + 3) // 4 * tiles_w
     cdef Py_ssize_t n_tiles = N * tiles_img, n_blocks = (n_tiles + block - 1) // block
     cdef Py_ssize_t v_stride = block * C, m_stride = block * Cout
-    cdef Py_ssize_t ib, t0, nt, t, k, g
+    cdef Py_ssize_t ib, t0, nt, t, k, g, i, j
+    cdef const void* chain = chain_of(post, sizeof(floating), N * Ho * Wo, Cout)
     cdef Origin o
     cdef const floating* b = &bias[0] if bias.shape[0] > 0 else NULL
     cdef Py_ssize_t width = max(C, Cout)
@@ -375,6 +379,10 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
                 o = _tile_origin(t0 + t, tiles_img, tiles_w)
                 _output_tile(m + t * Cout, m_stride, tmp, &y[0, 0, 0, 0], scratch, b, o.n, o.oh,
                              o.ow, Ho, Wo, y_img, y_row, y_pix, Cout)
+                if chain != NULL:
+                    for i in range(o.oh, min(o.oh + 4, Ho)):
+                        chain_span(chain, &y[0, 0, 0, 0] + o.n * y_img + i * y_row + o.ow * y_pix,
+                                   (o.n * Ho + i) * Wo + o.ow, min(4, Wo - o.ow), y_pix, 0, Cout)
         free(v)
     return status
 

@@ -2,14 +2,14 @@
  *
  *     y = act2(act1((y + bias) * scale + shift) + residual)
  *
- * applied to one output row of C channels at a time (any step may be absent). The chain is
- * described by a small struct, fc_postops_f32 / fc_postops_f64, so that a kernel's own
- * store can apply it to a row while it is still in registers or L1: today _epilogue.pyx
- * runs it as one pass over a finished output (fastconv._postops); a kernel that takes the
- * struct later calls fc_postops_row_* on each row it stores instead.
+ * (any step may be absent) described by a small struct, fc_postops_f32 / fc_postops_f64.
+ * A kernel applies it with fc_postops_span_* to each stretch of output channels it stores,
+ * while those values are still in L1 (each activation is then written once); _epilogue.pyx
+ * also runs it as a pass over a finished output, for the kernels and shapes that do not.
  *
  * Activation codes (FC_ACT_*) match fastconv._postops.ACTIVATIONS; `alpha` is the slope of
- * leaky_relu and the alpha of elu. The formulas are fastconv.activations' (PyTorch's).
+ * leaky_relu and the alpha of elu. The formulas are fastconv.activations' (PyTorch's); NaN
+ * stays NaN. The piecewise ones are written as selects so that the compiler vectorises them.
  */
 #ifndef FASTCONV_EPILOGUE_H
 #define FASTCONV_EPILOGUE_H
@@ -28,6 +28,8 @@ typedef struct {                                                                
     const T *scale;     /* (C,) or NULL: y * scale */                                     \
     const T *shift;     /* (C,) or NULL: + shift */                                       \
     int act1; T alpha1; /* before the residual */                                         \
+    const T *residual;  /* NULL, or pixel p's C channels at residual + p * residual_pixel */ \
+    ptrdiff_t residual_pixel;                                                             \
     int act2; T alpha2; /* after the residual */                                          \
 } fc_postops_##SUF;                                                                       \
                                                                                           \
@@ -42,11 +44,11 @@ static inline void fc_activate_##SUF(T *y, ptrdiff_t n, int act, T alpha) {     
     ptrdiff_t i;                                                                          \
     switch (act) {                                                                        \
     case FC_ACT_RELU:                                                                     \
-        for (i = 0; i < n; i++) y[i] = y[i] > 0 ? y[i] : (y[i] != y[i] ? y[i] : (T)0);    \
+        for (i = 0; i < n; i++) y[i] = (y[i] > 0 || y[i] != y[i]) ? y[i] : (T)0;         \
         break;                                                                            \
     case FC_ACT_RELU6:                                                                    \
         for (i = 0; i < n; i++)                                                           \
-            y[i] = y[i] != y[i] ? y[i] : (y[i] < 0 ? (T)0 : (y[i] > 6 ? (T)6 : y[i]));    \
+            y[i] = y[i] < 0 ? (T)0 : (y[i] > 6 ? (T)6 : y[i]);                           \
         break;                                                                            \
     case FC_ACT_LEAKY_RELU:                                                               \
         for (i = 0; i < n; i++) y[i] = y[i] > 0 ? y[i] : y[i] * alpha;                    \
@@ -89,16 +91,40 @@ static inline void fc_activate_##SUF(T *y, ptrdiff_t n, int act, T alpha) {     
     }                                                                                     \
 }                                                                                         \
                                                                                           \
-/* The chain on one row y[0..c) (residual: the row of the residual tensor, or NULL). */  \
-static inline void fc_postops_row_##SUF(const fc_postops_##SUF *p, T *y,                  \
-                                        const T *residual, ptrdiff_t c) {                 \
+/* The chain on channels [c0, c0 + n) of output pixel `pixel`, stored at y[0..n). */      \
+static inline void fc_postops_span_##SUF(const fc_postops_##SUF *p, T *y, ptrdiff_t pixel,  \
+                                         ptrdiff_t c0, ptrdiff_t n) {                     \
     ptrdiff_t i;                                                                          \
-    if (p->bias) for (i = 0; i < c; i++) y[i] += p->bias[i];                              \
-    if (p->scale) for (i = 0; i < c; i++) y[i] *= p->scale[i];                            \
-    if (p->shift) for (i = 0; i < c; i++) y[i] += p->shift[i];                            \
-    fc_activate_##SUF(y, c, p->act1, p->alpha1);                                          \
-    if (residual) for (i = 0; i < c; i++) y[i] += residual[i];                            \
-    fc_activate_##SUF(y, c, p->act2, p->alpha2);                                          \
+    if (p->bias) { const T *b = p->bias + c0; for (i = 0; i < n; i++) y[i] += b[i]; }     \
+    if (p->scale) { const T *s = p->scale + c0; for (i = 0; i < n; i++) y[i] *= s[i]; }   \
+    if (p->shift) { const T *s = p->shift + c0; for (i = 0; i < n; i++) y[i] += s[i]; }   \
+    fc_activate_##SUF(y, n, p->act1, p->alpha1);                                          \
+    if (p->residual) {                                                                    \
+        const T *r = p->residual + pixel * p->residual_pixel + c0;                        \
+        for (i = 0; i < n; i++) y[i] += r[i];                                             \
+    }                                                                                     \
+    fc_activate_##SUF(y, n, p->act2, p->alpha2);                                          \
+}                                                                                         \
+                                                                                          \
+/* The chain on channels [c0, c0 + n) of the npix output pixels from `pixel` on, stored     \
+ * y_pix values apart from y on. Whole contiguous rows without per-channel steps run as one \
+ * stretch (no per-row overhead: most chains are an activation and perhaps a residual). */ \
+static inline void fc_postops_pixels_##SUF(const fc_postops_##SUF *p, T *y, ptrdiff_t pixel, \
+                                           ptrdiff_t npix, ptrdiff_t y_pix, ptrdiff_t c0, \
+                                           ptrdiff_t n) {                                 \
+    ptrdiff_t q, i;                                                                       \
+    if (!p->bias && !p->scale && !p->shift && c0 == 0 && n == y_pix                       \
+            && (!p->residual || p->residual_pixel == n)) {                                \
+        ptrdiff_t len = npix * n;                                                         \
+        fc_activate_##SUF(y, len, p->act1, p->alpha1);                                    \
+        if (p->residual) {                                                                \
+            const T *r = p->residual + pixel * n;                                         \
+            for (i = 0; i < len; i++) y[i] += r[i];                                       \
+        }                                                                                 \
+        fc_activate_##SUF(y, len, p->act2, p->alpha2);                                    \
+        return;                                                                           \
+    }                                                                                     \
+    for (q = 0; q < npix; q++) fc_postops_span_##SUF(p, y + q * y_pix, pixel + q, c0, n); \
 }
 
 FC_DEFINE_POSTOPS(float, f32, expf, expm1f, erff, tanhf)
