@@ -122,12 +122,14 @@ class FusedConv(L.Layer):
             return self._convolve(x[None], residual, None if out is None else out[None])[0]
         return self._convolve(x, residual, out)
 
-    def _convolve(self, x: np.ndarray, residual, out) -> np.ndarray:
-        """The convolution and its post-ops on a 4-D x: the kernel applies them as it stores
-        (a convolution with a residual of the output's shape, or none). Else a pass after
-        it, and when the output is larger than half the last-level cache, a few images at a
-        time, so that the pass finds them in cache."""
-        plan = _plan.plan_for(self, x)
+    def _convolve(self, x: np.ndarray, residual, out, plan=None) -> np.ndarray:
+        """The convolution and its post-ops on a 4-D x (`plan`: x's, when the caller has
+        it): the kernel applies them as it stores (a convolution with a residual of the
+        output's shape, or none). Else a pass after it, and when the output is larger than
+        half the last-level cache, a few images at a time, so that the pass finds them in
+        cache."""
+        if plan is None:
+            plan = _plan.plan_for(self, x)
         packs = _plan.packs_of(self)
         n = x.shape[0]
         ops = self.post_ops
@@ -273,16 +275,20 @@ def _at_node(name, layer, args):
 
 
 def _fused_at_node(name: str, layer: FusedConv, args, pool: "_BufferPool") -> np.ndarray:
-    x = args[0] if args[0].ndim == 4 else None
-    if x is None or not isinstance(x, np.ndarray):
+    """A convolution node into a pooled buffer; on an input it refuses, the node runs
+    unpooled to raise its error with the node's name."""
+    x = args[0]
+    if (not isinstance(x, np.ndarray) or x.ndim != 4 or len(args) != layer.num_inputs
+            or x.shape[3] != layer.in_channels):
         return _at_node(name, layer, args)
     try:
         plan = _plan.plan_for(layer, x)
     except (ValueError, TypeError):
-        return _at_node(name, layer, args)  # raises with the node's name
+        return _at_node(name, layer, args)
     out = pool.take(plan.out_shape, plan.dtype)
     try:
-        return layer.forward(*args, out=out)
+        residual = None if len(args) == 1 else _params.as_array("residual", args[1])
+        return layer._convolve(x, residual, out, plan)
     except (ValueError, TypeError):
         pool.give_back(out)
         return _at_node(name, layer, args)
