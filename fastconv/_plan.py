@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fastconv import _algorithms, _autotune, _params, functional
+from fastconv import _algorithms, _autotune, _memory, _params, functional
 from fastconv._threads import get_num_threads
 
 # ----------------------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ class ConvPlan:
         _epilogue.Epilogue for y, applied by the kernel as it stores (see fuses_post)."""
         if post is not None and not self.fuses_post:
             raise ValueError(f"{self.kind}: this plan takes no post-op chain (see fuses_post)")
-        y = np.empty(self.out_shape, self.dtype) if out is None else out
+        y = _memory.empty(self.out_shape, self.dtype) if out is None else out
         if not self.computes:
             y[...] = 0 if bias is None else bias
             return y

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from fastconv import _algorithms, _autotune, _params
+from fastconv import _algorithms, _autotune, _memory, _params
 from fastconv._params import ConvGeometry
 from fastconv._threads import blas_single_thread, get_num_threads
 
@@ -280,6 +280,7 @@ def prepare_weight(algo: str, w: np.ndarray, bias: np.ndarray, groups: int) -> P
         w, bias = _padded_weight(np.ascontiguousarray(w), bias, groups, block)
     else:
         w = np.ascontiguousarray(w)
+    w, bias = _memory.aligned(w), _memory.aligned(bias)
     return PreparedWeight(algo, w, bias, shape, exact, max_weight, max_bias)
 
 
@@ -423,7 +424,7 @@ def _padded_depthwise_input(x, channels: int):
     """A depthwise input with its channels padded with zeros to the padded weight's
     `channels` (needed only when C is not a multiple of the vector width)."""
     extra = channels - x.shape[3]
-    return x if not extra else np.ascontiguousarray(np.pad(x, ((0, 0),) * 3 + ((0, extra),)))
+    return x if not extra else _memory.aligned(np.pad(x, ((0, 0),) * 3 + ((0, extra),)))
 
 
 def _phase_taps(phase: int, k: int, stride: int, dilation: int):
@@ -569,7 +570,7 @@ def _conv2d(fn, x, weight, bias, stride, padding, dilation, groups, padding_mode
     geo = _params.conv_geometry(fn, x.shape, weight.shape, stride, padding, dilation, groups)
     _check_copied_padding(fn, mode, geo)
     algorithm = _algorithms.check(fn, algorithm, geo)
-    y = np.empty((geo.n, *geo.out_hw, geo.out_channels), dtype)
+    y = _memory.empty((geo.n, *geo.out_hw, geo.out_channels), dtype)
     if not _computes(y, x, weight):  # no input pixel or channel: the sums are empty
         y[...] = 0 if bias is None else bias
     else:
@@ -654,7 +655,7 @@ def _conv_transpose2d(fn, x, weight, bias, stride, padding, output_padding, dila
     bias = _bias(fn, bias, geo.in_channels)
     dtype = _params.float_dtype(x, weight)
     algorithm = _algorithms.check(fn, algorithm, geo)
-    y = np.empty((geo.n, *geo.in_hw, geo.in_channels), dtype)
+    y = _memory.empty((geo.n, *geo.in_hw, geo.in_channels), dtype)
     if not _computes(y, x, weight):  # no input pixel or channel: the sums are empty
         y[...] = 0 if bias is None else bias
     else:  # `padding` crops the full output: compute only what is kept

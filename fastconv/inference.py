@@ -31,7 +31,7 @@ import threading
 
 import numpy as np
 
-from fastconv import _algorithms, _params, _plan
+from fastconv import _algorithms, _memory, _params, _plan
 from fastconv import layers as L
 from fastconv._postops import Activation, PostOps, activation_of
 from fastconv._threads import blas_single_thread
@@ -144,7 +144,7 @@ class FusedConv(L.Layer):
         if step >= n:
             y = plan.run(x, self.weight, self.bias, packs, out=out)
             return self._post(y, residual, bias=False)
-        y = np.empty(plan.out_shape, plan.dtype) if out is None else out
+        y = _memory.empty(plan.out_shape, plan.dtype) if out is None else out
         for i in range(0, n, step):
             part = _plan.plan_for(self, x[i:i + step])
             part.run(x[i:i + step], self.weight, self.bias, packs, out=y[i:i + step])
@@ -300,26 +300,28 @@ class _BufferPool:
 
     def __init__(self) -> None:
         self.free: dict[tuple, list[np.ndarray]] = {}
-        self.pooled: dict[int, np.ndarray] = {}  # id -> buffer, every buffer made here
-        self.users: dict[int, int] = {}  # id of a pooled buffer -> live values on it
+        # id of the memory's owner (an aligned buffer's .base) -> buffer, every buffer made here
+        self.pooled: dict[int, np.ndarray] = {}
+        self.users: dict[int, int] = {}  # id of a pooled buffer's owner -> live values on it
 
     def take(self, shape, dtype) -> np.ndarray:
         free = self.free.get((shape, dtype))
         if free:
             buffer = free.pop()
         else:
-            buffer = np.empty(shape, dtype)
-            self.pooled[id(buffer)] = buffer
+            buffer = _memory.empty(shape, dtype)
+            self.pooled[id(buffer.base)] = buffer
         return buffer
 
     def give_back(self, buffer: np.ndarray) -> None:
         self.free.setdefault((buffer.shape, buffer.dtype), []).append(buffer)
 
     def _root(self, value) -> int | None:
-        if not isinstance(value, np.ndarray):
+        if not isinstance(value, np.ndarray) or value.base is None:
             return None
-        base = value if value.base is None else value.base
-        return id(base) if id(base) in self.pooled and self.pooled[id(base)] is base else None
+        owner = value.base
+        buffer = self.pooled.get(id(owner))
+        return id(owner) if buffer is not None and buffer.base is owner else None
 
     def owns(self, value) -> bool:
         return self._root(value) is not None

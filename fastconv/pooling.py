@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastconv import _params
+from fastconv import _memory, _params
 from fastconv._kernels import _pool
 from fastconv._threads import get_num_threads
 
@@ -138,7 +138,7 @@ def _max_pool_nd(fn, one_d, x, kernel_size, stride, padding, dilation, ceil_mode
 
 
 def _max_pool(x: np.ndarray, geo: _params.PoolGeometry, dtype) -> tuple[np.ndarray, np.ndarray]:
-    y = np.empty(geo.out_shape, dtype)
+    y = _memory.empty(geo.out_shape, dtype)
     idx = np.empty(geo.out_shape, np.int64)
     # the padding after the image needs no argument: y's shape says how far windows go
     _pool.max_pool_forward(np.ascontiguousarray(x, dtype), y, idx, *geo.kernel_hw, *geo.stride,
@@ -149,7 +149,7 @@ def _max_pool(x: np.ndarray, geo: _params.PoolGeometry, dtype) -> tuple[np.ndarr
 
 def _max_pool_values(x: np.ndarray, geo: _params.PoolGeometry, dtype) -> np.ndarray:
     """_max_pool's maxima alone (no indices to find and store: about 3x faster)."""
-    y = np.empty(geo.out_shape, dtype)
+    y = _memory.empty(geo.out_shape, dtype)
     _pool.max_pool_values(np.ascontiguousarray(x, dtype), y, *geo.kernel_hw, *geo.stride,
                           geo.padding[0][0], geo.padding[1][0], *geo.dilation,
                           _threads(y.size * geo.kernel_hw[0] * geo.kernel_hw[1]))

@@ -344,6 +344,32 @@ def test_buffers_never_alias_held_outputs_and_are_reused():
     assert all(not np.shares_memory(y1, b) for b in pool.pooled.values())
 
 
+def test_activations_and_packed_weights_are_aligned_for_the_vector_units():
+    """fastconv's own outputs, pooled buffers and packed weights start on 64-byte
+    boundaries (NumPy's own allocations are only 16-byte aligned)."""
+    from fastconv import _memory, functional
+
+    assert _memory.ALIGNMENT == 64
+    for shape, dtype in (((3, 5, 7), np.float32), ((0, 4), np.float64), (11, np.float32)):
+        a = _memory.empty(shape, dtype)
+        assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous and a.dtype == dtype
+    raw = _memory.empty(5 * 5 * 3 + 4, np.float32)
+    x = raw[4:].reshape(1, 5, 5, 3)  # 16 bytes past a boundary
+    x[...] = 1
+    copy = _memory.aligned(x)
+    assert x.ctypes.data % 64 == 16 and copy.ctypes.data % 64 == 0 and np.array_equal(copy, x)
+    assert _memory.aligned(copy) is copy
+    w = RNG.standard_normal((3, 3, 3, 8)).astype(np.float32)
+    assert fastconv.conv2d(x, w, padding=1).ctypes.data % 64 == 0
+    for algo in ("direct", "blocked", "winograd", "im2col"):
+        prepared = functional.prepare_weight(algo, w, np.zeros(8, np.float32), 1)
+        assert prepared.weight.ctypes.data % 64 == 0, algo
+    fast = fastconv.optimize_for_inference(L.Sequential(L.Conv2d(3, 4, 3, padding=1, rng=0),
+                                                        L.ReLU(), L.Conv2d(4, 4, 1, rng=0)))
+    fast(x)
+    assert all(b.ctypes.data % 64 == 0 for b in fast._local.pool.pooled.values())
+
+
 def test_torch_model_through_from_torch():
     torch = pytest.importorskip("torch")
     nn = torch.nn

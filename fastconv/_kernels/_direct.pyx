@@ -46,6 +46,14 @@ cdef extern from "fastconv_simd.h":
                               const double* bias, Py_ssize_t nc, Py_ssize_t kh, Py_ssize_t ks,
                               Py_ssize_t w_row, Py_ssize_t w_col, Py_ssize_t unused, Py_ssize_t y_pix,
                               Py_ssize_t x_pix, Py_ssize_t x_row, Py_ssize_t x_col) noexcept nogil
+    void fc_depthwise3_run_f(Py_ssize_t npix, Py_ssize_t C, const float* x, const float* w,
+                             float* y, const float* bias, Py_ssize_t w_row, Py_ssize_t w_col,
+                             Py_ssize_t y_pix, Py_ssize_t x_pix, Py_ssize_t x_row,
+                             Py_ssize_t x_col) noexcept nogil
+    void fc_depthwise3_run_d(Py_ssize_t npix, Py_ssize_t C, const double* x, const double* w,
+                             double* y, const double* bias, Py_ssize_t w_row, Py_ssize_t w_col,
+                             Py_ssize_t y_pix, Py_ssize_t x_pix, Py_ssize_t x_row,
+                             Py_ssize_t x_col) noexcept nogil
     void fc_depthwise_run_f(Py_ssize_t npix, Py_ssize_t C, const float* x, const float* w,
                             float* y, const float* bias, Py_ssize_t kh, Py_ssize_t ks,
                             Py_ssize_t w_row, Py_ssize_t w_col, Py_ssize_t y_pix,
@@ -181,6 +189,18 @@ cdef inline void _segment(const floating* x, Py_ssize_t x_row, const floating* w
                    x_row, x_col)
 
 
+cdef inline void _depthwise3_run(const floating* x, const floating* w, const floating* bias,
+                                 floating* y, Py_ssize_t npix, Py_ssize_t C, Py_ssize_t w_ci,
+                                 Py_ssize_t y_pix, Py_ssize_t x_pix, Py_ssize_t x_row,
+                                 Py_ssize_t x_col) noexcept nogil:
+    """y[p, c] = bias[c] + sum_{r, s < 3} x[p*x_pix + r*x_row + s*x_col + c] * w[r, s, c] for
+    p < npix, c < C: a 3 x 3 depthwise weight (3, 3, 1, w_ci), every tap inside x."""
+    if floating is float:
+        fc_depthwise3_run_f(npix, C, x, w, y, bias, 3 * w_ci, w_ci, y_pix, x_pix, x_row, x_col)
+    else:
+        fc_depthwise3_run_d(npix, C, x, w, y, bias, 3 * w_ci, w_ci, y_pix, x_pix, x_row, x_col)
+
+
 def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadded
                  const floating[:, :, :, ::1] w,   # IN  (kh, kw, cig, groups * cog_padded)
                  const floating[::1] bias,         # IN  (groups * cog_padded,), or (0,) for none
@@ -230,7 +250,8 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     cdef Py_ssize_t span = (FC_PB - 1) * sw + (kw - 1) * dw + 1
     cdef bint by_tap = FC_PB * kw < span
     cdef Py_ssize_t window_cols = FC_PB * kw if by_tap else span
-    cdef Py_ssize_t row, n, oh, ih, r0, nr, ow, ow_block, iw, npix, p, s0, ns
+    cdef Py_ssize_t row, n, oh, ih, r0, nr, ow, iw, npix, p, s0, ns, run_lo, run_hi
+    cdef bint run3 = depthwise and kh == 3 and kw == 3 and FC_HAVE_VECTORS
     cdef bint has_bias = bias.shape[0] > 0
     cdef const void* chain = chain_of(post, sizeof(floating), N * Ho * Wo, Cout)
     cdef floating* window = NULL
@@ -256,9 +277,23 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
             ih = oh * sh - top  # input row of tap 0
             r0 = _first_tap(ih, dh)
             nr = max(0, _end_tap(ih, dh, kh, H) - r0)
-            for ow_block in range((Wo + FC_PB - 1) // FC_PB):
-                ow = ow_block * FC_PB
-                npix = min(<Py_ssize_t> FC_PB, Wo - ow)
+            # a 3 x 3 depthwise row with all its taps inside x: the columns whose taps all
+            # lie inside x in one run with the taps unrolled; the edges block by block
+            run_lo = 0
+            run_hi = 0
+            if run3 and nr == 3 and inner_hi - inner_lo >= FC_PB:
+                run_lo = inner_lo
+                run_hi = inner_hi
+                _depthwise3_run(&x[n, 0, 0, 0] + (ih * W + run_lo * sw - left) * C,
+                                &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
+                                y_row + run_lo * y_pix, run_hi - run_lo, Cout, w_ci, y_pix,
+                                x_pix, dh * W * C, x_col)
+            ow = 0
+            while ow < Wo:
+                if ow == run_lo and run_hi > run_lo:
+                    ow = run_hi
+                    continue
+                npix = min(<Py_ssize_t> FC_PB, (run_lo if ow < run_lo else Wo) - ow)
                 iw = ow * sw - left  # input column of the block's first tap
                 if inner_lo <= ow and ow + npix <= inner_hi or nr == 0:
                     _segment(&x[n, 0, 0, 0] + ((ih + r0 * dh) * W + iw) * C if nr > 0 else NULL,
@@ -281,6 +316,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
                                  dh * W * C, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
                                  y_row + (ow + p) * y_pix, 1, r0, nr, s0, ns, n_groups, width, cog,
                                  cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
+                ow = ow + npix
             chain_span(chain, y_row, row * Wo, Wo, y_pix, 0, Cout)
             if stream:
                 fc_stream_copy(&y[n, oh, 0, 0], y_row, Wo * Cout * sizeof(floating))

@@ -145,6 +145,39 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
                     ks, w_row, w_col, 0, y_pix, x_pix, x_row, x_col);                        \
     }
 
+/* A run of depthwise pixels whose 3 x 3 taps all lie inside x: fc_depthwise_run with
+ * kh = ks = 3 known to the compiler (the tap loops unroll, measured 1.5x faster than with
+ * run-time tap counts on a Zen 5). npix >= FC_PB. */
+#define FC_DEFINE_DEPTHWISE3_RUN(T, V, SUF)                                                  \
+    static inline void fc_depthwise3_run_##SUF(                                              \
+        ptrdiff_t npix, ptrdiff_t C, const T *x, const T *w, T *y, const T *bias,            \
+        ptrdiff_t w_row, ptrdiff_t w_col, ptrdiff_t y_pix, ptrdiff_t x_pix, ptrdiff_t x_row, \
+        ptrdiff_t x_col)                                                                     \
+    {                                                                                        \
+        const ptrdiff_t cb = (ptrdiff_t)(sizeof(V) / sizeof(T));                             \
+        /* blocks of FC_PB pixels; the last one ends at npix, overlapping the one before  \
+         * it (npix >= FC_PB: its pixels are computed twice, alike) */                     \
+        for (ptrdiff_t p = 0; p < npix; p += FC_PB) {                                        \
+            if (p + FC_PB > npix) p = npix - FC_PB;                                          \
+            for (ptrdiff_t c0 = 0; c0 < C; c0 += cb) {                                       \
+                const T *xb = x + p * x_pix + c0;                                            \
+                V acc[FC_PB];                                                                \
+                V b = bias ? fc_load_##SUF(bias + c0) : (V){0};                              \
+                for (int q = 0; q < FC_PB; q++) acc[q] = b;                                  \
+                for (int r = 0; r < 3; r++)                                                  \
+                    for (int s = 0; s < 3; s++) {                                            \
+                        const T *xt = xb + r * x_row + s * x_col;                            \
+                        V wv = fc_load_##SUF(w + r * w_row + s * w_col + c0);                \
+                        for (int q = 0; q < FC_PB; q++)                                      \
+                            acc[q] += fc_load_##SUF(xt + q * x_pix) * wv;                    \
+                    }                                                                        \
+                ptrdiff_t nc = C - c0 < cb ? C - c0 : cb;                                    \
+                for (int q = 0; q < FC_PB; q++)                                              \
+                    fc_store_part_##SUF(y + (p + q) * y_pix + c0, acc[q], nc);               \
+            }                                                                                \
+        }                                                                                    \
+    }
+
 /* Weight gradient, dense: gw[i*w_ci + :] += sum_{p < npix} x[p*x_pix + i] * gy[p*y_pix + :]
  * for FC_CI input channels i at once (they share each gy load). */
 #define FC_CI 4
@@ -219,6 +252,8 @@ FC_DEFINE_DISPATCH(float, depthwise, f)
 FC_DEFINE_DISPATCH(double, depthwise, d)
 FC_DEFINE_DEPTHWISE_RUN(float, fc_vf, f)
 FC_DEFINE_DEPTHWISE_RUN(double, fc_vd, d)
+FC_DEFINE_DEPTHWISE3_RUN(float, fc_vf, f)
+FC_DEFINE_DEPTHWISE3_RUN(double, fc_vd, d)
 FC_DEFINE_WGRAD_DENSE(float, fc_vf, f)
 FC_DEFINE_WGRAD_DENSE(double, fc_vd, d)
 FC_DEFINE_WGRAD_DEPTHWISE(float, fc_vf, f)
@@ -247,6 +282,11 @@ FC_STUB_BLOCK(fc_depthwise_block_d, double)
     ptrdiff_t y_pix, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col) {}
 FC_STUB_RUN(fc_depthwise_run_f, float)
 FC_STUB_RUN(fc_depthwise_run_d, double)
+#define FC_STUB_RUN3(name, T) static inline void name(ptrdiff_t npix, ptrdiff_t C, const T *x, \
+    const T *w, T *y, const T *bias, ptrdiff_t w_row, ptrdiff_t w_col, ptrdiff_t y_pix, \
+    ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col) {}
+FC_STUB_RUN3(fc_depthwise3_run_f, float)
+FC_STUB_RUN3(fc_depthwise3_run_d, double)
 #define FC_STUB_WGRAD3(name, T) static inline void name(const T *x, const T *gy, T *gw, \
     ptrdiff_t npix, ptrdiff_t nr, ptrdiff_t ns, ptrdiff_t x_pix, ptrdiff_t x_row, ptrdiff_t x_col, \
     ptrdiff_t y_pix, ptrdiff_t g_row, ptrdiff_t g_col) {}

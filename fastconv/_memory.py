@@ -1,0 +1,36 @@
+"""Arrays whose first byte lies on a 64-byte boundary.
+
+NumPy aligns its allocations to 16 bytes only; then three in four of the AVX-512 kernels'
+64-byte vector loads and stores straddle two cache lines, each costing two accesses
+(measured on a Zen 5, depthwise 3x3 over 112 x 112 x 32: 0.131 -> 0.094 ms on one thread
+with input and output aligned). Activations and packed weights that fastconv allocates for
+its kernels come from here; arrays users pass in are taken as they are.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+ALIGNMENT = 64  # bytes: a cache line, and an AVX-512 vector
+
+
+def empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array (like np.empty) starting on an ALIGNMENT-byte
+    boundary. Its .base is the byte buffer that owns the memory (views of it share that
+    base)."""
+    dtype = np.dtype(dtype)
+    shape = tuple(shape) if np.iterable(shape) else (shape,)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def aligned(a: np.ndarray) -> np.ndarray:
+    """`a` itself when it is C-contiguous and aligned, else an aligned copy."""
+    if a.flags.c_contiguous and a.ctypes.data % ALIGNMENT == 0:
+        return a
+    out = empty(a.shape, a.dtype)
+    out[...] = a
+    return out
