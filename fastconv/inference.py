@@ -88,8 +88,8 @@ class FusedConv(L.Layer):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_plans", None)
-        state.pop("_packs", None)
+        for name in ("_plans", "_packs", "_epilogue"):
+            state.pop(name, None)
         return state
 
     def forward(self, x, residual=None, *, out: np.ndarray | None = None):
@@ -135,8 +135,7 @@ class FusedConv(L.Layer):
         ops = self.post_ops
         step = n
         if ops.act1 or ops.residual or ops.scale is not None or ops.shift is not None:
-            post = ops.epilogue(plan.out_shape, plan.dtype, residual) if plan.fuses_post \
-                else None
+            post = self._epilogue_for(plan, residual) if plan.fuses_post else None
             if post is not None:
                 return plan.run(x, self.weight, self.bias, packs, out=out, post=post)
             image_bytes = math.prod(plan.out_shape[1:]) * plan.dtype.itemsize
@@ -152,6 +151,20 @@ class FusedConv(L.Layer):
                               and residual.shape[0] == n else residual)
             self._post(y[i:i + step], batch_residual, bias=False)
         return y
+
+    def _epilogue_for(self, plan, residual):
+        """post_ops as the kernels take them (PostOps.epilogue) for this plan's output and
+        this residual array, kept while the call repeats (in an InferenceGraph the same
+        pooled buffers come back at every call)."""
+        ops = self.post_ops
+        key = (plan.out_shape, plan.dtype, ops.act1, ops.act2, ops.residual, id(ops.scale),
+               id(ops.shift))
+        kept = self.__dict__.get("_epilogue")
+        if kept is not None and kept[0] == key and kept[1] is residual:
+            return kept[2]
+        post = ops.epilogue(plan.out_shape, plan.dtype, residual)
+        self._epilogue = (key, residual, post)
+        return post
 
     def _post(self, y: np.ndarray, residual, bias: bool) -> np.ndarray:
         ops = self.post_ops
