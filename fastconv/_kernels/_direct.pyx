@@ -278,12 +278,14 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
             r0 = _first_tap(ih, dh)
             nr = max(0, _end_tap(ih, dh, kh, H) - r0)
             # a 3 x 3 depthwise row with all its taps inside x: the columns whose taps all
-            # lie inside x in one run with the taps unrolled; the edges block by block
-            run_lo = 0
-            run_hi = 0
-            if run3 and nr == 3 and inner_hi - inner_lo >= FC_PB:
-                run_lo = inner_lo
-                run_hi = inner_hi
+            # lie inside x in one run with the taps unrolled, the few edge columns one pixel
+            # at a time over their taps inside x (cheaper than copying a padded window)
+            run_lo = inner_lo
+            run_hi = inner_hi
+            if not (run3 and nr == 3 and run_hi - run_lo >= FC_PB):
+                run_lo = 0
+                run_hi = 0
+            else:
                 _depthwise3_run(&x[n, 0, 0, 0] + (ih * W + run_lo * sw - left) * C,
                                 &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
                                 y_row + run_lo * y_pix, run_hi - run_lo, Cout, w_ci, y_pix,
@@ -300,7 +302,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
                              dh * W * C, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
                              y_row + ow * y_pix, npix, r0, nr, 0, kw, n_groups, width, cog,
                              cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
-                elif not exact:  # the block reaches into the zero padding left or right
+                elif not exact and run_hi == 0:  # the block reaches into the zero padding
                     _gather_window(&x[n, 0, 0, 0], window, ih + r0 * dh, nr, dh, iw, npix, sw,
                                    kw, dw, span, by_tap, W, C)
                     _segment(window, window_cols * C, &w[0, 0, 0, 0],
