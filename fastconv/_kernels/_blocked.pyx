@@ -189,10 +189,14 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                     else:
                         fc_blocked_d(<int> npix, xp, w_blk, ntaps, cb, w_tap, init, init_pix,
                                      outp, n_out)
-                    if last and chain != NULL:
-                        for p in range(npix):
-                            chain_span(chain, outp[p], n * P + p0 + pix + p, 1, 0,
+                    if last and chain != NULL:  # the block's pixels lie y_pix apart in a row
+                        if outp[npix - 1] - outp[0] == (npix - 1) * y_pix:
+                            chain_span(chain, outp[0], n * P + p0 + pix, npix, y_pix,
                                        g * cog + b * ob, nc)
+                        else:
+                            for p in range(npix):
+                                chain_span(chain, outp[p], n * P + p0 + pix + p, 1, y_pix,
+                                           g * cog + b * ob, nc)
                 ci0 = ci0 + cb
         free(tile)
         free(outp)

@@ -23,10 +23,6 @@ cdef extern from "fastconv_epilogue.h" nogil:
         Py_ssize_t residual_pixel
         int act2
         double alpha2
-    void fc_postops_span_f32(const fc_postops_f32* p, float* y, Py_ssize_t pixel,
-                             Py_ssize_t c0, Py_ssize_t n)
-    void fc_postops_span_f64(const fc_postops_f64* p, double* y, Py_ssize_t pixel,
-                             Py_ssize_t c0, Py_ssize_t n)
     void fc_postops_pixels_f32(const fc_postops_f32* p, float* y, Py_ssize_t pixel,
                                Py_ssize_t npix, Py_ssize_t y_pix, Py_ssize_t c0, Py_ssize_t n)
     void fc_postops_pixels_f64(const fc_postops_f64* p, double* y, Py_ssize_t pixel,

@@ -3,7 +3,7 @@
  *     y = act2(act1((y + bias) * scale + shift) + residual)
  *
  * (any step may be absent) described by a small struct, fc_postops_f32 / fc_postops_f64.
- * A kernel applies it with fc_postops_span_* to each stretch of output channels it stores,
+ * A kernel applies it with fc_postops_pixels_* to each stretch of output it stores,
  * while those values are still in L1 (each activation is then written once); _epilogue.pyx
  * also runs it as a pass over a finished output, for the kernels and shapes that do not.
  *
@@ -91,40 +91,37 @@ static inline void fc_activate_##SUF(T *y, ptrdiff_t n, int act, T alpha) {     
     }                                                                                     \
 }                                                                                         \
                                                                                           \
-/* The chain on channels [c0, c0 + n) of output pixel `pixel`, stored at y[0..n). */      \
-static inline void fc_postops_span_##SUF(const fc_postops_##SUF *p, T *y, ptrdiff_t pixel,  \
-                                         ptrdiff_t c0, ptrdiff_t n) {                     \
-    ptrdiff_t i;                                                                          \
-    if (p->bias) { const T *b = p->bias + c0; for (i = 0; i < n; i++) y[i] += b[i]; }     \
-    if (p->scale) { const T *s = p->scale + c0; for (i = 0; i < n; i++) y[i] *= s[i]; }   \
-    if (p->shift) { const T *s = p->shift + c0; for (i = 0; i < n; i++) y[i] += s[i]; }   \
-    fc_activate_##SUF(y, n, p->act1, p->alpha1);                                          \
-    if (p->residual) {                                                                    \
-        const T *r = p->residual + pixel * p->residual_pixel + c0;                        \
-        for (i = 0; i < n; i++) y[i] += r[i];                                             \
-    }                                                                                     \
-    fc_activate_##SUF(y, n, p->act2, p->alpha2);                                          \
-}                                                                                         \
-                                                                                          \
 /* The chain on channels [c0, c0 + n) of the npix output pixels from `pixel` on, stored     \
- * y_pix values apart from y on. Whole contiguous rows without per-channel steps run as one \
- * stretch (no per-row overhead: most chains are an activation and perhaps a residual). */ \
+ * y_pix values apart from y on (a row, a tile, or a kernel's register block). Step by step \
+ * over all the pixels (each step's test once per call); whole contiguous rows without      \
+ * per-channel steps run as one stretch. */                                                \
 static inline void fc_postops_pixels_##SUF(const fc_postops_##SUF *p, T *y, ptrdiff_t pixel, \
                                            ptrdiff_t npix, ptrdiff_t y_pix, ptrdiff_t c0, \
                                            ptrdiff_t n) {                                 \
     ptrdiff_t q, i;                                                                       \
     if (!p->bias && !p->scale && !p->shift && c0 == 0 && n == y_pix                       \
             && (!p->residual || p->residual_pixel == n)) {                                \
-        ptrdiff_t len = npix * n;                                                         \
-        fc_activate_##SUF(y, len, p->act1, p->alpha1);                                    \
-        if (p->residual) {                                                                \
-            const T *r = p->residual + pixel * n;                                         \
-            for (i = 0; i < len; i++) y[i] += r[i];                                       \
-        }                                                                                 \
-        fc_activate_##SUF(y, len, p->act2, p->alpha2);                                    \
-        return;                                                                           \
+        n *= npix;                                                                        \
+        npix = 1;                                                                         \
     }                                                                                     \
-    for (q = 0; q < npix; q++) fc_postops_span_##SUF(p, y + q * y_pix, pixel + q, c0, n); \
+    if (p->bias)                                                                          \
+        for (q = 0; q < npix; q++)                                                        \
+            for (i = 0; i < n; i++) y[q * y_pix + i] += p->bias[c0 + i];                  \
+    if (p->scale)                                                                         \
+        for (q = 0; q < npix; q++)                                                        \
+            for (i = 0; i < n; i++) y[q * y_pix + i] *= p->scale[c0 + i];                 \
+    if (p->shift)                                                                         \
+        for (q = 0; q < npix; q++)                                                        \
+            for (i = 0; i < n; i++) y[q * y_pix + i] += p->shift[c0 + i];                 \
+    if (p->act1)                                                                          \
+        for (q = 0; q < npix; q++) fc_activate_##SUF(y + q * y_pix, n, p->act1, p->alpha1); \
+    if (p->residual) {                                                                    \
+        const T *r = p->residual + pixel * p->residual_pixel + c0;                        \
+        for (q = 0; q < npix; q++)                                                        \
+            for (i = 0; i < n; i++) y[q * y_pix + i] += r[q * p->residual_pixel + i];    \
+    }                                                                                     \
+    if (p->act2)                                                                          \
+        for (q = 0; q < npix; q++) fc_activate_##SUF(y + q * y_pix, n, p->act2, p->alpha2); \
 }
 
 FC_DEFINE_POSTOPS(float, f32, expf, expm1f, erff, tanhf)
