@@ -18,13 +18,28 @@ ALIGNMENT = 64  # bytes: a cache line, and an AVX-512 vector
 def empty(shape, dtype) -> np.ndarray:
     """An uninitialised C-contiguous array (like np.empty) starting on an ALIGNMENT-byte
     boundary. Its .base is the byte buffer that owns the memory (views of it share that
-    base)."""
+    base; view() makes other arrays in it)."""
+    dtype = np.dtype(dtype)
+    shape = tuple(shape) if np.iterable(shape) else (shape,)
+    raw = np.empty(math.prod(shape) * dtype.itemsize + ALIGNMENT, np.uint8)
+    return view(raw, shape, dtype)
+
+
+def capacity(owner: np.ndarray) -> int:
+    """The bytes an array made by view() in `owner` (an empty()'s .base) can hold."""
+    return owner.nbytes - (-owner.ctypes.data % ALIGNMENT)
+
+
+def view(owner: np.ndarray, shape, dtype) -> np.ndarray:
+    """An aligned C-contiguous array of `shape` and `dtype` in the byte buffer `owner`
+    (ValueError when it does not fit: see capacity)."""
     dtype = np.dtype(dtype)
     shape = tuple(shape) if np.iterable(shape) else (shape,)
     nbytes = math.prod(shape) * dtype.itemsize
-    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % ALIGNMENT
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
+    if nbytes > capacity(owner):
+        raise ValueError(f"view: {nbytes} bytes do not fit in {capacity(owner)}")
+    start = -owner.ctypes.data % ALIGNMENT
+    return owner[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def aligned(a: np.ndarray) -> np.ndarray:

@@ -312,29 +312,31 @@ class _BufferPool:
     (a buffer goes back to the free list when none does)."""
 
     def __init__(self) -> None:
-        self.free: dict[tuple, list[np.ndarray]] = {}
-        # id of the memory's owner (an aligned buffer's .base) -> buffer, every buffer made here
-        self.pooled: dict[int, np.ndarray] = {}
-        self.users: dict[int, int] = {}  # id of a pooled buffer's owner -> live values on it
+        # byte buffers (fastconv._memory.empty's owners) free for reuse, the latest given
+        # back last: it is taken first, while its lines may still be in cache
+        self.free: list[np.ndarray] = []
+        self.pooled: dict[int, np.ndarray] = {}  # id -> byte buffer, every one made here
+        self.users: dict[int, int] = {}  # id of a byte buffer -> live values in it
 
     def take(self, shape, dtype) -> np.ndarray:
-        free = self.free.get((shape, dtype))
-        if free:
-            buffer = free.pop()
-        else:
-            buffer = _memory.empty(shape, dtype)
-            self.pooled[id(buffer.base)] = buffer
+        """An aligned array of `shape` and `dtype` in the latest free buffer that holds it
+        without wasting more than half of itself, or in a new one."""
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        for i in range(len(self.free) - 1, -1, -1):
+            if nbytes <= _memory.capacity(self.free[i]) <= 2 * nbytes:
+                return _memory.view(self.free.pop(i), shape, dtype)
+        buffer = _memory.empty(shape, dtype)
+        self.pooled[id(buffer.base)] = buffer.base
         return buffer
 
     def give_back(self, buffer: np.ndarray) -> None:
-        self.free.setdefault((buffer.shape, buffer.dtype), []).append(buffer)
+        self.free.append(buffer.base)
 
     def _root(self, value) -> int | None:
         if not isinstance(value, np.ndarray) or value.base is None:
             return None
         owner = value.base
-        buffer = self.pooled.get(id(owner))
-        return id(owner) if buffer is not None and buffer.base is owner else None
+        return id(owner) if self.pooled.get(id(owner)) is owner else None
 
     def owns(self, value) -> bool:
         return self._root(value) is not None
@@ -351,7 +353,7 @@ class _BufferPool:
         self.users[root] -= 1
         if self.users[root] == 0:
             del self.users[root]
-            self.give_back(self.pooled[root])
+            self.free.append(self.pooled[root])
 
 
 # ----------------------------------------------------------------------------------------------
