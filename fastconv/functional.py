@@ -309,7 +309,7 @@ def run_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, group
                                            _algorithms.winograd_tiles(y.shape))
         _run(algo, "conv_forward", x, w, bias, y, *offsets, groups, block, post, flops=flops)
     elif algo == "im2col":
-        tile = _algorithms.tile_pixels(shape[0] * shape[1] * shape[2], y.itemsize, pixels)
+        tile = _algorithms.forward_tile(shape, y.itemsize, pixels)
         out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)  # GEMM rows: contiguous
         _run(algo, "conv_forward", x, w, bias, out, *offsets, sh, sw, dh, dw, groups, tile,
              post, flops=flops)
