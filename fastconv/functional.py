@@ -280,7 +280,6 @@ def prepare_weight(algo: str, w: np.ndarray, bias: np.ndarray, groups: int) -> P
         w, bias = _padded_weight(np.ascontiguousarray(w), bias, groups, block)
     else:
         w = np.ascontiguousarray(w)
-    w, bias = _memory.aligned(w), _memory.aligned(bias)
     return PreparedWeight(algo, w, bias, shape, exact, max_weight, max_bias)
 
 
@@ -359,11 +358,16 @@ def pack_weight(w: np.ndarray, groups: int, block: int | None = None) -> np.ndar
     kh, kw, cig, cout = w.shape
     cog = cout // groups
     n_blocks = -(-cog // block)
-    w = w.reshape(kh, kw, cig, groups, cog)
-    if n_blocks * block != cog:
-        w = np.pad(w, ((0, 0),) * 4 + ((0, n_blocks * block - cog),))
-    return np.ascontiguousarray(
-        w.reshape(kh, kw, cig, groups, n_blocks, block).transpose(3, 4, 0, 1, 2, 5))
+    # one copy, into memory aligned for the kernel's vector loads; the padding is zeros
+    packed = _memory.empty((groups, n_blocks, kh, kw, cig, block), w.dtype)
+    full, rest = divmod(cog, block)
+    blocks = w.reshape(kh, kw, cig, groups, cog).transpose(3, 0, 1, 2, 4)  # (g, kh, kw, cig, cog)
+    packed[:, :full] = blocks[..., :full * block].reshape(
+        groups, kh, kw, cig, full, block).transpose(0, 4, 1, 2, 3, 5)
+    if rest:
+        packed[:, full, ..., :rest] = blocks[..., full * block:]
+        packed[:, full, ..., rest:] = 0
+    return packed
 
 
 def unpack_weight(packed: np.ndarray, out_channels: int) -> np.ndarray:
@@ -394,7 +398,7 @@ def _blocked_in_block(weight_shape, block: int, itemsize: int) -> int:
 def winograd_weight(w: np.ndarray) -> np.ndarray:
     """A 3x3 HWIO weight transformed for the Winograd kernel: (36, C_in // groups, C_out)."""
     kh, kw, cig, cout = w.shape
-    u = np.empty((36, cig, cout), w.dtype)
+    u = _memory.empty((36, cig, cout), w.dtype)
     _run("winograd", "transform_weight", w.reshape(kh, kw, -1), u.reshape(36, -1),
          flops=36 * w.size)
     return u
