@@ -3,8 +3,9 @@
 NumPy aligns its allocations to 16 bytes only; then three in four of the AVX-512 kernels'
 64-byte vector loads and stores straddle two cache lines, each costing two accesses
 (measured on a Zen 5, depthwise 3x3 over 112 x 112 x 32: 0.131 -> 0.094 ms on one thread
-with input and output aligned). Activations and packed weights that fastconv allocates for
-its kernels come from here; arrays users pass in are taken as they are.
+with input and output aligned). The activations fastconv allocates for its kernels and the
+blocked and Winograd kernels' packed weights come from here; arrays users pass in (and
+weights the kernels read as they are) are taken as they are.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 
+import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from fastconv._kernels import _openmp
@@ -105,6 +106,16 @@ def blas_single_thread():
                 for lib, n in _blas_saved:
                     if n != 1:
                         lib.set_num_threads(n)
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """np.matmul(a, b) with BLAS on one thread. A multi-threaded BLAS leaves its threads
+    spinning for a while after a call, and they take the cores from the OpenMP kernels that
+    follow: a Linear layer's products slowed the next convolutions up to 3x (ResNet-18
+    training step, 112x112, batch 8, 2 threads, AMD Zen 5: 199 -> 126 ms with this; in
+    inference, batch 8, the stem and max pooling after a call ran 2x slower)."""
+    with blas_single_thread():
+        return np.matmul(a, b, out=out)
 
 
 def _single_thread_after_fork() -> None:

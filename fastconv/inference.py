@@ -34,7 +34,7 @@ import numpy as np
 from fastconv import _algorithms, _memory, _params, _plan
 from fastconv import layers as L
 from fastconv._postops import Activation, PostOps, activation_of
-from fastconv._threads import blas_single_thread
+from fastconv._threads import blas_single_thread, matmul
 from fastconv.graph import Add, Graph, Parallel, Residual
 
 _CONV_KINDS = {L.Conv2d: "conv2d", L.ConvTranspose2d: "conv_transpose2d", L.Linear: "linear"}
@@ -106,13 +106,7 @@ class FusedConv(L.Layer):
             _params.check_channels(repr(self), x, self.in_features, None, "(..., in_features)",
                                    "features")
             dtype = _params.float_dtype(x, self.weight)
-            # BLAS on one thread: a multi-threaded GEMM leaves its threads spinning for a while
-            # after it returns, and they took the cores from the next call's OpenMP kernels
-            # (ResNet-18, batch 8, calls back to back: stem and max pooling 2x slower, the
-            # whole call 89 -> 140 ms)
-            with blas_single_thread():
-                y = np.matmul(x.astype(dtype, copy=False), self.weight.astype(dtype, copy=False),
-                              out=out)
+            y = matmul(x.astype(dtype, copy=False), self.weight.astype(dtype, copy=False), out)
             return self._post(y, residual, bias=True)
         if x.ndim not in (3, 4) or x.shape[-1] != self.in_channels:
             _params.check_channels(repr(self), x, self.in_channels, (3, 4),

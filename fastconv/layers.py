@@ -30,6 +30,7 @@ import numpy as np
 
 from fastconv import _params, _plan, activations, functional, normalization, pooling, resample
 from fastconv import _algorithms
+from fastconv._threads import matmul
 
 _NHWC_3_OR_4 = "(H, W, C) or (N, H, W, C) [NHWC]"
 
@@ -474,7 +475,7 @@ class Linear(Layer):
         _params.check_channels(repr(self), x, self.in_features, None, "(..., in_features)",
                                "features")
         dtype = _params.float_dtype(x, self.weight)
-        y = x.astype(dtype, copy=False) @ self.weight.astype(dtype, copy=False)
+        y = matmul(x.astype(dtype, copy=False), self.weight.astype(dtype, copy=False))
         if self.bias is not None:
             y += self.bias
         self._save(x=x, out_shape=y.shape)
@@ -486,9 +487,9 @@ class Linear(Layer):
         dtype = _params.float_dtype(grad, x, self.weight)
         g2 = grad.reshape(-1, self.out_features).astype(dtype, copy=False)
         x2 = x.reshape(-1, self.in_features).astype(dtype, copy=False)
-        self._accumulate("weight", x2.T @ g2)
+        self._accumulate("weight", matmul(x2.T, g2))
         self._accumulate("bias", g2.sum(axis=0))
-        return grad.astype(dtype, copy=False) @ self.weight.T.astype(dtype, copy=False)
+        return matmul(grad.astype(dtype, copy=False), self.weight.T.astype(dtype, copy=False))
 
     def extra_repr(self) -> str:
         bias = "" if self.bias is not None else ", bias=False"

@@ -17,6 +17,7 @@ import numbers
 import numpy as np
 
 from fastconv import _params
+from fastconv._threads import matmul
 from fastconv.pooling import _batched
 
 _NHWC = "[NHWC]"
@@ -51,8 +52,8 @@ def _averaging(size: int, out: int, dtype) -> np.ndarray:
 def _along_hw(x: np.ndarray, mat_h: np.ndarray, mat_w: np.ndarray) -> np.ndarray:
     """mat_h applied along H and mat_w along W of x (N, H, W, C) (BLAS matrix products)."""
     n, _, w, c = x.shape
-    t = np.matmul(mat_h, x.reshape(n, x.shape[1], w * c)).reshape(n * mat_h.shape[0], w, c)
-    return np.matmul(mat_w, t).reshape(n, mat_h.shape[0], mat_w.shape[0], c)
+    t = matmul(mat_h, x.reshape(n, x.shape[1], w * c)).reshape(n * mat_h.shape[0], w, c)
+    return matmul(mat_w, t).reshape(n, mat_h.shape[0], mat_w.shape[0], c)
 
 
 def _grad_output(fn: str, grad_output, expected: tuple, unbatched: bool) -> np.ndarray:

@@ -362,7 +362,7 @@ def test_activations_and_packed_weights_are_aligned_for_the_vector_units():
     assert _memory.aligned(copy) is copy
     w = RNG.standard_normal((3, 3, 3, 8)).astype(np.float32)
     assert fastconv.conv2d(x, w, padding=1).ctypes.data % 64 == 0
-    for algo in ("direct", "blocked", "winograd", "im2col"):
+    for algo in ("blocked", "winograd"):  # the packed layouts (the others use w as it is)
         prepared = functional.prepare_weight(algo, w, np.zeros(8, np.float32), 1)
         assert prepared.weight.ctypes.data % 64 == 0, algo
     fast = fastconv.optimize_for_inference(L.Sequential(L.Conv2d(3, 4, 3, padding=1, rng=0),

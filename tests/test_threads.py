@@ -148,3 +148,31 @@ def test_default_honours_omp_num_threads():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == "1"
+
+
+def test_linear_and_resampling_products_keep_blas_on_one_thread(monkeypatch):
+    """A Linear layer's products (forward, both gradients) and adaptive average pooling run with
+    BLAS held to one thread: a multi-threaded BLAS leaves threads spinning on the cores the
+    next convolution's OpenMP threads need."""
+    from contextlib import contextmanager
+
+    from fastconv import _threads
+    from fastconv import layers as L
+
+    entered = []
+    real = _threads.blas_single_thread
+
+    @contextmanager
+    def recording():
+        entered.append(True)
+        with real():
+            yield
+
+    monkeypatch.setattr(_threads, "blas_single_thread", recording)
+    layer = L.Linear(6, 4, rng=0)
+    y = layer(np.ones((3, 6), np.float32))
+    assert len(entered) == 1
+    layer.backward(np.ones_like(y))
+    assert len(entered) == 3  # the weight's gradient and the input's
+    L.AdaptiveAvgPool2d(2)(np.ones((1, 5, 5, 2), np.float32))
+    assert len(entered) == 5  # along H, then along W
