@@ -322,8 +322,9 @@ def relu_backward(grad_output, x):
         raise ValueError(f"relu_backward: expected grad_output of shape {x.shape} (the shape of "
                          f"the input), but got {gy.shape}")
     dtype = _params.float_dtype(gy, x)
-    grad, is_copy = _float_copy(gy, dtype)
-    if not is_copy:
-        grad = grad.copy()
-    grad[x <= 0] = 0
+    keep = x if x.dtype == np.bool_ else ~(x <= 0)
+    grad = np.empty(gy.shape, dtype)
+    _pool.relu_backward(np.ascontiguousarray(gy, dtype).reshape(-1),
+                        np.ascontiguousarray(keep).reshape(-1).view(np.uint8), grad.reshape(-1),
+                        _threads(grad.size))
     return grad
