@@ -9,7 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 from fastconv import _params
+from fastconv._kernels import _norm
 from fastconv.functional import NEEDS, _needs
+from fastconv.pooling import _threads
+
+# rows summed in this many fixed ranges (partial sums added in order: the same result for any
+# thread count, and enough ranges for the threads)
+SUM_CHUNKS = 16
 
 _LAYOUT = "(N, ..., C) [channels last]"
 
@@ -66,17 +72,17 @@ def batch_norm_forward(fn, x, running_mean, running_var, weight, bias, training,
     weight = _per_channel(fn, "weight", weight, channels, False)
     bias = _per_channel(fn, "bias", bias, channels, False)
     dtype = _params.float_dtype(x, *(a for a in (weight, bias) if a is not None))
-    x2 = x.reshape(-1, channels)
+    x2 = np.ascontiguousarray(x.reshape(-1, channels), dtype)
     count = x2.shape[0]
+    threads = _threads(x2.size)
     if training:
         if count == 1:
             raise ValueError(f"{fn}: expected more than 1 value per channel when training, but "
                              f"got input of shape {x.shape}")
         if count == 0:
             return np.empty(x.shape, dtype), np.zeros(channels), np.ones(channels)
-        mean = x2.sum(axis=0, dtype=np.float64) / count
-        centred = np.subtract(x2, mean.astype(dtype), dtype=dtype)
-        var = np.square(centred).sum(axis=0, dtype=np.float64) / count
+        mean = _channel_sum(x2, None, threads) / count
+        var = _channel_sum(x2, mean, threads) / count
         for running, batch in ((running_mean, mean), (running_var, var * count / (count - 1))):
             if running is not None:
                 running *= 1 - momentum
@@ -84,14 +90,27 @@ def batch_norm_forward(fn, x, running_mean, running_var, weight, bias, training,
     else:
         mean = running_mean.astype(np.float64)
         var = running_var.astype(np.float64)
-        centred = np.subtract(x2, mean.astype(dtype), dtype=dtype)
     scale = 1 / np.sqrt(var + eps)
     if weight is not None:
         scale *= weight
-    centred *= scale.astype(dtype)
-    if bias is not None:
-        centred += bias.astype(dtype)
-    return centred.reshape(x.shape), mean, var
+    y = np.empty(x2.shape, dtype)
+    if count:
+        _norm.normalize(x2, mean.astype(dtype), scale.astype(dtype),
+                        np.zeros(channels, dtype) if bias is None else bias.astype(dtype), y,
+                        threads)
+    return y.reshape(x.shape), mean, var
+
+
+def _chunks(rows: int) -> int:
+    """Fixed ranges of rows summed separately (the same for every thread count)."""
+    return max(1, min(SUM_CHUNKS, rows))
+
+
+def _channel_sum(x2: np.ndarray, centre: np.ndarray | None, threads: int) -> np.ndarray:
+    """sum over rows of x2 (centre None) or of (x2 - centre)^2, per channel, in float64."""
+    partial = np.zeros((_chunks(x2.shape[0]), x2.shape[1]))
+    _norm.channel_sums(x2, np.zeros(0) if centre is None else centre, partial, threads)
+    return partial.sum(axis=0)
 
 
 def batch_norm_backward(grad_output, x, mean, var, weight=None, training=False, eps=1e-5,
@@ -116,31 +135,31 @@ def batch_norm_backward(grad_output, x, mean, var, weight=None, training=False, 
     channels = x.shape[-1]
     weight = _per_channel(fn, "weight", weight, channels, False)
     dtype = _params.float_dtype(gy, x, *(() if weight is None else (weight,)))
-    x2, g2 = x.reshape(-1, channels), gy.reshape(-1, channels)
+    x2 = np.ascontiguousarray(x.reshape(-1, channels), dtype)
+    g2 = np.ascontiguousarray(gy.reshape(-1, channels), dtype)
     count = x2.shape[0]
+    threads = _threads(x2.size)
     if training and (mean is None or var is None):
-        mean = x2.sum(axis=0, dtype=np.float64) / max(count, 1)
-        var = np.square(x2 - mean).sum(axis=0) / max(count, 1)
+        mean = _channel_sum(x2, None, threads) / max(count, 1)
+        var = _channel_sum(x2, mean, threads) / max(count, 1)
     mean = _per_channel(fn, "mean", mean, channels, True).astype(np.float64)
     var = _per_channel(fn, "var", var, channels, True).astype(np.float64)
     invstd = 1 / np.sqrt(var + eps)
-    sum_g = g2.sum(axis=0, dtype=np.float64)
-    centred = None
-    sum_g_centred = None
-    if "weight" in needs or (training and "input" in needs and count):
-        centred = np.subtract(x2, mean.astype(dtype), dtype=dtype)
-        sum_g_centred = np.einsum("ij,ij->j", g2, centred, dtype=np.float64)
+    # sum g and sum g * (x - mean) per channel, in one pass
+    sum_g, sum_g_centred = (np.zeros((_chunks(count), channels)) for _ in range(2))
+    _norm.grad_sums(g2, x2, mean, sum_g, sum_g_centred, threads)
+    sum_g, sum_g_centred = sum_g.sum(axis=0), sum_g_centred.sum(axis=0)
     grad_input = None
     if "input" in needs:
         scale = invstd if weight is None else invstd * weight
         if training and count:
             # d/dx of (x - mean) * invstd through the batch statistics:
-            # scale * (g - mean(g) - x_hat * mean(g * x_hat))
-            centred *= (-(invstd ** 2) * sum_g_centred / count).astype(dtype)
-            centred += g2
-            centred -= (sum_g / count).astype(dtype)
-            centred *= scale.astype(dtype)
-            grad_input = centred.reshape(x.shape)
+            # scale * (g - mean(g) - (x - mean) * invstd^2 * mean(g * (x - mean)))
+            grad_input = np.empty(x2.shape, dtype)
+            _norm.grad_input(g2, x2, mean.astype(dtype), scale.astype(dtype),
+                             (-scale * invstd ** 2 * sum_g_centred / count).astype(dtype),
+                             (-scale * sum_g / count).astype(dtype), grad_input, threads)
+            grad_input = grad_input.reshape(x.shape)
         else:
             grad_input = np.multiply(g2, scale.astype(dtype), dtype=dtype).reshape(x.shape)
     grad_weight = (sum_g_centred * invstd).astype(dtype) if "weight" in needs else None

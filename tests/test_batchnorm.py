@@ -236,3 +236,24 @@ def test_batchnorm1d_equals_pytorch(shape):
     np.testing.assert_allclose(bn.running_var, module.running_var.numpy(), rtol=1e-12)
     # the state dict loads into PyTorch as it is
     module.load_state_dict({k: torch.tensor(v) for k, v in bn.state_dict().items()})
+
+
+def test_batch_norm_gives_the_same_bits_on_one_and_two_threads():
+    """The per-channel sums run in fixed ranges of rows: the thread count cannot change them."""
+    from fastconv import normalization as N
+    from fastconv.pooling import _threads
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((8, 33, 35, 19)).astype(np.float32) * 3 + 1  # 2 x 2**16 values+
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    weight, bias = rng.standard_normal(19), rng.standard_normal(19)
+    results = []
+    for threads in (1, 2):
+        with fc.num_threads(threads):
+            assert _threads(x.size) == threads  # the passes really share the work
+            y, mean, var = N.batch_norm_forward("batch_norm", x, None, None, weight, bias, True,
+                                                0.1, 1e-5)
+            grads = N.batch_norm_backward(gy, x, mean, var, weight, True, 1e-5)
+            results.append((y, mean, var, *grads))
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
