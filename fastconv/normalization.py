@@ -15,7 +15,7 @@ from fastconv.pooling import _threads
 
 # rows summed in this many fixed ranges (partial sums added in order: the same result for any
 # thread count, and enough ranges for the threads)
-SUM_CHUNKS = 16
+_SUM_CHUNKS = 16
 
 _LAYOUT = "(N, ..., C) [channels last]"
 
@@ -103,7 +103,7 @@ def batch_norm_forward(fn, x, running_mean, running_var, weight, bias, training,
 
 def _chunks(rows: int) -> int:
     """Fixed ranges of rows summed separately (the same for every thread count)."""
-    return max(1, min(SUM_CHUNKS, rows))
+    return max(1, min(_SUM_CHUNKS, rows))
 
 
 def _channel_sum(x2: np.ndarray, centre: np.ndarray | None, threads: int) -> np.ndarray:
