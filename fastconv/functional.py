@@ -361,11 +361,12 @@ def pack_weight(w: np.ndarray, groups: int, block: int | None = None) -> np.ndar
     # one copy, into memory aligned for the kernel's vector loads; the padding is zeros
     packed = _memory.empty((groups, n_blocks, kh, kw, cig, block), w.dtype)
     full, rest = divmod(cog, block)
-    blocks = w.reshape(kh, kw, cig, groups, cog).transpose(3, 0, 1, 2, 4)  # (g, kh, kw, cig, cog)
-    packed[:, :full] = blocks[..., :full * block].reshape(
-        groups, kh, kw, cig, full, block).transpose(0, 4, 1, 2, 3, 5)
+    w5 = w.reshape(kh, kw, cig, groups, cog)  # views: the assignments below are the one copy
+    if full:
+        packed[:, :full] = w5[..., :full * block].reshape(
+            kh, kw, cig, groups, full, block).transpose(3, 4, 0, 1, 2, 5)
     if rest:
-        packed[:, full, ..., :rest] = blocks[..., full * block:]
+        packed[:, full, ..., :rest] = w5[..., full * block:].transpose(3, 0, 1, 2, 4)
         packed[:, full, ..., rest:] = 0
     return packed
 

@@ -14,13 +14,15 @@ carry the original module paths ("layer1.0.body.0"). Then:
 - the activation that follows (ReLU, ReLU6, LeakyReLU, ELU, SiLU, Hardswish, Hardsigmoid,
   Sigmoid, Tanh, GELU), an Add of the result and another value (ResNet's and MobileNetV2's
   shortcut), and an activation after that add become the layer's post-ops
-  (fastconv._postops: bias, scale/shift, act, residual add, act, in one pass);
+  (fastconv._postops: bias, scale/shift, act, residual add, act), which the convolution
+  kernel applies as it stores its output (a transposed convolution, or a residual that
+  broadcasts: one pass after it);
 - Identity and Dropout (the identity in eval mode) are dropped;
 - every other layer is kept as it is.
 
 A value used by several nodes, or returned by the model, is never fused into a later node.
-The InferenceGraph reuses the activation buffers of FusedConv outputs from call to call; the
-arrays it returns are never such buffers. FusedConv layers keep plans and packed weights
+The InferenceGraph reuses the activation buffers of FusedConv outputs from call to call (any
+free one that fits, 64-byte aligned); the arrays it returns are never such buffers. FusedConv layers keep plans and packed weights
 (fastconv._plan), so their folded weights are packed once.
 """
 from __future__ import annotations
