@@ -128,7 +128,7 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
       channel's GEMM would sum one term) whose tiles have MIN_POINTWISE_TILE_ROWS pixels or
       more (each tile's GEMM packs the whole weight again: with fewer rows that is not paid
       back; 96 -> 576 at 14x14, batch 1, 25-pixel tiles: im2col 1.75x slower than direct and
-      blocked; equal from about 200 rows on), and for output channels per group filling less
+      blocked; about equal from 100 to 200 rows), and for output channels per group filling less
       than half a vector behind 64+ taps x input channels (a first layer's input gradient:
       the direct kernel's channel vectors run mostly empty, a GEMM's long sums do not);
     - direct otherwise: its register blocks beat im2col + BLAS on most layers of the suite.
@@ -364,12 +364,16 @@ def describe(geo, dtype="float32", threads: int | None = None) -> dict[str, tupl
 
 
 def forward_tile(weight_shape, itemsize: int, pixels: int) -> int:
-    """Output pixels per tile of im2col's forward kernel: its column buffer and the output
-    rows it writes (where the post-ops run on them) near COLUMN_BUFFER_BYTES together
-    (measured, 1x1 16 -> 96 at 112x112, batch 8, add and relu fused: 4096-pixel tiles 3.0 ms,
-    512 2.1 ms)."""
+    """Output pixels per tile of im2col's forward kernel: tile_pixels' (from its column
+    buffer), but writing no more than COLUMN_BUFFER_BYTES of output rows, which the post-ops
+    then find in L2 (1x1 16 -> 96 at 112x112, batch 8, add and relu fused: 4096-pixel tiles
+    3.0 ms, 1024 2.6 ms, 512 2.1 ms) unless that leaves fewer than MIN_POINTWISE_TILE_ROWS:
+    each tile's GEMM packs the weight again (96 -> 576 at 14x14, batch 8: 196-row tiles
+    0.48 ms, 97-row 0.58 ms)."""
     kh, kw, cig, cout = weight_shape
-    return tile_pixels(kh * kw * cig + cout, itemsize, pixels)
+    rows_in_l2 = COLUMN_BUFFER_BYTES // max(1, cout * itemsize)
+    return min(tile_pixels(kh * kw * cig, itemsize, pixels),
+               max(MIN_POINTWISE_TILE_ROWS, rows_in_l2))
 
 
 def tile_pixels(columns: int, itemsize: int, pixels: int) -> int:
