@@ -43,37 +43,27 @@ cdef class Epilogue:
                                  f"but got shape {residual.shape}")
         self._arrays = (*vectors, residual)
         if dtype == np.float32:
-            self.f32.bias = _floats(vectors[0])
-            self.f32.scale = _floats(vectors[1])
-            self.f32.shift = _floats(vectors[2])
-            self.f32.residual = _floats(residual)
+            self.f32.bias = <const float*> _address(vectors[0])
+            self.f32.scale = <const float*> _address(vectors[1])
+            self.f32.shift = <const float*> _address(vectors[2])
+            self.f32.residual = <const float*> _address(residual)
             self.f32.residual_pixel = channels
             self.f32.act1, self.f32.alpha1, self.f32.act2, self.f32.alpha2 = \
                 act1, <float> alpha1, act2, <float> alpha2
         else:
-            self.f64.bias = _doubles(vectors[0])
-            self.f64.scale = _doubles(vectors[1])
-            self.f64.shift = _doubles(vectors[2])
-            self.f64.residual = _doubles(residual)
+            self.f64.bias = <const double*> _address(vectors[0])
+            self.f64.scale = <const double*> _address(vectors[1])
+            self.f64.shift = <const double*> _address(vectors[2])
+            self.f64.residual = <const double*> _address(residual)
             self.f64.residual_pixel = channels
             self.f64.act1, self.f64.alpha1, self.f64.act2, self.f64.alpha2 = \
                 act1, alpha1, act2, alpha2
 
 
-cdef const float* _floats(a) except? NULL:
-    cdef const float[::1] view
-    if a is None or a.size == 0:
-        return NULL
-    view = a.reshape(-1)
-    return &view[0]
-
-
-cdef const double* _doubles(a) except? NULL:
-    cdef const double[::1] view
-    if a is None or a.size == 0:
-        return NULL
-    view = a.reshape(-1)
-    return &view[0]
+cdef size_t _address(a):
+    """The first element's address of a C-contiguous array kept alive by the Epilogue (0,
+    a NULL pointer, for None or an empty array: the step is absent)."""
+    return 0 if a is None or a.size == 0 else <size_t> a.ctypes.data
 
 
 def apply(floating[:, ::1] y, Epilogue post, int num_threads):
