@@ -104,6 +104,8 @@ class PostOps:
         out the bias (a kernel added it already)."""
         if self.residual and residual is None:
             raise ValueError("PostOps.apply: the chain adds a residual, but none was given")
+        if not y.flags.c_contiguous:
+            raise ValueError("PostOps.apply: y must be C-contiguous (it is changed in place)")
         if y.size == 0:
             return y
         rows = y.reshape(-1, y.shape[-1])

@@ -113,10 +113,21 @@ class FusedConv(L.Layer):
         if x.ndim not in (3, 4) or x.shape[-1] != self.in_channels:
             _params.check_channels(repr(self), x, self.in_channels, (3, 4),
                                    "(H, W, C) or (N, H, W, C) [NHWC]")
+        x4 = x[None] if x.ndim == 3 else x
+        plan = _plan.plan_for(self, x4)
+        if out is not None:  # the kernels write it with bounds checks off
+            expected = plan.out_shape[1:] if x.ndim == 3 else plan.out_shape
+            if (not isinstance(out, np.ndarray) or out.shape != expected
+                    or out.dtype != plan.dtype or not out.flags.c_contiguous):
+                got = (f"{out.dtype} array of shape {out.shape}" + (
+                    "" if out.flags.c_contiguous else ", not C-contiguous")
+                    if isinstance(out, np.ndarray) else type(out).__name__)
+                raise ValueError(f"{self!r}: out must be a C-contiguous {plan.dtype} array of "
+                                 f"shape {expected}, but got {got}")
         if x.ndim == 3:
             residual = None if residual is None else residual[None]
-            return self._convolve(x[None], residual, None if out is None else out[None])[0]
-        return self._convolve(x, residual, out)
+            return self._convolve(x4, residual, None if out is None else out[None], plan)[0]
+        return self._convolve(x, residual, out, plan)
 
     def _convolve(self, x: np.ndarray, residual, out, plan=None) -> np.ndarray:
         """The convolution and its post-ops on a 4-D x (`plan`: x's, when the caller has
@@ -130,8 +141,12 @@ class FusedConv(L.Layer):
         n = x.shape[0]
         ops = self.post_ops
         step = n
-        if ops.act1 or ops.residual or ops.scale is not None or ops.shift is not None:
-            post = self._epilogue_for(plan, residual) if plan.fuses_post else None
+        if residual is not None and not _adds_in_place(residual, plan.out_shape, plan.dtype):
+            step = n  # _post adds it into a new array, as the unfused Add would
+        elif ops.act1 or ops.residual or ops.scale is not None or ops.shift is not None:
+            post = None
+            if plan.fuses_post and (residual is None or residual.shape == plan.out_shape):
+                post = self._epilogue_for(plan, residual)
             if post is not None:
                 return plan.run(x, self.weight, self.bias, packs, out=out, post=post)
             image_bytes = math.prod(plan.out_shape[1:]) * plan.dtype.itemsize
@@ -159,10 +174,16 @@ class FusedConv(L.Layer):
         if kept is not None and kept[0] == key and kept[1] is residual:
             return kept[2]
         post = ops.epilogue(plan.out_shape, plan.dtype, residual)
-        self._epilogue = (key, residual, post)
+        # kept only while it reads the caller's array itself: a converted copy (another
+        # dtype, a strided view) would go stale when the caller refills the array
+        if residual is None or (residual.dtype == plan.dtype and residual.flags.c_contiguous):
+            self._epilogue = (key, residual, post)
         return post
 
     def _post(self, y: np.ndarray, residual, bias: bool) -> np.ndarray:
+        """The post-ops on y (bias=True: the bias too) as a pass. A residual that the
+        output cannot take in place (a larger shape it broadcasts to, a dtype it promotes
+        to) is added as the unfused Add would, into a new array."""
         ops = self.post_ops
         if residual is not None and residual.shape != y.shape:
             try:
@@ -170,16 +191,20 @@ class FusedConv(L.Layer):
             except ValueError:
                 raise ValueError(f"{self!r}: the residual of shape {residual.shape} does not "
                                  f"broadcast to the output's shape {y.shape}") from None
-            if np.broadcast_shapes(residual.shape, y.shape) != y.shape:
-                raise ValueError(f"{self!r}: the residual of shape {residual.shape} would "
-                                 f"broadcast the output's shape {y.shape}")
+        if residual is not None and not _adds_in_place(residual, y.shape, y.dtype):
+            PostOps(self.bias if bias else None, ops.scale, ops.shift, ops.act1).apply(y)
+            y = np.add(y, residual)
+            if y.dtype.kind != "f":  # a float16 sum, say: PostOps runs float32 or float64
+                y = y.astype(np.result_type(y, np.float32))
+            return PostOps(act1=ops.act2).apply(y) if ops.act2 else y
         wanted = ops.act1 or ops.residual or ops.scale is not None or ops.shift is not None
         if bias and self.bias is not None:
             if not wanted:
                 y += self.bias
                 return y
             ops = PostOps(self.bias, ops.scale, ops.shift, ops.act1, ops.residual, ops.act2)
-        if ops.act1 or ops.residual or ops.scale is not None or ops.bias is not None:
+        if (ops.act1 or ops.residual or ops.scale is not None or ops.shift is not None
+                or ops.bias is not None):
             ops.apply(y, residual)
         return y
 
@@ -207,6 +232,16 @@ class FusedConv(L.Layer):
                 what += f", groups={self.groups}"
         post = (["bias"] if self.bias is not None else []) + self.post_ops.names()
         return f"{self.source}: {what}, post_ops=[{', '.join(post)}]"
+
+
+def _adds_in_place(residual: np.ndarray, shape, dtype) -> bool:
+    """Whether y + residual, for y of `shape` and `dtype`, keeps y's shape and dtype (else the
+    unfused Add would make a larger array or promote the dtype)."""
+    try:
+        same_shape = np.broadcast_shapes(residual.shape, tuple(shape)) == tuple(shape)
+    except ValueError:
+        return False
+    return same_shape and np.result_type(residual.dtype, dtype) == dtype
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,10 +332,13 @@ def _fused_at_node(name: str, layer: FusedConv, args, pool: "_BufferPool") -> np
     out = pool.take(plan.out_shape, plan.dtype)
     try:
         residual = None if len(args) == 1 else _params.as_array("residual", args[1])
-        return layer._convolve(x, residual, out, plan)
+        result = layer._convolve(x, residual, out, plan)
     except (ValueError, TypeError):
         pool.give_back(out)
         return _at_node(name, layer, args)
+    if result.base is not out.base:  # a residual add made a new, larger or wider array
+        pool.give_back(out)
+    return result
 
 
 class _BufferPool:
@@ -319,7 +357,7 @@ class _BufferPool:
         without wasting more than half of itself, or in a new one."""
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         for i in range(len(self.free) - 1, -1, -1):
-            if nbytes <= _memory.capacity(self.free[i]) <= 2 * nbytes:
+            if nbytes <= _memory.capacity(self.free[i]) <= 2 * nbytes + _memory.ALIGNMENT:
                 return _memory.view(self.free.pop(i), shape, dtype)
         buffer = _memory.empty(shape, dtype)
         self.pooled[id(buffer.base)] = buffer.base
@@ -427,6 +465,11 @@ def _fuse(nodes: list, outputs: list) -> list:
             j = users[name][0]
             consumer = nodes[j][1]
             if nodes[j][2].count(name) != 1:
+                continue
+            # the fused node runs where its consumer did: not past a layer that overwrites
+            # one of its inputs in place in between
+            if any(getattr(nodes[k][1], "inplace", False) and set(nodes[k][2]) & set(args)
+                   for k in range(i + 1, j)):
                 continue
             fused_args = _absorb(layer, consumer, nodes[j][2], name, args)
             if fused_args is None:

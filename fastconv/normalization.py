@@ -6,6 +6,8 @@ accumulated in float64; the result has x's (and weight's) float dtype.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fastconv import _params
@@ -72,7 +74,7 @@ def batch_norm_forward(fn, x, running_mean, running_var, weight, bias, training,
     weight = _per_channel(fn, "weight", weight, channels, False)
     bias = _per_channel(fn, "bias", bias, channels, False)
     dtype = _params.float_dtype(x, *(a for a in (weight, bias) if a is not None))
-    x2 = np.ascontiguousarray(x.reshape(-1, channels), dtype)
+    x2 = np.ascontiguousarray(x.reshape(_rows(x), channels), dtype)
     count = x2.shape[0]
     threads = _threads(x2.size)
     if training:
@@ -99,6 +101,11 @@ def batch_norm_forward(fn, x, running_mean, running_var, weight, bias, training,
                         np.zeros(channels, dtype) if bias is None else bias.astype(dtype), y,
                         threads)
     return y.reshape(x.shape), mean, var
+
+
+def _rows(x: np.ndarray) -> int:
+    """x's values per channel (every axis but the last; reshape(-1, 0) would not say)."""
+    return math.prod(x.shape[:-1])
 
 
 def _chunks(rows: int) -> int:
@@ -135,8 +142,8 @@ def batch_norm_backward(grad_output, x, mean, var, weight=None, training=False, 
     channels = x.shape[-1]
     weight = _per_channel(fn, "weight", weight, channels, False)
     dtype = _params.float_dtype(gy, x, *(() if weight is None else (weight,)))
-    x2 = np.ascontiguousarray(x.reshape(-1, channels), dtype)
-    g2 = np.ascontiguousarray(gy.reshape(-1, channels), dtype)
+    x2 = np.ascontiguousarray(x.reshape(_rows(x), channels), dtype)
+    g2 = np.ascontiguousarray(gy.reshape(_rows(x), channels), dtype)
     count = x2.shape[0]
     threads = _threads(x2.size)
     if training and (mean is None or var is None):

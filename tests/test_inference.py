@@ -415,3 +415,81 @@ def test_large_outputs_run_a_few_images_at_a_time(monkeypatch):
     np.testing.assert_array_equal(fast(x), whole)
     assert {(2, 6, 6, 8), (1, 6, 6, 8)} <= {key[0] for key in fused._plans}
     _assert_close(fast(x), model.eval()(x), np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# found by a review: residuals the output cannot take in place, refilled inputs, bad `out`
+
+def _residual_block(dtype=np.float32):
+    rng = np.random.default_rng(11)
+    return Residual(L.Sequential(L.Conv2d(3, 8, 3, padding=1, rng=rng, dtype=dtype), L.ReLU(),
+                                 L.Conv2d(8, 3, 3, padding=1, rng=rng, dtype=dtype)))
+
+
+def test_a_refilled_input_that_had_to_be_converted_is_read_anew():
+    """x + body(x) with x a reused uint8 frame, or a strided NCHW view refilled in place:
+    the kernel's chain must not keep reading last call's converted copy."""
+    model = _residual_block()
+    fast = fastconv.optimize_for_inference(model)
+    rng = np.random.default_rng(12)
+    frame = np.zeros((1, 9, 9, 3), np.uint8)
+    nchw = np.zeros((1, 3, 9, 9), np.float32)
+    for _ in range(3):
+        frame[...] = rng.integers(0, 256, frame.shape)
+        _assert_close(fast(frame), model.eval()(frame), np.float32)
+        nchw[...] = rng.standard_normal(nchw.shape)
+        view = nchw.transpose(0, 2, 3, 1)
+        _assert_close(fast(view), model.eval()(view), np.float32)
+
+
+def test_residuals_that_widen_or_promote_the_output_are_added_as_the_add_would():
+    """Add(conv(pooled x), x) broadcasts the conv's (N, 1, 1, C) output up to x's shape, and a
+    float64 or integer operand promotes a float32 conv's result: the fused model gives the
+    unfused Add's shape and dtype."""
+    squeeze = Graph([("pool", L.AdaptiveAvgPool2d(1), "x"), ("fc", L.Conv2d(8, 8, 1, rng=3), "pool"),
+                     ("add", Add(), ("fc", "x"))])
+    x = RNG.standard_normal((2, 6, 6, 8)).astype(np.float32)
+    _assert_close(fastconv.optimize_for_inference(squeeze)(x), squeeze.eval()(x), np.float32)
+    two = Graph([("conv", L.Conv2d(3, 4, 3, padding=1, rng=4), "x"), ("add", Add(), ("conv", "r")),
+                 ("relu", L.ReLU(), "add")], inputs=("x", "r"))
+    fast = fastconv.optimize_for_inference(two)
+    x = RNG.standard_normal((2, 5, 5, 3)).astype(np.float32)
+    for r in (RNG.standard_normal((2, 5, 5, 4)), np.arange(4), np.ones((2, 5, 5, 4), np.int16)):
+        expected = two.eval()(x, r)
+        got = fast(x, r)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_no_conv_moves_past_a_layer_that_overwrites_its_input():
+    nodes = [("t", L.Conv2d(3, 4, 1, rng=5), "x"), ("a", L.Conv2d(4, 4, 1, rng=6), "t"),
+             ("b", L.ReLU(inplace=True), "t"), ("add", Add(), ("a", "b"))]
+    model = Graph(nodes)
+    x = RNG.standard_normal((1, 4, 4, 3)).astype(np.float32)
+    _assert_close(fastconv.optimize_for_inference(model)(x), Graph(nodes).eval()(x), np.float32)
+
+
+def test_a_fused_conv_refuses_an_out_it_cannot_fill():
+    fused = fastconv.optimize_for_inference(L.Sequential(L.Conv2d(4, 4, 3, padding=1, rng=0),
+                                                         L.ReLU())).nodes[0][1]
+    x = np.ones((3, 5, 5, 4), np.float32)
+    for out in (np.zeros((1, 5, 5, 4), np.float32), np.zeros((3, 5, 5, 4)),
+                np.zeros((3, 5, 5, 8), np.float32)[..., ::2], [0.0]):
+        with pytest.raises(ValueError, match="out must be a C-contiguous float32 array of "
+                                             r"shape \(3, 5, 5, 4\)"):
+            fused.forward(x, out=out)
+    good = np.zeros((3, 5, 5, 4), np.float32)
+    assert fused.forward(x, out=good) is good
+
+
+def test_the_pool_reuses_empty_and_tiny_buffers():
+    fast = fastconv.optimize_for_inference(L.Sequential(
+        L.Conv2d(3, 4, 3, padding=1, rng=0), L.ReLU(), L.Conv2d(4, 2, 1, rng=0), L.ReLU(),
+        L.Conv2d(2, 3, 1, rng=0)))
+    for n in (0, 1):
+        x = np.zeros((n, 1, 1, 3), np.float32)
+        fast(x)
+        count = len(fast._local.pool.pooled)
+        for _ in range(5):
+            fast(x)
+        assert len(fast._local.pool.pooled) == count
