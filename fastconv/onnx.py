@@ -71,6 +71,9 @@ SUPPORTED = {
 #: ONNX operators computed by Elementwise
 _ELEMENTWISE_OPS = {"Sqrt": "sqrt", "Erf": "erf", "Exp": "exp", "Neg": "neg",
                     "Reciprocal": "reciprocal"}
+# operators without attributes that are one activation layer each
+_ACTIVATION_LAYERS = {"Relu": L.ReLU, "Sigmoid": L.Sigmoid, "Tanh": L.Tanh,
+                      "HardSwish": L.Hardswish}
 
 
 class OnnxError(ValueError):
@@ -586,9 +589,10 @@ class _Loader:
                     return
                 self._fold(node)
                 return
-            if op in _ELEMENTWISE_OPS:
-                self._attrs(node)
-                self._unary(node, Elementwise(_ELEMENTWISE_OPS[op]))
+            if op in _ELEMENTWISE_OPS or op in _ACTIVATION_LAYERS:
+                self._attrs(node)  # none: any attribute is refused
+                self._unary(node, Elementwise(_ELEMENTWISE_OPS[op]) if op in _ELEMENTWISE_OPS
+                            else _ACTIVATION_LAYERS[op]())
                 return
             convert = getattr(self, f"_op_{op}", None)
             if convert is None:
@@ -892,22 +896,6 @@ class _Loader:
                    dict(zip(("weight", "bias", "running_mean", "running_var"), node.input[1:5])))
 
     # -- activations ---------------------------------------------------------------------------
-    def _op_Relu(self, node):
-        self._attrs(node)
-        self._unary(node, L.ReLU())
-
-    def _op_Sigmoid(self, node):
-        self._attrs(node)
-        self._unary(node, L.Sigmoid())
-
-    def _op_Tanh(self, node):
-        self._attrs(node)
-        self._unary(node, L.Tanh())
-
-    def _op_HardSwish(self, node):
-        self._attrs(node)
-        self._unary(node, L.Hardswish())
-
     def _op_LeakyRelu(self, node):
         self._unary(node, L.LeakyReLU(self._attrs(node, "alpha").get("alpha", 0.01)))
 
