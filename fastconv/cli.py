@@ -44,39 +44,34 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def _layers(text: str) -> list[str]:
+def _known(text: str, known, what: str, choices: str) -> list[str]:
+    """The comma-separated names in text, without repeats, in the given order; each must be
+    in `known` (else "unknown {what} ...; {choices}")."""
     names = _names(text)
-    unknown = [name for name in names if name not in _bench.LAYERS]
+    unknown = [name for name in names if name not in known]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown layer {', '.join(map(repr, unknown))}; the suite has: "
-            f"{', '.join(_bench.LAYERS)}")
-    return names
+            f"unknown {what} {', '.join(map(repr, unknown))}; {choices}")
+    return list(dict.fromkeys(names))
+
+
+def _layers(text: str) -> list[str]:
+    return _known(text, _bench.LAYERS, "layer", f"the suite has: {', '.join(_bench.LAYERS)}")
 
 
 def _models(text: str) -> list[str]:
     from fastconv._bench_models import MODELS
 
-    names = list(MODELS) if text == "all" else _names(text)
-    unknown = [name for name in names if name not in MODELS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown model {', '.join(map(repr, unknown))}; choose from "
-            f"{', '.join(MODELS)} (or all)")
-    return list(dict.fromkeys(names))
+    return _known(",".join(MODELS) if text == "all" else text, MODELS, "model",
+                  f"choose from {', '.join(MODELS)} (or all)")
 
 
 def _compare(text: str) -> str | list[str]:
     """"auto", "none" or a comma-separated list of peers (each then required)."""
     if text in ("auto", "none"):
         return text
-    names = _names(text)
-    unknown = [name for name in names if name not in COMPARE_PEERS]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown peer {', '.join(map(repr, unknown))}; choose auto, none or a list of "
-            f"{', '.join(COMPARE_PEERS)}")
-    return list(dict.fromkeys(names))
+    return _known(text, COMPARE_PEERS, "peer",
+                  f"choose auto, none or a list of {', '.join(COMPARE_PEERS)}")
 
 
 def _algorithm_names() -> tuple[str, ...]:
@@ -87,14 +82,8 @@ def _algorithm_names() -> tuple[str, ...]:
 
 
 def _algorithms(text: str) -> list[str]:
-    names = _names(text)
     known = _algorithm_names()
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown algorithm {', '.join(map(repr, unknown))}; choose from "
-            f"{', '.join(known)}")
-    return list(dict.fromkeys(names))  # without repeats, in the given order
+    return _known(text, known, "algorithm", f"choose from {', '.join(known)}")
 
 
 def _positive_int(what: str):
