@@ -40,6 +40,34 @@ def _colours(algorithms, peers) -> dict[str, str]:
     return colours
 
 
+def _fail(ax, x: float) -> None:
+    """"FAIL" upright at x where a bar would be: a wrong result has no speed worth drawing."""
+    ax.text(x, 0, "FAIL", rotation=90, ha="center", va="bottom", color="#c00000", fontsize=8,
+            fontweight="bold")
+
+
+def _style(ax, ylabel: str, labels: list[str], bar_labels: bool) -> None:
+    """A panel's axes: one tick per group of bars, room above them for the bars' labels."""
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 1 else 0,
+                  ha="right" if len(labels) > 1 else "center", fontsize=8)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
+    ax.margins(y=0.2 if bar_labels else 0.05)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+def _finish(fig: Figure, handles: dict, names, title: str) -> Figure:
+    """One legend for all panels (in the order of `names`) and the title."""
+    if handles:
+        order = [n for n in names if n in handles]
+        fig.legend([handles[n] for n in order], order, loc="outside lower center",
+                   ncols=len(order), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
 def figure(results, algorithms, peers, title: str = "") -> Figure:
     """The bar chart of a bench run (a list of _bench.Result): one panel per direction (in
     the order they appear), a group of bars per layer, a bar per implementation that ran
@@ -67,8 +95,7 @@ def figure(results, algorithms, peers, title: str = "") -> Figure:
                     xs.append(i + offset)
                     heights.append(value)
                 elif entry is not None and entry.status == "FAIL":
-                    ax.text(i + offset, 0, "FAIL", rotation=90, ha="center", va="bottom",
-                            color="#c00000", fontsize=8, fontweight="bold")
+                    _fail(ax, i + offset)
             if not xs:
                 continue
             bars = ax.bar(xs, heights, bar, color=colours[name], label=name)
@@ -79,21 +106,8 @@ def figure(results, algorithms, peers, title: str = "") -> Figure:
         what = "input + weight gradients" if direction == "backward" else "forward"
         ax.set_title(f"{direction} ({what})" if direction != "forward" else direction,
                      fontsize=10)
-        ax.set_ylabel("GFLOP/s")
-        ax.set_xticks(range(len(rows)), [r.layer.name for r in rows],
-                      rotation=30 if len(rows) > 1 else 0, ha="right" if len(rows) > 1 else
-                      "center", fontsize=8)
-        ax.set_xlim(-0.6, len(rows) - 0.4)
-        ax.margins(y=0.2 if label_bars else 0.05)
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-    if handles:
-        order = [n for n in names if n in handles]
-        fig.legend([handles[n] for n in order], order, loc="outside lower center",
-                   ncols=len(order), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return fig
+        _style(ax, "GFLOP/s", [r.layer.name for r in rows], label_bars)
+    return _finish(fig, handles, names, title)
 
 
 def save(results, algorithms, peers, path: str, title: str = "") -> None:
@@ -126,8 +140,7 @@ def models_figure(results, engines, title: str = "") -> Figure:
             heights = [rows[i].images_per_s(engine) for i in drawn]
             for i, r in enumerate(rows):
                 if engine in r.failed:  # a wrong result has no speed worth drawing
-                    ax.text(i + offset, 0, "FAIL", rotation=90, ha="center", va="bottom",
-                            color="#c00000", fontsize=8, fontweight="bold")
+                    _fail(ax, i + offset)
             if xs:
                 bars = ax.bar(xs, heights, bar, color=ENGINE_COLOURS.get(engine, "#444444"),
                               label=engine)
@@ -137,21 +150,8 @@ def models_figure(results, engines, title: str = "") -> Figure:
         what = "a training step" if mode == "train" else "inference"
         ax.set_title(f"{what} ({rows[0].image} px)" if len({r.image for r in rows}) == 1
                      else what, fontsize=10)
-        ax.set_ylabel("images/s")
-        ax.set_xticks(range(len(rows)), [f"{r.model} b{r.batch}" for r in rows],
-                      rotation=30 if len(rows) > 1 else 0,
-                      ha="right" if len(rows) > 1 else "center", fontsize=8)
-        ax.set_xlim(-0.6, len(rows) - 0.4)
-        ax.margins(y=0.2)
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-    if handles:
-        order = [e for e in engines if e in handles]
-        fig.legend([handles[e] for e in order], order, loc="outside lower center",
-                   ncols=len(order), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    return fig
+        _style(ax, "images/s", [f"{r.model} b{r.batch}" for r in rows], True)
+    return _finish(fig, handles, engines, title)
 
 
 def save_models(results, engines, path: str, title: str = "") -> None:
