@@ -131,29 +131,22 @@ def _max_pool_nd(fn, one_d, x, kernel_size, stride, padding, dilation, ceil_mode
     x, unbatched = _batched("input", x, one_d)
     return_indices = _params.as_bool("return_indices", return_indices)
     geo = _params.pool_geometry(fn, x.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    y, idx = _max_pool(x, geo, _params.float_dtype(x), return_indices)
     if not return_indices:
-        return _unshown(_max_pool_values(x, geo, _params.float_dtype(x)), unbatched, one_d)
-    y, idx = _max_pool(x, geo, _params.float_dtype(x))
+        return _unshown(y, unbatched, one_d)
     return _unshown(y, unbatched, one_d), _unshown(idx, unbatched, one_d)
 
 
-def _max_pool(x: np.ndarray, geo: _params.PoolGeometry, dtype) -> tuple[np.ndarray, np.ndarray]:
+def _max_pool(x: np.ndarray, geo: _params.PoolGeometry, dtype,
+              indices: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """The maxima and (indices=True) their flat indices; without them, about 3x faster."""
     y = _memory.empty(geo.out_shape, dtype)
-    idx = np.empty(geo.out_shape, np.int64)
+    idx = np.empty(geo.out_shape if indices else (0, 0, 0, 0), np.int64)
     # the padding after the image needs no argument: y's shape says how far windows go
     _pool.max_pool_forward(np.ascontiguousarray(x, dtype), y, idx, *geo.kernel_hw, *geo.stride,
                            geo.padding[0][0], geo.padding[1][0], *geo.dilation,
                            _threads(y.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
-    return y, idx
-
-
-def _max_pool_values(x: np.ndarray, geo: _params.PoolGeometry, dtype) -> np.ndarray:
-    """_max_pool's maxima alone (no indices to find and store: about 3x faster)."""
-    y = _memory.empty(geo.out_shape, dtype)
-    _pool.max_pool_values(np.ascontiguousarray(x, dtype), y, *geo.kernel_hw, *geo.stride,
-                          geo.padding[0][0], geo.padding[1][0], *geo.dilation,
-                          _threads(y.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
-    return y
+    return y, (idx if indices else None)
 
 
 def max_pool2d_backward(grad_output, x, kernel_size, stride=None, padding=0, dilation=1,

@@ -9,10 +9,6 @@ def max_pool_forward(
     x: _Floats, y: _Floats, idx: npt.NDArray[np.int64],
     kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, num_threads: int,
 ) -> None: ...
-def max_pool_values(
-    x: _Floats, y: _Floats,
-    kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, num_threads: int,
-) -> None: ...
 def max_pool_backward(
     gy: _Floats, idx: npt.NDArray[np.int64], gx: _Floats, channel_block: int, num_threads: int,
 ) -> None: ...
