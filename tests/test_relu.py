@@ -94,3 +94,24 @@ def test_relu_bad_arguments():
         pooling.relu(np.array(["a"]))
     with pytest.raises(TypeError, match="real numbers"):
         pooling.relu(np.ones(2, complex))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_backward_kernel_on_two_threads_zeroes_even_nan_and_inf_gradients(dtype):
+    """The branch-free kernel (the gradient's bits masked): where x <= 0 the gradient is 0
+    even when grad_output is NaN or inf (threshold_backward), on a strided grad_output, with
+    the work shared by two threads."""
+    import fastconv
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 200, 300)).astype(dtype)
+    g = rng.standard_normal((3, 200, 600)).astype(dtype)[..., ::2]  # not contiguous
+    g[0, 0, :4] = [np.nan, np.inf, -np.inf, np.nan]
+    x[0, 0, :4] = [-1.0, -1.0, 1.0, 1.0]
+    want = np.where(~(x <= 0), g, dtype(0))
+    with fastconv.num_threads(2):
+        assert pooling._threads(x.size) == 2
+        got = pooling.relu_backward(g, x)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got[0, 0, :4], [0, 0, -np.inf, np.nan])
