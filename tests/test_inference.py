@@ -433,12 +433,13 @@ def test_a_refilled_input_that_had_to_be_converted_is_read_anew():
     fast = fastconv.optimize_for_inference(model)
     rng = np.random.default_rng(12)
     frame = np.zeros((1, 9, 9, 3), np.uint8)
-    nchw = np.zeros((1, 3, 9, 9), np.float32)
-    for _ in range(3):
+    for _ in range(3):  # the same array object at every call
         frame[...] = rng.integers(0, 256, frame.shape)
         _assert_close(fast(frame), model.eval()(frame), np.float32)
+    nchw = np.zeros((1, 3, 9, 9), np.float32)
+    view = nchw.transpose(0, 2, 3, 1)
+    for _ in range(3):
         nchw[...] = rng.standard_normal(nchw.shape)
-        view = nchw.transpose(0, 2, 3, 1)
         _assert_close(fast(view), model.eval()(view), np.float32)
 
 
