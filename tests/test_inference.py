@@ -194,7 +194,8 @@ def test_every_kernel_applies_the_chain_in_its_stores(case, level, dtype, monkey
     ho, wo = ((h + 2 * pad - k) // stride + 1, (w_ + 2 * pad - k) // stride + 1)
     plain = np.full((n, ho, wo, cout), np.nan, dtype)
     run = lambda y, post: functional.run_forward(  # noqa: E731
-        prepared, x, (pad, pad), y, (stride, stride), (1, 1), groups, None, post)
+        prepared, x, (pad, pad), y, (stride, stride), (1, 1), groups,
+        lambda other: functional.prepare_weight(other, w, bias, groups), post)
     run(plain, None)
     scale, shift = RNG.uniform(0.5, 1.5, cout), RNG.standard_normal(cout)
     residual = RNG.standard_normal(plain.shape).astype(dtype)
