@@ -71,6 +71,12 @@ class PostOps:
         self.bias, self.scale, self.shift = bias, scale, shift
         self.act1, self.residual, self.act2 = act1, bool(residual), act2
 
+    @property
+    def is_empty(self) -> bool:
+        """Whether the chain has no step (the output stays as the kernel left it)."""
+        return (self.bias is None and self.scale is None and self.shift is None
+                and self.act1 is None and not self.residual)
+
     def names(self) -> list[str]:
         """The steps, in order, e.g. ["bias", "relu", "add", "relu"]."""
         steps = [name for name in ("bias", "scale", "shift") if getattr(self, name) is not None]

@@ -22,8 +22,9 @@ carry the original module paths ("layer1.0.body.0"). Then:
 
 A value used by several nodes, or returned by the model, is never fused into a later node.
 The InferenceGraph reuses the activation buffers of FusedConv outputs from call to call (any
-free one that fits, 64-byte aligned); the arrays it returns are never such buffers. FusedConv layers keep plans and packed weights
-(fastconv._plan), so their folded weights are packed once.
+free one that fits, 64-byte aligned); the arrays it returns are never such buffers. FusedConv
+layers keep plans and packed weights (fastconv._plan), so their folded weights are packed
+once.
 """
 from __future__ import annotations
 
@@ -139,18 +140,16 @@ class FusedConv(L.Layer):
             plan = _plan.plan_for(self, x)
         packs = _plan.packs_of(self)
         n = x.shape[0]
-        ops = self.post_ops
-        step = n
-        if residual is not None and not _adds_in_place(residual, plan.out_shape, plan.dtype):
-            step = n  # _post adds it into a new array, as the unfused Add would
-        elif ops.act1 or ops.residual or ops.scale is not None or ops.shift is not None:
-            post = None
-            if plan.fuses_post and (residual is None or residual.shape == plan.out_shape):
-                post = self._epilogue_for(plan, residual)
-            if post is not None:
-                return plan.run(x, self.weight, self.bias, packs, out=out, post=post)
-            image_bytes = math.prod(plan.out_shape[1:]) * plan.dtype.itemsize
-            step = max(1, _algorithms.STREAM_BYTES // max(1, image_bytes))
+        if self.post_ops.is_empty or (
+                residual is not None and not _adds_in_place(residual, plan.out_shape, plan.dtype)):
+            # nothing after the kernel, or a residual added into a new array by _post
+            return self._post(plan.run(x, self.weight, self.bias, packs, out=out), residual,
+                              bias=False)
+        if plan.fuses_post and (residual is None or residual.shape == plan.out_shape):
+            return plan.run(x, self.weight, self.bias, packs, out=out,
+                            post=self._epilogue_for(plan, residual))
+        image_bytes = math.prod(plan.out_shape[1:]) * plan.dtype.itemsize
+        step = max(1, _algorithms.STREAM_BYTES // max(1, image_bytes))
         if step >= n:
             y = plan.run(x, self.weight, self.bias, packs, out=out)
             return self._post(y, residual, bias=False)
@@ -197,16 +196,12 @@ class FusedConv(L.Layer):
             if y.dtype.kind != "f":  # a float16 sum, say: PostOps runs float32 or float64
                 y = y.astype(np.result_type(y, np.float32))
             return PostOps(act1=ops.act2).apply(y) if ops.act2 else y
-        wanted = ops.act1 or ops.residual or ops.scale is not None or ops.shift is not None
         if bias and self.bias is not None:
-            if not wanted:
+            if ops.is_empty:  # NumPy's add, no pass of the chain
                 y += self.bias
                 return y
             ops = PostOps(self.bias, ops.scale, ops.shift, ops.act1, ops.residual, ops.act2)
-        if (ops.act1 or ops.residual or ops.scale is not None or ops.shift is not None
-                or ops.bias is not None):
-            ops.apply(y, residual)
-        return y
+        return y if ops.is_empty else ops.apply(y, residual)
 
     def backward(self, grad_output):
         raise RuntimeError(f"{type(self).__name__}.backward: a fused layer is for inference "
