@@ -122,7 +122,7 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
                      groups: int) -> tuple[str, str]:
     """"auto"'s (kernel, reason) for a convolution:
     - Winograd where it serves and pays (see winograd_refusal);
-    - the blocked direct kernel where its blocks fill (see blocked_pays);
+    - the blocked direct kernel past one vector of output channels (see blocked_pays);
     - im2col for a 1x1 stride-1 convolution with 8 or more input channels per group (a
       single GEMM on the input as it is, with no column copy; not depthwise, where each
       channel's GEMM would sum one term) whose tiles have MIN_POINTWISE_TILE_ROWS pixels or
@@ -142,7 +142,7 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
     if not refusal:
         return "winograd", WINOGRAD_REASON
     if blocked_pays(weight_shape, itemsize, stride, groups):
-        return "blocked", _with_refusal("blocked (its channel blocks fill)", refusal)
+        return "blocked", _with_refusal(BLOCKED_REASON, refusal)
     pixels = out_shape[0] * out_shape[1] * out_shape[2]
     if ((kh, kw) == (1, 1) and tuple(stride) == (1, 1) and cig >= 8
             and forward_tile(weight_shape, itemsize, pixels) >= MIN_POINTWISE_TILE_ROWS):
@@ -154,6 +154,9 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
     return "direct", _with_refusal("direct (the default)", refusal)
 
 
+BLOCKED_REASON = "blocked (more than one vector of output channels, 16+ input channels)"
+
+
 def _with_refusal(rule: str, winograd_refusal: str) -> str:
     """A rule's reason, with why Winograd was not taken where it serves."""
     if winograd_refusal == NOT_WINOGRAD_SHAPED:
@@ -163,26 +166,24 @@ def _with_refusal(rule: str, winograd_refusal: str) -> str:
 
 def blocked_pays(weight_shape, itemsize: int, stride, groups: int) -> bool:
     """Whether the blocked kernel beats direct and im2col (measured on an AMD Zen 5, AVX-512,
-    fp32, 1 and 2 threads): its register block is OUT_BLOCK output channels (4 vectors on
-    AVX-512, 2 on AVX2) x 6 pixels, summed over kh*kw taps x C_in/groups, so it pays when
-    - a group's output channels fill its blocks (at least 3/4 of the padded width: 16
-      channels in a 64-wide block run at a quarter of its speed, below direct),
-    - a group has at least 16 input channels (fewer: the per-tap work is too short to cover
-      setting up a block; the 3-channel stem runs on direct),
-    - and it is not a 1x1 stride-1 convolution with fewer than 128 input channels per group:
-      that one GEMM on the input as it is (im2col) streams a large output better
-      (64 -> 256 at 56x56, 2 threads: im2col 1.5x blocked); from 128 input channels blocked
-      wins (256 -> 64 at 56x56 1.1-1.2x, 1024 -> 256 at 14x14 1.35x, 512 -> 2048 at 7x7 1.2x).
+    fp32, 2 threads, with a relu fused): its register block is up to 4 vectors (AVX-512; 2 on
+    AVX2) of output channels x 6 pixels (8 pixels for 2 vectors or fewer), summed over kh*kw
+    taps x C_in/groups, a group's last block as few vectors as its channels need. It pays
+    - when a group has more output channels than one vector holds (one vector: direct's
+      8-pixel block is the same block without the packed weight's setup; 32 -> 16 1x1 at
+      112x112: direct 1.2x blocked),
+    - and at least 16 input channels (fewer: the per-tap work is too short to cover setting
+      up a block; the 3-channel stem runs on direct).
+    1x1 convolutions of every width, 3x3 ones where Winograd does not serve: 0.9-1.5x the
+    time of the better of direct and im2col (16 -> 96 at 112x112 1.2x, 96 -> 576 at 14x14
+    1.3x, 64 -> 64 at 8x56x56 1.2x; 16 -> 96 at 8x112x112 0.9x, im2col's GEMM on the input
+    as it is).
     im2col's GEMMs stay single-threaded inside OpenMP threads: one multi-threaded BLAS GEMM
     ran 1.1-1.4x faster alone, but its threads and OpenMP's then spin against each other
     (a 3x3 layer right after it ran at half speed)."""
     kh, kw, cig, cout = weight_shape
-    cog = cout // groups
-    block = KERNELS["blocked"].OUT_BLOCK["float32" if itemsize == 4 else "float64"]
-    padded = -(-cog // block) * block
-    if is_depthwise(weight_shape, groups) or cig < 16 or 4 * cog < 3 * padded:
-        return False
-    return not ((kh, kw) == (1, 1) and tuple(stride) == (1, 1) and cig < 128)
+    return not (is_depthwise(weight_shape, groups) or cig < 16
+                or cout // groups <= MACHINE.lanes(itemsize))
 
 
 def _auto_picks_winograd(weight_shape, out_shape, itemsize: int, stride, dilation, groups: int,
@@ -298,7 +299,8 @@ def weight_gradient_rule(weight_shape, out_shape, itemsize: int, geo) -> tuple[s
     input channels run empty) and for 1x1 kernels with at least 256 input channels per group
     (one GEMM x^T gy per chunk of pixels; measured on a Zen 5, 2 threads: 1024 -> 256 at 14x14
     1.4-1.8x direct, 512 -> 2048 at 7x7 1.6-1.8x, 256 -> 64 at 56x56 1.0x, but 64 -> 256 at
-    56x56 0.85x); blocked where its blocks fill (blocked_pays: 3x3 256 -> 256 at 14x14 1.1x
+    56x56 0.85x); blocked where it pays (blocked_pays and _blocked_weight_gradient_pays:
+    3x3 256 -> 256 at 14x14 1.1x
     im2col and 1.5x direct, 512 -> 512 at 7x7 1.5x and 2x); direct otherwise."""
     refusal = _auto_winograd_refusal(weight_shape, out_shape, itemsize, geo.stride,
                                      geo.dilation, geo.groups, WINOGRAD_MAX_GRAD_WEIGHT_BYTES)
@@ -310,9 +312,23 @@ def weight_gradient_rule(weight_shape, out_shape, itemsize: int, geo) -> tuple[s
             return "im2col", f"rule: {cig} input channels per group: GEMM"
         if tuple(weight_shape[:2]) == (1, 1) and cig >= 256:
             return "im2col", f"rule: 1x1 with {cig} input channels per group: one GEMM x^T gy"
-    if blocked_pays(weight_shape, itemsize, geo.stride, geo.groups):
-        return "blocked", _with_refusal("blocked (its channel blocks fill)", refusal)
+    if (blocked_pays(weight_shape, itemsize, geo.stride, geo.groups)
+            and _blocked_weight_gradient_pays(weight_shape, itemsize, geo)):
+        return "blocked", _with_refusal(BLOCKED_REASON, refusal)
     return "direct", _with_refusal("direct (the default)", refusal)
+
+
+def _blocked_weight_gradient_pays(weight_shape, itemsize: int, geo) -> bool:
+    """Beyond blocked_pays, for a weight gradient (measured as blocked_pays): a group's output
+    channels fill at least 3/4 of the OUT_BLOCK-wide blocks (unlike the forward kernel, its
+    last block runs at full width on zero-padded gradients: 16 channels in a 64-wide block
+    run at a quarter of its speed), and it is not a 1x1 stride-1 convolution with fewer than
+    128 input channels per group (64 -> 256 at 8x56x56: direct 1.25x blocked)."""
+    kh, kw, cig, cout = weight_shape
+    cog = cout // geo.groups
+    block = KERNELS["blocked"].OUT_BLOCK["float32" if itemsize == 4 else "float64"]
+    pointwise = (kh, kw) == (1, 1) and tuple(geo.stride) == (1, 1)
+    return 4 * cog >= 3 * (-(-cog // block) * block) and not (pointwise and cig < 128)
 
 
 def input_gradient_rule(weight_shape, geo, itemsize: int) -> tuple[str, str]:

@@ -298,10 +298,12 @@ def test_describe_gives_each_direction_and_its_rule(autotune):
     assert set(chosen) == {"forward", "input_gradient", "weight_gradient"}
     assert chosen["forward"] == ("winograd", _algorithms.WINOGRAD_REASON)
     pointwise = _algorithms.describe(_geo((2, 56, 56, 64), (1, 1, 64, 256)))
-    assert pointwise["forward"] == ("im2col", "rule: 1x1 stride 1: one GEMM on the input as "
-                                              "it is")
+    assert pointwise["forward"] == ("blocked", "rule: " + _algorithms.BLOCKED_REASON)
+    # too few input channels for blocked, one vector of outputs: one GEMM on the input
+    narrow = _algorithms.describe(_geo((2, 56, 56, 12), (1, 1, 12, 16)))
+    assert narrow["forward"] == ("im2col", "rule: 1x1 stride 1: one GEMM on the input as it is")
     # too few pixels for GEMM tiles of MIN_POINTWISE_TILE_ROWS: each would repack the weight
-    small = _algorithms.describe(_geo((1, 14, 14, 96), (1, 1, 96, 576)))
+    small = _algorithms.describe(_geo((1, 14, 14, 12), (1, 1, 12, 16)))
     assert small["forward"][0] == "direct"
     strided = _algorithms.describe(_geo((1, 16, 16, 8), (2, 2, 8, 8), stride=2))
     assert strided["input_gradient"][0] == "im2col"

@@ -31,10 +31,12 @@ def run_kernel(module, x, w, bias, stride, pads, dilation, groups, in_block, ite
 
 
 def channel_counts(module, dtype):
-    """1, around one vector and around one block (and two) of output channels."""
+    """1, around one vector, every number of vectors in a block (the last block runs with
+    as many vectors as it needs) and around one block (and two) of output channels."""
     block = module.OUT_BLOCK[np.dtype(dtype).name]
     vector = block // 4 if module.ISA == "avx512" else block // 2
-    counts = {1, vector - 1, vector, vector + 1, block - 1, block, block + 1, 2 * block + 1}
+    counts = {1, vector - 1, vector, vector + 1, 2 * vector + 1, 3 * vector - 1, block - 1,
+              block, block + 1, 2 * block + 1}
     return sorted(c for c in counts if c >= 1)
 
 

@@ -205,7 +205,10 @@ def test_info(capsys):
     rows = {line.split()[0]: line.split()[1:] for line in out if line.startswith("  ")
             and line.split()[0] in _bench.LAYERS}
     assert set(rows) == set(_bench.LAYERS)
-    assert rows["resnet_1x1_56"][:2] == ["im2col", "[1]"] or rows["resnet_1x1_56"][0] == "im2col"
+    for name in ("resnet_1x1_56", "resnet_3x3_14"):  # the rows show auto's own choices
+        chosen = _bench.auto_choices(_bench.LAYERS[name])
+        assert rows[name][0::2] == [chosen[d][0] for d in
+                                    ("forward", "input_gradient", "weight_gradient")]
     assert all(cells[0::2] and set(cells[0::2]) <= {"direct", "im2col", "winograd", "blocked"}
                for cells in rows.values())
     assert any(line.startswith("  [1] rule: ") for line in out)

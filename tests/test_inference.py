@@ -30,7 +30,7 @@ def _randomise_norms(model, rng):
 
 
 def _assert_close(actual, expected, dtype):
-    scale = max(float(np.max(np.abs(expected))), 1e-30)
+    scale = max(float(np.nanmax(np.abs(expected), initial=0.0)), 1e-30)
     assert actual.dtype == expected.dtype
     np.testing.assert_allclose(actual, expected, rtol=TOL[dtype], atol=TOL[dtype] * scale)
 
@@ -159,6 +159,7 @@ KERNEL_CASES = [
     ("blocked", "_blocked", 2, 7, 13, 9, 3, 63, 1, 1, 1),
     ("blocked", "_blocked", 1, 10, 10, 40, 1, 129, 1, 0, 1),
     ("blocked", "_blocked", 1, 11, 8, 12, 3, 18, 2, 1, 3),
+    ("blocked", "_blocked", 2, 5, 9, 16, 1, 41, 1, 0, 1),
     ("winograd", "_winograd", 2, 9, 10, 16, 3, 17, 1, 1, 1),
 ]
 
@@ -188,6 +189,7 @@ def test_every_kernel_applies_the_chain_in_its_stores(case, level, dtype, monkey
     monkeypatch.setitem(_algorithms.KERNELS, algo, modules[level])
     monkeypatch.setattr(_algorithms, "PARALLEL_MIN_FLOPS", 0)
     x = RNG.standard_normal((n, h, w_, c)).astype(dtype)
+    x[-1, -1, -1, 0] = np.nan  # stays NaN through every step (in registers too)
     w = RNG.standard_normal((k, k, c // groups, cout)).astype(dtype)
     bias = RNG.standard_normal(cout).astype(dtype)
     prepared = functional.prepare_weight(algo, w, bias, groups)
@@ -197,9 +199,12 @@ def test_every_kernel_applies_the_chain_in_its_stores(case, level, dtype, monkey
         prepared, x, (pad, pad), y, (stride, stride), (1, 1), groups,
         lambda other: functional.prepare_weight(other, w, bias, groups), post)
     run(plain, None)
+    assert np.isnan(plain).any()
     scale, shift = RNG.uniform(0.5, 1.5, cout), RNG.standard_normal(cout)
     residual = RNG.standard_normal(plain.shape).astype(dtype)
     for ops in (PostOps(act1=_act("relu6")),
+                # every step, with activations the blocked kernel applies in its registers
+                PostOps(bias, scale, shift, _act("relu"), True, _act("relu6")),
                 PostOps(None, scale, shift, _act("leaky_relu"), True, _act("relu")),
                 PostOps(bias, act1=_act("hardswish"), residual=True)):
         expected = _numpy_chain(ops, plain, residual)

@@ -319,7 +319,7 @@ def test_auto_choice_and_opting_out(rng):
                                            groups)
 
     assert choice((3, 3, 64, 64), (8, 56, 56, 64)) == "winograd"
-    # not Winograd: direct, or the blocked direct kernel where its blocks fill (blocked_pays)
+    # not Winograd: direct, or the blocked direct kernel where it pays (blocked_pays)
     assert choice((3, 3, 64, 64), (1, 4, 4, 64)) in ("direct", "blocked")  # one tile
     assert choice((3, 3, 128, 128), (1, 28, 28, 128)) in ("direct", "blocked")  # 49 tiles
     assert choice((3, 3, 32, 128), (8, 56, 56, 128), groups=4) == "winograd"

@@ -6,7 +6,10 @@ The weight is packed once (functional.pack_weight) into blocks of OUT_BLOCK outp
 [group][C_out block][kh][kw][C_in / groups][OUT_BLOCK], zero-padded to whole blocks, so that
 one block's weight is one contiguous stream. A register block is FC_BLK_NP output pixels x
 OUT_BLOCK channels (FC_BLK_NV vectors): each input value is broadcast once and multiplied
-into every output vector, each weight vector loaded once and used for every pixel.
+into every output vector, each weight vector loaded once and used for every pixel. The last
+block of a C_out that is not a whole number of blocks uses only the vectors it needs, and up
+to FC_BLK_PIX_MAX pixels. A post-operation chain whose activations are relu or relu6 (or
+none) is applied to the accumulators before they are stored; others after the store.
 Input channels are cut into blocks of `in_block` so that a block's weight
 (kh * kw * in_block * OUT_BLOCK values) stays in cache while it serves all pixels of a work
 item; the partial sums of the earlier input blocks wait in a small per-thread tile, and each
@@ -27,22 +30,31 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, calloc, free
 
-from fastconv._kernels._epilogue cimport Epilogue, chain_of, chain_span
+from fastconv._kernels._epilogue cimport (Epilogue, chain_of, chain_span, fc_postops_f32,
+                                          fc_postops_f64)
 
 
 cdef extern from "fastconv_blocked.h":
     enum:
-        FC_BLK_NP       # output pixels per register block
+        FC_BLK_NP       # output pixels of a full-width register block; the weight
+                        # gradient's input channels per block
+        FC_BLK_PIX_MAX  # the most output pixels of any register block
+        FC_BLK_NV       # vectors per packed weight row
         FC_BLK_OB_F     # float output channels per block
         FC_BLK_OB_D     # double output channels per block
         FC_HAVE_VECTORS
     const char* FC_ISA
+    int FC_BLK_PIX(Py_ssize_t nv) noexcept nogil  # pixels of a block of nv vectors
+    bint fc_blk_chain_in_registers_f32(const fc_postops_f32* p) noexcept nogil
+    bint fc_blk_chain_in_registers_f64(const fc_postops_f64* p) noexcept nogil
     void fc_blocked_f(int npix, const float* const* xp, const float* w, Py_ssize_t ntaps,
                       Py_ssize_t cb, Py_ssize_t w_tap, const float* init, Py_ssize_t init_pix,
-                      float* const* out, Py_ssize_t nc) noexcept nogil
+                      float* const* out, Py_ssize_t nc, const fc_postops_f32* post,
+                      Py_ssize_t pixel, Py_ssize_t c0) noexcept nogil
     void fc_blocked_d(int npix, const double* const* xp, const double* w, Py_ssize_t ntaps,
                       Py_ssize_t cb, Py_ssize_t w_tap, const double* init, Py_ssize_t init_pix,
-                      double* const* out, Py_ssize_t nc) noexcept nogil
+                      double* const* out, Py_ssize_t nc, const fc_postops_f64* post,
+                      Py_ssize_t pixel, Py_ssize_t c0) noexcept nogil
     void fc_wgrad_blocked_f(int nci, const float* const* xp, Py_ssize_t ci0, const float* gy,
                             Py_ssize_t gy_pix, Py_ssize_t npix, float* gw, Py_ssize_t w_ci,
                             Py_ssize_t nc) noexcept nogil
@@ -68,10 +80,10 @@ cdef inline void _scalar_block(int npix, const floating* const* xp, const floati
         for c in range(nc):
             acc = init[p * init_pix + c] if init != NULL else 0
             for t in range(ntaps):
-                if xp[t * FC_BLK_NP] == NULL:
+                if xp[t * FC_BLK_PIX_MAX] == NULL:
                     continue
                 for ci in range(cb):
-                    acc = acc + xp[t * FC_BLK_NP + p][ci] * w[t * w_tap + ci * ob + c]
+                    acc = acc + xp[t * FC_BLK_PIX_MAX + p][ci] * w[t * w_tap + ci * ob + c]
             out[p][c] = acc
 
 
@@ -104,8 +116,10 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
     cdef Py_ssize_t ntaps = kh * kw, w_tap = cig * ob
     cdef bint has_bias = bias.shape[0] > 0
     cdef const void* chain = chain_of(post, sizeof(floating), N * P, y.shape[3])
+    cdef const void* in_registers = NULL  # the chain, when the register blocks apply it
+    cdef Py_ssize_t vl = ob // FC_BLK_NV  # lanes per vector
     cdef bint split = in_block < cig  # partial sums wait in the tile between input blocks
-    cdef Py_ssize_t item, rest, g, b, n, run, p0, n_pix, n_blocks, blk, pix, npix, p, t
+    cdef Py_ssize_t item, rest, g, b, n, run, p0, n_pix, n_blocks, blk, pix, npix, p, t, np_max
     cdef Py_ssize_t oh, ow, ih, iw, r, s, ci0, cb, nc, n_out, init_pix
     cdef bint last
     cdef const floating* zeros = NULL
@@ -121,12 +135,16 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
     cdef int* failed = &status
     if N * P == 0:
         return 0
+    if chain != NULL and FC_HAVE_VECTORS:
+        if (fc_blk_chain_in_registers_f32(<const fc_postops_f32*> chain) if floating is float
+                else fc_blk_chain_in_registers_f64(<const fc_postops_f64*> chain)):
+            in_registers = chain
     zeros = <const floating*> calloc(in_block + 64, sizeof(floating))
     if zeros == NULL:
         return 1
     with nogil, parallel(num_threads=num_threads):
-        xp = <const floating**> malloc(ntaps * FC_BLK_NP * sizeof(floating*))
-        outp = <floating**> malloc(FC_BLK_NP * sizeof(floating*))
+        xp = <const floating**> malloc(ntaps * FC_BLK_PIX_MAX * sizeof(floating*))
+        outp = <floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
         tile = <floating*> malloc(item_pixels * ob * sizeof(floating)) if split else NULL
         for item in prange(n_items, schedule="static"):
             if xp == NULL or outp == NULL or (split and tile == NULL):
@@ -144,8 +162,9 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
             run = rest % n_runs
             p0 = run * P // n_runs  # the run: pixels [p0, p0 + n_pix) of image n
             n_pix = (run + 1) * P // n_runs - p0
-            n_blocks = (n_pix + FC_BLK_NP - 1) // FC_BLK_NP
             nc = min(ob, cog - b * ob)
+            np_max = FC_BLK_PIX((nc + vl - 1) // vl) if FC_HAVE_VECTORS else FC_BLK_NP
+            n_blocks = (n_pix + np_max - 1) // np_max
             x_img = &x[n, 0, 0, 0] + g * cig
             y_blk = &y[0, 0, 0, 0] + n * y_img + g * cog + b * ob
             b_blk = &bias[g, b * ob] if has_bias else NULL
@@ -172,24 +191,30 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                             oh = oh + 1
                     for t in range(ntaps):  # a tap that reaches x from no pixel is skipped
                         for p in range(npix):
-                            if xp[t * FC_BLK_NP + p] != zeros:
+                            if xp[t * FC_BLK_PIX_MAX + p] != zeros:
                                 break
                         else:
-                            xp[t * FC_BLK_NP] = NULL
+                            xp[t * FC_BLK_PIX_MAX] = NULL
                     # start from the bias (first input block) or the tile
                     init = b_blk if ci0 == 0 else tile + pix * ob
                     init_pix = 0 if ci0 == 0 else ob
-                    n_out = nc if last else ob
+                    # y gets nc channels, the tile whole vectors (as the next pass reads them)
+                    n_out = nc if last else (nc + vl - 1) // vl * vl
                     if not FC_HAVE_VECTORS:
                         _scalar_block(<int> npix, xp, w_blk, ntaps, cb, w_tap, ob, init,
                                       init_pix, outp, n_out)
                     elif floating is float:
                         fc_blocked_f(<int> npix, xp, w_blk, ntaps, cb, w_tap, init, init_pix,
-                                     outp, n_out)
+                                     outp, n_out,
+                                     <const fc_postops_f32*> in_registers if last else NULL,
+                                     n * P + p0 + pix, g * cog + b * ob)
                     else:
                         fc_blocked_d(<int> npix, xp, w_blk, ntaps, cb, w_tap, init, init_pix,
-                                     outp, n_out)
-                    if last and chain != NULL:  # the block's pixels lie y_pix apart in a row
+                                     outp, n_out,
+                                     <const fc_postops_f64*> in_registers if last else NULL,
+                                     n * P + p0 + pix, g * cog + b * ob)
+                    if last and chain != NULL and in_registers == NULL:
+                        # the block's pixels lie y_pix apart in a row
                         if outp[npix - 1] - outp[0] == (npix - 1) * y_pix:
                             chain_span(chain, outp[0], n * P + p0 + pix, npix, y_pix,
                                        g * cog + b * ob, nc)
@@ -209,14 +234,14 @@ cdef inline void _tap_pointers(const floating** xp, const floating* x, const flo
                                Py_ssize_t ih0, Py_ssize_t iw0, Py_ssize_t kh, Py_ssize_t kw,
                                Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t H, Py_ssize_t W,
                                Py_ssize_t C) noexcept nogil:
-    """xp[(r*kw + s) * FC_BLK_NP] = x's pixel (ih0 + r*dh, iw0 + s*dw) for one output pixel
+    """xp[(r*kw + s) * FC_BLK_PIX_MAX] = x's pixel (ih0 + r*dh, iw0 + s*dw) for one output pixel
     whose tap (0, 0) reads input pixel (ih0, iw0), or `zeros` where that is outside x."""
     cdef Py_ssize_t r, s, ih, iw
     for r in range(kh):
         ih = ih0 + r * dh
         for s in range(kw):
             iw = iw0 + s * dw
-            xp[(r * kw + s) * FC_BLK_NP] = x + (ih * W + iw) * C if 0 <= ih < H and 0 <= iw < W \
+            xp[(r * kw + s) * FC_BLK_PIX_MAX] = x + (ih * W + iw) * C if 0 <= ih < H and 0 <= iw < W \
                 else zeros
 
 def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded

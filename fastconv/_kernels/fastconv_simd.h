@@ -39,14 +39,59 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
     static inline V fc_load_##SUF(const T *p) { V v; memcpy(&v, p, sizeof(V)); return v; }  \
     static inline void fc_store_##SUF(T *p, V v) { memcpy(p, &v, sizeof(V)); }
 
-/* Stores the first nc lanes of v at p (all of them when nc is a whole vector). */
-#define FC_DEFINE_STORE_PART(T, V, SUF)                                                      \
-    static inline void fc_store_part_##SUF(T *p, V v, ptrdiff_t nc) {                        \
-        if (nc == (ptrdiff_t)(sizeof(V) / sizeof(T))) { fc_store_##SUF(p, v); return; }      \
+/* The first n lanes of a vector, 0 < n <= VL: fc_store_part stores them at p (all of them
+ * when n is a whole vector), fc_load_part loads them (the other lanes 0), neither touching
+ * memory past p + n. AVX-512 and AVX2 mask the lanes (no call: a memcpy of a variable size
+ * would make the compiler spill every accumulator around it); SSE2 copies through memory. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline void fc_store_part_f(float *p, fc_vf v, ptrdiff_t n) {
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+}
+static inline void fc_store_part_d(double *p, fc_vd v, ptrdiff_t n) {
+    _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1), (__m512d)v);
+}
+static inline fc_vf fc_load_part_f(const float *p, ptrdiff_t n) {
+    return (fc_vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+}
+static inline fc_vd fc_load_part_d(const double *p, ptrdiff_t n) {
+    return (fc_vd)_mm512_maskz_loadu_pd((__mmask8)((1u << n) - 1), p);
+}
+#elif defined(__AVX2__)
+#include <immintrin.h>
+static inline __m256i fc_lanes_below_f(ptrdiff_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+static inline __m256i fc_lanes_below_d(ptrdiff_t n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+static inline void fc_store_part_f(float *p, fc_vf v, ptrdiff_t n) {
+    _mm256_maskstore_ps(p, fc_lanes_below_f(n), (__m256)v);
+}
+static inline void fc_store_part_d(double *p, fc_vd v, ptrdiff_t n) {
+    _mm256_maskstore_pd(p, fc_lanes_below_d(n), (__m256d)v);
+}
+static inline fc_vf fc_load_part_f(const float *p, ptrdiff_t n) {
+    return (fc_vf)_mm256_maskload_ps(p, fc_lanes_below_f(n));
+}
+static inline fc_vd fc_load_part_d(const double *p, ptrdiff_t n) {
+    return (fc_vd)_mm256_maskload_pd(p, fc_lanes_below_d(n));
+}
+#else
+#define FC_DEFINE_PART_IO(T, V, SUF)                                                         \
+    static inline void fc_store_part_##SUF(T *p, V v, ptrdiff_t n) {                         \
+        if (n == (ptrdiff_t)(sizeof(V) / sizeof(T))) { fc_store_##SUF(p, v); return; }       \
         T lanes[sizeof(V) / sizeof(T)];                                                      \
         memcpy(lanes, &v, sizeof(V));                                                        \
-        memcpy(p, lanes, (size_t)nc * sizeof(T));                                            \
+        memcpy(p, lanes, (size_t)n * sizeof(T));                                             \
+    }                                                                                        \
+    static inline V fc_load_part_##SUF(const T *p, ptrdiff_t n) {                            \
+        if (n == (ptrdiff_t)(sizeof(V) / sizeof(T))) return fc_load_##SUF(p);                \
+        V v = {0};                                                                           \
+        memcpy(&v, p, (size_t)n * sizeof(T));                                                \
+        return v;                                                                            \
     }
+#endif
 
 /* Dense block of NP pixels x one vector of output channels (nc of them stored), over kh x ks
  * taps of a weight kw taps wide (fewer than kw where the block touches the zero padding):
@@ -240,8 +285,10 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
 
 FC_DEFINE_IO(float, fc_vf, f)
 FC_DEFINE_IO(double, fc_vd, d)
-FC_DEFINE_STORE_PART(float, fc_vf, f)
-FC_DEFINE_STORE_PART(double, fc_vd, d)
+#ifdef FC_DEFINE_PART_IO
+FC_DEFINE_PART_IO(float, fc_vf, f)
+FC_DEFINE_PART_IO(double, fc_vd, d)
+#endif
 FC_FOR_EACH_NP(FC_DEFINE_DENSE, float, fc_vf, f)
 FC_FOR_EACH_NP(FC_DEFINE_DENSE, double, fc_vd, d)
 FC_FOR_EACH_NP(FC_DEFINE_DEPTHWISE, float, fc_vf, f)
