@@ -343,11 +343,63 @@ def test_buffers_never_alias_held_outputs_and_are_reused():
     np.testing.assert_array_equal(y1, held)  # the second call did not write into y1
     assert not np.shares_memory(y1, y2)
     pool = fast._local.pool
-    count = len(pool.pooled)
+    (arena, _), = pool.layouts.values()
     fast(x1)
     fast(x2)
-    assert len(pool.pooled) == count  # steady state: no new buffers
-    assert all(not np.shares_memory(y1, b) for b in pool.pooled.values())
+    assert not pool.pooled  # steady state: the arena laid out by the first call, no buffers
+    (again, _), = pool.layouts.values()
+    assert again is arena and not np.shares_memory(y1, arena) and not np.shares_memory(y2, arena)
+
+
+def test_the_arena_never_overlaps_arrays_alive_together():
+    """_arena_layout on random lifetimes: two takes alive at the same step never share a
+    byte; the arena is no larger than all takes side by side."""
+    from fastconv.inference import _arena_layout
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n = int(rng.integers(1, 30))
+        takes = []
+        for step in rng.permutation(2 * n).reshape(n, 2):
+            taken, back = sorted(int(v) for v in step)
+            takes.append((int(rng.integers(0, 5000)), taken, back))
+        arena, offsets = _arena_layout(takes)
+        assert arena.nbytes <= sum(-(-max(t[0], 1) // 64) * 64 for t in takes)
+        for i, (nb_i, t_i, b_i) in enumerate(takes):
+            o_i = offsets[i][0]
+            assert offsets[i][1] == nb_i and o_i % 64 == 0 and o_i + nb_i <= arena.nbytes
+            for j, (nb_j, t_j, b_j) in enumerate(takes[:i]):
+                o_j = offsets[j][0]
+                if t_i <= b_j and t_j <= b_i and nb_i and nb_j:
+                    assert o_i + nb_i <= o_j or o_j + nb_j <= o_i, (takes, offsets)
+
+
+def test_an_arena_per_input_shape_and_a_pass_it_did_not_foresee():
+    from fastconv.inference import _BufferPool
+
+    model = L.Sequential(L.Conv2d(3, 4, 3, padding=1, rng=0), L.ReLU(),
+                         L.Conv2d(4, 6, 1, rng=1), L.ReLU(), L.Conv2d(6, 4, 1, rng=2))
+    fast = fastconv.optimize_for_inference(model)
+    xs = [RNG.standard_normal(shape).astype(np.float32)
+          for shape in ((2, 5, 5, 3), (1, 7, 6, 3), (2, 5, 5, 3))]
+    for x in xs + xs:
+        np.testing.assert_allclose(fast(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+    assert len(fast._local.pool.layouts) == 2
+    # a pass that takes another size than its layout foresaw goes on from the free list:
+    # nothing it takes overlaps what it took from the arena
+    pool = _BufferPool()
+    pool.begin("x")
+    first, second = pool.take((4, 8), np.float32), pool.take((2, 8), np.float32)
+    pool.track(first)
+    pool.release(first)
+    pool.give_back(second)
+    pool.end()
+    pool.begin("x")
+    a = pool.take((4, 8), np.float32)
+    pool.track(a)
+    b = pool.take((3, 8), np.float32)  # not the (2, 8) of the layout
+    assert not np.shares_memory(a, b) and pool.owns(a) and pool.owns(b)
+    assert "x" not in pool.layouts
 
 
 def test_activations_and_packed_weights_are_aligned_for_the_vector_units():
@@ -375,8 +427,11 @@ def test_activations_and_packed_weights_are_aligned_for_the_vector_units():
                                                         L.ReLU(), L.Conv2d(4, 4, 1, rng=0)))
     fast(x)
     pool = fast._local.pool
-    assert pool.free  # the buffers given back: arrays taken from them are aligned too
-    assert all(pool.take((1, 5, 5, 4), np.float32).ctypes.data % 64 == 0 for _ in range(2))
+    (arena, offsets), = pool.layouts.values()  # the arena and every array laid out in it
+    assert arena.ctypes.data % 64 == 0 and all(offset % 64 == 0 for offset, _ in offsets)
+    pool.begin("another signature")  # the free list's buffers: aligned too
+    taken = [pool.take((1, 5, 5, 4), np.float32) for _ in range(2)]
+    assert all(a.ctypes.data % 64 == 0 for a in taken)
 
 
 def test_torch_model_through_from_torch():
