@@ -315,7 +315,7 @@ def run_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, group
         if out is not y:
             y[...] = out
     elif algo == "blocked":
-        block = _algorithms.KERNELS[algo].OUT_BLOCK[y.dtype.name]
+        block = _algorithms.KERNELS[algo].OUT_BLOCK["float32" if y.itemsize == 4 else "float64"]
         _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw,
              _blocked_in_block(shape, block, y.itemsize), BLOCKED_ITEM_PIXELS,
              w.nbytes > max(BLOCKED_CACHE_BYTES, x.nbytes), post, flops=flops)

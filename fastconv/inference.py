@@ -168,10 +168,16 @@ class FusedConv(L.Layer):
         this residual array, kept while the call repeats (in an InferenceGraph the same
         pooled buffers come back at every call)."""
         ops = self.post_ops
+        # the residual by its memory: an InferenceGraph's arena gives a new view of the same
+        # bytes at each call (the kept Epilogue holds the old view, so the bytes stay alive)
+        at = None if residual is None else residual.__array_interface__["data"][0]
         key = (plan.out_shape, plan.dtype, ops.act1, ops.act2, ops.residual, id(ops.scale),
-               id(ops.shift))
+               id(ops.shift), at)
         kept = self.__dict__.get("_epilogue")
-        if kept is not None and kept[0] == key and kept[1] is residual:
+        if kept is not None and kept[0] == key and (
+                residual is None or (residual.dtype == kept[1].dtype
+                                     and residual.shape == kept[1].shape
+                                     and residual.flags.c_contiguous)):
             return kept[2]
         post = ops.epilogue(plan.out_shape, plan.dtype, residual)
         # kept only while it reads the caller's array itself: a converted copy (another
@@ -372,13 +378,15 @@ class _BufferPool:
         self._arena: np.ndarray | None = None  # this pass's arena (aligned bytes), if any
         self._offsets: list | None = None  # its (offset, nbytes) per take; None: not followed
         self._next = 0  # the next take's index in _offsets
-        self._slots: dict[int, tuple[int, int]] = {}  # live slot k -> (start address, end)
+        self._slots: dict[int, tuple[int, int]] = {}  # live slot k -> (offset, end)
+        self._slot_of: dict[int, int] = {}  # id of an array take() returned -> its slot
         self._step = 0
         self._signature = None
 
     def begin(self, signature) -> None:
         """A pass with inputs of this signature (their shapes and dtypes) starts."""
         self._signature, self._step, self._slots, self._next = signature, 0, {}, 0
+        self._slot_of = {}
         self._arena, self._offsets = self.layouts.get(signature, (None, None))
         self._record = [] if self._arena is None else None
         self._taken = {}
@@ -394,7 +402,7 @@ class _BufferPool:
             if not self.users:  # nothing lives in the free list's buffers: let them go
                 self.free, self.pooled = [], {}
         self._record = self._arena = self._offsets = None
-        self._taken, self._slots = {}, {}
+        self._taken, self._slots, self._slot_of = {}, {}, {}
 
     def take(self, shape, dtype) -> np.ndarray:
         """An aligned array of `shape` and `dtype`: the arena's next one, or from the free
@@ -405,8 +413,10 @@ class _BufferPool:
             k = self._next
             if k < len(self._offsets) and self._offsets[k][1] == nbytes:
                 self._next += 1
-                array = _memory.view(self._arena[self._offsets[k][0]:], shape, dtype)
-                self._slots[k] = (array.ctypes.data, array.ctypes.data + nbytes)
+                offset = self._offsets[k][0]  # a multiple of ALIGNMENT in an aligned arena
+                array = self._arena[offset:offset + nbytes].view(dtype).reshape(shape)
+                self._slots[k] = (offset, offset + nbytes)
+                self._slot_of[id(array)] = k
                 return array
             self.layouts.pop(self._signature, None)  # not the pass it recorded: the arena's
             self._offsets = None  # live slots stay as they are, the rest is not used
@@ -439,9 +449,12 @@ class _BufferPool:
             return None
         owner = value.base
         if self._arena is not None and owner is self._arena.base:
-            address = value.ctypes.data
+            k = self._slot_of.get(id(value))
+            if k is not None and k in self._slots:
+                return ("slot", k)
+            at = value.ctypes.data - self._arena.ctypes.data  # a view of a slot's array
             for k, (start, end) in self._slots.items():
-                if start <= address < end or start == address:
+                if start <= at < end or start == at:
                     return ("slot", k)
             return None
         return id(owner) if self.pooled.get(id(owner)) is owner else None
@@ -464,6 +477,7 @@ class _BufferPool:
             self._step += 1
             if isinstance(root, tuple):
                 del self._slots[root[1]]  # its bytes wait for the takes laid out over them
+                self._slot_of = {i: k for i, k in self._slot_of.items() if k != root[1]}
             else:
                 self._freed(self.pooled[root])
 
