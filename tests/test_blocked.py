@@ -7,13 +7,13 @@ import pytest
 import fastconv
 import reference
 from conftest import assert_close
-from fastconv import _algorithms, functional
+from fastconv import _algorithms, _memory, functional
 
 VARIANTS = _algorithms.simd_modules("_blocked")
 
 
 def run_kernel(module, x, w, bias, stride, pads, dilation, groups, in_block, item_pixels,
-               threads=2, out=None, weight_outer=False):
+               threads=2, out=None, weight_outer=False, stream=False):
     """The kernel called as conv2d calls it, with the cache blocking chosen by the test."""
     (sh, sw), (dh, dw) = stride, dilation
     (top, bottom), (left, right) = pads
@@ -25,7 +25,7 @@ def run_kernel(module, x, w, bias, stride, pads, dilation, groups, in_block, ite
     status = module.conv_forward(
         x, functional.pack_weight(w, groups, block),
         functional._blocked_bias(bias, groups, block), y, top, left, sh, sw, dh, dw,
-        in_block, item_pixels, weight_outer, None, threads)
+        in_block, item_pixels, weight_outer, stream, None, threads)
     assert status == 0
     return y
 
@@ -55,6 +55,14 @@ def test_channel_counts_around_every_block(level, dtype, rng):
         for in_block, item_pixels, weight_outer in ((cin, 7, False), (3, 13, True), (1, 1, False)):
             y = run_kernel(module, x, w, bias, (1, 1), ((1, 1), (1, 1)), (1, 1), 1,
                            min(in_block, cin), item_pixels, weight_outer=weight_outer)
+            assert_close(y, expected, dtype, 9 * cin)
+            # non-temporal stores: into an aligned output (channel counts of whole vectors
+            # stream, the others fall back to plain stores)
+            y = _memory.empty(expected.shape, dtype)
+            y[...] = np.nan
+            run_kernel(module, x, w, bias, (1, 1), ((1, 1), (1, 1)), (1, 1), 1,
+                       min(in_block, cin), item_pixels, out=y, weight_outer=weight_outer,
+                       stream=True)
             assert_close(y, expected, dtype, 9 * cin)
 
 
@@ -143,7 +151,7 @@ def test_conv2d_and_gradients_through_blocked(dtype, rng, monkeypatch):
     pads = ((1, 1), (1, 1))
     y = fastconv.conv2d(x, w, b, stride=2, padding=1, algorithm="blocked")
     assert_close(y, reference.conv2d(x, w, b, (2, 2), pads), dtype, 108)
-    assert len(calls) == 1 and calls[0][-5] < 12  # in_block: the channels were cut
+    assert len(calls) == 1 and calls[0][-6] < 12  # in_block: the channels were cut
     gy = rng.standard_normal(y.shape).astype(dtype)
     gx, gw, gb = fastconv.conv2d_backward(gy, x, w, stride=2, padding=1, algorithm="blocked")
     want = reference.conv2d_backward(gy, x, w, (2, 2), pads)

@@ -19,7 +19,7 @@ def conv_forward(
     x: _Floats, wp: _Floats, bias: _Floats, y: _Floats,
     top: int, left: int, sh: int, sw: int, dh: int, dw: int, in_block: int,
     item_pixels: int,
-    weight_outer: bool, post: Epilogue | None, num_threads: int,
+    weight_outer: bool, stream: bool, post: Epilogue | None, num_threads: int,
 ) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
 def conv_backward_weight(
     x: _Floats, gy: _Floats, gw: _Floats, top: int, left: int, sh: int, sw: int, dh: int,

@@ -44,17 +44,19 @@ cdef extern from "fastconv_blocked.h":
         FC_BLK_OB_D     # double output channels per block
         FC_HAVE_VECTORS
     const char* FC_ISA
+    int FC_VBYTES
+    void fc_store_fence() noexcept nogil
     int FC_BLK_PIX(Py_ssize_t nv) noexcept nogil  # pixels of a block of nv vectors
     bint fc_blk_chain_in_registers_f32(const fc_postops_f32* p) noexcept nogil
     bint fc_blk_chain_in_registers_f64(const fc_postops_f64* p) noexcept nogil
     void fc_blocked_f(int npix, const float* const* xp, const float* w, Py_ssize_t ntaps,
                       Py_ssize_t cb, Py_ssize_t w_tap, const float* init, Py_ssize_t init_pix,
                       float* const* out, Py_ssize_t nc, const fc_postops_f32* post,
-                      Py_ssize_t pixel, Py_ssize_t c0) noexcept nogil
+                      Py_ssize_t pixel, Py_ssize_t c0, bint stream) noexcept nogil
     void fc_blocked_d(int npix, const double* const* xp, const double* w, Py_ssize_t ntaps,
                       Py_ssize_t cb, Py_ssize_t w_tap, const double* init, Py_ssize_t init_pix,
                       double* const* out, Py_ssize_t nc, const fc_postops_f64* post,
-                      Py_ssize_t pixel, Py_ssize_t c0) noexcept nogil
+                      Py_ssize_t pixel, Py_ssize_t c0, bint stream) noexcept nogil
     void fc_wgrad_blocked_f(int nci, const float* const* xp, Py_ssize_t ci0, const float* gy,
                             Py_ssize_t gy_pix, Py_ssize_t npix, float* gw, Py_ssize_t w_ci,
                             Py_ssize_t nc) noexcept nogil
@@ -94,7 +96,7 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                  Py_ssize_t top, Py_ssize_t left,            # zero padding before row / column 0
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                  Py_ssize_t in_block, Py_ssize_t item_pixels, bint weight_outer,
-                 Epilogue post, int num_threads):
+                 bint stream, Epilogue post, int num_threads):
     """y = conv(x, w) + bias, then `post`'s chain (None: none) on each register block as
     it is stored. A work item is one output-channel block of one group over a run
     of at most item_pixels consecutive output pixels (row-major) of one image, each image's
@@ -103,7 +105,9 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
     `weight_outer` (a thread keeps one block's weight: for weights larger than the cache),
     else (group, image, run, block) (a thread keeps a run's input while it goes through all
     blocks). Every output value is computed by one thread in a fixed order, so the result
-    does not depend on the thread count.
+    does not depend on the thread count. `stream`: y's whole vectors are written with
+    non-temporal stores (for an output far larger than the caches: no read of each line
+    before it is written), where y's pixels and channel blocks lie on vector boundaries.
     Returns 0, or 1 when a scratch buffer could not be allocated."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t G = wp.shape[0], n_ob = wp.shape[1], kh = wp.shape[2], kw = wp.shape[3]
@@ -139,6 +143,10 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
         if (fc_blk_chain_in_registers_f32(<const fc_postops_f32*> chain) if floating is float
                 else fc_blk_chain_in_registers_f64(<const fc_postops_f64*> chain)):
             in_registers = chain
+    # non-temporal stores need every vector of y aligned, and no chain reading y back
+    stream = stream and FC_HAVE_VECTORS and (chain == NULL or in_registers != NULL) and (<size_t> &y[0, 0, 0, 0]) % FC_VBYTES == 0 and (
+        (y_img * sizeof(floating)) % FC_VBYTES == 0 and (y_row * sizeof(floating)) % FC_VBYTES == 0
+        and (y_pix * sizeof(floating)) % FC_VBYTES == 0 and (cog * sizeof(floating)) % FC_VBYTES == 0)
     zeros = <const floating*> calloc(in_block + 64, sizeof(floating))
     if zeros == NULL:
         return 1
@@ -207,12 +215,12 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                         fc_blocked_f(<int> npix, xp, w_blk, ntaps, cb, w_tap, init, init_pix,
                                      outp, n_out,
                                      <const fc_postops_f32*> in_registers if last else NULL,
-                                     n * P + p0 + pix, g * cog + b * ob)
+                                     n * P + p0 + pix, g * cog + b * ob, stream and last)
                     else:
                         fc_blocked_d(<int> npix, xp, w_blk, ntaps, cb, w_tap, init, init_pix,
                                      outp, n_out,
                                      <const fc_postops_f64*> in_registers if last else NULL,
-                                     n * P + p0 + pix, g * cog + b * ob)
+                                     n * P + p0 + pix, g * cog + b * ob, stream and last)
                     if last and chain != NULL and in_registers == NULL:
                         # the block's pixels lie y_pix apart in a row
                         if outp[npix - 1] - outp[0] == (npix - 1) * y_pix:
@@ -223,6 +231,8 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                                 chain_span(chain, outp[p], n * P + p0 + pix + p, 1, y_pix,
                                            g * cog + b * ob, nc)
                 ci0 = ci0 + cb
+        if stream:
+            fc_store_fence()
         free(tile)
         free(outp)
         free(xp)

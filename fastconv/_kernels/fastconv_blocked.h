@@ -90,72 +90,77 @@ FC_DEFINE_BLOCK_POST(double, fc_vd, fc_vid, d)
  * xp holds each tap's pointer per pixel (into x, or at zeros where the tap falls in the
  * padding); a tap whose first pointer is NULL is skipped (no pixel of the block reaches x
  * through it). init and out may be the same buffer. post (NULL: none) is a chain that
- * fc_blk_chain_in_registers accepts, on channels c0 + c of output pixels pixel + p. */
+ * fc_blk_chain_in_registers accepts, on channels c0 + c of output pixels pixel + p.
+ * stream: the whole vectors go out with non-temporal stores (out[p] aligned to a vector). */
 #define FC_DEFINE_BLOCKED(T, V, SUF, PSUF, NP, NV)                                           \
     static inline void fc_blocked_##SUF##_##NV##_##NP(                                       \
         const T *const *xp, const T *w, ptrdiff_t ntaps, ptrdiff_t cb, ptrdiff_t w_tap,      \
         const T *init, ptrdiff_t init_pix, T *const *out, ptrdiff_t nc,                      \
-        const fc_postops_##PSUF *post, ptrdiff_t pixel, ptrdiff_t c0)                        \
+        const fc_postops_##PSUF *post, ptrdiff_t pixel, ptrdiff_t c0, int stream)            \
     {                                                                                        \
         enum { VL = sizeof(V) / sizeof(T), OB = VL * FC_BLK_NV };                            \
         V acc[NP][NV];                                                                       \
-        FC_UNROLL for (int p = 0; p < NP; p++)                                                         \
-            FC_UNROLL for (int v = 0; v < NV; v++)                                                     \
+        FC_UNROLL for (int p = 0; p < NP; p++)                                               \
+            FC_UNROLL for (int v = 0; v < NV; v++)                                           \
                 acc[p][v] = init ? fc_load_##SUF(init + p * init_pix + v * VL) : (V){0};     \
         for (ptrdiff_t t = 0; t < ntaps; t++) {                                              \
             const T *const *xt = xp + t * FC_BLK_PIX_MAX;                                    \
             if (!xt[0]) continue;                                                            \
             const T *px[NP];                                                                 \
-            FC_UNROLL for (int p = 0; p < NP; p++) px[p] = xt[p];                                      \
+            FC_UNROLL for (int p = 0; p < NP; p++) px[p] = xt[p];                            \
             const T *wt = w + t * w_tap;                                                     \
             for (ptrdiff_t ci = 0; ci < cb; ci++) {                                          \
                 V wv[NV];                                                                    \
-                FC_UNROLL for (int v = 0; v < NV; v++) wv[v] = fc_load_##SUF(wt + v * VL);             \
+                FC_UNROLL for (int v = 0; v < NV; v++) wv[v] = fc_load_##SUF(wt + v * VL);   \
                 wt += OB;                                                                    \
-                FC_UNROLL for (int p = 0; p < NP; p++) {                                               \
+                FC_UNROLL for (int p = 0; p < NP; p++) {                                     \
                     T xs = px[p][ci];                                                        \
-                    FC_UNROLL for (int v = 0; v < NV; v++) acc[p][v] += xs * wv[v];                    \
+                    FC_UNROLL for (int v = 0; v < NV; v++) acc[p][v] += xs * wv[v];          \
                 }                                                                            \
             }                                                                                \
         }                                                                                    \
-        const ptrdiff_t last = nc - (NV - 1) * VL; /* lanes kept of the last vector */        \
+        const ptrdiff_t last = nc - (NV - 1) * VL; /* lanes kept of the last vector */       \
         if (post) { /* each step's test once per block, its loops over constant bounds */    \
-            FC_BLK_CHANNEL_STEP(V, SUF, NP, NV, post->bias, +=)                                 \
-            FC_BLK_CHANNEL_STEP(V, SUF, NP, NV, post->scale, *=)                                \
-            FC_BLK_CHANNEL_STEP(V, SUF, NP, NV, post->shift, +=)                                \
+            FC_BLK_CHANNEL_STEP(V, SUF, NP, NV, post->bias, +=)                              \
+            FC_BLK_CHANNEL_STEP(V, SUF, NP, NV, post->scale, *=)                             \
+            FC_BLK_CHANNEL_STEP(V, SUF, NP, NV, post->shift, +=)                             \
             FC_BLK_ACT(SUF, NP, NV, post->act1)                                              \
             if (post->residual)                                                              \
-                FC_UNROLL for (int p = 0; p < NP; p++) {                                               \
+                FC_UNROLL for (int p = 0; p < NP; p++) {                                     \
                     const T *r = post->residual + (pixel + p) * post->residual_pixel + c0;   \
-                    FC_UNROLL for (int v = 0; v < NV; v++)                                             \
+                    FC_UNROLL for (int v = 0; v < NV; v++)                                   \
                         acc[p][v] += v < NV - 1 ? fc_load_##SUF(r + v * VL)                  \
                                                 : fc_load_part_##SUF(r + v * VL, last);      \
                 }                                                                            \
             FC_BLK_ACT(SUF, NP, NV, post->act2)                                              \
         }                                                                                    \
-        FC_UNROLL for (int p = 0; p < NP; p++) {                                                       \
-            FC_UNROLL for (int v = 0; v < NV - 1; v++) fc_store_##SUF(out[p] + v * VL, acc[p][v]);     \
-            fc_store_part_##SUF(out[p] + (NV - 1) * VL, acc[p][NV - 1], last);               \
+        FC_UNROLL for (int p = 0; p < NP; p++) {                                             \
+            FC_UNROLL for (int v = 0; v < NV - 1; v++) {                                     \
+                if (stream) fc_stream_##SUF(out[p] + v * VL, acc[p][v]);                     \
+                else fc_store_##SUF(out[p] + v * VL, acc[p][v]);                             \
+            }                                                                                \
+            if (stream && last == VL) fc_stream_##SUF(out[p] + (NV - 1) * VL, acc[p][NV - 1]); \
+            else fc_store_part_##SUF(out[p] + (NV - 1) * VL, acc[p][NV - 1], last);          \
         }                                                                                    \
     }
 /* (inside FC_DEFINE_BLOCKED) acc[p][v] OP vec[c0 + v*VL ...] for every pixel, where vec is
  * not NULL */
 #define FC_BLK_CHANNEL_STEP(V, SUF, NP, NV, vec, OP)                                         \
     if (vec) {                                                                               \
-        FC_UNROLL for (int v = 0; v < NV; v++) {                                                       \
+        FC_UNROLL for (int v = 0; v < NV; v++) {                                             \
             const V s = v < NV - 1 ? fc_load_##SUF(vec + c0 + v * VL)                        \
                                    : fc_load_part_##SUF(vec + c0 + v * VL, last);            \
-            FC_UNROLL for (int p = 0; p < NP; p++) acc[p][v] OP s;                                     \
+            FC_UNROLL for (int p = 0; p < NP; p++) acc[p][v] OP s;                           \
         }                                                                                    \
     }
 /* (inside FC_DEFINE_BLOCKED) activation `act` on every accumulator */
 #define FC_BLK_ACT(SUF, NP, NV, act)                                                         \
     if ((act) == FC_ACT_RELU) {                                                              \
-        FC_UNROLL for (int p = 0; p < NP; p++)                                                         \
-            FC_UNROLL for (int v = 0; v < NV; v++) acc[p][v] = fc_relu_##SUF(acc[p][v]);               \
+        FC_UNROLL for (int p = 0; p < NP; p++)                                               \
+            FC_UNROLL for (int v = 0; v < NV; v++) acc[p][v] = fc_relu_##SUF(acc[p][v]);     \
     } else if ((act) == FC_ACT_RELU6) {                                                      \
-        FC_UNROLL for (int p = 0; p < NP; p++)                                                         \
-            FC_UNROLL for (int v = 0; v < NV; v++) acc[p][v] = fc_relu6_##SUF(acc[p][v]);              \
+        FC_UNROLL for (int p = 0; p < NP; p++)                                               \
+            FC_UNROLL for (int v = 0; v < NV; v++) acc[p][v] = fc_relu6_##SUF(acc[p][v]);    \
     }
 
 #define FC_BLK_FOR_EACH_NP(M, T, V, SUF, PSUF, NV) \
@@ -179,7 +184,7 @@ FC_BLK_FOR_EACH_NP(FC_DEFINE_BLOCKED, double, fc_vd, d, f64, 4)
 #endif
 
 #define FC_BLK_CASE(SUF, NV, NP) case NP: fc_blocked_##SUF##_##NV##_##NP(                    \
-    xp, w, ntaps, cb, w_tap, init, init_pix, out, nc, post, pixel, c0); return;
+    xp, w, ntaps, cb, w_tap, init, init_pix, out, nc, post, pixel, c0, stream); return;
 #define FC_BLK_NV_CASE(SUF, NV) case NV: switch (npix) {                                     \
     FC_BLK_CASE(SUF, NV, 1) FC_BLK_CASE(SUF, NV, 2) FC_BLK_CASE(SUF, NV, 3)                  \
     FC_BLK_CASE(SUF, NV, 4) FC_BLK_CASE(SUF, NV, 5) FC_BLK_CASE(SUF, NV, 6)                  \
@@ -189,7 +194,7 @@ FC_BLK_FOR_EACH_NP(FC_DEFINE_BLOCKED, double, fc_vd, d, f64, 4)
     static inline void fc_blocked_##SUF(                                                     \
         int npix, const T *const *xp, const T *w, ptrdiff_t ntaps, ptrdiff_t cb,             \
         ptrdiff_t w_tap, const T *init, ptrdiff_t init_pix, T *const *out, ptrdiff_t nc,     \
-        const fc_postops_##PSUF *post, ptrdiff_t pixel, ptrdiff_t c0)                        \
+        const fc_postops_##PSUF *post, ptrdiff_t pixel, ptrdiff_t c0, int stream)            \
     {                                                                                        \
         enum { VL = FC_VBYTES / sizeof(T) };                                                 \
         switch ((nc + VL - 1) / VL) {                                                        \
@@ -255,7 +260,7 @@ FC_DEFINE_WGRAD_DISPATCH(double, d)
 #define FC_STUB_BLOCKED(SUF, T, PSUF) static inline void fc_blocked_##SUF(int npix, \
     const T *const *xp, const T *w, ptrdiff_t ntaps, ptrdiff_t cb, ptrdiff_t w_tap, \
     const T *init, ptrdiff_t init_pix, T *const *out, ptrdiff_t nc, \
-    const fc_postops_##PSUF *post, ptrdiff_t pixel, ptrdiff_t c0) {}
+    const fc_postops_##PSUF *post, ptrdiff_t pixel, ptrdiff_t c0, int stream) {}
 FC_STUB_BLOCKED(f, float, f32)
 FC_STUB_BLOCKED(d, double, f64)
 #define FC_STUB_WGRAD_BLOCKED(SUF, T) static inline void fc_wgrad_blocked_##SUF(int nci, \

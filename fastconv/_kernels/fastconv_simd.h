@@ -43,8 +43,13 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
  * when n is a whole vector), fc_load_part loads them (the other lanes 0), neither touching
  * memory past p + n. AVX-512 and AVX2 mask the lanes (no call: a memcpy of a variable size
  * would make the compiler spill every accumulator around it); SSE2 copies through memory. */
+/* fc_stream stores a whole vector at p (aligned to a vector) with a non-temporal store: the
+ * line is not read first and does not displace the caches (for an output far larger than
+ * them). */
 #if defined(__AVX512F__)
 #include <immintrin.h>
+static inline void fc_stream_f(float *p, fc_vf v) { _mm512_stream_ps(p, (__m512)v); }
+static inline void fc_stream_d(double *p, fc_vd v) { _mm512_stream_pd(p, (__m512d)v); }
 static inline void fc_store_part_f(float *p, fc_vf v, ptrdiff_t n) {
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
 }
@@ -59,6 +64,8 @@ static inline fc_vd fc_load_part_d(const double *p, ptrdiff_t n) {
 }
 #elif defined(__AVX2__)
 #include <immintrin.h>
+static inline void fc_stream_f(float *p, fc_vf v) { _mm256_stream_ps(p, (__m256)v); }
+static inline void fc_stream_d(double *p, fc_vd v) { _mm256_stream_pd(p, (__m256d)v); }
 static inline __m256i fc_lanes_below_f(ptrdiff_t n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -78,6 +85,14 @@ static inline fc_vd fc_load_part_d(const double *p, ptrdiff_t n) {
     return (fc_vd)_mm256_maskload_pd(p, fc_lanes_below_d(n));
 }
 #else
+#if defined(__SSE2__)
+#include <emmintrin.h>
+static inline void fc_stream_f(float *p, fc_vf v) { _mm_stream_ps(p, (__m128)v); }
+static inline void fc_stream_d(double *p, fc_vd v) { _mm_stream_pd(p, (__m128d)v); }
+#else
+static inline void fc_stream_f(float *p, fc_vf v) { memcpy(p, &v, sizeof(v)); }
+static inline void fc_stream_d(double *p, fc_vd v) { memcpy(p, &v, sizeof(v)); }
+#endif
 #define FC_DEFINE_PART_IO(T, V, SUF)                                                         \
     static inline void fc_store_part_##SUF(T *p, V v, ptrdiff_t n) {                         \
         if (n == (ptrdiff_t)(sizeof(V) / sizeof(T))) { fc_store_##SUF(p, v); return; }       \
