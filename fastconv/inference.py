@@ -126,6 +126,9 @@ class FusedConv(L.Layer):
                     if isinstance(out, np.ndarray) else type(out).__name__)
                 raise ValueError(f"{self!r}: out must be a C-contiguous {plan.dtype} array of "
                                  f"shape {expected}, but got {got}")
+            if residual is not None and np.may_share_memory(out, residual):
+                raise ValueError(f"{self!r}: out must not overlap the residual (the kernels "
+                                 f"read the residual while they write out)")
         if x.ndim == 3:
             residual = None if residual is None else residual[None]
             return self._convolve(x4, residual, None if out is None else out[None], plan)[0]
@@ -386,7 +389,7 @@ class _BufferPool:
     def begin(self, signature) -> None:
         """A pass with inputs of this signature (their shapes and dtypes) starts."""
         self._signature, self._step, self._slots, self._next = signature, 0, {}, 0
-        self._slot_of = {}
+        self._slot_of, self.users = {}, {}  # (a pass that raised left its counts behind)
         self._arena, self._offsets = self.layouts.get(signature, (None, None))
         self._record = [] if self._arena is None else None
         self._taken = {}

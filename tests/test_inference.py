@@ -542,6 +542,38 @@ def test_a_fused_conv_refuses_an_out_it_cannot_fill():
             fused.forward(x, out=out)
     good = np.zeros((3, 5, 5, 4), np.float32)
     assert fused.forward(x, out=good) is good
+    # an out that overlaps the residual: the kernels would read what they already wrote
+    with_residual = FusedConv(L.Conv2d(4, 4, 3, padding=1, rng=0),
+                              PostOps(act1=_act("leaky_relu"), residual=True))
+    residual = np.ones((3, 5, 5, 4), np.float32)
+    with pytest.raises(ValueError, match="out must not overlap the residual"):
+        with_residual.forward(x, residual, out=residual)
+
+
+def test_a_pass_that_raised_leaves_no_live_values_behind():
+    """The next pass starts with no values counted as live: the free list's buffers go once
+    an arena is laid out, as after passes that never raised."""
+    class Boom(L.Layer):
+        armed = False
+
+        def forward(self, x):
+            if Boom.armed:
+                raise RuntimeError("boom")
+            return x
+
+    fast = fastconv.optimize_for_inference(L.Sequential(
+        L.Conv2d(4, 8, 3, padding=1, rng=0), L.Conv2d(8, 8, 1, rng=1), Boom(),
+        L.Conv2d(8, 8, 1, rng=2), L.Conv2d(8, 4, 1, rng=3)))
+    x = np.ones((1, 6, 6, 4), np.float32)
+    fast(x)
+    Boom.armed = True
+    with pytest.raises(RuntimeError, match="boom"):
+        fast(x)
+    Boom.armed = False
+    pool = fast._local.pool
+    for h in (7, 8):
+        fast(np.ones((1, h, 6, 4), np.float32))
+        assert not pool.users and not pool.pooled and len(pool.layouts) == h - 5
 
 
 def test_the_pool_reuses_empty_and_tiny_buffers():
