@@ -232,6 +232,24 @@ class ConvPlan:
                                lambda other: self._prepared(other, weight, bias, packs), post)
         return y
 
+    def bind(self, x: np.ndarray, weight: np.ndarray, bias, packs: Packs, out: np.ndarray,
+             post=None):
+        """run(x, weight, bias, packs, out, post) with everything decided and the kernel's
+        arguments fixed (functional.bind_forward): calling the result computes out from x's
+        current values. Only for what runs one forward kernel on x as it is (a convolution
+        with zero padding, x of the plan's dtype and C-contiguous, out C-contiguous, the
+        algorithm known); None otherwise. The caller must bind again once the weight or bias
+        changed (Packs.current says whether the bound pack still is)."""
+        if (self.kind != "conv2d" or self.mode != "zeros" or not self.computes
+                or self.algorithm is None or x.dtype != self.dtype or not x.flags.c_contiguous
+                or not out.flags.c_contiguous or (post is not None and not self.fuses_post)):
+            return None
+        geo = self.geo
+        return functional.bind_forward(
+            self._prepared(self.algorithm, weight, bias, packs), x, self.offsets, out,
+            geo.stride, geo.dilation, geo.groups,
+            lambda other: self._prepared(other, weight, bias, packs), post)
+
     @property
     def fuses_post(self) -> bool:
         """Whether run() takes a post-op chain (a convolution whose kernel writes the output

@@ -11,6 +11,7 @@ kernels only ever see a "valid" convolution of an already padded, contiguous inp
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,15 +28,25 @@ NEEDS = ("input", "weight", "bias")
 def _run(algo: str, kernel_name: str, *args, flops: int) -> None:
     """Call a kernel with the thread count (one thread for work too small to share), BLAS
     held to one thread when the kernel calls it; raise on the kernel's status."""
+    _bound(algo, kernel_name, *args, flops=flops)()
+
+
+def _bound(algo: str, kernel_name: str, *args, flops: int) -> Callable[[], None]:
+    """_run's call with the kernel, its arguments and the thread count fixed: calling it runs
+    the kernel on its arrays' current values."""
     kernel = getattr(_algorithms.KERNELS[algo], kernel_name)
-    threads = get_num_threads() if flops >= _algorithms.PARALLEL_MIN_FLOPS else 1
-    if _algorithms.USES_BLAS[algo]:
-        with blas_single_thread():
-            status = kernel(*args, threads)
-    else:
-        status = kernel(*args, threads)
-    if status:
-        raise MemoryError("fastconv: could not allocate a kernel's scratch buffer")
+    args = (*args, get_num_threads() if flops >= _algorithms.PARALLEL_MIN_FLOPS else 1)
+    uses_blas = _algorithms.USES_BLAS[algo]
+
+    def call() -> None:
+        if uses_blas:
+            with blas_single_thread():
+                status = kernel(*args)
+        else:
+            status = kernel(*args)
+        if status:
+            raise MemoryError("fastconv: could not allocate a kernel's scratch buffer")
+    return call
 
 
 def _batched(name: str, arr) -> tuple[np.ndarray, bool]:
@@ -289,48 +300,73 @@ def run_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, group
     weight made ready in advance; `prepare_other(algo)` gives the weight for another
     algorithm when this input rules Winograd out. `post`: an _epilogue.Epilogue for all of
     y's pixels (row-major), which the kernel applies in its stores, or None."""
+    bind_forward(prepared, x, offsets, y, stride, dilation, groups, prepare_other, post)()
+
+
+def bind_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, groups,
+                 prepare_other, post=None) -> Callable[[], None]:
+    """run_forward with every choice made and the kernel's arguments fixed: calling the
+    result runs it on the current values of x and y (it holds them, and prepared and post).
+    What depends on x's values is done at each call: Winograd's check of its magnitude,
+    the copy of a depthwise input whose channels are not whole vectors."""
     algo = prepared.algo
-    # Winograd's transforms mix the pixels of a tile: one infinite input would make its
-    # neighbours' outputs NaN too, and large ones can overflow where the result does not:
-    # the transformed tiles, their products summed over a group's input channels, the
-    # output transform and the bias
-    if algo == "winograd" and not _winograd_fits(
-            y.dtype, WINOGRAD_GAIN["input"] * WINOGRAD_GAIN["weight"] * WINOGRAD_GAIN["output"]
-            * prepared.shape[2] * _max_abs(x) * prepared.max_weight + prepared.max_bias):
-        prepared = prepare_other("direct")
-        algo = prepared.algo
     w, bias, shape = prepared.weight, prepared.bias, prepared.shape
     (sh, sw), (dh, dw) = stride, dilation
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
     flops = 2 * pixels * math.prod(shape)
     if algo == "winograd":
+        # the transforms mix the pixels of a tile: one infinite input would make its
+        # neighbours' outputs NaN too, and large ones can overflow where the result does
+        # not: the transformed tiles, their products summed over a group's input channels,
+        # the output transform and the bias
         block = _algorithms.winograd_block(x.shape[3], y.shape[3], y.itemsize,
                                            _algorithms.winograd_tiles(y.shape))
-        _run(algo, "conv_forward", x, w, bias, y, *offsets, groups, block, post, flops=flops)
-    elif algo == "im2col":
+        kernel = _bound(algo, "conv_forward", x, w, bias, y, *offsets, groups, block, post,
+                        flops=flops)
+        gain = (WINOGRAD_GAIN["input"] * WINOGRAD_GAIN["weight"] * WINOGRAD_GAIN["output"]
+                * prepared.shape[2])
+
+        def winograd_or_direct() -> None:
+            if _winograd_fits(y.dtype, gain * _max_abs(x) * prepared.max_weight
+                              + prepared.max_bias):
+                kernel()
+            else:
+                bind_forward(prepare_other("direct"), x, offsets, y, stride, dilation,
+                             groups, prepare_other, post)()
+        return winograd_or_direct
+    if algo == "im2col":
         tile = _algorithms.forward_tile(shape, y.itemsize, pixels)
-        out = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)  # GEMM rows: contiguous
-        _run(algo, "conv_forward", x, w, bias, out, *offsets, sh, sw, dh, dw, groups, tile,
-             post, flops=flops)
-        if out is not y:
+        if y.flags.c_contiguous:
+            return _bound(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw,
+                          groups, tile, post, flops=flops)
+        out = np.empty(y.shape, y.dtype)  # GEMM rows: contiguous
+        kernel = _bound(algo, "conv_forward", x, w, bias, out, *offsets, sh, sw, dh, dw,
+                        groups, tile, post, flops=flops)
+
+        def into_y() -> None:
+            kernel()
             y[...] = out
-    elif algo == "blocked":
+        return into_y
+    if algo == "blocked":
         block = _algorithms.KERNELS[algo].OUT_BLOCK["float32" if y.itemsize == 4 else "float64"]
         # an output far larger than the caches is written with non-temporal stores
         # (measured, Zen 5, 2 threads: 16 -> 96 1x1 at 8x112x112 in MobileNetV2 3.0 -> 1.4 ms)
-        _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw,
-             _blocked_in_block(shape, block, y.itemsize), BLOCKED_ITEM_PIXELS,
-             w.nbytes > max(BLOCKED_CACHE_BYTES, x.nbytes), y.nbytes >= _algorithms.STREAM_BYTES,
-             post, flops=flops)
-    else:
-        depthwise = _algorithms.is_depthwise(shape, groups)
-        # a depthwise output far larger than the caches is written with non-temporal stores
-        # (measured, mobilenet_dw_112 forward, 2 threads: kernel 2.63 -> 2.36 ms)
-        stream = depthwise and y.flags.c_contiguous and y.nbytes >= _algorithms.STREAM_BYTES
-        if depthwise:  # the kernel reads whole channel vectors of x too
-            x = _padded_depthwise_input(x, w.shape[3])
-        _run(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups,
-             prepared.exact, stream, post, flops=flops)
+        return _bound(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw,
+                      _blocked_in_block(shape, block, y.itemsize), BLOCKED_ITEM_PIXELS,
+                      w.nbytes > max(BLOCKED_CACHE_BYTES, x.nbytes),
+                      y.nbytes >= _algorithms.STREAM_BYTES, post, flops=flops)
+    # a depthwise output far larger than the caches is written with non-temporal stores
+    # (measured, mobilenet_dw_112 forward, 2 threads: kernel 2.63 -> 2.36 ms)
+    depthwise = _algorithms.is_depthwise(shape, groups)
+    stream = depthwise and y.flags.c_contiguous and y.nbytes >= _algorithms.STREAM_BYTES
+    if not depthwise or x.shape[3] == w.shape[3]:
+        return _bound(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups,
+                      prepared.exact, stream, post, flops=flops)
+
+    def widened() -> None:  # the kernel reads whole channel vectors of x too
+        _run(algo, "conv_forward", _padded_depthwise_input(x, w.shape[3]), w, bias, y,
+             *offsets, sh, sw, dh, dw, groups, prepared.exact, stream, post, flops=flops)
+    return widened
 
 
 # The blocked kernel's cache blocking: a block of input channels' packed weight (kh x kw x

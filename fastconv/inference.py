@@ -166,6 +166,34 @@ class FusedConv(L.Layer):
             self._post(y[i:i + step], batch_residual, bias=False)
         return y
 
+    def _replay(self, x: np.ndarray, residual, out: np.ndarray, plan,
+                keep: bool) -> np.ndarray | None:
+        """out, computed by the kernel call bound (ConvPlan.bind) when this layer last ran
+        with these same x, residual and out objects (an InferenceGraph's arena hands out the
+        same arrays at every call), this plan and unchanged weights; bound anew otherwise,
+        and kept for the next call when `keep`. None where one bound kernel call is not the
+        whole of _convolve (a pass after the kernel, a transposed convolution...): the
+        caller runs _convolve then. The kept call holds x, out and the Epilogue, so their
+        ids stay theirs while it is kept."""
+        if self.post_ops.is_empty and residual is None:
+            post = None
+        elif plan.fuses_post and (residual is None or (
+                residual.shape == plan.out_shape and residual.dtype == plan.dtype)):
+            post = self._epilogue_for(plan, residual)
+        else:
+            return None
+        w, b = self.weight, self.bias
+        key = (plan, id(x), id(out), id(post), id(w), id(b), _plan.version(w), _plan.version(b))
+        kept = self.__dict__.get("_bound")
+        if kept is None or kept[0] != key:
+            call = plan.bind(x, w, b, _plan.packs_of(self), out, post)
+            if call is None:
+                return None
+            kept = (key, call)
+            self._bound = kept if keep else None
+        kept[1]()
+        return out
+
     def _epilogue_for(self, plan, residual):
         """post_ops as the kernels take them (PostOps.epilogue) for this plan's output and
         this residual array, kept while the call repeats (in an InferenceGraph the same
@@ -340,7 +368,11 @@ def _fused_at_node(name: str, layer: FusedConv, args, pool: "_BufferPool") -> np
     out = pool.take(plan.out_shape, plan.dtype)
     try:
         residual = None if len(args) == 1 else _params.as_array("residual", args[1])
-        result = layer._convolve(x, residual, out, plan)
+        # a bound call is kept only over the pool's own arrays: it holds its arguments
+        keep = pool.owns(x) and (residual is None or pool.owns(residual))
+        result = layer._replay(x, residual, out, plan, keep)
+        if result is None:
+            result = layer._convolve(x, residual, out, plan)
     except (ValueError, TypeError):
         pool.give_back(out)
         return _at_node(name, layer, args)
@@ -379,6 +411,9 @@ class _BufferPool:
         self._record: list | None = None  # this pass's takes: [nbytes, taken, given back]
         self._taken: dict[int, int] = {}  # id of a byte buffer -> its take in _record
         self._arena: np.ndarray | None = None  # this pass's arena (aligned bytes), if any
+        # the arrays made in it so far, by (take, shape, dtype): the same objects every pass,
+        # so that a FusedConv recognises its arguments and replays its bound kernel call
+        self._views: dict | None = None
         self._offsets: list | None = None  # its (offset, nbytes) per take; None: not followed
         self._next = 0  # the next take's index in _offsets
         self._slots: dict[int, tuple[int, int]] = {}  # live slot k -> (offset, end)
@@ -390,7 +425,7 @@ class _BufferPool:
         """A pass with inputs of this signature (their shapes and dtypes) starts."""
         self._signature, self._step, self._slots, self._next = signature, 0, {}, 0
         self._slot_of, self.users = {}, {}  # (a pass that raised left its counts behind)
-        self._arena, self._offsets = self.layouts.get(signature, (None, None))
+        self._arena, self._offsets, self._views = self.layouts.get(signature, (None, None, None))
         self._record = [] if self._arena is None else None
         self._taken = {}
 
@@ -404,7 +439,7 @@ class _BufferPool:
             self.layouts[self._signature] = layout
             if not self.users:  # nothing lives in the free list's buffers: let them go
                 self.free, self.pooled = [], {}
-        self._record = self._arena = self._offsets = None
+        self._record = self._arena = self._offsets = self._views = None
         self._taken, self._slots, self._slot_of = {}, {}, {}
 
     def take(self, shape, dtype) -> np.ndarray:
@@ -417,7 +452,10 @@ class _BufferPool:
             if k < len(self._offsets) and self._offsets[k][1] == nbytes:
                 self._next += 1
                 offset = self._offsets[k][0]  # a multiple of ALIGNMENT in an aligned arena
-                array = self._arena[offset:offset + nbytes].view(dtype).reshape(shape)
+                array = self._views.get((k, shape, dtype))
+                if array is None:
+                    array = self._views[k, shape, dtype] = \
+                        self._arena[offset:offset + nbytes].view(dtype).reshape(shape)
                 self._slots[k] = (offset, offset + nbytes)
                 self._slot_of[id(array)] = k
                 return array
@@ -485,8 +523,8 @@ class _BufferPool:
                 self._freed(self.pooled[root])
 
 
-def _arena_layout(takes) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """(arena, [(offset, nbytes)] per take) for takes [(nbytes, taken, given back)] (steps
+def _arena_layout(takes) -> tuple[np.ndarray, list[tuple[int, int]], dict]:
+    """(arena, [(offset, nbytes)] per take, {} for the arrays made in it) for takes [(nbytes, taken, given back)] (steps
     of one pass): the largest first, each at the lowest 64-byte aligned offset where it
     overlaps no placed take whose lifetime [taken, given back] meets its own (greedy by
     size, as TensorFlow Lite's arena planner)."""
@@ -504,7 +542,7 @@ def _arena_layout(takes) -> tuple[np.ndarray, list[tuple[int, int]]]:
         offsets[i] = offset
         placed.append((offset, offset + size, taken, back))
     arena = _memory.empty(max((end for _, end, _, _ in placed), default=0), np.uint8)
-    return arena, [(offsets[i], takes[i][0]) for i in range(len(takes))]
+    return arena, [(offsets[i], takes[i][0]) for i in range(len(takes))], {}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -343,12 +343,53 @@ def test_buffers_never_alias_held_outputs_and_are_reused():
     np.testing.assert_array_equal(y1, held)  # the second call did not write into y1
     assert not np.shares_memory(y1, y2)
     pool = fast._local.pool
-    (arena, _), = pool.layouts.values()
+    (arena, _, _), = pool.layouts.values()
     fast(x1)
     fast(x2)
     assert not pool.pooled  # steady state: the arena laid out by the first call, no buffers
-    (again, _), = pool.layouts.values()
+    (again, _, _), = pool.layouts.values()
     assert again is arena and not np.shares_memory(y1, arena) and not np.shares_memory(y2, arena)
+
+
+def test_later_calls_replay_bound_kernel_calls_and_see_every_change(monkeypatch):
+    """From the second call with an input shape, a fused convolution whose arguments are the
+    arena's arrays replays the kernel call it bound (no plan.bind); it still reads the
+    current input values, and a weight changed in place (weights_changed) or replaced is
+    bound anew: the result equals that of a graph that never ran before."""
+    from fastconv import _plan
+
+    def model():
+        return L.Sequential(L.Conv2d(5, 24, 3, padding=1, rng=0), L.BatchNorm2d(24), L.ReLU6(),
+                            L.Conv2d(24, 40, 1, rng=1), L.ReLU(),
+                            L.Conv2d(40, 40, 3, padding=1, groups=40, rng=2),
+                            L.Conv2d(40, 8, 1, rng=3))
+    fast, fresh = (fastconv.optimize_for_inference(model()) for _ in range(2))
+    binds = []
+    bind = _plan.ConvPlan.bind
+    monkeypatch.setattr(_plan.ConvPlan, "bind", lambda *a, **k: binds.append(1) or bind(*a, **k))
+    x = RNG.standard_normal((2, 9, 7, 5)).astype(np.float32)
+    fast(x)
+    fast(x)
+    x[...] = RNG.standard_normal(x.shape)  # the same array object, refilled
+    expected = fresh(x)
+    before = len(binds)
+    np.testing.assert_array_equal(fast(x), expected)
+    # every fused node on the pool's arrays replayed; the first one, on the caller's array,
+    # bound again (a kept call would hold that array alive)
+    assert len(binds) == before + 1
+    convs = [layer for _, layer, _ in fast.nodes if isinstance(layer, FusedConv)]
+    twins = [layer for _, layer, _ in fresh.nodes if isinstance(layer, FusedConv)]
+    convs[1].weight *= 2  # in place
+    fastconv.weights_changed(convs[1])
+    twins[1].weight = twins[1].weight * 2
+    convs[2].bias = convs[2].bias + 1  # replaced
+    twins[2].bias = twins[2].bias + 1
+    expected = fresh(x)
+    before = len(binds)
+    np.testing.assert_array_equal(fast(x), expected)
+    assert len(binds) == before + 1 + 2  # and the two changed nodes, bound anew
+    np.testing.assert_array_equal(fast(x), expected)
+    assert len(binds) == before + 1 + 2 + 1
 
 
 def test_the_arena_never_overlaps_arrays_alive_together():
@@ -363,7 +404,7 @@ def test_the_arena_never_overlaps_arrays_alive_together():
         for step in rng.permutation(2 * n).reshape(n, 2):
             taken, back = sorted(int(v) for v in step)
             takes.append((int(rng.integers(0, 5000)), taken, back))
-        arena, offsets = _arena_layout(takes)
+        arena, offsets, _ = _arena_layout(takes)
         assert arena.nbytes <= sum(-(-max(t[0], 1) // 64) * 64 for t in takes)
         for i, (nb_i, t_i, b_i) in enumerate(takes):
             o_i = offsets[i][0]
@@ -427,7 +468,7 @@ def test_activations_and_packed_weights_are_aligned_for_the_vector_units():
                                                         L.ReLU(), L.Conv2d(4, 4, 1, rng=0)))
     fast(x)
     pool = fast._local.pool
-    (arena, offsets), = pool.layouts.values()  # the arena and every array laid out in it
+    (arena, offsets, _), = pool.layouts.values()  # the arena and every array laid out in it
     assert arena.ctypes.data % 64 == 0 and all(offset % 64 == 0 for offset, _ in offsets)
     pool.begin("another signature")  # the free list's buffers: aligned too
     taken = [pool.take((1, 5, 5, 4), np.float32) for _ in range(2)]
