@@ -141,7 +141,7 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
                                      groups, WINOGRAD_MAX_WEIGHT_BYTES)
     if not refusal:
         return "winograd", WINOGRAD_REASON
-    if blocked_pays(weight_shape, itemsize, stride, groups):
+    if blocked_pays(weight_shape, itemsize, dilation, groups):
         return "blocked", _with_refusal(BLOCKED_REASON, refusal)
     pixels = out_shape[0] * out_shape[1] * out_shape[2]
     if ((kh, kw) == (1, 1) and tuple(stride) == (1, 1) and cig >= 8
@@ -154,7 +154,8 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
     return "direct", _with_refusal("direct (the default)", refusal)
 
 
-BLOCKED_REASON = "blocked (more than one vector of output channels, 16+ input channels)"
+BLOCKED_REASON = ("blocked (more than one vector of output channels, 16+ input channels or "
+                  "rows of taps read as one run)")
 
 
 def _with_refusal(rule: str, winograd_refusal: str) -> str:
@@ -164,7 +165,7 @@ def _with_refusal(rule: str, winograd_refusal: str) -> str:
     return f"rule: {rule}; {winograd_refusal}"
 
 
-def blocked_pays(weight_shape, itemsize: int, stride, groups: int) -> bool:
+def blocked_pays(weight_shape, itemsize: int, dilation, groups: int) -> bool:
     """Whether the blocked kernel beats direct and im2col (measured on an AMD Zen 5, AVX-512,
     fp32, 2 threads, with a relu fused): its register block is up to 4 vectors (AVX-512; 2 on
     AVX2) of output channels x 6 pixels (8 pixels for 2 vectors or fewer), summed over kh*kw
@@ -172,8 +173,11 @@ def blocked_pays(weight_shape, itemsize: int, stride, groups: int) -> bool:
     - when a group has more output channels than one vector holds (one vector: direct's
       8-pixel block is the same block without the packed weight's setup; 32 -> 16 1x1 at
       112x112: direct 1.2x blocked),
-    - and at least 16 input channels (fewer: the per-tap work is too short to cover setting
-      up a block; the 3-channel stem runs on direct).
+    - and at least 16 input channels, or a row of kw taps over all input channels that the
+      kernel reads as one run of kw * C_in values (one group, no dilation across columns:
+      ResNet's 7x7 3-channel stem 1.4x direct, VGG's 3 -> 64 3x3 at 224x224 1.3x at batch
+      1, 2.2x at batch 8); otherwise the per-tap work is too short to cover setting up a
+      block.
     1x1 convolutions of every width, 3x3 ones where Winograd does not serve: 0.9-1.5x the
     time of the better of direct and im2col (16 -> 96 at 112x112 1.2x, 96 -> 576 at 14x14
     1.3x, 64 -> 64 at 8x56x56 1.2x; 16 -> 96 at 8x112x112 0.9x, im2col's GEMM on the input
@@ -182,8 +186,9 @@ def blocked_pays(weight_shape, itemsize: int, stride, groups: int) -> bool:
     ran 1.1-1.4x faster alone, but its threads and OpenMP's then spin against each other
     (a 3x3 layer right after it ran at half speed)."""
     kh, kw, cig, cout = weight_shape
-    return not (is_depthwise(weight_shape, groups) or cig < 16
-                or cout // groups <= MACHINE.lanes(itemsize))
+    if is_depthwise(weight_shape, groups) or cout // groups <= MACHINE.lanes(itemsize):
+        return False
+    return cig >= 16 or (groups == 1 and tuple(dilation)[1] == 1 and kw > 1)
 
 
 def _auto_picks_winograd(weight_shape, out_shape, itemsize: int, stride, dilation, groups: int,
@@ -312,14 +317,15 @@ def weight_gradient_rule(weight_shape, out_shape, itemsize: int, geo) -> tuple[s
             return "im2col", f"rule: {cig} input channels per group: GEMM"
         if tuple(weight_shape[:2]) == (1, 1) and cig >= 256:
             return "im2col", f"rule: 1x1 with {cig} input channels per group: one GEMM x^T gy"
-    if (blocked_pays(weight_shape, itemsize, geo.stride, geo.groups)
+    if (blocked_pays(weight_shape, itemsize, geo.dilation, geo.groups)
             and _blocked_weight_gradient_pays(weight_shape, itemsize, geo)):
         return "blocked", _with_refusal(BLOCKED_REASON, refusal)
     return "direct", _with_refusal("direct (the default)", refusal)
 
 
 def _blocked_weight_gradient_pays(weight_shape, itemsize: int, geo) -> bool:
-    """Beyond blocked_pays, for a weight gradient (measured as blocked_pays): a group's output
+    """Beyond blocked_pays and 16 input channels per group (its kernel does not merge rows of
+    taps), for a weight gradient (measured as blocked_pays): a group's output
     channels fill at least 3/4 of the OUT_BLOCK-wide blocks (unlike the forward kernel, its
     last block runs at full width on zero-padded gradients: 16 channels in a 64-wide block
     run at a quarter of its speed), and it is not a 1x1 stride-1 convolution with fewer than
@@ -328,7 +334,8 @@ def _blocked_weight_gradient_pays(weight_shape, itemsize: int, geo) -> bool:
     cog = cout // geo.groups
     block = KERNELS["blocked"].OUT_BLOCK["float32" if itemsize == 4 else "float64"]
     pointwise = (kh, kw) == (1, 1) and tuple(geo.stride) == (1, 1)
-    return 4 * cog >= 3 * (-(-cog // block) * block) and not (pointwise and cig < 128)
+    return (cig >= 16 and 4 * cog >= 3 * (-(-cog // block) * block)
+            and not (pointwise and cig < 128))
 
 
 def input_gradient_rule(weight_shape, geo, itemsize: int) -> tuple[str, str]:

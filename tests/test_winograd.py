@@ -314,8 +314,8 @@ def test_stride_that_cannot_matter_is_served(rng):
 def test_auto_choice_and_opting_out(rng):
     """"auto" runs Winograd on a large 3x3 layer (also grouped), and the direct kernel once
     it is turned off (bit for bit); small, depthwise and few-input-channel layers do not."""
-    def choice(weight_shape, out_shape, groups=1):
-        return _algorithms.for_convolution("auto", weight_shape, out_shape, 4, (1, 1), (1, 1),
+    def choice(weight_shape, out_shape, groups=1, dilation=(1, 1)):
+        return _algorithms.for_convolution("auto", weight_shape, out_shape, 4, (1, 1), dilation,
                                            groups)
 
     assert choice((3, 3, 64, 64), (8, 56, 56, 64)) == "winograd"
@@ -325,7 +325,9 @@ def test_auto_choice_and_opting_out(rng):
     assert choice((3, 3, 32, 128), (8, 56, 56, 128), groups=4) == "winograd"
     assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) in ("direct", "blocked")  # 256 pairs
     assert choice((3, 3, 1, 32), (8, 56, 56, 32), groups=32) == "direct"  # depthwise
-    assert choice((3, 3, 3, 64), (8, 56, 56, 64)) == "direct"  # a first layer: C_in = 3
+    # a first layer, C_in = 3: not Winograd; blocked reads its rows of taps as runs of 9
+    assert choice((3, 3, 3, 64), (8, 56, 56, 64)) == "blocked"
+    assert choice((3, 3, 3, 64), (8, 56, 56, 64), groups=1, dilation=(1, 2)) == "direct"
     # the smallest channel count whose transformed weight (36 x c x c floats) exceeds what
     # this machine's cache holds (_algorithms.WINOGRAD_MAX_WEIGHT_BYTES)
     c = math.isqrt(_algorithms.WINOGRAD_MAX_WEIGHT_BYTES // (36 * 4)) + 1

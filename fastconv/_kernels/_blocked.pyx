@@ -123,6 +123,13 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
     cdef const void* in_registers = NULL  # the chain, when the register blocks apply it
     cdef Py_ssize_t vl = ob // FC_BLK_NV  # lanes per vector
     cdef bint split = in_block < cig  # partial sums wait in the tile between input blocks
+    # a row of kw taps over all C input channels reads kw * C consecutive values of x (no
+    # dilation, one group, channels not cut): a block whose rows all lie inside x
+    # horizontally runs them as kh taps of kw * C channels (a 3-channel stem: 7 taps of 21
+    # values instead of 49 of 3)
+    cdef bint rows_merge = dw == 1 and cig == C and not split and kw > 1
+    cdef bint merged
+    cdef Py_ssize_t taps
     cdef Py_ssize_t item, rest, g, b, n, run, p0, n_pix, n_blocks, blk, pix, npix, p, t, np_max
     cdef Py_ssize_t oh, ow, ih, iw, r, s, ci0, cb, nc, n_out, init_pix
     cdef bint last
@@ -147,7 +154,8 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
     stream = stream and FC_HAVE_VECTORS and (chain == NULL or in_registers != NULL) and (<size_t> &y[0, 0, 0, 0]) % FC_VBYTES == 0 and (
         (y_img * sizeof(floating)) % FC_VBYTES == 0 and (y_row * sizeof(floating)) % FC_VBYTES == 0
         and (y_pix * sizeof(floating)) % FC_VBYTES == 0 and (cog * sizeof(floating)) % FC_VBYTES == 0)
-    zeros = <const floating*> calloc(in_block + 64, sizeof(floating))
+    zeros = <const floating*> calloc(max(in_block, kw * cig if rows_merge else 0) + 64,
+                                     sizeof(floating))
     if zeros == NULL:
         return 1
     with nogil, parallel(num_threads=num_threads):
@@ -188,16 +196,26 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                     npix = (blk + 1) * n_pix // n_blocks - pix
                     oh = (p0 + pix) // Wo
                     ow = (p0 + pix) % Wo
+                    # rows merged when every pixel's rows of taps lie inside x horizontally:
+                    # the block's columns run from ow (0 once it wraps to the next row) to
+                    # ow + npix - 1 (Wo - 1 once it wraps)
+                    merged = rows_merge and (0 if ow + npix > Wo else ow) * sw >= left and (
+                        (Wo - 1 if ow + npix > Wo else ow + npix - 1) * sw - left + kw <= W)
                     for p in range(npix):
                         # the pixel's sums go to the tile, or to y after the last input block
                         outp[p] = y_blk + oh * y_row + ow * y_pix if last else tile + (pix + p) * ob
-                        _tap_pointers(xp + p, x_img + ci0, zeros, oh * sh - top, ow * sw - left,
-                                      kh, kw, dh, dw, H, W, C)
+                        if merged:
+                            _tap_pointers(xp + p, x_img, zeros, oh * sh - top, ow * sw - left,
+                                          kh, 1, dh, dw, H, W, C)
+                        else:
+                            _tap_pointers(xp + p, x_img + ci0, zeros, oh * sh - top,
+                                          ow * sw - left, kh, kw, dh, dw, H, W, C)
                         ow = ow + 1
                         if ow == Wo:
                             ow = 0
                             oh = oh + 1
-                    for t in range(ntaps):  # a tap that reaches x from no pixel is skipped
+                    taps = kh if merged else ntaps
+                    for t in range(taps):  # a tap that reaches x from no pixel is skipped
                         for p in range(npix):
                             if xp[t * FC_BLK_PIX_MAX + p] != zeros:
                                 break
@@ -209,15 +227,18 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                     # y gets nc channels, the tile whole vectors (as the next pass reads them)
                     n_out = nc if last else (nc + vl - 1) // vl * vl
                     if not FC_HAVE_VECTORS:
-                        _scalar_block(<int> npix, xp, w_blk, ntaps, cb, w_tap, ob, init,
-                                      init_pix, outp, n_out)
+                        _scalar_block(<int> npix, xp, w_blk, taps, cb * (kw if merged else 1),
+                                      w_tap * (kw if merged else 1), ob, init, init_pix, outp,
+                                      n_out)
                     elif floating is float:
-                        fc_blocked_f(<int> npix, xp, w_blk, ntaps, cb, w_tap, init, init_pix,
+                        fc_blocked_f(<int> npix, xp, w_blk, taps, cb * (kw if merged else 1),
+                                     w_tap * (kw if merged else 1), init, init_pix,
                                      outp, n_out,
                                      <const fc_postops_f32*> in_registers if last else NULL,
                                      n * P + p0 + pix, g * cog + b * ob, stream and last)
                     else:
-                        fc_blocked_d(<int> npix, xp, w_blk, ntaps, cb, w_tap, init, init_pix,
+                        fc_blocked_d(<int> npix, xp, w_blk, taps, cb * (kw if merged else 1),
+                                     w_tap * (kw if merged else 1), init, init_pix,
                                      outp, n_out,
                                      <const fc_postops_f64*> in_registers if last else NULL,
                                      n * P + p0 + pix, g * cog + b * ob, stream and last)
