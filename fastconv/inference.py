@@ -92,7 +92,7 @@ class FusedConv(L.Layer):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for name in ("_plans", "_packs", "_epilogue"):
+        for name in ("_plans", "_packs", "_epilogue", "_bound"):
             state.pop(name, None)
         return state
 
@@ -173,8 +173,9 @@ class FusedConv(L.Layer):
         same arrays at every call), this plan and unchanged weights; bound anew otherwise,
         and kept for the next call when `keep`. None where one bound kernel call is not the
         whole of _convolve (a pass after the kernel, a transposed convolution...): the
-        caller runs _convolve then. The kept call holds x, out and the Epilogue, so their
-        ids stay theirs while it is kept."""
+        caller runs _convolve then. The kept call holds x, out, the Epilogue, the weight and
+        the bias, so their ids (and the versions kept by id) stay theirs while it is kept;
+        pickles and copies leave it out."""
         if self.post_ops.is_empty and residual is None:
             post = None
         elif plan.fuses_post and (residual is None or (
@@ -183,15 +184,15 @@ class FusedConv(L.Layer):
         else:
             return None
         w, b = self.weight, self.bias
-        key = (plan, id(x), id(out), id(post), id(w), id(b), _plan.version(w), _plan.version(b))
+        key = (plan, id(x), id(out), id(post), _plan.version(w), _plan.version(b))
         kept = self.__dict__.get("_bound")
-        if kept is None or kept[0] != key:
+        if kept is None or kept[0] != key or kept[1] is not w or kept[2] is not b:
             call = plan.bind(x, w, b, _plan.packs_of(self), out, post)
             if call is None:
                 return None
-            kept = (key, call)
+            kept = (key, w, b, call)  # w and b held: their ids and versions stay theirs
             self._bound = kept if keep else None
-        kept[1]()
+        kept[3]()
         return out
 
     def _epilogue_for(self, plan, residual):

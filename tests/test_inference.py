@@ -1,5 +1,7 @@
 """optimize_for_inference and the fused post-ops: the same outputs as the model in eval
 mode, every post-op against separate NumPy passes, buffers that never alias held outputs."""
+import pickle
+
 import numpy as np
 import pytest
 
@@ -390,6 +392,15 @@ def test_later_calls_replay_bound_kernel_calls_and_see_every_change(monkeypatch)
     assert len(binds) == before + 1 + 2  # and the two changed nodes, bound anew
     np.testing.assert_array_equal(fast(x), expected)
     assert len(binds) == before + 1 + 2 + 1
+    # a new weight at the address of a freed one (same id, same version): bound anew too
+    fast.eval()  # drops the layers' packed weights
+    convs[1].weight = convs[1].weight * 2
+    convs[1].weight = convs[1].weight * 0
+    twins[1].weight = convs[1].weight.copy()
+    np.testing.assert_array_equal(fast(x), fresh(x))
+    # the kept calls (closures) are left out of pickles and copies
+    again = pickle.loads(pickle.dumps(fast))
+    np.testing.assert_array_equal(again(x), fresh(x))
 
 
 def test_the_arena_never_overlaps_arrays_alive_together():
