@@ -32,6 +32,21 @@ def get_num_threads() -> int:
     return _openmp_default()
 
 
+def place_workers(n: int) -> None:
+    """Keep the OpenMP workers of the calling thread's n-thread team off the CPU it runs on
+    (fastconv_omp.h: on virtual machines, a worker woken on its master's CPU made each of
+    the next parallel regions wait a scheduler tick, 4-6 ms). Done again when the calling
+    thread has moved to another CPU; the workers may run on every other CPU the process
+    may use. Nothing for one thread, a single allowed CPU, or where the OS cannot."""
+    if n < 2:
+        return
+    cpu = _openmp.current_cpu()
+    if cpu < 0 or getattr(_local, "placed", None) == (cpu, n):
+        return
+    _openmp.keep_workers_off(sorted(os.sched_getaffinity(0)), cpu, n)
+    _local.placed = (cpu, n)
+
+
 def _openmp_default() -> int:
     """OpenMP's default thread count (OMP_NUM_THREADS, threadpoolctl's limit), capped at
     MAX_THREADS with a warning: libgomp crashes when a region asks for ~40000 threads."""

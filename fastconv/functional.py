@@ -17,7 +17,7 @@ import numpy as np
 
 from fastconv import _algorithms, _autotune, _memory, _params
 from fastconv._params import ConvGeometry
-from fastconv._threads import blas_single_thread, get_num_threads
+from fastconv._threads import blas_single_thread, get_num_threads, place_workers
 
 NEEDS = ("input", "weight", "bias")
 
@@ -35,10 +35,12 @@ def _bound(algo: str, kernel_name: str, *args, flops: int) -> Callable[[], None]
     """_run's call with the kernel, its arguments and the thread count fixed: calling it runs
     the kernel on its arrays' current values."""
     kernel = getattr(_algorithms.KERNELS[algo], kernel_name)
-    args = (*args, get_num_threads() if flops >= _algorithms.PARALLEL_MIN_FLOPS else 1)
+    threads = get_num_threads() if flops >= _algorithms.PARALLEL_MIN_FLOPS else 1
+    args = (*args, threads)
     uses_blas = _algorithms.USES_BLAS[algo]
 
     def call() -> None:
+        place_workers(threads)
         if uses_blas:
             with blas_single_thread():
                 status = kernel(*args)

@@ -176,3 +176,25 @@ def test_linear_and_resampling_products_keep_blas_on_one_thread(monkeypatch):
     assert len(entered) == 3  # the weight's gradient and the input's
     L.AdaptiveAvgPool2d(2)(np.ones((1, 5, 5, 2), np.float32))
     assert len(entered) == 5  # along H, then along W
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2
+                    or not fastconv._kernels._openmp.openmp_enabled(),
+                    reason="needs Linux, OpenMP and two CPUs this process may use")
+def test_workers_stay_off_the_calling_threads_cpu():
+    """After a 2-thread kernel call, the team's worker may not run on the CPU its caller was
+    on (_threads.place_workers; where a sleeping worker was woken on its caller's CPU, each
+    parallel region waited a scheduler tick), and may run on every other allowed CPU."""
+    from fastconv import _threads
+    from fastconv._kernels import _openmp
+
+    x = np.ones((1, 64, 64, 32), np.float32)  # enough work to share between threads
+    w = np.ones((3, 3, 32, 32), np.float32)
+    _threads._local.placed = None
+    with fastconv.num_threads(2):
+        fastconv.conv2d(x, w, padding=1)
+        cpu, n = _threads._local.placed
+        assert n == 2
+        assert _openmp.workers_may_run_on(cpu, 2) == [True, False]  # two threads, one kept off
+        others = sorted(os.sched_getaffinity(0) - {cpu})
+        assert all(_openmp.workers_may_run_on(c, 2)[1] for c in others)

@@ -1,6 +1,7 @@
 """What the build has (OpenMP or not, compiler flags) and what the CPU can run."""
 
 from cython.parallel cimport parallel
+from libc.stdlib cimport calloc, malloc, free
 
 cdef extern from "fastconv_omp.h":
     int fc_omp_max_threads() noexcept nogil
@@ -8,6 +9,9 @@ cdef extern from "fastconv_omp.h":
     int fc_omp_team_size() noexcept nogil
     int fc_cpu_has_avx2() noexcept nogil
     int fc_cpu_has_avx512() noexcept nogil
+    int fc_keep_off_cpu(const int* allowed, int n, int cpu) noexcept nogil
+    int fc_current_cpu() noexcept nogil
+    int fc_may_run_on(int cpu) noexcept nogil
     int FASTCONV_OPENMP
     const char* FASTCONV_COMPILE_ARGS
 
@@ -47,3 +51,45 @@ def team_size(int n):
         if fc_omp_thread_num() == 0:
             shared_size[0] = fc_omp_team_size()
     return size
+
+
+def current_cpu():
+    """The CPU the calling thread runs on (-1 where the OS does not say)."""
+    return fc_current_cpu()
+
+
+def keep_workers_off(allowed, int cpu, int n):
+    """In a region of n threads, restrict each worker (thread > 0) to the CPUs of `allowed`
+    (ints) but `cpu` (fastconv_omp.h says why). Returns how many workers did (0 where
+    the OS or the build cannot)."""
+    cdef Py_ssize_t count = len(allowed), i
+    cdef int* cpus = <int*> malloc(max(count, 1) * sizeof(int))
+    cdef int* done = <int*> calloc(max(n, 1), sizeof(int))  # per thread: no shared counter
+    if cpus == NULL or done == NULL:
+        free(cpus)
+        free(done)
+        raise MemoryError()
+    for i in range(count):
+        cpus[i] = allowed[i]
+    with nogil, parallel(num_threads=n):
+        done[fc_omp_thread_num()] = fc_keep_off_cpu(cpus, <int> count, cpu)
+    total = sum(done[i] for i in range(max(n, 1)))
+    free(cpus)
+    free(done)
+    return total
+
+
+def workers_may_run_on(int cpu, int n):
+    """For each thread of a region of n threads (thread 0 first): whether it may run on
+    `cpu` (None where the OS does not say)."""
+    cdef int* seen = <int*> malloc(max(n, 1) * sizeof(int))
+    cdef int i
+    if seen == NULL:
+        raise MemoryError()
+    for i in range(n):
+        seen[i] = -2
+    with nogil, parallel(num_threads=n):
+        seen[fc_omp_thread_num()] = fc_may_run_on(cpu)
+    result = [None if seen[i] == -1 else bool(seen[i]) for i in range(n) if seen[i] != -2]
+    free(seen)
+    return result
