@@ -138,8 +138,8 @@ class FusedConv(L.Layer):
         """The convolution and its post-ops on a 4-D x (`plan`: x's, when the caller has
         it): the kernel applies them as it stores (a convolution with a residual of the
         output's shape, or none). Else a pass after it, and when the output is larger than
-        half the last-level cache, a few images at a time, so that the pass finds them in
-        cache."""
+        a quarter of the last-level cache, a few images at a time, so that the pass finds
+        them in cache."""
         if plan is None:
             plan = _plan.plan_for(self, x)
         packs = _plan.packs_of(self)
@@ -525,7 +525,8 @@ class _BufferPool:
 
 
 def _arena_layout(takes) -> tuple[np.ndarray, list[tuple[int, int]], dict]:
-    """(arena, [(offset, nbytes)] per take, {} for the arrays made in it) for takes [(nbytes, taken, given back)] (steps
+    """(arena, [(offset, nbytes)] per take, {} for the arrays made in it) for takes
+    [(nbytes, taken, given back)] (steps
     of one pass): the largest first, each at the lowest 64-byte aligned offset where it
     overlaps no placed take whose lifetime [taken, given back] meets its own (greedy by
     size, as TensorFlow Lite's arena planner)."""

@@ -65,7 +65,7 @@ def test_the_rules_follow_the_machine():
     assert _algorithms.COLUMN_BUFFER_BYTES == facts.l2 // 4
     assert _algorithms.WINOGRAD_BUFFER_BYTES == facts.l2 // 2
     assert _algorithms.WINOGRAD_MAX_WEIGHT_BYTES == facts.last_level // 2
-    assert _algorithms.STREAM_BYTES == facts.last_level // 2
+    assert _algorithms.STREAM_BYTES == facts.last_level // 4
     assert facts.simd == _algorithms.KERNELS["direct"].ISA
 
 
