@@ -526,10 +526,9 @@ class _BufferPool:
 
 def _arena_layout(takes) -> tuple[np.ndarray, list[tuple[int, int]], dict]:
     """(arena, [(offset, nbytes)] per take, {} for the arrays made in it) for takes
-    [(nbytes, taken, given back)] (steps
-    of one pass): the largest first, each at the lowest 64-byte aligned offset where it
-    overlaps no placed take whose lifetime [taken, given back] meets its own (greedy by
-    size, as TensorFlow Lite's arena planner)."""
+    [(nbytes, taken, given back)] (steps of one pass): the largest first, each at the lowest
+    64-byte aligned offset where it overlaps no placed take whose lifetime [taken, given
+    back] meets its own (greedy by size, as TensorFlow Lite's arena planner)."""
     placed: list[tuple[int, int, int, int]] = []  # (offset, end, taken, given back)
     offsets = [0] * len(takes)
     for i in sorted(range(len(takes)), key=lambda i: -takes[i][0]):
