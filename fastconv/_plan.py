@@ -226,10 +226,7 @@ class ConvPlan:
             xin = x if x.dtype == dtype and x.flags.c_contiguous else np.ascontiguousarray(x, dtype)
         else:
             xin = functional.pad(x, self.geo.padding, self.mode, dtype)
-        geo = self.geo
-        functional.run_forward(self._prepared(self.algorithm, weight, bias, packs), xin,
-                               self.offsets, y, geo.stride, geo.dilation, geo.groups,
-                               lambda other: self._prepared(other, weight, bias, packs), post)
+        self._forward_call(self.algorithm, xin, weight, bias, packs, y, post)()
         return y
 
     def bind(self, x: np.ndarray, weight: np.ndarray, bias, packs: Packs, out: np.ndarray,
@@ -237,16 +234,22 @@ class ConvPlan:
         """run(x, weight, bias, packs, out, post) with everything decided and the kernel's
         arguments fixed (functional.bind_forward): calling the result computes out from x's
         current values. Only for what runs one forward kernel on x as it is (a convolution
-        with zero padding, x of the plan's dtype and C-contiguous, out C-contiguous, the
-        algorithm known); None otherwise. The caller must bind again once the weight or bias
-        changed (Packs.current says whether the bound pack still is)."""
-        if (self.kind != "conv2d" or self.mode != "zeros" or not self.computes
-                or self.algorithm is None or x.dtype != self.dtype or not x.flags.c_contiguous
-                or not out.flags.c_contiguous or (post is not None and not self.fuses_post)):
+        with zero padding whose kernel is known, x of the plan's dtype and C-contiguous);
+        None otherwise. It holds the packed weight of this call: bind again once the weight
+        or bias changed."""
+        algo = self.algorithm
+        if (algo is None or not self.fuses_post or self.mode != "zeros" or x.dtype != self.dtype
+                or not x.flags.c_contiguous):
             return None
+        return self._forward_call(algo, x, weight, bias, packs, out, post)
+
+    def _forward_call(self, algo: str, x: np.ndarray, weight: np.ndarray, bias, packs: Packs,
+                      y: np.ndarray, post):
+        """`algo`'s forward kernel call on x (zero-padded by the plan's offsets) into y, bound
+        (functional.bind_forward)."""
         geo = self.geo
         return functional.bind_forward(
-            self._prepared(self.algorithm, weight, bias, packs), x, self.offsets, out,
+            self._prepared(algo, weight, bias, packs), x, self.offsets, y,
             geo.stride, geo.dilation, geo.groups,
             lambda other: self._prepared(other, weight, bias, packs), post)
 

@@ -144,14 +144,13 @@ class FusedConv(L.Layer):
             plan = _plan.plan_for(self, x)
         packs = _plan.packs_of(self)
         n = x.shape[0]
-        if self.post_ops.is_empty or (
-                residual is not None and not _adds_in_place(residual, plan.out_shape, plan.dtype)):
-            # nothing after the kernel, or a residual added into a new array by _post
+        single, post = self._single_call(plan, residual)
+        if single:
+            return plan.run(x, self.weight, self.bias, packs, out=out, post=post)
+        if residual is not None and not _adds_in_place(residual, plan.out_shape, plan.dtype):
+            # a residual added into a new array by _post
             return self._post(plan.run(x, self.weight, self.bias, packs, out=out), residual,
                               bias=False)
-        if plan.fuses_post and (residual is None or residual.shape == plan.out_shape):
-            return plan.run(x, self.weight, self.bias, packs, out=out,
-                            post=self._epilogue_for(plan, residual))
         image_bytes = math.prod(plan.out_shape[1:]) * plan.dtype.itemsize
         step = max(1, _algorithms.STREAM_BYTES // max(1, image_bytes))
         if step >= n:
@@ -176,12 +175,8 @@ class FusedConv(L.Layer):
         caller runs _convolve then. The kept call holds x, out, the Epilogue, the weight and
         the bias, so their ids (and the versions kept by id) stay theirs while it is kept;
         pickles and copies leave it out."""
-        if self.post_ops.is_empty and residual is None:
-            post = None
-        elif plan.fuses_post and (residual is None or (
-                residual.shape == plan.out_shape and residual.dtype == plan.dtype)):
-            post = self._epilogue_for(plan, residual)
-        else:
+        single, post = self._single_call(plan, residual)
+        if not single:
             return None
         w, b = self.weight, self.bias
         key = (plan, id(x), id(out), id(post), _plan.version(w), _plan.version(b))
@@ -194,6 +189,18 @@ class FusedConv(L.Layer):
             self._bound = kept if keep else None
         kept[3]()
         return out
+
+    def _single_call(self, plan, residual) -> tuple:
+        """(True, the Epilogue or None) when the output is one kernel call of `plan`, the
+        post-ops (if any) applied in its stores; (False, None) when they need a pass after
+        it (a transposed convolution, a residual that broadcasts or promotes)."""
+        if self.post_ops.is_empty and residual is None:
+            return True, None
+        if plan.fuses_post and (residual is None or (
+                residual.shape == plan.out_shape
+                and _adds_in_place(residual, plan.out_shape, plan.dtype))):
+            return True, self._epilogue_for(plan, residual)
+        return False, None
 
     def _epilogue_for(self, plan, residual):
         """post_ops as the kernels take them (PostOps.epilogue) for this plan's output and
@@ -408,25 +415,28 @@ class _BufferPool:
         self.free: list[np.ndarray] = []
         self.pooled: dict[int, np.ndarray] = {}  # id -> byte buffer, every one made here
         self.users: dict = {}  # id of a byte buffer, or ("slot", k) -> live values in it
-        self.layouts: dict = {}  # input signature -> (arena, [(offset, nbytes)] per take)
+        # input signature -> (arena, [(offset, nbytes)] per take, its arrays, their slots)
+        self.layouts: dict = {}
         self._record: list | None = None  # this pass's takes: [nbytes, taken, given back]
         self._taken: dict[int, int] = {}  # id of a byte buffer -> its take in _record
         self._arena: np.ndarray | None = None  # this pass's arena (aligned bytes), if any
         # the arrays made in it so far, by (take, shape, dtype): the same objects every pass,
-        # so that a FusedConv recognises its arguments and replays its bound kernel call
+        # so that a FusedConv recognises its arguments and replays its bound kernel call;
+        # and the take of each, by id (the views hold them: the ids stay theirs)
         self._views: dict | None = None
+        self._slot_of: dict | None = None
         self._offsets: list | None = None  # its (offset, nbytes) per take; None: not followed
         self._next = 0  # the next take's index in _offsets
         self._slots: dict[int, tuple[int, int]] = {}  # live slot k -> (offset, end)
-        self._slot_of: dict[int, int] = {}  # id of an array take() returned -> its slot
         self._step = 0
         self._signature = None
 
     def begin(self, signature) -> None:
         """A pass with inputs of this signature (their shapes and dtypes) starts."""
         self._signature, self._step, self._slots, self._next = signature, 0, {}, 0
-        self._slot_of, self.users = {}, {}  # (a pass that raised left its counts behind)
-        self._arena, self._offsets, self._views = self.layouts.get(signature, (None, None, None))
+        self.users = {}  # (a pass that raised left its counts behind)
+        self._arena, self._offsets, self._views, self._slot_of = self.layouts.get(
+            signature, (None, None, None, None))
         self._record = [] if self._arena is None else None
         self._taken = {}
 
@@ -440,8 +450,8 @@ class _BufferPool:
             self.layouts[self._signature] = layout
             if not self.users:  # nothing lives in the free list's buffers: let them go
                 self.free, self.pooled = [], {}
-        self._record = self._arena = self._offsets = self._views = None
-        self._taken, self._slots, self._slot_of = {}, {}, {}
+        self._record = self._arena = self._offsets = self._views = self._slot_of = None
+        self._taken, self._slots = {}, {}
 
     def take(self, shape, dtype) -> np.ndarray:
         """An aligned array of `shape` and `dtype`: the arena's next one, or from the free
@@ -457,8 +467,8 @@ class _BufferPool:
                 if array is None:
                     array = self._views[k, shape, dtype] = \
                         self._arena[offset:offset + nbytes].view(dtype).reshape(shape)
+                    self._slot_of[id(array)] = k
                 self._slots[k] = (offset, offset + nbytes)
-                self._slot_of[id(array)] = k
                 return array
             self.layouts.pop(self._signature, None)  # not the pass it recorded: the arena's
             self._offsets = None  # live slots stay as they are, the rest is not used
@@ -519,13 +529,12 @@ class _BufferPool:
             self._step += 1
             if isinstance(root, tuple):
                 del self._slots[root[1]]  # its bytes wait for the takes laid out over them
-                self._slot_of = {i: k for i, k in self._slot_of.items() if k != root[1]}
             else:
                 self._freed(self.pooled[root])
 
 
-def _arena_layout(takes) -> tuple[np.ndarray, list[tuple[int, int]], dict]:
-    """(arena, [(offset, nbytes)] per take, {} for the arrays made in it) for takes
+def _arena_layout(takes) -> tuple[np.ndarray, list[tuple[int, int]], dict, dict]:
+    """(arena, [(offset, nbytes)] per take, {} and {} for the arrays made in it) for takes
     [(nbytes, taken, given back)] (steps of one pass): the largest first, each at the lowest
     64-byte aligned offset where it overlaps no placed take whose lifetime [taken, given
     back] meets its own (greedy by size, as TensorFlow Lite's arena planner)."""
@@ -543,7 +552,7 @@ def _arena_layout(takes) -> tuple[np.ndarray, list[tuple[int, int]], dict]:
         offsets[i] = offset
         placed.append((offset, offset + size, taken, back))
     arena = _memory.empty(max((end for _, end, _, _ in placed), default=0), np.uint8)
-    return arena, [(offsets[i], takes[i][0]) for i in range(len(takes))], {}
+    return arena, [(offsets[i], takes[i][0]) for i in range(len(takes))], {}, {}
 
 
 # ----------------------------------------------------------------------------------------------

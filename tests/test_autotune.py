@@ -299,6 +299,11 @@ def test_describe_gives_each_direction_and_its_rule(autotune):
     assert chosen["forward"] == ("winograd", _algorithms.WINOGRAD_REASON)
     pointwise = _algorithms.describe(_geo((2, 56, 56, 64), (1, 1, 64, 256)))
     assert pointwise["forward"] == ("blocked", "rule: " + _algorithms.BLOCKED_REASON)
+    # blocked from one vector of output channels and one more
+    lanes = _algorithms.MACHINE.lanes(4)
+    for cout, blocked in ((lanes, False), (lanes + 1, True)):
+        chosen = _algorithms.describe(_geo((2, 56, 56, 64), (1, 1, 64, cout)))["forward"][0]
+        assert (chosen == "blocked") == blocked, (cout, chosen)
     # too few input channels for blocked, one vector of outputs: one GEMM on the input
     narrow = _algorithms.describe(_geo((2, 56, 56, 12), (1, 1, 12, 16)))
     assert narrow["forward"] == ("im2col", "rule: 1x1 stride 1: one GEMM on the input as it is")

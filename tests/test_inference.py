@@ -345,11 +345,11 @@ def test_buffers_never_alias_held_outputs_and_are_reused():
     np.testing.assert_array_equal(y1, held)  # the second call did not write into y1
     assert not np.shares_memory(y1, y2)
     pool = fast._local.pool
-    (arena, _, _), = pool.layouts.values()
+    (arena, *_), = pool.layouts.values()
     fast(x1)
     fast(x2)
     assert not pool.pooled  # steady state: the arena laid out by the first call, no buffers
-    (again, _, _), = pool.layouts.values()
+    (again, *_), = pool.layouts.values()
     assert again is arena and not np.shares_memory(y1, arena) and not np.shares_memory(y2, arena)
 
 
@@ -415,7 +415,7 @@ def test_the_arena_never_overlaps_arrays_alive_together():
         for step in rng.permutation(2 * n).reshape(n, 2):
             taken, back = sorted(int(v) for v in step)
             takes.append((int(rng.integers(0, 5000)), taken, back))
-        arena, offsets, _ = _arena_layout(takes)
+        arena, offsets, *_ = _arena_layout(takes)
         assert arena.nbytes <= sum(-(-max(t[0], 1) // 64) * 64 for t in takes)
         for i, (nb_i, t_i, b_i) in enumerate(takes):
             o_i = offsets[i][0]
@@ -452,6 +452,11 @@ def test_an_arena_per_input_shape_and_a_pass_it_did_not_foresee():
     b = pool.take((3, 8), np.float32)  # not the (2, 8) of the layout
     assert not np.shares_memory(a, b) and pool.owns(a) and pool.owns(b)
     assert "x" not in pool.layouts
+    # a pass that never gave an array back lays out no arena (its lifetime has no end)
+    pool.begin("y")
+    pool.take((4, 8), np.float32)
+    pool.end()
+    assert "y" not in pool.layouts
 
 
 def test_activations_and_packed_weights_are_aligned_for_the_vector_units():
@@ -479,7 +484,7 @@ def test_activations_and_packed_weights_are_aligned_for_the_vector_units():
                                                         L.ReLU(), L.Conv2d(4, 4, 1, rng=0)))
     fast(x)
     pool = fast._local.pool
-    (arena, offsets, _), = pool.layouts.values()  # the arena and every array laid out in it
+    (arena, offsets, *_), = pool.layouts.values()  # the arena and every array laid out in it
     assert arena.ctypes.data % 64 == 0 and all(offset % 64 == 0 for offset, _ in offsets)
     pool.begin("another signature")  # the free list's buffers: aligned too
     taken = [pool.take((1, 5, 5, 4), np.float32) for _ in range(2)]

@@ -129,7 +129,7 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
     # values instead of 49 of 3)
     cdef bint rows_merge = dw == 1 and cig == C and not split and kw > 1
     cdef bint merged
-    cdef Py_ssize_t taps
+    cdef Py_ssize_t taps, tap_len, tap_step
     cdef Py_ssize_t item, rest, g, b, n, run, p0, n_pix, n_blocks, blk, pix, npix, p, t, np_max
     cdef Py_ssize_t oh, ow, ih, iw, r, s, ci0, cb, nc, n_out, init_pix
     cdef bint last
@@ -204,17 +204,17 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                     for p in range(npix):
                         # the pixel's sums go to the tile, or to y after the last input block
                         outp[p] = y_blk + oh * y_row + ow * y_pix if last else tile + (pix + p) * ob
-                        if merged:
-                            _tap_pointers(xp + p, x_img, zeros, oh * sh - top, ow * sw - left,
-                                          kh, 1, dh, dw, H, W, C)
-                        else:
-                            _tap_pointers(xp + p, x_img + ci0, zeros, oh * sh - top,
-                                          ow * sw - left, kh, kw, dh, dw, H, W, C)
+                        # merged (ci0 is 0 then): each row's first tap
+                        _tap_pointers(xp + p, x_img + ci0, zeros, oh * sh - top, ow * sw - left,
+                                      kh, 1 if merged else kw, dh, dw, H, W, C)
                         ow = ow + 1
                         if ow == Wo:
                             ow = 0
                             oh = oh + 1
+                    # merged: kh taps of kw * cb values, kw taps of the packed weight apart
                     taps = kh if merged else ntaps
+                    tap_len = cb * kw if merged else cb
+                    tap_step = w_tap * kw if merged else w_tap
                     for t in range(taps):  # a tap that reaches x from no pixel is skipped
                         for p in range(npix):
                             if xp[t * FC_BLK_PIX_MAX + p] != zeros:
@@ -227,19 +227,16 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                     # y gets nc channels, the tile whole vectors (as the next pass reads them)
                     n_out = nc if last else (nc + vl - 1) // vl * vl
                     if not FC_HAVE_VECTORS:
-                        _scalar_block(<int> npix, xp, w_blk, taps, cb * (kw if merged else 1),
-                                      w_tap * (kw if merged else 1), ob, init, init_pix, outp,
-                                      n_out)
+                        _scalar_block(<int> npix, xp, w_blk, taps, tap_len, tap_step, ob, init,
+                                      init_pix, outp, n_out)
                     elif floating is float:
-                        fc_blocked_f(<int> npix, xp, w_blk, taps, cb * (kw if merged else 1),
-                                     w_tap * (kw if merged else 1), init, init_pix,
-                                     outp, n_out,
+                        fc_blocked_f(<int> npix, xp, w_blk, taps, tap_len, tap_step, init,
+                                     init_pix, outp, n_out,
                                      <const fc_postops_f32*> in_registers if last else NULL,
                                      n * P + p0 + pix, g * cog + b * ob, stream and last)
                     else:
-                        fc_blocked_d(<int> npix, xp, w_blk, taps, cb * (kw if merged else 1),
-                                     w_tap * (kw if merged else 1), init, init_pix,
-                                     outp, n_out,
+                        fc_blocked_d(<int> npix, xp, w_blk, taps, tap_len, tap_step, init,
+                                     init_pix, outp, n_out,
                                      <const fc_postops_f64*> in_registers if last else NULL,
                                      n * P + p0 + pix, g * cog + b * ob, stream and last)
                     if last and chain != NULL and in_registers == NULL:
