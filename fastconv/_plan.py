@@ -71,9 +71,11 @@ def weights_changed(model) -> None:
 class Packs:
     """Packed forms of a layer's weight, per (algorithm, dtype): each kept with the weight and
     bias objects and versions it was made from, and made again when one of them changed.
-    With verify=True (plain layers) the values are compared too, against a copy taken when
-    the pack was made: any change, in place or not, is then seen without weights_changed,
-    for the cost of reading the weight once per call (less than packing it again)."""
+    With verify=True (plain layers) the values are compared too, against a copy of them:
+    any change, in place or not, is then seen without weights_changed, for the cost of
+    reading the weight once per call (less than packing it again). The copy is taken when a
+    pack is first asked for again at the same version, which it then makes anew: a training
+    loop, whose optimizer changes the version before every call, never copies."""
 
     def __init__(self, verify: bool = False) -> None:
         self._store: dict[Any, tuple] = {}
@@ -81,12 +83,15 @@ class Packs:
 
     def get(self, key, weight: np.ndarray, bias: np.ndarray | None, make):
         stamp = (version(weight), None if bias is None else version(bias))
-        entry = self._store.get(key)
-        if (entry is not None and entry[0] is weight and entry[1] is bias and entry[2] == stamp
-                and (not self.verify or _same_values(entry[4], weight, bias))):
-            return entry[3]
+        weight_of, bias_of, stamp_of, packed, values = self._store.get(key, (None,) * 5)
+        same_version = weight_of is weight and bias_of is bias and stamp_of == stamp
+        if same_version and (not self.verify or (
+                values is not None and _same_values(values, weight, bias))):
+            return packed
+        # copied before make(): were the values changed meanwhile, the next call repacks
+        values = ((weight.copy(), None if bias is None else np.array(bias))
+                  if self.verify and same_version else None)
         packed = make()
-        values = (weight.copy(), None if bias is None else np.array(bias)) if self.verify else None
         self._store[key] = (weight, bias, stamp, packed, values)
         return packed
 

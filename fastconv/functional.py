@@ -278,14 +278,18 @@ def prepare_weight(algo: str, w: np.ndarray, bias: np.ndarray, groups: int) -> P
     contiguous one. A non-finite weight goes to the direct kernel's exact mode: taps in the
     zero padding contribute nothing (C of conv_matrix has no entry for them), not 0 * w, and
     only that mode skips them everywhere."""
-    exact = not _bounded(w)
+    shape = w.shape
+    if algo == "blocked":  # the packing's pass over w also checks it
+        packed, exact = pack_weight(w, groups)
+        exact = not exact
+    else:
+        exact = not _bounded(w)
     if exact:
         algo = "direct"
-    shape = w.shape
     max_weight, max_bias = (_max_abs(w), _max_abs(bias)) if algo == "winograd" else (0.0, 0.0)
     if algo == "blocked":
         block = _algorithms.KERNELS[algo].OUT_BLOCK[bias.dtype.name]
-        w, bias = pack_weight(w, groups), _blocked_bias(bias, groups, block)
+        w, bias = packed, _blocked_bias(bias, groups, block)
     elif algo == "winograd":
         w = winograd_weight(np.ascontiguousarray(w))
     elif algo == "direct":
@@ -392,27 +396,22 @@ BLOCKED_CHUNK_PIXELS = 256
 BLOCKED_GRAD_UNITS = 8
 
 
-def pack_weight(w: np.ndarray, groups: int, block: int | None = None) -> np.ndarray:
-    """An HWIO weight (kh, kw, C_in // groups, C_out) in the blocked kernel's layout
-    (groups, n_blocks, kh, kw, C_in // groups, block): each group's output channels cut into
-    blocks of `block` (default: the kernel's OUT_BLOCK for w's dtype), the last one
-    zero-padded. A function of the weight alone, so its result can be kept and reused."""
+def pack_weight(w: np.ndarray, groups: int, block: int | None = None) -> tuple[np.ndarray, bool]:
+    """An HWIO weight (kh, kw, C_in // groups, C_out; any strides, e.g. an input gradient's
+    transposed and flipped view) in the blocked kernel's layout (groups, n_blocks, kh, kw,
+    C_in // groups, block): each group's output channels cut into blocks of `block` (default:
+    the kernel's OUT_BLOCK for w's dtype), the last one zero-padded; and whether every value
+    of w is finite, found in the same pass. A function of the weight alone, so its result
+    can be kept and reused."""
+    kernel = _algorithms.KERNELS["blocked"]
     if block is None:
-        block = _algorithms.KERNELS["blocked"].OUT_BLOCK[w.dtype.name]
+        block = kernel.OUT_BLOCK[w.dtype.name]
     kh, kw, cig, cout = w.shape
-    cog = cout // groups
-    n_blocks = -(-cog // block)
-    # one copy, into memory aligned for the kernel's vector loads; the padding is zeros
-    packed = _memory.empty((groups, n_blocks, kh, kw, cig, block), w.dtype)
-    full, rest = divmod(cog, block)
-    w5 = w.reshape(kh, kw, cig, groups, cog)  # views: the assignments below are the one copy
-    if full:
-        packed[:, :full] = w5[..., :full * block].reshape(
-            kh, kw, cig, groups, full, block).transpose(3, 4, 0, 1, 2, 5)
-    if rest:
-        packed[:, full, ..., :rest] = w5[..., full * block:].transpose(3, 0, 1, 2, 4)
-        packed[:, full, ..., rest:] = 0
-    return packed
+    # into memory aligned for the kernel's vector loads
+    packed = _memory.empty((groups, -(-cout // groups // block), kh, kw, cig, block), w.dtype)
+    threads = get_num_threads() if packed.size >= _algorithms.PARALLEL_MIN_FLOPS else 1
+    place_workers(threads)
+    return packed, kernel.pack_weight(w, packed, threads)
 
 
 def unpack_weight(packed: np.ndarray, out_channels: int) -> np.ndarray:

@@ -23,7 +23,7 @@ def run_kernel(module, x, w, bias, stride, pads, dilation, groups, in_block, ite
     y = np.full((x.shape[0], ho, wo, cout), np.nan, x.dtype) if out is None else out
     block = module.OUT_BLOCK[x.dtype.name]
     status = module.conv_forward(
-        x, functional.pack_weight(w, groups, block),
+        x, functional.pack_weight(w, groups, block)[0],
         functional._blocked_bias(bias, groups, block), y, top, left, sh, sw, dh, dw,
         in_block, item_pixels, weight_outer, stream, None, threads)
     assert status == 0
@@ -112,7 +112,8 @@ def test_geometry(level, dtype, case, rng):
 @pytest.mark.parametrize("groups, block", [(1, 16), (1, 5), (3, 8), (2, 1)])
 def test_packed_layout_round_trip(groups, block, dtype, rng):
     w = rng.standard_normal((3, 2, 4, 6 * groups)).astype(dtype)
-    packed = functional.pack_weight(w, groups, block)
+    packed, finite = functional.pack_weight(w, groups, block)
+    assert finite
     n_blocks = -(-6 // block)
     assert packed.shape == (groups, n_blocks, 3, 2, 4, block) and packed.dtype == dtype
     # blocked layout: packed[g, b, r, s, i, j] = w[r, s, i, g*6 + b*block + j], zero padding
@@ -120,6 +121,35 @@ def test_packed_layout_round_trip(groups, block, dtype, rng):
     assert packed[g, b, 2, 1, 3, j] == w[2, 1, 3, g * 6 + b * block + j]
     assert not packed[:, -1, ..., 6 - (n_blocks - 1) * block:].any()
     np.testing.assert_array_equal(functional.unpack_weight(packed, 6 * groups), w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape, groups", [((3, 3, 5, 7), 1), ((1, 1, 3, 8), 2),
+                                           ((3, 3, 256, 512), 1)])  # the last: 2 threads
+def test_pack_weight_of_strided_views(shape, groups, dtype, rng):
+    """Views pack like their contiguous copies: flipped taps and swapped channel axes (an
+    input gradient's weight), every other output channel."""
+    w = rng.standard_normal(shape).astype(dtype)
+    views = [w[::-1, ::-1], w.transpose(0, 1, 3, 2)[:, :, :, : shape[2] // groups * groups],
+             np.concatenate([w, w], axis=3)[..., ::2]]
+    for view in views:
+        packed, finite = functional.pack_weight(view, groups)
+        expected, _ = functional.pack_weight(np.ascontiguousarray(view), groups)
+        assert finite
+        np.testing.assert_array_equal(packed, expected)
+        np.testing.assert_array_equal(functional.unpack_weight(packed, view.shape[3]), view)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_pack_weight_finds_a_non_finite_value(bad, dtype, rng):
+    w = rng.standard_normal((3, 3, 64, 300)).astype(dtype)  # 2 threads
+    for where in [(0, 0, 0, 0), (2, 2, 63, 299), (1, 2, 17, 150)]:
+        v = w.copy()
+        v[where] = bad
+        assert not functional.pack_weight(v, 1)[1]
+        assert not functional.pack_weight(v[::-1, ::-1], 1)[1]
+    assert functional.pack_weight(np.full_like(w, np.finfo(dtype).max), 1)[1]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -132,7 +162,8 @@ def test_conv2d_and_gradients_through_blocked(dtype, rng, monkeypatch):
     kernel = _algorithms.KERNELS["blocked"]
 
     class Spy:
-        OUT_BLOCK, PIXEL_BLOCK = kernel.OUT_BLOCK, kernel.PIXEL_BLOCK
+        OUT_BLOCK, PIXEL_BLOCK, pack_weight = (kernel.OUT_BLOCK, kernel.PIXEL_BLOCK,
+                                               kernel.pack_weight)
 
         @staticmethod
         def conv_forward(*args):

@@ -186,13 +186,34 @@ def test_plain_layers_see_weights_changed_in_place(training):
     call, in either mode."""
     layer = fastconv.Conv2d(8, 8, 3, padding=1, algorithm="winograd", rng=0).train(training)
     x = RNG.standard_normal((1, 6, 6, 8)).astype(np.float32)
+    store = None
+    for edits in range(3):  # an edit after the first call, the second, the third
+        for _ in range(edits + 1):
+            layer(x)
+        store = layer._packs._store
+        layer.weight *= -2
+        layer.bias += 1
+        np.testing.assert_array_equal(layer(x), _reference(layer, x))
+    (entry,) = store.values()
     layer(x)
+    assert store[("winograd", "float32")][3] is entry[3]  # unchanged: kept
+
+
+def test_a_training_loop_packs_without_copying():
+    """The copy a plain layer compares with is taken only when a pack is asked for again
+    at the same version: an optimizer step before every call changes the version."""
+    layer = fastconv.Conv2d(8, 8, 3, padding=1, algorithm="blocked", rng=0)
+    x = RNG.standard_normal((1, 6, 6, 8)).astype(np.float32)
+    for _ in range(3):
+        layer(x)
+        assert all(entry[4] is None for entry in layer._packs._store.values())
+        _step("sgd", layer)
+    layer(x)
+    layer(x)  # the same version again: now copied, and compared at the next call
     (entry,) = layer._packs._store.values()
+    assert entry[4] is not None
     layer(x)
-    assert layer._packs._store[("winograd", "float32")][3] is entry[3]  # unchanged: kept
-    layer.weight *= -2
-    layer.bias += 1
-    np.testing.assert_array_equal(layer(x), _reference(layer, x))
+    assert layer._packs._store[("blocked", "float32")][3] is entry[3]
 
 
 def test_weights_changed_refuses_other_objects():

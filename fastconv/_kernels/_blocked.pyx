@@ -396,6 +396,55 @@ cdef inline void _scalar_wgrad(int nci, const floating* const* xp, Py_ssize_t ci
             gw[i * w_ci + c] += acc
 
 
+cdef inline bint _pack_tile(const floating* w, Py_ssize_t w_ci, Py_ssize_t w_co,
+                            floating* wp, Py_ssize_t cig, Py_ssize_t nc,
+                            Py_ssize_t block) noexcept nogil:
+    """One tap of one block: wp[ci, c] = w[ci * w_ci + c * w_co] for c < nc, zeros after;
+    whether every value read is finite (v - v is 0 only for a finite v)."""
+    cdef Py_ssize_t ci, c
+    cdef floating v
+    cdef bint bad = False
+    for ci in range(cig):
+        if w_co == 1:  # an HWIO weight: each row of the block is contiguous
+            for c in range(nc):
+                v = w[ci * w_ci + c]
+                wp[ci * block + c] = v
+                bad = bad | (v - v != 0)
+        else:  # a transposed or flipped view (an input gradient's weight)
+            for c in range(nc):
+                v = w[ci * w_ci + c * w_co]
+                wp[ci * block + c] = v
+                bad = bad | (v - v != 0)
+        for c in range(nc, block):
+            wp[ci * block + c] = 0
+    return not bad
+
+
+def pack_weight(const floating[:, :, :, :] w,             # IN  (kh, kw, cig, G * cog), any strides
+                floating[:, :, :, :, :, ::1] wp,          # OUT (G, n_ob, kh, kw, cig, block)
+                int num_threads):
+    """Copy the HWIO weight w into the packed layout wp (the last block of each group
+    zero-padded) in one pass; True when every value of w is finite."""
+    cdef Py_ssize_t G = wp.shape[0], n_ob = wp.shape[1], kh = wp.shape[2], kw = wp.shape[3]
+    cdef Py_ssize_t cig = wp.shape[4], block = wp.shape[5], cog = w.shape[3] // G
+    cdef Py_ssize_t w_ci = w.strides[2] // <Py_ssize_t> sizeof(floating)
+    cdef Py_ssize_t w_co = w.strides[3] // <Py_ssize_t> sizeof(floating)
+    cdef Py_ssize_t unit, g, ob, r, s, c0
+    cdef int nonfinite = 0
+    if cig == 0:
+        return True
+    for unit in prange(G * n_ob * kh * kw, nogil=True, num_threads=num_threads,
+                       schedule="static"):
+        s = unit % kw
+        r = (unit // kw) % kh
+        ob = (unit // (kw * kh)) % n_ob
+        g = unit // (kw * kh * n_ob)
+        c0 = ob * block
+        nonfinite += not _pack_tile(&w[r, s, 0, g * cog + c0], w_ci, w_co,
+                                    &wp[g, ob, r, s, 0, 0], cig, min(block, cog - c0), block)
+    return nonfinite == 0
+
+
 def team_size(int num_threads):
     """The number of threads an OpenMP parallel region asking for num_threads gets here (the
     region conv_forward opens): 1 without OpenMP, fewer than asked under a thread limit."""

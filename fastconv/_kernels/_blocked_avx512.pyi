@@ -5,5 +5,6 @@ from fastconv._kernels._blocked import (
     PIXEL_BLOCK as PIXEL_BLOCK,
     conv_backward_weight as conv_backward_weight,
     conv_forward as conv_forward,
+    pack_weight as pack_weight,
     team_size as team_size,
 )
