@@ -59,6 +59,30 @@ def _adam_reference(p, grads, lr, betas, eps, weight_decay, amsgrad, decoupled):
     return p
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+def test_sgd_updates_parameters_in_place_whatever_their_layout(strided, dtype):
+    """SGD's last update (BLAS axpy for contiguous arrays, NumPy for views) writes into the
+    parameter itself, and nowhere else."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((64, 600)).astype(dtype)
+    value = base[:, ::2] if strided else base
+    untouched = base[:, 1::2].copy()
+    grads = [rng.standard_normal(value.shape).astype(dtype) for _ in range(3)]
+    p, buf = value.astype(np.float64), None
+    grad = np.zeros_like(value)
+    optimizer = SGD([("w", value, grad)], lr=0.1, momentum=0.9, weight_decay=0.01)
+    for g in grads:
+        grad[...] = g
+        optimizer.step()
+        d = g + 0.01 * p
+        buf = d if buf is None else 0.9 * buf + d
+        p = p - 0.1 * buf
+    np.testing.assert_allclose(value, p, rtol=10 * TOL[dtype], atol=10 * TOL[dtype])
+    if strided:
+        np.testing.assert_array_equal(base[:, 1::2], untouched)
+
+
 @pytest.mark.parametrize("cls,weight_decay,amsgrad", [
     (Adam, 0.0, False), (Adam, 0.1, False), (Adam, 0.1, True), (AdamW, 0.1, False),
     (AdamW, 0.1, True)])

@@ -33,8 +33,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.linalg import blas
 
 from fastconv import _params, _plan
+from fastconv._threads import blas_single_thread
 
 # a key that learning-rate schedulers add to the parameter groups (PyTorch's name): kept by the
 # optimizer's state dict, never one of its hyper-parameters
@@ -226,6 +228,23 @@ class Optimizer:
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
 
 
+_AXPY = {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
+
+
+def _add_scaled(y: np.ndarray, a: float, x: np.ndarray) -> None:
+    """y += a * x in place, in one pass without a temporary as large as x: BLAS's axpy where
+    y and x are C-contiguous arrays of one float dtype, NumPy otherwise. BLAS on one thread,
+    as NumPy is: its threads would spin on the cores the next kernels use."""
+    axpy = _AXPY.get(y.dtype) if x.dtype == y.dtype else None
+    if (axpy is not None and y.flags.c_contiguous and x.flags.c_contiguous
+            and 0 < y.size < 2 ** 31):
+        with blas_single_thread():
+            result = axpy(x.reshape(-1), y.reshape(-1), a=a)
+        if np.may_share_memory(result, y):  # updated in place, as it is for such arrays
+            return
+    y += a * x
+
+
 class SGD(Optimizer):
     """SGD with optional momentum (heavy-ball or Nesterov) and weight decay (L2), PyTorch's
     torch.optim.SGD update (without dampening), per parameter p with gradient g:
@@ -265,7 +284,7 @@ class SGD(Optimizer):
                 buf *= momentum
                 buf += d
             d = d + momentum * buf if group["nesterov"] else buf
-        value -= group["lr"] * d
+        _add_scaled(value, -group["lr"], d)
 
 
 class Adam(Optimizer):
