@@ -401,7 +401,7 @@ cdef inline bint _pack_tile(const floating* w, Py_ssize_t w_ci, Py_ssize_t w_co,
                             Py_ssize_t block) noexcept nogil:
     """One tap of one block: wp[ci, c] = w[ci * w_ci + c * w_co] for c < nc, zeros after;
     whether every value read is finite (v - v is 0 only for a finite v)."""
-    cdef Py_ssize_t ci, c
+    cdef Py_ssize_t ci, c, ci0, c0
     cdef floating v
     cdef bint bad = False
     for ci in range(cig):
@@ -410,13 +410,21 @@ cdef inline bint _pack_tile(const floating* w, Py_ssize_t w_ci, Py_ssize_t w_co,
                 v = w[ci * w_ci + c]
                 wp[ci * block + c] = v
                 bad = bad | (v - v != 0)
-        else:  # a transposed or flipped view (an input gradient's weight)
+        elif w_ci != 1:  # a view with strided rows
             for c in range(nc):
                 v = w[ci * w_ci + c * w_co]
                 wp[ci * block + c] = v
                 bad = bad | (v - v != 0)
         for c in range(nc, block):
             wp[ci * block + c] = 0
+    if w_co != 1 and w_ci == 1:  # swapped channel axes (an input gradient's weight): a
+        for c0 in range(0, nc, 16):  # transpose, in 16 x 16 tiles that stay in L1
+            for ci0 in range(0, cig, 16):
+                for c in range(c0, min(c0 + 16, nc)):
+                    for ci in range(ci0, min(ci0 + 16, cig)):
+                        v = w[ci + c * w_co]
+                        wp[ci * block + c] = v
+                        bad = bad | (v - v != 0)
     return not bad
 
 
