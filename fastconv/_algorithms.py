@@ -41,6 +41,14 @@ ALGORITHMS = ("auto",) + tuple(KERNELS)
 
 MIN_GEMM_ROWS = 16  # a GEMM with fewer rows runs far below BLAS speed
 MIN_POINTWISE_TILE_ROWS = 128  # see convolution_rule
+# A 1x1 weight gradient sums over the output pixels. As one GEMM x^T gy they are its inner
+# dimension: with fewer than this, BLAS's packing of x and gy is not repaid, and the blocked
+# kernel (gy's block of channels held in registers) wins whatever the channel counts.
+# Measured on a Zen 5, 2 threads, backward (the same blocked input gradient in both):
+# blocked over GEMM 1.8x at 49 pixels (512 -> 2048), 1.25x at 196 (1024 -> 256), 1.07x at
+# 392 (512 -> 2048); 0.92x at 1568 (1024 -> 256). Blocked over direct, 96 -> 576: 1.28x at
+# 196 pixels, 1.13x at 1568; 64 -> 256: 0.8x at 25088.
+POINTWISE_GEMM_MIN_PIXELS = 1024
 # The sizes below follow the caches the machine reports (_machine.FACTS, read at import). The
 # fractions give the constants first measured on this project's first machine (256 KiB,
 # 512 KiB, 4 MiB, 4 MiB, 16 MiB, 4 MiB) for a 1 MiB L2 (the old comment's "a quarter of L2")
@@ -304,7 +312,7 @@ def weight_gradient_rule(weight_shape, out_shape, itemsize: int, geo) -> tuple[s
     the forward convolution (with the larger WINOGRAD_MAX_GRAD_WEIGHT_BYTES); im2col + BLAS
     when a group has few input channels (a first layer: the direct kernel's blocks of FC_CI
     input channels run empty) and for 1x1 kernels with at least 256 input channels per group
-    (one GEMM x^T gy per chunk of pixels; measured on a Zen 5, 2 threads: 1024 -> 256 at 14x14
+    and POINTWISE_GEMM_MIN_PIXELS output pixels (one GEMM x^T gy per chunk of pixels; measured on a Zen 5, 2 threads: 1024 -> 256 at 14x14
     1.4-1.8x direct, 512 -> 2048 at 7x7 1.6-1.8x, 256 -> 64 at 56x56 1.0x, but 64 -> 256 at
     56x56 0.85x); blocked where it pays (blocked_pays and _blocked_weight_gradient_pays:
     3x3 256 -> 256 at 14x14 1.1x
@@ -317,8 +325,10 @@ def weight_gradient_rule(weight_shape, out_shape, itemsize: int, geo) -> tuple[s
     if not is_depthwise(weight_shape, geo.groups):
         if cig < 8:
             return "im2col", f"rule: {cig} input channels per group: GEMM"
-        if tuple(weight_shape[:2]) == (1, 1) and cig >= 256:
-            return "im2col", f"rule: 1x1 with {cig} input channels per group: one GEMM x^T gy"
+        if (tuple(weight_shape[:2]) == (1, 1) and cig >= 256
+                and math.prod(out_shape[:3]) >= POINTWISE_GEMM_MIN_PIXELS):
+            return "im2col", (f"rule: 1x1 with {cig} input channels per group and "
+                              f"{POINTWISE_GEMM_MIN_PIXELS}+ pixels: one GEMM x^T gy")
     if (blocked_pays(weight_shape, itemsize, geo.dilation, geo.groups)
             and _blocked_weight_gradient_pays(weight_shape, itemsize, geo)):
         return "blocked", _with_refusal(BLOCKED_REASON, refusal)
@@ -331,11 +341,13 @@ def _blocked_weight_gradient_pays(weight_shape, itemsize: int, geo) -> bool:
     channels fill at least 3/4 of the OUT_BLOCK-wide blocks (unlike the forward kernel, its
     last block runs at full width on zero-padded gradients: 16 channels in a 64-wide block
     run at a quarter of its speed), and it is not a 1x1 stride-1 convolution with fewer than
-    128 input channels per group (64 -> 256 at 8x56x56: direct 1.25x blocked)."""
+    128 input channels per group over POINTWISE_GEMM_MIN_PIXELS or more output pixels (64 ->
+    256 at 8x56x56: direct 1.25x blocked)."""
     kh, kw, cig, cout = weight_shape
     cog = cout // geo.groups
     block = KERNELS["blocked"].OUT_BLOCK["float32" if itemsize == 4 else "float64"]
-    pointwise = (kh, kw) == (1, 1) and tuple(geo.stride) == (1, 1)
+    pointwise = ((kh, kw) == (1, 1) and tuple(geo.stride) == (1, 1)
+                 and geo.n * math.prod(geo.out_hw) >= POINTWISE_GEMM_MIN_PIXELS)
     return (cig >= 16 and 4 * cog >= 3 * (-(-cog // block) * block)
             and not (pointwise and cig < 128))
 

@@ -1,6 +1,8 @@
 """The blocked direct kernel (algorithm="blocked"): every instruction-set variant this CPU runs
 against the reference, channel counts around each block size, input-channel cache blocks,
 geometry, the packed layout, thread-count independence."""
+import math
+
 import numpy as np
 import pytest
 
@@ -292,3 +294,16 @@ def test_non_finite_grad_output_weight_gradient_runs_direct(rng):
                                         needs="weight")
     # pixel (0, 0)'s taps in row 0 and column 0 read the padding: no NaN there
     assert not np.isnan(gw[:, :, :, 0]).any() and np.isinf(gw[1:, 1:, :, 0]).all()
+
+
+@pytest.mark.parametrize("weight_shape", [(1, 1, 512, 2048), (1, 1, 96, 576)])
+def test_pointwise_weight_gradient_takes_blocked_below_the_gemm_pixel_count(weight_shape):
+    """A 1x1 weight gradient over few pixels runs on the blocked kernel; from
+    POINTWISE_GEMM_MIN_PIXELS on, on one GEMM (many input channels) or direct (few)."""
+    cin, cout = weight_shape[2:]
+    side = math.isqrt(_algorithms.POINTWISE_GEMM_MIN_PIXELS)
+    for n, h, want in [(1, side - 1, "blocked"),
+                       (1, side, "im2col" if cin >= 256 else "direct")]:
+        geo = fastconv._params.conv_geometry("t", (n, h, h, cin), weight_shape, 1, 0, 1, 1)
+        assert _algorithms.for_weight_gradient("auto", weight_shape, (n, h, h, cout), 4,
+                                               geo) == want
