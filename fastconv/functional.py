@@ -407,6 +407,11 @@ def pack_weight(w: np.ndarray, groups: int, block: int | None = None) -> tuple[n
     if block is None:
         block = kernel.OUT_BLOCK[w.dtype.name]
     kh, kw, cig, cout = w.shape
+    if cout % groups:
+        raise ValueError(f"pack_weight: groups={groups} must divide the weight's {cout} output "
+                         f"channels")
+    if any(stride % w.itemsize for stride in w.strides):  # e.g. a field of a structured array
+        w = np.ascontiguousarray(w)  # the kernel steps in whole elements
     # into memory aligned for the kernel's vector loads
     packed = _memory.empty((groups, -(-cout // groups // block), kh, kw, cig, block), w.dtype)
     threads = get_num_threads() if packed.size >= _algorithms.PARALLEL_MIN_FLOPS else 1

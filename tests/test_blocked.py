@@ -142,6 +142,19 @@ def test_pack_weight_of_strided_views(shape, groups, dtype, rng):
         np.testing.assert_array_equal(functional.unpack_weight(packed, view.shape[3]), view)
 
 
+def test_pack_weight_of_a_structured_field_and_bad_groups(rng):
+    """A field of a structured array has a stride that is not a whole number of elements
+    (6 bytes here): packed as its copy. groups must divide the output channels."""
+    fields = np.zeros((3, 3, 16, 70), dtype=[("w", "<f4"), ("tag", "<i2")])
+    fields["w"] = rng.standard_normal((3, 3, 16, 70))
+    fields["tag"] = -1  # bytes that would read as NaN where a float was expected
+    packed, finite = functional.pack_weight(fields["w"], 2)
+    assert finite
+    np.testing.assert_array_equal(packed, functional.pack_weight(fields["w"].copy(), 2)[0])
+    with pytest.raises(ValueError, match="groups=3 must divide the weight's 70"):
+        functional.pack_weight(fields["w"].copy(), 3)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_pack_weight_finds_a_non_finite_value(bad, dtype, rng):

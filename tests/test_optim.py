@@ -83,6 +83,34 @@ def test_sgd_updates_parameters_in_place_whatever_their_layout(strided, dtype):
         np.testing.assert_array_equal(base[:, 1::2], untouched)
 
 
+def test_sgd_refuses_a_read_only_parameter_and_lets_nan_through_at_lr_0():
+    """What BLAS axpy would not do by itself: refuse to write into a read-only array, and
+    take NaN * 0 = NaN into the parameter at lr=0 (as torch.optim.SGD does)."""
+    value = np.ones(4, np.float32)
+    value.setflags(write=False)
+    with pytest.raises(ValueError, match="read-only"):
+        SGD([("w", value, np.ones(4, np.float32))], lr=0.5).step()
+    np.testing.assert_array_equal(value, 1)
+    for p in (np.ones(3, np.float32), np.ones((3, 2), np.float32)[:, 0]):
+        with np.errstate(invalid="ignore"):  # inf * 0
+            SGD([("p", p, np.array([np.nan, np.inf, 1], np.float32))], lr=0.0).step()
+        np.testing.assert_array_equal(p, [np.nan, np.nan, 1])
+
+
+def test_sgd_momentum_of_a_0d_parameter():
+    """A 0-d parameter's d is a NumPy scalar: its momentum buffer must still be an array
+    updated in place."""
+    value, grad = np.array(1.0), np.array(0.5)
+    optimizer = SGD([("s", value, grad)], lr=0.1, momentum=0.9, weight_decay=0.1)
+    p, buf = 1.0, None
+    for _ in range(3):
+        optimizer.step()
+        d = 0.5 + 0.1 * p
+        buf = d if buf is None else 0.9 * buf + d
+        p -= 0.1 * buf
+    assert value == pytest.approx(p, rel=1e-12)
+
+
 @pytest.mark.parametrize("cls,weight_decay,amsgrad", [
     (Adam, 0.0, False), (Adam, 0.1, False), (Adam, 0.1, True), (AdamW, 0.1, False),
     (AdamW, 0.1, True)])

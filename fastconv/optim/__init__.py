@@ -233,10 +233,12 @@ _AXPY = {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
 
 def _add_scaled(y: np.ndarray, a: float, x: np.ndarray) -> None:
     """y += a * x in place, in one pass without a temporary as large as x: BLAS's axpy where
-    y and x are C-contiguous arrays of one float dtype, NumPy otherwise. BLAS on one thread,
-    as NumPy is: its threads would spin on the cores the next kernels use."""
+    y and x are aligned C-contiguous arrays of one float dtype, y writeable and a != 0 (BLAS
+    skips x then, where NaN * 0 is NaN), NumPy otherwise. BLAS on one thread, as NumPy is:
+    its threads would spin on the cores the next kernels use."""
     axpy = _AXPY.get(y.dtype) if x.dtype == y.dtype else None
-    if (axpy is not None and y.flags.c_contiguous and x.flags.c_contiguous
+    if (axpy is not None and a != 0 and y.flags.writeable and y.flags.c_contiguous
+            and y.flags.aligned and x.flags.c_contiguous and x.flags.aligned
             and 0 < y.size < 2 ** 31):
         with blas_single_thread():
             result = axpy(x.reshape(-1), y.reshape(-1), a=a)
@@ -278,8 +280,8 @@ class SGD(Optimizer):
         momentum = group["momentum"]
         if momentum:
             buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = d.copy()
+            if buf is None:  # an array even for a 0-d parameter, whose d is a scalar
+                buf = state["momentum_buffer"] = np.array(d, copy=True)
             else:
                 buf *= momentum
                 buf += d
