@@ -37,6 +37,11 @@ KERNELS = {"direct": _best_simd("_direct"), "im2col": _best_simd("_im2col"),
 USES_BLAS = {"direct": False, "im2col": True, "winograd": True, "blocked": False}
 # below this much work (a few microseconds) waking a second thread costs more than it saves
 PARALLEL_MIN_FLOPS = 1_000_000
+# A depthwise convolution does kh * kw multiply-adds per input vector it loads, where a dense
+# one reuses each load over a block of output channels: per flop it runs several times
+# slower (3x3 on a Zen 5, one thread: 40-70 GFLOP/s against 200+), so the same few
+# microseconds hold fewer flops (measured there: 2 threads faster from 4x4x256, 74 KFLOP).
+PARALLEL_MIN_DEPTHWISE_FLOPS = PARALLEL_MIN_FLOPS // 8
 ALGORITHMS = ("auto",) + tuple(KERNELS)
 
 MIN_GEMM_ROWS = 16  # a GEMM with fewer rows runs far below BLAS speed

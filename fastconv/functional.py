@@ -25,17 +25,21 @@ NEEDS = ("input", "weight", "bias")
 # ----------------------------------------------------------------------------------------------
 # shared steps
 
-def _run(algo: str, kernel_name: str, *args, flops: int) -> None:
-    """Call a kernel with the thread count (one thread for work too small to share), BLAS
-    held to one thread when the kernel calls it; raise on the kernel's status."""
-    _bound(algo, kernel_name, *args, flops=flops)()
+def _run(algo: str, kernel_name: str, *args, flops: int, min_flops: int | None = None) -> None:
+    """Call a kernel with the thread count (one thread for work of fewer than `min_flops`,
+    default PARALLEL_MIN_FLOPS: too small to share), BLAS held to one thread when the kernel
+    calls it; raise on the kernel's status."""
+    _bound(algo, kernel_name, *args, flops=flops, min_flops=min_flops)()
 
 
-def _bound(algo: str, kernel_name: str, *args, flops: int) -> Callable[[], None]:
+def _bound(algo: str, kernel_name: str, *args, flops: int,
+           min_flops: int | None = None) -> Callable[[], None]:
     """_run's call with the kernel, its arguments and the thread count fixed: calling it runs
     the kernel on its arrays' current values."""
     kernel = getattr(_algorithms.KERNELS[algo], kernel_name)
-    threads = get_num_threads() if flops >= _algorithms.PARALLEL_MIN_FLOPS else 1
+    if min_flops is None:
+        min_flops = _algorithms.PARALLEL_MIN_FLOPS
+    threads = get_num_threads() if flops >= min_flops else 1
     args = (*args, threads)
     uses_blas = _algorithms.USES_BLAS[algo]
 
@@ -365,13 +369,16 @@ def bind_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, grou
     # (measured, mobilenet_dw_112 forward, 2 threads: kernel 2.63 -> 2.36 ms)
     depthwise = _algorithms.is_depthwise(shape, groups)
     stream = depthwise and y.flags.c_contiguous and y.nbytes >= _algorithms.STREAM_BYTES
+    min_flops = (_algorithms.PARALLEL_MIN_DEPTHWISE_FLOPS if depthwise
+                 else _algorithms.PARALLEL_MIN_FLOPS)
     if not depthwise or x.shape[3] == w.shape[3]:
         return _bound(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw, groups,
-                      prepared.exact, stream, post, flops=flops)
+                      prepared.exact, stream, post, flops=flops, min_flops=min_flops)
 
     def widened() -> None:  # the kernel reads whole channel vectors of x too
         _run(algo, "conv_forward", _padded_depthwise_input(x, w.shape[3]), w, bias, y,
-             *offsets, sh, sw, dh, dw, groups, prepared.exact, stream, post, flops=flops)
+             *offsets, sh, sw, dh, dw, groups, prepared.exact, stream, post, flops=flops,
+             min_flops=min_flops)
     return widened
 
 
@@ -522,7 +529,8 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
         gy = _padded_depthwise_input(gy, w.shape[3])
         _run("direct", "data_depthwise", np.ascontiguousarray(gy), w, bias, out, *crop,
              *geo.stride, *geo.dilation, out.nbytes >= _algorithms.STREAM_BYTES,
-             flops=2 * gy.shape[0] * gy.shape[1] * gy.shape[2] * w.size)
+             flops=2 * gy.shape[0] * gy.shape[1] * gy.shape[2] * w.size,
+             min_flops=_algorithms.PARALLEL_MIN_DEPTHWISE_FLOPS)
         return
     # the adjoint's weight: wt[r, s, co, g*cig + ci] = w[r, s, ci, g*cog + co]
     wt = w.reshape(kh, kw, cig, groups, cog).transpose(0, 1, 4, 3, 2).reshape(kh, kw, cog, -1)

@@ -66,13 +66,14 @@ class _RecordingKernels:
 @pytest.fixture
 def kernel_threads(monkeypatch):
     """For thread tests: every kernel call shares its work however small it is
-    (PARALLEL_MIN_FLOPS lowered to 0), and the thread counts the kernels were given are
+    (PARALLEL_MIN_FLOPS and PARALLEL_MIN_DEPTHWISE_FLOPS lowered to 0), and the thread counts the kernels were given are
     recorded in the list returned. A test then calls assert_threads_ran(list), so that it
     cannot pass with everything on one thread."""
     from fastconv import _algorithms
 
     seen: list = []
     monkeypatch.setattr(_algorithms, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(_algorithms, "PARALLEL_MIN_DEPTHWISE_FLOPS", 0)
     for algo, module in list(_algorithms.KERNELS.items()):
         monkeypatch.setitem(_algorithms.KERNELS, algo, _RecordingKernels(module, seen))
     monkeypatch.setattr("fastconv.functional._algorithms", _algorithms)

@@ -198,3 +198,29 @@ def test_workers_stay_off_the_calling_threads_cpu():
         assert _openmp.workers_may_run_on(cpu, 2) == [True, False]  # two threads, one kept off
         others = sorted(os.sched_getaffinity(0) - {cpu})
         assert all(_openmp.workers_may_run_on(c, 2)[1] for c in others)
+
+
+def test_depthwise_work_is_shared_from_fewer_flops_than_dense(monkeypatch, rng):
+    """A 3x3 depthwise convolution of 7x7x256 (226 KFLOP: below PARALLEL_MIN_FLOPS, above
+    PARALLEL_MIN_DEPTHWISE_FLOPS) runs on 2 threads, forward and strided input gradient; a
+    dense convolution of as many flops on 1."""
+    from fastconv import _algorithms, functional
+
+    assert (_algorithms.PARALLEL_MIN_DEPTHWISE_FLOPS < 2 * 49 * 9 * 256
+            < _algorithms.PARALLEL_MIN_FLOPS)
+    given: list[int] = []
+    monkeypatch.setattr(functional, "place_workers", given.append)
+    x = rng.standard_normal((1, 7, 7, 256)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 1, 256)).astype(np.float32)
+    with fastconv.num_threads(2):
+        fastconv.conv2d(x, w, padding=1, groups=256)
+        assert given == [2]
+        x14 = rng.standard_normal((1, 14, 14, 256)).astype(np.float32)  # grad_output 7x7
+        fastconv.conv2d_backward(np.ones((1, 7, 7, 256), np.float32), x14, w, stride=2,
+                                 padding=1, groups=256, needs=("input",))
+        assert given[-1] == 2
+        given.clear()
+        fastconv.conv2d(x[..., :16], rng.standard_normal((3, 3, 16, 16)).astype(np.float32),
+                        padding=1, algorithm="direct")  # 2 * 49 * 9 * 16 * 16 flops
+        assert given == [1]
+    assert_threads_ran([2])

@@ -250,7 +250,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     cdef Py_ssize_t span = (FC_PB - 1) * sw + (kw - 1) * dw + 1
     cdef bint by_tap = FC_PB * kw < span
     cdef Py_ssize_t window_cols = FC_PB * kw if by_tap else span
-    cdef Py_ssize_t row, n, oh, ih, r0, nr, ow, iw, npix, p, s0, ns, run_lo, run_hi
+    cdef Py_ssize_t row, n, oh, ih, r0, nr, ow, iw, npix, p, s0, ns, run_lo, run_hi, end
     cdef bint run3 = depthwise and kh == 3 and kw == 3 and FC_HAVE_VECTORS
     cdef bint has_bias = bias.shape[0] > 0
     cdef const void* chain = chain_of(post, sizeof(floating), N * Ho * Wo, Cout)
@@ -295,14 +295,19 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
                 if ow == run_lo and run_hi > run_lo:
                     ow = run_hi
                     continue
-                npix = min(<Py_ssize_t> FC_PB, (run_lo if ow < run_lo else Wo) - ow)
+                if depthwise:  # blocks inside or outside the inner columns, never across:
+                    # a depthwise block's padded window would be a copy as large as its work
+                    end = inner_lo if ow < inner_lo else inner_hi if ow < inner_hi else Wo
+                else:
+                    end = run_lo if ow < run_lo else Wo
+                npix = min(<Py_ssize_t> FC_PB, end - ow)
                 iw = ow * sw - left  # input column of the block's first tap
                 if inner_lo <= ow and ow + npix <= inner_hi or nr == 0:
                     _segment(&x[n, 0, 0, 0] + ((ih + r0 * dh) * W + iw) * C if nr > 0 else NULL,
                              dh * W * C, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
                              y_row + ow * y_pix, npix, r0, nr, 0, kw, n_groups, width, cog,
                              cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
-                elif not exact and run_hi == 0:  # the block reaches into the zero padding
+                elif not exact and run_hi == 0 and not depthwise:  # it reaches into the padding
                     _gather_window(&x[n, 0, 0, 0], window, ih + r0 * dh, nr, dh, iw, npix, sw,
                                    kw, dw, span, by_tap, W, C)
                     _segment(window, window_cols * C, &w[0, 0, 0, 0],
