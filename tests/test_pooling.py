@@ -121,6 +121,24 @@ def test_max_pool_matches_reference(k, s, p, d):
         np.testing.assert_array_equal(pooling.max_pool2d(x, k, s, p, d, ceil_mode), y)
 
 
+@pytest.mark.parametrize("channels", [1, 15, 16, 17, 33])
+def test_max_pool_indices_for_channel_counts_around_the_kernels_block(channels):
+    """The kernel keeps 16 channels' maxima and taps at a time: ties (the first wins), NaN
+    (the last wins), dilation and padding in every block and its tail."""
+    rng = np.random.default_rng(channels)
+    x = rng.integers(0, 4, (2, 7, 6, channels)).astype(np.float32)  # many ties
+    x[0, 1, 2, ::3] = np.nan
+    x[1, 4, 0, 1::2] = np.nan
+    x[1, 4, 1, 1::4] = np.nan
+    for k, s, p, d in [(3, 2, 1, 1), ((2, 3), 1, (1, 0), 2), (2, None, 0, 1)]:
+        y, idx = pooling.max_pool2d(x, k, s, p, d, return_indices=True)
+        y_ref, idx_ref = ref_max_pool(x, pair(k), pair(k if s is None else s), pair(p),
+                                      pair(d), False)
+        np.testing.assert_array_equal(y, y_ref.astype(np.float32))
+        np.testing.assert_array_equal(idx, idx_ref)
+        np.testing.assert_array_equal(pooling.max_pool2d(x, k, s, p, d), y)
+
+
 @pytest.mark.parametrize("count_include_pad", [False, True])
 @pytest.mark.parametrize("k,s,p", AVG_GRID)
 def test_avg_pool_matches_reference(k, s, p, count_include_pad):
