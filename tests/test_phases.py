@@ -204,3 +204,22 @@ def test_depthwise_input_gradient_non_finite_weight(rng):
     assert np.isfinite(gx[..., 2]).any() and not np.isfinite(gx[..., 2]).all()
     finite = np.isfinite(expected)
     np.testing.assert_allclose(gx[finite], expected[finite], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding, dilation", [(3, 1), ((3, 4), 1), (5, 2), ((0, 3), 1)])
+def test_depthwise_input_gradient_with_padding_beyond_the_taps(padding, dilation, dtype, rng):
+    """Padding wider than the dilated 3x3 kernel's reach makes the stride-1 input gradient
+    a convolution that crops grad_output (a negative left offset). Its rows must stay in
+    their place in grad_input: the kernel once wrote before each row, over the previous
+    row's pixels and, for the first row, the heap."""
+    c = 16
+    x, w = rand(rng, (2, 7, 9, c), dtype), rand(rng, (3, 3, 1, c), dtype)
+    gy = rand(rng, fastconv.conv2d(x, w, padding=padding, dilation=dilation,
+                                   groups=c).shape, dtype)
+    gx = fastconv.conv2d_backward(gy, x, w, padding=padding, dilation=dilation, groups=c,
+                                  needs=("input",))[0]
+    pads = resolve_padding(padding, (3, 3), (1, 1), (dilation, dilation), x.shape[1:3])
+    ref = reference.conv2d_backward(gy, x, w, pads=pads, dilation=(dilation, dilation),
+                                    groups=c)[0]
+    assert_close(gx, ref, dtype, 9, "grad_input")

@@ -242,7 +242,8 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     cdef Py_ssize_t x_pix = sw * C, x_col = dw * C
     cdef Py_ssize_t cb = (FC_CB_F if floating is float else FC_CB_D) if FC_HAVE_VECTORS else 1
     # output columns whose taps all lie inside x: [inner_lo, inner_hi)
-    cdef Py_ssize_t inner_lo = min(Wo, (left + sw - 1) // sw)
+    # (left < 0: an input gradient's phase that crops x; then every column starts inside)
+    cdef Py_ssize_t inner_lo = min(Wo, max(0, left + sw - 1) // sw)
     cdef Py_ssize_t inner_hi = inner_lo if W - 1 + left - (kw - 1) * dw < 0 else \
         max(inner_lo, min(Wo, (W - 1 + left - (kw - 1) * dw) // sw + 1))
     # input columns one block of pixels spans; when the taps read fewer (a large stride or
