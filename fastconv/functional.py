@@ -37,9 +37,7 @@ def _bound(algo: str, kernel_name: str, *args, flops: int,
     """_run's call with the kernel, its arguments and the thread count fixed: calling it runs
     the kernel on its arrays' current values."""
     kernel = getattr(_algorithms.KERNELS[algo], kernel_name)
-    if min_flops is None:
-        min_flops = _algorithms.PARALLEL_MIN_FLOPS
-    threads = get_num_threads() if flops >= min_flops else 1
+    threads = _threads_for(flops, min_flops)
     args = (*args, threads)
     uses_blas = _algorithms.USES_BLAS[algo]
 
@@ -53,6 +51,14 @@ def _bound(algo: str, kernel_name: str, *args, flops: int,
         if status:
             raise MemoryError("fastconv: could not allocate a kernel's scratch buffer")
     return call
+
+
+def _threads_for(flops: int, min_flops: int | None = None) -> int:
+    """The threads for a kernel call of `flops`: one below `min_flops` (default
+    PARALLEL_MIN_FLOPS: too little work to share), else the thread count."""
+    if min_flops is None:
+        min_flops = _algorithms.PARALLEL_MIN_FLOPS
+    return get_num_threads() if flops >= min_flops else 1
 
 
 def _batched(name: str, arr) -> tuple[np.ndarray, bool]:
@@ -284,8 +290,8 @@ def prepare_weight(algo: str, w: np.ndarray, bias: np.ndarray, groups: int) -> P
     only that mode skips them everywhere."""
     shape = w.shape
     if algo == "blocked":  # the packing's pass over w also checks it
-        packed, exact = pack_weight(w, groups)
-        exact = not exact
+        packed, finite = pack_weight(w, groups)
+        exact = not finite
     else:
         exact = not _bounded(w)
     if exact:
@@ -421,7 +427,7 @@ def pack_weight(w: np.ndarray, groups: int, block: int | None = None) -> tuple[n
         w = np.ascontiguousarray(w)  # the kernel steps in whole elements
     # into memory aligned for the kernel's vector loads
     packed = _memory.empty((groups, -(-cout // groups // block), kh, kw, cig, block), w.dtype)
-    threads = get_num_threads() if packed.size >= _algorithms.PARALLEL_MIN_FLOPS else 1
+    threads = _threads_for(packed.size)
     place_workers(threads)
     return packed, kernel.pack_weight(w, packed, threads)
 

@@ -207,8 +207,9 @@ class FusedConv(L.Layer):
         this residual array, kept while the call repeats (in an InferenceGraph the same
         pooled buffers come back at every call)."""
         ops = self.post_ops
-        # the residual by its memory: an InferenceGraph's arena gives a new view of the same
-        # bytes at each call (the kept Epilogue holds the old view, so the bytes stay alive)
+        # the residual by its memory, so that a new view of the same bytes (a caller's own
+        # array, refilled) finds it too (the kept Epilogue holds the old view, so the bytes
+        # stay alive)
         at = None if residual is None else residual.__array_interface__["data"][0]
         key = (plan.out_shape, plan.dtype, ops.act1, ops.act2, ops.residual, id(ops.scale),
                id(ops.shift), at)
@@ -443,11 +444,11 @@ class _BufferPool:
     def end(self) -> None:
         """The pass is over (every value given back): lay out the arena it recorded."""
         if self._record is not None and all(r[2] is not None for r in self._record):
-            layout = _arena_layout([(r[0], r[1], r[2]) for r in self._record])
+            arena, offsets = _arena_layout([(r[0], r[1], r[2]) for r in self._record])
             self.layouts.pop(self._signature, None)
             if len(self.layouts) >= self.MAX_LAYOUTS:
                 del self.layouts[next(iter(self.layouts))]
-            self.layouts[self._signature] = layout
+            self.layouts[self._signature] = (arena, offsets, {}, {})  # views made as taken
             if not self.users:  # nothing lives in the free list's buffers: let them go
                 self.free, self.pooled = [], {}
         self._record = self._arena = self._offsets = self._views = self._slot_of = None
@@ -533,8 +534,8 @@ class _BufferPool:
                 self._freed(self.pooled[root])
 
 
-def _arena_layout(takes) -> tuple[np.ndarray, list[tuple[int, int]], dict, dict]:
-    """(arena, [(offset, nbytes)] per take, {} and {} for the arrays made in it) for takes
+def _arena_layout(takes) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """(arena, [(offset, nbytes)] per take) for takes
     [(nbytes, taken, given back)] (steps of one pass): the largest first, each at the lowest
     64-byte aligned offset where it overlaps no placed take whose lifetime [taken, given
     back] meets its own (greedy by size, as TensorFlow Lite's arena planner)."""
@@ -552,7 +553,7 @@ def _arena_layout(takes) -> tuple[np.ndarray, list[tuple[int, int]], dict, dict]
         offsets[i] = offset
         placed.append((offset, offset + size, taken, back))
     arena = _memory.empty(max((end for _, end, _, _ in placed), default=0), np.uint8)
-    return arena, [(offsets[i], takes[i][0]) for i in range(len(takes))], {}, {}
+    return arena, [(offsets[i], takes[i][0]) for i in range(len(takes))]
 
 
 # ----------------------------------------------------------------------------------------------

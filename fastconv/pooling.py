@@ -137,6 +137,12 @@ def _max_pool_nd(fn, one_d, x, kernel_size, stride, padding, dilation, ceil_mode
     return _unshown(y, unbatched, one_d), _unshown(idx, unbatched, one_d)
 
 
+# Max pooling with indices numbers a window's taps in 32 bits in its vectorised loop; a
+# window of more taps (an image of 2**31 pixels or more) runs one channel and tap at a time.
+# (A module constant, so that tests can send every window there.)
+_VECTOR_WINDOW_TAPS = 2 ** 31 - 1
+
+
 def _max_pool(x: np.ndarray, geo: _params.PoolGeometry, dtype,
               indices: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """The maxima and (indices=True) their flat indices; without them, about 3x faster."""
@@ -145,6 +151,7 @@ def _max_pool(x: np.ndarray, geo: _params.PoolGeometry, dtype,
     # the padding after the image needs no argument: y's shape says how far windows go
     _pool.max_pool_forward(np.ascontiguousarray(x, dtype), y, idx, *geo.kernel_hw, *geo.stride,
                            geo.padding[0][0], geo.padding[1][0], *geo.dilation,
+                           _VECTOR_WINDOW_TAPS,
                            _threads(y.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
     return y, (idx if indices else None)
 

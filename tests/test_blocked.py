@@ -164,6 +164,7 @@ def test_pack_weight_finds_a_non_finite_value(bad, dtype, rng):
         v[where] = bad
         assert not functional.pack_weight(v, 1)[1]
         assert not functional.pack_weight(v[::-1, ::-1], 1)[1]
+        assert not functional.pack_weight(v.transpose(0, 1, 3, 2)[:, :, :, :64], 1)[1]
     assert functional.pack_weight(np.full_like(w, np.finfo(dtype).max), 1)[1]
 
 

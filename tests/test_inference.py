@@ -415,7 +415,7 @@ def test_the_arena_never_overlaps_arrays_alive_together():
         for step in rng.permutation(2 * n).reshape(n, 2):
             taken, back = sorted(int(v) for v in step)
             takes.append((int(rng.integers(0, 5000)), taken, back))
-        arena, offsets, *_ = _arena_layout(takes)
+        arena, offsets = _arena_layout(takes)
         assert arena.nbytes <= sum(-(-max(t[0], 1) // 64) * 64 for t in takes)
         for i, (nb_i, t_i, b_i) in enumerate(takes):
             o_i = offsets[i][0]

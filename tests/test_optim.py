@@ -97,6 +97,19 @@ def test_sgd_refuses_a_read_only_parameter_and_lets_nan_through_at_lr_0():
         np.testing.assert_array_equal(p, [np.nan, np.nan, 1])
 
 
+def test_sgd_update_where_blas_returns_a_copy(monkeypatch):
+    """Were BLAS's axpy to return a new array instead of updating the parameter (f2py copies
+    arrays it cannot take as they are), the update still lands in the parameter, once."""
+    from fastconv import optim
+
+    copying = {dtype: (lambda x, y, a, axpy=axpy: axpy(x, y.copy(), a=a))
+               for dtype, axpy in optim._AXPY.items()}
+    monkeypatch.setattr(optim, "_AXPY", copying)
+    value, grad = np.ones(5, np.float32), np.full(5, 2.0, np.float32)
+    SGD([("w", value, grad)], lr=0.5).step()
+    np.testing.assert_array_equal(value, 0.0)
+
+
 def test_sgd_momentum_of_a_0d_parameter():
     """A 0-d parameter's d is a NumPy scalar: its momentum buffer must still be an array
     updated in place."""

@@ -121,10 +121,15 @@ def test_max_pool_matches_reference(k, s, p, d):
         np.testing.assert_array_equal(pooling.max_pool2d(x, k, s, p, d, ceil_mode), y)
 
 
+@pytest.mark.parametrize("per_tap", [False, True], ids=["vectorised", "per_tap"])
 @pytest.mark.parametrize("channels", [1, 15, 16, 17, 33])
-def test_max_pool_indices_for_channel_counts_around_the_kernels_block(channels):
+def test_max_pool_indices_for_channel_counts_around_the_kernels_block(channels, per_tap,
+                                                                      monkeypatch):
     """The kernel keeps 16 channels' maxima and taps at a time: ties (the first wins), NaN
-    (the last wins), dilation and padding in every block and its tail."""
+    (the last wins), dilation and padding in every block and its tail. per_tap: every window
+    through the loop that windows of 2**31 taps or more take."""
+    if per_tap:
+        monkeypatch.setattr(pooling, "_VECTOR_WINDOW_TAPS", 0)
     rng = np.random.default_rng(channels)
     x = rng.integers(0, 4, (2, 7, 6, channels)).astype(np.float32)  # many ties
     x[0, 1, 2, ::3] = np.nan

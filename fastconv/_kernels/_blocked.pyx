@@ -402,29 +402,28 @@ cdef inline bint _pack_tile(const floating* w, Py_ssize_t w_ci, Py_ssize_t w_co,
     """One tap of one block: wp[ci, c] = w[ci * w_ci + c * w_co] for c < nc, zeros after;
     whether every value read is finite (v - v is 0 only for a finite v)."""
     cdef Py_ssize_t ci, c, ci0, c0
+    cdef const floating* column
     cdef floating v
     cdef bint bad = False
-    for ci in range(cig):
-        if w_co == 1:  # an HWIO weight: each row of the block is contiguous
+    if w_co == 1:  # an HWIO weight: each row of the block is a contiguous copy
+        for ci in range(cig):
             for c in range(nc):
                 v = w[ci * w_ci + c]
                 wp[ci * block + c] = v
                 bad = bad | (v - v != 0)
-        elif w_ci != 1:  # a view with strided rows
-            for c in range(nc):
-                v = w[ci * w_ci + c * w_co]
-                wp[ci * block + c] = v
-                bad = bad | (v - v != 0)
-        for c in range(nc, block):
-            wp[ci * block + c] = 0
-    if w_co != 1 and w_ci == 1:  # swapped channel axes (an input gradient's weight): a
-        for c0 in range(0, nc, 16):  # transpose, in 16 x 16 tiles that stay in L1
+    else:  # a view, such as an input gradient's (channel axes swapped): a transpose, in
+        for c0 in range(0, nc, 16):  # 16 x 16 tiles that stay in L1
             for ci0 in range(0, cig, 16):
                 for c in range(c0, min(c0 + 16, nc)):
+                    column = w + c * w_co
                     for ci in range(ci0, min(ci0 + 16, cig)):
-                        v = w[ci + c * w_co]
+                        # a unit stride the compiler knows: 1.25x faster (3x3 512 -> 512)
+                        v = column[ci] if w_ci == 1 else column[ci * w_ci]
                         wp[ci * block + c] = v
                         bad = bad | (v - v != 0)
+    for ci in range(cig):
+        for c in range(nc, block):
+            wp[ci * block + c] = 0
     return not bad
 
 

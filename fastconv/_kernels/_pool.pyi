@@ -7,7 +7,8 @@ from fastconv._kernels._direct import _Floats
 
 def max_pool_forward(
     x: _Floats, y: _Floats, idx: npt.NDArray[np.int64],
-    kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int, dw: int, num_threads: int,
+    kh: int, kw: int, sh: int, sw: int, ph: int, pw: int, dh: int, dw: int,
+    vector_window_taps: int, num_threads: int,
 ) -> None: ...
 def max_pool_backward(
     gy: _Floats, idx: npt.NDArray[np.int64], gx: _Floats, channel_block: int, num_threads: int,

@@ -71,11 +71,13 @@ def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
                      int64_t[:, :, :, ::1] idx,        # OUT (N, Ho, Wo, C), or (0, 0, 0, 0)
                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                      Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-                     int num_threads):
+                     Py_ssize_t vector_window_taps, int num_threads):
     """Maximum over each window. Ties keep the first in row-major window order; NaN wins
     over numbers and a later NaN over an earlier one (as PyTorch: `v > m or isnan(v)`).
     An empty idx (inference): the maxima alone, the channel loop a branch-free select the
-    compiler vectorises (about 3x faster than also finding the indices)."""
+    compiler vectorises (about 3x faster than also finding the indices). With idx, windows
+    of up to vector_window_taps taps (at most 2**31 - 1) run _window_max_with_index, larger
+    ones one channel and tap at a time."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2]
     cdef Py_ssize_t row, n, oh, ow, h0, w0, r0, r1, s0, s1, r, s, c, ih, iw
@@ -87,6 +89,7 @@ def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
     cdef floating v, m
     if N * Ho * Wo * C == 0:
         return
+    vector_window_taps = min(vector_window_taps, <Py_ssize_t> INT32_MAX)
     for row in prange(N * Ho, nogil=True, schedule="static", num_threads=num_threads):
         n = row // Ho
         oh = row % Ho
@@ -98,7 +101,7 @@ def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
             s0 = _first_tap(w0, dw)
             s1 = _end_tap(w0, dw, kw, W)
             yp = &y[n, oh, ow, 0]
-            if indices and (r1 - r0) * (s1 - s0) <= INT32_MAX:
+            if indices and (r1 - r0) * (s1 - s0) <= vector_window_taps:
                 _window_max_with_index(&x[n, 0, 0, 0], W, C, h0, r0, r1, dh, w0, s0, s1, dw,
                                        yp, &idx[n, oh, ow, 0])
                 continue
@@ -115,7 +118,7 @@ def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
                 for s in range(s0, s1):
                     iw = w0 + s * dw
                     xp = &x[n, ih, iw, 0]
-                    if indices:  # a window of 2**31 taps or more
+                    if indices:  # a window of more than vector_window_taps taps
                         flat = ih * W + iw
                         for c in range(C):
                             v = xp[c]
