@@ -176,12 +176,15 @@ def _kernel_variants():
             yield pytest.param(case, level, id=f"{case[0]}-{level}-{'x'.join(map(str, case[2:]))}")
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["stores", "streamed"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case, level", list(_kernel_variants()))
-def test_every_kernel_applies_the_chain_in_its_stores(case, level, dtype, monkeypatch):
+def test_every_kernel_applies_the_chain_in_its_stores(case, level, dtype, streamed,
+                                                      monkeypatch):
     """Each instruction-set variant of each kernel, given an Epilogue, stores what the kernel
     stores without one followed by the chain in NumPy (bias, scale, shift, act, residual,
-    act), on 1 and 2 threads alike."""
+    act), on 1 and 2 threads alike; `streamed`: with the non-temporal stores the kernels use
+    for outputs of STREAM_BYTES or more (where they can)."""
     from fastconv import _algorithms, functional
     from fastconv._kernels import _epilogue
 
@@ -190,6 +193,7 @@ def test_every_kernel_applies_the_chain_in_its_stores(case, level, dtype, monkey
         "baseline": _algorithms.KERNELS["im2col"]}
     monkeypatch.setitem(_algorithms.KERNELS, algo, modules[level])
     monkeypatch.setattr(_algorithms, "PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(_algorithms, "STREAM_BYTES", 0 if streamed else 2 ** 62)
     x = RNG.standard_normal((n, h, w_, c)).astype(dtype)
     x[-1, -1, -1, 0] = np.nan  # stays NaN through every step (in registers too)
     w = RNG.standard_normal((k, k, c // groups, cout)).astype(dtype)

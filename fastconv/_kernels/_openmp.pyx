@@ -9,7 +9,7 @@ cdef extern from "fastconv_omp.h":
     int fc_omp_team_size() noexcept nogil
     int fc_cpu_has_avx2() noexcept nogil
     int fc_cpu_has_avx512() noexcept nogil
-    int fc_keep_off_cpu(const int* allowed, int n, int cpu) noexcept nogil
+    void fc_keep_off_cpu(const int* allowed, int n, int cpu) noexcept nogil
     int fc_current_cpu() noexcept nogil
     int fc_may_run_on(int cpu) noexcept nogil
     int FASTCONV_OPENMP
@@ -60,23 +60,17 @@ def current_cpu():
 
 def keep_workers_off(allowed, int cpu, int n):
     """In a region of n threads, restrict each worker (thread > 0) to the CPUs of `allowed`
-    (ints) but `cpu` (fastconv_omp.h says why). Returns how many workers did (0 where
-    the OS or the build cannot)."""
-    cdef Py_ssize_t count = len(allowed), i
+    (ints) but `cpu` (fastconv_omp.h says why); nothing where the OS or the build cannot."""
+    cpus_list = [int(c) for c in allowed]  # converted first: nothing to free if one fails
+    cdef Py_ssize_t count = len(cpus_list), i
     cdef int* cpus = <int*> malloc(max(count, 1) * sizeof(int))
-    cdef int* done = <int*> calloc(max(n, 1), sizeof(int))  # per thread: no shared counter
-    if cpus == NULL or done == NULL:
-        free(cpus)
-        free(done)
+    if cpus == NULL:
         raise MemoryError()
     for i in range(count):
-        cpus[i] = allowed[i]
+        cpus[i] = cpus_list[i]
     with nogil, parallel(num_threads=n):
-        done[fc_omp_thread_num()] = fc_keep_off_cpu(cpus, <int> count, cpu)
-    total = sum(done[i] for i in range(max(n, 1)))
+        fc_keep_off_cpu(cpus, <int> count, cpu)
     free(cpus)
-    free(done)
-    return total
 
 
 def workers_may_run_on(int cpu, int n):

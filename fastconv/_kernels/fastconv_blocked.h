@@ -20,11 +20,10 @@
 
 #if defined(__AVX512F__)
 #define FC_BLK_NV 4
-#define FC_BLK_PIX(nv) ((nv) >= 4 ? 6 : 8)
 #else
 #define FC_BLK_NV 2
-#define FC_BLK_PIX(nv) ((nv) >= 2 ? 6 : 8)
 #endif
+#define FC_BLK_PIX(nv) ((nv) >= FC_BLK_NV ? 6 : 8)  /* pixels of a block of nv vectors */
 #define FC_BLK_NP FC_BLK_PIX(FC_BLK_NV)  /* pixels of a full-width block */
 #define FC_BLK_PIX_MAX 8                 /* the most pixels of any block: xp's stride */
 
@@ -47,8 +46,9 @@ FC_DEFINE_CHAIN_IN_REGISTERS(f64)
 typedef int fc_vif __attribute__((vector_size(FC_VBYTES)));        /* lane masks */
 typedef long long fc_vid __attribute__((vector_size(FC_VBYTES)));
 
-/* The activations that a register block applies itself (fc_blk_chain_in_registers): relu
- * as fastconv_epilogue.h has it (NaN stays NaN, -0 becomes 0), relu6 likewise. AVX-512
+/* The activations that a register block applies itself (fc_blk_chain_in_registers), as
+ * fastconv_epilogue.h has them: relu (NaN stays NaN, -0 becomes 0) and relu6 (NaN stays
+ * NaN, -0 stays -0, clamped to [0, 6]). AVX-512
  * compares into mask registers; the others select through integer vectors. */
 #if defined(__AVX512F__)
 #define FC_DEFINE_BLOCK_POST(T, V, SUF, M, PS)                                               \
@@ -235,11 +235,8 @@ FC_DEFINE_BLOCKED_DISPATCH(double, d, f64)
                 for (ptrdiff_t c = 0; c < n; c++) out[c] += lanes[c];                        \
             }                                                                                \
     }
-#define FC_WG_FOR_EACH_NCI(M, T, V, SUF) \
-    M(T, V, SUF, 1) M(T, V, SUF, 2) M(T, V, SUF, 3) M(T, V, SUF, 4) \
-    M(T, V, SUF, 5) M(T, V, SUF, 6) M(T, V, SUF, 7) M(T, V, SUF, 8)
-FC_WG_FOR_EACH_NCI(FC_DEFINE_WGRAD_BLOCKED, float, fc_vf, f)
-FC_WG_FOR_EACH_NCI(FC_DEFINE_WGRAD_BLOCKED, double, fc_vd, d)
+FC_FOR_EACH_NP(FC_DEFINE_WGRAD_BLOCKED, float, fc_vf, f)
+FC_FOR_EACH_NP(FC_DEFINE_WGRAD_BLOCKED, double, fc_vd, d)
 
 #define FC_WG_CASE(SUF, NCI) \
     case NCI: fc_wgrad_blocked_##SUF##_##NCI(xp, ci0, gy, gy_pix, npix, gw, w_ci, nc); break;

@@ -19,21 +19,21 @@ static int fc_omp_team_size(void) { return 1; }
  * scheduler tick (measured: the first two empty parallel regions after 50 ms idle took
  * 5.8 and 4.1 ms instead of a few us). A worker that may not run there is woken on
  * another CPU. fc_keep_off_cpu, called by every thread of a region: each worker (thread
- * > 0) may run on the CPUs of `allowed` but `cpu` (when that leaves any); returns 1 if it
- * restricted itself. fc_current_cpu: the calling thread's CPU (-1 where unknown). */
+ * > 0) may run on the CPUs of `allowed` but `cpu` (when that leaves any).
+ * fc_current_cpu: the calling thread's CPU (-1 where unknown). */
 #if defined(__linux__) && defined(_OPENMP)
 #include <sched.h>
-static int fc_keep_off_cpu(const int *allowed, int n, int cpu) {
+static void fc_keep_off_cpu(const int *allowed, int n, int cpu) {
     cpu_set_t set;
     int count = 0;
-    if (omp_get_thread_num() == 0) return 0;
+    if (omp_get_thread_num() == 0) return;
     CPU_ZERO(&set);
     for (int i = 0; i < n; i++)
         if (allowed[i] != cpu && allowed[i] >= 0 && allowed[i] < CPU_SETSIZE) {
             CPU_SET(allowed[i], &set);
             count++;
         }
-    return count > 0 && sched_setaffinity(0, sizeof(set), &set) == 0;
+    if (count > 0) sched_setaffinity(0, sizeof(set), &set);
 }
 static int fc_current_cpu(void) { return sched_getcpu(); }
 static int fc_may_run_on(int cpu) {
@@ -42,9 +42,8 @@ static int fc_may_run_on(int cpu) {
     return CPU_ISSET(cpu, &set) != 0;
 }
 #else
-static int fc_keep_off_cpu(const int *allowed, int n, int cpu) {
+static void fc_keep_off_cpu(const int *allowed, int n, int cpu) {
     (void)allowed; (void)n; (void)cpu;
-    return 0;
 }
 static int fc_current_cpu(void) { return -1; }
 static int fc_may_run_on(int cpu) { (void)cpu; return -1; }

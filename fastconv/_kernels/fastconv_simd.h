@@ -38,6 +38,8 @@ typedef double fc_vd __attribute__((vector_size(FC_VBYTES)));
 #define FC_DEFINE_IO(T, V, SUF)                                                              \
     static inline V fc_load_##SUF(const T *p) { V v; memcpy(&v, p, sizeof(V)); return v; }  \
     static inline void fc_store_##SUF(T *p, V v) { memcpy(p, &v, sizeof(V)); }
+FC_DEFINE_IO(float, fc_vf, f)
+FC_DEFINE_IO(double, fc_vd, d)
 
 /* The first n lanes of a vector, 0 < n <= VL: fc_store_part stores them at p (all of them
  * when n is a whole vector), fc_load_part loads them (the other lanes 0), neither touching
@@ -72,17 +74,21 @@ static inline __m256i fc_lanes_below_f(ptrdiff_t n) {
 static inline __m256i fc_lanes_below_d(ptrdiff_t n) {
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)n), _mm256_setr_epi64x(0, 1, 2, 3));
 }
+/* (a whole vector without the mask: AVX2's masked moves are microcoded on some cores, and
+ * the direct kernels' stores are nearly all whole vectors) */
 static inline void fc_store_part_f(float *p, fc_vf v, ptrdiff_t n) {
-    _mm256_maskstore_ps(p, fc_lanes_below_f(n), (__m256)v);
+    if (n == 8) fc_store_f(p, v);
+    else _mm256_maskstore_ps(p, fc_lanes_below_f(n), (__m256)v);
 }
 static inline void fc_store_part_d(double *p, fc_vd v, ptrdiff_t n) {
-    _mm256_maskstore_pd(p, fc_lanes_below_d(n), (__m256d)v);
+    if (n == 4) fc_store_d(p, v);
+    else _mm256_maskstore_pd(p, fc_lanes_below_d(n), (__m256d)v);
 }
 static inline fc_vf fc_load_part_f(const float *p, ptrdiff_t n) {
-    return (fc_vf)_mm256_maskload_ps(p, fc_lanes_below_f(n));
+    return n == 8 ? fc_load_f(p) : (fc_vf)_mm256_maskload_ps(p, fc_lanes_below_f(n));
 }
 static inline fc_vd fc_load_part_d(const double *p, ptrdiff_t n) {
-    return (fc_vd)_mm256_maskload_pd(p, fc_lanes_below_d(n));
+    return n == 4 ? fc_load_d(p) : (fc_vd)_mm256_maskload_pd(p, fc_lanes_below_d(n));
 }
 #else
 #if defined(__SSE2__)
@@ -106,6 +112,8 @@ static inline void fc_stream_d(double *p, fc_vd v) { memcpy(p, &v, sizeof(v)); }
         memcpy(&v, p, (size_t)n * sizeof(T));                                                \
         return v;                                                                            \
     }
+FC_DEFINE_PART_IO(float, fc_vf, f)
+FC_DEFINE_PART_IO(double, fc_vd, d)
 #endif
 
 /* Dense block of NP pixels x one vector of output channels (nc of them stored), over kh x ks
@@ -298,12 +306,6 @@ static inline void fc_stream_d(double *p, fc_vd v) { memcpy(p, &v, sizeof(v)); }
                 }                                                                            \
     }
 
-FC_DEFINE_IO(float, fc_vf, f)
-FC_DEFINE_IO(double, fc_vd, d)
-#ifdef FC_DEFINE_PART_IO
-FC_DEFINE_PART_IO(float, fc_vf, f)
-FC_DEFINE_PART_IO(double, fc_vd, d)
-#endif
 FC_FOR_EACH_NP(FC_DEFINE_DENSE, float, fc_vf, f)
 FC_FOR_EACH_NP(FC_DEFINE_DENSE, double, fc_vd, d)
 FC_FOR_EACH_NP(FC_DEFINE_DEPTHWISE, float, fc_vf, f)
