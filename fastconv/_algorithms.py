@@ -26,14 +26,14 @@ def simd_modules(name: str) -> dict:
     return found
 
 
-def _best_simd(name: str):
+def best_simd(name: str):
     """The widest variant that _machine.simd_levels() allows (FASTCONV_SIMD caps it)."""
     modules = simd_modules(name)
     return [modules[level] for level in _machine.simd_levels() if level in modules][-1]
 
 
-KERNELS = {"direct": _best_simd("_direct"), "im2col": _best_simd("_im2col"),
-           "winograd": _best_simd("_winograd"), "blocked": _best_simd("_blocked")}
+KERNELS = {"direct": best_simd("_direct"), "im2col": best_simd("_im2col"),
+           "winograd": best_simd("_winograd"), "blocked": best_simd("_blocked")}
 USES_BLAS = {"direct": False, "im2col": True, "winograd": True, "blocked": False}
 # below this much work (a few microseconds) waking a second thread costs more than it saves
 PARALLEL_MIN_FLOPS = 1_000_000

@@ -2,15 +2,17 @@
 its pads, padding larger than PyTorch allows, and average pooling's dilation).
 
 max_pool2d / avg_pool2d, max_pool1d / avg_pool1d and their backward passes validate (fastconv._params), allocate their
-outputs and call the compiled kernels in fastconv._kernels._pool. relu is plain NumPy.
+outputs and call the compiled kernels in fastconv._kernels._pool (the widest instruction-set
+variant this CPU runs). relu is plain NumPy.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from fastconv import _memory, _params
-from fastconv._kernels import _pool
+from fastconv import _algorithms, _memory, _params
 from fastconv._threads import get_num_threads
+
+_pool = _algorithms.best_simd("_pool")  # the kernels, built for this CPU's widest vectors
 
 _NHWC = "[NHWC]"
 _NLC = "[NLC]"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import pooling
+from fastconv import _algorithms, pooling
 
 DTYPES = [np.float32, np.float64]
 
@@ -121,13 +121,16 @@ def test_max_pool_matches_reference(k, s, p, d):
         np.testing.assert_array_equal(pooling.max_pool2d(x, k, s, p, d, ceil_mode), y)
 
 
+@pytest.mark.parametrize("level", sorted(_algorithms.simd_modules("_pool")))
 @pytest.mark.parametrize("per_tap", [False, True], ids=["vectorised", "per_tap"])
-@pytest.mark.parametrize("channels", [1, 15, 16, 17, 33])
-def test_max_pool_indices_for_channel_counts_around_the_kernels_block(channels, per_tap,
-                                                                      monkeypatch):
-    """The kernel keeps 16 channels' maxima and taps at a time: ties (the first wins), NaN
-    (the last wins), dilation and padding in every block and its tail. per_tap: every window
-    through the loop that windows of 2**31 taps or more take."""
+@pytest.mark.parametrize("channels", [1, 15, 16, 17, 33, 63, 64, 65, 129])
+def test_max_pool_for_channel_counts_around_the_kernels_blocks(channels, per_tap, level,
+                                                               monkeypatch):
+    """The kernel keeps 16 channels' maxima and taps at a time (64 channels' maxima without
+    indices): ties (the first wins), NaN (the last wins), dilation and padding in every block
+    and its tail, in every instruction-set variant built. per_tap: every window through the
+    loop that windows of 2**31 taps or more take."""
+    monkeypatch.setattr(pooling, "_pool", _algorithms.simd_modules("_pool")[level])
     if per_tap:
         monkeypatch.setattr(pooling, "_VECTOR_WINDOW_TAPS", 0)
     rng = np.random.default_rng(channels)

@@ -1,4 +1,5 @@
-# Type stubs of the compiled pooling kernels (_pool.pyx). Arrays are C-contiguous NHWC
+# Type stubs of the compiled pooling kernels (_pool.pyx; _pool_avx2 and _pool_avx512 are the
+# same source compiled for wider instruction sets). Arrays are C-contiguous NHWC
 # float32 or float64 (indices int64); the GIL is released.
 import numpy as np
 import numpy.typing as npt

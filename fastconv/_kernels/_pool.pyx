@@ -23,6 +23,34 @@ from fastconv._kernels._taps cimport _end_tap, _first_tap
 
 cdef enum:
     _IDX_BLOCK = 16  # channels whose running maxima and tap numbers a window keeps locally
+    _MAX_BLOCK = 64  # channels whose running maxima a window keeps locally (no indices)
+
+
+cdef inline void _window_max(const floating* x, Py_ssize_t W, Py_ssize_t C, Py_ssize_t h0,
+                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t dh, Py_ssize_t w0,
+                             Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t dw,
+                             floating* yp) noexcept nogil:
+    """The maxima of one window (of image x; its taps r0 <= r < r1, s0 <= s < s1 lie inside
+    it), block of channels by block, the running maxima in a local array that the compiler
+    vectorises (y, which may alias nothing the compiler can prove, read and written once
+    per window instead of once per tap)."""
+    cdef floating m[_MAX_BLOCK]
+    cdef Py_ssize_t c, nc, r, s, c0 = 0
+    cdef const floating* xp
+    cdef floating v
+    while c0 < C:
+        nc = min(<Py_ssize_t> _MAX_BLOCK, C - c0)
+        for c in range(_MAX_BLOCK):
+            m[c] = -INFINITY
+        for r in range(r0, r1):
+            for s in range(s0, s1):
+                xp = x + ((h0 + r * dh) * W + w0 + s * dw) * C + c0
+                for c in range(nc):
+                    v = xp[c]
+                    m[c] = v if (v > m[c]) | (v != v) else m[c]  # NaN wins, no branch
+        for c in range(nc):
+            yp[c0 + c] = m[c]
+        c0 += _MAX_BLOCK
 
 
 cdef inline void _window_max_with_index(const floating* x, Py_ssize_t W, Py_ssize_t C,
@@ -104,6 +132,9 @@ def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
             if indices and (r1 - r0) * (s1 - s0) <= vector_window_taps:
                 _window_max_with_index(&x[n, 0, 0, 0], W, C, h0, r0, r1, dh, w0, s0, s1, dw,
                                        yp, &idx[n, oh, ow, 0])
+                continue
+            if not indices:
+                _window_max(&x[n, 0, 0, 0], W, C, h0, r0, r1, dh, w0, s0, s1, dw, yp)
                 continue
             for c in range(C):
                 yp[c] = -INFINITY
