@@ -329,8 +329,16 @@ class InferenceGraph(Graph):
             pool = self._local.pool = _BufferPool()
         values = {name: _params.as_array(f"input {name!r}", x)
                   for name, x in zip(self.inputs, inputs)}
-        pool.begin(tuple((x.shape, x.dtype.str) if isinstance(x, np.ndarray) else type(x)
-                         for x in values.values()))
+        signature = tuple((x.shape, x.dtype.str) if isinstance(x, np.ndarray) else type(x)
+                          for x in values.values())
+        replay = pool.replays.get(signature)
+        if replay is not None and replay.nodes == self.nodes:
+            outs = self._replayed(replay, values)
+            if outs is not None:
+                return outs
+        pool.begin(signature)
+        # a pass that follows an arena throughout is kept as a replay of its conv nodes
+        steps: list | None = [] if pool.follows_layout() else None
         keep = set(self.outputs)
         # BLAS on one thread for the whole pass (the kernels ask for it at every call; held
         # here, those requests cost a counter, not a setting of OpenBLAS's threads)
@@ -338,23 +346,70 @@ class InferenceGraph(Graph):
             for i, (name, layer, names) in enumerate(self.nodes):
                 args = [values[n] for n in names]
                 if type(layer) is FusedConv and name not in keep and layer.kind != "linear":
-                    values[name] = _fused_at_node(name, layer, args, pool)
+                    values[name] = _fused_at_node(name, layer, args, pool, steps)
                 else:
                     values[name] = _at_node(name, layer, args)
+                    if steps is not None:
+                        steps.append(None)
                 pool.track(values[name])
                 del args
                 # after the node ran: its output never lands in a buffer it reads
                 for n in set(names):
                     if self._last_use[n] == i and n not in keep:
                         pool.release(values.pop(n))
-        outs = []
+        outs, copied = [], []
         for n in self.outputs:
             v = values[n]
-            outs.append(v.copy() if pool.owns(v) else v)  # never hand out a pooled buffer
+            copied.append(pool.owns(v))
+            outs.append(v.copy() if copied[-1] else v)  # never hand out a pooled buffer
         for v in values.values():
             pool.release(v)
-        pool.end()
+        if pool.end() and steps is not None:
+            pool.replays[signature] = _Replay(list(self.nodes), steps, tuple(copied),
+                                              self._last_use, keep)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _replayed(self, replay: "_Replay", values: dict):
+        """The pass `replay` recorded, run again on new inputs of the same signature: each
+        convolution into the same arena array as then, through its plan (plan_for: a
+        changed layer, thread count or autotune setting gives another plan, and the replay
+        is given up) and its kept kernel call (FusedConv._replay checks the weights'
+        versions); the other nodes as in any pass. None when given up, or when a node
+        raised ValueError or TypeError (the full pass then runs, and names the node)."""
+        try:
+            with blas_single_thread():
+                for (name, layer, names), step, done in zip(self.nodes, replay.steps,
+                                                            replay.released):
+                    if step is None:
+                        values[name] = _at_node(name, layer, [values[n] for n in names])
+                    else:
+                        out, plan, keep = step
+                        x = values[names[0]]
+                        residual = values[names[1]] if len(names) > 1 else None
+                        if _plan.plan_for(layer, x) is not plan:
+                            return None
+                        result = layer._replay(x, residual, out, plan, keep)
+                        values[name] = (layer._convolve(x, residual, out, plan)
+                                        if result is None else result)
+                    for n in done:
+                        del values[n]
+        except (ValueError, TypeError):
+            return None
+        outs = [values[n].copy() if copy else values[n]
+                for n, copy in zip(self.outputs, replay.copied)]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+class _Replay:
+    """An InferenceGraph pass kept for replay (InferenceGraph._replayed): the nodes it ran;
+    per node, (out, plan, keep) for a convolution written into an arena array (keep: its
+    kernel call kept bound) or None for one run as any node; whether each output was
+    copied out of the pool; and the values dropped after each node."""
+
+    def __init__(self, nodes: list, steps: list, copied: tuple, last_use: dict, keep: set):
+        self.nodes, self.steps, self.copied = nodes, steps, copied
+        self.released = [[n for n in dict.fromkeys(names) if last_use[n] == i and n not in keep]
+                         for i, (_, _, names) in enumerate(nodes)]
 
 
 def _at_node(name, layer, args):
@@ -363,17 +418,19 @@ def _at_node(name, layer, args):
     return at_node(name, layer, args)
 
 
-def _fused_at_node(name: str, layer: FusedConv, args, pool: "_BufferPool") -> np.ndarray:
+def _fused_at_node(name: str, layer: FusedConv, args, pool: "_BufferPool",
+                   steps: list | None = None) -> np.ndarray:
     """A convolution node into a pooled buffer; on an input it refuses, the node runs
-    unpooled to raise its error with the node's name."""
+    unpooled to raise its error with the node's name. Appends the node's replay step to
+    `steps` (see _Replay) when given."""
     x = args[0]
     if (not isinstance(x, np.ndarray) or x.ndim != 4 or len(args) != layer.num_inputs
             or x.shape[3] != layer.in_channels):
-        return _at_node(name, layer, args)
+        return _unpooled_at_node(name, layer, args, steps)
     try:
         plan = _plan.plan_for(layer, x)
     except (ValueError, TypeError):
-        return _at_node(name, layer, args)
+        return _unpooled_at_node(name, layer, args, steps)
     out = pool.take(plan.out_shape, plan.dtype)
     try:
         residual = None if len(args) == 1 else _params.as_array("residual", args[1])
@@ -384,9 +441,18 @@ def _fused_at_node(name: str, layer: FusedConv, args, pool: "_BufferPool") -> np
             result = layer._convolve(x, residual, out, plan)
     except (ValueError, TypeError):
         pool.give_back(out)
-        return _at_node(name, layer, args)
+        return _unpooled_at_node(name, layer, args, steps)
     if result.base is not out.base:  # a residual add made a new, larger or wider array
         pool.give_back(out)
+    if steps is not None:
+        steps.append((out, plan, keep) if residual is None or residual is args[1] else None)
+    return result
+
+
+def _unpooled_at_node(name, layer, args, steps: list | None):
+    result = _at_node(name, layer, args)
+    if steps is not None:
+        steps.append(None)
     return result
 
 
@@ -418,6 +484,7 @@ class _BufferPool:
         self.users: dict = {}  # id of a byte buffer, or ("slot", k) -> live values in it
         # input signature -> (arena, [(offset, nbytes)] per take, its arrays, their slots)
         self.layouts: dict = {}
+        self.replays: dict = {}  # input signature -> a pass over its arena kept for replay
         self._record: list | None = None  # this pass's takes: [nbytes, taken, given back]
         self._taken: dict[int, int] = {}  # id of a byte buffer -> its take in _record
         self._arena: np.ndarray | None = None  # this pass's arena (aligned bytes), if any
@@ -441,18 +508,30 @@ class _BufferPool:
         self._record = [] if self._arena is None else None
         self._taken = {}
 
-    def end(self) -> None:
-        """The pass is over (every value given back): lay out the arena it recorded."""
+    def follows_layout(self) -> bool:
+        """Whether this pass takes its arrays from an arena laid out before."""
+        return self._offsets is not None
+
+    def end(self) -> bool:
+        """The pass is over (every value given back): lay out the arena it recorded. Returns
+        whether the pass took exactly the arrays of an arena laid out before."""
+        followed = self._offsets is not None and self._next == len(self._offsets)
         if self._record is not None and all(r[2] is not None for r in self._record):
             arena, offsets = _arena_layout([(r[0], r[1], r[2]) for r in self._record])
-            self.layouts.pop(self._signature, None)
+            self._drop_layout(self._signature)
             if len(self.layouts) >= self.MAX_LAYOUTS:
-                del self.layouts[next(iter(self.layouts))]
+                self._drop_layout(next(iter(self.layouts)))
             self.layouts[self._signature] = (arena, offsets, {}, {})  # views made as taken
             if not self.users:  # nothing lives in the free list's buffers: let them go
                 self.free, self.pooled = [], {}
         self._record = self._arena = self._offsets = self._views = self._slot_of = None
         self._taken, self._slots = {}, {}
+        return followed
+
+    def _drop_layout(self, signature) -> None:
+        """Forget the arena of `signature`, and the replay that writes into it."""
+        self.layouts.pop(signature, None)
+        self.replays.pop(signature, None)
 
     def take(self, shape, dtype) -> np.ndarray:
         """An aligned array of `shape` and `dtype`: the arena's next one, or from the free
@@ -471,7 +550,7 @@ class _BufferPool:
                     self._slot_of[id(array)] = k
                 self._slots[k] = (offset, offset + nbytes)
                 return array
-            self.layouts.pop(self._signature, None)  # not the pass it recorded: the arena's
+            self._drop_layout(self._signature)  # not the pass it recorded: the arena's
             self._offsets = None  # live slots stay as they are, the rest is not used
         for i in range(len(self.free) - 1, -1, -1):
             if nbytes <= _memory.capacity(self.free[i]) <= 2 * nbytes + _memory.ALIGNMENT:

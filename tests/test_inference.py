@@ -407,6 +407,53 @@ def test_later_calls_replay_bound_kernel_calls_and_see_every_change(monkeypatch)
     np.testing.assert_array_equal(again(x), fresh(x))
 
 
+def test_steady_passes_replay_the_recorded_pass_until_anything_changes(monkeypatch):
+    """From the third call with an input signature, an InferenceGraph replays the pass it
+    recorded over its arena (no pool bookkeeping, no per-node checks): the same outputs as
+    a graph that never ran, outputs held by the caller left alone; a changed node list,
+    layer setting or thread count gives the replay up (a full pass runs) and is seen."""
+    from fastconv import inference
+
+    def model():
+        return Graph([("c1", L.Conv2d(3, 8, 3, padding=1, rng=0), "x"), ("r1", L.ReLU(), "c1"),
+                      ("c2", L.Conv2d(8, 8, 3, padding=1, rng=1), "r1"),
+                      ("add", Add(), ("c2", "r1")), ("r2", L.ReLU(), "add"),
+                      ("pool", L.MaxPool2d(2), "r2"), ("c3", L.Conv2d(8, 4, 1, rng=2), "pool"),
+                      ("flat", L.Flatten(), "c3")])
+    fast, fresh = (fastconv.optimize_for_inference(model()) for _ in range(2))
+    full = []
+    at_node = inference._fused_at_node
+    monkeypatch.setattr(inference, "_fused_at_node", lambda *a: full.append(1) or at_node(*a))
+    xs = [RNG.standard_normal((2, 6, 6, 3)).astype(np.float32) for _ in range(6)]
+    ys = [fast(x) for x in xs[:4]]
+    assert len(full) == 2 * 3  # two full passes (one lays out the arena), then replays
+    for x, y in zip(xs, ys):
+        np.testing.assert_array_equal(y, fresh(x))  # and no later call wrote into y
+    # a node replaced by another layer of the same shapes
+    k = next(i for i, (name, _, _) in enumerate(fast.nodes) if name == "c3")
+    other = fastconv.optimize_for_inference(L.Conv2d(8, 4, 1, rng=9)).nodes[0][1]
+    fast.nodes[k] = (fast.nodes[k][0], other, fast.nodes[k][2])
+
+    def first_call(x):  # of a new graph with that node: a full pass
+        graph = fastconv.optimize_for_inference(model())
+        graph.nodes[k] = (graph.nodes[k][0], other, graph.nodes[k][2])
+        return graph(x)
+    np.testing.assert_array_equal(fast(xs[4]), first_call(xs[4]))
+    # a layer's algorithm, and the thread count: new plans
+    for change in (lambda: setattr(fast.nodes[0][1], "algorithm", "direct"),
+                   lambda: fastconv.set_num_threads(1)):
+        for _ in range(3):
+            fast(xs[5])
+        before = len(full)
+        change()
+        try:
+            y = fast(xs[5])
+            assert len(full) > before
+            np.testing.assert_array_equal(y, first_call(xs[5]))
+        finally:
+            fastconv.set_num_threads(None)
+
+
 def test_the_arena_never_overlaps_arrays_alive_together():
     """_arena_layout on random lifetimes: two takes alive at the same step never share a
     byte; the arena is no larger than all takes side by side."""
