@@ -331,21 +331,23 @@ class InferenceGraph(Graph):
                   for name, x in zip(self.inputs, inputs)}
         signature = tuple((x.shape, x.dtype.str) if isinstance(x, np.ndarray) else type(x)
                           for x in values.values())
-        replay = pool.replays.get(signature)
+        replay = pool.replays.pop(signature, None)  # given back below if it runs through
         if replay is not None and replay.nodes == self.nodes:
-            outs = self._replayed(replay, values)
+            outs = self._replayed(replay, dict(values), pool.layouts[signature][0])
             if outs is not None:
+                pool.replays[signature] = replay
                 return outs
         pool.begin(signature)
         # a pass that follows an arena throughout is kept as a replay of its conv nodes
         steps: list | None = [] if pool.follows_layout() else None
-        keep = set(self.outputs)
+        dropped = self._dropped_after()
         # BLAS on one thread for the whole pass (the kernels ask for it at every call; held
         # here, those requests cost a counter, not a setting of OpenBLAS's threads)
         with blas_single_thread():
             for i, (name, layer, names) in enumerate(self.nodes):
                 args = [values[n] for n in names]
-                if type(layer) is FusedConv and name not in keep and layer.kind != "linear":
+                if (type(layer) is FusedConv and name not in self.outputs
+                        and layer.kind != "linear"):
                     values[name] = _fused_at_node(name, layer, args, pool, steps)
                 else:
                     values[name] = _at_node(name, layer, args)
@@ -354,32 +356,33 @@ class InferenceGraph(Graph):
                 pool.track(values[name])
                 del args
                 # after the node ran: its output never lands in a buffer it reads
-                for n in set(names):
-                    if self._last_use[n] == i and n not in keep:
-                        pool.release(values.pop(n))
-        outs, copied = [], []
-        for n in self.outputs:
-            v = values[n]
-            copied.append(pool.owns(v))
-            outs.append(v.copy() if copied[-1] else v)  # never hand out a pooled buffer
+                for n in dropped[i]:
+                    pool.release(values.pop(n))
+        # never hand out a pooled buffer
+        outs = [values[n].copy() if pool.owns(values[n]) else values[n] for n in self.outputs]
         for v in values.values():
             pool.release(v)
         if pool.end() and steps is not None:
-            pool.replays[signature] = _Replay(list(self.nodes), steps, tuple(copied),
-                                              self._last_use, keep)
+            pool.replays[signature] = _Replay(list(self.nodes), steps, dropped)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
-    def _replayed(self, replay: "_Replay", values: dict):
-        """The pass `replay` recorded, run again on new inputs of the same signature: each
-        convolution into the same arena array as then, through its plan (plan_for: a
-        changed layer, thread count or autotune setting gives another plan, and the replay
-        is given up) and its kept kernel call (FusedConv._replay checks the weights'
-        versions); the other nodes as in any pass. None when given up, or when a node
-        raised ValueError or TypeError (the full pass then runs, and names the node)."""
+    def _dropped_after(self) -> list[list[str]]:
+        """Per node, the values no later node reads (the outputs kept)."""
+        return [[n for n in dict.fromkeys(names) if self._last_use[n] == i
+                 and n not in self.outputs] for i, (_, _, names) in enumerate(self.nodes)]
+
+    def _replayed(self, replay: "_Replay", values: dict, arena: np.ndarray):
+        """The pass `replay` recorded, run again on new inputs of the same signature (in
+        `values`, which it fills): each convolution into the same array of `arena` as
+        then, through its plan (plan_for: a changed layer, thread count or autotune setting
+        gives another plan, and the replay is given up) and its kept kernel call
+        (FusedConv._replay checks the weights' versions); the other nodes as in any pass;
+        an output in the arena copied out. None when given up, or when a node raised
+        ValueError or TypeError: the caller then runs a full pass (which names the node)."""
         try:
             with blas_single_thread():
-                for (name, layer, names), step, done in zip(self.nodes, replay.steps,
-                                                            replay.released):
+                for (name, layer, names), step, dropped in zip(self.nodes, replay.steps,
+                                                               replay.dropped):
                     if step is None:
                         values[name] = _at_node(name, layer, [values[n] for n in names])
                     else:
@@ -391,25 +394,23 @@ class InferenceGraph(Graph):
                         result = layer._replay(x, residual, out, plan, keep)
                         values[name] = (layer._convolve(x, residual, out, plan)
                                         if result is None else result)
-                    for n in done:
+                    for n in dropped:
                         del values[n]
         except (ValueError, TypeError):
             return None
-        outs = [values[n].copy() if copy else values[n]
-                for n, copy in zip(self.outputs, replay.copied)]
+        outs = [v.copy() if isinstance(v, np.ndarray) and np.may_share_memory(v, arena) else v
+                for v in (values[n] for n in self.outputs)]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
 class _Replay:
     """An InferenceGraph pass kept for replay (InferenceGraph._replayed): the nodes it ran;
     per node, (out, plan, keep) for a convolution written into an arena array (keep: its
-    kernel call kept bound) or None for one run as any node; whether each output was
-    copied out of the pool; and the values dropped after each node."""
+    kernel call kept bound) or None for one run as any node; and the values dropped after
+    each node."""
 
-    def __init__(self, nodes: list, steps: list, copied: tuple, last_use: dict, keep: set):
-        self.nodes, self.steps, self.copied = nodes, steps, copied
-        self.released = [[n for n in dict.fromkeys(names) if last_use[n] == i and n not in keep]
-                         for i, (_, _, names) in enumerate(nodes)]
+    def __init__(self, nodes: list, steps: list, dropped: list[list[str]]):
+        self.nodes, self.steps, self.dropped = nodes, steps, dropped
 
 
 def _at_node(name, layer, args):

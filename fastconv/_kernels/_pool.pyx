@@ -102,8 +102,8 @@ def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
                      Py_ssize_t vector_window_taps, int num_threads):
     """Maximum over each window. Ties keep the first in row-major window order; NaN wins
     over numbers and a later NaN over an earlier one (as PyTorch: `v > m or isnan(v)`).
-    An empty idx (inference): the maxima alone, the channel loop a branch-free select the
-    compiler vectorises (about 3x faster than also finding the indices). With idx, windows
+    An empty idx (inference): the maxima alone (_window_max, several times faster than also
+    finding the indices). With idx, windows
     of up to vector_window_taps taps (at most 2**31 - 1) run _window_max_with_index, larger
     ones one channel and tap at a time."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
@@ -114,7 +114,7 @@ def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
     cdef const floating* xp
     cdef floating* yp
     cdef int64_t* ip = NULL
-    cdef floating v, m
+    cdef floating v
     if N * Ho * Wo * C == 0:
         return
     vector_window_taps = min(vector_window_taps, <Py_ssize_t> INT32_MAX)
@@ -129,38 +129,31 @@ def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
             s0 = _first_tap(w0, dw)
             s1 = _end_tap(w0, dw, kw, W)
             yp = &y[n, oh, ow, 0]
-            if indices and (r1 - r0) * (s1 - s0) <= vector_window_taps:
-                _window_max_with_index(&x[n, 0, 0, 0], W, C, h0, r0, r1, dh, w0, s0, s1, dw,
-                                       yp, &idx[n, oh, ow, 0])
-                continue
             if not indices:
                 _window_max(&x[n, 0, 0, 0], W, C, h0, r0, r1, dh, w0, s0, s1, dw, yp)
                 continue
+            ip = &idx[n, oh, ow, 0]
+            if (r1 - r0) * (s1 - s0) <= vector_window_taps:
+                _window_max_with_index(&x[n, 0, 0, 0], W, C, h0, r0, r1, dh, w0, s0, s1, dw,
+                                       yp, ip)
+                continue
+            # a window of more than vector_window_taps taps: a channel and tap at a time, the
+            # window's first real pixel holding the index until a larger value comes
+            first = (h0 + r0 * dh) * W + (w0 + s0 * dw) if r0 < r1 and s0 < s1 else -1
             for c in range(C):
                 yp[c] = -INFINITY
-            if indices:
-                ip = &idx[n, oh, ow, 0]
-                # the window's first real pixel holds the index until a larger value comes
-                first = (h0 + r0 * dh) * W + (w0 + s0 * dw) if r0 < r1 and s0 < s1 else -1
-                for c in range(C):
-                    ip[c] = first
+                ip[c] = first
             for r in range(r0, r1):
                 ih = h0 + r * dh
                 for s in range(s0, s1):
                     iw = w0 + s * dw
                     xp = &x[n, ih, iw, 0]
-                    if indices:  # a window of more than vector_window_taps taps
-                        flat = ih * W + iw
-                        for c in range(C):
-                            v = xp[c]
-                            if v > yp[c] or v != v:
-                                yp[c] = v
-                                ip[c] = flat
-                    else:
-                        for c in range(C):
-                            v = xp[c]
-                            m = yp[c]
-                            yp[c] = v if (v > m or v != v) else m
+                    flat = ih * W + iw
+                    for c in range(C):
+                        v = xp[c]
+                        if v > yp[c] or v != v:
+                            yp[c] = v
+                            ip[c] = flat
 
 
 def max_pool_backward(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C)
