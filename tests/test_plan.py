@@ -199,6 +199,25 @@ def test_plain_layers_see_weights_changed_in_place(training):
     assert store[("winograd", "float32")][3] is entry[3]  # unchanged: kept
 
 
+def test_plain_layers_compare_their_weight_bit_for_bit():
+    """The comparison is of bytes: a NaN weight keeps its pack from call to call, and a
+    zero turned into -0.0 (equal as a number) is packed again."""
+    layer = fastconv.Conv2d(4, 4, 3, padding=1, algorithm="direct", rng=0).eval()
+    layer.weight[0, 0, 0, 0] = np.nan
+    layer.weight[0, 0, 0, 1] = 0.0
+    x = RNG.standard_normal((1, 5, 5, 4)).astype(np.float32)
+    layer(x)
+    layer(x)  # the same version again: copied, compared from now on
+    store = layer._packs._store
+    (key,) = store
+    packed = store[key][3]
+    layer(x)
+    assert store[key][3] is packed
+    layer.weight[0, 0, 0, 1] = -0.0
+    layer(x)
+    assert store[key][3] is not packed
+
+
 def test_a_training_loop_packs_without_copying():
     """The copy a plain layer compares with is taken only when a pack is asked for again
     at the same version: an optimizer step before every call changes the version."""
