@@ -110,7 +110,8 @@ def _same_values(values, weight: np.ndarray, bias) -> bool:
     return _same_bytes(values[0], weight) and (bias is None or _same_bytes(values[1], bias))
 
 
-def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+def _same_bytes(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)  # a bias may be given as a list
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 

@@ -332,11 +332,12 @@ class InferenceGraph(Graph):
         signature = tuple((x.shape, x.dtype.str) if isinstance(x, np.ndarray) else type(x)
                           for x in values.values())
         replay = pool.replays.pop(signature, None)  # given back below if it runs through
-        if replay is not None and replay.nodes == self.nodes:
-            outs = self._replayed(replay, dict(values), pool.layouts[signature][0])
-            if outs is not None:
+        if (replay is not None and replay.nodes == self.nodes
+                and replay.outputs == tuple(self.outputs)):
+            outs, intact = self._replayed(replay, values, pool.layouts[signature][0])
+            if intact:
                 pool.replays[signature] = replay
-                return outs
+            return outs
         pool.begin(signature)
         # a pass that follows an arena throughout is kept as a replay of its conv nodes
         steps: list | None = [] if pool.follows_layout() else None
@@ -363,7 +364,8 @@ class InferenceGraph(Graph):
         for v in values.values():
             pool.release(v)
         if pool.end() and steps is not None:
-            pool.replays[signature] = _Replay(list(self.nodes), steps, dropped)
+            pool.replays[signature] = _Replay(list(self.nodes), tuple(self.outputs), steps,
+                                              dropped)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _dropped_after(self) -> list[list[str]]:
@@ -374,43 +376,47 @@ class InferenceGraph(Graph):
     def _replayed(self, replay: "_Replay", values: dict, arena: np.ndarray):
         """The pass `replay` recorded, run again on new inputs of the same signature (in
         `values`, which it fills): each convolution into the same array of `arena` as
-        then, through its plan (plan_for: a changed layer, thread count or autotune setting
-        gives another plan, and the replay is given up) and its kept kernel call
-        (FusedConv._replay checks the weights' versions); the other nodes as in any pass;
-        an output in the arena copied out. None when given up, or when a node raised
-        ValueError or TypeError: the caller then runs a full pass (which names the node)."""
-        try:
-            with blas_single_thread():
-                for (name, layer, names), step, dropped in zip(self.nodes, replay.steps,
-                                                               replay.dropped):
-                    if step is None:
-                        values[name] = _at_node(name, layer, [values[n] for n in names])
-                    else:
-                        out, plan, keep = step
-                        x = values[names[0]]
-                        residual = values[names[1]] if len(names) > 1 else None
-                        if _plan.plan_for(layer, x) is not plan:
-                            return None
-                        result = layer._replay(x, residual, out, plan, keep)
-                        values[name] = (layer._convolve(x, residual, out, plan)
-                                        if result is None else result)
-                    for n in dropped:
-                        del values[n]
-        except (ValueError, TypeError):
-            return None
+        then, through its plan and its kept kernel call (FusedConv._replay checks the
+        weights' versions), the other nodes as in any pass; an output in the arena copied
+        out. From a convolution whose plan changed (a layer setting, the thread count, the
+        autotune setting: plan_for gives another plan) or that raised ValueError or
+        TypeError, that node and the rest run as plain layers, outside the arena (no node
+        runs twice: one may have changed its input in place). Returns (the outputs, whether
+        the replay ran through and can be kept)."""
+        intact = True
+        with blas_single_thread():
+            for (name, layer, names), step, dropped in zip(self.nodes, replay.steps,
+                                                           replay.dropped):
+                if intact and step is not None:
+                    out, plan, keep = step
+                    x = values[names[0]]
+                    residual = values[names[1]] if len(names) > 1 else None
+                    try:
+                        if _plan.plan_for(layer, x) is plan:
+                            result = layer._replay(x, residual, out, plan, keep)
+                            values[name] = (layer._convolve(x, residual, out, plan)
+                                            if result is None else result)
+                        else:
+                            intact = False
+                    except (ValueError, TypeError):
+                        intact = False
+                if not intact or step is None:
+                    values[name] = _at_node(name, layer, [values[n] for n in names])
+                for n in dropped:
+                    del values[n]
         outs = [v.copy() if isinstance(v, np.ndarray) and np.may_share_memory(v, arena) else v
                 for v in (values[n] for n in self.outputs)]
-        return outs[0] if len(outs) == 1 else tuple(outs)
+        return outs[0] if len(outs) == 1 else tuple(outs), intact
 
 
 class _Replay:
-    """An InferenceGraph pass kept for replay (InferenceGraph._replayed): the nodes it ran;
-    per node, (out, plan, keep) for a convolution written into an arena array (keep: its
-    kernel call kept bound) or None for one run as any node; and the values dropped after
-    each node."""
+    """An InferenceGraph pass kept for replay (InferenceGraph._replayed): the nodes and
+    outputs it ran with; per node, (out, plan, keep) for a convolution written into an
+    arena array (keep: its kernel call kept bound) or None for one run as any node; and the
+    values dropped after each node."""
 
-    def __init__(self, nodes: list, steps: list, dropped: list[list[str]]):
-        self.nodes, self.steps, self.dropped = nodes, steps, dropped
+    def __init__(self, nodes: list, outputs, steps: list, dropped: list[list[str]]):
+        self.nodes, self.outputs, self.steps, self.dropped = nodes, outputs, steps, dropped
 
 
 def _at_node(name, layer, args):
@@ -581,6 +587,12 @@ class _BufferPool:
         if not isinstance(value, np.ndarray) or value.base is None:
             return None
         owner = value.base
+        # NumPy points a view at the array owning the memory, but as_strided's result at
+        # a stand-in object holding the array it views: from there to that array's owner
+        if not isinstance(owner, np.ndarray):
+            owner = getattr(owner, "base", None)
+            if isinstance(owner, np.ndarray) and owner.base is not None:
+                owner = owner.base
         if self._arena is not None and owner is self._arena.base:
             k = self._slot_of.get(id(value))
             if k is not None and k in self._slots:

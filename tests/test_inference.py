@@ -446,14 +446,59 @@ def test_steady_passes_replay_the_recorded_pass_until_anything_changes(monkeypat
                    lambda: fastconv.set_num_threads(1)):
         for _ in range(3):
             fast(xs[5])
-        before = len(full)
         change()
         try:
-            y = fast(xs[5])
+            # the replay runs up to the changed node, the rest as plain layers; then a full
+            # pass records anew
+            expected = first_call(xs[5])
+            np.testing.assert_allclose(fast(xs[5]), expected, rtol=1e-5, atol=1e-6)
+            before = len(full)
+            np.testing.assert_allclose(fast(xs[5]), expected, rtol=1e-5, atol=1e-6)
             assert len(full) > before
-            np.testing.assert_allclose(y, first_call(xs[5]), rtol=1e-5, atol=1e-6)
         finally:
             fastconv.set_num_threads(None)
+
+
+def test_a_replay_that_gives_up_runs_no_node_twice_and_follows_the_outputs():
+    """A replay that meets a changed plan after a node that works in place on the graph's
+    input: that node ran once (the input halved once where negative), the rest as plain
+    layers. Outputs changed after the recording: the replay is not used."""
+    model = Graph([("act", L.LeakyReLU(0.5, inplace=True), "x"),
+                   ("c1", L.Conv2d(3, 4, 3, padding=1, rng=0), "act"),
+                   ("r", L.ReLU(), "c1"), ("c2", L.Conv2d(4, 4, 1, rng=1), "r")])
+    fast = fastconv.optimize_for_inference(model)
+    x0 = RNG.standard_normal((1, 6, 6, 3)).astype(np.float32)
+    expected = model.eval()(x0.copy())
+    for _ in range(3):
+        fast(x0.copy())
+    next(layer for name, layer, _ in fast.nodes if name == "c1").algorithm = "im2col"
+    x = x0.copy()
+    np.testing.assert_allclose(fast(x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(x, np.where(x0 < 0, x0 * np.float32(0.5), x0))
+    for _ in range(3):
+        fast(x0.copy())
+    fast.outputs = ("c1", "c2")
+    y1, y2 = fast(x0.copy())
+    np.testing.assert_allclose(y2, expected, rtol=1e-5, atol=1e-6)
+    assert y1.shape == (1, 6, 6, 4)
+
+
+def test_views_made_by_as_strided_are_followed_to_their_buffer():
+    """A layer returning np.lib.stride_tricks.as_strided of its input (whose .base is not
+    the buffer): the buffer stays taken while the view is alive, and an output viewing it
+    is copied out."""
+    class Strided(L.Layer):
+        def forward(self, x):
+            return np.lib.stride_tricks.as_strided(x, x.shape, x.strides)
+
+    model = Graph([("c1", L.Conv2d(4, 4, 3, padding=1, rng=0), "x"), ("v", Strided(), "c1"),
+                   ("c2", L.Conv2d(4, 4, 3, padding=1, rng=1), "v"),
+                   ("c3", L.Conv2d(4, 4, 1, rng=2), "c2"), ("out", Strided(), "c3")]).eval()
+    fast = fastconv.optimize_for_inference(model)
+    xs = [RNG.standard_normal((1, 6, 6, 4)).astype(np.float32) for _ in range(5)]
+    ys = [fast(x) for x in xs]
+    for x, y in zip(xs, ys):
+        np.testing.assert_allclose(y, model(x), rtol=1e-5, atol=1e-6)
 
 
 def test_a_replayed_output_in_the_arena_is_copied_out():

@@ -216,6 +216,11 @@ def test_plain_layers_compare_their_weight_bit_for_bit():
     layer.weight[0, 0, 0, 1] = -0.0
     layer(x)
     assert store[key][3] is not packed
+    layer.bias = [0.5, 0.25, 0.0, 1.0]  # a list, as the plans take it
+    for _ in range(3):
+        np.testing.assert_allclose(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+    layer.bias[0] = -1.0
+    np.testing.assert_allclose(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
 
 
 def test_a_training_loop_packs_without_copying():
