@@ -125,12 +125,16 @@ def test_packed_layout_round_trip(groups, block, dtype, rng):
     np.testing.assert_array_equal(functional.unpack_weight(packed, 6 * groups), w)
 
 
+@pytest.mark.parametrize("level", sorted(VARIANTS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("shape, groups", [((3, 3, 5, 7), 1), ((1, 1, 3, 8), 2),
-                                           ((3, 3, 256, 512), 1)])  # the last: 2 threads
-def test_pack_weight_of_strided_views(shape, groups, dtype, rng):
+                                           ((3, 3, 256, 512), 1),  # 2 threads
+                                           ((2, 1, 40, 33), 1)])  # whole and partial tiles
+def test_pack_weight_of_strided_views(shape, groups, dtype, level, rng, monkeypatch):
     """Views pack like their contiguous copies: flipped taps and swapped channel axes (an
-    input gradient's weight), every other output channel."""
+    input gradient's weight: 16 x 16 tiles transposed whole, the partial ones at the
+    edges), every other output channel; in every instruction-set variant."""
+    monkeypatch.setitem(_algorithms.KERNELS, "blocked", VARIANTS[level])
     w = rng.standard_normal(shape).astype(dtype)
     views = [w[::-1, ::-1], w.transpose(0, 1, 3, 2)[:, :, :, : shape[2] // groups * groups],
              np.concatenate([w, w], axis=3)[..., ::2]]
@@ -155,9 +159,12 @@ def test_pack_weight_of_a_structured_field_and_bad_groups(rng):
         functional.pack_weight(fields["w"].copy(), 3)
 
 
+@pytest.mark.parametrize("level", sorted(VARIANTS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_pack_weight_finds_a_non_finite_value(bad, dtype, rng):
+def test_pack_weight_finds_a_non_finite_value(bad, dtype, level, rng, monkeypatch):
+    """In contiguous rows, in transposed 16 x 16 tiles (whole or partial), every variant."""
+    monkeypatch.setitem(_algorithms.KERNELS, "blocked", VARIANTS[level])
     w = rng.standard_normal((3, 3, 64, 300)).astype(dtype)  # 2 threads
     for where in [(0, 0, 0, 0), (2, 2, 63, 299), (1, 2, 17, 150)]:
         v = w.copy()

@@ -396,6 +396,30 @@ cdef inline void _scalar_wgrad(int nci, const floating* const* xp, Py_ssize_t ci
             gw[i * w_ci + c] += acc
 
 
+cdef inline bint _transpose_tile(const floating* src, Py_ssize_t src_row, floating* dst,
+                                 Py_ssize_t dst_row) noexcept nogil:
+    """dst[j * dst_row + i] = src[i * src_row + j] for i, j < 16, through a local tile (rows
+    read and written whole); whether any value is not finite."""
+    cdef floating tile[16][16]
+    cdef floating spread[16]
+    cdef int i, j
+    for i in range(16):
+        for j in range(16):
+            tile[i][j] = src[i * src_row + j]
+    for j in range(16):
+        spread[j] = 0
+    for i in range(16):
+        for j in range(16):
+            spread[j] = spread[j] + (tile[i][j] - tile[i][j])  # NaN once any is not finite
+    for j in range(16):
+        for i in range(16):
+            dst[j * dst_row + i] = tile[i][j]
+    for j in range(16):
+        if spread[j] != 0:
+            return True
+    return False
+
+
 cdef inline bint _pack_tile(const floating* w, Py_ssize_t w_ci, Py_ssize_t w_co,
                             floating* wp, Py_ssize_t cig, Py_ssize_t nc,
                             Py_ssize_t block) noexcept nogil:
@@ -414,6 +438,10 @@ cdef inline bint _pack_tile(const floating* w, Py_ssize_t w_ci, Py_ssize_t w_co,
     else:  # a view, such as an input gradient's (channel axes swapped): a transpose, in
         for c0 in range(0, nc, 16):  # 16 x 16 tiles that stay in L1
             for ci0 in range(0, cig, 16):
+                if w_ci == 1 and c0 + 16 <= nc and ci0 + 16 <= cig:
+                    bad = bad | _transpose_tile(w + c0 * w_co + ci0, w_co, wp + ci0 * block + c0,
+                                                block)
+                    continue
                 for c in range(c0, min(c0 + 16, nc)):
                     column = w + c * w_co
                     for ci in range(ci0, min(ci0 + 16, cig)):
