@@ -32,6 +32,17 @@ def get_num_threads() -> int:
     return _openmp_default()
 
 
+# below this many element visits per thread, more threads cost more than they save (waking a
+# thread on a busy machine can take a scheduler time slice, milliseconds)
+MIN_WORK_PER_THREAD = 1 << 16
+
+
+def threads_for_work(work: int) -> int:
+    """Threads for an element-wise kernel doing `work` element visits (its results never
+    depend on the count)."""
+    return max(1, min(get_num_threads(), work // MIN_WORK_PER_THREAD))
+
+
 def place_workers(n: int) -> None:
     """Keep the OpenMP workers of the calling thread's n-thread team off the CPU it runs on
     (fastconv_omp.h: on virtual machines, a worker woken on its master's CPU made each of

@@ -12,8 +12,8 @@ import numpy as np
 
 from fastconv import _params
 from fastconv._kernels import _norm
+from fastconv._threads import threads_for_work
 from fastconv.functional import NEEDS, _needs
-from fastconv.pooling import _threads
 
 # rows summed in this many fixed ranges (partial sums added in order: the same result for any
 # thread count, and enough ranges for the threads)
@@ -76,7 +76,7 @@ def batch_norm_forward(fn, x, running_mean, running_var, weight, bias, training,
     dtype = _params.float_dtype(x, *(a for a in (weight, bias) if a is not None))
     x2 = np.ascontiguousarray(x.reshape(_rows(x), channels), dtype)
     count = x2.shape[0]
-    threads = _threads(x2.size)
+    threads = threads_for_work(x2.size)
     if training:
         if count == 1:
             raise ValueError(f"{fn}: expected more than 1 value per channel when training, but "
@@ -145,7 +145,7 @@ def batch_norm_backward(grad_output, x, mean, var, weight=None, training=False, 
     x2 = np.ascontiguousarray(x.reshape(_rows(x), channels), dtype)
     g2 = np.ascontiguousarray(gy.reshape(_rows(x), channels), dtype)
     count = x2.shape[0]
-    threads = _threads(x2.size)
+    threads = threads_for_work(x2.size)
     if training and (mean is None or var is None):
         mean = _channel_sum(x2, None, threads) / max(count, 1)
         var = _channel_sum(x2, mean, threads) / max(count, 1)

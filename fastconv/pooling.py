@@ -10,21 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from fastconv import _algorithms, _memory, _params
-from fastconv._threads import get_num_threads
+from fastconv._threads import threads_for_work
 
 _pool = _algorithms.best_simd("_pool")  # the kernels, built for this CPU's widest vectors
 
 _NHWC = "[NHWC]"
 _NLC = "[NLC]"
 CHANNEL_BLOCK = 64  # channels per task of the max-pool backward scatter
-# below this many element visits per thread, more threads cost more than they save (waking a
-# thread on a busy machine can take a scheduler time slice, milliseconds)
-MIN_WORK_PER_THREAD = 1 << 16
-
-
-def _threads(work: int) -> int:
-    """Threads for a kernel doing `work` element visits (the results never depend on it)."""
-    return max(1, min(get_num_threads(), work // MIN_WORK_PER_THREAD))
 
 
 def _batched(name: str, arr, one_d: bool = False) -> tuple[np.ndarray, bool]:
@@ -154,7 +146,7 @@ def _max_pool(x: np.ndarray, geo: _params.PoolGeometry, dtype,
     _pool.max_pool_forward(np.ascontiguousarray(x, dtype), y, idx, *geo.kernel_hw, *geo.stride,
                            geo.padding[0][0], geo.padding[1][0], *geo.dilation,
                            _VECTOR_WINDOW_TAPS,
-                           _threads(y.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
+                           threads_for_work(y.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
     return y, (idx if indices else None)
 
 
@@ -190,7 +182,7 @@ def _max_pool_nd_backward(fn, one_d, grad_output, x, kernel_size, stride, paddin
         idx = _max_indices(fn, indices, geo, unbatched, one_d)
     gx = np.zeros(x.shape, dtype)
     _pool.max_pool_backward(np.ascontiguousarray(gy, dtype), idx, gx, CHANNEL_BLOCK,
-                            _threads(gy.size))
+                            threads_for_work(gy.size))
     return _unshown(gx, unbatched, one_d)
 
 
@@ -247,7 +239,7 @@ def _avg_pool_nd(fn, one_d, x, kernel_size, stride, padding, ceil_mode, count_in
     dtype = _params.float_dtype(x)
     y = np.empty(geo.out_shape, dtype)
     _pool.avg_pool_forward(np.ascontiguousarray(x, dtype), y, *args,
-                           _threads(y.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
+                           threads_for_work(y.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
     return _unshown(y, unbatched, one_d)
 
 
@@ -277,7 +269,7 @@ def _avg_pool_nd_backward(fn, one_d, grad_output, x, kernel_size, stride, paddin
     dtype = _params.float_dtype(gy, x)
     gx = np.empty(x.shape, dtype)
     _pool.avg_pool_backward(np.ascontiguousarray(gy, dtype), gx, *args,
-                            _threads(gx.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
+                            threads_for_work(gx.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
     return _unshown(gx, unbatched, one_d)
 
 
@@ -328,5 +320,5 @@ def relu_backward(grad_output, x):
     grad = np.empty(gy.shape, dtype)
     _pool.relu_backward(np.ascontiguousarray(gy, dtype).reshape(-1),
                         np.ascontiguousarray(keep).reshape(-1).view(np.uint8), grad.reshape(-1),
-                        _threads(grad.size))
+                        threads_for_work(grad.size))
     return grad

@@ -12,7 +12,6 @@ _Pair1d: TypeAlias = int | Sequence[int]  # an int or a 1-tuple
 _Padding1d: TypeAlias = int | Sequence[int] | Literal["valid", "same"]
 
 CHANNEL_BLOCK: int
-MIN_WORK_PER_THREAD: int
 
 @overload
 def max_pool2d(

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+import fastconv
 from fastconv import layers as L
 from fastconv.optim import SGD, Adam, AdamW, Optimizer, clip_grad_norm_, decay_groups
 from fastconv.optim.lr_scheduler import CosineAnnealingLR, LinearLR, StepLR
@@ -62,7 +63,7 @@ def _adam_reference(p, grads, lr, betas, eps, weight_decay, amsgrad, decoupled):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
 def test_sgd_updates_parameters_in_place_whatever_their_layout(strided, dtype):
-    """SGD's last update (BLAS axpy for contiguous arrays, NumPy for views) writes into the
+    """SGD's update (one kernel pass for contiguous arrays, NumPy for views) writes into the
     parameter itself, and nowhere else."""
     rng = np.random.default_rng(0)
     base = rng.standard_normal((64, 600)).astype(dtype)
@@ -84,8 +85,8 @@ def test_sgd_updates_parameters_in_place_whatever_their_layout(strided, dtype):
 
 
 def test_sgd_refuses_a_read_only_parameter_and_lets_nan_through_at_lr_0():
-    """What BLAS axpy would not do by itself: refuse to write into a read-only array, and
-    take NaN * 0 = NaN into the parameter at lr=0 (as torch.optim.SGD does)."""
+    """Refuse to write into a read-only array, and take NaN * 0 = NaN into the parameter at
+    lr=0 (as torch.optim.SGD does), in one pass and in NumPy's steps."""
     value = np.ones(4, np.float32)
     value.setflags(write=False)
     with pytest.raises(ValueError, match="read-only"):
@@ -97,17 +98,37 @@ def test_sgd_refuses_a_read_only_parameter_and_lets_nan_through_at_lr_0():
         np.testing.assert_array_equal(p, [np.nan, np.nan, 1])
 
 
-def test_sgd_update_where_blas_returns_a_copy(monkeypatch):
-    """Were BLAS's axpy to return a new array instead of updating the parameter (f2py copies
-    arrays it cannot take as they are), the update still lands in the parameter, once."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum,weight_decay,nesterov", [
+    (0.0, 0.0, False), (0.0, 0.01, False), (0.9, 0.0, False), (0.9, 0.01, False),
+    (0.9, 0.01, True)])
+def test_sgd_in_one_pass_equals_its_steps_in_numpy(momentum, weight_decay, nesterov, dtype,
+                                                   monkeypatch):
+    """The one-pass kernel (C-contiguous parameters) against NumPy's steps (what views
+    take), over four updates, on one thread and on two (the same bits)."""
     from fastconv import optim
 
-    copying = {dtype: (lambda x, y, a, axpy=axpy: axpy(x, y.copy(), a=a))
-               for dtype, axpy in optim._AXPY.items()}
-    monkeypatch.setattr(optim, "_AXPY", copying)
-    value, grad = np.ones(5, np.float32), np.full(5, 2.0, np.float32)
-    SGD([("w", value, grad)], lr=0.5).step()
-    np.testing.assert_array_equal(value, 0.0)
+    rng = np.random.default_rng(2)
+    start = rng.standard_normal((3, 70000)).astype(dtype)  # 2 threads from 2 * 65536
+    grads = [rng.standard_normal(start.shape).astype(dtype) for _ in range(4)]
+
+    def run(threads, one_pass=True):
+        value, grad = start.copy(), np.zeros_like(start)
+        opt = SGD([("w", value, grad)], lr=0.05, momentum=momentum, weight_decay=weight_decay,
+                  nesterov=nesterov)
+        with monkeypatch.context() as patch, fastconv.num_threads(threads):
+            if not one_pass:
+                patch.setattr(optim, "_one_pass", lambda *a: False)
+            for g in grads:
+                grad[...] = g
+                opt.step()
+        return value
+
+    one, two = run(1), run(2)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_allclose(one, run(2, one_pass=False), rtol=10 * TOL[dtype],
+                               atol=10 * TOL[dtype])
+    assert not np.array_equal(one, start)
 
 
 def test_sgd_momentum_of_a_0d_parameter():

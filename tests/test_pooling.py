@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import _algorithms, pooling
+from fastconv import _algorithms, _threads, pooling
 
 DTYPES = [np.float32, np.float64]
 
@@ -366,7 +366,7 @@ def test_avg_pool_matches_torch(torch_f, k, s, p, count_include_pad):
 # threads
 
 def test_same_results_with_one_and_two_threads(monkeypatch):
-    monkeypatch.setattr(pooling, "MIN_WORK_PER_THREAD", 1)  # thread even small problems
+    monkeypatch.setattr(_threads, "MIN_WORK_PER_THREAD", 1)  # thread even small problems
     x = np.random.default_rng(10).standard_normal((3, 9, 10, 70)).astype(np.float32)
     results = []
     for n in (1, 2):

@@ -33,10 +33,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.linalg import blas
 
 from fastconv import _params, _plan
-from fastconv._threads import blas_single_thread
+from fastconv._kernels import _optim
+from fastconv._threads import threads_for_work
 
 # a key that learning-rate schedulers add to the parameter groups (PyTorch's name): kept by the
 # optimizer's state dict, never one of its hyper-parameters
@@ -228,23 +228,16 @@ class Optimizer:
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
 
 
-_AXPY = {np.dtype(np.float32): blas.saxpy, np.dtype(np.float64): blas.daxpy}
-
-
-def _add_scaled(y: np.ndarray, a: float, x: np.ndarray) -> None:
-    """y += a * x in place, in one pass without a temporary as large as x: BLAS's axpy where
-    y and x are aligned C-contiguous arrays of one float dtype, y writeable and a != 0 (BLAS
-    skips x then, where NaN * 0 is NaN), NumPy otherwise. BLAS on one thread, as NumPy is:
-    its threads would spin on the cores the next kernels use."""
-    axpy = _AXPY.get(y.dtype) if x.dtype == y.dtype else None
-    if (axpy is not None and a != 0 and y.flags.writeable and y.flags.c_contiguous
-            and y.flags.aligned and x.flags.c_contiguous and x.flags.aligned
-            and 0 < y.size < 2 ** 31):
-        with blas_single_thread():
-            result = axpy(x.reshape(-1), y.reshape(-1), a=a)
-        if np.may_share_memory(result, y):  # updated in place, as it is for such arrays
-            return
-    y += a * x
+def _one_pass(value: np.ndarray, grad: np.ndarray, buf: np.ndarray | None) -> bool:
+    """Whether an update can run as one kernel pass: C-contiguous, writeable arrays of one
+    float dtype and the parameter's shape (the kernel reads them flat). Views and other
+    dtypes go through NumPy."""
+    return (value.ndim > 0 and value.dtype in (np.float32, np.float64)
+            and value.flags.c_contiguous and value.flags.writeable
+            and grad.dtype == value.dtype and grad.shape == value.shape
+            and grad.flags.c_contiguous
+            and (buf is None or (buf.dtype == value.dtype and buf.shape == value.shape
+                                 and buf.flags.c_contiguous and buf.flags.writeable)))
 
 
 class SGD(Optimizer):
@@ -274,19 +267,28 @@ class SGD(Optimizer):
         return checked
 
     def _update(self, group, value, grad, state):
+        momentum, weight_decay = group["momentum"], group["weight_decay"]
+        buf = state.get("momentum_buffer")
+        if _one_pass(value, grad, buf if momentum else None):
+            # one pass over the arrays (_optim.sgd_step), not one per step of the formula
+            first = bool(momentum) and buf is None
+            if first:
+                buf = state["momentum_buffer"] = np.empty_like(value)
+            _optim.sgd_step(value.reshape(-1), (buf if momentum else value[:0]).reshape(-1),
+                            grad.reshape(-1), group["lr"], momentum, weight_decay,
+                            group["nesterov"], first, threads_for_work(value.size))
+            return
         d = grad
-        if group["weight_decay"]:
-            d = d + group["weight_decay"] * value
-        momentum = group["momentum"]
+        if weight_decay:
+            d = d + weight_decay * value
         if momentum:
-            buf = state.get("momentum_buffer")
             if buf is None:  # an array even for a 0-d parameter, whose d is a scalar
                 buf = state["momentum_buffer"] = np.array(d, copy=True)
             else:
                 buf *= momentum
                 buf += d
             d = d + momentum * buf if group["nesterov"] else buf
-        _add_scaled(value, -group["lr"], d)
+        value -= group["lr"] * d
 
 
 class Adam(Optimizer):

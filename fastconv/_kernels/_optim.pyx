@@ -1,0 +1,32 @@
+"""Optimizer updates in one pass over a parameter (fastconv.optim): NumPy's in-place steps
+each pass over the whole array, the parameter and its state read and written several
+times over.
+
+Arrays are flattened, C-contiguous, of one float dtype; the caller has checked them."""
+from cython cimport floating
+from cython.parallel cimport prange
+
+
+def sgd_step(floating[::1] p,        # IN/OUT the parameter
+             floating[::1] buf,      # IN/OUT its momentum buffer (empty without momentum)
+             const floating[::1] g,  # IN  its gradient
+             double lr, double momentum, double weight_decay, bint nesterov, bint first,
+             int num_threads):
+    """PyTorch's SGD update (without dampening), element by element:
+        d = g + weight_decay * p
+        buf = d (first step) or momentum * buf + d        (with momentum)
+        d = d + momentum * buf (nesterov) or buf           (with momentum)
+        p = p - lr * d
+    The result does not depend on the thread count."""
+    cdef Py_ssize_t i, n = p.shape[0]
+    cdef floating a = lr, m = momentum, wd = weight_decay, d, b
+    cdef bint with_momentum = momentum != 0
+    for i in prange(n, nogil=True, schedule="static", num_threads=num_threads):
+        d = g[i]
+        if wd != 0:
+            d = d + wd * p[i]
+        if with_momentum:
+            b = d if first else m * buf[i] + d
+            buf[i] = b
+            d = d + m * b if nesterov else b
+        p[i] = p[i] - a * d
