@@ -587,12 +587,15 @@ class _BufferPool:
         if not isinstance(value, np.ndarray) or value.base is None:
             return None
         owner = value.base
-        # NumPy points a view at the array owning the memory, but as_strided's result at
-        # a stand-in object holding the array it views: from there to that array's owner
+        if isinstance(owner, np.ndarray) and owner.base is not None:
+            owner = owner.base  # a view of a view made through another object
         if not isinstance(owner, np.ndarray):
-            owner = getattr(owner, "base", None)
-            if isinstance(owner, np.ndarray) and owner.base is not None:
-                owner = owner.base
+            # NumPy points a view at the array owning its memory, but a view made through
+            # another object (as_strided's stand-in, a memoryview, a tensor) at that object:
+            # its buffer is found by its memory
+            owner = self._owner_by_memory(value)
+        if owner is None:
+            return None
         if self._arena is not None and owner is self._arena.base:
             k = self._slot_of.get(id(value))
             if k is not None and k in self._slots:
@@ -603,6 +606,12 @@ class _BufferPool:
                     return ("slot", k)
             return None
         return id(owner) if self.pooled.get(id(owner)) is owner else None
+
+    def _owner_by_memory(self, value: np.ndarray) -> np.ndarray | None:
+        """The arena's or a pooled buffer's owner array whose memory `value` shares."""
+        if self._arena is not None and np.may_share_memory(value, self._arena):
+            return self._arena.base
+        return next((b for b in self.pooled.values() if np.may_share_memory(value, b)), None)
 
     def owns(self, value) -> bool:
         return self._root(value) is not None

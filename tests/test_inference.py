@@ -483,13 +483,21 @@ def test_a_replay_that_gives_up_runs_no_node_twice_and_follows_the_outputs():
     assert y1.shape == (1, 6, 6, 4)
 
 
-def test_views_made_by_as_strided_are_followed_to_their_buffer():
-    """A layer returning np.lib.stride_tricks.as_strided of its input (whose .base is not
-    the buffer): the buffer stays taken while the view is alive, and an output viewing it
-    is copied out."""
+def _as_strided(x):
+    return np.lib.stride_tricks.as_strided(x, x.shape, x.strides)
+
+
+@pytest.mark.parametrize("view", [
+    _as_strided, lambda x: _as_strided(_as_strided(x)),
+    lambda x: np.lib.stride_tricks.sliding_window_view(x, 1, axis=3)[..., 0],
+    lambda x: np.asarray(memoryview(x))], ids=["as_strided", "twice", "window", "memoryview"])
+def test_views_made_through_other_objects_are_followed_to_their_buffer(view):
+    """A layer returning a view of its input made through another object (whose .base is
+    not the buffer): the buffer stays taken while the view is alive, and an output viewing
+    it is copied out."""
     class Strided(L.Layer):
         def forward(self, x):
-            return np.lib.stride_tricks.as_strided(x, x.shape, x.strides)
+            return view(x)
 
     model = Graph([("c1", L.Conv2d(4, 4, 3, padding=1, rng=0), "x"), ("v", Strided(), "c1"),
                    ("c2", L.Conv2d(4, 4, 3, padding=1, rng=1), "v"),

@@ -85,13 +85,20 @@ def test_sgd_updates_parameters_in_place_whatever_their_layout(strided, dtype):
 
 
 def test_sgd_refuses_a_read_only_parameter_and_lets_nan_through_at_lr_0():
-    """Refuse to write into a read-only array, and take NaN * 0 = NaN into the parameter at
-    lr=0 (as torch.optim.SGD does), in one pass and in NumPy's steps."""
-    value = np.ones(4, np.float32)
+    """Refuse to write into a read-only array before changing any parameter or state, and
+    take NaN * 0 = NaN into the parameter at lr=0 (as torch.optim.SGD does), in one pass
+    and in NumPy's steps."""
+    first, value = np.ones(4, np.float32), np.ones(4, np.float32)
+    opt = SGD([("a", first, np.ones(4, np.float32)), ("w", value, np.ones(4, np.float32))],
+              lr=0.5, momentum=0.9)
+    opt.step()
     value.setflags(write=False)
-    with pytest.raises(ValueError, match="read-only"):
-        SGD([("w", value, np.ones(4, np.float32))], lr=0.5).step()
-    np.testing.assert_array_equal(value, 1)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="'w' is read-only"):
+            opt.step()
+    np.testing.assert_array_equal(first, 0.5)
+    np.testing.assert_array_equal(opt.state["w"]["momentum_buffer"], 1)
+    np.testing.assert_array_equal(value, 0.5)
     for p in (np.ones(3, np.float32), np.ones((3, 2), np.float32)[:, 0]):
         with np.errstate(invalid="ignore"):  # inf * 0
             SGD([("p", p, np.array([np.nan, np.inf, 1], np.float32))], lr=0.0).step()
@@ -129,6 +136,15 @@ def test_sgd_in_one_pass_equals_its_steps_in_numpy(momentum, weight_decay, neste
     np.testing.assert_allclose(one, run(2, one_pass=False), rtol=10 * TOL[dtype],
                                atol=10 * TOL[dtype])
     assert not np.array_equal(one, start)
+
+
+@pytest.mark.parametrize("n", [11, 200_000])
+def test_sgd_with_a_gradient_overlapping_its_parameter(n):
+    """A gradient that is a shifted view of the parameter's memory: NumPy's steps (read the
+    whole gradient, then write), not the element-wise pass."""
+    base = np.arange(1.0, n + 1, dtype=np.float32)
+    SGD([("p", base[1:], base[:-1])], lr=1.0).step()
+    np.testing.assert_array_equal(base[1:], 1.0)
 
 
 def test_sgd_momentum_of_a_0d_parameter():

@@ -399,7 +399,7 @@ cdef inline void _scalar_wgrad(int nci, const floating* const* xp, Py_ssize_t ci
 cdef inline bint _transpose_tile(const floating* src, Py_ssize_t src_row, floating* dst,
                                  Py_ssize_t dst_row) noexcept nogil:
     """dst[j * dst_row + i] = src[i * src_row + j] for i, j < 16, through a local tile (rows
-    read and written whole); whether any value is not finite."""
+    read and written whole); whether every value is finite."""
     cdef floating tile[16][16]
     cdef floating spread[16]
     cdef int i, j
@@ -416,8 +416,8 @@ cdef inline bint _transpose_tile(const floating* src, Py_ssize_t src_row, floati
             dst[j * dst_row + i] = tile[i][j]
     for j in range(16):
         if spread[j] != 0:
-            return True
-    return False
+            return False
+    return True
 
 
 cdef inline bint _pack_tile(const floating* w, Py_ssize_t w_ci, Py_ssize_t w_co,
@@ -436,11 +436,11 @@ cdef inline bint _pack_tile(const floating* w, Py_ssize_t w_ci, Py_ssize_t w_co,
                 wp[ci * block + c] = v
                 bad = bad | (v - v != 0)
     else:  # a view, such as an input gradient's (channel axes swapped): a transpose, in
-        for c0 in range(0, nc, 16):  # 16 x 16 tiles that stay in L1
+        for c0 in range(0, nc, 16):  # 16 x 16 tiles, whole ones through _transpose_tile
             for ci0 in range(0, cig, 16):
                 if w_ci == 1 and c0 + 16 <= nc and ci0 + 16 <= cig:
-                    bad = bad | _transpose_tile(w + c0 * w_co + ci0, w_co, wp + ci0 * block + c0,
-                                                block)
+                    bad = bad | (not _transpose_tile(w + c0 * w_co + ci0, w_co,
+                                                     wp + ci0 * block + c0, block))
                     continue
                 for c in range(c0, min(c0 + 16, nc)):
                     column = w + c * w_co

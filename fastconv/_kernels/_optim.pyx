@@ -12,7 +12,9 @@ def sgd_step(floating[::1] p,        # IN/OUT the parameter
              const floating[::1] g,  # IN  its gradient
              double lr, double momentum, double weight_decay, bint nesterov, bint first,
              int num_threads):
-    """PyTorch's SGD update (without dampening), element by element:
+    """PyTorch's SGD update (without dampening), element by element, each product and sum
+    rounded on its own (as NumPy's steps; PyTorch fuses some into multiply-adds, so the two
+    agree within an ulp or so):
         d = g + weight_decay * p
         buf = d (first step) or momentum * buf + d        (with momentum)
         d = d + momentum * buf (nesterov) or buf           (with momentum)

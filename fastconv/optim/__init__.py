@@ -148,7 +148,13 @@ class Optimizer:
                 grad.fill(0)
 
     def step(self) -> None:
-        """One update of every parameter from its gradient."""
+        """One update of every parameter from its gradient. A read-only parameter is a
+        ValueError raised before anything (parameter or state) is changed."""
+        for group in self.param_groups:
+            for name, value, _ in _group_params(group):
+                if isinstance(value, np.ndarray) and not value.flags.writeable:
+                    raise ValueError(f"{type(self).__name__}.step: the parameter {name!r} is "
+                                     f"read-only")
         for group in self.param_groups:
             for name, value, grad in _group_params(group):
                 state = self.state.get(name)
@@ -230,12 +236,14 @@ class Optimizer:
 
 def _one_pass(value: np.ndarray, grad: np.ndarray, buf: np.ndarray | None) -> bool:
     """Whether an update can run as one kernel pass: C-contiguous, writeable arrays of one
-    float dtype and the parameter's shape (the kernel reads them flat). Views and other
-    dtypes go through NumPy."""
+    float dtype and the parameter's shape (the kernel reads them flat), the gradient either
+    the parameter itself or apart from it. Views, other dtypes and overlaps go through
+    NumPy."""
     return (value.ndim > 0 and value.dtype in (np.float32, np.float64)
             and value.flags.c_contiguous and value.flags.writeable
             and grad.dtype == value.dtype and grad.shape == value.shape
             and grad.flags.c_contiguous
+            and (grad is value or not np.may_share_memory(grad, value))
             and (buf is None or (buf.dtype == value.dtype and buf.shape == value.shape
                                  and buf.flags.c_contiguous and buf.flags.writeable)))
 
