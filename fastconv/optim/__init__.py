@@ -150,13 +150,14 @@ class Optimizer:
     def step(self) -> None:
         """One update of every parameter from its gradient. A read-only parameter is a
         ValueError raised before anything (parameter or state) is changed."""
-        for group in self.param_groups:
-            for name, value, _ in _group_params(group):
+        groups = [(group, list(_group_params(group))) for group in self.param_groups]
+        for _, params in groups:
+            for name, value, _ in params:
                 if isinstance(value, np.ndarray) and not value.flags.writeable:
                     raise ValueError(f"{type(self).__name__}.step: the parameter {name!r} is "
                                      f"read-only")
-        for group in self.param_groups:
-            for name, value, grad in _group_params(group):
+        for group, params in groups:
+            for name, value, grad in params:
                 state = self.state.get(name)
                 # a parameter replaced by one of another shape starts afresh
                 if state is None or any(isinstance(item, np.ndarray) and item.shape != value.shape
