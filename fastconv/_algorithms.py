@@ -317,7 +317,8 @@ def weight_gradient_rule(weight_shape, out_shape, itemsize: int, geo) -> tuple[s
     the forward convolution (with the larger WINOGRAD_MAX_GRAD_WEIGHT_BYTES); im2col + BLAS
     when a group has few input channels (a first layer: the direct kernel's blocks of FC_CI
     input channels run empty) and for 1x1 kernels with at least 256 input channels per group
-    and POINTWISE_GEMM_MIN_PIXELS output pixels (one GEMM x^T gy per chunk of pixels; measured on a Zen 5, 2 threads: 1024 -> 256 at 14x14
+    and POINTWISE_GEMM_MIN_PIXELS output pixels (one GEMM x^T gy per chunk of pixels;
+    measured on a Zen 5, 2 threads: 1024 -> 256 at 14x14
     1.4-1.8x direct, 512 -> 2048 at 7x7 1.6-1.8x, 256 -> 64 at 56x56 1.0x, but 64 -> 256 at
     56x56 0.85x); blocked where it pays (blocked_pays and _blocked_weight_gradient_pays:
     3x3 256 -> 256 at 14x14 1.1x
@@ -331,7 +332,7 @@ def weight_gradient_rule(weight_shape, out_shape, itemsize: int, geo) -> tuple[s
         if cig < 8:
             return "im2col", f"rule: {cig} input channels per group: GEMM"
         if (tuple(weight_shape[:2]) == (1, 1) and cig >= 256
-                and math.prod(out_shape[:3]) >= POINTWISE_GEMM_MIN_PIXELS):
+                and geo.n * math.prod(geo.out_hw) >= POINTWISE_GEMM_MIN_PIXELS):
             return "im2col", (f"rule: 1x1 with {cig} input channels per group and "
                               f"{POINTWISE_GEMM_MIN_PIXELS}+ pixels: one GEMM x^T gy")
     if (blocked_pays(weight_shape, itemsize, geo.dilation, geo.groups)

@@ -17,7 +17,8 @@ import numpy as np
 
 from fastconv import _algorithms, _autotune, _memory, _params
 from fastconv._params import ConvGeometry
-from fastconv._threads import blas_single_thread, get_num_threads, place_workers
+from fastconv._threads import (blas_single_thread, get_num_threads, place_workers,
+                               threads_for_work)
 
 NEEDS = ("input", "weight", "bias")
 
@@ -37,7 +38,9 @@ def _bound(algo: str, kernel_name: str, *args, flops: int,
     """_run's call with the kernel, its arguments and the thread count fixed: calling it runs
     the kernel on its arrays' current values."""
     kernel = getattr(_algorithms.KERNELS[algo], kernel_name)
-    threads = _threads_for(flops, min_flops)
+    if min_flops is None:
+        min_flops = _algorithms.PARALLEL_MIN_FLOPS
+    threads = get_num_threads() if flops >= min_flops else 1  # too little work to share
     args = (*args, threads)
     uses_blas = _algorithms.USES_BLAS[algo]
 
@@ -51,14 +54,6 @@ def _bound(algo: str, kernel_name: str, *args, flops: int,
         if status:
             raise MemoryError("fastconv: could not allocate a kernel's scratch buffer")
     return call
-
-
-def _threads_for(flops: int, min_flops: int | None = None) -> int:
-    """The threads for a kernel call of `flops`: one below `min_flops` (default
-    PARALLEL_MIN_FLOPS: too little work to share), else the thread count."""
-    if min_flops is None:
-        min_flops = _algorithms.PARALLEL_MIN_FLOPS
-    return get_num_threads() if flops >= min_flops else 1
 
 
 def _batched(name: str, arr) -> tuple[np.ndarray, bool]:
@@ -427,7 +422,7 @@ def pack_weight(w: np.ndarray, groups: int, block: int | None = None) -> tuple[n
         w = np.ascontiguousarray(w)  # the kernel steps in whole elements
     # into memory aligned for the kernel's vector loads
     packed = _memory.empty((groups, -(-cout // groups // block), kh, kw, cig, block), w.dtype)
-    threads = _threads_for(packed.size)
+    threads = threads_for_work(packed.size)  # an element-wise copy
     place_workers(threads)
     return packed, kernel.pack_weight(w, packed, threads)
 

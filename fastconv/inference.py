@@ -351,9 +351,7 @@ class InferenceGraph(Graph):
                         and layer.kind != "linear"):
                     values[name] = _fused_at_node(name, layer, args, pool, steps)
                 else:
-                    values[name] = _at_node(name, layer, args)
-                    if steps is not None:
-                        steps.append(None)
+                    values[name] = _unpooled_at_node(name, layer, args, steps)
                 pool.track(values[name])
                 del args
                 # after the node ran: its output never lands in a buffer it reads
@@ -457,6 +455,7 @@ def _fused_at_node(name: str, layer: FusedConv, args, pool: "_BufferPool",
 
 
 def _unpooled_at_node(name, layer, args, steps: list | None):
+    """A node run as a plain layer (its replay step: None, appended to `steps` when given)."""
     result = _at_node(name, layer, args)
     if steps is not None:
         steps.append(None)

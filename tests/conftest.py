@@ -66,8 +66,8 @@ class _RecordingKernels:
 @pytest.fixture
 def kernel_threads(monkeypatch):
     """For thread tests: every kernel call shares its work however small it is
-    (PARALLEL_MIN_FLOPS and PARALLEL_MIN_DEPTHWISE_FLOPS lowered to 0), and the thread counts the kernels were given are
-    recorded in the list returned. A test then calls assert_threads_ran(list), so that it
+    (PARALLEL_MIN_FLOPS and PARALLEL_MIN_DEPTHWISE_FLOPS lowered to 0), and the thread
+    counts the kernels were given are recorded in the list returned. A test then calls assert_threads_ran(list), so that it
     cannot pass with everything on one thread."""
     from fastconv import _algorithms
 

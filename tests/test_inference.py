@@ -459,6 +459,22 @@ def test_steady_passes_replay_the_recorded_pass_until_anything_changes(monkeypat
             fastconv.set_num_threads(None)
 
 
+def test_an_error_in_a_replayed_pass_names_its_node():
+    """A layer setting that its plan refuses, made after the pass was kept for replay: the
+    error is the full pass's, a ValueError naming the node; the next call again."""
+    fast = fastconv.optimize_for_inference(L.Sequential(
+        L.Conv2d(3, 4, 3, padding=1, rng=0), L.ReLU(), L.Conv2d(4, 4, 1, rng=1), L.ReLU(),
+        L.Conv2d(4, 2, 1, rng=2)))
+    x = RNG.standard_normal((1, 5, 5, 3)).astype(np.float32)
+    for _ in range(3):
+        fast(x)
+    name, layer, _ = fast.nodes[1]
+    layer.algorithm = "bogus"
+    for _ in range(2):
+        with pytest.raises(ValueError, match=f"algorithm must be one of.*at node '{name}'"):
+            fast(x)
+
+
 def test_a_replay_that_gives_up_runs_no_node_twice_and_follows_the_outputs():
     """A replay that meets a changed plan after a node that works in place on the graph's
     input: that node ran once (the input halved once where negative), the rest as plain

@@ -112,8 +112,13 @@ def test_sgd_refuses_a_read_only_parameter_and_lets_nan_through_at_lr_0():
 def test_sgd_in_one_pass_equals_its_steps_in_numpy(momentum, weight_decay, nesterov, dtype,
                                                    monkeypatch):
     """The one-pass kernel (C-contiguous parameters) against NumPy's steps (what views
-    take), over four updates, on one thread and on two (the same bits)."""
+    take), over four updates, on one thread and on two (the same bits; two did run)."""
+    from conftest import _RecordingKernels, assert_threads_ran
+
     from fastconv import optim
+
+    given: list = []
+    monkeypatch.setattr(optim, "_optim", _RecordingKernels(optim._optim, given))
 
     rng = np.random.default_rng(2)
     start = rng.standard_normal((3, 70000)).astype(dtype)  # 2 threads from 2 * 65536
@@ -132,6 +137,8 @@ def test_sgd_in_one_pass_equals_its_steps_in_numpy(momentum, weight_decay, neste
         return value
 
     one, two = run(1), run(2)
+    assert given[:4] == [1] * 4 and given[4:] == [2] * 4
+    assert_threads_ran(given)
     np.testing.assert_array_equal(one, two)
     np.testing.assert_allclose(one, run(2, one_pass=False), rtol=10 * TOL[dtype],
                                atol=10 * TOL[dtype])

@@ -219,8 +219,9 @@ def test_depthwise_work_is_shared_from_fewer_flops_than_dense(monkeypatch, rng):
         fastconv.conv2d_backward(np.ones((1, 7, 7, 256), np.float32), x14, w, stride=2,
                                  padding=1, groups=256, needs=("input",))
         assert given[-1] == 2
+        depthwise_given = list(given)
         given.clear()
         fastconv.conv2d(x[..., :16], rng.standard_normal((3, 3, 16, 16)).astype(np.float32),
                         padding=1, algorithm="direct")  # 2 * 49 * 9 * 16 * 16 flops
         assert given == [1]
-    assert_threads_ran([2])
+    assert_threads_ran(depthwise_given)

@@ -103,9 +103,8 @@ def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
     """Maximum over each window. Ties keep the first in row-major window order; NaN wins
     over numbers and a later NaN over an earlier one (as PyTorch: `v > m or isnan(v)`).
     An empty idx (inference): the maxima alone (_window_max, several times faster than also
-    finding the indices). With idx, windows
-    of up to vector_window_taps taps (at most 2**31 - 1) run _window_max_with_index, larger
-    ones one channel and tap at a time."""
+    finding the indices). With idx, windows of up to vector_window_taps taps (at most
+    2**31 - 1) run _window_max_with_index, larger ones one channel and tap at a time."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2]
     cdef Py_ssize_t row, n, oh, ow, h0, w0, r0, r1, s0, s1, r, s, c, ih, iw
