@@ -34,15 +34,40 @@ from fastconv._threads import get_num_threads
 # weight versions
 
 _versions: dict[int, int] = {}  # id(array) -> version; only arrays ever bumped are here
+_changes = 0  # weight versions raised and inference layers' settings set (see changes())
 
 
 def bump(*arrays) -> None:
     """Mark arrays as changed in place: packs made from them are rebuilt at their next use.
     (A stale entry of a freed array is harmless: a pack holds its array, so its id is never
     reused while the pack lives, and versions only grow.)"""
+    global _changes
+    _changes += 1
     for a in arrays:
         if a is not None:
             _versions[id(a)] = _versions.get(id(a), 0) + 1
+
+
+def note_change() -> None:
+    """Count a change of an inference layer's settings (FusedConv and PostOps call it when
+    an attribute is set)."""
+    global _changes
+    _changes += 1
+
+
+def changes() -> tuple:
+    """What every kept kernel call of an inference layer was made under: the count of weight
+    bumps and inference-layer setting changes so far, and the settings plan_for reads
+    besides the layer and the input (settings()). While it stays the same, such a call
+    computes what a new plan_for and bind would (InferenceGraph's replay checks it once per
+    pass instead of at every node)."""
+    return _changes, settings()
+
+
+def settings() -> tuple:
+    """The process-wide settings a plan depends on: the thread count (of this Python thread),
+    autotune and whether "auto" may choose Winograd."""
+    return get_num_threads(), _autotune.get_autotune(), _algorithms.get_auto_winograd()
 
 
 def version(a) -> int:
@@ -287,10 +312,9 @@ def plan_for(layer, x: np.ndarray) -> ConvPlan:
     (and the current thread count and autotune settings) and kept in `layer._plans`."""
     weight = layer.weight
     key = (x.shape, x.dtype.num, weight.shape, weight.dtype.num, layer.bias is None,
-           get_num_threads(), layer.stride, repr(layer.padding), layer.dilation, layer.groups,
+           settings(), layer.stride, repr(layer.padding), layer.dilation, layer.groups,
            layer.algorithm, getattr(layer, "padding_mode", None),
-           getattr(layer, "output_padding", None), _autotune.get_autotune(),
-           _algorithms.get_auto_winograd())
+           getattr(layer, "output_padding", None))
     plans = layer.__dict__.get("_plans")
     if plans is None:
         plans = layer._plans = {}

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastconv import _plan
 from fastconv._kernels import _epilogue
 from fastconv._threads import get_num_threads
 
@@ -70,6 +71,11 @@ class PostOps:
                                  f"but got {act.name!r}")
         self.bias, self.scale, self.shift = bias, scale, shift
         self.act1, self.residual, self.act2 = act1, bool(residual), act2
+
+    def __setattr__(self, name: str, value) -> None:
+        if hasattr(self, name):  # a change after construction: kept kernel calls are stale
+            _plan.note_change()
+        object.__setattr__(self, name, value)
 
     @property
     def is_empty(self) -> bool:

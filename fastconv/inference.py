@@ -44,6 +44,11 @@ from fastconv.graph import Add, Graph, Parallel, Residual
 _CONV_KINDS = {L.Conv2d: "conv2d", L.ConvTranspose2d: "conv_transpose2d", L.Linear: "linear"}
 
 
+def _frozen(value):
+    """value with its lists (nested too) made tuples."""
+    return tuple(map(_frozen, value)) if isinstance(value, (list, tuple)) else value
+
+
 class FusedConv(L.Layer):
     """A convolution (kind "conv2d" or "conv_transpose2d", the configuration of the layer it
     was made from) or a Linear ("linear") with post-ops; inference only (backward raises
@@ -69,14 +74,19 @@ class FusedConv(L.Layer):
         for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding",
                      "dilation", "groups", "algorithm", "padding_mode", "output_padding",
                      "in_features", "out_features", "dtype"):
-            if hasattr(layer, name):
-                setattr(self, name, getattr(layer, name))
+            if hasattr(layer, name):  # a list (padding) as a tuple: not changed in place
+                setattr(self, name, _frozen(getattr(layer, name)))
         self._init_param("weight", layer.weight)
         self.bias = None
         if layer.bias is not None:
             self._init_param("bias", layer.bias)
         self.post_ops = PostOps() if post_ops is None else post_ops
         self.training = False
+
+    def __setattr__(self, name: str, value) -> None:
+        if not name.startswith("_"):  # a setting or weight: kept kernel calls are stale
+            _plan.note_change()
+        super().__setattr__(name, value)
 
     @property
     def channels(self) -> int:
@@ -165,16 +175,15 @@ class FusedConv(L.Layer):
             self._post(y[i:i + step], batch_residual, bias=False)
         return y
 
-    def _replay(self, x: np.ndarray, residual, out: np.ndarray, plan,
-                keep: bool) -> np.ndarray | None:
-        """out, computed by the kernel call bound (ConvPlan.bind) when this layer last ran
-        with these same x, residual and out objects (an InferenceGraph's arena hands out the
-        same arrays at every call), this plan and unchanged weights; bound anew otherwise,
-        and kept for the next call when `keep`. None where one bound kernel call is not the
-        whole of _convolve (a pass after the kernel, a transposed convolution...): the
-        caller runs _convolve then. The kept call holds x, out, the Epilogue, the weight and
-        the bias, so their ids (and the versions kept by id) stay theirs while it is kept;
-        pickles and copies leave it out."""
+    def _kernel_call(self, x: np.ndarray, residual, out: np.ndarray, plan, keep: bool):
+        """The kernel call computing out from x (and residual) under `plan` (ConvPlan.bind):
+        the one bound when this layer last ran with these same x, residual and out objects
+        (an InferenceGraph's arena hands out the same arrays at every call), this plan and
+        unchanged weights; bound anew otherwise, and kept for the next call when `keep`.
+        None where one bound kernel call is not the whole of _convolve (a pass after the
+        kernel, a transposed convolution...): the caller runs _convolve then. The kept call
+        holds x, out, the Epilogue, the weight and the bias, so their ids (and the versions
+        kept by id) stay theirs while it is kept; pickles and copies leave it out."""
         single, post = self._single_call(plan, residual)
         if not single:
             return None
@@ -187,8 +196,7 @@ class FusedConv(L.Layer):
                 return None
             kept = (key, w, b, call)  # w and b held: their ids and versions stay theirs
             self._bound = kept if keep else None
-        kept[3]()
-        return out
+        return kept[3]
 
     def _single_call(self, plan, residual) -> tuple:
         """(True, the Epilogue or None) when the output is one kernel call of `plan`, the
@@ -338,9 +346,12 @@ class InferenceGraph(Graph):
             if intact:
                 pool.replays[signature] = replay
             return outs
+        changes = _plan.changes()  # before any node: a change during the pass is seen next
         pool.begin(signature)
         # a pass that follows an arena throughout is kept as a replay of its conv nodes
         steps: list | None = [] if pool.follows_layout() else None
+        arena = pool.layouts[signature][0] if steps is not None else None
+        placed = []  # where each node's value lies in the arena
         dropped = self._dropped_after()
         # BLAS on one thread for the whole pass (the kernels ask for it at every call; held
         # here, those requests cost a counter, not a setting of OpenBLAS's threads)
@@ -352,6 +363,8 @@ class InferenceGraph(Graph):
                     values[name] = _fused_at_node(name, layer, args, pool, steps)
                 else:
                     values[name] = _unpooled_at_node(name, layer, args, steps)
+                if steps is not None:
+                    placed.append(_placement(values[name], arena))
                 pool.track(values[name])
                 del args
                 # after the node ran: its output never lands in a buffer it reads
@@ -363,7 +376,7 @@ class InferenceGraph(Graph):
             pool.release(v)
         if pool.end() and steps is not None:
             pool.replays[signature] = _Replay(list(self.nodes), tuple(self.outputs), steps,
-                                              dropped)
+                                              placed, dropped, changes)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _dropped_after(self) -> list[list[str]]:
@@ -374,34 +387,48 @@ class InferenceGraph(Graph):
     def _replayed(self, replay: "_Replay", values: dict, arena: np.ndarray):
         """The pass `replay` recorded, run again on new inputs of the same signature (in
         `values`, which it fills): each convolution into the same array of `arena` as
-        then, through its plan and its kept kernel call (FusedConv._replay checks the
-        weights' versions), the other nodes as in any pass; an output in the arena copied
-        out. From a convolution whose plan changed (a layer setting, the thread count, the
-        autotune setting: plan_for gives another plan) or that raised ValueError or
-        TypeError, that node and the rest run as plain layers, outside the arena (no node
-        runs twice: one may have changed its input in place). Returns (the outputs, whether
-        the replay ran through and can be kept)."""
+        then, the other nodes as in any pass; an output in the arena copied out.
+
+        A convolution whose inputs are the very arrays its kept kernel call was bound to
+        runs that call as it is while _plan.changes() is what it was at the last pass: no
+        weight was bumped and no inference layer's setting set since, on the same thread
+        count and autotune settings. Else it goes through its plan and FusedConv.
+        _kernel_call, which check the layer and its weights. From a convolution whose plan
+        changed (a layer setting, the thread count, the autotune setting: plan_for gives
+        another plan) or that raised ValueError or TypeError, that node and the rest run as
+        plain layers, outside the arena (no node runs twice: one may have changed its input
+        in place). Returns (the outputs, whether the replay ran through and can be kept)."""
+        changes = _plan.changes()
+        unchanged = replay.changes == changes
         intact = True
         with blas_single_thread():
-            for (name, layer, names), step, dropped in zip(self.nodes, replay.steps,
-                                                           replay.dropped):
+            for (name, layer, names), step, placed, dropped in zip(
+                    self.nodes, replay.steps, replay.placed, replay.dropped):
                 if intact and step is not None:
-                    out, plan, keep = step
                     x = values[names[0]]
                     residual = values[names[1]] if len(names) > 1 else None
-                    try:
-                        if _plan.plan_for(layer, x) is plan:
-                            result = layer._replay(x, residual, out, plan, keep)
-                            values[name] = (layer._convolve(x, residual, out, plan)
-                                            if result is None else result)
-                        else:
+                    if unchanged and step.call is not None and x is step.x and (
+                            residual is step.residual):
+                        step.call()
+                        values[name] = step.out
+                    else:
+                        try:
+                            if _plan.plan_for(layer, x) is step.plan:
+                                values[name] = step.run(layer, x, residual)
+                            else:
+                                intact = False
+                        except (ValueError, TypeError):
                             intact = False
-                    except (ValueError, TypeError):
-                        intact = False
                 if not intact or step is None:
                     values[name] = _at_node(name, layer, [values[n] for n in names])
+                    # a value in another place of the arena than when recorded: the arena's
+                    # slots are no longer free when the recording says (the rest as plain
+                    # layers)
+                    intact = intact and _placement(values[name], arena) == placed
                 for n in dropped:
                     del values[n]
+        if intact:
+            replay.changes = changes
         outs = [v.copy() if isinstance(v, np.ndarray) and np.may_share_memory(v, arena) else v
                 for v in (values[n] for n in self.outputs)]
         return outs[0] if len(outs) == 1 else tuple(outs), intact
@@ -409,12 +436,51 @@ class InferenceGraph(Graph):
 
 class _Replay:
     """An InferenceGraph pass kept for replay (InferenceGraph._replayed): the nodes and
-    outputs it ran with; per node, (out, plan, keep) for a convolution written into an
-    arena array (keep: its kernel call kept bound) or None for one run as any node; and the
-    values dropped after each node."""
+    outputs it ran with; per node, the _Step of a convolution written into an arena array
+    or None for one run as any node, and where its value lay in the arena (_placement); the
+    values dropped after each node; and
+    _plan.changes() when the steps' kept calls were last checked."""
 
-    def __init__(self, nodes: list, outputs, steps: list, dropped: list[list[str]]):
-        self.nodes, self.outputs, self.steps, self.dropped = nodes, outputs, steps, dropped
+    def __init__(self, nodes: list, outputs, steps: list, placed: list,
+                 dropped: list[list[str]], changes: tuple):
+        self.nodes, self.outputs, self.steps, self.placed = nodes, outputs, steps, placed
+        self.dropped, self.changes = dropped, changes
+
+
+def _placement(value, arena: np.ndarray):
+    """Where `value` (an array or a tuple of them) lies in `arena`: (address, shape,
+    strides) of each array sharing memory with it, None for the others."""
+    if isinstance(value, tuple):
+        return tuple(_placement(v, arena) for v in value)
+    if not isinstance(value, np.ndarray) or not np.may_share_memory(value, arena):
+        return None
+    return value.__array_interface__["data"][0], value.shape, value.strides
+
+
+class _Step:
+    """A convolution node of a kept pass: its arena array `out`, its plan, whether its
+    kernel call may be kept (`keep`: its inputs are the pool's own arrays, which the call
+    holds), and that call with the x and residual it was bound to (None when not kept)."""
+
+    __slots__ = ("out", "plan", "keep", "call", "x", "residual")
+
+    def __init__(self, out: np.ndarray, plan, keep: bool):
+        self.out, self.plan, self.keep = out, plan, keep
+        self.call = self.x = self.residual = None
+
+    def run(self, layer: FusedConv, x: np.ndarray, residual) -> np.ndarray:
+        """The layer on x (and residual) into `out` through its kernel call (kept here when
+        `keep`), or through _convolve where one call is not the whole of it; returns the
+        result."""
+        call = layer._kernel_call(x, residual, self.out, self.plan, self.keep)
+        if self.keep and call is not None:
+            self.call, self.x, self.residual = call, x, residual
+        else:
+            self.call = self.x = self.residual = None
+        if call is None:
+            return layer._convolve(x, residual, self.out, self.plan)
+        call()
+        return self.out
 
 
 def _at_node(name, layer, args):
@@ -440,17 +506,15 @@ def _fused_at_node(name: str, layer: FusedConv, args, pool: "_BufferPool",
     try:
         residual = None if len(args) == 1 else _params.as_array("residual", args[1])
         # a bound call is kept only over the pool's own arrays: it holds its arguments
-        keep = pool.owns(x) and (residual is None or pool.owns(residual))
-        result = layer._replay(x, residual, out, plan, keep)
-        if result is None:
-            result = layer._convolve(x, residual, out, plan)
+        step = _Step(out, plan, pool.owns(x) and (residual is None or pool.owns(residual)))
+        result = step.run(layer, x, residual)
     except (ValueError, TypeError):
         pool.give_back(out)
         return _unpooled_at_node(name, layer, args, steps)
     if result.base is not out.base:  # a residual add made a new, larger or wider array
         pool.give_back(out)
     if steps is not None:
-        steps.append((out, plan, keep) if residual is None or residual is args[1] else None)
+        steps.append(step if residual is None or residual is args[1] else None)
     return result
 
 
@@ -546,9 +610,14 @@ class _BufferPool:
         self._step += 1
         if self._offsets is not None:
             k = self._next
-            if k < len(self._offsets) and self._offsets[k][1] == nbytes:
+            offset = self._offsets[k][0] if k < len(self._offsets) else 0
+            # the recorded size, over bytes no live value holds (a layer may now hand on
+            # another array than when the layout was recorded, keeping other slots alive)
+            if (k < len(self._offsets) and self._offsets[k][1] == nbytes
+                    and all(end <= offset or offset + nbytes <= start
+                            for start, end in self._slots.values())):
                 self._next += 1
-                offset = self._offsets[k][0]  # a multiple of ALIGNMENT in an aligned arena
+                # offset: a multiple of ALIGNMENT in an aligned arena
                 array = self._views.get((k, shape, dtype))
                 if array is None:
                     array = self._views[k, shape, dtype] = \
@@ -575,6 +644,8 @@ class _BufferPool:
         self._step += 1
         if self._arena is None or buffer.base is not self._arena.base:
             self._freed(buffer.base)
+        else:
+            self._slots.pop(self._slot_of.get(id(buffer)), None)
 
     def _freed(self, owner: np.ndarray) -> None:
         if self._record is not None and id(owner) in self._taken:

@@ -459,6 +459,93 @@ def test_steady_passes_replay_the_recorded_pass_until_anything_changes(monkeypat
             fastconv.set_num_threads(None)
 
 
+def test_a_steady_replay_plans_once_per_pass_and_sees_changes_made_in_place(monkeypatch):
+    """Steady replays run the kept kernel calls without planning each node again (only the
+    first convolution, on the caller's array, is planned); a post-op set on a fused chain
+    afterwards, or a weight changed in place (weights_changed), is seen at the next call:
+    the result equals that of a copy that never ran. A padding given as a list is kept as
+    a tuple (changing the list changes nothing)."""
+    from fastconv import _plan
+
+    padding = [1, 1]
+    fast = fastconv.optimize_for_inference(L.Sequential(
+        L.Conv2d(3, 8, 3, padding=padding, rng=0), L.ReLU(), L.Conv2d(8, 8, 1, rng=1),
+        L.ReLU(), L.Conv2d(8, 4, 3, padding=1, rng=2, algorithm="blocked"),  # a packed weight
+        L.Flatten()))
+    assert fast.nodes[0][1].padding == (1, 1)
+    padding[0] = 0
+
+    def fresh(x):
+        return pickle.loads(pickle.dumps(fast))(x)  # copies leave plans and kept calls out
+    planned = []
+    plan_for = _plan.plan_for
+    monkeypatch.setattr(_plan, "plan_for", lambda *a: planned.append(1) or plan_for(*a))
+    x = RNG.standard_normal((1, 7, 6, 3)).astype(np.float32)
+    for _ in range(3):
+        fast(x)
+    expected = fresh(x)
+    before = len(planned)
+    np.testing.assert_array_equal(fast(x), expected)
+    assert len(planned) == before + 1
+    fast.nodes[1][1].post_ops.act1 = None  # the ReLU after the second convolution
+    expected = fresh(x)
+    for _ in range(2):
+        np.testing.assert_array_equal(fast(x), expected)
+    fast.nodes[2][1].weight[..., 0] = 0
+    fastconv.weights_changed(fast.nodes[2][1])
+    expected = fresh(x)
+    for _ in range(2):
+        np.testing.assert_array_equal(fast(x), expected)
+
+
+def test_a_replay_follows_a_node_that_hands_on_another_arena_array():
+    """A layer choosing which of two arena arrays it passes on, changed after the pass was
+    kept: the convolution reading it computes from the array it now gets (its kept call,
+    bound to the other one, is not used)."""
+    from fastconv.graph import Merge
+
+    class Pick(Merge):
+        num_inputs, which = 2, 0
+
+        def forward(self, a, b):
+            return (a, b)[self.which]
+
+    model = Graph([("c1", L.Conv2d(3, 4, 3, padding=1, rng=0), "x"),
+                   ("c2", L.Conv2d(3, 4, 1, rng=1), "x"), ("pick", Pick(), ("c1", "c2")),
+                   ("c3", L.Conv2d(4, 4, 3, padding=1, rng=2), "pick"),
+                   ("flat", L.Flatten(), "c3")]).eval()
+    fast = fastconv.optimize_for_inference(model)
+    x = RNG.standard_normal((1, 5, 6, 3)).astype(np.float32)
+    for _ in range(3):
+        fast(x)
+    for layers in (model, fast):
+        next(layer for name, layer, _ in layers.nodes if name == "pick").which = 1
+    for _ in range(2):
+        np.testing.assert_allclose(fast(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_residual_added_into_a_new_array_keeps_the_replay(monkeypatch):
+    """A fused residual that broadcasts the output to a larger batch (added into a new
+    array, the arena's array given back at once): steady passes still replay, with the
+    unfused graph's results."""
+    from fastconv import inference
+
+    model = Graph([("c1", L.Conv2d(3, 4, 3, padding=1, rng=0), "x"),
+                   ("add", Add(), ("c1", "b")), ("c2", L.Conv2d(4, 4, 3, padding=1, rng=1), "add"),
+                   ("c3", L.Conv2d(4, 4, 1, rng=2), "c2"), ("flat", L.Flatten(), "c3")],
+                  inputs=("x", "b")).eval()
+    fast = fastconv.optimize_for_inference(model)
+    assert fast.nodes[0][1].post_ops.residual
+    full = []
+    at_node = inference._fused_at_node
+    monkeypatch.setattr(inference, "_fused_at_node", lambda *a: full.append(1) or at_node(*a))
+    x = RNG.standard_normal((1, 5, 6, 3)).astype(np.float32)
+    b = RNG.standard_normal((2, 1, 1, 4)).astype(np.float32)
+    for _ in range(4):
+        np.testing.assert_allclose(fast(x, b), model(x, b), rtol=1e-5, atol=1e-6)
+    assert len(full) == 2 * 3  # two full passes (one lays out the arena), then replays
+
+
 def test_an_error_in_a_replayed_pass_names_its_node():
     """A layer setting that its plan refuses, made after the pass was kept for replay: the
     error is the full pass's, a ValueError naming the node; the next call again."""
