@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from fastconv import _algorithms
 from fastconv._kernels import _openmp
 from fastconv._params import MAX_THREADS, as_thread_count
 
@@ -134,12 +135,29 @@ def blas_single_thread():
                         lib.set_num_threads(n)
 
 
+_linear = _algorithms.best_simd("_linear")
+
+
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """np.matmul(a, b) with BLAS on one thread. A multi-threaded BLAS leaves its threads
-    spinning for a while after a call, and they take the cores from the OpenMP kernels that
-    follow: a Linear layer's products slowed the next convolutions up to 3x (ResNet-18
-    training step, 112x112, batch 8, 2 threads, AMD Zen 5: 199 -> 126 ms with this; in
-    inference, batch 8, the stem and max pooling after a call ran 2x slower)."""
+    """np.matmul(a, b). A product of a few rows (a of at most _linear.MAX_ROWS rows after
+    its leading axes, b 2-D, both C-contiguous float32 or float64 of one dtype, out None)
+    runs on fastconv's own threads (_linear.few_rows_matmul: it streams b once, where BLAS
+    copies it first); the rest through NumPy with BLAS on one thread. A multi-threaded BLAS
+    leaves its threads spinning for a while after a call, and they take the cores from the
+    OpenMP kernels that follow: a Linear layer's products slowed the next convolutions up
+    to 3x (ResNet-18 training step, 112x112, batch 8, 2 threads, AMD Zen 5: 199 -> 126 ms
+    with this; in inference, batch 8, the stem and max pooling after a call ran 2x
+    slower)."""
+    if (out is None and a.ndim >= 1 and b.ndim == 2 and a.shape[-1] == b.shape[0]
+            and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
+            and a.flags.c_contiguous and b.flags.c_contiguous
+            and 0 < a.size // max(1, a.shape[-1]) <= _linear.MAX_ROWS and b.size > 0):
+        rows = a.reshape(-1, a.shape[-1])
+        y = np.empty((rows.shape[0], b.shape[1]), a.dtype)
+        threads = threads_for_work(y.size * b.shape[0])
+        place_workers(threads)
+        _linear.few_rows_matmul(rows, b, y, threads)
+        return y.reshape(*a.shape[:-1], b.shape[1])
     with blas_single_thread():
         return np.matmul(a, b, out=out)
 

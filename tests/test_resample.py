@@ -51,6 +51,23 @@ def test_adaptive_pooling_matches_the_definition(size, dtype):
     np.testing.assert_array_equal(fc.adaptive_max_pool2d(x[1], size), y[1])
 
 
+@pytest.mark.parametrize("shape", [(0, 3, 3, 5), (1, 1, 1, 1), (3, 7, 7, 129), (2, 4, 9, 64)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_global_average_pooling_is_the_mean_of_each_map(shape, dtype):
+    """output_size 1 (one window over the whole map): the float64 mean per image and
+    channel, on contiguous and strided inputs, in the result dtype of the input."""
+    rng = np.random.default_rng(2)
+    big = rng.standard_normal((shape[0], shape[1], 2 * shape[2], shape[3] + 1)) * 100
+    for x in (big[:, :, ::2, 1:].astype(dtype), np.ascontiguousarray(big[:, :, :shape[2], :-1]
+                                                                       .astype(dtype))):
+        y = fc.adaptive_avg_pool2d(x, 1)
+        out_dtype = np.float64 if dtype == np.float64 else np.float32
+        assert y.shape == (shape[0], 1, 1, shape[3]) and y.dtype == out_dtype
+        tol = 1e-12 if out_dtype == np.float64 else 1e-5
+        np.testing.assert_allclose(y, x.astype(np.float64).mean(axis=(1, 2), keepdims=True),
+                                   rtol=tol, atol=tol * 100)
+
+
 @pytest.mark.parametrize("size", [(3, 2), (4, 9)])
 def test_adaptive_pooling_backward(size):
     rng = np.random.default_rng(1)

@@ -9,6 +9,7 @@ from threadpoolctl import threadpool_limits
 
 import fastconv
 from conftest import ALGORITHMS, assert_threads_ran
+from fastconv import _algorithms
 
 
 @pytest.fixture(autouse=True)
@@ -170,12 +171,54 @@ def test_linear_and_resampling_products_keep_blas_on_one_thread(monkeypatch):
 
     monkeypatch.setattr(_threads, "blas_single_thread", recording)
     layer = L.Linear(6, 4, rng=0)
-    y = layer(np.ones((3, 6), np.float32))
+    y = layer(np.ones((9, 6), np.float32))  # more rows than the few-rows kernel takes
     assert len(entered) == 1
     layer.backward(np.ones_like(y))
     assert len(entered) == 3  # the weight's gradient and the input's
     L.AdaptiveAvgPool2d(2)(np.ones((1, 5, 5, 2), np.float32))
     assert len(entered) == 5  # along H, then along W
+
+
+@pytest.mark.parametrize("level", sorted(_algorithms.simd_modules("_linear")))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_few_rows_products_equal_the_definition(level, dtype, rng, monkeypatch):
+    """matmul of at most MAX_ROWS rows (the few-rows kernel, in every instruction-set
+    variant): the float64 product within rounding, for column counts around its 256-column
+    block, 1-D and 3-D left operands; the same bits on 1 and 2 threads, and 2 ran. Other
+    operands (more rows, a strided or Fortran-ordered one, mixed dtypes, an empty sum) go
+    through NumPy and are right too."""
+    from conftest import _RecordingKernels
+
+    from fastconv import _threads
+
+    given: list = []
+    module = _algorithms.simd_modules("_linear")[level]
+    monkeypatch.setattr(_threads, "_linear", _RecordingKernels(module, given))
+    rows = module.MAX_ROWS
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a_shape, n in [((1, 300), 1000), ((rows, 37), 255), ((2, 3, 5), 257), ((40,), 513),
+                       ((1, 1), 1), ((rows + 1, 7), 3), ((2, 0), 5)]:
+        a = rng.standard_normal(a_shape).astype(dtype)
+        b = rng.standard_normal((a_shape[-1], n)).astype(dtype)
+        expected = a.astype(np.float64) @ b.astype(np.float64)
+        with fastconv.num_threads(1):
+            one = _threads.matmul(a, b)
+        with fastconv.num_threads(2):
+            two = _threads.matmul(a, b)
+        assert one.shape == expected.shape and one.dtype == dtype
+        np.testing.assert_allclose(one, expected, rtol=tol, atol=tol * np.sqrt(a_shape[-1]))
+        np.testing.assert_array_equal(one, two)
+    assert_threads_ran(given)
+    calls = len(given)
+    assert calls == 2 * 5  # the last two through NumPy
+    a = rng.standard_normal((2, 40)).astype(dtype)
+    b = rng.standard_normal((40, 30)).astype(dtype)
+    for left, right in [(a[:, ::2], b[::2]), (np.asfortranarray(a), b), (a, np.asfortranarray(b)),
+                        (a.astype(np.float32), b.astype(np.float64))]:
+        np.testing.assert_allclose(_threads.matmul(left, right),
+                                   left.astype(np.float64) @ right.astype(np.float64),
+                                   rtol=1e-5, atol=1e-5)
+    assert len(given) == calls
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2

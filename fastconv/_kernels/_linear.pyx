@@ -1,0 +1,57 @@
+"""Fully connected products on a few rows (fastconv._threads.matmul): y = x @ w for x of at
+most MAX_ROWS rows, a classifier's last layers at small batch sizes. There the time goes
+into reading w (MobileNetV2's 1280 x 1000 weight is 5 MB, VGG-16's first one 411 MB), which
+BLAS's GEMM also copies into its packed layout first, on the one thread fastconv lets it
+have. Here every thread streams its own columns of w once, for all rows of x.
+
+Arrays are C-contiguous, of one float dtype; the caller has checked the shapes:
+    x  (M, K), M <= MAX_ROWS
+    w  (K, N)
+    y  (M, N)
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+
+
+cdef enum:
+    MAX_ROWS_ = 8
+    _COLUMNS = 256  # columns of y one thread sums at a time (MAX_ROWS_ x _COLUMNS in L1)
+
+MAX_ROWS = MAX_ROWS_
+
+
+cdef void _columns(const floating* x, const floating* w, floating* y, Py_ssize_t M,
+                   Py_ssize_t K, Py_ssize_t N, Py_ssize_t c0, Py_ssize_t width) noexcept nogil:
+    """y[:, c0:c0 + width] = x @ w[:, c0:c0 + width], summed over k in order."""
+    cdef floating acc[MAX_ROWS_][_COLUMNS]
+    cdef const floating* row
+    cdef floating xv
+    cdef Py_ssize_t k, m, j
+    for m in range(M):
+        for j in range(width):
+            acc[m][j] = 0
+    for k in range(K):
+        row = w + k * N + c0
+        for m in range(M):
+            xv = x[m * K + k]
+            for j in range(width):
+                acc[m][j] += xv * row[j]
+    for m in range(M):
+        for j in range(width):
+            y[m * N + c0 + j] = acc[m][j]
+
+
+def few_rows_matmul(const floating[:, ::1] x,   # IN  (M, K), M <= MAX_ROWS
+                    const floating[:, ::1] w,   # IN  (K, N)
+                    floating[:, ::1] y,         # OUT (M, N)
+                    int num_threads):
+    """y = x @ w, the columns of y in blocks of _COLUMNS shared among the threads (each sum
+    over k in order: the result does not depend on the thread count)."""
+    cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = w.shape[1]
+    cdef Py_ssize_t n_blocks = (N + _COLUMNS - 1) // _COLUMNS
+    cdef Py_ssize_t b, c0
+    if M == 0 or K == 0 or N == 0:
+        return  # the caller fills an empty sum
+    for b in prange(n_blocks, nogil=True, schedule="static", num_threads=num_threads):
+        c0 = b * _COLUMNS
+        _columns(&x[0, 0], &w[0, 0], &y[0, 0], M, K, N, c0, min(_COLUMNS, N - c0))
