@@ -81,6 +81,13 @@ WINOGRAD_MAX_WEIGHT_BYTES = MACHINE.last_level // 2
 # the weight gradient only writes its transformed weight (its partial sums), once per block:
 # twice the last-level cache (256 -> 256 channels ran 1.6-1.9x direct with an 8 MiB L3)
 WINOGRAD_MAX_GRAD_WEIGHT_BYTES = 2 * MACHINE.last_level
+# Winograd's 4x4 output tiles from which it beats the blocked kernel: transforming the weight
+# at the call, or reading its 4x larger transformed weight from memory (a network's weights
+# do not stay in cache from one pass to the next), costs about what 25 tiles' saved products
+# bring (Zen 5, 2 threads: 3x3 128 -> 128 at 1x20x20 even, 1x24x24 1.2x faster when packed
+# at each call; in ResNet-50's passes at batch 1, 28x28's 49 tiles ran 1.3x faster, 14x14's
+# 16 tiles 0.8x). 64 before, measured against the direct kernel on another machine.
+MIN_WINOGRAD_TILES = 32
 PARTIAL_SUM_BYTES = 16 * 1024 * 1024  # cap on the weight-gradient partial sums
 MIN_PARTIAL_SUMS, MAX_PARTIAL_SUMS = 2, 8
 
@@ -206,13 +213,6 @@ def blocked_pays(weight_shape, itemsize: int, dilation, groups: int) -> bool:
     return cig >= 16 or (groups == 1 and tuple(dilation)[1] == 1 and kw > 1)
 
 
-def _auto_picks_winograd(weight_shape, out_shape, itemsize: int, stride, dilation, groups: int,
-                         max_weight_bytes: int) -> bool:
-    """"auto"'s choice of Winograd, for a convolution or its weight gradient."""
-    return not _auto_winograd_refusal(weight_shape, out_shape, itemsize, stride, dilation,
-                                      groups, max_weight_bytes)
-
-
 def _auto_winograd_refusal(weight_shape, out_shape, itemsize: int, stride, dilation,
                            groups: int, max_weight_bytes: int) -> str:
     """Why "auto" does not choose Winograd ("" when it does)."""
@@ -224,13 +224,6 @@ def _auto_winograd_refusal(weight_shape, out_shape, itemsize: int, stride, dilat
     return winograd_refusal(cig, cout // groups, groups, out_shape, itemsize, max_weight_bytes)
 
 
-def winograd_pays(in_per_group: int, out_per_group: int, groups: int, out_shape,
-                  itemsize: int, max_weight_bytes: int) -> bool:
-    """Whether Winograd beats the other kernels (see winograd_refusal)."""
-    return not winograd_refusal(in_per_group, out_per_group, groups, out_shape, itemsize,
-                                max_weight_bytes)
-
-
 def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_shape,
                      itemsize: int, max_weight_bytes: int) -> str:
     """Why Winograd would not beat the other kernels ("" when it would), as measured on
@@ -238,8 +231,7 @@ def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_sha
     channels and 512 channel pairs per group (fewer: transforming the tiles costs more than
     the products save, as on CIFAR's 3-channel first layer or 8 groups of 16 channels); a
     transformed weight small enough to stay in cache (at most max_weight_bytes); at least
-    64 tiles (one 28x28 image has 49: 0.8x direct); and at least half of each 4x4 tile
-    inside the output."""
+    MIN_WINOGRAD_TILES tiles; and at least half of each 4x4 tile inside the output."""
     tiles = winograd_tiles(out_shape)
     weight_bytes = 36 * in_per_group * out_per_group * groups * itemsize
     if in_per_group < 8 or in_per_group * out_per_group < 512:
@@ -247,8 +239,8 @@ def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_sha
     if weight_bytes > max_weight_bytes:
         return (f"Winograd's weight {weight_bytes / 2**20:.1f} MiB > "
                 f"{max_weight_bytes / 2**20:.1f} MiB")
-    if tiles < 64:
-        return f"{tiles} < 64 Winograd tiles"
+    if tiles < MIN_WINOGRAD_TILES:
+        return f"{tiles} < {MIN_WINOGRAD_TILES} Winograd tiles"
     if 2 * out_shape[0] * out_shape[1] * out_shape[2] < 16 * tiles:
         return "Winograd tiles mostly outside the output"
     return ""
