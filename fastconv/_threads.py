@@ -139,27 +139,45 @@ _linear = _algorithms.best_simd("_linear")
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """np.matmul(a, b). A product of a few rows (a of at most _linear.MAX_ROWS rows after
-    its leading axes, b 2-D, both C-contiguous float32 or float64 of one dtype, out None)
-    runs on fastconv's own threads (_linear.few_rows_matmul: it streams b once, where BLAS
-    copies it first); the rest through NumPy with BLAS on one thread. A multi-threaded BLAS
-    leaves its threads spinning for a while after a call, and they take the cores from the
-    OpenMP kernels that follow: a Linear layer's products slowed the next convolutions up
-    to 3x (ResNet-18 training step, 112x112, batch 8, 2 threads, AMD Zen 5: 199 -> 126 ms
-    with this; in inference, batch 8, the stem and max pooling after a call ran 2x
-    slower)."""
-    if (out is None and a.ndim >= 1 and b.ndim == 2 and a.shape[-1] == b.shape[0]
-            and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
-            and a.flags.c_contiguous and b.flags.c_contiguous
-            and 0 < a.size // max(1, a.shape[-1]) <= _linear.MAX_ROWS and b.size > 0):
+    """np.matmul(a, b). A product of a few rows (few_rows_call) runs on fastconv's own
+    threads; the rest through NumPy with BLAS on one thread. A multi-threaded BLAS leaves
+    its threads spinning for a while after a call, and they take the cores from the OpenMP
+    kernels that follow: a Linear layer's products slowed the next convolutions up to 3x
+    (ResNet-18 training step, 112x112, batch 8, 2 threads, AMD Zen 5: 199 -> 126 ms with
+    this; in inference, batch 8, the stem and max pooling after a call ran 2x slower)."""
+    if (out is None and a.ndim >= 1 and b.ndim == 2 and a.shape[-1] > 0
+            and 1 <= a.size // a.shape[-1] <= _linear.MAX_ROWS):
         rows = a.reshape(-1, a.shape[-1])
-        y = np.empty((rows.shape[0], b.shape[1]), a.dtype)
-        threads = threads_for_work(y.size * b.shape[0])
-        place_workers(threads)
-        _linear.few_rows_matmul(rows, b, y, threads)
-        return y.reshape(*a.shape[:-1], b.shape[1])
+        y = np.empty((rows.shape[0], b.shape[1]), np.result_type(a, b))
+        call = few_rows_call(rows, b, None, y)
+        if call is not None:
+            call()
+            return y.reshape(*a.shape[:-1], b.shape[1])
     with blas_single_thread():
         return np.matmul(a, b, out=out)
+
+
+def few_rows_call(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, out: np.ndarray):
+    """The call computing out = a @ b (+ bias) with _linear.few_rows_matmul (it streams b
+    once, where BLAS on one thread copies it first: a classifier's weight at small batch
+    sizes), bound to these arrays; None unless a is (M, K) with 1 <= M <= _linear.MAX_ROWS,
+    b (K, N), bias None or (N,), out (M, N), all C-contiguous float32 or float64 of one
+    dtype and non-empty."""
+    arrays = (a, b, out) if bias is None else (a, b, bias, out)
+    if (a.ndim != 2 or b.ndim != 2 or out.shape != (a.shape[0], b.shape[1])
+            or a.shape[1] != b.shape[0] or not 1 <= a.shape[0] <= _linear.MAX_ROWS
+            or b.size == 0 or (bias is not None and bias.shape != (b.shape[1],))
+            or a.dtype not in (np.float32, np.float64)
+            or any(v.dtype != a.dtype or not v.flags.c_contiguous for v in arrays)):
+        return None
+    if bias is None:
+        bias = np.empty(0, a.dtype)
+    threads = threads_for_work(out.size * b.shape[0])
+
+    def call() -> None:
+        place_workers(threads)
+        _linear.few_rows_matmul(a, b, bias, out, threads)
+    return call
 
 
 def _single_thread_after_fork() -> None:

@@ -1,5 +1,5 @@
 # Type stubs of fastconv._threads (get_num_threads, set_num_threads and num_threads are public).
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -15,3 +15,6 @@ def num_threads(n: int) -> Iterator[None]: ...
 @contextmanager
 def blas_single_thread() -> Iterator[None]: ...
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+def few_rows_call(
+    a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, out: np.ndarray,
+) -> Callable[[], None] | None: ...

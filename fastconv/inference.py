@@ -38,7 +38,7 @@ import numpy as np
 from fastconv import _algorithms, _memory, _params, _plan
 from fastconv import layers as L
 from fastconv._postops import Activation, PostOps, activation_of
-from fastconv._threads import blas_single_thread, matmul
+from fastconv._threads import blas_single_thread, few_rows_call, matmul
 from fastconv.graph import Add, Graph, Parallel, Residual
 
 _CONV_KINDS = {L.Conv2d: "conv2d", L.ConvTranspose2d: "conv_transpose2d", L.Linear: "linear"}
@@ -49,7 +49,7 @@ def _frozen(value):
     return tuple(map(_frozen, value)) if isinstance(value, (list, tuple)) else value
 
 
-class FusedConv(L.Layer):
+class FusedConv(L._SettingsNoted, L.Layer):
     """A convolution (kind "conv2d" or "conv_transpose2d", the configuration of the layer it
     was made from) or a Linear ("linear") with post-ops; inference only (backward raises
     RuntimeError). forward(x) or, when post_ops.residual, forward(x, residual) with residual
@@ -83,11 +83,6 @@ class FusedConv(L.Layer):
         self.post_ops = PostOps() if post_ops is None else post_ops
         self.training = False
 
-    def __setattr__(self, name: str, value) -> None:
-        if not name.startswith("_"):  # a setting or weight: kept kernel calls are stale
-            _plan.note_change()
-        super().__setattr__(name, value)
-
     @property
     def channels(self) -> int:
         """The output channels (features)."""
@@ -120,7 +115,16 @@ class FusedConv(L.Layer):
             _params.check_channels(repr(self), x, self.in_features, None, "(..., in_features)",
                                    "features")
             dtype = _params.float_dtype(x, self.weight)
-            y = matmul(x.astype(dtype, copy=False), self.weight.astype(dtype, copy=False), out)
+            x, w = x.astype(dtype, copy=False), self.weight.astype(dtype, copy=False)
+            if out is None and residual is None and self.post_ops.is_empty and x.ndim > 0:
+                # a few rows: product and bias in one kernel call (a classifier's last layer)
+                y = np.empty((*x.shape[:-1], self.out_features), dtype)
+                call = few_rows_call(x.reshape(-1, x.shape[-1]), w, self.bias,
+                                     y.reshape(-1, self.out_features))
+                if call is not None:
+                    call()
+                    return y
+            y = matmul(x, w, out)
             return self._post(y, residual, bias=True)
         if x.ndim not in (3, 4) or x.shape[-1] != self.in_channels:
             _params.check_channels(repr(self), x, self.in_channels, (3, 4),
@@ -174,6 +178,18 @@ class FusedConv(L.Layer):
                               and residual.shape[0] == n else residual)
             self._post(y[i:i + step], batch_residual, bias=False)
         return y
+
+    def _inference_kernel(self, x: np.ndarray):
+        """A Linear without post-ops besides its bias, on a few rows, as one kernel call
+        (_threads.few_rows_call), for an inference graph's arena: (output shape, dtype,
+        bind) with bind(x, out) returning the call (None where the kernel does not take
+        them); None for a convolution (those run through plans) or other post-ops."""
+        if self.kind != "linear" or not self.post_ops.is_empty or x.ndim != 2:
+            return None
+
+        def bind(x: np.ndarray, out: np.ndarray):
+            return few_rows_call(x, self.weight, self.bias, out)
+        return (x.shape[0], self.out_features), self.weight.dtype, bind
 
     def _kernel_call(self, x: np.ndarray, residual, out: np.ndarray, plan, keep: bool):
         """The kernel call computing out from x (and residual) under `plan` (ConvPlan.bind):
@@ -297,6 +313,11 @@ def _adds_in_place(residual: np.ndarray, shape, dtype) -> bool:
 # ----------------------------------------------------------------------------------------------
 # the graph
 
+# the layers an InferenceGraph runs into its arena: convolutions through their plans, the
+# others (FusedConv's linear kind, these pooling layers) as one kernel call each
+# (_inference_kernel); exact types, so that a subclass's own forward runs
+_KERNEL_NODES = (FusedConv, L.MaxPool2d, L.AdaptiveAvgPool2d)
+
 
 class InferenceGraph(Graph):
     """A Graph made by optimize_for_inference: eval mode only, and FusedConv nodes write
@@ -358,11 +379,12 @@ class InferenceGraph(Graph):
         with blas_single_thread():
             for i, (name, layer, names) in enumerate(self.nodes):
                 args = [values[n] for n in names]
-                if (type(layer) is FusedConv and name not in self.outputs
-                        and layer.kind != "linear"):
+                if name in self.outputs or type(layer) not in _KERNEL_NODES:
+                    values[name] = _unpooled_at_node(name, layer, args, steps)
+                elif type(layer) is FusedConv and layer.kind != "linear":
                     values[name] = _fused_at_node(name, layer, args, pool, steps)
                 else:
-                    values[name] = _unpooled_at_node(name, layer, args, steps)
+                    values[name] = _kernel_at_node(name, layer, args, pool, steps)
                 if steps is not None:
                     placed.append(_placement(values[name], arena))
                 pool.track(values[name])
@@ -389,15 +411,16 @@ class InferenceGraph(Graph):
         `values`, which it fills): each convolution into the same array of `arena` as
         then, the other nodes as in any pass; an output in the arena copied out.
 
-        A convolution whose inputs are the very arrays its kept kernel call was bound to
-        runs that call as it is while _plan.changes() is what it was at the last pass: no
-        weight was bumped and no inference layer's setting set since, on the same thread
-        count and autotune settings. Else it goes through its plan and FusedConv.
-        _kernel_call, which check the layer and its weights. From a convolution whose plan
-        changed (a layer setting, the thread count, the autotune setting: plan_for gives
-        another plan) or that raised ValueError or TypeError, that node and the rest run as
-        plain layers, outside the arena (no node runs twice: one may have changed its input
-        in place). Returns (the outputs, whether the replay ran through and can be kept)."""
+        A node with a step (a convolution, or a layer run as one kernel call, _KERNEL_NODES)
+        whose inputs are the very arrays its kept kernel call was bound to (or views of the
+        same bytes) runs that call as it is while _plan.changes() is what it was at the
+        last pass: no weight was bumped and no setting of such a layer set since, on the
+        same thread count and autotune settings. Else the step is made again (its plan, its
+        kernel), checking the layer and its weights. From a node that no longer runs as
+        recorded (a layer setting, the thread count, the autotune setting: another plan or
+        output) or that raised ValueError or TypeError, that node and the rest run as plain
+        layers, outside the arena (no node runs twice: one may have changed its input in
+        place). Returns (the outputs, whether the replay ran through and can be kept)."""
         changes = _plan.changes()
         unchanged = replay.changes == changes
         intact = True
@@ -407,18 +430,18 @@ class InferenceGraph(Graph):
                 if intact and step is not None:
                     x = values[names[0]]
                     residual = values[names[1]] if len(names) > 1 else None
-                    if unchanged and step.call is not None and x is step.x and (
-                            residual is step.residual):
+                    if unchanged and step.call is not None and step.takes(x, residual):
                         step.call()
                         values[name] = step.out
                     else:
                         try:
-                            if _plan.plan_for(layer, x) is step.plan:
-                                values[name] = step.run(layer, x, residual)
-                            else:
-                                intact = False
+                            result = step.again(layer, x, residual)
                         except (ValueError, TypeError):
+                            result = None
+                        if result is None:
                             intact = False
+                        else:
+                            values[name] = result
                 if not intact or step is None:
                     values[name] = _at_node(name, layer, [values[n] for n in names])
                     # a value in another place of the arena than when recorded: the arena's
@@ -468,6 +491,16 @@ class _Step:
         self.out, self.plan, self.keep = out, plan, keep
         self.call = self.x = self.residual = None
 
+    def takes(self, x, residual) -> bool:
+        """Whether the kept call reads these inputs: the arrays it was bound to, or views
+        of the same bytes laid out alike (a Flatten makes a new view at every pass)."""
+        return ((x is self.x or _same_view(x, self.x))
+                and (residual is self.residual or _same_view(residual, self.residual)))
+
+    def again(self, layer: FusedConv, x: np.ndarray, residual) -> np.ndarray | None:
+        """run() while the layer's plan for x is this step's; None when it changed."""
+        return self.run(layer, x, residual) if _plan.plan_for(layer, x) is self.plan else None
+
     def run(self, layer: FusedConv, x: np.ndarray, residual) -> np.ndarray:
         """The layer on x (and residual) into `out` through its kernel call (kept here when
         `keep`), or through _convolve where one call is not the whole of it; returns the
@@ -481,6 +514,40 @@ class _Step:
             return layer._convolve(x, residual, self.out, self.plan)
         call()
         return self.out
+
+
+class _KernelStep(_Step):
+    """A node of a kept pass run as one kernel call into its arena array `out` (a layer of
+    _KERNEL_NODES: its _inference_kernel(x) gives (output shape, dtype, bind))."""
+
+    __slots__ = ()
+
+    def __init__(self, out: np.ndarray, keep: bool):
+        super().__init__(out, None, keep)
+
+    def run(self, layer, x: np.ndarray, residual=None) -> np.ndarray | None:
+        """The layer on x into `out` through its kernel call (kept here when `keep`); None
+        when the layer no longer gives this output or call for x."""
+        spec = layer._inference_kernel(x)
+        if spec is None or tuple(spec[0]) != self.out.shape or spec[1] != self.out.dtype:
+            return None
+        call = spec[2](x, self.out)
+        if call is None:
+            return None
+        self.call, self.x = (call, x) if self.keep else (None, None)
+        call()
+        return self.out
+
+    def again(self, layer, x: np.ndarray, residual) -> np.ndarray | None:
+        return self.run(layer, x)
+
+
+def _same_view(a, b) -> bool:
+    """Whether the arrays a and b view the same bytes alike (address, shape, strides,
+    dtype)."""
+    return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape
+            and a.strides == b.strides and a.dtype == b.dtype
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def _at_node(name, layer, args):
@@ -516,6 +583,29 @@ def _fused_at_node(name: str, layer: FusedConv, args, pool: "_BufferPool",
     if steps is not None:
         steps.append(step if residual is None or residual is args[1] else None)
     return result
+
+
+def _kernel_at_node(name: str, layer, args, pool: "_BufferPool",
+                    steps: list | None = None) -> np.ndarray:
+    """A layer of _KERNEL_NODES as one kernel call into a pooled buffer (_KernelStep); where
+    it is not one for this input (or refuses it), the node runs unpooled, to raise its
+    error with the node's name. Appends the node's replay step to `steps` when given."""
+    x = args[0]
+    try:
+        spec = layer._inference_kernel(x) if len(args) == 1 and isinstance(
+            x, np.ndarray) else None
+    except (ValueError, TypeError):
+        spec = None
+    if spec is None:
+        return _unpooled_at_node(name, layer, args, steps)
+    out = pool.take(spec[0], spec[1])
+    step = _KernelStep(out, pool.owns(x))  # a call is kept only over the pool's own arrays
+    if step.run(layer, x) is None:
+        pool.give_back(out)
+        return _unpooled_at_node(name, layer, args, steps)
+    if steps is not None:
+        steps.append(step)
+    return out
 
 
 def _unpooled_at_node(name, layer, args, steps: list | None):
@@ -775,6 +865,10 @@ def _flatten(layer: L.Layer, name: str, inputs: list[str], nodes: list) -> str:
         unique, k = f"{name}#{k}", k + 1
     if type(layer) in _CONV_KINDS or isinstance(layer, (L.Conv2d, L.ConvTranspose2d)):
         layer = FusedConv(layer)
+    elif type(layer) in _KERNEL_NODES:  # a list setting as a tuple: not changed in place
+        for key, value in list(vars(layer).items()):
+            if isinstance(value, list):
+                setattr(layer, key, _frozen(value))
     nodes.append([unique, layer, tuple(inputs)])
     return unique
 

@@ -524,6 +524,17 @@ class ReLU(Layer):
         return "inplace=True" if self.inplace else ""
 
 
+class _SettingsNoted:
+    """A layer whose kernel calls an inference graph keeps and replays (fastconv.inference,
+    _plan.changes()): setting one of its public attributes (a setting, a weight) counts as a
+    change, so that those calls are checked again before they run."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if not name.startswith("_"):
+            _plan.note_change()
+        super().__setattr__(name, value)
+
+
 class _PoolBase(Layer):
     _output_is_private = True
 
@@ -539,7 +550,7 @@ class _PoolBase(Layer):
         return np.broadcast_to(np.zeros((), dtype), shape)
 
 
-class MaxPool2d(_PoolBase):
+class MaxPool2d(_SettingsNoted, _PoolBase):
     """2-D max pooling (see fastconv.max_pool2d); keeps only the indices for backward.
 
     ceil_mode is keyword-only: PyTorch's MaxPool2d has return_indices in its place.
@@ -559,6 +570,11 @@ class MaxPool2d(_PoolBase):
     def _args(self):
         return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
                     dilation=self.dilation, ceil_mode=self.ceil_mode)
+
+    def _inference_kernel(self, x: np.ndarray):
+        """This layer on the 4-D x as one kernel call (pooling._max_pool2d_kernel), for an
+        inference graph's arena; None where it is not one."""
+        return pooling._max_pool2d_kernel(x, **self._args()) if x.ndim == 4 else None
 
     def forward(self, x):
         x = self._input(x)
@@ -1051,7 +1067,7 @@ def _fmt_size(size) -> str:
     return repr(tuple(size)) if isinstance(size, list) else repr(size)
 
 
-class AdaptiveAvgPool2d(_PoolBase):
+class AdaptiveAvgPool2d(_SettingsNoted, _PoolBase):
     """Adaptive average pooling to output_size, an int or (Ho, Wo) with None keeping the
     input's size (see fastconv.adaptive_avg_pool2d); AdaptiveAvgPool2d(1) is global average
     pooling, giving (N, 1, 1, C). Keeps only the input's shape."""
@@ -1060,6 +1076,11 @@ class AdaptiveAvgPool2d(_PoolBase):
         super().__init__()
         resample._output_hw("AdaptiveAvgPool2d", output_size, (1, 1))  # checks it now
         self.output_size = output_size
+
+    def _inference_kernel(self, x: np.ndarray):
+        """Global average pooling of the 4-D x as one kernel call (resample.
+        _global_avg_pool2d_kernel), for an inference graph's arena; None otherwise."""
+        return resample._global_avg_pool2d_kernel(x, self.output_size) if x.ndim == 4 else None
 
     def forward(self, x):
         x = self._input(x)

@@ -7,10 +7,12 @@ variant this CPU runs). relu is plain NumPy.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fastconv import _algorithms, _memory, _params
-from fastconv._threads import threads_for_work
+from fastconv._threads import place_workers, threads_for_work
 
 _pool = _algorithms.best_simd("_pool")  # the kernels, built for this CPU's widest vectors
 
@@ -135,6 +137,31 @@ def _max_pool_nd(fn, one_d, x, kernel_size, stride, padding, dilation, ceil_mode
 # window of more taps (an image of 2**31 pixels or more) runs one channel and tap at a time.
 # (A module constant, so that tests can send every window there.)
 _VECTOR_WINDOW_TAPS = 2 ** 31 - 1
+
+
+def _max_pool2d_kernel(x: np.ndarray, kernel_size, stride, padding, dilation, ceil_mode):
+    """max_pool2d of the 4-D x without indices as one kernel call, for an inference graph's
+    arena: (output shape, dtype, bind), bind(x, out) returning the call that computes out
+    (C-contiguous, of that shape and dtype) from x's current values; None where the kernel
+    cannot read x as it is (another dtype than the output's, not C-contiguous, empty).
+    Raises as max_pool2d for arguments it refuses."""
+    geo = _params.pool_geometry("max_pool2d", x.shape, kernel_size, stride, padding, dilation,
+                                ceil_mode)
+    dtype = _params.float_dtype(x)
+    if x.dtype != dtype or not x.flags.c_contiguous or x.size == 0 or 0 in geo.out_shape:
+        return None
+    threads = threads_for_work(math.prod(geo.out_shape) * geo.kernel_hw[0] * geo.kernel_hw[1])
+    no_indices = np.empty((0, 0, 0, 0), np.int64)
+
+    def bind(x: np.ndarray, out: np.ndarray):
+        args = (x, out, no_indices, *geo.kernel_hw, *geo.stride, geo.padding[0][0],
+                geo.padding[1][0], *geo.dilation, _VECTOR_WINDOW_TAPS, threads)
+
+        def call() -> None:
+            place_workers(threads)
+            _pool.max_pool_forward(*args)
+        return call
+    return geo.out_shape, dtype, bind
 
 
 def _max_pool(x: np.ndarray, geo: _params.PoolGeometry, dtype,

@@ -546,6 +546,46 @@ def test_a_residual_added_into_a_new_array_keeps_the_replay(monkeypatch):
     assert len(full) == 2 * 3  # two full passes (one lays out the arena), then replays
 
 
+def test_pooling_and_a_few_rows_linear_run_as_kernel_calls_in_the_arena(monkeypatch):
+    """Max pooling, global average pooling and a Linear on a few rows inside a graph write
+    into the arena and are replayed as kept kernel calls (the Linear after a Flatten reads a
+    new view of the same bytes at every pass), with the plain model's results; a pooling
+    setting changed afterwards, keeping the output's shape, is seen; a subclass with its own
+    forward runs that forward. A list setting is kept as a tuple in the inference copy."""
+    from fastconv import inference
+
+    class Halved(L.MaxPool2d):
+        def forward(self, x):
+            return super().forward(x) * 0.5
+
+    model = L.Sequential(L.Conv2d(3, 8, 3, padding=1, rng=0), L.ReLU(), Halved(2),
+                         L.Conv2d(8, 16, 1, rng=1), L.MaxPool2d(3, stride=1, padding=[1, 1]),
+                         L.AdaptiveAvgPool2d(1), L.Flatten(), L.Linear(16, 12, rng=2),
+                         L.Linear(12, 5, rng=3)).eval()
+    fast = fastconv.optimize_for_inference(model)
+    # its copy's list setting made a tuple (a kept call would miss a change in place)
+    fast_pool = next(layer for _, layer, _ in fast.nodes if type(layer) is L.MaxPool2d)
+    assert fast_pool.padding == (1, 1)
+    kernels = []
+    run = inference._KernelStep.run
+    monkeypatch.setattr(inference._KernelStep, "run",
+                        lambda self, layer, *a: kernels.append(type(layer)) or run(self, layer, *a))
+    xs = [RNG.standard_normal((2, 8, 8, 3)).astype(np.float32) for _ in range(4)]
+    for x in xs:
+        np.testing.assert_allclose(fast(x), model(x), rtol=1e-5, atol=1e-6)
+    # recorded in the first two passes (one lays out the arena), then kept calls only
+    assert kernels == [L.MaxPool2d, L.AdaptiveAvgPool2d, FusedConv] * 2
+    replay, = fast._local.pool.replays.values()
+    kinds = {type(layer).__name__ + getattr(layer, "kind", ""): type(step).__name__
+             for (_, layer, _), step in zip(fast.nodes, replay.steps) if step is not None}
+    assert kinds == {"FusedConvconv2d": "_Step", "MaxPool2d": "_KernelStep",
+                     "AdaptiveAvgPool2d": "_KernelStep", "FusedConvlinear": "_KernelStep"}
+    for pool in (model.layers[4], fast_pool):
+        pool.kernel_size, pool.padding = (1, 1), 0  # the same output shape
+    for x in xs[:2]:
+        np.testing.assert_allclose(fast(x), model(x), rtol=1e-5, atol=1e-6)
+
+
 def test_an_error_in_a_replayed_pass_names_its_node():
     """A layer setting that its plan refuses, made after the pass was kept for replay: the
     error is the full pass's, a ValueError naming the node; the next call again."""

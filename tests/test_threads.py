@@ -208,9 +208,15 @@ def test_few_rows_products_equal_the_definition(level, dtype, rng, monkeypatch):
         assert one.shape == expected.shape and one.dtype == dtype
         np.testing.assert_allclose(one, expected, rtol=tol, atol=tol * np.sqrt(a_shape[-1]))
         np.testing.assert_array_equal(one, two)
+    bias = rng.standard_normal(257).astype(dtype)
+    a, b = rng.standard_normal((3, 40)).astype(dtype), rng.standard_normal((40, 257)).astype(dtype)
+    out = np.empty((3, 257), dtype)
+    _threads.few_rows_call(a, b, bias, out)()
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b + bias, rtol=tol, atol=tol * 10)
+    assert _threads.few_rows_call(a, b, bias[:-1], out) is None  # a bias of another length
     assert_threads_ran(given)
     calls = len(given)
-    assert calls == 2 * 5  # the last two through NumPy
+    assert calls == 2 * 5 + 1  # the last two through NumPy
     a = rng.standard_normal((2, 40)).astype(dtype)
     b = rng.standard_normal((40, 30)).astype(dtype)
     for left, right in [(a[:, ::2], b[::2]), (np.asfortranarray(a), b), (a, np.asfortranarray(b)),

@@ -5,4 +5,6 @@ from fastconv._kernels._direct import _Floats
 
 MAX_ROWS: int
 
-def few_rows_matmul(x: _Floats, w: _Floats, y: _Floats, num_threads: int) -> None: ...
+def few_rows_matmul(
+    x: _Floats, w: _Floats, bias: _Floats, y: _Floats, num_threads: int,
+) -> None: ...

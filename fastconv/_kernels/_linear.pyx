@@ -5,9 +5,10 @@ BLAS's GEMM also copies into its packed layout first, on the one thread fastconv
 have. Here every thread streams its own columns of w once, for all rows of x.
 
 Arrays are C-contiguous, of one float dtype; the caller has checked the shapes:
-    x  (M, K), M <= MAX_ROWS
-    w  (K, N)
-    y  (M, N)
+    x     (M, K), M <= MAX_ROWS
+    w     (K, N)
+    bias  (N,) or (0,) for none
+    y     (M, N)
 """
 from cython cimport floating
 from cython.parallel cimport prange
@@ -20,9 +21,11 @@ cdef enum:
 MAX_ROWS = MAX_ROWS_
 
 
-cdef void _columns(const floating* x, const floating* w, floating* y, Py_ssize_t M,
-                   Py_ssize_t K, Py_ssize_t N, Py_ssize_t c0, Py_ssize_t width) noexcept nogil:
-    """y[:, c0:c0 + width] = x @ w[:, c0:c0 + width], summed over k in order."""
+cdef void _columns(const floating* x, const floating* w, const floating* bias, floating* y,
+                   Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, Py_ssize_t c0,
+                   Py_ssize_t width) noexcept nogil:
+    """y[:, c0:c0 + width] = x @ w[:, c0:c0 + width] (+ bias[c0:c0 + width] when bias is not
+    NULL), summed over k in order, the bias last (as NumPy's x @ w + bias)."""
     cdef floating acc[MAX_ROWS_][_COLUMNS]
     cdef const floating* row
     cdef floating xv
@@ -37,21 +40,27 @@ cdef void _columns(const floating* x, const floating* w, floating* y, Py_ssize_t
             for j in range(width):
                 acc[m][j] += xv * row[j]
     for m in range(M):
-        for j in range(width):
-            y[m * N + c0 + j] = acc[m][j]
+        if bias != NULL:
+            for j in range(width):
+                y[m * N + c0 + j] = acc[m][j] + bias[c0 + j]
+        else:
+            for j in range(width):
+                y[m * N + c0 + j] = acc[m][j]
 
 
 def few_rows_matmul(const floating[:, ::1] x,   # IN  (M, K), M <= MAX_ROWS
                     const floating[:, ::1] w,   # IN  (K, N)
+                    const floating[::1] bias,   # IN  (N,), or (0,): none
                     floating[:, ::1] y,         # OUT (M, N)
                     int num_threads):
-    """y = x @ w, the columns of y in blocks of _COLUMNS shared among the threads (each sum
-    over k in order: the result does not depend on the thread count)."""
+    """y = x @ w (+ bias), the columns of y in blocks of _COLUMNS shared among the threads
+    (each sum over k in order: the result does not depend on the thread count)."""
     cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = w.shape[1]
     cdef Py_ssize_t n_blocks = (N + _COLUMNS - 1) // _COLUMNS
     cdef Py_ssize_t b, c0
+    cdef const floating* b_ptr = &bias[0] if bias.shape[0] > 0 else NULL
     if M == 0 or K == 0 or N == 0:
         return  # the caller fills an empty sum
     for b in prange(n_blocks, nogil=True, schedule="static", num_threads=num_threads):
         c0 = b * _COLUMNS
-        _columns(&x[0, 0], &w[0, 0], &y[0, 0], M, K, N, c0, min(_COLUMNS, N - c0))
+        _columns(&x[0, 0], &w[0, 0], b_ptr, &y[0, 0], M, K, N, c0, min(_COLUMNS, N - c0))
