@@ -317,6 +317,9 @@ def _adds_in_place(residual: np.ndarray, shape, dtype) -> bool:
 # others (FusedConv's linear kind, these pooling layers) as one kernel call each
 # (_inference_kernel); exact types, so that a subclass's own forward runs
 _KERNEL_NODES = (FusedConv, L.MaxPool2d, L.AdaptiveAvgPool2d)
+# layers whose value is a view of their input's bytes, the same view for the same input
+# (pure): a replay hands on the view it made before (_ViewStep)
+_VIEW_NODES = (L.Flatten,)
 
 
 class InferenceGraph(Graph):
@@ -379,11 +382,16 @@ class InferenceGraph(Graph):
         with blas_single_thread():
             for i, (name, layer, names) in enumerate(self.nodes):
                 args = [values[n] for n in names]
-                if name in self.outputs or type(layer) not in _KERNEL_NODES:
+                if type(layer) in _VIEW_NODES:
+                    values[name] = _view_at_node(name, layer, args, pool, steps)
+                elif type(layer) not in _KERNEL_NODES or (
+                        name in self.outputs and type(layer) is FusedConv
+                        and layer.kind != "linear"):
+                    # a convolution's output is made outside the arena: no copy of it
                     values[name] = _unpooled_at_node(name, layer, args, steps)
                 elif type(layer) is FusedConv and layer.kind != "linear":
                     values[name] = _fused_at_node(name, layer, args, pool, steps)
-                else:
+                else:  # an output too (pooled features, logits: small), copied out below
                     values[name] = _kernel_at_node(name, layer, args, pool, steps)
                 if steps is not None:
                     placed.append(_placement(values[name], arena))
@@ -542,6 +550,28 @@ class _KernelStep(_Step):
         return self.run(layer, x)
 
 
+class _ViewStep(_Step):
+    """A node of a kept pass (a layer of _VIEW_NODES) whose value `out` was a view of its
+    input x, an arena array: replayed, the same view object, while the input is x or a view
+    of the same bytes (its "call" does nothing)."""
+
+    __slots__ = ()
+
+    def __init__(self, out: np.ndarray, x: np.ndarray):
+        super().__init__(out, None, True)
+        self.call, self.x = _nothing, x
+
+    def again(self, layer, x: np.ndarray, residual) -> np.ndarray | None:
+        """The layer run again (it is pure: harmless to run twice); None unless it made
+        the same view (the arena's slots then stay as recorded)."""
+        y = layer(x)
+        return y if _same_view(y, self.out) else None
+
+
+def _nothing() -> None:
+    pass
+
+
 def _same_view(a, b) -> bool:
     """Whether the arrays a and b view the same bytes alike (address, shape, strides,
     dtype)."""
@@ -606,6 +636,19 @@ def _kernel_at_node(name: str, layer, args, pool: "_BufferPool",
     if steps is not None:
         steps.append(step)
     return out
+
+
+def _view_at_node(name: str, layer, args, pool: "_BufferPool",
+                  steps: list | None = None):
+    """A layer of _VIEW_NODES run as any node; its replay step a _ViewStep where its value
+    is a view of its input, an array of the pool's (else None)."""
+    result = _at_node(name, layer, args)
+    if steps is not None:
+        x = args[0]
+        steps.append(_ViewStep(result, x) if (
+            len(args) == 1 and isinstance(result, np.ndarray) and pool.owns(x)
+            and np.may_share_memory(result, x)) else None)
+    return result
 
 
 def _unpooled_at_node(name, layer, args, steps: list | None):

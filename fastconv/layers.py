@@ -646,7 +646,7 @@ class AvgPool2d(_PoolBase):
         return text
 
 
-class Flatten(Layer):
+class Flatten(_SettingsNoted, Layer):
     """Flattens axes start_dim..end_dim (default: all but the batch axis) into one.
 
     An NHWC feature map flattens in (H, W, C) order, not PyTorch's (C, H, W); with

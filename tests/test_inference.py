@@ -547,11 +547,10 @@ def test_a_residual_added_into_a_new_array_keeps_the_replay(monkeypatch):
 
 
 def test_pooling_and_a_few_rows_linear_run_as_kernel_calls_in_the_arena(monkeypatch):
-    """Max pooling, global average pooling and a Linear on a few rows inside a graph write
-    into the arena and are replayed as kept kernel calls (the Linear after a Flatten reads a
-    new view of the same bytes at every pass), with the plain model's results; a pooling
-    setting changed afterwards, keeping the output's shape, is seen; a subclass with its own
-    forward runs that forward. A list setting is kept as a tuple in the inference copy."""
+    """Max pooling, global average pooling and a Linear on a few rows (an output too) write
+    into the arena and are replayed as kept kernel calls, the Flatten between them as the
+    view it made, with the plain model's results; a pooling setting changed afterwards,
+    keeping the output's shape, is seen; a subclass with its own forward runs that forward. A list setting is kept as a tuple in the inference copy."""
     from fastconv import inference
 
     class Halved(L.MaxPool2d):
@@ -571,19 +570,53 @@ def test_pooling_and_a_few_rows_linear_run_as_kernel_calls_in_the_arena(monkeypa
     monkeypatch.setattr(inference._KernelStep, "run",
                         lambda self, layer, *a: kernels.append(type(layer)) or run(self, layer, *a))
     xs = [RNG.standard_normal((2, 8, 8, 3)).astype(np.float32) for _ in range(4)]
-    for x in xs:
-        np.testing.assert_allclose(fast(x), model(x), rtol=1e-5, atol=1e-6)
-    # recorded in the first two passes (one lays out the arena), then kept calls only
-    assert kernels == [L.MaxPool2d, L.AdaptiveAvgPool2d, FusedConv] * 2
+    ys = [fast(x) for x in xs]
+    for x, y in zip(xs, ys):  # and the outputs, copied out of the arena, left alone
+        np.testing.assert_allclose(y, model(x), rtol=1e-5, atol=1e-6)
+    # recorded in the first two passes (one lays out the arena), then kept calls only (the
+    # output Linear's too)
+    assert kernels == [L.MaxPool2d, L.AdaptiveAvgPool2d, FusedConv, FusedConv] * 2
     replay, = fast._local.pool.replays.values()
     kinds = {type(layer).__name__ + getattr(layer, "kind", ""): type(step).__name__
              for (_, layer, _), step in zip(fast.nodes, replay.steps) if step is not None}
     assert kinds == {"FusedConvconv2d": "_Step", "MaxPool2d": "_KernelStep",
-                     "AdaptiveAvgPool2d": "_KernelStep", "FusedConvlinear": "_KernelStep"}
+                     "AdaptiveAvgPool2d": "_KernelStep", "Flatten": "_ViewStep",
+                     "FusedConvlinear": "_KernelStep"}
     for pool in (model.layers[4], fast_pool):
         pool.kernel_size, pool.padding = (1, 1), 0  # the same output shape
     for x in xs[:2]:
         np.testing.assert_allclose(fast(x), model(x), rtol=1e-5, atol=1e-6)
+    for flatten in (model.layers[6], next(layer for _, layer, _ in fast.nodes
+                                          if type(layer) is L.Flatten)):
+        flatten.start_dim = 2  # (2, 1, 16): another view
+    for x in xs[:3]:
+        y = fast(x)
+        assert y.shape == (2, 1, 5)
+        np.testing.assert_allclose(y, model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_replayed_flatten_hands_on_its_view_only_while_it_is_the_same():
+    """A Flatten whose value is a copy (channels_first on a 2x2 map: a transpose first) is
+    not replayed as a view (a kept copy would hold the first input's values); a Flatten
+    whose setting changed after the recording makes another view, which a replay takes up
+    from then on."""
+    conv = (3, 4, 3)
+    copying = L.Sequential(L.Conv2d(*conv, padding=1, rng=0), L.MaxPool2d(2),
+                           L.Flatten(channels_first=True), L.Linear(16, 3, rng=1)).eval()
+    viewing = L.Sequential(L.Conv2d(*conv, padding=1, rng=0), L.AdaptiveAvgPool2d(1),
+                           L.Flatten(), L.ReLU()).eval()
+    xs = [RNG.standard_normal((2, 4, 4, 3)).astype(np.float32) for _ in range(4)]
+    for model in (copying, viewing):
+        fast = fastconv.optimize_for_inference(model)
+        for x in xs:
+            np.testing.assert_allclose(fast(x), model(x), rtol=1e-5, atol=1e-6)
+    for flatten in (viewing.layers[2], next(layer for _, layer, _ in fast.nodes
+                                            if type(layer) is L.Flatten)):
+        flatten.start_dim = 2
+    for x in xs:
+        y = fast(x)
+        assert y.shape == (2, 1, 4)
+        np.testing.assert_allclose(y, viewing(x), rtol=1e-5, atol=1e-6)
 
 
 def test_an_error_in_a_replayed_pass_names_its_node():
