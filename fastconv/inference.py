@@ -44,11 +44,6 @@ from fastconv.graph import Add, Graph, Parallel, Residual
 _CONV_KINDS = {L.Conv2d: "conv2d", L.ConvTranspose2d: "conv_transpose2d", L.Linear: "linear"}
 
 
-def _frozen(value):
-    """value with its lists (nested too) made tuples."""
-    return tuple(map(_frozen, value)) if isinstance(value, (list, tuple)) else value
-
-
 class FusedConv(L._SettingsNoted, L.Layer):
     """A convolution (kind "conv2d" or "conv_transpose2d", the configuration of the layer it
     was made from) or a Linear ("linear") with post-ops; inference only (backward raises
@@ -74,8 +69,8 @@ class FusedConv(L._SettingsNoted, L.Layer):
         for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding",
                      "dilation", "groups", "algorithm", "padding_mode", "output_padding",
                      "in_features", "out_features", "dtype"):
-            if hasattr(layer, name):  # a list (padding) as a tuple: not changed in place
-                setattr(self, name, _frozen(getattr(layer, name)))
+            if hasattr(layer, name):
+                setattr(self, name, getattr(layer, name))
         self._init_param("weight", layer.weight)
         self.bias = None
         if layer.bias is not None:
@@ -450,12 +445,16 @@ class InferenceGraph(Graph):
                             intact = False
                         else:
                             values[name] = result
-                if not intact or step is None:
+                            intact = _placement(result, arena) == placed
+                elif intact:
                     values[name] = _at_node(name, layer, [values[n] for n in names])
                     # a value in another place of the arena than when recorded: the arena's
                     # slots are no longer free when the recording says (the rest as plain
-                    # layers)
-                    intact = intact and _placement(values[name], arena) == placed
+                    # layers); and a layer's code may have changed a later node's weights
+                    intact = _placement(values[name], arena) == placed
+                    unchanged = unchanged and _plan.changes() == changes
+                if not intact and name not in values:
+                    values[name] = _at_node(name, layer, [values[n] for n in names])
                 for n in dropped:
                     del values[n]
         if intact:
@@ -908,10 +907,6 @@ def _flatten(layer: L.Layer, name: str, inputs: list[str], nodes: list) -> str:
         unique, k = f"{name}#{k}", k + 1
     if type(layer) in _CONV_KINDS or isinstance(layer, (L.Conv2d, L.ConvTranspose2d)):
         layer = FusedConv(layer)
-    elif type(layer) in _KERNEL_NODES:  # a list setting as a tuple: not changed in place
-        for key, value in list(vars(layer).items()):
-            if isinstance(value, list):
-                setattr(layer, key, _frozen(value))
     nodes.append([unique, layer, tuple(inputs)])
     return unique
 

@@ -527,12 +527,19 @@ class ReLU(Layer):
 class _SettingsNoted:
     """A layer whose kernel calls an inference graph keeps and replays (fastconv.inference,
     _plan.changes()): setting one of its public attributes (a setting, a weight) counts as a
-    change, so that those calls are checked again before they run."""
+    change, so that those calls are checked again before they run; a list is kept as a
+    tuple (a change in place would go unseen)."""
 
     def __setattr__(self, name: str, value) -> None:
         if not name.startswith("_"):
             _plan.note_change()
+            value = _frozen(value)
         super().__setattr__(name, value)
+
+
+def _frozen(value):
+    """value with its lists (nested too) made tuples."""
+    return tuple(map(_frozen, value)) if isinstance(value, (list, tuple)) else value
 
 
 class _PoolBase(Layer):

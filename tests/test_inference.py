@@ -1,5 +1,6 @@
 """optimize_for_inference and the fused post-ops: the same outputs as the model in eval
 mode, every post-op against separate NumPy passes, buffers that never alias held outputs."""
+import copy
 import pickle
 
 import numpy as np
@@ -474,6 +475,8 @@ def test_a_steady_replay_plans_once_per_pass_and_sees_changes_made_in_place(monk
         L.Flatten()))
     assert fast.nodes[0][1].padding == (1, 1)
     padding[0] = 0
+    fast.nodes[0][1].padding = [1, 1]  # set later: a tuple too
+    assert fast.nodes[0][1].padding == (1, 1)
 
     def fresh(x):
         return pickle.loads(pickle.dumps(fast))(x)  # copies leave plans and kept calls out
@@ -617,6 +620,59 @@ def test_a_replayed_flatten_hands_on_its_view_only_while_it_is_the_same():
         y = fast(x)
         assert y.shape == (2, 1, 4)
         np.testing.assert_allclose(y, viewing(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_replay_ends_where_a_convolution_value_moves_in_the_arena():
+    """A fused residual whose dtype changes after the recording (float64: the sum was a new
+    array and its arena slot went to a later convolution; float32: the sum lands in the
+    slot): the replay sees the value where none was recorded and runs the rest as plain
+    layers, so the later convolution does not overwrite it."""
+    from fastconv.graph import Mul
+
+    class Residual(L.Layer):  # float64 on the first two calls, float32 after
+        calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return (x * 0.5).astype(np.float64 if self.calls <= 2 else np.float32)
+
+    def conv(seed, c_in=8):
+        return L.Conv2d(c_in, 8, 3, padding=1, rng=seed)
+    model = Graph([("c0", conv(0, 3), "x"), ("r", Residual(), "c0"), ("c1", conv(1), "c0"),
+                   ("a", Add(), ("c1", "r")), ("c2", conv(2), "c0"), ("y", Mul(), ("a", "c2"))],
+                  outputs="y").eval()
+    fast = fastconv.optimize_for_inference(model)
+    x = RNG.standard_normal((1, 12, 12, 3)).astype(np.float32)
+    for _ in range(4):
+        fresh = copy.deepcopy(fast)  # never replayed (copies drop it), at the same call count
+        np.testing.assert_allclose(fast(x), fresh(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_weight_changed_by_a_layer_during_a_replayed_pass_is_seen_at_once():
+    """A layer that changes a later convolution's weight in place (and says so with
+    weights_changed) in the middle of a replayed pass: that convolution runs with the new
+    weight in the same pass."""
+    class Scaler(L.Layer):
+        target, scale = None, False
+
+        def forward(self, x):
+            if self.scale:
+                self.target.weight[...] *= 2
+                fastconv.weights_changed(self.target)
+            return x + 0
+
+    fast = fastconv.optimize_for_inference(L.Sequential(
+        L.Conv2d(3, 8, 3, padding=1, rng=0), Scaler(), L.Conv2d(8, 32, 3, padding=1, rng=1),
+        L.ReLU(), L.Conv2d(32, 32, 3, padding=1, rng=2), L.MaxPool2d(2)))
+    scaler = next(layer for _, layer, _ in fast.nodes if type(layer) is Scaler)
+    scaler.target = fast.nodes[-2][1]  # the convolution before the pooling
+    x = RNG.standard_normal((1, 24, 24, 3)).astype(np.float32)
+    for _ in range(3):
+        fast(x)
+    expected = copy.deepcopy(fast)  # never replayed (copies drop it)
+    expected.nodes[-2][1].weight[...] *= 2
+    scaler.scale = True
+    np.testing.assert_allclose(fast(x), expected(x), rtol=1e-5, atol=1e-6)
 
 
 def test_an_error_in_a_replayed_pass_names_its_node():

@@ -184,9 +184,11 @@ def test_linear_and_resampling_products_keep_blas_on_one_thread(monkeypatch):
 def test_few_rows_products_equal_the_definition(level, dtype, rng, monkeypatch):
     """matmul of at most MAX_ROWS rows (the few-rows kernel, in every instruction-set
     variant): the float64 product within rounding, for column counts around its 256-column
-    block, 1-D and 3-D left operands; the same bits on 1 and 2 threads, and 2 ran. Other
-    operands (more rows, a strided or Fortran-ordered one, mixed dtypes, an empty sum) go
-    through NumPy and are right too."""
+    block, 1-D and 3-D left operands; the same bits on 1 and 2 threads, and 2 ran; long
+    float32 sums of positive terms within 1e-6 (runs of terms summed in double; one float32
+    sum was 8e-6 off at K = 25088). With a bias too. Other operands (more rows, a strided or
+    Fortran-ordered one, mixed dtypes, an empty sum, a weight beyond the last-level cache)
+    go through NumPy and are right too."""
     from conftest import _RecordingKernels
 
     from fastconv import _threads
@@ -208,15 +210,22 @@ def test_few_rows_products_equal_the_definition(level, dtype, rng, monkeypatch):
         assert one.shape == expected.shape and one.dtype == dtype
         np.testing.assert_allclose(one, expected, rtol=tol, atol=tol * np.sqrt(a_shape[-1]))
         np.testing.assert_array_equal(one, two)
+    a, b = rng.random((1, 30000)).astype(dtype), rng.random((30000, 4)).astype(dtype)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.abs(_threads.matmul(a, b) / exact - 1).max() < 1e-6
     bias = rng.standard_normal(257).astype(dtype)
     a, b = rng.standard_normal((3, 40)).astype(dtype), rng.standard_normal((40, 257)).astype(dtype)
     out = np.empty((3, 257), dtype)
     _threads.few_rows_call(a, b, bias, out)()
     np.testing.assert_allclose(out, a.astype(np.float64) @ b + bias, rtol=tol, atol=tol * 10)
     assert _threads.few_rows_call(a, b, bias[:-1], out) is None  # a bias of another length
+    monkeypatch.setattr(_threads, "FEW_ROWS_MAX_WEIGHT_BYTES", b.nbytes - 1)
+    assert _threads.few_rows_call(a, b, bias, out) is None  # beyond the cache: BLAS
+    monkeypatch.undo()
+    monkeypatch.setattr(_threads, "_linear", _RecordingKernels(module, given))
     assert_threads_ran(given)
     calls = len(given)
-    assert calls == 2 * 5 + 1  # the last two through NumPy
+    assert calls == 2 * 5 + 2  # the last two through NumPy
     a = rng.standard_normal((2, 40)).astype(dtype)
     b = rng.standard_normal((40, 30)).astype(dtype)
     for left, right in [(a[:, ::2], b[::2]), (np.asfortranarray(a), b), (a, np.asfortranarray(b)),
