@@ -397,7 +397,7 @@ class InferenceGraph(Graph):
                 for n in dropped[i]:
                     pool.release(values.pop(n))
         # never hand out a pooled buffer
-        outs = [values[n].copy() if pool.owns(values[n]) else values[n] for n in self.outputs]
+        outs = [_copied_out(values[n], pool.owns) for n in self.outputs]
         for v in values.values():
             pool.release(v)
         if pool.end() and steps is not None:
@@ -460,8 +460,8 @@ class InferenceGraph(Graph):
                     del values[n]
         if intact:
             replay.changes = changes
-        outs = [v.copy() if isinstance(v, np.ndarray) and np.may_share_memory(v, arena) else v
-                for v in (values[n] for n in self.outputs)]
+        outs = [_copied_out(values[n], lambda v: np.may_share_memory(v, arena))
+                for n in self.outputs]
         return outs[0] if len(outs) == 1 else tuple(outs), intact
 
 
@@ -570,6 +570,23 @@ class _ViewStep(_Step):
 
 def _nothing() -> None:
     pass
+
+
+def _arrays_in(value):
+    """The arrays of a value: itself, or those in its (nested) tuples and lists."""
+    if type(value) in (tuple, list):
+        for v in value:
+            yield from _arrays_in(v)
+    elif isinstance(value, np.ndarray):
+        yield value
+
+
+def _copied_out(value, in_arena):
+    """value with each array for which in_arena(array) holds copied (nested tuples and lists
+    rebuilt): what a graph returns never lives in its arena."""
+    if type(value) in (tuple, list):
+        return type(value)(_copied_out(v, in_arena) for v in value)
+    return value.copy() if isinstance(value, np.ndarray) and in_arena(value) else value
 
 
 def _same_view(a, b) -> bool:
@@ -820,22 +837,26 @@ class _BufferPool:
         return self._root(value) is not None
 
     def track(self, value) -> None:
-        root = self._root(value)
-        if root is not None:
-            self.users[root] = self.users.get(root, 0) + 1
+        """A live value (an array, or tuples and lists of them): the buffers it views stay
+        taken until it is released."""
+        for array in _arrays_in(value):
+            root = self._root(array)
+            if root is not None:
+                self.users[root] = self.users.get(root, 0) + 1
 
     def release(self, value) -> None:
-        root = self._root(value)
-        if root is None:
-            return
-        self.users[root] -= 1
-        if self.users[root] == 0:
-            del self.users[root]
-            self._step += 1
-            if isinstance(root, tuple):
-                del self._slots[root[1]]  # its bytes wait for the takes laid out over them
-            else:
-                self._freed(self.pooled[root])
+        for array in _arrays_in(value):
+            root = self._root(array)
+            if root is None:
+                continue
+            self.users[root] -= 1
+            if self.users[root] == 0:
+                del self.users[root]
+                self._step += 1
+                if isinstance(root, tuple):
+                    del self._slots[root[1]]  # its bytes wait for the takes laid out over them
+                else:
+                    self._freed(self.pooled[root])
 
 
 def _arena_layout(takes) -> tuple[np.ndarray, list[tuple[int, int]]]:

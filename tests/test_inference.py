@@ -675,6 +675,37 @@ def test_a_weight_changed_by_a_layer_during_a_replayed_pass_is_seen_at_once():
     np.testing.assert_allclose(fast(x), expected(x), rtol=1e-5, atol=1e-6)
 
 
+def test_tuples_of_views_of_arena_arrays_keep_them_taken_and_are_copied_out():
+    """A layer returning a tuple of views of an arena array: the array stays taken while
+    the tuple lives (a later node's value does not land on it), and a tuple output is
+    returned with its arrays copied out of the arena."""
+    class Split(L.Layer):
+        def forward(self, x):
+            return x, x[:, ::2]
+
+    class First(L.Layer):
+        def forward(self, pair):
+            return pair[0] + 0
+
+    def model(outputs):
+        return Graph([("c0", L.Conv2d(3, 8, 3, padding=1, rng=0), "x"),
+                      ("p", L.MaxPool2d(2), "c0"), ("s", Split(), "p"),
+                      ("c1", L.Conv2d(3, 8, 3, padding=1, rng=1), "x"),
+                      ("p1", L.MaxPool2d(2), "c1"),
+                      ("c2", L.Conv2d(8, 8, 3, padding=1, rng=2), "p1"),
+                      ("k", First(), "s"), ("a", Add(), ("k", "c2")), ("t", Split(), "p1")],
+                     outputs=outputs).eval()
+    plain = model(("a", "p1"))  # a plain Graph returns arrays only
+    fast = fastconv.optimize_for_inference(model(("a", "t")))
+    xs = [RNG.standard_normal((2, 8, 8, 3)).astype(np.float32) for _ in range(4)]
+    results = [fast(x) for x in xs]
+    for x, (a, (t0, t1)) in zip(xs, results):
+        expected_a, expected_p1 = plain(x)
+        np.testing.assert_allclose(a, expected_a, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(t0, expected_p1)
+        np.testing.assert_array_equal(t1, expected_p1[:, ::2])
+
+
 def test_an_error_in_a_replayed_pass_names_its_node():
     """A layer setting that its plan refuses, made after the pass was kept for replay: the
     error is the full pass's, a ValueError naming the node; the next call again."""

@@ -25,10 +25,12 @@ MAX_ROWS = MAX_ROWS_
 cdef void _columns(const floating* x, const floating* w, const floating* bias, floating* y,
                    Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, Py_ssize_t c0,
                    Py_ssize_t width) noexcept nogil:
-    """y[:, c0:c0 + width] = x @ w[:, c0:c0 + width] (+ bias[c0:c0 + width] when bias is not
-    NULL): summed over k in order, in runs of _RUN terms in the input's precision whose sums
-    are added in double (a sum of K float32 terms in float32 loses up to K roundings: 8e-6
-    relative at K = 25088, VGG's first Linear; runs lose _RUN + K / _RUN), the bias last."""
+    """y[:, c0:c0 + width] = (bias[c0:c0 + width] when bias is not NULL) + x @ w[:, c0:c0 +
+    width]: summed over k in order, in runs of _RUN terms in the input's precision whose
+    sums are added in double (a sum of K float32 terms in float32 loses up to K roundings:
+    8e-6 relative at K = 25088, VGG's first Linear; runs lose _RUN + K / _RUN). A run that
+    overflows gives inf, and runs of opposite infinities NaN, where one float32 sum would
+    have stayed at inf: both are far from the exact sum."""
     cdef floating part[MAX_ROWS_][_COLUMNS]
     cdef double total[MAX_ROWS_][_COLUMNS]
     cdef const floating* row
