@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
@@ -141,10 +142,12 @@ _linear = _algorithms.best_simd("_linear")
 FEW_ROWS_MAX_WEIGHT_BYTES = _algorithms.MACHINE.last_level
 
 
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """np.matmul(a, b). A product of a few rows (few_rows_call) runs on fastconv's own
-    threads; the rest through NumPy with BLAS on one thread. A multi-threaded BLAS leaves
-    its threads spinning for a while after a call, and they take the cores from the OpenMP
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
+           bias: np.ndarray | None = None) -> np.ndarray:
+    """np.matmul(a, b), plus bias when given (a Linear layer's y = x @ w + bias). A product
+    of a few rows (few_rows_call) runs on fastconv's own threads, the bias added in its
+    stores; the rest through NumPy with BLAS on one thread. A multi-threaded BLAS leaves its
+    threads spinning for a while after a call, and they take the cores from the OpenMP
     kernels that follow: a Linear layer's products slowed the next convolutions up to 3x
     (ResNet-18 training step, 112x112, batch 8, 2 threads, AMD Zen 5: 199 -> 126 ms with
     this; in inference, batch 8, the stem and max pooling after a call ran 2x slower)."""
@@ -152,12 +155,15 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
             and 1 <= a.size // a.shape[-1] <= _linear.MAX_ROWS):
         rows = a.reshape(-1, a.shape[-1])
         y = np.empty((rows.shape[0], b.shape[1]), np.result_type(a, b))
-        call = few_rows_call(rows, b, None, y)
+        call = few_rows_call(rows, b, bias, y)
         if call is not None:
             call()
             return y.reshape(*a.shape[:-1], b.shape[1])
     with blas_single_thread():
-        return np.matmul(a, b, out=out)
+        y = np.matmul(a, b, out=out)
+    if bias is not None:
+        y += bias
+    return y
 
 
 def few_rows_call(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, out: np.ndarray):
@@ -174,13 +180,16 @@ def few_rows_call(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, out: np
             or a.dtype not in (np.float32, np.float64)
             or any(v.dtype != a.dtype or not v.flags.c_contiguous for v in arrays)):
         return None
-    if bias is None:
-        bias = np.empty(0, a.dtype)
-    threads = threads_for_work(out.size * b.shape[0])
+    return bound_call(_linear.few_rows_matmul, a, b, np.empty(0, a.dtype) if bias is None
+                      else bias, out, threads=threads_for_work(out.size * b.shape[0]))
 
+
+def bound_call(kernel, *args, threads: int) -> Callable[[], None]:
+    """kernel(*args, threads) as a call with its arguments fixed (a kernel that returns no
+    status), the calling thread's OpenMP workers placed first (place_workers)."""
     def call() -> None:
         place_workers(threads)
-        _linear.few_rows_matmul(a, b, bias, out, threads)
+        kernel(*args, threads)
     return call
 
 

@@ -112,16 +112,9 @@ class FusedConv(L._SettingsNoted, L.Layer):
                                    "features")
             dtype = _params.float_dtype(x, self.weight)
             x, w = x.astype(dtype, copy=False), self.weight.astype(dtype, copy=False)
-            if out is None and residual is None and self.post_ops.is_empty and x.ndim > 0:
-                # a few rows: product and bias in one kernel call (a classifier's last layer)
-                y = np.empty((*x.shape[:-1], self.out_features), dtype)
-                call = few_rows_call(x.reshape(-1, x.shape[-1]), w, self.bias,
-                                     y.reshape(-1, self.out_features))
-                if call is not None:
-                    call()
-                    return y
-            y = matmul(x, w, out)
-            return self._post(y, residual, bias=True)
+            if residual is None and self.post_ops.is_empty:  # the bias alone: in matmul
+                return matmul(x, w, out, bias=self.bias)
+            return self._post(matmul(x, w, out), residual, bias=True)
         if x.ndim not in (3, 4) or x.shape[-1] != self.in_channels:
             _params.check_channels(repr(self), x, self.in_channels, (3, 4),
                                    "(H, W, C) or (N, H, W, C) [NHWC]")
@@ -467,10 +460,10 @@ class InferenceGraph(Graph):
 
 class _Replay:
     """An InferenceGraph pass kept for replay (InferenceGraph._replayed): the nodes and
-    outputs it ran with; per node, the _Step of a convolution written into an arena array
-    or None for one run as any node, and where its value lay in the arena (_placement); the
-    values dropped after each node; and
-    _plan.changes() when the steps' kept calls were last checked."""
+    outputs it ran with; per node, its step (_Step, _KernelStep, _ViewStep) or None for
+    one run as any node, and where its value lay in the arena (_placement); the values
+    dropped after each node; and _plan.changes() when the steps' kept calls were last
+    checked."""
 
     def __init__(self, nodes: list, outputs, steps: list, placed: list,
                  dropped: list[list[str]], changes: tuple):
@@ -479,9 +472,9 @@ class _Replay:
 
 
 def _placement(value, arena: np.ndarray):
-    """Where `value` (an array or a tuple of them) lies in `arena`: (address, shape,
-    strides) of each array sharing memory with it, None for the others."""
-    if isinstance(value, tuple):
+    """Where `value` (an array, or tuples and lists of them) lies in `arena`: (address,
+    shape, strides) of each array sharing memory with it, None for the others."""
+    if type(value) in (tuple, list):
         return tuple(_placement(v, arena) for v in value)
     if not isinstance(value, np.ndarray) or not np.may_share_memory(value, arena):
         return None
@@ -513,15 +506,20 @@ class _Step:
         """The layer on x (and residual) into `out` through its kernel call (kept here when
         `keep`), or through _convolve where one call is not the whole of it; returns the
         result."""
-        call = layer._kernel_call(x, residual, self.out, self.plan, self.keep)
-        if self.keep and call is not None:
-            self.call, self.x, self.residual = call, x, residual
-        else:
-            self.call = self.x = self.residual = None
+        call = self._kept(layer._kernel_call(x, residual, self.out, self.plan, self.keep),
+                          x, residual)
         if call is None:
             return layer._convolve(x, residual, self.out, self.plan)
         call()
         return self.out
+
+    def _kept(self, call, x, residual):
+        """call, kept with the inputs it was bound to when `keep` (else nothing kept)."""
+        if self.keep and call is not None:
+            self.call, self.x, self.residual = call, x, residual
+        else:
+            self.call = self.x = self.residual = None
+        return call
 
 
 class _KernelStep(_Step):
@@ -539,10 +537,9 @@ class _KernelStep(_Step):
         spec = layer._inference_kernel(x)
         if spec is None or tuple(spec[0]) != self.out.shape or spec[1] != self.out.dtype:
             return None
-        call = spec[2](x, self.out)
+        call = self._kept(spec[2](x, self.out), x, None)
         if call is None:
             return None
-        self.call, self.x = (call, x) if self.keep else (None, None)
         call()
         return self.out
 
@@ -638,11 +635,12 @@ def _kernel_at_node(name: str, layer, args, pool: "_BufferPool",
     it is not one for this input (or refuses it), the node runs unpooled, to raise its
     error with the node's name. Appends the node's replay step to `steps` when given."""
     x = args[0]
-    try:
-        spec = layer._inference_kernel(x) if len(args) == 1 and isinstance(
-            x, np.ndarray) else None
-    except (ValueError, TypeError):
-        spec = None
+    spec = None
+    if len(args) == 1 and isinstance(x, np.ndarray):
+        try:
+            spec = layer._inference_kernel(x)
+        except (ValueError, TypeError):
+            pass  # run unpooled below, to raise with the node's name
     if spec is None:
         return _unpooled_at_node(name, layer, args, steps)
     out = pool.take(spec[0], spec[1])

@@ -475,9 +475,8 @@ class Linear(Layer):
         _params.check_channels(repr(self), x, self.in_features, None, "(..., in_features)",
                                "features")
         dtype = _params.float_dtype(x, self.weight)
-        y = matmul(x.astype(dtype, copy=False), self.weight.astype(dtype, copy=False))
-        if self.bias is not None:
-            y += self.bias
+        y = matmul(x.astype(dtype, copy=False), self.weight.astype(dtype, copy=False),
+                   bias=self.bias)
         self._save(x=x, out_shape=y.shape)
         return y
 

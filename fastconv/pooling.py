@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from fastconv import _algorithms, _memory, _params
-from fastconv._threads import place_workers, threads_for_work
+from fastconv._threads import bound_call, threads_for_work
 
 _pool = _algorithms.best_simd("_pool")  # the kernels, built for this CPU's widest vectors
 
@@ -150,17 +150,11 @@ def _max_pool2d_kernel(x: np.ndarray, kernel_size, stride, padding, dilation, ce
     dtype = _params.float_dtype(x)
     if x.dtype != dtype or not x.flags.c_contiguous or x.size == 0 or 0 in geo.out_shape:
         return None
-    threads = threads_for_work(math.prod(geo.out_shape) * geo.kernel_hw[0] * geo.kernel_hw[1])
     no_indices = np.empty((0, 0, 0, 0), np.int64)
 
     def bind(x: np.ndarray, out: np.ndarray):
-        args = (x, out, no_indices, *geo.kernel_hw, *geo.stride, geo.padding[0][0],
-                geo.padding[1][0], *geo.dilation, _VECTOR_WINDOW_TAPS, threads)
-
-        def call() -> None:
-            place_workers(threads)
-            _pool.max_pool_forward(*args)
-        return call
+        return bound_call(_pool.max_pool_forward, x, out, no_indices, *_max_pool_args(geo),
+                          threads=_window_threads(geo))
     return geo.out_shape, dtype, bind
 
 
@@ -170,12 +164,21 @@ def _max_pool(x: np.ndarray, geo: _params.PoolGeometry, dtype,
     faster."""
     y = _memory.empty(geo.out_shape, dtype)
     idx = np.empty(geo.out_shape if indices else (0, 0, 0, 0), np.int64)
-    # the padding after the image needs no argument: y's shape says how far windows go
-    _pool.max_pool_forward(np.ascontiguousarray(x, dtype), y, idx, *geo.kernel_hw, *geo.stride,
-                           geo.padding[0][0], geo.padding[1][0], *geo.dilation,
-                           _VECTOR_WINDOW_TAPS,
-                           threads_for_work(y.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
+    _pool.max_pool_forward(np.ascontiguousarray(x, dtype), y, idx, *_max_pool_args(geo),
+                           _window_threads(geo))
     return y, (idx if indices else None)
+
+
+def _max_pool_args(geo: _params.PoolGeometry) -> tuple:
+    """max_pool_forward's arguments after x, y and idx, but for the thread count (the
+    padding after the image needs none: y's shape says how far windows go)."""
+    return (*geo.kernel_hw, *geo.stride, geo.padding[0][0], geo.padding[1][0], *geo.dilation,
+            _VECTOR_WINDOW_TAPS)
+
+
+def _window_threads(geo: _params.PoolGeometry) -> int:
+    """Threads for a pooling kernel visiting every tap of every output window."""
+    return threads_for_work(math.prod(geo.out_shape) * geo.kernel_hw[0] * geo.kernel_hw[1])
 
 
 def max_pool2d_backward(grad_output, x, kernel_size, stride=None, padding=0, dilation=1,
@@ -266,8 +269,7 @@ def _avg_pool_nd(fn, one_d, x, kernel_size, stride, padding, ceil_mode, count_in
                           count_include_pad, divisor_override, dilation)
     dtype = _params.float_dtype(x)
     y = np.empty(geo.out_shape, dtype)
-    _pool.avg_pool_forward(np.ascontiguousarray(x, dtype), y, *args,
-                           threads_for_work(y.size * geo.kernel_hw[0] * geo.kernel_hw[1]))
+    _pool.avg_pool_forward(np.ascontiguousarray(x, dtype), y, *args, _window_threads(geo))
     return _unshown(y, unbatched, one_d)
 
 

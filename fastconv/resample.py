@@ -17,7 +17,7 @@ import numbers
 import numpy as np
 
 from fastconv import _params
-from fastconv._threads import matmul, place_workers, threads_for_work
+from fastconv._threads import bound_call, matmul, threads_for_work
 from fastconv.pooling import _batched, _pool
 
 _NHWC = "[NHWC]"
@@ -81,18 +81,18 @@ def adaptive_avg_pool2d(x, output_size):
         x = np.ascontiguousarray(x, dtype)
         y = np.empty((x.shape[0], 1, 1, x.shape[3]), dtype)
         if y.size:
-            _global_average(x, y)
+            _pool.avg_pool_forward(*_global_average_args(x, y), threads_for_work(x.size))
     else:
         y = _along_hw(x.astype(dtype, copy=False), _averaging(h, ho, dtype),
                       _averaging(w, wo, dtype))
     return y[0] if unbatched else y
 
 
-def _global_average(x: np.ndarray, y: np.ndarray, threads: int | None = None) -> None:
-    """y (N, 1, 1, C) = the mean of each map of x (N, H, W, C), both C-contiguous of one
-    float dtype, non-empty: one average-pooling window over the whole map."""
-    _pool.avg_pool_forward(x, y, x.shape[1], x.shape[2], 1, 1, 0, 0, 0, 0, 1, 1, True, 0,
-                           threads_for_work(x.size) if threads is None else threads)
+def _global_average_args(x: np.ndarray, y: np.ndarray) -> tuple:
+    """avg_pool_forward's arguments but for the thread count, for y (N, 1, 1, C) = the mean
+    of each map of x (N, H, W, C), both C-contiguous of one float dtype, non-empty: one
+    window over the whole map."""
+    return x, y, x.shape[1], x.shape[2], 1, 1, 0, 0, 0, 0, 1, 1, True, 0
 
 
 def _global_avg_pool2d_kernel(x: np.ndarray, output_size):
@@ -104,13 +104,10 @@ def _global_avg_pool2d_kernel(x: np.ndarray, output_size):
     if (_output_hw("adaptive_avg_pool2d", output_size, (h, w)) != (1, 1) or x.size == 0
             or x.dtype != _params.float_dtype(x) or not x.flags.c_contiguous):
         return None
-    threads = threads_for_work(x.size)
 
     def bind(x: np.ndarray, out: np.ndarray):
-        def call() -> None:
-            place_workers(threads)
-            _global_average(x, out, threads)
-        return call
+        return bound_call(_pool.avg_pool_forward, *_global_average_args(x, out),
+                          threads=threads_for_work(x.size))
     return (n, 1, 1, c), x.dtype, bind
 
 

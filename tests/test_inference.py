@@ -706,6 +706,26 @@ def test_tuples_of_views_of_arena_arrays_keep_them_taken_and_are_copied_out():
         np.testing.assert_array_equal(t1, expected_p1[:, ::2])
 
 
+def test_a_kernel_node_that_refuses_its_input_runs_as_a_layer():
+    """A pooling node whose window does not fit its input raises the layer's error naming
+    the node; a Linear on more rows than the few-rows kernel takes (its call refused at
+    bind) runs as a plain layer, with the plain model's results, pass after pass."""
+    fast = fastconv.optimize_for_inference(L.Sequential(
+        L.Conv2d(3, 4, 3, padding=1, rng=0), L.MaxPool2d(5), L.Flatten()))
+    with pytest.raises(ValueError, match="smaller than the dilated kernel.*at node '1'"):
+        fast(np.zeros((1, 3, 3, 3), np.float32))
+    model = L.Sequential(L.Conv2d(3, 4, 3, padding=1, rng=0), L.AdaptiveAvgPool2d(1),
+                         L.Flatten(), L.Linear(4, 6, rng=1), L.Linear(6, 2, rng=2)).eval()
+    fast = fastconv.optimize_for_inference(model)
+    from fastconv._kernels import _linear
+    x = RNG.standard_normal((_linear.MAX_ROWS + 1, 5, 5, 3)).astype(np.float32)
+    for _ in range(4):
+        np.testing.assert_allclose(fast(x), model(x), rtol=1e-5, atol=1e-6)
+    replay, = fast._local.pool.replays.values()
+    assert [type(step).__name__ if step else None for step in replay.steps] == [
+        "_Step", "_KernelStep", "_ViewStep", None, None]
+
+
 def test_an_error_in_a_replayed_pass_names_its_node():
     """A layer setting that its plan refuses, made after the pass was kept for replay: the
     error is the full pass's, a ValueError naming the node; the next call again."""

@@ -219,13 +219,16 @@ def test_few_rows_products_equal_the_definition(level, dtype, rng, monkeypatch):
     _threads.few_rows_call(a, b, bias, out)()
     np.testing.assert_allclose(out, a.astype(np.float64) @ b + bias, rtol=tol, atol=tol * 10)
     assert _threads.few_rows_call(a, b, bias[:-1], out) is None  # a bias of another length
+    for rows in (a, np.tile(a, (4, 1))):  # the kernel's bias, and NumPy's add after BLAS
+        np.testing.assert_allclose(_threads.matmul(rows, b, bias=bias),
+                                   rows.astype(np.float64) @ b + bias, rtol=tol, atol=tol * 10)
     monkeypatch.setattr(_threads, "FEW_ROWS_MAX_WEIGHT_BYTES", b.nbytes - 1)
     assert _threads.few_rows_call(a, b, bias, out) is None  # beyond the cache: BLAS
     monkeypatch.undo()
     monkeypatch.setattr(_threads, "_linear", _RecordingKernels(module, given))
     assert_threads_ran(given)
     calls = len(given)
-    assert calls == 2 * 5 + 2  # the last two through NumPy
+    assert calls == 2 * 5 + 3  # the last two through NumPy
     a = rng.standard_normal((2, 40)).astype(dtype)
     b = rng.standard_normal((40, 30)).astype(dtype)
     for left, right in [(a[:, ::2], b[::2]), (np.asfortranarray(a), b), (a, np.asfortranarray(b)),
