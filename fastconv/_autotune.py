@@ -98,16 +98,22 @@ def run(direction: str, geo, dtype, algorithm: str, compute: Callable[[str], Any
     autotuning is on (measured now if this convolution is new), else "auto" itself (the
     kernels' rules). compute must compute the real result with any concrete algorithm
     (writing into the same output each time, or returning it); its result is returned."""
-    if algorithm != "auto" or not _enabled:
-        return compute(algorithm)
-    k = key(direction, geo, dtype)
-    chosen = _cache.get(k)
+    chosen = resolved(direction, geo, dtype, algorithm)
     if chosen is not None:
         return compute(chosen)
     chosen, result = measure(candidates(geo), compute)
     with _lock:
-        _cache[k] = chosen
+        _cache[key(direction, geo, dtype)] = chosen
     return result
+
+
+def resolved(direction: str, geo, dtype, algorithm: str) -> str | None:
+    """The algorithm run() would compute with in one call: `algorithm` itself unless it is
+    "auto" with autotuning on, else the measured choice; None when run() would measure
+    now (calling compute once per candidate and timed run)."""
+    if algorithm != "auto" or not _enabled:
+        return algorithm
+    return lookup(direction, geo, dtype)
 
 
 def measure(names, compute: Callable[[str], Any]) -> tuple[str, Any]:

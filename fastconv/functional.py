@@ -197,12 +197,30 @@ def _conv_input(x: np.ndarray, pads, mode: str, dtype):
     return pad(x, pads, mode, dtype), (0, 0)
 
 
+def _weight_gradient(x: np.ndarray, offsets, gy: np.ndarray, weight_shape, geo: ConvGeometry,
+                     dtype, algorithm: str, into: np.ndarray | None) -> np.ndarray:
+    """_weight_grad with `algorithm` resolved by autotuning. With `into` (a layer's gradient
+    of the weight's shape), the gradient is added into it, and it is returned: where no
+    measuring runs, by the kernel itself (the blocked one sums straight into it), without
+    a gradient array of its own."""
+    algo = _autotune.resolved("weight_gradient", geo, dtype, algorithm)
+    if into is not None and algo is not None:
+        return _weight_grad(algo, x, offsets, gy, weight_shape, geo, dtype, into)
+    grad = _autotune.run("weight_gradient", geo, dtype, algorithm, lambda algo: (
+        _weight_grad(algo, x, offsets, gy, weight_shape, geo, dtype)))
+    if into is None:
+        return grad
+    into += grad
+    return into
+
+
 def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_shape,
-                 geo: ConvGeometry, dtype) -> np.ndarray:
-    """sum over output pixels of x's window (x) gy, in fixed partial sums added up at the end.
-    x is zero-padded by `offsets` (top, left) rows and columns."""
+                 geo: ConvGeometry, dtype, into: np.ndarray | None = None) -> np.ndarray:
+    """sum over output pixels of x's window (x) gy, in fixed partial sums added up at the end
+    (added into `into` when given, which is returned). x is zero-padded by `offsets` (top,
+    left) rows and columns."""
     if gy.size == 0 or x.size == 0 or math.prod(weight_shape) == 0:  # empty sums
-        return np.zeros(weight_shape, dtype)
+        return np.zeros(weight_shape, dtype) if into is None else into
     algo = _algorithms.for_weight_gradient(algorithm, weight_shape, gy.shape, gy.itemsize, geo)
     # the direct kernel skips the zero padding, where im2col and blocked would add
     # 0 * inf = NaN, and
@@ -220,7 +238,9 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
     pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
     flops = 2 * pixels * weight_size
     if algo == "blocked":
-        grad = np.zeros(weight_shape, dtype)
+        # the kernel adds its sums to what the array holds
+        grad = (into if _sums_into(into, weight_shape, dtype, x, gy)
+                else np.zeros(weight_shape, dtype))
         block = _algorithms.KERNELS[algo].OUT_BLOCK[np.dtype(dtype).name]
         units = geo.groups * -(-weight_shape[3] // geo.groups // block)
         # enough work units for the threads (a fixed number: results do not depend on them)
@@ -228,7 +248,7 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
                             -(-BLOCKED_GRAD_UNITS // units)))
         _run(algo, "conv_backward_weight", x, gy, grad, *offsets, sh, sw, dh, dw, geo.groups,
              ranges, BLOCKED_CHUNK_PIXELS, flops=flops)
-        return grad
+        return _added(grad, into)
     if algo == "winograd":
         tiles = _algorithms.winograd_tiles(gy.shape)
         block = _algorithms.winograd_block(x.shape[3], gy.shape[3], itemsize, tiles,
@@ -240,7 +260,7 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
         grad = np.empty(weight_shape, dtype)
         _run(algo, "weight_gradient_taps", partial.reshape(chunks, 36, -1),
              grad.reshape(9, -1), flops=36 * chunks * weight_size)
-        return grad
+        return _added(grad, into)
     if algo == "im2col":
         tile = _algorithms.tile_pixels(weight_size // weight_shape[3], itemsize, pixels)
         chunks = _algorithms.partial_sums(weight_size * itemsize, -(-pixels // tile))
@@ -252,7 +272,25 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
         partial = np.zeros((chunks, weight_size), dtype)
         _run(algo, "conv_backward_weight", x, gy, partial, kh, kw, *offsets, sh, sw, dh, dw,
              geo.groups, flops=flops)
-    return partial.sum(axis=0).reshape(weight_shape)
+    return _added(partial.sum(axis=0).reshape(weight_shape), into)
+
+
+def _sums_into(into: np.ndarray | None, shape, dtype, *operands: np.ndarray) -> bool:
+    """Whether a kernel can add its sums straight into `into`: an array of the result's
+    shape and the computation's dtype, C-contiguous, writable and apart from the operands."""
+    return (isinstance(into, np.ndarray) and into.shape == tuple(shape) and into.dtype == dtype
+            and into.flags.c_contiguous and into.flags.writeable
+            and not any(np.may_share_memory(into, a) for a in operands))
+
+
+def _added(grad: np.ndarray, into: np.ndarray | None) -> np.ndarray:
+    """grad added into `into` (returned), or grad itself without it; nothing to add when the
+    kernel summed into `into` already."""
+    if into is None:
+        return grad
+    if grad is not into:
+        into += grad
+    return into
 
 
 def _forward_kernel(algorithm: str, x, offsets, w, bias, y, stride, dilation, groups) -> None:
@@ -657,7 +695,9 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
 
 
 def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilation, groups,
-                     padding_mode, algorithm, needs):
+                     padding_mode, algorithm, needs, grad_weight_into=None):
+    """conv2d_backward; with grad_weight_into (a layer's weight gradient), the weight's
+    gradient is added into it (see _weight_gradient) and it is the grad_weight returned."""
     wanted = _needs(needs)
     x, weight, unbatched = _conv_inputs(fn, x, weight, groups)
     mode = _params.padding_mode(padding_mode)
@@ -687,8 +727,8 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
             grad_input = grad_input[0]
     if "weight" in wanted:
         xin, offsets = _conv_input(x, geo.padding, mode, dtype)
-        grad_weight = _autotune.run("weight_gradient", geo, dtype, algorithm, lambda algo: (
-            _weight_grad(algo, xin, offsets, gy, weight.shape, geo, dtype)))
+        grad_weight = _weight_gradient(xin, offsets, gy, weight.shape, geo, dtype, algorithm,
+                                       grad_weight_into)
     if "bias" in wanted:
         grad_bias = gy.sum(axis=(0, 1, 2))
     return grad_input, grad_weight, grad_bias
@@ -741,7 +781,9 @@ def conv_transpose2d_backward(grad_output, x, weight, stride=1, padding=0, outpu
 
 
 def _conv_transpose2d_backward(fn, one_d, grad_output, x, weight, stride, padding,
-                               output_padding, dilation, groups, algorithm, needs):
+                               output_padding, dilation, groups, algorithm, needs,
+                               grad_weight_into=None):
+    """conv_transpose2d_backward; grad_weight_into as in _conv2d_backward."""
     wanted = _needs(needs)
     x, weight, unbatched = _conv_inputs(fn, x, weight, groups, transposed=True)
     geo = _params.conv_transpose_geometry(fn, x.shape, weight.shape, stride, padding,
@@ -762,8 +804,8 @@ def _conv_transpose2d_backward(fn, one_d, grad_output, x, weight, stride, paddin
         if unbatched:
             grad_input = grad_input[0]
     if "weight" in wanted:
-        grad_weight = _autotune.run("weight_gradient", geo, dtype, algorithm, lambda algo: (
-            _weight_grad(algo, gy, offsets, x, weight.shape, geo, dtype)))
+        grad_weight = _weight_gradient(gy, offsets, x, weight.shape, geo, dtype, algorithm,
+                                       grad_weight_into)
     if "bias" in wanted:
         grad_bias = gy.sum(axis=(0, 1, 2))
     return grad_input, grad_weight, grad_bias

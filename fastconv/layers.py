@@ -293,11 +293,6 @@ class Conv2d(_ConvBase):
         _kaiming_init(self, (kh, kw, cig, self.out_channels), cig * kh * kw,
                       self.out_channels if bias else None, rng, self.dtype)
 
-    def _conv_args(self):
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
-                    groups=self.groups, padding_mode=self.padding_mode,
-                    algorithm=self.algorithm)
-
     _plan_kind = "conv2d"
 
     def forward(self, x):
@@ -309,9 +304,11 @@ class Conv2d(_ConvBase):
     def backward(self, grad_output):
         grad, saved = self._take(grad_output)
         needs = ("input", "weight") + (("bias",) if self.bias is not None else ())
-        gx, gw, gb = functional.conv2d_backward(grad, saved["x"], self.weight,
-                                                needs=needs, **self._conv_args())
-        self._accumulate("weight", gw)
+        # the weight's gradient is summed into self.grads by the kernel where it can
+        gx, _, gb = functional._conv2d_backward(
+            "conv2d_backward", False, grad, saved["x"], self.weight, self.stride, self.padding,
+            self.dilation, self.groups, self.padding_mode, self.algorithm, needs,
+            self.grads["weight"])
         self._accumulate("bias", gb)
         return gx
 
@@ -334,11 +331,6 @@ class ConvTranspose2d(_ConvBase):
         _kaiming_init(self, (kh, kw, cog, self.in_channels), cog * kh * kw,
                       self.out_channels if bias else None, rng, self.dtype)
 
-    def _conv_args(self):
-        return dict(stride=self.stride, padding=self.padding,
-                    output_padding=self.output_padding, dilation=self.dilation,
-                    groups=self.groups, algorithm=self.algorithm)
-
     _plan_kind = "conv_transpose2d"
 
     def forward(self, x):
@@ -350,9 +342,10 @@ class ConvTranspose2d(_ConvBase):
     def backward(self, grad_output):
         grad, saved = self._take(grad_output)
         needs = ("input", "weight") + (("bias",) if self.bias is not None else ())
-        gx, gw, gb = functional.conv_transpose2d_backward(grad, saved["x"], self.weight,
-                                                          needs=needs, **self._conv_args())
-        self._accumulate("weight", gw)
+        gx, _, gb = functional._conv_transpose2d_backward(
+            "conv_transpose2d_backward", False, grad, saved["x"], self.weight, self.stride,
+            self.padding, self.output_padding, self.dilation, self.groups, self.algorithm,
+            needs, self.grads["weight"])
         self._accumulate("bias", gb)
         return gx
 

@@ -126,6 +126,64 @@ def test_gradients_accumulate_and_zero_grad_clears_them():
         assert not grad.any()
 
 
+@pytest.mark.parametrize("algorithm", ["blocked", "winograd", "im2col", "direct"])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_gradient_adds_into_the_gradient_held(algorithm, transposed, dtype):
+    # the kernel sums into layer.grads["weight"] where it can (the blocked one): what was
+    # there stays, once, in the same array
+    from fastconv import functional as F
+    cls, backward = ((L.ConvTranspose2d, F.conv_transpose2d_backward) if transposed
+                     else (L.Conv2d, F.conv2d_backward))
+    layer = cls(5, 6, 3, padding=1, algorithm=algorithm, rng=0, dtype=dtype)
+    x = _distinct((2, 6, 7, 5), 1).astype(dtype)
+    g = _distinct((2, 6, 7, 6), 2).astype(dtype)
+    held = layer.grads["weight"]
+    held[...] = _distinct(held.shape, 3)
+    before = held.copy()
+    layer(x)
+    layer.backward(g)
+    _, gw, _ = backward(g, x, layer.weight, padding=1, algorithm=algorithm,
+                        needs=("weight",))
+    assert layer.grads["weight"] is held
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(held, before + gw, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("grads", ["strided", "float64"])
+def test_weight_gradient_adds_into_a_gradient_kernels_cannot_write(grads):
+    # a gradient array replaced by hand with one the kernel cannot sum into is added to
+    layer = L.Conv2d(5, 6, 3, padding=1, algorithm="blocked", rng=0)
+    shape = layer.weight.shape
+    layer.grads["weight"] = (np.ones((*shape[:3], 2 * shape[3]), np.float32)[..., ::2]
+                             if grads == "strided" else np.ones(shape))
+    x = _distinct((1, 6, 7, 5), 1).astype(np.float32)
+    g = _distinct((1, 6, 7, 6), 2).astype(np.float32)
+    layer(x)
+    layer.backward(g)
+    from fastconv import functional as F
+    _, gw, _ = F.conv2d_backward(g, x, layer.weight, padding=1, algorithm="blocked",
+                                 needs=("weight",))
+    np.testing.assert_allclose(layer.grads["weight"], 1 + gw, rtol=1e-5, atol=1e-5)
+
+
+def test_weight_gradient_measured_by_autotune_is_added_once(monkeypatch):
+    # autotuning runs every candidate on a new geometry: the gradient held gets one of them
+    import fastconv
+    from fastconv import _autotune
+    monkeypatch.setattr(_autotune, "_cache", {})
+    monkeypatch.setattr(_autotune, "_enabled", True)
+    layer = L.Conv2d(5, 6, 3, padding=1, rng=0, **F64)
+    x = _distinct((1, 6, 7, 5), 1)
+    g = _distinct((1, 6, 7, 6), 2)
+    layer(x)
+    layer.backward(g)
+    assert any(k[0] == "weight_gradient" for k in _autotune._cache)  # it measured
+    fastconv.set_autotune(False)
+    _, gw, _ = fastconv.conv2d_backward(g, x, layer.weight, padding=1, needs=("weight",))
+    np.testing.assert_allclose(layer.grads["weight"], gw, rtol=1e-12, atol=1e-12)
+
+
 def test_parameters_names_and_shapes():
     model = L.Sequential(L.Conv2d(3, 8, 5, rng=0), L.ReLU(),
                          L.ConvTranspose2d(8, 4, 2, stride=2, groups=2, bias=False, rng=0),
