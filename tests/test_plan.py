@@ -43,9 +43,12 @@ def _layer(cls, args, dtype):
 
 
 def _reference(layer, x):
+    common = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                  groups=layer.groups, algorithm=layer.algorithm)
     if isinstance(layer, fastconv.ConvTranspose2d):
-        return F.conv_transpose2d(x, layer.weight, layer.bias, **layer._conv_args())
-    return F.conv2d(x, layer.weight, layer.bias, **layer._conv_args())
+        return F.conv_transpose2d(x, layer.weight, layer.bias,
+                                  output_padding=layer.output_padding, **common)
+    return F.conv2d(x, layer.weight, layer.bias, padding_mode=layer.padding_mode, **common)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
