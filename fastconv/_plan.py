@@ -228,7 +228,7 @@ class ConvPlan:
                 "weight_gradient": chosen["weight_gradient"]}
 
     # -- running --------------------------------------------------------------------------
-    def _prepared(self, algo: str, weight: np.ndarray, bias, packs: Packs
+    def prepared(self, algo: str, weight: np.ndarray, bias, packs: Packs
                   ) -> functional.PreparedWeight:
         """The weight as `algo`'s kernel takes it, from the layer's cache."""
         dtype = self.dtype
@@ -286,9 +286,9 @@ class ConvPlan:
         (functional.bind_forward)."""
         geo = self.geo
         return functional.bind_forward(
-            self._prepared(algo, weight, bias, packs), x, self.offsets, y,
+            self.prepared(algo, weight, bias, packs), x, self.offsets, y,
             geo.stride, geo.dilation, geo.groups,
-            lambda other: self._prepared(other, weight, bias, packs), post)
+            lambda other: self.prepared(other, weight, bias, packs), post)
 
     @property
     def fuses_post(self) -> bool:

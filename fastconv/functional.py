@@ -519,6 +519,34 @@ def _padded_weight(w, bias, groups, block):
     return np.ascontiguousarray(w.reshape(kh, kw, cig, -1)), bias
 
 
+def bind_depthwise_pointwise(depthwise: PreparedWeight, pointwise: PreparedWeight, x, offsets,
+                             y, stride, dilation, post=None,
+                             pointwise_post=None) -> Callable[[], None]:
+    """The call computing y = pointwise(depthwise(x)) in one kernel
+    (_direct.depthwise_pointwise: each row of the depthwise output is made in a buffer and
+    multiplied by the 1x1 weight at once, never stored), its arguments fixed. `depthwise`:
+    a depthwise weight prepared for the direct kernel (finite: not exact), `pointwise`: a
+    1x1 weight prepared for the blocked kernel; x (C-contiguous) zero-padded by `offsets`;
+    y (C-contiguous) of the depthwise output's size and the 1x1's channels; `post`: the
+    Epilogue of the depthwise output, `pointwise_post` y's (None: none). A depthwise input
+    whose channels are not whole vectors is widened at each call, as bind_forward does."""
+    kh, kw, _, channels = depthwise.shape
+    pixels = y.shape[0] * y.shape[1] * y.shape[2]
+    flops = 2 * pixels * (kh * kw * channels + math.prod(pointwise.shape))
+    args = (depthwise.weight, depthwise.bias, post, pointwise.weight, pointwise.bias, y,
+            *offsets, *stride, *dilation, pointwise_post)
+    min_flops = _algorithms.PARALLEL_MIN_DEPTHWISE_FLOPS
+    if x.shape[3] == depthwise.weight.shape[3]:
+        return _bound("direct", "depthwise_pointwise", x, *args, flops=flops,
+                      min_flops=min_flops)
+
+    def widened() -> None:  # the kernel reads whole channel vectors of x too
+        _run("direct", "depthwise_pointwise",
+             _padded_depthwise_input(x, depthwise.weight.shape[3]), *args, flops=flops,
+             min_flops=min_flops)
+    return widened
+
+
 def _padded_depthwise_input(x, channels: int):
     """A depthwise input with its channels padded with zeros to the padded weight's
     `channels` (needed only when C is not a multiple of the vector width)."""

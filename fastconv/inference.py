@@ -36,7 +36,7 @@ import threading
 
 import numpy as np
 
-from fastconv import _algorithms, _memory, _params, _plan
+from fastconv import _algorithms, _memory, _params, _plan, functional
 from fastconv import layers as L
 from fastconv._postops import Activation, PostOps, activation_of
 from fastconv._threads import blas_single_thread, few_rows_call, matmul
@@ -274,8 +274,8 @@ class FusedConv(L._SettingsNoted, L.Layer):
         if self.kind == "linear":
             return {"kind": "linear", "input_shape": tuple(input_shape), "post_ops": post}
         shape = tuple(_params.as_tuple("input_shape", input_shape, 4, 0))
-        stand_in = np.lib.stride_tricks.as_strided(np.zeros(1, self.dtype), shape, (0,) * 4)
-        return {**_plan.plan_for(self, stand_in).describe(), "post_ops": post}
+        return {**_plan.plan_for(self, _stand_in(shape, self.dtype)).describe(),
+                "post_ops": post}
 
     def extra_repr(self) -> str:
         if self.kind == "linear":
@@ -287,6 +287,188 @@ class FusedConv(L._SettingsNoted, L.Layer):
                 what += f", groups={self.groups}"
         post = (["bias"] if self.bias is not None else []) + self.post_ops.names()
         return f"{self.source}: {what}, post_ops=[{', '.join(post)}]"
+
+
+class FusedSeparableConv(L._SettingsNoted, L.Layer):
+    """A depthwise convolution and the 1x1 convolution that reads its output (a depthwise
+    separable convolution, MobileNet's; each a FusedConv with its post-ops), computed as one
+    kernel (_direct.depthwise_pointwise): each row of the depthwise output is made in a
+    buffer of its thread and multiplied by the 1x1 weight at once, so that it never goes to
+    memory (in MobileNetV2 that output is among the widest activations). Inference only.
+
+    forward(x) or, when the 1x1 has a residual add, forward(x, residual): what
+    pointwise(depthwise(x), residual) gives (the same kernels' arithmetic: the same values
+    where those would run the direct and the blocked kernels). The two run one after the
+    other instead where one kernel cannot: fusable() false (a setting changed since), a
+    non-finite weight (the depthwise one then needs the direct kernel's exact mode), an
+    input of another dtype or not C-contiguous, or a residual the 1x1 kernel does not add
+    in its stores. Parameters:
+    "depthwise.weight", "depthwise.bias", "pointwise.weight", "pointwise.bias"."""
+
+    param_names = ()
+    _output_is_private = True
+
+    def __init__(self, depthwise: FusedConv, pointwise: FusedConv):
+        super().__init__()
+        if type(depthwise) is not FusedConv or type(pointwise) is not FusedConv:
+            raise TypeError(f"FusedSeparableConv: expected two FusedConv layers, but got "
+                            f"{type(depthwise).__name__} and {type(pointwise).__name__}")
+        self.depthwise, self.pointwise = depthwise, pointwise
+        self.training = False
+
+    @staticmethod
+    def pairs(depthwise: FusedConv, pointwise: FusedConv) -> bool:
+        """Whether these two layers run as one kernel: a depthwise convolution (one filter
+        per channel, zero padding, any kernel, stride and dilation, its post-ops without a
+        residual add) and a 1x1 convolution of stride 1 without padding over its output,
+        both left to "auto" (or the direct and the blocked algorithm, which the kernel
+        runs), the 1x1's packed weight within _algorithms.SEPARABLE_MAX_POINTWISE_BYTES
+        (every row of the depthwise output reads all of it)."""
+        dw, pw = depthwise, pointwise
+        block = _algorithms.KERNELS["blocked"].OUT_BLOCK.get(pw.weight.dtype.name)
+        return (block is not None and dw.kind == "conv2d" and pw.kind == "conv2d"
+                and -(-pw.out_channels // block) * block * pw.in_channels * pw.weight.itemsize
+                <= _algorithms.SEPARABLE_MAX_POINTWISE_BYTES
+                and dw.groups == dw.in_channels == dw.out_channels > 1
+                and dw.padding_mode == "zeros" and not dw.post_ops.residual
+                and dw.algorithm in ("auto", "direct")
+                and pw.in_channels == dw.out_channels and pw.groups == 1
+                and pw.kernel_size == (1, 1) and pw.stride == (1, 1)
+                and pw.padding in (0, (0, 0), "valid") and pw.padding_mode == "zeros"
+                and pw.algorithm in ("auto", "blocked"))
+
+    def fusable(self) -> bool:
+        """pairs(self.depthwise, self.pointwise): with their settings now."""
+        return self.pairs(self.depthwise, self.pointwise)
+
+    @property
+    def num_inputs(self) -> int:
+        return self.pointwise.num_inputs
+
+    def parameters(self):
+        for prefix, layer in (("depthwise", self.depthwise), ("pointwise", self.pointwise)):
+            for name, value, grad in layer.parameters():
+                yield f"{prefix}.{name}", value, grad
+
+    def train(self, mode: bool = True) -> "FusedSeparableConv":
+        if mode:
+            raise RuntimeError("FusedSeparableConv: a fused layer is for inference only; "
+                               "train the original model")
+        return self
+
+    def __call__(self, *inputs):
+        return self.forward(*inputs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_pointwise_plan", None)
+        return state
+
+    def forward(self, x, residual=None, *, out: np.ndarray | None = None):
+        """The 1x1 convolution's output (its post-ops applied), into `out` (C-contiguous,
+        of the output's shape and dtype) when given. Errors as the two FusedConv raise."""
+        call = self._fused_call(x, residual, out)
+        if call is None:
+            return self.pointwise.forward(self.depthwise.forward(x), residual, out=out)
+        call[0]()
+        return call[1]
+
+    def _fused_call(self, x, residual, out):
+        """(the one-kernel call, its output array) for these arguments, or None where the
+        two layers run apart (see the class)."""
+        fusion = self._fusion_for(x, residual)
+        if fusion is None:
+            return None
+        dw, pw = self.depthwise, self.pointwise
+        dw_plan, pw_plan, depthwise, pointwise = fusion
+        if out is None:
+            y = _memory.empty(pw_plan.out_shape, pw_plan.dtype)
+        elif (isinstance(out, np.ndarray) and out.shape == pw_plan.out_shape
+              and out.dtype == pw_plan.dtype and out.flags.c_contiguous
+              and not np.may_share_memory(out, x)
+              and (residual is None or not np.may_share_memory(out, residual))):
+            y = out
+        else:  # the 1x1 layer raises for it (or writes it after the depthwise one)
+            return None
+        pw_single, pw_post = pw._single_call(pw_plan, residual)
+        if not pw_single:
+            return None
+        _, dw_post = dw._single_call(dw_plan, None)
+        geo = dw_plan.geo
+        return functional.bind_depthwise_pointwise(
+            depthwise, pointwise, x, dw_plan.offsets, y, geo.stride, geo.dilation, dw_post,
+            pw_post), y
+
+    def _fusion_for(self, x, residual) -> tuple | None:
+        """_fusion for x, when one kernel takes x and residual as they are."""
+        if (not isinstance(x, np.ndarray) or x.ndim != 4 or not x.flags.c_contiguous
+                or x.shape[3] != self.depthwise.in_channels
+                or isinstance(residual, np.ndarray) != bool(self.pointwise.post_ops.residual)):
+            return None
+        return self._fusion(x.shape, x.dtype)
+
+    def _fusion(self, shape, dtype) -> tuple | None:
+        """(the depthwise plan, the 1x1 plan, their weights prepared for the kernel) when the
+        layers run as one kernel on inputs of `shape` (N, H, W, C) and `dtype`, else None."""
+        if not self.fusable():
+            return None
+        dw, pw = self.depthwise, self.pointwise
+        dw_plan = _plan.plan_for(dw, _stand_in(shape, dtype))
+        if dw_plan.dtype != dtype or not dw_plan.fuses_post:
+            return None
+        kept = self.__dict__.get("_pointwise_plan")  # per depthwise plan
+        if kept is None or kept[0] is not dw_plan:
+            kept = self._pointwise_plan = (dw_plan, _plan.plan_for(
+                pw, _stand_in(dw_plan.out_shape, dw_plan.dtype)))
+        pw_plan = kept[1]
+        if pw_plan.dtype != dtype or not pw_plan.fuses_post or pw_plan.offsets != (0, 0):
+            return None
+        depthwise = dw_plan.prepared("direct", dw.weight, dw.bias, _plan.packs_of(dw))
+        pointwise = pw_plan.prepared("blocked", pw.weight, pw.bias, _plan.packs_of(pw))
+        if (depthwise.algo != "direct" or depthwise.exact or pointwise.algo != "blocked"
+                or pointwise.weight.shape[5]
+                != _algorithms.KERNELS["direct"].POINTWISE_BLOCK[pw_plan.dtype_name]):
+            return None
+        return dw_plan, pw_plan, depthwise, pointwise
+
+    def _inference_kernel(self, x: np.ndarray, residual=None):
+        """The layer as one kernel call, for an inference graph's arena: (output shape,
+        dtype, bind) with bind(x, [residual,] out) returning the call (None where one
+        kernel does not take them); None where the two layers run apart."""
+        fusion = self._fusion_for(x, residual)
+        if fusion is None:
+            return None
+        pw_plan = fusion[1]
+
+        def bind(x: np.ndarray, *rest: np.ndarray):
+            *given, out = rest
+            call = self._fused_call(x, given[0] if given else None, out)
+            return None if call is None else call[0]
+        return pw_plan.out_shape, pw_plan.dtype, bind
+
+    def backward(self, grad_output):
+        raise RuntimeError(f"{type(self).__name__}.backward: a fused layer is for inference "
+                           f"only; train the original model")
+
+    def describe(self, input_shape) -> dict:
+        """{"kind": "separable", "fused": whether one kernel runs for inputs of
+        `input_shape` (N, H, W, C) in the layer's dtype, "depthwise" and "pointwise": the
+        two layers' describe()}."""
+        shape = tuple(_params.as_tuple("input_shape", input_shape, 4, 0))
+        dtype = self.depthwise.dtype
+        dw_plan = _plan.plan_for(self.depthwise, _stand_in(shape, dtype))
+        return {"kind": "separable", "fused": self._fusion(shape, np.dtype(dtype)) is not None,
+                "depthwise": self.depthwise.describe(shape),
+                "pointwise": self.pointwise.describe(dw_plan.out_shape)}
+
+    def extra_repr(self) -> str:
+        return f"{self.depthwise.extra_repr()} -> {self.pointwise.extra_repr()}"
+
+
+def _stand_in(shape, dtype) -> np.ndarray:
+    """An array of `shape` and `dtype` costing no memory, for plan_for (which reads only
+    the shape and dtype)."""
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), tuple(shape), (0,) * len(shape))
 
 
 def _adds_in_place(residual: np.ndarray, shape, dtype) -> bool:
@@ -303,9 +485,9 @@ def _adds_in_place(residual: np.ndarray, shape, dtype) -> bool:
 # the graph
 
 # the layers an InferenceGraph runs into its arena: convolutions through their plans, the
-# others (FusedConv's linear kind, these pooling layers) as one kernel call each
-# (_inference_kernel); exact types, so that a subclass's own forward runs
-_KERNEL_NODES = (FusedConv, L.MaxPool2d, L.AdaptiveAvgPool2d)
+# others (FusedConv's linear kind, FusedSeparableConv, these pooling layers) as one kernel
+# call each (_inference_kernel); exact types, so that a subclass's own forward runs
+_KERNEL_NODES = (FusedConv, FusedSeparableConv, L.MaxPool2d, L.AdaptiveAvgPool2d)
 # layers whose value is a view of their input's bytes, the same view for the same input
 # (pure): a replay hands on the view it made before (_ViewStep)
 _VIEW_NODES = (L.Flatten,)
@@ -524,7 +706,8 @@ class _Step:
 
 class _KernelStep(_Step):
     """A node of a kept pass run as one kernel call into its arena array `out` (a layer of
-    _KERNEL_NODES: its _inference_kernel(x) gives (output shape, dtype, bind))."""
+    _KERNEL_NODES: its _inference_kernel(*inputs) gives (output shape, dtype, bind), and
+    bind(*inputs, out) the call)."""
 
     __slots__ = ()
 
@@ -532,19 +715,21 @@ class _KernelStep(_Step):
         super().__init__(out, None, keep)
 
     def run(self, layer, x: np.ndarray, residual=None) -> np.ndarray | None:
-        """The layer on x into `out` through its kernel call (kept here when `keep`); None
-        when the layer no longer gives this output or call for x."""
-        spec = layer._inference_kernel(x)
+        """The layer on x (and residual, for a layer with two inputs) into `out` through its
+        kernel call (kept here when `keep`); None when the layer no longer gives this output
+        or call for them."""
+        inputs = (x,) if residual is None else (x, residual)
+        spec = layer._inference_kernel(*inputs)
         if spec is None or tuple(spec[0]) != self.out.shape or spec[1] != self.out.dtype:
             return None
-        call = self._kept(spec[2](x, self.out), x, None)
+        call = self._kept(spec[2](*inputs, self.out), x, residual)
         if call is None:
             return None
         call()
         return self.out
 
     def again(self, layer, x: np.ndarray, residual) -> np.ndarray | None:
-        return self.run(layer, x)
+        return self.run(layer, x, residual)
 
 
 class _ViewStep(_Step):
@@ -634,18 +819,18 @@ def _kernel_at_node(name: str, layer, args, pool: "_BufferPool",
     """A layer of _KERNEL_NODES as one kernel call into a pooled buffer (_KernelStep); where
     it is not one for this input (or refuses it), the node runs unpooled, to raise its
     error with the node's name. Appends the node's replay step to `steps` when given."""
-    x = args[0]
     spec = None
-    if len(args) == 1 and isinstance(x, np.ndarray):
+    if len(args) in (1, 2) and all(isinstance(a, np.ndarray) for a in args):
         try:
-            spec = layer._inference_kernel(x)
+            spec = layer._inference_kernel(*args)
         except (ValueError, TypeError):
             pass  # run unpooled below, to raise with the node's name
     if spec is None:
         return _unpooled_at_node(name, layer, args, steps)
     out = pool.take(spec[0], spec[1])
-    step = _KernelStep(out, pool.owns(x))  # a call is kept only over the pool's own arrays
-    if step.run(layer, x) is None:
+    # a call is kept only over the pool's own arrays
+    step = _KernelStep(out, all(pool.owns(a) for a in args))
+    if step.run(layer, *args) is None:
         pool.give_back(out)
         return _unpooled_at_node(name, layer, args, steps)
     if steps is not None:
@@ -971,7 +1156,34 @@ def _fuse(nodes: list, outputs: list) -> list:
             outputs[:] = [name if o == old else o for o in outputs]
             changed = True
             break
-    return nodes
+    return _pair_separable(nodes, outputs)
+
+
+def _pair_separable(nodes: list, outputs: list) -> list:
+    """Each depthwise FusedConv whose value only a 1x1 FusedConv reads (as its input) joined
+    with it into a FusedSeparableConv (FusedSeparableConv.pairs), which takes the 1x1 node's
+    place and name."""
+    users: dict[str, list[int]] = {}
+    for j, (_, _, args) in enumerate(nodes):
+        for a in args:
+            users.setdefault(a, []).append(j)
+    joined: set[int] = set()
+    for i, (name, layer, args) in enumerate(nodes):
+        if type(layer) is not FusedConv or name in outputs or len(users.get(name, ())) != 1:
+            continue
+        j = users[name][0]
+        consumer_name, consumer, consumer_args = nodes[j]
+        if (type(consumer) is not FusedConv or consumer_args[0] != name
+                or consumer_args.count(name) != 1 or not FusedSeparableConv.pairs(layer, consumer)
+                # the joined node reads the depthwise input where the 1x1 ran: not past a
+                # layer that overwrites it in place in between
+                or any(getattr(nodes[k][1], "inplace", False) and set(nodes[k][2]) & set(args)
+                       for k in range(i + 1, j))):
+            continue
+        nodes[j] = [consumer_name, FusedSeparableConv(layer, consumer),
+                    (*args, *consumer_args[1:])]
+        joined.add(i)
+    return [node for i, node in enumerate(nodes) if i not in joined]
 
 
 def _absorb(fused: FusedConv, consumer: L.Layer, consumer_args, name: str, args):
@@ -1029,4 +1241,5 @@ def _fold_batch_norm(fused: FusedConv, bn) -> bool:
     return True
 
 
-__all__ = ["Activation", "FusedConv", "InferenceGraph", "PostOps", "optimize_for_inference"]
+__all__ = ["Activation", "FusedConv", "FusedSeparableConv", "InferenceGraph", "PostOps",
+           "optimize_for_inference"]

@@ -12,7 +12,7 @@ from fastconv import layers as L
 from fastconv import models
 from fastconv._postops import ACTIVATIONS, Activation, PostOps
 from fastconv.graph import Add, Graph, Residual
-from fastconv.inference import FusedConv, InferenceGraph
+from fastconv.inference import FusedConv, FusedSeparableConv, InferenceGraph
 
 RNG = np.random.default_rng(160)
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -71,8 +71,11 @@ def test_resnet_blocks_fuse_bias_act_add_act():
               if isinstance(layer, FusedConv)]
     assert chains.count(("add", "relu")) == 8  # conv -> bn -> add(x) -> relu, every block
     mobile = fastconv.optimize_for_inference(models.mobilenet_v2(5, width=8, rng=0))
-    chains = [tuple(layer.post_ops.names()) for _, layer, _ in mobile.nodes
-              if isinstance(layer, FusedConv)]
+    # a depthwise convolution and the 1x1 after it are joined (FusedSeparableConv)
+    convs = [c for _, layer, _ in mobile.nodes for c in (
+        (layer.depthwise, layer.pointwise) if isinstance(layer, FusedSeparableConv) else
+        (layer,) if isinstance(layer, FusedConv) else ())]
+    chains = [tuple(conv.post_ops.names()) for conv in convs]
     assert ("add",) in chains and ("relu6",) in chains
 
 
@@ -369,7 +372,7 @@ def test_later_calls_replay_bound_kernel_calls_and_see_every_change(monkeypatch)
         return L.Sequential(L.Conv2d(5, 24, 3, padding=1, rng=0), L.BatchNorm2d(24), L.ReLU6(),
                             L.Conv2d(24, 40, 1, rng=1), L.ReLU(),
                             L.Conv2d(40, 40, 3, padding=1, groups=40, rng=2),
-                            L.Conv2d(40, 8, 1, rng=3))
+                            L.Conv2d(40, 8, 3, padding=1, rng=3))  # (a 1x1 would join it)
     fast, fresh = (fastconv.optimize_for_inference(model()) for _ in range(2))
     binds = []
     bind = _plan.ConvPlan.bind

@@ -13,11 +13,17 @@ _Floats: TypeAlias = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 
 ISA: str  # "baseline", "avx2" or "avx512": the instruction set this module was built for
 CHANNEL_BLOCK: dict[str, int]  # {"float32": n, "float64": n}: output channels per vector
+POINTWISE_BLOCK: dict[str, int]  # depthwise_pointwise's 1x1 weight: channels per packed block
 
 def conv_forward(
     x: _Floats, w: _Floats, bias: _Floats, y: _Floats,
     top: int, left: int, sh: int, sw: int, dh: int, dw: int, groups: int, exact: bool,
     stream: bool, post: Epilogue | None, num_threads: int,
+) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
+def depthwise_pointwise(
+    x: _Floats, w: _Floats, bias: _Floats, post: Epilogue | None, wp: _Floats,
+    pw_bias: _Floats, y: _Floats, top: int, left: int, sh: int, sw: int, dh: int, dw: int,
+    pw_post: Epilogue | None, num_threads: int,
 ) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
 def conv_backward_weight(
     x: _Floats, gy: _Floats, partial: _Floats, kh: int, kw: int,

@@ -15,7 +15,8 @@ Shapes (groups G, C_in = G * cig, C_out = G * cog):
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 
-from fastconv._kernels._epilogue cimport Epilogue, chain_of, chain_span
+from fastconv._kernels._epilogue cimport (Epilogue, chain_of, chain_span, fc_postops_f32,
+                                          fc_postops_f64)
 from libc.stdlib cimport malloc, free
 
 from fastconv._kernels._taps cimport _end_tap, _first_tap
@@ -82,10 +83,34 @@ cdef extern from "fastconv_simd.h":
                                     Py_ssize_t npix, Py_ssize_t x_pix, Py_ssize_t y_pix) noexcept nogil
 
 
+cdef extern from "fastconv_blocked.h":
+    # the blocked kernel's register block (see _blocked.pyx), for depthwise_pointwise's 1x1
+    enum:
+        FC_BLK_PIX_MAX  # the most output pixels of any register block
+        FC_BLK_NV       # vectors per packed weight row
+        FC_BLK_OB_F     # float output channels per packed block
+        FC_BLK_OB_D     # double output channels per packed block
+    int FC_VBYTES
+    int FC_BLK_PIX(Py_ssize_t nv) noexcept nogil  # pixels of a block of nv vectors
+    bint fc_blk_chain_in_registers_f32(const fc_postops_f32* p) noexcept nogil
+    bint fc_blk_chain_in_registers_f64(const fc_postops_f64* p) noexcept nogil
+    void fc_blocked_f(int npix, const float* const* xp, const float* w, Py_ssize_t ntaps,
+                      Py_ssize_t cb, Py_ssize_t w_tap, const float* init, Py_ssize_t init_pix,
+                      float* const* out, Py_ssize_t nc, const fc_postops_f32* post,
+                      Py_ssize_t pixel, Py_ssize_t c0, bint stream) noexcept nogil
+    void fc_blocked_d(int npix, const double* const* xp, const double* w, Py_ssize_t ntaps,
+                      Py_ssize_t cb, Py_ssize_t w_tap, const double* init, Py_ssize_t init_pix,
+                      double* const* out, Py_ssize_t nc, const fc_postops_f64* post,
+                      Py_ssize_t pixel, Py_ssize_t c0, bint stream) noexcept nogil
+
+
 ISA = FC_ISA.decode()
 # conv_forward wants each group's output channels in the weight (and a depthwise input's
 # channels) padded to a multiple of this, so that whole-vector loads stay inside the arrays
 CHANNEL_BLOCK = {"float32": FC_CB_F, "float64": FC_CB_D}
+# depthwise_pointwise wants the 1x1 weight packed in blocks of this many output channels
+# (_blocked.OUT_BLOCK of the same instruction set)
+POINTWISE_BLOCK = {"float32": FC_BLK_OB_F, "float64": FC_BLK_OB_D}
 
 
 cdef inline void _scalar_block(const floating* x, const floating* w, floating* y,
@@ -201,6 +226,108 @@ cdef inline void _depthwise3_run(const floating* x, const floating* w, const flo
         fc_depthwise3_run_d(npix, C, x, w, y, bias, 3 * w_ci, w_ci, y_pix, x_pix, x_row, x_col)
 
 
+cdef struct _Rows:
+    # what every output row of one conv_forward call shares (_row computes one): x's and
+    # the weight's shape, y's pixel pitch, the geometry and the choices made from it
+    Py_ssize_t H, W, C, kh, kw, cig, w_ci, Wo, Cout, y_pix, cog, cog_padded, n_groups, width
+    Py_ssize_t x_pix, x_col, cb, inner_lo, inner_hi, span, window_cols
+    Py_ssize_t top, left, sh, sw, dh, dw
+    bint depthwise, by_tap, run3, exact
+
+
+cdef int _rows_of(_Rows* g, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t kh,
+                  Py_ssize_t kw, Py_ssize_t cig, Py_ssize_t w_ci, Py_ssize_t Wo,
+                  Py_ssize_t Cout, Py_ssize_t y_pix, Py_ssize_t groups, Py_ssize_t top,
+                  Py_ssize_t left, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                  bint exact, Py_ssize_t cb) noexcept nogil:
+    """Fills g for the rows of a convolution (see conv_forward); returns the columns of the
+    padded window a block of pixels needs (window_cols)."""
+    g.H, g.W, g.C, g.kh, g.kw, g.cig, g.w_ci, g.Wo, g.Cout, g.y_pix = \
+        H, W, C, kh, kw, cig, w_ci, Wo, Cout, y_pix
+    g.top, g.left, g.sh, g.sw, g.dh, g.dw, g.exact, g.cb = top, left, sh, sw, dh, dw, exact, cb
+    g.cog = Cout // groups
+    g.cog_padded = w_ci // groups
+    # depthwise: one "group" as wide as all channels, x indexed along with the output channel
+    # (a single channel, groups = 1, runs as dense: its input is not widened to a vector)
+    g.depthwise = cig == 1 and g.cog == 1 and groups > 1
+    g.n_groups = 1 if g.depthwise else groups
+    g.width = Cout if g.depthwise else g.cog
+    g.x_pix = sw * C
+    g.x_col = dw * C
+    # output columns whose taps all lie inside x: [inner_lo, inner_hi)
+    # (left < 0: an input gradient's phase that crops x; then every column starts inside)
+    g.inner_lo = min(Wo, max(0, left + sw - 1) // sw)
+    g.inner_hi = g.inner_lo if W - 1 + left - (kw - 1) * dw < 0 else \
+        max(g.inner_lo, min(Wo, (W - 1 + left - (kw - 1) * dw) // sw + 1))
+    # input columns one block of pixels spans; when the taps read fewer (a large stride or
+    # dilation), the padded window holds only those, so its size is bounded by the work
+    g.span = (FC_PB - 1) * sw + (kw - 1) * dw + 1
+    g.by_tap = FC_PB * kw < g.span
+    g.window_cols = FC_PB * kw if g.by_tap else g.span
+    g.run3 = g.depthwise and kh == 3 and kw == 3 and FC_HAVE_VECTORS
+    return g.window_cols
+
+
+cdef inline void _row(const _Rows* g, const floating* x_img, const floating* w,
+                      const floating* bias, floating* y_row, floating* window,
+                      Py_ssize_t oh, Py_ssize_t ow_lo, Py_ssize_t ow_hi) noexcept nogil:
+    """Columns [ow_lo, ow_hi) of output row oh of one image (x_img: its input) into y_row
+    (the row's pixel 0), pixels g.y_pix apart (window: the thread's buffer of
+    kh * window_cols * C values)."""
+    cdef Py_ssize_t H = g.H, W = g.W, C = g.C, kw = g.kw, Wo = g.Wo, y_pix = g.y_pix
+    cdef Py_ssize_t sw = g.sw, dh = g.dh, dw = g.dw, left = g.left
+    cdef Py_ssize_t inner_lo = g.inner_lo, inner_hi = g.inner_hi
+    cdef Py_ssize_t ih, r0, nr, ow, iw, npix, p, s0, ns, run_lo, run_hi, end
+    ih = oh * g.sh - g.top  # input row of tap 0
+    r0 = _first_tap(ih, dh)
+    nr = max(0, _end_tap(ih, dh, g.kh, H) - r0)
+    # a 3 x 3 depthwise row with all its taps inside x: the columns whose taps all
+    # lie inside x in one run with the taps unrolled, the few edge columns one pixel
+    # at a time over their taps inside x (cheaper than copying a padded window)
+    run_lo = max(inner_lo, ow_lo)
+    run_hi = min(inner_hi, ow_hi)
+    if not (g.run3 and nr == 3 and run_hi - run_lo >= FC_PB):
+        run_lo = 0
+        run_hi = 0
+    else:
+        _depthwise3_run(x_img + (ih * W + run_lo * sw - left) * C, w, bias,
+                        y_row + run_lo * y_pix, run_hi - run_lo, g.Cout, g.w_ci, y_pix,
+                        g.x_pix, dh * W * C, g.x_col)
+    ow = ow_lo
+    while ow < ow_hi:
+        if ow == run_lo and run_hi > run_lo:
+            ow = run_hi
+            continue
+        if g.depthwise:  # blocks inside or outside the inner columns, never across:
+            # a depthwise block's padded window would be a copy as large as its work
+            end = inner_lo if ow < inner_lo else inner_hi if ow < inner_hi else Wo
+        else:
+            end = run_lo if ow < run_lo else Wo
+        npix = min(<Py_ssize_t> FC_PB, min(end, ow_hi) - ow)
+        iw = ow * sw - left  # input column of the block's first tap
+        if inner_lo <= ow and ow + npix <= inner_hi or nr == 0:
+            _segment(x_img + ((ih + r0 * dh) * W + iw) * C if nr > 0 else NULL,
+                     dh * W * C, w, bias, y_row + ow * y_pix, npix, r0, nr, 0, kw,
+                     g.n_groups, g.width, g.cog, g.cog_padded, g.cb, g.depthwise, kw, g.cig,
+                     g.w_ci, y_pix, g.x_pix, g.x_col)
+        elif not g.exact and run_hi == 0 and not g.depthwise:  # it reaches into the padding
+            _gather_window(x_img, window, ih + r0 * dh, nr, dh, iw, npix, sw, kw, dw, g.span,
+                           g.by_tap, W, C)
+            _segment(window, g.window_cols * C, w, bias, y_row + ow * y_pix, npix, r0, nr, 0,
+                     kw, g.n_groups, g.width, g.cog, g.cog_padded, g.cb, g.depthwise, kw, g.cig,
+                     g.w_ci, y_pix, kw * C if g.by_tap else g.x_pix, C if g.by_tap else g.x_col)
+        else:  # pixel by pixel, each with the columns of taps that land inside x
+            for p in range(npix):
+                s0 = _first_tap(iw + p * sw, dw)
+                ns = max(0, _end_tap(iw + p * sw, dw, kw, W) - s0)
+                _segment(x_img + ((ih + r0 * dh) * W + iw + p * sw + s0 * dw) * C
+                         if nr > 0 and ns > 0 else NULL,
+                         dh * W * C, w, bias, y_row + (ow + p) * y_pix, 1, r0, nr, s0, ns,
+                         g.n_groups, g.width, g.cog, g.cog_padded, g.cb, g.depthwise, kw,
+                         g.cig, g.w_ci, y_pix, g.x_pix, g.x_col)
+        ow = ow + npix
+
+
 def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadded
                  const floating[:, :, :, ::1] w,   # IN  (kh, kw, cig, groups * cog_padded)
                  const floating[::1] bias,         # IN  (groups * cog_padded,), or (0,) for none
@@ -229,30 +356,16 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     channels too.
     Returns 0, or 1 when a scratch buffer could not be allocated.
     """
-    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
-    cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], cig = w.shape[2], w_ci = w.shape[3]
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], Cout = y.shape[3]
-    cdef Py_ssize_t y_pix = y.strides[2] // sizeof(floating)  # y may be a strided view
-    cdef Py_ssize_t cog = Cout // groups, cog_padded = w_ci // groups
-    # depthwise: one "group" as wide as all channels, x indexed along with the output channel
-    # (a single channel, groups = 1, runs as dense: its input is not widened to a vector)
-    cdef bint depthwise = cig == 1 and cog == 1 and groups > 1
-    cdef Py_ssize_t n_groups = 1 if depthwise else groups
-    cdef Py_ssize_t width = Cout if depthwise else cog
-    cdef Py_ssize_t x_pix = sw * C, x_col = dw * C
     cdef Py_ssize_t cb = (FC_CB_F if floating is float else FC_CB_D) if FC_HAVE_VECTORS else 1
-    # output columns whose taps all lie inside x: [inner_lo, inner_hi)
-    # (left < 0: an input gradient's phase that crops x; then every column starts inside)
-    cdef Py_ssize_t inner_lo = min(Wo, max(0, left + sw - 1) // sw)
-    cdef Py_ssize_t inner_hi = inner_lo if W - 1 + left - (kw - 1) * dw < 0 else \
-        max(inner_lo, min(Wo, (W - 1 + left - (kw - 1) * dw) // sw + 1))
-    # input columns one block of pixels spans; when the taps read fewer (a large stride or
-    # dilation), the padded window holds only those, so its size is bounded by the work
-    cdef Py_ssize_t span = (FC_PB - 1) * sw + (kw - 1) * dw + 1
-    cdef bint by_tap = FC_PB * kw < span
-    cdef Py_ssize_t window_cols = FC_PB * kw if by_tap else span
-    cdef Py_ssize_t row, n, oh, ih, r0, nr, ow, iw, npix, p, s0, ns, run_lo, run_hi, end
-    cdef bint run3 = depthwise and kh == 3 and kw == 3 and FC_HAVE_VECTORS
+    cdef _Rows g
+    # y_pix: y may be a strided view; a row streamed out is made in a contiguous buffer
+    cdef Py_ssize_t window_cols = _rows_of(
+        &g, x.shape[1], x.shape[2], C, w.shape[0], w.shape[1], w.shape[2], w.shape[3], Wo,
+        Cout, Cout if stream else y.strides[2] // sizeof(floating), groups, top, left, sh, sw,
+        dh, dw, exact, cb)
+    cdef Py_ssize_t row, n, oh
     cdef bint has_bias = bias.shape[0] > 0
     cdef const void* chain = chain_of(post, sizeof(floating), N * Ho * Wo, Cout)
     cdef floating* window = NULL
@@ -262,10 +375,8 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     cdef int* failed = &status
     if N * Ho * Wo == 0:
         return 0
-    if stream:
-        y_pix = Cout
     with nogil, parallel(num_threads=num_threads):
-        window = <floating*> malloc(kh * window_cols * C * sizeof(floating))
+        window = <floating*> malloc(g.kh * window_cols * C * sizeof(floating))
         buf = <floating*> malloc(Wo * Cout * sizeof(floating) + 64) if stream else NULL
         for row in prange(N * Ho, schedule="static"):
             if window == NULL or (stream and buf == NULL):
@@ -275,61 +386,145 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
             oh = row % Ho
             # the row: straight into y, or into an aligned buffer streamed out after
             y_row = <floating*> (<char*> buf + (-<size_t> buf) % 64) if stream else &y[n, oh, 0, 0]
-            ih = oh * sh - top  # input row of tap 0
-            r0 = _first_tap(ih, dh)
-            nr = max(0, _end_tap(ih, dh, kh, H) - r0)
-            # a 3 x 3 depthwise row with all its taps inside x: the columns whose taps all
-            # lie inside x in one run with the taps unrolled, the few edge columns one pixel
-            # at a time over their taps inside x (cheaper than copying a padded window)
-            run_lo = inner_lo
-            run_hi = inner_hi
-            if not (run3 and nr == 3 and run_hi - run_lo >= FC_PB):
-                run_lo = 0
-                run_hi = 0
-            else:
-                _depthwise3_run(&x[n, 0, 0, 0] + (ih * W + run_lo * sw - left) * C,
-                                &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
-                                y_row + run_lo * y_pix, run_hi - run_lo, Cout, w_ci, y_pix,
-                                x_pix, dh * W * C, x_col)
-            ow = 0
-            while ow < Wo:
-                if ow == run_lo and run_hi > run_lo:
-                    ow = run_hi
-                    continue
-                if depthwise:  # blocks inside or outside the inner columns, never across:
-                    # a depthwise block's padded window would be a copy as large as its work
-                    end = inner_lo if ow < inner_lo else inner_hi if ow < inner_hi else Wo
-                else:
-                    end = run_lo if ow < run_lo else Wo
-                npix = min(<Py_ssize_t> FC_PB, end - ow)
-                iw = ow * sw - left  # input column of the block's first tap
-                if inner_lo <= ow and ow + npix <= inner_hi or nr == 0:
-                    _segment(&x[n, 0, 0, 0] + ((ih + r0 * dh) * W + iw) * C if nr > 0 else NULL,
-                             dh * W * C, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
-                             y_row + ow * y_pix, npix, r0, nr, 0, kw, n_groups, width, cog,
-                             cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
-                elif not exact and run_hi == 0 and not depthwise:  # it reaches into the padding
-                    _gather_window(&x[n, 0, 0, 0], window, ih + r0 * dh, nr, dh, iw, npix, sw,
-                                   kw, dw, span, by_tap, W, C)
-                    _segment(window, window_cols * C, &w[0, 0, 0, 0],
-                             &bias[0] if has_bias else NULL, y_row + ow * y_pix, npix, r0, nr, 0,
-                             kw, n_groups, width, cog, cog_padded, cb, depthwise, kw, cig, w_ci,
-                             y_pix, kw * C if by_tap else x_pix, C if by_tap else x_col)
-                else:  # pixel by pixel, each with the columns of taps that land inside x
-                    for p in range(npix):
-                        s0 = _first_tap(iw + p * sw, dw)
-                        ns = max(0, _end_tap(iw + p * sw, dw, kw, W) - s0)
-                        _segment(&x[n, 0, 0, 0] + ((ih + r0 * dh) * W + iw + p * sw + s0 * dw) * C
-                                 if nr > 0 and ns > 0 else NULL,
-                                 dh * W * C, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
-                                 y_row + (ow + p) * y_pix, 1, r0, nr, s0, ns, n_groups, width, cog,
-                                 cog_padded, cb, depthwise, kw, cig, w_ci, y_pix, x_pix, x_col)
-                ow = ow + npix
-            chain_span(chain, y_row, row * Wo, Wo, y_pix, 0, Cout)
+            _row(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], &bias[0] if has_bias else NULL, y_row,
+                 window, oh, 0, Wo)
+            chain_span(chain, y_row, row * Wo, Wo, g.y_pix, 0, Cout)
             if stream:
                 fc_stream_copy(&y[n, oh, 0, 0], y_row, Wo * Cout * sizeof(floating))
         if stream:
             fc_store_fence()
+        free(buf)
+        free(window)
+    return status
+
+
+cdef inline void _pointwise_row(const floating* a, Py_ssize_t a_pix, Py_ssize_t C,
+                                Py_ssize_t npix_row, const floating* wp, Py_ssize_t n_ob,
+                                Py_ssize_t ob, const floating* bias, floating* y,
+                                Py_ssize_t Cout, const void* in_registers, const void* chain,
+                                Py_ssize_t pixel0, const floating** xp,
+                                floating** outp) noexcept nogil:
+    """y[p, co] = bias[co] + sum_{c < C} a[p*a_pix + c] * w[c, co] for the npix_row pixels
+    of a row (y: C_out apart), w packed as the blocked kernel's 1 x 1 weight (n_ob blocks of
+    C x ob); the chain (pixels from pixel0 on) in the register blocks' stores when
+    in_registers, else after them. Block by block of output channels, so that each block's
+    weight serves the whole row while in cache. xp, outp: FC_BLK_PIX_MAX pointers each."""
+    cdef Py_ssize_t vl = ob // FC_BLK_NV  # lanes per vector
+    cdef Py_ssize_t b, nc, np_max, n_blocks, blk, pix, npix, p, c, co
+    cdef const floating* wb
+    cdef floating acc
+    for b in range(n_ob):
+        nc = min(ob, Cout - b * ob)
+        wb = wp + b * C * ob
+        np_max = FC_BLK_PIX((nc + vl - 1) // vl) if FC_HAVE_VECTORS else FC_BLK_PIX_MAX
+        n_blocks = (npix_row + np_max - 1) // np_max
+        for blk in range(n_blocks):  # blocks of equal size (within one)
+            pix = blk * npix_row // n_blocks
+            npix = (blk + 1) * npix_row // n_blocks - pix
+            for p in range(npix):
+                xp[p] = a + (pix + p) * a_pix
+                outp[p] = y + (pix + p) * Cout + b * ob
+            if not FC_HAVE_VECTORS:
+                for p in range(npix):
+                    for co in range(nc):
+                        acc = bias[b * ob + co] if bias != NULL else 0
+                        for c in range(C):
+                            acc = acc + xp[p][c] * wb[c * ob + co]
+                        outp[p][co] = acc
+            elif floating is float:
+                fc_blocked_f(<int> npix, xp, wb, 1, C, C * ob,
+                             bias + b * ob if bias != NULL else NULL, 0, outp, nc,
+                             <const fc_postops_f32*> in_registers, pixel0 + pix, b * ob, 0)
+            else:
+                fc_blocked_d(<int> npix, xp, wb, 1, C, C * ob,
+                             bias + b * ob if bias != NULL else NULL, 0, outp, nc,
+                             <const fc_postops_f64*> in_registers, pixel0 + pix, b * ob, 0)
+            if in_registers == NULL:
+                chain_span(chain, outp[0], pixel0 + pix, npix, Cout, b * ob, nc)
+
+
+def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W, C_padded)
+                        const floating[:, :, :, ::1] w,          # IN  (kh, kw, 1, C_padded)
+                        const floating[::1] bias,                # IN  (C_padded,), or (0,)
+                        Epilogue post,
+                        const floating[:, :, :, :, :, ::1] wp,   # IN  (1, n_ob, 1, 1, C, OB)
+                        const floating[:, ::1] pw_bias,          # IN  (1, n_ob * OB), or (0, 0)
+                        floating[:, :, :, ::1] y,                # OUT (N, Ho, Wo, C_out)
+                        Py_ssize_t top, Py_ssize_t left,
+                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                        Epilogue pw_post, int num_threads):
+    """y = a 1 x 1 convolution of the output of a depthwise convolution of x, without that
+    output in memory: each thread computes one output row of the depthwise convolution
+    (as conv_forward would, its C = wp.shape[4] channels, `post`'s chain on them; a row in
+    parts of its columns where there are fewer than 4 rows a thread) into a buffer of its
+    own, and at once the 1 x 1 convolution of that row (the blocked kernel's
+    register block; wp and pw_bias packed as _blocked.conv_forward takes them, for one
+    group, and `pw_post`'s chain) into y's row. y's shape is the depthwise output's (Ho,
+    Wo) with C_out channels. x has C_padded channels (the depthwise weight's, a multiple
+    of CHANNEL_BLOCK, zeros beyond C); taps in the zero padding read no memory (a NaN or
+    infinite depthwise weight needs conv_forward's exact mode instead: the caller's
+    choice). Each output value is computed by one thread in a fixed order: the result does
+    not depend on the thread count.
+    Returns 0, or 1 when a scratch buffer could not be allocated."""
+    cdef Py_ssize_t N = x.shape[0], Cp = x.shape[3], C = wp.shape[4]
+    cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], Cout = y.shape[3]
+    cdef Py_ssize_t n_ob = wp.shape[1], ob = wp.shape[5]
+    cdef Py_ssize_t cb = (FC_CB_F if floating is float else FC_CB_D) if FC_HAVE_VECTORS else 1
+    cdef Py_ssize_t block = FC_BLK_OB_F if floating is float else FC_BLK_OB_D
+    if (w.shape[2] != 1 or w.shape[3] != Cp or C > Cp or bias.shape[0] not in (0, Cp)
+            or wp.shape[0] != 1 or wp.shape[2] != 1 or wp.shape[3] != 1
+            or n_ob * ob < Cout or ob != block
+            or pw_bias.shape[0] not in (0, 1) or pw_bias.shape[0] * pw_bias.shape[1] not in (
+                0, n_ob * ob)):
+        raise ValueError("depthwise_pointwise: the weights do not match x and y")
+    cdef _Rows g
+    cdef Py_ssize_t window_cols = _rows_of(
+        &g, x.shape[1], x.shape[2], Cp, w.shape[0], w.shape[1], 1, Cp, Wo, C, Cp, C, top, left,
+        sh, sw, dh, dw, False, cb)
+    # few rows for the threads (7 x 7 maps at batch 1): each row in parts of its columns,
+    # so that the threads get equal shares
+    cdef Py_ssize_t parts = max(1, min(Wo, (4 * num_threads + N * Ho - 1) // (N * Ho)))
+    cdef Py_ssize_t item, row, n, oh, lo, hi
+    cdef bint has_bias = bias.shape[0] > 0, has_pw_bias = pw_bias.shape[0] > 0
+    cdef const void* chain = chain_of(post, sizeof(floating), N * Ho * Wo, C)
+    cdef const void* pw_chain = chain_of(pw_post, sizeof(floating), N * Ho * Wo, Cout)
+    cdef const void* in_registers = NULL  # pw_chain, when the register blocks apply it
+    cdef floating* window = NULL
+    cdef floating* buf = NULL
+    cdef const floating** xp = NULL
+    cdef floating** outp = NULL
+    cdef floating* a_row
+    cdef int status = 0
+    cdef int* failed = &status
+    if N * Ho * Wo == 0:
+        return 0
+    if pw_chain != NULL and FC_HAVE_VECTORS:
+        if (fc_blk_chain_in_registers_f32(<const fc_postops_f32*> pw_chain) if floating is float
+                else fc_blk_chain_in_registers_f64(<const fc_postops_f64*> pw_chain)):
+            in_registers = pw_chain
+    with nogil, parallel(num_threads=num_threads):
+        window = <floating*> malloc(g.kh * window_cols * Cp * sizeof(floating))
+        buf = <floating*> malloc(Wo * Cp * sizeof(floating) + 64)
+        xp = <const floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
+        outp = <floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
+        for item in prange(N * Ho * parts, schedule="static"):
+            if window == NULL or buf == NULL or xp == NULL or outp == NULL:
+                failed[0] = 1
+                continue
+            row = item // parts
+            n = row // Ho
+            oh = row % Ho
+            lo = item % parts * Wo // parts  # the columns [lo, hi) of the row
+            hi = (item % parts + 1) * Wo // parts
+            a_row = <floating*> (<char*> buf + (-<size_t> buf) % 64)
+            _row(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], &bias[0] if has_bias else NULL, a_row,
+                 window, oh, lo, hi)
+            chain_span(chain, a_row + lo * Cp, row * Wo + lo, hi - lo, Cp, 0, C)
+            _pointwise_row(a_row + lo * Cp, Cp, C, hi - lo, &wp[0, 0, 0, 0, 0, 0], n_ob, ob,
+                           &pw_bias[0, 0] if has_pw_bias else NULL, &y[n, oh, lo, 0], Cout,
+                           in_registers, pw_chain, row * Wo + lo, xp, outp)
+        free(outp)
+        free(xp)
         free(buf)
         free(window)
     return status
