@@ -334,7 +334,8 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
                 and dw.algorithm in ("auto", "direct")
                 and pw.in_channels == dw.out_channels and pw.groups == 1
                 and pw.kernel_size == (1, 1) and pw.stride == (1, 1)
-                and pw.padding in (0, (0, 0), "valid") and pw.padding_mode == "zeros"
+                and _params.padding_pairs(pw.padding, (1, 1), (1, 1), (1, 1), (1, 1))
+                == ((0, 0), (0, 0)) and pw.padding_mode == "zeros"
                 and pw.algorithm in ("auto", "blocked"))
 
     def fusable(self) -> bool:

@@ -338,5 +338,6 @@ def test_out_and_errors(rng):
 def test_a_separable_node_joins_only_fused_convs():
     assert not FusedSeparableConv.pairs(FusedConv(L.Conv2d(4, 4, 3, groups=4)),
                                         FusedConv(L.Linear(4, 4)))
-    assert FusedSeparableConv.pairs(FusedConv(L.Conv2d(4, 4, 3, groups=4, padding=1)),
-                                    FusedConv(L.Conv2d(4, 6, 1)))
+    for padding in (0, "valid", "same", (0, 0), ((0, 0), (0, 0))):  # every spelling of none
+        assert FusedSeparableConv.pairs(FusedConv(L.Conv2d(4, 4, 3, groups=4, padding=1)),
+                                        FusedConv(L.Conv2d(4, 6, 1, padding=padding)))
