@@ -17,12 +17,14 @@ carry the original module paths ("layer1.0.body.0"). Then:
   (fastconv._postops: bias, scale/shift, act, residual add, act), which the convolution
   kernel applies as it stores its output (a transposed convolution, or a residual that
   broadcasts: one pass after it);
+- a depthwise FusedConv whose value only a 1x1 FusedConv reads is joined with it into a
+  FusedSeparableConv, one kernel that never stores the depthwise output (see the class);
 - Identity and Dropout (the identity in eval mode) are dropped;
 - every other layer is kept as it is.
 
 A value used by several nodes, or returned by the model, is never fused into a later node.
-The InferenceGraph puts the outputs of FusedConv nodes, max pooling and global average
-pooling in one arena per input signature, laid out after the first call with it
+The InferenceGraph puts the outputs of FusedConv and FusedSeparableConv nodes, max pooling
+and global average pooling in one arena per input signature, laid out after the first call with it
 (_BufferPool; 64-byte aligned); the arrays it returns are never in it (copied out where
 they were). From the third call with a signature it replays the pass it recorded, each of
 those nodes as the kernel call it kept (InferenceGraph._replayed). FusedConv layers keep
@@ -495,8 +497,9 @@ _VIEW_NODES = (L.Flatten,)
 
 
 class InferenceGraph(Graph):
-    """A Graph made by optimize_for_inference: eval mode only, and its FusedConv, max
-    pooling and global average pooling nodes (_KERNEL_NODES) write into activation buffers
+    """A Graph made by optimize_for_inference: eval mode only, and its FusedConv,
+    FusedSeparableConv, max pooling and global average pooling nodes (_KERNEL_NODES) write
+    into activation buffers
     kept from call to call (per Python thread), each given back once the nodes reading its
     value (or a view of it) have run. Returned arrays are never such buffers."""
 
