@@ -7,7 +7,8 @@ optimize_for_inference copies the model in eval mode and flattens its Sequential
 (Residual, Parallel, from_torch's graphs, recursively) into one InferenceGraph, whose nodes
 carry the original module paths ("layer1.0.body.0"). Then:
 
-- every Conv2d / ConvTranspose2d (DepthwiseConv2d too) and Linear becomes a FusedConv;
+- every Conv2d / ConvTranspose2d (DepthwiseConv2d too; a SeparableConv2d's two) and Linear
+  becomes a FusedConv;
 - a BatchNorm2d (BatchNorm1d after a Linear) in eval mode that only reads such a layer is
   folded into its weight and bias: w' = w * s, b' = (b - mean) * s + beta per output channel,
   s = gamma / sqrt(running_var + eps) (computed in float64);
@@ -1110,6 +1111,9 @@ def _flatten(layer: L.Layer, name: str, inputs: list[str], nodes: list) -> str:
         return value
     if type(layer) in (Graph, Residual, Parallel) and len(layer.outputs) == 1:
         return _flatten_graph(layer, prefix, inputs, nodes)[0]
+    if type(layer) is L.SeparableConv2d:  # its two convolutions, as nodes of their own
+        value = _flatten(layer.depthwise, f"{prefix}depthwise", inputs, nodes)
+        return _flatten(layer.pointwise, f"{prefix}pointwise", [value], nodes)
     taken = {n[0] for n in nodes}
     unique, k = name or "out", 1
     while unique in taken:

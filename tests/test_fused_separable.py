@@ -341,3 +341,18 @@ def test_a_separable_node_joins_only_fused_convs():
     for padding in (0, "valid", "same", (0, 0), ((0, 0), (0, 0))):  # every spelling of none
         assert FusedSeparableConv.pairs(FusedConv(L.Conv2d(4, 4, 3, groups=4, padding=1)),
                                         FusedConv(L.Conv2d(4, 6, 1, padding=padding)))
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_a_separable_conv2d_layer_runs_as_its_two_convolutions(multiplier, rng):
+    model = L.Sequential(L.SeparableConv2d(8, 16, 3, depth_multiplier=multiplier, padding=1,
+                                           rng=0), L.BatchNorm2d(16), L.ReLU())
+    _, value = next(iter(model.buffers()))
+    value[...] = rng.standard_normal(value.shape)  # a running mean to fold
+    fast = fastconv.optimize_for_inference(model)
+    # one filter per channel: joined; a depth multiplier of 2: two FusedConv nodes
+    assert _kinds(fast) == (["FusedSeparableConv"] if multiplier == 1
+                            else ["FusedConv", "FusedConv"])
+    assert fast.nodes[-1][0] == "0.pointwise"
+    x = rng.standard_normal((2, 9, 7, 8)).astype(np.float32)
+    _close(fast(x), model.eval()(x), np.float32)
