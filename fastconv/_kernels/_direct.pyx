@@ -83,25 +83,10 @@ cdef extern from "fastconv_simd.h":
                                     Py_ssize_t npix, Py_ssize_t x_pix, Py_ssize_t y_pix) noexcept nogil
 
 
-cdef extern from "fastconv_blocked.h":
-    # the blocked kernel's register block (see _blocked.pyx), for depthwise_pointwise's 1x1
-    enum:
-        FC_BLK_PIX_MAX  # the most output pixels of any register block
-        FC_BLK_NV       # vectors per packed weight row
-        FC_BLK_OB_F     # float output channels per packed block
-        FC_BLK_OB_D     # double output channels per packed block
-    int FC_VBYTES
-    int FC_BLK_PIX(Py_ssize_t nv) noexcept nogil  # pixels of a block of nv vectors
-    bint fc_blk_chain_in_registers_f32(const fc_postops_f32* p) noexcept nogil
-    bint fc_blk_chain_in_registers_f64(const fc_postops_f64* p) noexcept nogil
-    void fc_blocked_f(int npix, const float* const* xp, const float* w, Py_ssize_t ntaps,
-                      Py_ssize_t cb, Py_ssize_t w_tap, const float* init, Py_ssize_t init_pix,
-                      float* const* out, Py_ssize_t nc, const fc_postops_f32* post,
-                      Py_ssize_t pixel, Py_ssize_t c0, bint stream) noexcept nogil
-    void fc_blocked_d(int npix, const double* const* xp, const double* w, Py_ssize_t ntaps,
-                      Py_ssize_t cb, Py_ssize_t w_tap, const double* init, Py_ssize_t init_pix,
-                      double* const* out, Py_ssize_t nc, const fc_postops_f64* post,
-                      Py_ssize_t pixel, Py_ssize_t c0, bint stream) noexcept nogil
+# the blocked kernel's register block, for depthwise_pointwise's 1x1
+from fastconv._kernels._blocked_block cimport (
+    FC_BLK_PIX_MAX, FC_BLK_NV, FC_BLK_OB_F, FC_BLK_OB_D, FC_BLK_PIX,
+    fc_blk_chain_in_registers_f32, fc_blk_chain_in_registers_f64, fc_blocked_f, fc_blocked_d)
 
 
 ISA = FC_ISA.decode()
