@@ -216,9 +216,9 @@ def _weight_gradient(x: np.ndarray, offsets, gy: np.ndarray, weight_shape, geo: 
 
 def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_shape,
                  geo: ConvGeometry, dtype, into: np.ndarray | None = None) -> np.ndarray:
-    """sum over output pixels of x's window (x) gy, in fixed partial sums added up at the end
-    (added into `into` when given, which is returned). x is zero-padded by `offsets` (top,
-    left) rows and columns."""
+    """sum over output pixels of x's window (x) gy, in a fixed order of partial sums (added
+    into `into` when given, which is returned; the blocked kernel adds its sums straight
+    into it). x is zero-padded by `offsets` (top, left) rows and columns."""
     if gy.size == 0 or x.size == 0 or math.prod(weight_shape) == 0:  # empty sums
         return np.zeros(weight_shape, dtype) if into is None else into
     algo = _algorithms.for_weight_gradient(algorithm, weight_shape, gy.shape, gy.itemsize, geo)

@@ -304,9 +304,12 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
     where those would run the direct and the blocked kernels). The two run one after the
     other instead where one kernel cannot: fusable() false (a setting changed since), a
     non-finite weight (the depthwise one then needs the direct kernel's exact mode), an
-    input of another dtype or not C-contiguous, or a residual the 1x1 kernel does not add
-    in its stores. Parameters:
-    "depthwise.weight", "depthwise.bias", "pointwise.weight", "pointwise.bias"."""
+    input that is not 4-D and C-contiguous, or of a dtype the layers compute in another one
+    (float16, integers; a float64 input on float32 weights runs as one kernel, in float64),
+    or a residual the 1x1 kernel does not add in its stores. Parameters:
+    "depthwise.weight", "depthwise.bias", "pointwise.weight", "pointwise.bias". In an
+    InferenceGraph the node has the 1x1's name (the value it computes): errors of either
+    half are reported at that node, each naming its layer."""
 
     param_names = ()
     _output_is_private = True
@@ -325,8 +328,9 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
         per channel, zero padding, any kernel, stride and dilation, its post-ops without a
         residual add) and a 1x1 convolution of stride 1 without padding over its output,
         both left to "auto" (or the direct and the blocked algorithm, which the kernel
-        runs), the 1x1's packed weight within _algorithms.SEPARABLE_MAX_POINTWISE_BYTES
-        (every row of the depthwise output reads all of it)."""
+        runs), the 1x1's packed weight (in the weight's dtype) within
+        _algorithms.SEPARABLE_MAX_POINTWISE_BYTES (every row of the depthwise output reads
+        all of it)."""
         dw, pw = depthwise, pointwise
         block = _algorithms.KERNELS["blocked"].OUT_BLOCK.get(pw.weight.dtype.name)
         return (block is not None and dw.kind == "conv2d" and pw.kind == "conv2d"
@@ -362,11 +366,6 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
 
     def __call__(self, *inputs):
         return self.forward(*inputs)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state.pop("_pointwise_plan", None)
-        return state
 
     def forward(self, x, residual=None, *, out: np.ndarray | None = None):
         """The 1x1 convolution's output (its post-ops applied), into `out` (C-contiguous,
@@ -420,11 +419,7 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
         dw_plan = _plan.plan_for(dw, _stand_in(shape, dtype))
         if dw_plan.dtype != dtype or not dw_plan.fuses_post:
             return None
-        kept = self.__dict__.get("_pointwise_plan")  # per depthwise plan
-        if kept is None or kept[0] is not dw_plan:
-            kept = self._pointwise_plan = (dw_plan, _plan.plan_for(
-                pw, _stand_in(dw_plan.out_shape, dw_plan.dtype)))
-        pw_plan = kept[1]
+        pw_plan = _plan.plan_for(pw, _stand_in(dw_plan.out_shape, dw_plan.dtype))
         if pw_plan.dtype != dtype or not pw_plan.fuses_post or pw_plan.offsets != (0, 0):
             return None
         depthwise = dw_plan.prepared("direct", dw.weight, dw.bias, _plan.packs_of(dw))
@@ -1148,10 +1143,7 @@ def _fuse(nodes: list, outputs: list) -> list:
             consumer = nodes[j][1]
             if nodes[j][2].count(name) != 1:
                 continue
-            # the fused node runs where its consumer did: not past a layer that overwrites
-            # one of its inputs in place in between
-            if any(getattr(nodes[k][1], "inplace", False) and set(nodes[k][2]) & set(args)
-                   for k in range(i + 1, j)):
+            if _overwrites_between(nodes, i, j):
                 continue
             fused_args = _absorb(layer, consumer, nodes[j][2], name, args)
             if fused_args is None:
@@ -1165,6 +1157,13 @@ def _fuse(nodes: list, outputs: list) -> list:
             changed = True
             break
     return _pair_separable(nodes, outputs)
+
+
+def _overwrites_between(nodes: list, i: int, j: int) -> bool:
+    """Whether a node between nodes i and j writes into its input in place. Node i's work,
+    moved to where node j runs, would then read its inputs after them: through another
+    node's value too, a view of the same bytes (a Flatten's), so any such node counts."""
+    return any(getattr(nodes[k][1], "inplace", False) for k in range(i + 1, j))
 
 
 def _pair_separable(nodes: list, outputs: list) -> list:
@@ -1183,10 +1182,7 @@ def _pair_separable(nodes: list, outputs: list) -> list:
         consumer_name, consumer, consumer_args = nodes[j]
         if (type(consumer) is not FusedConv or consumer_args[0] != name
                 or consumer_args.count(name) != 1 or not FusedSeparableConv.pairs(layer, consumer)
-                # the joined node reads the depthwise input where the 1x1 ran: not past a
-                # layer that overwrites it in place in between
-                or any(getattr(nodes[k][1], "inplace", False) and set(nodes[k][2]) & set(args)
-                       for k in range(i + 1, j))):
+                or _overwrites_between(nodes, i, j)):
             continue
         nodes[j] = [consumer_name, FusedSeparableConv(layer, consumer),
                     (*args, *consumer_args[1:])]

@@ -232,6 +232,13 @@ class _ConvBase(Layer):
         state.pop("_packs", None)
         return state
 
+    def _accumulate_weight(self, held, grad_weight, grad_bias) -> None:
+        """The gradients of a backward given `held`, grads["weight"] as it was: the weight's
+        is in it already, unless it was no array (then added as _accumulate adds)."""
+        if grad_weight is not held:
+            self._accumulate("weight", grad_weight)
+        self._accumulate("bias", grad_bias)
+
     def _planned_forward(self, x: np.ndarray) -> np.ndarray:
         """The forward through the layer's plan for x's shape (fastconv._plan): checks,
         geometry and algorithm made once per shape; the packed weight is kept while the
@@ -305,11 +312,11 @@ class Conv2d(_ConvBase):
         grad, saved = self._take(grad_output)
         needs = ("input", "weight") + (("bias",) if self.bias is not None else ())
         # the weight's gradient is summed into self.grads by the kernel where it can
-        gx, _, gb = functional._conv2d_backward(
+        held = self.grads["weight"]
+        gx, gw, gb = functional._conv2d_backward(
             "conv2d_backward", False, grad, saved["x"], self.weight, self.stride, self.padding,
-            self.dilation, self.groups, self.padding_mode, self.algorithm, needs,
-            self.grads["weight"])
-        self._accumulate("bias", gb)
+            self.dilation, self.groups, self.padding_mode, self.algorithm, needs, held)
+        self._accumulate_weight(held, gw, gb)
         return gx
 
 
@@ -342,11 +349,12 @@ class ConvTranspose2d(_ConvBase):
     def backward(self, grad_output):
         grad, saved = self._take(grad_output)
         needs = ("input", "weight") + (("bias",) if self.bias is not None else ())
-        gx, _, gb = functional._conv_transpose2d_backward(
+        held = self.grads["weight"]
+        gx, gw, gb = functional._conv_transpose2d_backward(
             "conv_transpose2d_backward", False, grad, saved["x"], self.weight, self.stride,
             self.padding, self.output_padding, self.dilation, self.groups, self.algorithm,
-            needs, self.grads["weight"])
-        self._accumulate("bias", gb)
+            needs, held)
+        self._accumulate_weight(held, gw, gb)
         return gx
 
 

@@ -149,6 +149,7 @@ def test_the_kernel_refuses_weights_that_do_not_match():
         (x, w_d, packed, np.zeros((1, 4, 4, 8 + packed.shape[1] * packed.shape[5]),
                                   np.float32)),
     ]
+    bad.append((np.ones((3, 4, 4, 16), np.float32), w_d, packed, y))  # another batch size
     for xin, wd, wp, out in bad:
         with pytest.raises(ValueError, match="do not match"):
             module.depthwise_pointwise(xin, wd, np.zeros(0, np.float32), None, wp, no_bias,
@@ -248,6 +249,18 @@ def test_what_is_not_joined(monkeypatch):
         for a, b in zip(got if isinstance(got, tuple) else [got],
                         expected if isinstance(expected, tuple) else [expected]):
             _close(a, b, np.float32)
+    # a layer between them that writes in place into a view of the depthwise input (a
+    # Flatten's): moved past it, the depthwise would read the changed bytes; the same for a
+    # convolution that would absorb the activation after it
+    for second in (L.Conv2d(c, 8, 1, rng=2), L.ReLU6()):
+        first = dw() if isinstance(second, L.Conv2d) else L.Conv2d(c, 8, 3, padding=1, rng=1)
+        model = Graph([("t", L.Conv2d(c, c, 1, rng=0), "x"), ("a", first, "t"),
+                       ("f", L.Flatten(), "t"), ("r", L.ReLU(inplace=True), "f"),
+                       ("b", second, "a")], outputs=("b", "r"))
+        fast = fastconv.optimize_for_inference(model)
+        assert [name for name, _, _ in fast.nodes] == ["t", "a", "f", "r", "b"]
+        for got, expected in zip(fast(x), model.eval()(x)):
+            _close(got, expected, np.float32)
     # a 1x1 whose packed weight would not stay in L2 while every row reads it
     monkeypatch.setattr(_algorithms, "SEPARABLE_MAX_POINTWISE_BYTES", 16 * 8 * 4 - 1)
     assert "FusedSeparableConv" not in _kinds(fastconv.optimize_for_inference(
@@ -309,6 +322,23 @@ def test_the_replay_sees_changed_weights_and_settings(rng):
     x = x * 10  # values beyond 6
     _close(fast(x), apart(x), np.float32)
     assert not np.allclose(fast(x), fast(x / 10) * 10)
+
+
+def test_a_replaced_1x1_weight_of_another_dtype_or_shape_is_seen(rng):
+    x = rng.standard_normal((1, 5, 5, 16)).astype(np.float32)
+    for change in ("dtype", "shape"):
+        _, _, layer = _fused(cout=8)
+        layer(x)  # plans made for the weights as they were
+        if change == "dtype":
+            layer.pointwise.weight = layer.pointwise.weight.astype(np.float64)
+        else:
+            layer.pointwise.weight = rng.standard_normal((1, 1, 16, 40)).astype(np.float32)
+            layer.pointwise.bias = np.zeros(40, np.float32)
+            layer.pointwise.out_channels = 40
+        expected = layer.pointwise(layer.depthwise(x))
+        got = layer(x)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        _close(got, expected, np.float32)
 
 
 def test_out_and_errors(rng):

@@ -167,6 +167,14 @@ def test_weight_gradient_adds_into_a_gradient_kernels_cannot_write(grads):
     np.testing.assert_allclose(layer.grads["weight"], 1 + gw, rtol=1e-5, atol=1e-5)
 
 
+def test_a_gradient_set_to_none_is_an_error_not_a_lost_gradient():
+    layer = L.Conv2d(4, 6, 3, padding=1, rng=0)
+    layer.grads["weight"] = None
+    y = layer(np.ones((1, 5, 5, 4), np.float32))
+    with pytest.raises(TypeError):
+        layer.backward(np.ones_like(y))
+
+
 def test_weight_gradient_measured_by_autotune_is_added_once(monkeypatch):
     # autotuning runs every candidate on a new geometry: the gradient held gets one of them
     import fastconv

@@ -456,7 +456,8 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
     cdef Py_ssize_t n_ob = wp.shape[1], ob = wp.shape[5]
     cdef Py_ssize_t cb = (FC_CB_F if floating is float else FC_CB_D) if FC_HAVE_VECTORS else 1
     cdef Py_ssize_t block = FC_BLK_OB_F if floating is float else FC_BLK_OB_D
-    if (w.shape[2] != 1 or w.shape[3] != Cp or C > Cp or bias.shape[0] not in (0, Cp)
+    if (y.shape[0] != N or w.shape[2] != 1 or w.shape[3] != Cp or C > Cp
+            or bias.shape[0] not in (0, Cp)
             or wp.shape[0] != 1 or wp.shape[2] != 1 or wp.shape[3] != 1
             or n_ob * ob < Cout or ob != block
             or pw_bias.shape[0] not in (0, 1) or pw_bias.shape[0] * pw_bias.shape[1] not in (
