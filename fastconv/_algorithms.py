@@ -71,6 +71,9 @@ STREAM_BYTES = MACHINE.last_level // 4
 # 2 threads, against the two kernels: 960 -> 160 at 8x7x7, 737 KB, 0.33 -> 0.31 ms; 960 ->
 # 320, 1.2 MB, 0.57 -> 0.64 ms)
 SEPARABLE_MAX_POINTWISE_BYTES = MACHINE.l2
+# and a thread holds a run of the depthwise output of at most this many bytes while the 1x1
+# goes through it (once per block of its output channels): in L2 beside the 1x1's weight
+SEPARABLE_RUN_BYTES = MACHINE.l2 // 4
 # a tile's column buffer: a quarter of L2, so that the tile, the weight panel BLAS packs and
 # the output rows it writes stay in the core's own L2
 COLUMN_BUFFER_BYTES = MACHINE.l2 // 4

@@ -533,8 +533,10 @@ def bind_depthwise_pointwise(depthwise: PreparedWeight, pointwise: PreparedWeigh
     kh, kw, _, channels = depthwise.shape
     pixels = y.shape[0] * y.shape[1] * y.shape[2]
     flops = 2 * pixels * (kh * kw * channels + math.prod(pointwise.shape))
+    run_pixels = max(1, _algorithms.SEPARABLE_RUN_BYTES
+                     // (depthwise.weight.shape[3] * depthwise.weight.itemsize))
     args = (depthwise.weight, depthwise.bias, post, pointwise.weight, pointwise.bias, y,
-            *offsets, *stride, *dilation, pointwise_post)
+            *offsets, *stride, *dilation, pointwise_post, run_pixels)
     min_flops = _algorithms.PARALLEL_MIN_DEPTHWISE_FLOPS
     if x.shape[3] == depthwise.weight.shape[3]:
         return _bound("direct", "depthwise_pointwise", x, *args, flops=flops,

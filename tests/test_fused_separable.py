@@ -53,7 +53,7 @@ def _close(actual, expected, dtype):
 
 
 def _kernel_call(module, blocked, x, w_dw, b_dw, w_pw, b_pw, stride, pad, dilation, y,
-                 act1=None, residual=None, act2=None, threads=2):
+                 act1=None, residual=None, act2=None, threads=2, run_pixels=1000):
     """depthwise_pointwise of `module` with the weights prepared as the layer prepares them
     (the 1x1 packed for `blocked`, the module of the same instruction set)."""
     dtype = x.dtype
@@ -69,7 +69,8 @@ def _kernel_call(module, blocked, x, w_dw, b_dw, w_pw, b_pw, stride, pad, dilati
                        act2=Activation(act2) if act2 and residual is not None else None)
                .epilogue(y.shape, dtype, residual) if residual is not None or act2 else None)
     return module.depthwise_pointwise(xin, w_d, b_d, post, packed, pw_bias, y, pad, pad,
-                                      stride, stride, dilation, dilation, pw_post, threads)
+                                      stride, stride, dilation, dilation, pw_post, run_pixels,
+                                      threads)
 
 
 # (N, H, W, C, C_out, k, stride, pad, dilation): channels around the vector widths (8 and
@@ -101,11 +102,12 @@ def test_every_variant_gives_the_definition(case, dtype, level, rng):
     ho = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
     wo = (w + 2 * pad - dilation * (k - 1) - 1) // stride + 1
     residual = rng.standard_normal((n, ho, wo, cout)).astype(dtype)
-    for act1, res, act2 in [(None, None, None), ("relu6", residual, "relu"),
-                            ("hardswish", None, "hardswish"), ("relu", residual, None)]:
+    # runs of the depthwise output: whole images, several rows, parts of rows, one pixel
+    for act1, res, act2, run in [(None, None, None, 1000), ("relu6", residual, "relu", 7),
+                                 ("hardswish", None, "hardswish", 3), ("relu", residual, None, 1)]:
         y = np.full((n, ho, wo, cout), np.nan, dtype)
         assert _kernel_call(DIRECT[level], BLOCKED[level], x, w_dw, b_dw, w_pw, b_pw, stride,
-                            pad, dilation, y, act1, res, act2) == 0
+                            pad, dilation, y, act1, res, act2, run_pixels=run) == 0
         _close(y, _expected(x, w_dw, b_dw, w_pw, b_pw, stride, pad, dilation, act1, res, act2),
                dtype)
 
@@ -153,7 +155,7 @@ def test_the_kernel_refuses_weights_that_do_not_match():
     for xin, wd, wp, out in bad:
         with pytest.raises(ValueError, match="do not match"):
             module.depthwise_pointwise(xin, wd, np.zeros(0, np.float32), None, wp, no_bias,
-                                       out, 1, 1, 1, 1, 1, 1, None, 1)
+                                       out, 1, 1, 1, 1, 1, 1, None, 64, 1)
 
 
 # ----------------------------------------------------------------------------------------------

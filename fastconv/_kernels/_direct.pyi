@@ -23,7 +23,7 @@ def conv_forward(
 def depthwise_pointwise(
     x: _Floats, w: _Floats, bias: _Floats, post: Epilogue | None, wp: _Floats,
     pw_bias: _Floats, y: _Floats, top: int, left: int, sh: int, sw: int, dh: int, dw: int,
-    pw_post: Epilogue | None, num_threads: int,
+    pw_post: Epilogue | None, item_pixels: int, num_threads: int,
 ) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
 def conv_backward_weight(
     x: _Floats, gy: _Floats, partial: _Floats, kh: int, kw: int,

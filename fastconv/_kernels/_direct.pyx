@@ -437,12 +437,13 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
                         floating[:, :, :, ::1] y,                # OUT (N, Ho, Wo, C_out)
                         Py_ssize_t top, Py_ssize_t left,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                        Epilogue pw_post, int num_threads):
+                        Epilogue pw_post, Py_ssize_t item_pixels, int num_threads):
     """y = a 1 x 1 convolution of the output of a depthwise convolution of x, without that
-    output in memory: each thread computes one output row of the depthwise convolution
-    (as conv_forward would, its C = wp.shape[4] channels, `post`'s chain on them; a row in
-    parts of its columns where there are fewer than 4 rows a thread) into a buffer of its
-    own, and at once the 1 x 1 convolution of that row (the blocked kernel's
+    output in memory: a thread computes a run of at most item_pixels consecutive output
+    pixels of one image (row-major; each image in as many equal runs as that takes, or more
+    so that the threads get as many runs each) of the depthwise convolution (as
+    conv_forward would, its C = wp.shape[4] channels, `post`'s chain on them) into a
+    buffer of its own, and at once the 1 x 1 convolution of that run (the blocked kernel's
     register block; wp and pw_bias packed as _blocked.conv_forward takes them, for one
     group, and `pw_post`'s chain) into y's row. y's shape is the depthwise output's (Ho,
     Wo) with C_out channels. x has C_padded channels (the depthwise weight's, a multiple
@@ -463,14 +464,23 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
             or pw_bias.shape[0] not in (0, 1) or pw_bias.shape[0] * pw_bias.shape[1] not in (
                 0, n_ob * ob)):
         raise ValueError("depthwise_pointwise: the weights do not match x and y")
+    if item_pixels < 1 or num_threads < 1:
+        raise ValueError(f"depthwise_pointwise: item_pixels and num_threads must be >= 1, got "
+                         f"{item_pixels} and {num_threads}")
     cdef _Rows g
     cdef Py_ssize_t window_cols = _rows_of(
         &g, x.shape[1], x.shape[2], Cp, w.shape[0], w.shape[1], 1, Cp, Wo, C, Cp, C, top, left,
         sh, sw, dh, dw, False, cb)
-    # few rows for the threads (7 x 7 maps at batch 1): each row in parts of its columns,
-    # so that the threads get equal shares
-    cdef Py_ssize_t parts = max(1, min(Wo, (4 * num_threads + N * Ho - 1) // (N * Ho)))
-    cdef Py_ssize_t item, row, n, oh, lo, hi
+    # each image's output pixels in runs of at most item_pixels, row-major, as many more as
+    # give every thread as many runs (7 x 7 at batch 1, 2 threads: 25 + 24 pixels): a run's
+    # depthwise values, made row by row, wait in the thread's buffer for the 1x1 to go
+    # through them in whole register blocks
+    cdef Py_ssize_t P = Ho * Wo
+    cdef Py_ssize_t runs = max(1, (P + item_pixels - 1) // item_pixels)
+    while (N * runs) % num_threads and runs < P:
+        runs = runs + 1
+    cdef Py_ssize_t run_max = (P + runs - 1) // runs
+    cdef Py_ssize_t item, n, run, p0, p1, r, lo, hi
     cdef bint has_bias = bias.shape[0] > 0, has_pw_bias = pw_bias.shape[0] > 0
     cdef const void* chain = chain_of(post, sizeof(floating), N * Ho * Wo, C)
     cdef const void* pw_chain = chain_of(pw_post, sizeof(floating), N * Ho * Wo, Cout)
@@ -479,7 +489,7 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
     cdef floating* buf = NULL
     cdef const floating** xp = NULL
     cdef floating** outp = NULL
-    cdef floating* a_row
+    cdef floating* a
     cdef int status = 0
     cdef int* failed = &status
     if N * Ho * Wo == 0:
@@ -490,25 +500,28 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
             in_registers = pw_chain
     with nogil, parallel(num_threads=num_threads):
         window = <floating*> malloc(g.kh * window_cols * Cp * sizeof(floating))
-        buf = <floating*> malloc(Wo * Cp * sizeof(floating) + 64)
+        # a run's values, after a row's worth of room: a run's first row starts before it
+        buf = <floating*> malloc((run_max + Wo) * Cp * sizeof(floating) + 64)
         xp = <const floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
         outp = <floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
-        for item in prange(N * Ho * parts, schedule="static"):
+        for item in prange(N * runs, schedule="static"):
             if window == NULL or buf == NULL or xp == NULL or outp == NULL:
                 failed[0] = 1
                 continue
-            row = item // parts
-            n = row // Ho
-            oh = row % Ho
-            lo = item % parts * Wo // parts  # the columns [lo, hi) of the row
-            hi = (item % parts + 1) * Wo // parts
-            a_row = <floating*> (<char*> buf + (-<size_t> buf) % 64)
-            _row(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], &bias[0] if has_bias else NULL, a_row,
-                 window, oh, lo, hi)
-            chain_span(chain, a_row + lo * Cp, row * Wo + lo, hi - lo, Cp, 0, C)
-            _pointwise_row(a_row + lo * Cp, Cp, C, hi - lo, &wp[0, 0, 0, 0, 0, 0], n_ob, ob,
-                           &pw_bias[0, 0] if has_pw_bias else NULL, &y[n, oh, lo, 0], Cout,
-                           in_registers, pw_chain, row * Wo + lo, xp, outp)
+            n = item // runs
+            run = item % runs
+            p0 = run * P // runs  # the run: pixels [p0, p1) of image n
+            p1 = (run + 1) * P // runs
+            a = <floating*> (<char*> buf + (-<size_t> buf) % 64) + Wo * Cp  # pixel p0
+            for r in range(p0 // Wo, (p1 - 1) // Wo + 1):
+                lo = max(p0 - r * Wo, 0)  # the row's columns [lo, hi) in the run
+                hi = min(p1 - r * Wo, Wo)
+                _row(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
+                     a + (r * Wo - p0) * Cp, window, r, lo, hi)
+            chain_span(chain, a, n * P + p0, p1 - p0, Cp, 0, C)
+            _pointwise_row(a, Cp, C, p1 - p0, &wp[0, 0, 0, 0, 0, 0], n_ob, ob,
+                           &pw_bias[0, 0] if has_pw_bias else NULL, &y[n, 0, 0, 0] + p0 * Cout,
+                           Cout, in_registers, pw_chain, n * P + p0, xp, outp)
         free(outp)
         free(xp)
         free(buf)
