@@ -67,12 +67,13 @@ MACHINE = _machine.FACTS
 STREAM_BYTES = MACHINE.last_level // 4
 # A depthwise convolution and the 1x1 convolution after it run as one kernel
 # (_direct.depthwise_pointwise) when the 1x1's packed weight fits in the core's L2: every
-# row of the depthwise output reads all of it again (measured on a Zen 5 with 1 MiB of L2,
+# run of the depthwise output reads all of it again (measured on a Zen 5 with 1 MiB of L2,
 # 2 threads, against the two kernels: 960 -> 160 at 8x7x7, 737 KB, 0.33 -> 0.31 ms; 960 ->
 # 320, 1.2 MB, 0.57 -> 0.64 ms)
 SEPARABLE_MAX_POINTWISE_BYTES = MACHINE.l2
 # and a thread holds a run of the depthwise output of at most this many bytes while the 1x1
-# goes through it (once per block of its output channels): in L2 beside the 1x1's weight
+# goes through it (once per block of its output channels, each block's weight once): a
+# quarter of L2, so that the run stays there while the blocks of the weight pass through
 SEPARABLE_RUN_BYTES = MACHINE.l2 // 4
 # a tile's column buffer: a quarter of L2, so that the tile, the weight panel BLAS packs and
 # the output rows it writes stay in the core's own L2

@@ -523,8 +523,9 @@ def bind_depthwise_pointwise(depthwise: PreparedWeight, pointwise: PreparedWeigh
                              y, stride, dilation, post=None,
                              pointwise_post=None) -> Callable[[], None]:
     """The call computing y = pointwise(depthwise(x)) in one kernel
-    (_direct.depthwise_pointwise: each row of the depthwise output is made in a buffer and
-    multiplied by the 1x1 weight at once, never stored), its arguments fixed. `depthwise`:
+    (_direct.depthwise_pointwise: a run of the depthwise output's pixels, at most
+    SEPARABLE_RUN_BYTES of them, is made in a buffer and multiplied by the 1x1 weight at
+    once, never stored), its arguments fixed. `depthwise`:
     a depthwise weight prepared for the direct kernel (finite: not exact), `pointwise`: a
     1x1 weight prepared for the blocked kernel; x (C-contiguous) zero-padded by `offsets`;
     y (C-contiguous) of the depthwise output's size and the 1x1's channels; `post`: the

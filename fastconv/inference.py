@@ -295,9 +295,10 @@ class FusedConv(L._SettingsNoted, L.Layer):
 class FusedSeparableConv(L._SettingsNoted, L.Layer):
     """A depthwise convolution and the 1x1 convolution that reads its output (a depthwise
     separable convolution, MobileNet's; each a FusedConv with its post-ops), computed as one
-    kernel (_direct.depthwise_pointwise): each row of the depthwise output is made in a
-    buffer of its thread and multiplied by the 1x1 weight at once, so that it never goes to
-    memory (in MobileNetV2 that output is among the widest activations). Inference only.
+    kernel (_direct.depthwise_pointwise): a run of consecutive pixels of the depthwise
+    output (rows, or parts of rows) is made in a buffer of its thread and multiplied by the
+    1x1 weight at once, so that it never goes to memory (in MobileNetV2 that output is among
+    the widest activations). Inference only.
 
     forward(x) or, when the 1x1 has a residual add, forward(x, residual): what
     pointwise(depthwise(x), residual) gives (the same kernels' arithmetic: the same values
@@ -329,7 +330,7 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
         residual add) and a 1x1 convolution of stride 1 without padding over its output,
         both left to "auto" (or the direct and the blocked algorithm, which the kernel
         runs), the 1x1's packed weight (in the weight's dtype) within
-        _algorithms.SEPARABLE_MAX_POINTWISE_BYTES (every row of the depthwise output reads
+        _algorithms.SEPARABLE_MAX_POINTWISE_BYTES (every run of the depthwise output reads
         all of it)."""
         dw, pw = depthwise, pointwise
         block = _algorithms.KERNELS["blocked"].OUT_BLOCK.get(pw.weight.dtype.name)
@@ -1160,10 +1161,28 @@ def _fuse(nodes: list, outputs: list) -> list:
 
 
 def _overwrites_between(nodes: list, i: int, j: int) -> bool:
-    """Whether a node between nodes i and j writes into its input in place. Node i's work,
-    moved to where node j runs, would then read its inputs after them: through another
-    node's value too, a view of the same bytes (a Flatten's), so any such node counts."""
-    return any(getattr(nodes[k][1], "inplace", False) for k in range(i + 1, j))
+    """Whether a node between nodes i and j may write into its input in place (a layer with
+    inplace=True, or one holding such a layer: a Sequential subclass or a custom layer kept
+    as one node). Node i's work, moved to where node j runs, would then read its inputs
+    after them: through another node's value too, a view of the same bytes (a Flatten's),
+    so any such node counts."""
+    return any(_writes_in_place(nodes[k][1], set()) for k in range(i + 1, j))
+
+
+def _writes_in_place(value, seen: set) -> bool:
+    """Whether `value` (a layer, or a list, tuple or dict of them) is or holds a layer with
+    inplace=True, at any depth."""
+    if id(value) in seen:
+        return False
+    seen.add(id(value))
+    if isinstance(value, L.Layer):
+        return bool(getattr(value, "inplace", False)) or any(
+            _writes_in_place(v, seen) for v in vars(value).values())
+    if isinstance(value, (list, tuple)):
+        return any(_writes_in_place(v, seen) for v in value)
+    if isinstance(value, dict):
+        return any(_writes_in_place(v, seen) for v in value.values())
+    return False
 
 
 def _pair_separable(nodes: list, outputs: list) -> list:

@@ -152,6 +152,10 @@ def test_the_kernel_refuses_weights_that_do_not_match():
                                   np.float32)),
     ]
     bad.append((np.ones((3, 4, 4, 16), np.float32), w_d, packed, y))  # another batch size
+    # channels not padded to whole vectors (the kernel reads whole vectors of x and w)
+    bad.append((np.ones((1, 4, 4, 3), np.float32), np.ones((3, 3, 1, 3), np.float32),
+                functional.pack_weight(np.ones((1, 1, 3, 8), np.float32), 1,
+                                       blocked.OUT_BLOCK["float32"])[0], y))
     for xin, wd, wp, out in bad:
         with pytest.raises(ValueError, match="do not match"):
             module.depthwise_pointwise(xin, wd, np.zeros(0, np.float32), None, wp, no_bias,
@@ -263,6 +267,17 @@ def test_what_is_not_joined(monkeypatch):
         assert [name for name, _, _ in fast.nodes] == ["t", "a", "f", "r", "b"]
         for got, expected in zip(fast(x), model.eval()(x)):
             _close(got, expected, np.float32)
+    # a layer kept as one node that holds an in-place layer (a Sequential subclass)
+    class Block(L.Sequential):
+        pass
+    for second in (L.Conv2d(c, c, 1, rng=2), L.BatchNorm2d(c)):
+        first = dw() if isinstance(second, L.Conv2d) else L.Conv2d(c, c, 3, padding=1, rng=1)
+        model = Graph([("a", first, "x"), ("side", Block(L.ReLU(inplace=True)), "x"),
+                       ("b", second, "a"), ("add", Add(), ("b", "side"))])
+        fast = fastconv.optimize_for_inference(model)
+        # (the 1x1 takes the add as its residual: it does not move for that)
+        assert [name for name, _, _ in fast.nodes][:3] == ["a", "side", "b"]
+        _close(fast(x.copy()), model.eval()(x.copy()), np.float32)
     # a 1x1 whose packed weight would not stay in L2 while every row reads it
     monkeypatch.setattr(_algorithms, "SEPARABLE_MAX_POINTWISE_BYTES", 16 * 8 * 4 - 1)
     assert "FusedSeparableConv" not in _kinds(fastconv.optimize_for_inference(

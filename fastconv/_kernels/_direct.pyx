@@ -254,10 +254,10 @@ cdef int _rows_of(_Rows* g, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t
 
 
 cdef inline void _row(const _Rows* g, const floating* x_img, const floating* w,
-                      const floating* bias, floating* y_row, floating* window,
+                      const floating* bias, floating* y_lo, floating* window,
                       Py_ssize_t oh, Py_ssize_t ow_lo, Py_ssize_t ow_hi) noexcept nogil:
-    """Columns [ow_lo, ow_hi) of output row oh of one image (x_img: its input) into y_row
-    (the row's pixel 0), pixels g.y_pix apart (window: the thread's buffer of
+    """Columns [ow_lo, ow_hi) of output row oh of one image (x_img: its input), column ow_lo
+    at y_lo and the next ones g.y_pix apart (window: the thread's buffer of
     kh * window_cols * C values)."""
     cdef Py_ssize_t H = g.H, W = g.W, C = g.C, kw = g.kw, Wo = g.Wo, y_pix = g.y_pix
     cdef Py_ssize_t sw = g.sw, dh = g.dh, dw = g.dw, left = g.left
@@ -276,7 +276,7 @@ cdef inline void _row(const _Rows* g, const floating* x_img, const floating* w,
         run_hi = 0
     else:
         _depthwise3_run(x_img + (ih * W + run_lo * sw - left) * C, w, bias,
-                        y_row + run_lo * y_pix, run_hi - run_lo, g.Cout, g.w_ci, y_pix,
+                        y_lo + (run_lo - ow_lo) * y_pix, run_hi - run_lo, g.Cout, g.w_ci, y_pix,
                         g.x_pix, dh * W * C, g.x_col)
     ow = ow_lo
     while ow < ow_hi:
@@ -292,13 +292,13 @@ cdef inline void _row(const _Rows* g, const floating* x_img, const floating* w,
         iw = ow * sw - left  # input column of the block's first tap
         if inner_lo <= ow and ow + npix <= inner_hi or nr == 0:
             _segment(x_img + ((ih + r0 * dh) * W + iw) * C if nr > 0 else NULL,
-                     dh * W * C, w, bias, y_row + ow * y_pix, npix, r0, nr, 0, kw,
+                     dh * W * C, w, bias, y_lo + (ow - ow_lo) * y_pix, npix, r0, nr, 0, kw,
                      g.n_groups, g.width, g.cog, g.cog_padded, g.cb, g.depthwise, kw, g.cig,
                      g.w_ci, y_pix, g.x_pix, g.x_col)
         elif not g.exact and run_hi == 0 and not g.depthwise:  # it reaches into the padding
             _gather_window(x_img, window, ih + r0 * dh, nr, dh, iw, npix, sw, kw, dw, g.span,
                            g.by_tap, W, C)
-            _segment(window, g.window_cols * C, w, bias, y_row + ow * y_pix, npix, r0, nr, 0,
+            _segment(window, g.window_cols * C, w, bias, y_lo + (ow - ow_lo) * y_pix, npix, r0, nr, 0,
                      kw, g.n_groups, g.width, g.cog, g.cog_padded, g.cb, g.depthwise, kw, g.cig,
                      g.w_ci, y_pix, kw * C if g.by_tap else g.x_pix, C if g.by_tap else g.x_col)
         else:  # pixel by pixel, each with the columns of taps that land inside x
@@ -307,7 +307,7 @@ cdef inline void _row(const _Rows* g, const floating* x_img, const floating* w,
                 ns = max(0, _end_tap(iw + p * sw, dw, kw, W) - s0)
                 _segment(x_img + ((ih + r0 * dh) * W + iw + p * sw + s0 * dw) * C
                          if nr > 0 and ns > 0 else NULL,
-                         dh * W * C, w, bias, y_row + (ow + p) * y_pix, 1, r0, nr, s0, ns,
+                         dh * W * C, w, bias, y_lo + (ow + p - ow_lo) * y_pix, 1, r0, nr, s0, ns,
                          g.n_groups, g.width, g.cog, g.cog_padded, g.cb, g.depthwise, kw,
                          g.cig, g.w_ci, y_pix, g.x_pix, g.x_col)
         ow = ow + npix
@@ -457,7 +457,7 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
     cdef Py_ssize_t n_ob = wp.shape[1], ob = wp.shape[5]
     cdef Py_ssize_t cb = (FC_CB_F if floating is float else FC_CB_D) if FC_HAVE_VECTORS else 1
     cdef Py_ssize_t block = FC_BLK_OB_F if floating is float else FC_BLK_OB_D
-    if (y.shape[0] != N or w.shape[2] != 1 or w.shape[3] != Cp or C > Cp
+    if (y.shape[0] != N or Cp % cb or w.shape[2] != 1 or w.shape[3] != Cp or C > Cp
             or bias.shape[0] not in (0, Cp)
             or wp.shape[0] != 1 or wp.shape[2] != 1 or wp.shape[3] != 1
             or n_ob * ob < Cout or ob != block
@@ -500,8 +500,7 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
             in_registers = pw_chain
     with nogil, parallel(num_threads=num_threads):
         window = <floating*> malloc(g.kh * window_cols * Cp * sizeof(floating))
-        # a run's values, after a row's worth of room: a run's first row starts before it
-        buf = <floating*> malloc((run_max + Wo) * Cp * sizeof(floating) + 64)
+        buf = <floating*> malloc(run_max * Cp * sizeof(floating) + 64)
         xp = <const floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
         outp = <floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
         for item in prange(N * runs, schedule="static"):
@@ -512,12 +511,12 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
             run = item % runs
             p0 = run * P // runs  # the run: pixels [p0, p1) of image n
             p1 = (run + 1) * P // runs
-            a = <floating*> (<char*> buf + (-<size_t> buf) % 64) + Wo * Cp  # pixel p0
+            a = <floating*> (<char*> buf + (-<size_t> buf) % 64)  # pixel p0
             for r in range(p0 // Wo, (p1 - 1) // Wo + 1):
                 lo = max(p0 - r * Wo, 0)  # the row's columns [lo, hi) in the run
                 hi = min(p1 - r * Wo, Wo)
                 _row(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
-                     a + (r * Wo - p0) * Cp, window, r, lo, hi)
+                     a + (r * Wo + lo - p0) * Cp, window, r, lo, hi)
             chain_span(chain, a, n * P + p0, p1 - p0, Cp, 0, C)
             _pointwise_row(a, Cp, C, p1 - p0, &wp[0, 0, 0, 0, 0, 0], n_ob, ob,
                            &pw_bias[0, 0] if has_pw_bias else NULL, &y[n, 0, 0, 0] + p0 * Cout,
