@@ -206,12 +206,8 @@ def _weight_gradient(x: np.ndarray, offsets, gy: np.ndarray, weight_shape, geo: 
     algo = _autotune.resolved("weight_gradient", geo, dtype, algorithm)
     if into is not None and algo is not None:
         return _weight_grad(algo, x, offsets, gy, weight_shape, geo, dtype, into)
-    grad = _autotune.run("weight_gradient", geo, dtype, algorithm, lambda algo: (
-        _weight_grad(algo, x, offsets, gy, weight_shape, geo, dtype)))
-    if into is None:
-        return grad
-    into += grad
-    return into
+    return _added(_autotune.run("weight_gradient", geo, dtype, algorithm, lambda algo: (
+        _weight_grad(algo, x, offsets, gy, weight_shape, geo, dtype))), into)
 
 
 def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_shape,

@@ -304,8 +304,8 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
     pointwise(depthwise(x), residual) gives (the same kernels' arithmetic: the same values
     where those would run the direct and the blocked kernels). The two run one after the
     other instead where one kernel cannot: fusable() false (a setting changed since), a
-    non-finite weight (the depthwise one then needs the direct kernel's exact mode), an
-    input that is not 4-D and C-contiguous, or of a dtype the layers compute in another one
+    non-finite 1x1 weight (the blocked kernel does not take it), an input that is not 4-D
+    and C-contiguous, or of a dtype the layers compute in another one
     (float16, integers; a float64 input on float32 weights runs as one kernel, in float64),
     or a residual the 1x1 kernel does not add in its stores. Parameters:
     "depthwise.weight", "depthwise.bias", "pointwise.weight", "pointwise.bias". In an
@@ -381,8 +381,10 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
         """(the one-kernel call, its output array) for these arguments, or None where the
         two layers run apart (see the class)."""
         fusion = self._fusion_for(x, residual)
-        if fusion is None:
-            return None
+        return None if fusion is None else self._call_for(fusion, x, residual, out)
+
+    def _call_for(self, fusion: tuple, x, residual, out):
+        """_fused_call, given _fusion_for(x, residual)."""
         dw, pw = self.depthwise, self.pointwise
         dw_plan, pw_plan, depthwise, pointwise = fusion
         if out is None:
@@ -418,14 +420,15 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
             return None
         dw, pw = self.depthwise, self.pointwise
         dw_plan = _plan.plan_for(dw, _stand_in(shape, dtype))
-        if dw_plan.dtype != dtype or not dw_plan.fuses_post:
+        if not dw_plan.fuses_post:
             return None
         pw_plan = _plan.plan_for(pw, _stand_in(dw_plan.out_shape, dw_plan.dtype))
+        # (computed in x's dtype: the 1x1's plan takes it from the depthwise one's)
         if pw_plan.dtype != dtype or not pw_plan.fuses_post or pw_plan.offsets != (0, 0):
             return None
         depthwise = dw_plan.prepared("direct", dw.weight, dw.bias, _plan.packs_of(dw))
         pointwise = pw_plan.prepared("blocked", pw.weight, pw.bias, _plan.packs_of(pw))
-        if (depthwise.algo != "direct" or depthwise.exact or pointwise.algo != "blocked"
+        if (depthwise.algo != "direct" or pointwise.algo != "blocked"
                 or pointwise.weight.shape[5]
                 != _algorithms.KERNELS["direct"].POINTWISE_BLOCK[pw_plan.dtype_name]):
             return None
@@ -440,9 +443,9 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
             return None
         pw_plan = fusion[1]
 
-        def bind(x: np.ndarray, *rest: np.ndarray):
+        def bind(x: np.ndarray, *rest: np.ndarray):  # (the same inputs, right after)
             *given, out = rest
-            call = self._fused_call(x, given[0] if given else None, out)
+            call = self._call_for(fusion, x, given[0] if given else None, out)
             return None if call is None else call[0]
         return pw_plan.out_shape, pw_plan.dtype, bind
 

@@ -131,6 +131,7 @@ def test_one_and_two_threads_give_the_same_bits(shape, dtype, rng, kernel_thread
     np.testing.assert_array_equal(ys[0], ys[1])
     _close(ys[0], _expected(*args, "relu6"), dtype)
     block = fastconv.optimize_for_inference(_separable_block(c, 40, dtype))
+    kernel_threads.clear()  # the model's own kernel call
     with fastconv.num_threads(2):
         block(x)
     assert_threads_ran(kernel_threads)
@@ -201,8 +202,10 @@ def test_optimize_for_inference_joins_them_and_keeps_the_outputs(stride, residua
         "depthwise.weight", "depthwise.bias", "pointwise.weight", "pointwise.bias"]
     x = rng.standard_normal((2, 11, 10, 24)).astype(dtype)
     expected = model.eval()(x)
-    for _ in range(4):  # recorded, laid out, replayed
-        _close(fast(x), expected, dtype)
+    held = [fast(x) for _ in range(4)]  # recorded, laid out, replayed
+    for y in held:  # each its own array: the node, a graph output, is copied out of the arena
+        _close(y, expected, dtype)
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(held) for b in held[i + 1:])
     mobilenet = fastconv.optimize_for_inference(models.mobilenet_v2(5, width=8, dtype=dtype,
                                                                     rng=0))
     assert "FusedSeparableConv" in _kinds(mobilenet)
@@ -306,13 +309,13 @@ def test_what_one_kernel_cannot_take_runs_as_the_two_layers(monkeypatch, rng):
     wide = x.astype(np.float64)  # float32 weights, float64 input: the kernel in float64
     _close(layer(wide), model.eval()(wide), np.float32)  # float32 weights, folded
     assert ran == [1, 1]
-    # a non-finite depthwise weight: taps in the zero padding must add nothing (0 * inf)
-    layer.depthwise.weight[0, 0, 0, 3] = np.inf
-    fastconv.weights_changed(layer.depthwise)
+    # a non-finite 1x1 weight: the blocked kernel does not take it
+    _, _, other = _fused()
+    other.pointwise.weight[0, 0, 3, 5] = np.inf
+    fastconv.weights_changed(other.pointwise)
     with np.errstate(invalid="ignore", over="ignore"):
-        got = layer(x)
+        np.testing.assert_array_equal(other(x), other.pointwise(other.depthwise(x)))
     assert ran == [1, 1]
-    assert np.isfinite(got[:, 0, 0]).all()  # (0, 0) reads tap (0, 0) only in the padding
     # a setting changed since: the two layers run (a stride-2 1x1 now)
     _, _, layer = _fused()
     layer.pointwise.stride = (2, 2)
@@ -320,6 +323,33 @@ def test_what_one_kernel_cannot_take_runs_as_the_two_layers(monkeypatch, rng):
     y = layer(x)
     assert y.shape == (2, 4, 5, 24)
     assert ran == [1, 1]
+
+
+def test_a_non_finite_depthwise_weight_adds_nothing_in_the_padding(monkeypatch, rng):
+    # the kernel skips the taps in the zero padding (0 * nan would be nan): the values of
+    # the two layers apart, whose depthwise one runs the direct kernel's exact mode
+    model, fast, layer = _fused(residual=True, cout=16)
+    ran: list = []
+    real = functional.bind_depthwise_pointwise
+    monkeypatch.setattr(functional, "bind_depthwise_pointwise",
+                        lambda *a, **k: ran.append(1) or real(*a, **k))
+    x = rng.standard_normal((1, 6, 7, 16)).astype(np.float32)
+    layer.depthwise.weight[0, 0, 0, 2] = np.nan  # tap (0, 0): in the padding for row 0
+    fastconv.weights_changed(fast)
+    for _ in range(3):
+        got = fast(x)
+        np.testing.assert_array_equal(got, layer.pointwise(layer.depthwise(x), x))
+        assert np.isnan(got[:, 1:, 1:]).all() and not np.isnan(got[:, 0]).any()
+    assert ran  # through the kernel
+
+
+def test_a_node_one_kernel_cannot_take_runs_as_its_layers_in_the_graph(rng):
+    model, fast, layer = _fused(residual=True, cout=16)
+    x = rng.standard_normal((1, 6, 7, 16)).astype(np.float16)  # computed in float32
+    for _ in range(3):
+        got = fast(x)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, layer.pointwise(layer.depthwise(x), x))
 
 
 def test_the_replay_sees_changed_weights_and_settings(rng):

@@ -220,13 +220,12 @@ cdef struct _Rows:
     bint depthwise, by_tap, run3, exact
 
 
-cdef int _rows_of(_Rows* g, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t kh,
+cdef void _rows_of(_Rows* g, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t kh,
                   Py_ssize_t kw, Py_ssize_t cig, Py_ssize_t w_ci, Py_ssize_t Wo,
                   Py_ssize_t Cout, Py_ssize_t y_pix, Py_ssize_t groups, Py_ssize_t top,
                   Py_ssize_t left, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                   bint exact, Py_ssize_t cb) noexcept nogil:
-    """Fills g for the rows of a convolution (see conv_forward); returns the columns of the
-    padded window a block of pixels needs (window_cols)."""
+    """Fills g for the rows of a convolution (see conv_forward)."""
     g.H, g.W, g.C, g.kh, g.kw, g.cig, g.w_ci, g.Wo, g.Cout, g.y_pix = \
         H, W, C, kh, kw, cig, w_ci, Wo, Cout, y_pix
     g.top, g.left, g.sh, g.sw, g.dh, g.dw, g.exact, g.cb = top, left, sh, sw, dh, dw, exact, cb
@@ -250,7 +249,6 @@ cdef int _rows_of(_Rows* g, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t
     g.by_tap = FC_PB * kw < g.span
     g.window_cols = FC_PB * kw if g.by_tap else g.span
     g.run3 = g.depthwise and kh == 3 and kw == 3 and FC_HAVE_VECTORS
-    return g.window_cols
 
 
 cdef inline void _row(const _Rows* g, const floating* x_img, const floating* w,
@@ -263,6 +261,7 @@ cdef inline void _row(const _Rows* g, const floating* x_img, const floating* w,
     cdef Py_ssize_t sw = g.sw, dh = g.dh, dw = g.dw, left = g.left
     cdef Py_ssize_t inner_lo = g.inner_lo, inner_hi = g.inner_hi
     cdef Py_ssize_t ih, r0, nr, ow, iw, npix, p, s0, ns, run_lo, run_hi, end
+    cdef floating* y_blk
     ih = oh * g.sh - g.top  # input row of tap 0
     r0 = _first_tap(ih, dh)
     nr = max(0, _end_tap(ih, dh, g.kh, H) - r0)
@@ -290,24 +289,25 @@ cdef inline void _row(const _Rows* g, const floating* x_img, const floating* w,
             end = run_lo if ow < run_lo else Wo
         npix = min(<Py_ssize_t> FC_PB, min(end, ow_hi) - ow)
         iw = ow * sw - left  # input column of the block's first tap
+        y_blk = y_lo + (ow - ow_lo) * y_pix
         if inner_lo <= ow and ow + npix <= inner_hi or nr == 0:
             _segment(x_img + ((ih + r0 * dh) * W + iw) * C if nr > 0 else NULL,
-                     dh * W * C, w, bias, y_lo + (ow - ow_lo) * y_pix, npix, r0, nr, 0, kw,
+                     dh * W * C, w, bias, y_blk, npix, r0, nr, 0, kw,
                      g.n_groups, g.width, g.cog, g.cog_padded, g.cb, g.depthwise, kw, g.cig,
                      g.w_ci, y_pix, g.x_pix, g.x_col)
         elif not g.exact and run_hi == 0 and not g.depthwise:  # it reaches into the padding
             _gather_window(x_img, window, ih + r0 * dh, nr, dh, iw, npix, sw, kw, dw, g.span,
                            g.by_tap, W, C)
-            _segment(window, g.window_cols * C, w, bias, y_lo + (ow - ow_lo) * y_pix, npix, r0, nr, 0,
-                     kw, g.n_groups, g.width, g.cog, g.cog_padded, g.cb, g.depthwise, kw, g.cig,
-                     g.w_ci, y_pix, kw * C if g.by_tap else g.x_pix, C if g.by_tap else g.x_col)
+            _segment(window, g.window_cols * C, w, bias, y_blk, npix, r0, nr, 0, kw, g.n_groups,
+                     g.width, g.cog, g.cog_padded, g.cb, g.depthwise, kw, g.cig, g.w_ci, y_pix,
+                     kw * C if g.by_tap else g.x_pix, C if g.by_tap else g.x_col)
         else:  # pixel by pixel, each with the columns of taps that land inside x
             for p in range(npix):
                 s0 = _first_tap(iw + p * sw, dw)
                 ns = max(0, _end_tap(iw + p * sw, dw, kw, W) - s0)
                 _segment(x_img + ((ih + r0 * dh) * W + iw + p * sw + s0 * dw) * C
                          if nr > 0 and ns > 0 else NULL,
-                         dh * W * C, w, bias, y_lo + (ow + p - ow_lo) * y_pix, 1, r0, nr, s0, ns,
+                         dh * W * C, w, bias, y_blk + p * y_pix, 1, r0, nr, s0, ns,
                          g.n_groups, g.width, g.cog, g.cog_padded, g.cb, g.depthwise, kw,
                          g.cig, g.w_ci, y_pix, g.x_pix, g.x_col)
         ow = ow + npix
@@ -346,7 +346,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     cdef Py_ssize_t cb = (FC_CB_F if floating is float else FC_CB_D) if FC_HAVE_VECTORS else 1
     cdef _Rows g
     # y_pix: y may be a strided view; a row streamed out is made in a contiguous buffer
-    cdef Py_ssize_t window_cols = _rows_of(
+    _rows_of(
         &g, x.shape[1], x.shape[2], C, w.shape[0], w.shape[1], w.shape[2], w.shape[3], Wo,
         Cout, Cout if stream else y.strides[2] // sizeof(floating), groups, top, left, sh, sw,
         dh, dw, exact, cb)
@@ -361,7 +361,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     if N * Ho * Wo == 0:
         return 0
     with nogil, parallel(num_threads=num_threads):
-        window = <floating*> malloc(g.kh * window_cols * C * sizeof(floating))
+        window = <floating*> malloc(g.kh * g.window_cols * C * sizeof(floating))
         buf = <floating*> malloc(Wo * Cout * sizeof(floating) + 64) if stream else NULL
         for row in prange(N * Ho, schedule="static"):
             if window == NULL or (stream and buf == NULL):
@@ -447,9 +447,9 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
     register block; wp and pw_bias packed as _blocked.conv_forward takes them, for one
     group, and `pw_post`'s chain) into y's row. y's shape is the depthwise output's (Ho,
     Wo) with C_out channels. x has C_padded channels (the depthwise weight's, a multiple
-    of CHANNEL_BLOCK, zeros beyond C); taps in the zero padding read no memory (a NaN or
-    infinite depthwise weight needs conv_forward's exact mode instead: the caller's
-    choice). Each output value is computed by one thread in a fixed order: the result does
+    of CHANNEL_BLOCK, zeros beyond C); taps in the zero padding are skipped, as conv_forward
+    skips them for a depthwise convolution in either mode (so a NaN or infinite depthwise
+    weight adds nothing there: its exact mode's result). Each output value is computed by one thread in a fixed order: the result does
     not depend on the thread count.
     Returns 0, or 1 when a scratch buffer could not be allocated."""
     cdef Py_ssize_t N = x.shape[0], Cp = x.shape[3], C = wp.shape[4]
@@ -468,7 +468,7 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
         raise ValueError(f"depthwise_pointwise: item_pixels and num_threads must be >= 1, got "
                          f"{item_pixels} and {num_threads}")
     cdef _Rows g
-    cdef Py_ssize_t window_cols = _rows_of(
+    _rows_of(
         &g, x.shape[1], x.shape[2], Cp, w.shape[0], w.shape[1], 1, Cp, Wo, C, Cp, C, top, left,
         sh, sw, dh, dw, False, cb)
     # each image's output pixels in runs of at most item_pixels, row-major, as many more as
@@ -499,7 +499,7 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
                 else fc_blk_chain_in_registers_f64(<const fc_postops_f64*> pw_chain)):
             in_registers = pw_chain
     with nogil, parallel(num_threads=num_threads):
-        window = <floating*> malloc(g.kh * window_cols * Cp * sizeof(floating))
+        window = <floating*> malloc(g.kh * g.window_cols * Cp * sizeof(floating))
         buf = <floating*> malloc(run_max * Cp * sizeof(floating) + 64)
         xp = <const floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
         outp = <floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
