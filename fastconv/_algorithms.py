@@ -75,6 +75,15 @@ SEPARABLE_MAX_POINTWISE_BYTES = MACHINE.l2
 # goes through it (once per block of its output channels, each block's weight once): a
 # quarter of L2, so that the run stays there while the blocks of the weight pass through
 SEPARABLE_RUN_BYTES = MACHINE.l2 // 4
+# With a 1x1 expansion in front (_direct.expand_depthwise_pointwise, MobileNetV2's inverted
+# residual block), each image's depthwise rows are cut into bands, one per thread, and the
+# input rows two bands read are expanded by both: the expansion joins the kernel where that
+# makes at most this fraction of it twice (measured on a Zen 5, 2 threads, batch 1, against
+# the expansion as its own kernel before the joined two: 96 -> 24 at 112x112 0.35 -> 0.20
+# ms, 144 -> 24 at 56x56 0.26 -> 0.19, 192 -> 32 at 28x28 (1/14 twice) 0.12 -> 0.08; 384
+# -> 64 at 14x14 (1/7 twice) 0.089 -> 0.079, even when warm; 960 -> 160 at 7x7 (2/7 twice)
+# 0.087 -> 0.096 warm; at batch 8, one band per image, 960 -> 160 at 7x7 0.60 -> 0.58)
+EXPAND_MAX_EXTRA = 1 / 8
 # a tile's column buffer: a quarter of L2, so that the tile, the weight panel BLAS packs and
 # the output rows it writes stay in the core's own L2
 COLUMN_BUFFER_BYTES = MACHINE.l2 // 4
@@ -446,3 +455,22 @@ def partial_sums(weight_bytes: int, work_units: int) -> int:
     sum is the same for any thread count; bounded in memory)."""
     wanted = max(MIN_PARTIAL_SUMS, min(MAX_PARTIAL_SUMS, PARTIAL_SUM_BYTES // max(1, weight_bytes)))
     return max(1, min(wanted, work_units))
+
+
+def expand_joins(expanded_shape, kh: int, sh: int, dh: int, top: int, out_rows: int,
+                 threads: int) -> bool:
+    """Whether an expansion to `expanded_shape` (N, H, W, C) joins the depthwise kernel
+    after it (kernel height kh, stride sh, dilation dh, top padding `top`, out_rows output
+    rows): the rows that two bands both expand, with bands cut as the kernel cuts them (as
+    many per image as give `threads` threads as many), are at most EXPAND_MAX_EXTRA of H."""
+    n, h = expanded_shape[0], expanded_shape[1]
+    bands = 1
+    while (n * bands) % threads and bands < out_rows:
+        bands += 1
+    span = (kh - 1) * dh + 1
+    twice = 0
+    for band in range(1, bands):  # rows read by the output rows on both sides of a cut
+        cut = band * out_rows // bands
+        twice += max(0, min(h, (cut - 1) * sh - top + span) - max(0, cut * sh - top))
+    return twice <= EXPAND_MAX_EXTRA * h
+

@@ -546,6 +546,32 @@ def bind_depthwise_pointwise(depthwise: PreparedWeight, pointwise: PreparedWeigh
     return widened
 
 
+def bind_expand_depthwise_pointwise(expand: PreparedWeight, depthwise: PreparedWeight,
+                                    pointwise: PreparedWeight, x, offsets, y, stride,
+                                    dilation, expand_post=None, post=None,
+                                    pointwise_post=None) -> Callable[[], None]:
+    """The call computing y = pointwise(depthwise(expand(x))) in one kernel
+    (_direct.expand_depthwise_pointwise: a thread expands the input rows its band of
+    depthwise rows reads into a buffer of about SEPARABLE_RUN_BYTES, and each depthwise
+    row goes through the 1x1 at once), its arguments fixed. `expand` and `pointwise`: 1x1
+    weights prepared for the blocked kernel, `depthwise`: a depthwise weight prepared for
+    the direct kernel (finite); x (C-contiguous, the expansion's input); `offsets`,
+    `stride`, `dilation`: the depthwise convolution's; y as for bind_depthwise_pointwise;
+    the Epilogues of the expanded values, the depthwise output and y (None: none)."""
+    kh, kw, _, channels = depthwise.shape
+    n, h, w, c_in = x.shape
+    pixels = y.shape[0] * y.shape[1] * y.shape[2]
+    flops = 2 * (pixels * (kh * kw * channels + math.prod(pointwise.shape))
+                 + n * h * w * c_in * channels)
+    span = (kh - 1) * dilation[0] + 1
+    row_bytes = w * depthwise.weight.shape[3] * depthwise.weight.itemsize
+    buffer_rows = max(span, _algorithms.SEPARABLE_RUN_BYTES // max(1, row_bytes))
+    return _bound("direct", "expand_depthwise_pointwise", x, expand.weight, expand.bias,
+                  expand_post, depthwise.weight, depthwise.bias, post, pointwise.weight,
+                  pointwise.bias, y, *offsets, *stride, *dilation, pointwise_post,
+                  buffer_rows, flops=flops, min_flops=_algorithms.PARALLEL_MIN_DEPTHWISE_FLOPS)
+
+
 def _padded_depthwise_input(x, channels: int):
     """A depthwise input with its channels padded with zeros to the padded weight's
     `channels` (needed only when C is not a multiple of the vector width)."""

@@ -42,7 +42,7 @@ import numpy as np
 from fastconv import _algorithms, _memory, _params, _plan, functional
 from fastconv import layers as L
 from fastconv._postops import Activation, PostOps, activation_of
-from fastconv._threads import blas_single_thread, few_rows_call, matmul
+from fastconv._threads import blas_single_thread, few_rows_call, get_num_threads, matmul
 from fastconv.graph import Add, Graph, Parallel, Residual
 
 _CONV_KINDS = {L.Conv2d: "conv2d", L.ConvTranspose2d: "conv_transpose2d", L.Linear: "linear"}
@@ -300,27 +300,38 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
     1x1 weight at once, so that it never goes to memory (in MobileNetV2 that output is among
     the widest activations). Inference only.
 
+    With `expand` (a 1x1 FusedConv before the depthwise one: MobileNetV2's inverted residual
+    block, expand -> depthwise -> project), the kernel is
+    _direct.expand_depthwise_pointwise: a thread expands the input rows that its band of
+    depthwise rows reads into a buffer of its own, so that the expanded activation (the
+    block's widest) does not go to memory either. Where the bands' shared rows would make
+    more than _algorithms.EXPAND_MAX_EXTRA of the expansion twice (small images at a batch
+    below the thread count), the expansion runs as its own kernel before the other two.
+
     forward(x) or, when the 1x1 has a residual add, forward(x, residual): what
-    pointwise(depthwise(x), residual) gives (the same kernels' arithmetic: the same values
-    where those would run the direct and the blocked kernels). The two run one after the
-    other instead where one kernel cannot: fusable() false (a setting changed since), a
+    pointwise(depthwise([expand](x)), residual) gives (the same kernels' arithmetic: the same
+    values where those would run the direct and the blocked kernels). The layers run one
+    after the other instead where one kernel cannot: fusable() false (a setting changed since), a
     non-finite 1x1 weight (the blocked kernel does not take it), an input that is not 4-D
     and C-contiguous, or of a dtype the layers compute in another one
     (float16, integers; a float64 input on float32 weights runs as one kernel, in float64),
     or a residual the 1x1 kernel does not add in its stores. Parameters:
-    "depthwise.weight", "depthwise.bias", "pointwise.weight", "pointwise.bias". In an
-    InferenceGraph the node has the 1x1's name (the value it computes): errors of either
-    half are reported at that node, each naming its layer."""
+    "expand.weight", "expand.bias" (with `expand`), "depthwise.weight", "depthwise.bias",
+    "pointwise.weight", "pointwise.bias". In an InferenceGraph the node has the 1x1's name
+    (the value it computes): errors of any part are reported at that node, each naming its
+    layer."""
 
     param_names = ()
     _output_is_private = True
 
-    def __init__(self, depthwise: FusedConv, pointwise: FusedConv):
+    def __init__(self, depthwise: FusedConv, pointwise: FusedConv,
+                 expand: FusedConv | None = None):
         super().__init__()
-        if type(depthwise) is not FusedConv or type(pointwise) is not FusedConv:
-            raise TypeError(f"FusedSeparableConv: expected two FusedConv layers, but got "
-                            f"{type(depthwise).__name__} and {type(pointwise).__name__}")
-        self.depthwise, self.pointwise = depthwise, pointwise
+        for layer in (depthwise, pointwise) + ((expand,) if expand is not None else ()):
+            if type(layer) is not FusedConv:
+                raise TypeError(f"FusedSeparableConv: expected FusedConv layers, but got "
+                                f"{type(layer).__name__}")
+        self.depthwise, self.pointwise, self.expand = depthwise, pointwise, expand
         self.training = False
 
     @staticmethod
@@ -333,30 +344,49 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
         _algorithms.SEPARABLE_MAX_POINTWISE_BYTES (every run of the depthwise output reads
         all of it)."""
         dw, pw = depthwise, pointwise
-        block = _algorithms.KERNELS["blocked"].OUT_BLOCK.get(pw.weight.dtype.name)
-        return (block is not None and dw.kind == "conv2d" and pw.kind == "conv2d"
-                and -(-pw.out_channels // block) * block * pw.in_channels * pw.weight.itemsize
-                <= _algorithms.SEPARABLE_MAX_POINTWISE_BYTES
+        return (dw.kind == "conv2d" and pw.kind == "conv2d"
                 and dw.groups == dw.in_channels == dw.out_channels > 1
                 and dw.padding_mode == "zeros" and not dw.post_ops.residual
                 and dw.algorithm in ("auto", "direct")
-                and pw.in_channels == dw.out_channels and pw.groups == 1
-                and pw.kernel_size == (1, 1) and pw.stride == (1, 1)
-                and _params.padding_pairs(pw.padding, (1, 1), (1, 1), (1, 1), (1, 1))
-                == ((0, 0), (0, 0)) and pw.padding_mode == "zeros"
-                and pw.algorithm in ("auto", "blocked"))
+                and pw.in_channels == dw.out_channels and FusedSeparableConv._is_pointwise(pw))
+
+    @staticmethod
+    def expands(expand: FusedConv, depthwise: FusedConv) -> bool:
+        """Whether `expand` joins the kernel in front of `depthwise`: a 1x1 convolution of
+        stride 1 without padding to the depthwise convolution's channels, its post-ops without
+        a residual add, left to "auto" (or the blocked algorithm), its packed weight within
+        _algorithms.SEPARABLE_MAX_POINTWISE_BYTES (each band of rows reads all of it)."""
+        return (expand.kind == "conv2d" and expand.out_channels == depthwise.in_channels
+                and not expand.post_ops.residual and FusedSeparableConv._is_pointwise(expand))
+
+    @staticmethod
+    def _is_pointwise(layer: FusedConv) -> bool:
+        """A 1x1 convolution that the kernels' blocked register block runs: stride 1, no
+        padding in any spelling, one group, "auto" or "blocked", its packed weight within
+        SEPARABLE_MAX_POINTWISE_BYTES."""
+        block = _algorithms.KERNELS["blocked"].OUT_BLOCK.get(layer.weight.dtype.name)
+        return (block is not None and layer.kind == "conv2d" and layer.groups == 1
+                and -(-layer.out_channels // block) * block * layer.in_channels
+                * layer.weight.itemsize <= _algorithms.SEPARABLE_MAX_POINTWISE_BYTES
+                and layer.kernel_size == (1, 1) and layer.stride == (1, 1)
+                and _params.padding_pairs(layer.padding, (1, 1), (1, 1), (1, 1), (1, 1))
+                == ((0, 0), (0, 0)) and layer.padding_mode == "zeros"
+                and layer.algorithm in ("auto", "blocked"))
 
     def fusable(self) -> bool:
-        """pairs(self.depthwise, self.pointwise): with their settings now."""
-        return self.pairs(self.depthwise, self.pointwise)
+        """pairs(self.depthwise, self.pointwise) (and expands(self.expand, self.depthwise),
+        with an expand layer): with their settings now."""
+        return self.pairs(self.depthwise, self.pointwise) and (
+            self.expand is None or self.expands(self.expand, self.depthwise))
 
     @property
     def num_inputs(self) -> int:
         return self.pointwise.num_inputs
 
     def parameters(self):
-        for prefix, layer in (("depthwise", self.depthwise), ("pointwise", self.pointwise)):
-            for name, value, grad in layer.parameters():
+        for prefix, layer in (("expand", self.expand), ("depthwise", self.depthwise),
+                              ("pointwise", self.pointwise)):
+            for name, value, grad in layer.parameters() if layer is not None else ():
                 yield f"{prefix}.{name}", value, grad
 
     def train(self, mode: bool = True) -> "FusedSeparableConv":
@@ -373,6 +403,8 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
         of the output's shape and dtype) when given. Errors as the two FusedConv raise."""
         call = self._fused_call(x, residual, out)
         if call is None:
+            if self.expand is not None:
+                x = self.expand.forward(x)
             return self.pointwise.forward(self.depthwise.forward(x), residual, out=out)
         call[0]()
         return call[1]
@@ -386,7 +418,7 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
     def _call_for(self, fusion: tuple, x, residual, out):
         """_fused_call, given _fusion_for(x, residual)."""
         dw, pw = self.depthwise, self.pointwise
-        dw_plan, pw_plan, depthwise, pointwise = fusion
+        dw_plan, pw_plan, depthwise, pointwise, expansion = fusion
         if out is None:
             y = _memory.empty(pw_plan.out_shape, pw_plan.dtype)
         elif (isinstance(out, np.ndarray) and out.shape == pw_plan.out_shape
@@ -401,24 +433,58 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
             return None
         _, dw_post = dw._single_call(dw_plan, None)
         geo = dw_plan.geo
-        return functional.bind_depthwise_pointwise(
-            depthwise, pointwise, x, dw_plan.offsets, y, geo.stride, geo.dilation, dw_post,
-            pw_post), y
+        if expansion is None:
+            return functional.bind_depthwise_pointwise(
+                depthwise, pointwise, x, dw_plan.offsets, y, geo.stride, geo.dilation, dw_post,
+                pw_post), y
+        e_plan, expand, joined = expansion
+        _, e_post = self.expand._single_call(e_plan, None)
+        if joined:
+            return functional.bind_expand_depthwise_pointwise(
+                expand, depthwise, pointwise, x, dw_plan.offsets, y, geo.stride, geo.dilation,
+                e_post, dw_post, pw_post), y
+        # the expansion as its own kernel, into an array of this call's
+        expanded = _memory.empty(e_plan.out_shape, e_plan.dtype)
+        e_call = self.expand._kernel_call(x, None, expanded, e_plan, keep=False)
+        if e_call is None:
+            return None
+        call = functional.bind_depthwise_pointwise(
+            depthwise, pointwise, expanded, dw_plan.offsets, y, geo.stride, geo.dilation,
+            dw_post, pw_post)
+
+        def both() -> None:
+            e_call()
+            call()
+        return both, y
 
     def _fusion_for(self, x, residual) -> tuple | None:
         """_fusion for x, when one kernel takes x and residual as they are."""
+        first = self.expand if self.expand is not None else self.depthwise
         if (not isinstance(x, np.ndarray) or x.ndim != 4 or not x.flags.c_contiguous
-                or x.shape[3] != self.depthwise.in_channels
+                or x.shape[3] != first.in_channels
                 or isinstance(residual, np.ndarray) != bool(self.pointwise.post_ops.residual)):
             return None
         return self._fusion(x.shape, x.dtype)
 
     def _fusion(self, shape, dtype) -> tuple | None:
-        """(the depthwise plan, the 1x1 plan, their weights prepared for the kernel) when the
-        layers run as one kernel on inputs of `shape` (N, H, W, C) and `dtype`, else None."""
+        """(the depthwise plan, the 1x1 plan, their weights prepared for the kernel, and
+        with an expand layer (its plan, its weight prepared, whether it joins the kernel)
+        or else None) when the layers run as one kernel on inputs of `shape` (N, H, W, C)
+        and `dtype` (with an expand layer not joined: that one and then one kernel), else
+        None."""
         if not self.fusable():
             return None
-        dw, pw = self.depthwise, self.pointwise
+        dw, pw, expansion = self.depthwise, self.pointwise, None
+        if self.expand is not None:
+            e_plan = _plan.plan_for(self.expand, _stand_in(shape, dtype))
+            if e_plan.dtype != dtype or not e_plan.fuses_post or e_plan.offsets != (0, 0):
+                return None
+            expand = e_plan.prepared("blocked", self.expand.weight, self.expand.bias,
+                                     _plan.packs_of(self.expand))
+            if expand.algo != "blocked":
+                return None
+            expansion = (e_plan, expand, None)
+            shape = e_plan.out_shape
         dw_plan = _plan.plan_for(dw, _stand_in(shape, dtype))
         if not dw_plan.fuses_post:
             return None
@@ -432,7 +498,13 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
                 or pointwise.weight.shape[5]
                 != _algorithms.KERNELS["direct"].POINTWISE_BLOCK[pw_plan.dtype_name]):
             return None
-        return dw_plan, pw_plan, depthwise, pointwise
+        if expansion is not None:
+            geo = dw_plan.geo
+            joined = _algorithms.expand_joins(
+                shape, dw.kernel_size[0], geo.stride[0], geo.dilation[0], dw_plan.offsets[0],
+                dw_plan.out_shape[1], get_num_threads())
+            expansion = (expansion[0], expansion[1], joined)
+        return dw_plan, pw_plan, depthwise, pointwise, expansion
 
     def _inference_kernel(self, x: np.ndarray, residual=None):
         """The layer as one kernel call, for an inference graph's arena: (output shape,
@@ -454,18 +526,26 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
                            f"only; train the original model")
 
     def describe(self, input_shape) -> dict:
-        """{"kind": "separable", "fused": whether one kernel runs for inputs of
-        `input_shape` (N, H, W, C) in the layer's dtype, "depthwise" and "pointwise": the
-        two layers' describe()}."""
+        """{"kind": "separable", "fused": whether one kernel runs (with an expansion: after
+        it, or with it) for inputs of `input_shape` (N, H, W, C) in the layer's dtype,
+        "depthwise" and "pointwise": the two layers' describe(); with an expansion also
+        "expand": its describe() and "expand_fused": whether it runs in that kernel}."""
         shape = tuple(_params.as_tuple("input_shape", input_shape, 4, 0))
         dtype = self.depthwise.dtype
+        described = {"kind": "separable"}
+        fusion = self._fusion(shape, np.dtype(dtype))
+        if self.expand is not None:
+            described["expand"] = self.expand.describe(shape)
+            described["expand_fused"] = fusion is not None and fusion[4][2]
+            shape = _plan.plan_for(self.expand, _stand_in(shape, dtype)).out_shape
         dw_plan = _plan.plan_for(self.depthwise, _stand_in(shape, dtype))
-        return {"kind": "separable", "fused": self._fusion(shape, np.dtype(dtype)) is not None,
+        return {**described, "fused": fusion is not None,
                 "depthwise": self.depthwise.describe(shape),
                 "pointwise": self.pointwise.describe(dw_plan.out_shape)}
 
     def extra_repr(self) -> str:
-        return f"{self.depthwise.extra_repr()} -> {self.pointwise.extra_repr()}"
+        parts = (self.expand, self.depthwise, self.pointwise)
+        return " -> ".join(layer.extra_repr() for layer in parts if layer is not None)
 
 
 def _stand_in(shape, dtype) -> np.ndarray:
@@ -1191,7 +1271,24 @@ def _writes_in_place(value, seen: set) -> bool:
 def _pair_separable(nodes: list, outputs: list) -> list:
     """Each depthwise FusedConv whose value only a 1x1 FusedConv reads (as its input) joined
     with it into a FusedSeparableConv (FusedSeparableConv.pairs), which takes the 1x1 node's
-    place and name."""
+    place and name; then each 1x1 FusedConv whose value only such a node reads joined into
+    it as its expansion (FusedSeparableConv.expands)."""
+    def separable(layer: FusedConv, consumer) -> L.Layer | None:
+        return FusedSeparableConv(layer, consumer) if type(consumer) is FusedConv and \
+            FusedSeparableConv.pairs(layer, consumer) else None
+
+    def expanded(layer: FusedConv, consumer) -> L.Layer | None:
+        return FusedSeparableConv(consumer.depthwise, consumer.pointwise, layer) if (
+            type(consumer) is FusedSeparableConv and consumer.expand is None
+            and FusedSeparableConv.expands(layer, consumer.depthwise)) else None
+    return _join(_join(nodes, outputs, separable), outputs, expanded)
+
+
+def _join(nodes: list, outputs: list, joined_with) -> list:
+    """Each FusedConv node whose value only one node reads, once and as its first input,
+    joined into it where joined_with(its layer, the reader's layer) gives the joined layer
+    (else None): that one takes the reader's place and name, with the FusedConv's inputs
+    first. Not past a layer that writes in place between the two (_overwrites_between)."""
     users: dict[str, list[int]] = {}
     for j, (_, _, args) in enumerate(nodes):
         for a in args:
@@ -1202,12 +1299,12 @@ def _pair_separable(nodes: list, outputs: list) -> list:
             continue
         j = users[name][0]
         consumer_name, consumer, consumer_args = nodes[j]
-        if (type(consumer) is not FusedConv or consumer_args[0] != name
-                or consumer_args.count(name) != 1 or not FusedSeparableConv.pairs(layer, consumer)
-                or _overwrites_between(nodes, i, j)):
+        if consumer_args[0] != name or consumer_args.count(name) != 1:
             continue
-        nodes[j] = [consumer_name, FusedSeparableConv(layer, consumer),
-                    (*args, *consumer_args[1:])]
+        together = joined_with(layer, consumer)
+        if together is None or _overwrites_between(nodes, i, j):
+            continue
+        nodes[j] = [consumer_name, together, (*args, *consumer_args[1:])]
         joined.add(i)
     return [node for i, node in enumerate(nodes) if i not in joined]
 

@@ -217,12 +217,13 @@ def test_the_mobilenet_v2_pairs_run_as_one_kernel_each(monkeypatch, rng):
     pairs = _kinds(fast).count("FusedSeparableConv")
     assert pairs > 0  # those whose 1x1 weight stays in this machine's L2
     ran: list = []
-    real = functional.bind_depthwise_pointwise
-    monkeypatch.setattr(functional, "bind_depthwise_pointwise",
-                        lambda *a, **k: ran.append(1) or real(*a, **k))
+    for binder in ("bind_depthwise_pointwise", "bind_expand_depthwise_pointwise"):
+        real = getattr(functional, binder)
+        monkeypatch.setattr(functional, binder,
+                            lambda *a, real=real, **k: ran.append(1) or real(*a, **k))
     x = rng.standard_normal((1, 64, 64, 3)).astype(np.float32)
     _close(fast(x), net.eval()(x), np.float32)
-    assert len(ran) == pairs
+    assert len(ran) == pairs  # (with their expansion or after it)
 
 
 def test_what_is_not_joined(monkeypatch):
@@ -405,7 +406,7 @@ def test_out_and_errors(rng):
         layer.backward(np.ones((1, 5, 6, 16)))
     with pytest.raises(RuntimeError, match="inference only"):
         layer.train()
-    with pytest.raises(TypeError, match="two FusedConv"):
+    with pytest.raises(TypeError, match="expected FusedConv layers, but got Conv2d"):
         FusedSeparableConv(L.Conv2d(4, 4, 3, groups=4), L.Conv2d(4, 4, 1))
     copied = pickle.loads(pickle.dumps(fast))
     _close(copied(x), fast(x), np.float32)

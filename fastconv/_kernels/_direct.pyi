@@ -25,6 +25,12 @@ def depthwise_pointwise(
     pw_bias: _Floats, y: _Floats, top: int, left: int, sh: int, sw: int, dh: int, dw: int,
     pw_post: Epilogue | None, item_pixels: int, num_threads: int,
 ) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
+def expand_depthwise_pointwise(
+    x: _Floats, we: _Floats, e_bias: _Floats, e_post: Epilogue | None, w: _Floats,
+    bias: _Floats, post: Epilogue | None, wp: _Floats, pw_bias: _Floats, y: _Floats,
+    top: int, left: int, sh: int, sw: int, dh: int, dw: int, pw_post: Epilogue | None,
+    buffer_rows: int, num_threads: int,
+) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
 def conv_backward_weight(
     x: _Floats, gy: _Floats, partial: _Floats, kh: int, kw: int,
     top: int, left: int, sh: int, sw: int, dh: int, dw: int, groups: int, num_threads: int,

@@ -17,7 +17,8 @@ from cython.parallel cimport prange, parallel
 
 from fastconv._kernels._epilogue cimport (Epilogue, chain_of, chain_span, fc_postops_f32,
                                           fc_postops_f64)
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memmove
 
 from fastconv._kernels._taps cimport _end_tap, _first_tap
 
@@ -386,11 +387,11 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
 cdef inline void _pointwise_row(const floating* a, Py_ssize_t a_pix, Py_ssize_t C,
                                 Py_ssize_t npix_row, const floating* wp, Py_ssize_t n_ob,
                                 Py_ssize_t ob, const floating* bias, floating* y,
-                                Py_ssize_t Cout, const void* in_registers, const void* chain,
-                                Py_ssize_t pixel0, const floating** xp,
+                                Py_ssize_t Cout, Py_ssize_t y_pix, const void* in_registers,
+                                const void* chain, Py_ssize_t pixel0, const floating** xp,
                                 floating** outp) noexcept nogil:
-    """y[p, co] = bias[co] + sum_{c < C} a[p*a_pix + c] * w[c, co] for the npix_row pixels
-    of a row (y: C_out apart), w packed as the blocked kernel's 1 x 1 weight (n_ob blocks of
+    """y[p*y_pix + co] = bias[co] + sum_{c < C} a[p*a_pix + c] * w[c, co] for co < Cout and
+    the npix_row pixels of a row, w packed as the blocked kernel's 1 x 1 weight (n_ob blocks of
     C x ob); the chain (pixels from pixel0 on) in the register blocks' stores when
     in_registers, else after them. Block by block of output channels, so that each block's
     weight serves the whole row while in cache. xp, outp: FC_BLK_PIX_MAX pointers each."""
@@ -408,7 +409,7 @@ cdef inline void _pointwise_row(const floating* a, Py_ssize_t a_pix, Py_ssize_t 
             npix = (blk + 1) * npix_row // n_blocks - pix
             for p in range(npix):
                 xp[p] = a + (pix + p) * a_pix
-                outp[p] = y + (pix + p) * Cout + b * ob
+                outp[p] = y + (pix + p) * y_pix + b * ob
             if not FC_HAVE_VECTORS:
                 for p in range(npix):
                     for co in range(nc):
@@ -425,7 +426,7 @@ cdef inline void _pointwise_row(const floating* a, Py_ssize_t a_pix, Py_ssize_t 
                              bias + b * ob if bias != NULL else NULL, 0, outp, nc,
                              <const fc_postops_f64*> in_registers, pixel0 + pix, b * ob, 0)
             if in_registers == NULL:
-                chain_span(chain, outp[0], pixel0 + pix, npix, Cout, b * ob, nc)
+                chain_span(chain, outp[0], pixel0 + pix, npix, y_pix, b * ob, nc)
 
 
 def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W, C_padded)
@@ -520,11 +521,160 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
             chain_span(chain, a, n * P + p0, p1 - p0, Cp, 0, C)
             _pointwise_row(a, Cp, C, p1 - p0, &wp[0, 0, 0, 0, 0, 0], n_ob, ob,
                            &pw_bias[0, 0] if has_pw_bias else NULL, &y[n, 0, 0, 0] + p0 * Cout,
-                           Cout, in_registers, pw_chain, n * P + p0, xp, outp)
+                           Cout, Cout, in_registers, pw_chain, n * P + p0, xp, outp)
         free(outp)
         free(xp)
         free(buf)
         free(window)
+    return status
+
+
+
+def expand_depthwise_pointwise(
+        const floating[:, :, :, ::1] x,          # IN  (N, H, W, C_in)
+        const floating[:, :, :, :, :, ::1] we,   # IN  (1, n_eb, 1, 1, C_in, OB) packed expand
+        const floating[:, ::1] e_bias,           # IN  (1, n_eb * OB), or (0, 0)
+        Epilogue e_post,
+        const floating[:, :, :, ::1] w,          # IN  (kh, kw, 1, C_padded) depthwise
+        const floating[::1] bias,                # IN  (C_padded,), or (0,)
+        Epilogue post,
+        const floating[:, :, :, :, :, ::1] wp,   # IN  (1, n_ob, 1, 1, C, OB) packed 1x1
+        const floating[:, ::1] pw_bias,          # IN  (1, n_ob * OB), or (0, 0)
+        floating[:, :, :, ::1] y,                # OUT (N, Ho, Wo, C_out)
+        Py_ssize_t top, Py_ssize_t left, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh,
+        Py_ssize_t dw, Epilogue pw_post, Py_ssize_t buffer_rows, int num_threads):
+    """y = pointwise(depthwise(expand(x))): a 1x1 convolution of x to C channels (`we`,
+    `e_bias`, `e_post`'s chain), a depthwise convolution of that (as depthwise_pointwise
+    computes it: w, bias, `post`) and a 1x1 convolution of the result (wp, pw_bias,
+    `pw_post`), MobileNetV2's inverted residual block, with neither intermediate in memory.
+    Each image's output rows are cut into as many bands as give every thread as many; a
+    thread keeps the expanded input rows that its band's depthwise rows read in a buffer of
+    buffer_rows rows (>= the (kh - 1) * dh + 1 rows a depthwise row reads), expanding each
+    row once within its band (the rows around a band's edge are expanded by both bands that
+    read them), expanding as many rows at once as the buffer or the band allow, and each
+    depthwise output row goes at once through the 1x1 into y. The
+    arithmetic of each value is the blocked kernel's (expand, 1x1) and the direct kernel's
+    (depthwise), in a fixed order: the result does not depend on the thread count.
+    Returns 0, or 1 when a scratch buffer could not be allocated."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], Cin = x.shape[3]
+    cdef Py_ssize_t Cp = w.shape[3], C = wp.shape[4], kh = w.shape[0]
+    cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], Cout = y.shape[3]
+    cdef Py_ssize_t n_eb = we.shape[1], n_ob = wp.shape[1], ob = wp.shape[5]
+    cdef Py_ssize_t cb = (FC_CB_F if floating is float else FC_CB_D) if FC_HAVE_VECTORS else 1
+    cdef Py_ssize_t block = FC_BLK_OB_F if floating is float else FC_BLK_OB_D
+    cdef Py_ssize_t span = (kh - 1) * dh + 1  # input rows a depthwise output row reads
+    if (y.shape[0] != N or Cp % cb or w.shape[2] != 1 or C > Cp
+            or bias.shape[0] not in (0, Cp)
+            or we.shape[0] != 1 or we.shape[2] != 1 or we.shape[3] != 1 or we.shape[4] != Cin
+            or n_eb * we.shape[5] < C or we.shape[5] != block
+            or e_bias.shape[0] not in (0, 1) or e_bias.shape[0] * e_bias.shape[1] not in (
+                0, n_eb * block)
+            or wp.shape[0] != 1 or wp.shape[2] != 1 or wp.shape[3] != 1
+            or n_ob * ob < Cout or ob != block
+            or pw_bias.shape[0] not in (0, 1) or pw_bias.shape[0] * pw_bias.shape[1] not in (
+                0, n_ob * ob)):
+        raise ValueError("expand_depthwise_pointwise: the weights do not match x and y")
+    if buffer_rows < span or num_threads < 1:
+        raise ValueError(f"expand_depthwise_pointwise: buffer_rows must be >= {span} and "
+                         f"num_threads >= 1, got {buffer_rows} and {num_threads}")
+    cdef _Rows g
+    _rows_of(&g, H, W, Cp, kh, w.shape[1], 1, Cp, Wo, C, Cp, C, top, left, sh, sw, dh, dw,
+             False, cb)
+    # bands of output rows: as many per image as give every thread as many
+    cdef Py_ssize_t bands = 1
+    while (N * bands) % num_threads and bands < Ho:
+        bands = bands + 1
+    cdef Py_ssize_t item, n, band, oh, oh_end, band_end, ih0, lo, hi, ih, e_lo, e_hi
+    cdef Py_ssize_t e_row = W * Cp  # values per expanded row
+    cdef bint has_bias = bias.shape[0] > 0, has_pw_bias = pw_bias.shape[0] > 0
+    cdef bint has_e_bias = e_bias.shape[0] > 0
+    cdef const void* e_chain = chain_of(e_post, sizeof(floating), N * H * W, C)
+    cdef const void* chain = chain_of(post, sizeof(floating), N * Ho * Wo, C)
+    cdef const void* pw_chain = chain_of(pw_post, sizeof(floating), N * Ho * Wo, Cout)
+    cdef const void* e_in_registers = NULL  # e_chain, when the register blocks apply it
+    cdef const void* in_registers = NULL  # pw_chain, likewise
+    cdef _Rows* rows = NULL  # the thread's copy of g, its rows those of the buffer
+    cdef floating* window = NULL
+    cdef floating* e_buf = NULL
+    cdef floating* buf = NULL
+    cdef const floating** xp = NULL
+    cdef floating** outp = NULL
+    cdef floating* e
+    cdef floating* a
+    cdef int status = 0
+    cdef int* failed = &status
+    if N * Ho * Wo == 0:
+        return 0
+    if FC_HAVE_VECTORS:
+        if e_chain != NULL and (
+                fc_blk_chain_in_registers_f32(<const fc_postops_f32*> e_chain) if floating is float
+                else fc_blk_chain_in_registers_f64(<const fc_postops_f64*> e_chain)):
+            e_in_registers = e_chain
+        if pw_chain != NULL and (
+                fc_blk_chain_in_registers_f32(<const fc_postops_f32*> pw_chain) if floating is float
+                else fc_blk_chain_in_registers_f64(<const fc_postops_f64*> pw_chain)):
+            in_registers = pw_chain
+    with nogil, parallel(num_threads=num_threads):
+        rows = <_Rows*> malloc(sizeof(_Rows))
+        window = <floating*> malloc(g.kh * g.window_cols * Cp * sizeof(floating))
+        # zeros: the channels from C to Cp are never written (the depthwise rows read them)
+        e_buf = <floating*> calloc(buffer_rows * e_row * sizeof(floating) + 64, 1)
+        buf = <floating*> malloc(Wo * Cp * sizeof(floating) + 64)
+        xp = <const floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
+        outp = <floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
+        for item in prange(N * bands, schedule="static"):
+            if (rows == NULL or window == NULL or e_buf == NULL or buf == NULL or xp == NULL
+                    or outp == NULL):
+                failed[0] = 1
+                continue
+            n = item // bands
+            band = item % bands
+            e = <floating*> (<char*> e_buf + (-<size_t> e_buf) % 64)
+            a = <floating*> (<char*> buf + (-<size_t> buf) % 64)
+            rows[0] = g
+            e_lo = 0  # the buffer holds expanded rows [e_lo, e_hi) of image n
+            e_hi = 0
+            oh_end = (band + 1) * Ho // bands
+            band_end = min((oh_end - 1) * sh - top + span, H)  # the band reads rows below it
+            for oh in range(band * Ho // bands, oh_end):
+                ih0 = oh * sh - top
+                lo = max(ih0, 0)  # the input rows this output row reads: [lo, hi)
+                hi = min(ih0 + span, H)
+                if hi > e_lo + buffer_rows:  # no room: keep the rows from lo on, at the start
+                    if lo < e_hi:
+                        memmove(e, e + (lo - e_lo) * e_row, (e_hi - lo) * e_row * sizeof(floating))
+                    else:
+                        e_hi = lo
+                    e_lo = lo
+                if e_hi < lo:
+                    e_lo = lo
+                    e_hi = lo
+                if hi > e_hi:  # expand the rows up to the buffer's or the band's end at once:
+                    # rows lie one after the other in x and in the buffer, and the more
+                    # pixels a pass over the expand weight serves, the fewer passes
+                    ih = min(e_lo + buffer_rows, band_end)
+                    _pointwise_row(&x[n, e_hi, 0, 0], Cin, Cin, (ih - e_hi) * W,
+                                   &we[0, 0, 0, 0, 0, 0], n_eb, block,
+                                   &e_bias[0, 0] if has_e_bias else NULL,
+                                   e + (e_hi - e_lo) * e_row, C, Cp, e_in_registers, e_chain,
+                                   (n * H + e_hi) * W, xp, outp)
+                    e_hi = ih
+                # the depthwise row reads the buffer as an image of rows [e_lo, e_hi):
+                # the rows outside are outside x or not read by this output row
+                rows[0].H = max(e_hi - e_lo, 0)
+                rows[0].top = top + e_lo
+                _row(rows, e, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL, a, window, oh,
+                     0, Wo)
+                chain_span(chain, a, (n * Ho + oh) * Wo, Wo, Cp, 0, C)
+                _pointwise_row(a, Cp, C, Wo, &wp[0, 0, 0, 0, 0, 0], n_ob, ob,
+                               &pw_bias[0, 0] if has_pw_bias else NULL, &y[n, oh, 0, 0], Cout,
+                               Cout, in_registers, pw_chain, (n * Ho + oh) * Wo, xp, outp)
+        free(outp)
+        free(xp)
+        free(buf)
+        free(e_buf)
+        free(window)
+        free(rows)
     return status
 
 

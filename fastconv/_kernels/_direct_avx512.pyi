@@ -7,4 +7,5 @@ from fastconv._kernels._direct import (
     conv_forward as conv_forward,
     data_depthwise as data_depthwise,
     depthwise_pointwise as depthwise_pointwise,
+    expand_depthwise_pointwise as expand_depthwise_pointwise,
 )
