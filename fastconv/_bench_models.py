@@ -281,7 +281,7 @@ def relative_error(result, expected) -> float:
     return error if math.isfinite(error) else math.inf
 
 
-def _timed(runs: dict, repeats: int) -> dict[str, list[float]]:
+def timed_rounds(runs: dict, repeats: int) -> dict[str, list[float]]:
     """`repeats` rounds, each calling every engine once, in an order rotated per round."""
     names = list(runs)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -363,7 +363,7 @@ def bench_inference(model: Model, batches, engines, threads: int, repeats: int,
             run()
             if result.errors[name] > INFERENCE_TOLERANCE:
                 result.failed.append(name)
-        result.times = _timed(runs, repeats)
+        result.times = timed_rounds(runs, repeats)
         result.seconds = {name: statistics.median(t) for name, t in result.times.items()}
         results.append(result)
     return results
@@ -438,7 +438,7 @@ def bench_train(model: Model, batches, engines, repeats: int, width: int | None 
             step_fastconv()
         for run in runs.values():
             run()
-        result.times = _timed(runs, repeats)
+        result.times = timed_rounds(runs, repeats)
         result.seconds = {name: statistics.median(t) for name, t in result.times.items()}
         results.append(result)
     return results

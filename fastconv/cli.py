@@ -847,9 +847,8 @@ def cmd_info_onnx(args) -> int:
 
 
 def cmd_bench_onnx(args) -> int:
-    import time
-
     import fastconv
+    from fastconv import _bench_models
     from fastconv import onnx as fonnx
     from fastconv._threads import get_num_threads
 
@@ -893,18 +892,13 @@ def cmd_bench_onnx(args) -> int:
     error = max(float(np.abs(g - e).max() / max(np.abs(e).max(), 1e-30))
                 for g, e in zip(got, expected))
     repeats = args.repeats or DEFAULT_REPEATS
-
-    def median_ms(run) -> float:
+    runs = {"fastconv": lambda: model(x),
+            "onnxruntime": lambda: session.run(None, {inputs[0].name: x})}
+    for run in runs.values():  # (fastconv's second and later calls reuse its first's layout)
         run()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        return 1000 * float(np.median(times))
-
-    ours = median_ms(lambda: model(x))
-    theirs = median_ms(lambda: session.run(None, {inputs[0].name: x}))
+    # as `fastconv bench --models` times them: rounds of one call each, a pause before each
+    times = _bench_models.timed_rounds(runs, repeats)
+    ours, theirs = (1000 * float(np.median(times[name])) for name in runs)
     ok = error <= 1e-4
     print(f"{args.onnx}: input {tuple(shape)}, {threads} threads, {repeats} rounds; fastconv: "
           f"fastconv.optimize_for_inference(fastconv.onnx.load(file))")
