@@ -14,7 +14,7 @@ from fastconv import layers as L
 from fastconv._postops import Activation, PostOps
 from fastconv.graph import Add, Graph
 from fastconv.inference import FusedConv, FusedSeparableConv
-from test_fused_separable import _kernel_call as separable_call
+from test_fused_separable import _kernel_call as separable_call, with_running_stats
 
 TOL = {np.float32: 3e-5, np.float64: 1e-12}
 DIRECT = _algorithms.simd_modules("_direct")
@@ -187,14 +187,7 @@ def _inverted_block(c_in, c, c_out, dtype=np.float32, stride=1, residual=False):
               ("bn2", L.BatchNorm2d(c_out, dtype=dtype), "pw")]
     if residual:
         layers.append(("add", Add(), ("bn2", "x")))
-    model = Graph(layers)
-    rng = np.random.default_rng(3)
-    for name, value in model.buffers():
-        if name.endswith("running_var"):
-            value[...] = rng.uniform(0.5, 2.0, value.shape)
-        elif name.endswith("running_mean"):
-            value[...] = rng.standard_normal(value.shape) * 0.2
-    return model
+    return with_running_stats(Graph(layers))
 
 
 def _kinds(fast):

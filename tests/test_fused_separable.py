@@ -176,7 +176,12 @@ def _separable_block(c, cout, dtype=np.float32, stride=1, residual=False, act=L.
               ("bn2", L.BatchNorm2d(cout, dtype=dtype), "pw")]
     if residual:
         layers.append(("add", Add(), ("bn2", "x")))
-    model = Graph(layers)
+    return with_running_stats(Graph(layers))
+
+
+def with_running_stats(model):
+    """`model` with its BatchNorm layers' running statistics drawn at random (not the
+    identity a new layer has), so that folding them is tested."""
     rng = np.random.default_rng(3)
     for name, value in model.buffers():
         if name.endswith("running_var"):
