@@ -120,7 +120,7 @@ class Permute(L.Layer):
 
 
 # the last axis length up to which _transposed copies index by index
-SHORT_AXIS = 8
+_SHORT_AXIS = 8
 
 
 def _transposed(x: np.ndarray, perm) -> np.ndarray:
@@ -129,7 +129,7 @@ def _transposed(x: np.ndarray, perm) -> np.ndarray:
     copy runs its inner loop along that short axis (1x3x224x224 to NHWC on a Zen 5: 105 ->
     35 us)."""
     t = x.transpose(perm)
-    if t.ndim < 2 or t.shape[-1] > SHORT_AXIS or t.flags.c_contiguous:
+    if t.ndim < 2 or t.shape[-1] > _SHORT_AXIS or t.flags.c_contiguous:
         return np.ascontiguousarray(t)
     y = np.empty(t.shape, t.dtype)
     for i in range(t.shape[-1]):

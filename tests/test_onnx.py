@@ -291,7 +291,7 @@ def test_transpose_reshape_squeeze_unsqueeze():
 
 
 def test_permute_copies_short_and_long_last_axes():
-    # a short last axis is copied index by index (fo.SHORT_AXIS), a longer one at once
+    # a short last axis is copied index by index (fo._SHORT_AXIS), a longer one at once
     rng = np.random.default_rng(0)
     for shape, perm in [((2, 3, 5, 7), (0, 2, 3, 1)), ((1, 3, 4, 4), (0, 2, 3, 1)),
                         ((2, 4, 3, 20), (0, 3, 1, 2)), ((2, 7, 5, 3), (0, 3, 1, 2)),
