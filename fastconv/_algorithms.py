@@ -473,4 +473,3 @@ def expand_joins(expanded_shape, kh: int, sh: int, dh: int, top: int, out_rows: 
         cut = band * out_rows // bands
         twice += max(0, min(h, (cut - 1) * sh - top + span) - max(0, cut * sh - top))
     return twice <= EXPAND_MAX_EXTRA * h
-

@@ -38,9 +38,7 @@ def _bound(algo: str, kernel_name: str, *args, flops: int,
     """_run's call with the kernel, its arguments and the thread count fixed: calling it runs
     the kernel on its arrays' current values."""
     kernel = getattr(_algorithms.KERNELS[algo], kernel_name)
-    if min_flops is None:
-        min_flops = _algorithms.PARALLEL_MIN_FLOPS
-    threads = get_num_threads() if flops >= min_flops else 1  # too little work to share
+    threads = _kernel_threads(flops, min_flops)
     args = (*args, threads)
     uses_blas = _algorithms.USES_BLAS[algo]
 
@@ -54,6 +52,14 @@ def _bound(algo: str, kernel_name: str, *args, flops: int,
         if status:
             raise MemoryError("fastconv: could not allocate a kernel's scratch buffer")
     return call
+
+
+def _kernel_threads(flops: int, min_flops: int | None = None) -> int:
+    """The threads a kernel call doing `flops` runs on: all of get_num_threads(), or one
+    below min_flops (default PARALLEL_MIN_FLOPS), too little work to share."""
+    if min_flops is None:
+        min_flops = _algorithms.PARALLEL_MIN_FLOPS
+    return get_num_threads() if flops >= min_flops else 1
 
 
 def _batched(name: str, arr) -> tuple[np.ndarray, bool]:
@@ -558,18 +564,37 @@ def bind_expand_depthwise_pointwise(expand: PreparedWeight, depthwise: PreparedW
     the direct kernel (finite); x (C-contiguous, the expansion's input); `offsets`,
     `stride`, `dilation`: the depthwise convolution's; y as for bind_depthwise_pointwise;
     the Epilogues of the expanded values, the depthwise output and y (None: none)."""
-    kh, kw, _, channels = depthwise.shape
-    n, h, w, c_in = x.shape
-    pixels = y.shape[0] * y.shape[1] * y.shape[2]
-    flops = 2 * (pixels * (kh * kw * channels + math.prod(pointwise.shape))
-                 + n * h * w * c_in * channels)
+    kh = depthwise.shape[0]
     span = (kh - 1) * dilation[0] + 1
-    row_bytes = w * depthwise.weight.shape[3] * depthwise.weight.itemsize
+    row_bytes = x.shape[2] * depthwise.weight.shape[3] * depthwise.weight.itemsize
     buffer_rows = max(span, _algorithms.SEPARABLE_RUN_BYTES // max(1, row_bytes))
     return _bound("direct", "expand_depthwise_pointwise", x, expand.weight, expand.bias,
                   expand_post, depthwise.weight, depthwise.bias, post, pointwise.weight,
                   pointwise.bias, y, *offsets, *stride, *dilation, pointwise_post,
-                  buffer_rows, flops=flops, min_flops=_algorithms.PARALLEL_MIN_DEPTHWISE_FLOPS)
+                  buffer_rows, flops=_inverted_residual_flops(x.shape, depthwise, pointwise,
+                                                              y.shape),
+                  min_flops=_algorithms.PARALLEL_MIN_DEPTHWISE_FLOPS)
+
+
+def _inverted_residual_flops(x_shape, depthwise: PreparedWeight, pointwise: PreparedWeight,
+                             y_shape) -> int:
+    """The arithmetic of expand -> depthwise -> 1x1 from x to y (multiply and add: 2)."""
+    kh, kw, _, channels = depthwise.shape
+    pixels = y_shape[0] * y_shape[1] * y_shape[2]
+    return 2 * (pixels * (kh * kw * channels + math.prod(pointwise.shape))
+                + math.prod(x_shape) * channels)
+
+
+def expansion_joins(x_shape, depthwise: PreparedWeight, pointwise: PreparedWeight, y_shape,
+                    offsets, stride, dilation) -> bool:
+    """Whether the expansion of x (of x_shape, NHWC) runs in bind_expand_depthwise_pointwise's
+    kernel rather than as its own kernel before bind_depthwise_pointwise's:
+    _algorithms.expand_joins for the threads that kernel would run on (arguments as
+    bind_expand_depthwise_pointwise takes them)."""
+    threads = _kernel_threads(_inverted_residual_flops(x_shape, depthwise, pointwise, y_shape),
+                              _algorithms.PARALLEL_MIN_DEPTHWISE_FLOPS)
+    return _algorithms.expand_joins(x_shape, depthwise.shape[0], stride[0], dilation[0],
+                                    offsets[0], y_shape[1], threads)
 
 
 def _padded_depthwise_input(x, channels: int):

@@ -36,13 +36,14 @@ from __future__ import annotations
 import copy
 import math
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
 from fastconv import _algorithms, _memory, _params, _plan, functional
 from fastconv import layers as L
 from fastconv._postops import Activation, PostOps, activation_of
-from fastconv._threads import blas_single_thread, few_rows_call, get_num_threads, matmul
+from fastconv._threads import blas_single_thread, few_rows_call, matmul
 from fastconv.graph import Add, Graph, Parallel, Residual
 
 _CONV_KINDS = {L.Conv2d: "conv2d", L.ConvTranspose2d: "conv_transpose2d", L.Linear: "linear"}
@@ -292,6 +293,23 @@ class FusedConv(L._SettingsNoted, L.Layer):
         return f"{self.source}: {what}, post_ops=[{', '.join(post)}]"
 
 
+class _Expansion(NamedTuple):
+    """How FusedSeparableConv's expand layer runs for one input shape and dtype."""
+    plan: _plan.ConvPlan
+    weight: functional.PreparedWeight  # prepared for the blocked kernel where it takes it
+    joined: bool  # in the depthwise kernel (else as its own kernel before it)
+
+
+class _Fusion(NamedTuple):
+    """FusedSeparableConv's one-kernel call for one input shape and dtype: the plans and
+    weights prepared for the kernel."""
+    dw_plan: _plan.ConvPlan
+    pw_plan: _plan.ConvPlan
+    depthwise: functional.PreparedWeight
+    pointwise: functional.PreparedWeight
+    expansion: _Expansion | None
+
+
 class FusedSeparableConv(L._SettingsNoted, L.Layer):
     """A depthwise convolution and the 1x1 convolution that reads its output (a depthwise
     separable convolution, MobileNet's; each a FusedConv with its post-ops), computed as one
@@ -305,14 +323,17 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
     _direct.expand_depthwise_pointwise: a thread expands the input rows that its band of
     depthwise rows reads into a buffer of its own, so that the expanded activation (the
     block's widest) does not go to memory either. Where the bands' shared rows would make
-    more than _algorithms.EXPAND_MAX_EXTRA of the expansion twice (small images at a batch
-    below the thread count), the expansion runs as its own kernel before the other two.
+    more than _algorithms.EXPAND_MAX_EXTRA of the expansion twice (small images, a batch
+    that is not a multiple of the thread count: an image is cut into bands), or the expand
+    weight is not finite (the blocked kernel does not take it), the expansion runs as its
+    own kernel, into an array of the bound call, before the other two.
 
     forward(x) or, when the 1x1 has a residual add, forward(x, residual): what
     pointwise(depthwise([expand](x)), residual) gives (the same kernels' arithmetic: the same
     values where those would run the direct and the blocked kernels). The layers run one
     after the other instead where one kernel cannot: fusable() false (a setting changed since), a
-    non-finite 1x1 weight (the blocked kernel does not take it), an input that is not 4-D
+    non-finite weight of the 1x1 after the depthwise convolution (the blocked kernel does not
+    take it), an input that is not 4-D
     and C-contiguous, or of a dtype the layers compute in another one
     (float16, integers; a float64 input on float32 weights runs as one kernel, in float64),
     or a residual the 1x1 kernel does not add in its stores. Parameters:
@@ -415,7 +436,7 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
         fusion = self._fusion_for(x, residual)
         return None if fusion is None else self._call_for(fusion, x, residual, out)
 
-    def _call_for(self, fusion: tuple, x, residual, out):
+    def _call_for(self, fusion: _Fusion, x, residual, out):
         """_fused_call, given _fusion_for(x, residual)."""
         dw, pw = self.depthwise, self.pointwise
         dw_plan, pw_plan, depthwise, pointwise, expansion = fusion
@@ -457,7 +478,7 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
             call()
         return both, y
 
-    def _fusion_for(self, x, residual) -> tuple | None:
+    def _fusion_for(self, x, residual) -> _Fusion | None:
         """_fusion for x, when one kernel takes x and residual as they are."""
         first = self.expand if self.expand is not None else self.depthwise
         if (not isinstance(x, np.ndarray) or x.ndim != 4 or not x.flags.c_contiguous
@@ -466,24 +487,20 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
             return None
         return self._fusion(x.shape, x.dtype)
 
-    def _fusion(self, shape, dtype) -> tuple | None:
-        """(the depthwise plan, the 1x1 plan, their weights prepared for the kernel, and
-        with an expand layer (its plan, its weight prepared, whether it joins the kernel)
-        or else None) when the layers run as one kernel on inputs of `shape` (N, H, W, C)
-        and `dtype` (with an expand layer not joined: that one and then one kernel), else
-        None."""
+    def _fusion(self, shape, dtype) -> _Fusion | None:
+        """The plans and prepared weights when the layers run as one kernel on inputs of
+        `shape` (N, H, W, C) and `dtype` (with an expand layer not joined: that one and then
+        one kernel), else None."""
         if not self.fusable():
             return None
-        dw, pw, expansion = self.depthwise, self.pointwise, None
+        dw, pw, expansion, x_shape = self.depthwise, self.pointwise, None, shape
         if self.expand is not None:
             e_plan = _plan.plan_for(self.expand, _stand_in(shape, dtype))
             if e_plan.dtype != dtype or not e_plan.fuses_post or e_plan.offsets != (0, 0):
                 return None
             expand = e_plan.prepared("blocked", self.expand.weight, self.expand.bias,
                                      _plan.packs_of(self.expand))
-            if expand.algo != "blocked":
-                return None
-            expansion = (e_plan, expand, None)
+            expansion = _Expansion(e_plan, expand, False)
             shape = e_plan.out_shape
         dw_plan = _plan.plan_for(dw, _stand_in(shape, dtype))
         if not dw_plan.fuses_post:
@@ -499,12 +516,12 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
                 != _algorithms.KERNELS["direct"].POINTWISE_BLOCK[pw_plan.dtype_name]):
             return None
         if expansion is not None:
-            geo = dw_plan.geo
-            joined = _algorithms.expand_joins(
-                shape, dw.kernel_size[0], geo.stride[0], geo.dilation[0], dw_plan.offsets[0],
-                dw_plan.out_shape[1], get_num_threads())
-            expansion = (expansion[0], expansion[1], joined)
-        return dw_plan, pw_plan, depthwise, pointwise, expansion
+            # an expand weight the blocked kernel does not take (not finite) runs apart
+            expansion = expansion._replace(
+                joined=expansion.weight.algo == "blocked" and functional.expansion_joins(
+                    x_shape, depthwise, pointwise, pw_plan.out_shape, dw_plan.offsets,
+                    dw_plan.geo.stride, dw_plan.geo.dilation))
+        return _Fusion(dw_plan, pw_plan, depthwise, pointwise, expansion)
 
     def _inference_kernel(self, x: np.ndarray, residual=None):
         """The layer as one kernel call, for an inference graph's arena: (output shape,
@@ -513,7 +530,7 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
         fusion = self._fusion_for(x, residual)
         if fusion is None:
             return None
-        pw_plan = fusion[1]
+        pw_plan = fusion.pw_plan
 
         def bind(x: np.ndarray, *rest: np.ndarray):  # (the same inputs, right after)
             *given, out = rest
@@ -536,7 +553,7 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
         fusion = self._fusion(shape, np.dtype(dtype))
         if self.expand is not None:
             described["expand"] = self.expand.describe(shape)
-            described["expand_fused"] = fusion is not None and fusion[4][2]
+            described["expand_fused"] = fusion is not None and fusion.expansion.joined
             shape = _plan.plan_for(self.expand, _stand_in(shape, dtype)).out_shape
         dw_plan = _plan.plan_for(self.depthwise, _stand_in(shape, dtype))
         return {**described, "fused": fusion is not None,

@@ -145,11 +145,18 @@ def test_the_kernel_refuses_weights_and_buffers_that_do_not_match():
     project = functional.pack_weight(ones(1, 1, 16, 8), 1, block)[0]
     no_bias, no_bias2 = np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
 
-    def call(x=x, expand=expand, wd=wd, project=project, y=y, rows=3):
+    def call(x=x, expand=expand, wd=wd, project=project, y=y, rows=3, steps=(1, 1, 1, 1)):
         return module.expand_depthwise_pointwise(x, expand, no_bias2, None, wd, no_bias, None,
-                                                 project, no_bias2, y, 1, 1, 1, 1, 1, 1, None,
+                                                 project, no_bias2, y, 1, 1, *steps, None,
                                                  rows, 1)
     assert call() == 0 and np.all(y > 0)
+    # a buffer asked larger than the image (or than memory) holds the image's rows
+    expected, y[:] = y.copy(), 0
+    assert call(rows=2**60) == 0
+    np.testing.assert_array_equal(y, expected)
+    for steps in ((0, 1, 1, 1), (1, 0, 1, 1), (1, 1, 0, 1), (1, 1, 1, -1)):
+        with pytest.raises(ValueError, match="stride and dilation must be >= 1"):
+            call(steps=steps)
     bad = {
         "x of other channels": dict(x=ones(1, 5, 5, 6)),
         "another batch size": dict(y=ones(2, 5, 5, 8)),
@@ -245,11 +252,12 @@ def test_the_expansion_joins_where_few_rows_are_expanded_twice():
 
 
 def test_a_small_image_runs_its_expansion_apart_with_the_same_values(monkeypatch, rng):
-    model = _inverted_block(8, 48, 8, residual=True)
+    # 1x7x7, 16 -> 96 -> 16: enough work for two threads (PARALLEL_MIN_DEPTHWISE_FLOPS)
+    model = _inverted_block(16, 96, 16, residual=True)
     fast = fastconv.optimize_for_inference(model)
     node = fast.nodes[0][1]
     counts = _counting(monkeypatch)
-    x = rng.standard_normal((1, 7, 7, 8)).astype(np.float32)
+    x = rng.standard_normal((1, 7, 7, 16)).astype(np.float32)
     with fastconv.num_threads(2):
         assert not node.describe(x.shape)["expand_fused"] and node.describe(x.shape)["fused"]
         for _ in range(3):
@@ -259,6 +267,10 @@ def test_a_small_image_runs_its_expansion_apart_with_the_same_values(monkeypatch
         assert node.describe(x.shape)["expand_fused"]
         _close(fast(x), model.eval()(x), np.float32)
     assert counts["expand"] >= 1
+    # too little work for two threads: the kernel runs on one, so the expansion joins it
+    small = fastconv.optimize_for_inference(_inverted_block(8, 48, 8, residual=True))
+    with fastconv.num_threads(2):
+        assert small.nodes[0][1].describe((1, 7, 7, 8))["expand_fused"]
 
 
 def test_one_and_two_threads_give_the_same_bits_in_the_model(rng, kernel_threads):
@@ -273,6 +285,35 @@ def test_one_and_two_threads_give_the_same_bits_in_the_model(rng, kernel_threads
     assert_threads_ran(kernel_threads)
     np.testing.assert_array_equal(ys[0], ys[1])
     _close(ys[1], model.eval()(x), np.float32)
+
+
+def test_a_dilated_asymmetric_block_on_float64_input_at_many_thread_counts(monkeypatch, rng):
+    # a 4x4 depthwise kernel of dilation 2, padding "same" (3 rows above, 3 below, as
+    # PyTorch pads an even kernel: (k - 1) * d split, the extra one after), float32
+    # weights on a float64 input (computed in float64), 1, 3 and 4 threads
+    c = 24
+    model = with_running_stats(Graph([
+        ("e", L.Conv2d(8, c, 1, bias=False, rng=0), "x"), ("bn0", L.BatchNorm2d(c), "e"),
+        ("act0", L.ReLU6(), "bn0"),
+        ("dw", L.Conv2d(c, c, 4, padding="same", dilation=2, groups=c, rng=1), "act0"),
+        ("act1", L.ReLU6(), "dw"), ("pw", L.Conv2d(c, 16, 1, rng=2), "act1")]))
+    fast = fastconv.optimize_for_inference(model)
+    assert _kinds(fast) == ["FusedSeparableConv"] and fast.nodes[0][1].expand is not None
+    counts = _counting(monkeypatch)
+    x = rng.standard_normal((1, 40, 11, 8))
+    expected = model.eval()(x)
+    for threads in (1, 3, 4):
+        with fastconv.num_threads(threads):
+            y = fast(x)
+        assert y.dtype == np.float64
+        _close(y, expected, np.float32)  # the weights were folded in float32
+    # joined on one thread; on 3 and 4 threads, the bands' cuts would expand 6 rows each
+    # twice (a dilated 4-row kernel spans 7 rows): the expansion apart
+    assert counts == {"expand": 1, "separable": 2}
+    x = rng.standard_normal((3, 40, 11, 8))  # an image per thread: joined
+    with fastconv.num_threads(3):
+        _close(fast(x), model.eval()(x), np.float32)
+    assert counts == {"expand": 2, "separable": 2}
 
 
 def test_the_mobilenet_v2_blocks_join_their_expansions(monkeypatch, rng):
@@ -350,13 +391,16 @@ def test_what_one_kernel_cannot_take_runs_as_the_layers(monkeypatch, rng):
     for other in (np.asfortranarray(x), x[:, :, ::-1]):  # not C-contiguous
         np.testing.assert_array_equal(node(other, other), apart(other))
     assert counts == {"separable": 0, "expand": 0}
-    # a non-finite expansion weight: the blocked kernel does not take it
+    # a non-finite expansion weight: the blocked kernel does not take it, so the expansion
+    # runs as its own kernel and the depthwise and 1x1 still as one
     node.expand.weight[0, 0, 3, 5] = np.inf
     fastconv.weights_changed(fast)
+    assert node.describe(x.shape)["fused"] and not node.describe(x.shape)["expand_fused"]
     with np.errstate(invalid="ignore", over="ignore"):
         for _ in range(3):
             np.testing.assert_array_equal(fast(x), apart(x))
-    assert counts == {"separable": 0, "expand": 0}
+    assert counts["expand"] == 0 and counts["separable"] >= 1
+    counts.update(separable=0)
     # a setting changed since: a strided expansion
     node.expand.weight[0, 0, 3, 5] = 1
     node.expand.stride = (2, 2)

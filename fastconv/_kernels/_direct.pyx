@@ -221,12 +221,16 @@ cdef struct _Rows:
     bint depthwise, by_tap, run3, exact
 
 
-cdef void _rows_of(_Rows* g, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t kh,
+cdef int _rows_of(_Rows* g, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t kh,
                   Py_ssize_t kw, Py_ssize_t cig, Py_ssize_t w_ci, Py_ssize_t Wo,
                   Py_ssize_t Cout, Py_ssize_t y_pix, Py_ssize_t groups, Py_ssize_t top,
                   Py_ssize_t left, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                  bint exact, Py_ssize_t cb) noexcept nogil:
-    """Fills g for the rows of a convolution (see conv_forward)."""
+                  bint exact, Py_ssize_t cb) except -1:
+    """Fills g for the rows of a convolution (see conv_forward); a stride or dilation below 1
+    (a division by zero further on) is a ValueError."""
+    if min(sh, sw, dh, dw) < 1:
+        raise ValueError(f"stride and dilation must be >= 1, got stride ({sh}, {sw}) and "
+                         f"dilation ({dh}, {dw})")
     g.H, g.W, g.C, g.kh, g.kw, g.cig, g.w_ci, g.Wo, g.Cout, g.y_pix = \
         H, W, C, kh, kw, cig, w_ci, Wo, Cout, y_pix
     g.top, g.left, g.sh, g.sw, g.dh, g.dw, g.exact, g.cb = top, left, sh, sw, dh, dw, exact, cb
@@ -250,6 +254,7 @@ cdef void _rows_of(_Rows* g, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_
     g.by_tap = FC_PB * kw < g.span
     g.window_cols = FC_PB * kw if g.by_tap else g.span
     g.run3 = g.depthwise and kh == 3 and kw == 3 and FC_HAVE_VECTORS
+    return 0
 
 
 cdef inline void _row(const _Rows* g, const floating* x_img, const floating* w,
@@ -529,7 +534,6 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
     return status
 
 
-
 def expand_depthwise_pointwise(
         const floating[:, :, :, ::1] x,          # IN  (N, H, W, C_in)
         const floating[:, :, :, :, :, ::1] we,   # IN  (1, n_eb, 1, 1, C_in, OB) packed expand
@@ -555,6 +559,7 @@ def expand_depthwise_pointwise(
     depthwise output row goes at once through the 1x1 into y. The
     arithmetic of each value is the blocked kernel's (expand, 1x1) and the direct kernel's
     (depthwise), in a fixed order: the result does not depend on the thread count.
+    y must not overlap x (rows of x are expanded after rows of y are written).
     Returns 0, or 1 when a scratch buffer could not be allocated."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], Cin = x.shape[3]
     cdef Py_ssize_t Cp = w.shape[3], C = wp.shape[4], kh = w.shape[0]
@@ -577,6 +582,8 @@ def expand_depthwise_pointwise(
     if buffer_rows < span or num_threads < 1:
         raise ValueError(f"expand_depthwise_pointwise: buffer_rows must be >= {span} and "
                          f"num_threads >= 1, got {buffer_rows} and {num_threads}")
+    # a row read lies in x: more than H rows are never needed (nor allocated)
+    buffer_rows = min(buffer_rows, H)
     cdef _Rows g
     _rows_of(&g, H, W, Cp, kh, w.shape[1], 1, Cp, Wo, C, Cp, C, top, left, sh, sw, dh, dw,
              False, cb)
@@ -584,7 +591,7 @@ def expand_depthwise_pointwise(
     cdef Py_ssize_t bands = 1
     while (N * bands) % num_threads and bands < Ho:
         bands = bands + 1
-    cdef Py_ssize_t item, n, band, oh, oh_end, band_end, ih0, lo, hi, ih, e_lo, e_hi
+    cdef Py_ssize_t item, n, band, oh, oh_end, band_end, ih0, lo, hi, e_lo, e_hi, e_end
     cdef Py_ssize_t e_row = W * Cp  # values per expanded row
     cdef bint has_bias = bias.shape[0] > 0, has_pw_bias = pw_bias.shape[0] > 0
     cdef bint has_e_bias = e_bias.shape[0] > 0
@@ -652,13 +659,13 @@ def expand_depthwise_pointwise(
                 if hi > e_hi:  # expand the rows up to the buffer's or the band's end at once:
                     # rows lie one after the other in x and in the buffer, and the more
                     # pixels a pass over the expand weight serves, the fewer passes
-                    ih = min(e_lo + buffer_rows, band_end)
-                    _pointwise_row(&x[n, e_hi, 0, 0], Cin, Cin, (ih - e_hi) * W,
+                    e_end = min(e_lo + buffer_rows, band_end)
+                    _pointwise_row(&x[n, e_hi, 0, 0], Cin, Cin, (e_end - e_hi) * W,
                                    &we[0, 0, 0, 0, 0, 0], n_eb, block,
                                    &e_bias[0, 0] if has_e_bias else NULL,
                                    e + (e_hi - e_lo) * e_row, C, Cp, e_in_registers, e_chain,
                                    (n * H + e_hi) * W, xp, outp)
-                    e_hi = ih
+                    e_hi = e_end
                 # the depthwise row reads the buffer as an image of rows [e_lo, e_hi):
                 # the rows outside are outside x or not read by this output row
                 rows[0].H = max(e_hi - e_lo, 0)
