@@ -14,10 +14,19 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 
+cdef extern from *:
+    void __builtin_prefetch(const void* address) noexcept nogil
+
 cdef enum:
     MAX_ROWS_ = 8
     _COLUMNS = 256  # columns of y one thread sums at a time (their sums stay in L1)
     _RUN = 64  # terms summed in the input's precision before they join a double sum
+    # rows of w ahead whose part of a block is asked for early: a row's part lies N values
+    # after the last one's, on another page once N * itemsize >= 4 KiB, where the hardware's
+    # prefetchers stop (a 2048 x 1000 float32 weight read from memory, Zen 5, 2 threads:
+    # 660-820 -> 310 us; from the cache 110 us either way)
+    _AHEAD = 32
+    _LINE = 64  # bytes per cache line
 
 MAX_ROWS = MAX_ROWS_
 
@@ -34,6 +43,7 @@ cdef void _columns(const floating* x, const floating* w, const floating* bias, f
     cdef floating part[MAX_ROWS_][_COLUMNS]
     cdef double total[MAX_ROWS_][_COLUMNS]
     cdef const floating* row
+    cdef const char* ahead
     cdef floating xv
     cdef Py_ssize_t k, k0, run, m, j
     for m in range(M):
@@ -46,6 +56,10 @@ cdef void _columns(const floating* x, const floating* w, const floating* bias, f
                 part[m][j] = 0
         for k in range(k0, min(k0 + _RUN, K)):
             row = w + k * N + c0
+            if k + _AHEAD < K:
+                ahead = <const char*> (row + _AHEAD * N)
+                for j in range((width * <Py_ssize_t> sizeof(floating) + _LINE - 1) // _LINE):
+                    __builtin_prefetch(ahead + j * _LINE)
             for m in range(M):
                 xv = x[m * K + k]
                 for j in range(width):
