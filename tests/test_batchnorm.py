@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 import fastconv as fc
+from fastconv import _algorithms
 from fastconv import layers as L
+from fastconv import normalization as N
 from _gradcheck import assert_grad
 
 DTYPES = (np.float32, np.float64)
@@ -241,7 +243,7 @@ def test_batchnorm1d_equals_pytorch(shape):
 def test_batch_norm_gives_the_same_bits_on_one_and_two_threads(monkeypatch):
     """The per-channel sums run in fixed ranges of rows: the thread count cannot change them."""
     from fastconv import normalization as N
-    from fastconv._kernels import _norm
+    _norm = N._norm
 
     seen = []
 
@@ -269,3 +271,33 @@ def test_batch_norm_gives_the_same_bits_on_one_and_two_threads(monkeypatch):
             assert set(seen) == {threads}  # every pass got the work shared out
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("level", sorted(_algorithms.simd_modules("_norm")))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_instruction_set_gives_the_definition(level, dtype, monkeypatch):
+    """The kernels of each instruction-set build (normalization._norm is the widest the CPU
+    runs), training-mode forward and backward, channel counts around the vector widths."""
+    monkeypatch.setattr(N, "_norm", _algorithms.simd_modules("_norm")[level])
+    rng = np.random.default_rng(3)
+    tol = 2e-5 if dtype == np.float32 else 1e-11
+    eps = 1e-5
+    for channels in (1, 3, 7, 8, 9, 16, 17, 33):
+        x = (rng.standard_normal((2, 5, 7, channels)) * 3 + 1).astype(dtype)
+        gy = rng.standard_normal(x.shape).astype(dtype)
+        weight, bias = rng.standard_normal(channels), rng.standard_normal(channels)
+        y, mean, var = N.batch_norm_forward("batch_norm", x, None, None, weight.astype(dtype),
+                                            bias.astype(dtype), True, 0.1, eps)
+        m, v = batch_stats(x)
+        np.testing.assert_allclose(mean, m, rtol=tol, atol=tol)
+        np.testing.assert_allclose(var, v, rtol=tol, atol=tol)
+        np.testing.assert_allclose(y, reference(x.astype(np.float64), m, v, weight, bias, eps),
+                                   rtol=tol, atol=10 * tol)
+        gx, gw, gb = N.batch_norm_backward(gy, x, mean, var, weight.astype(dtype), True, eps)
+        g = gy.reshape(-1, channels).astype(np.float64)
+        x_hat = (x.reshape(-1, channels) - m) / np.sqrt(v + eps)
+        np.testing.assert_allclose(gb, g.sum(axis=0), rtol=tol, atol=10 * tol)
+        np.testing.assert_allclose(gw, (g * x_hat).sum(axis=0), rtol=tol, atol=10 * tol)
+        expected = weight / np.sqrt(v + eps) * (g - g.mean(axis=0)
+                                                - x_hat * (g * x_hat).mean(axis=0))
+        np.testing.assert_allclose(gx.reshape(-1, channels), expected, rtol=tol, atol=10 * tol)
