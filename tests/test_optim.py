@@ -291,6 +291,23 @@ def test_a_model_is_read_at_every_step_and_zero_grad_clears_every_group():
     np.testing.assert_array_equal(layer.weight, -np.ones((2, 2)))
 
 
+def test_zero_grad_clears_large_gradients_on_every_thread(monkeypatch):
+    from conftest import assert_threads_ran
+    from fastconv import optim
+
+    seen = []
+    real = optim._optim.zero
+    monkeypatch.setattr(optim._optim, "zero", lambda a, n: (seen.append(n), real(a, n))[1])
+    model = fastconv.Sequential(L.Conv2d(128, 129, 3, rng=0), L.Linear(3, 2, rng=0))
+    for _, _, grad in model.parameters():
+        grad[...] = 1
+    with fastconv.num_threads(2):
+        SGD(model, lr=0.1).zero_grad()
+    assert not any(grad.any() for _, _, grad in model.parameters())
+    assert seen == [2]  # the 3x3x128x129 weight's gradient; the small ones filled at once
+    assert_threads_ran(seen)
+
+
 # ----------------------------------------------------------------------------------------------
 # state dicts
 

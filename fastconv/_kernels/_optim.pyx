@@ -5,6 +5,20 @@ times over.
 Arrays are flattened, C-contiguous, of one float dtype; the caller has checked them."""
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.string cimport memset
+
+
+def zero(floating[::1] a, int num_threads):
+    """a[:] = 0, in one contiguous range of a per thread (a gradient of ResNet-18's, 9.4 MB:
+    one thread's fill is bound by what one core can write)."""
+    cdef Py_ssize_t n = a.shape[0], k, lo, hi
+    if n == 0:
+        return
+    for k in prange(num_threads, nogil=True, schedule="static", num_threads=num_threads):
+        lo = k * n // num_threads
+        hi = (k + 1) * n // num_threads
+        if hi > lo:
+            memset(&a[lo], 0, (hi - lo) * sizeof(floating))
 
 
 def sgd_step(floating[::1] p,        # IN/OUT the parameter

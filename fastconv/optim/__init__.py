@@ -36,7 +36,7 @@ import numpy as np
 
 from fastconv import _params, _plan
 from fastconv._kernels import _optim
-from fastconv._threads import threads_for_work
+from fastconv._threads import bound_call, threads_for_work
 
 # a key that learning-rate schedulers add to the parameter groups (PyTorch's name): kept by the
 # optimizer's state dict, never one of its hyper-parameters
@@ -145,7 +145,14 @@ class Optimizer:
         """Set every parameter gradient to zero (in place)."""
         for group in self.param_groups:
             for _, _, grad in _group_params(group):
-                grad.fill(0)
+                threads = threads_for_work(grad.size)
+                if threads > 1 and grad.dtype in (np.float32, np.float64) \
+                        and grad.flags.c_contiguous:
+                    # large gradients on every thread (ResNet-18's 47 MB on a Zen 5, 2
+                    # threads: 1.87 -> 1.40 ms)
+                    bound_call(_optim.zero, grad.reshape(-1), threads=threads)()
+                else:
+                    grad.fill(0)
 
     def step(self) -> None:
         """One update of every parameter from its gradient. A read-only parameter is a
