@@ -587,13 +587,15 @@ def _inverted_residual_flops(x_shape, depthwise: PreparedWeight, pointwise: Prep
 
 def expansion_joins(x_shape, depthwise: PreparedWeight, pointwise: PreparedWeight, y_shape,
                     offsets, stride, dilation) -> bool:
-    """Whether the expansion of x (of x_shape, NHWC) runs in bind_expand_depthwise_pointwise's
-    kernel rather than as its own kernel before bind_depthwise_pointwise's:
-    _algorithms.expand_joins for the threads that kernel would run on (arguments as
-    bind_expand_depthwise_pointwise takes them)."""
+    """Whether the expansion of an input of x_shape (N, H, W, C_in) runs in
+    bind_expand_depthwise_pointwise's kernel rather than as its own kernel before
+    bind_depthwise_pointwise's: _algorithms.expand_joins for the threads that kernel would
+    run on. y_shape: the output's shape; the weights, offsets, stride and dilation as
+    bind_expand_depthwise_pointwise takes them."""
     threads = _kernel_threads(_inverted_residual_flops(x_shape, depthwise, pointwise, y_shape),
                               _algorithms.PARALLEL_MIN_DEPTHWISE_FLOPS)
-    return _algorithms.expand_joins(x_shape, depthwise.shape[0], stride[0], dilation[0],
+    expanded = (*x_shape[:3], depthwise.shape[3])  # the expansion's output (its N and H count)
+    return _algorithms.expand_joins(expanded, depthwise.shape[0], stride[0], dilation[0],
                                     offsets[0], y_shape[1], threads)
 
 

@@ -155,7 +155,7 @@ def test_the_kernel_refuses_weights_and_buffers_that_do_not_match():
     assert call(rows=2**60) == 0
     np.testing.assert_array_equal(y, expected)
     for steps in ((0, 1, 1, 1), (1, 0, 1, 1), (1, 1, 0, 1), (1, 1, 1, -1)):
-        with pytest.raises(ValueError, match="stride and dilation must be >= 1"):
+        with pytest.raises(ValueError, match="stride, dilation and groups must be >= 1"):
             call(steps=steps)
     bad = {
         "x of other channels": dict(x=ones(1, 5, 5, 6)),
@@ -288,17 +288,18 @@ def test_one_and_two_threads_give_the_same_bits_in_the_model(rng, kernel_threads
 
 
 def test_a_dilated_asymmetric_block_on_float64_input_at_many_thread_counts(monkeypatch, rng):
-    # a 4x4 depthwise kernel of dilation 2, padding "same" (3 rows above, 3 below, as
-    # PyTorch pads an even kernel: (k - 1) * d split, the extra one after), float32
-    # weights on a float64 input (computed in float64), 1, 3 and 4 threads
+    # a 4x4 depthwise kernel of dilation 3, padding "same": (k - 1) * d = 9 rows split as
+    # PyTorch splits it, 4 above and 5 below (and columns likewise), float32 weights on a
+    # float64 input (computed in float64), 1, 3 and 4 threads
     c = 24
     model = with_running_stats(Graph([
         ("e", L.Conv2d(8, c, 1, bias=False, rng=0), "x"), ("bn0", L.BatchNorm2d(c), "e"),
         ("act0", L.ReLU6(), "bn0"),
-        ("dw", L.Conv2d(c, c, 4, padding="same", dilation=2, groups=c, rng=1), "act0"),
+        ("dw", L.Conv2d(c, c, 4, padding="same", dilation=3, groups=c, rng=1), "act0"),
         ("act1", L.ReLU6(), "dw"), ("pw", L.Conv2d(c, 16, 1, rng=2), "act1")]))
     fast = fastconv.optimize_for_inference(model)
     assert _kinds(fast) == ["FusedSeparableConv"] and fast.nodes[0][1].expand is not None
+    assert fast.nodes[0][1].depthwise.describe((1, 40, 11, c))["padding"] == ((4, 5), (4, 5))
     counts = _counting(monkeypatch)
     x = rng.standard_normal((1, 40, 11, 8))
     expected = model.eval()(x)
@@ -307,8 +308,8 @@ def test_a_dilated_asymmetric_block_on_float64_input_at_many_thread_counts(monke
             y = fast(x)
         assert y.dtype == np.float64
         _close(y, expected, np.float32)  # the weights were folded in float32
-    # joined on one thread; on 3 and 4 threads, the bands' cuts would expand 6 rows each
-    # twice (a dilated 4-row kernel spans 7 rows): the expansion apart
+    # joined on one thread; on 3 and 4 threads, the bands' cuts would expand 9 rows each
+    # twice (the dilated kernel spans 10 rows): the expansion apart
     assert counts == {"expand": 1, "separable": 2}
     x = rng.standard_normal((3, 40, 11, 8))  # an image per thread: joined
     with fastconv.num_threads(3):

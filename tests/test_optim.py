@@ -306,6 +306,16 @@ def test_zero_grad_clears_large_gradients_on_every_thread(monkeypatch):
     assert not any(grad.any() for _, _, grad in model.parameters())
     assert seen == [2]  # the 3x3x128x129 weight's gradient; the small ones filled at once
     assert_threads_ran(seen)
+    with pytest.raises(ValueError, match="num_threads must be >= 1, got 0"):
+        real(np.ones(3, np.float32), 0)
+    # an ndarray subclass, a read-only gradient: NumPy's fill, its own error
+    subclass = np.ones((512, 512)).view(type("Sub", (np.ndarray,), {}))
+    SGD([("m", np.zeros((512, 512)), subclass)], lr=0.1).zero_grad()
+    assert not subclass.any()
+    frozen = np.ones(300_000)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        SGD([("f", np.zeros(300_000), frozen)], lr=0.1).zero_grad()
 
 
 # ----------------------------------------------------------------------------------------------

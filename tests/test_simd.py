@@ -85,3 +85,29 @@ def test_depthwise_output_streamed_through_conv2d(rng, monkeypatch):
     y = fastconv.conv2d(x, w, bias, padding=1, groups=20, algorithm="direct")
     expected = reference.conv2d(x, w, bias, (1, 1), ((1, 1), (1, 1)), (1, 1), 20)
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("level", sorted(VARIANTS))
+def test_a_stride_dilation_or_group_count_below_1_is_refused(level):
+    """The kernels divide by these without a check (cdivision): a zero was a SIGFPE."""
+    module = VARIANTS[level]
+    ones = lambda *shape: np.ones(shape, np.float32)  # noqa: E731
+    x, w, y = ones(1, 5, 5, 16), ones(3, 3, 16, 16), ones(1, 5, 5, 16)
+    no_bias = np.zeros(0, np.float32)
+    partial = np.zeros((1, 3 * 3 * 16 * 16), np.float32)
+    calls = {
+        "conv_forward": lambda s, d, g: module.conv_forward(
+            x, w, no_bias, y, 1, 1, s, s, d, d, g, False, False, None, 1),
+        "data_depthwise": lambda s, d, g: module.data_depthwise(
+            x, ones(3, 3, 1, 16), no_bias, y, 1, 1, s, s, d, d, False, 1),
+        "conv_backward_weight": lambda s, d, g: module.conv_backward_weight(
+            x, y, partial, 3, 3, 1, 1, s, s, d, d, g, 1),
+    }
+    for name, call in calls.items():
+        call(1, 1, 1)  # the same arguments with these at 1 run
+        for bad in ((0, 1, 1), (1, 0, 1), (1, 1, 0), (-1, 1, 1)):
+            if name == "data_depthwise" and bad[2] == 0:
+                continue  # it takes no group count
+            with pytest.raises(ValueError, match="stride, dilation and groups must be >= 1"):
+                call(*bad)
+                pytest.fail(f"{name}{bad}")

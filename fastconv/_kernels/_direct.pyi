@@ -1,7 +1,8 @@
 # Type stubs of the compiled direct-convolution kernels (_direct.pyx; _direct_avx2 and
 # _direct_avx512 are the same source compiled for wider instruction sets).
 # Arrays are C-contiguous float32 or float64 (one dtype per call); the kernels assume
-# validated arguments (fastconv.functional checks them) and release the GIL.
+# validated arguments (fastconv.functional checks them; a stride, dilation or group count
+# below 1, a division by zero, is a ValueError here too) and release the GIL.
 from typing import TypeAlias
 
 import numpy as np

@@ -221,16 +221,24 @@ cdef struct _Rows:
     bint depthwise, by_tap, run3, exact
 
 
+cdef int _check_geometry(Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                         Py_ssize_t groups) except -1:
+    """A stride, dilation or group count below 1, a division by zero further on (the kernels
+    divide without checks), as a ValueError."""
+    if min(sh, sw, dh, dw, groups) < 1:
+        raise ValueError(f"stride, dilation and groups must be >= 1, got stride ({sh}, {sw}), "
+                         f"dilation ({dh}, {dw}) and groups {groups}")
+    return 0
+
+
 cdef int _rows_of(_Rows* g, Py_ssize_t H, Py_ssize_t W, Py_ssize_t C, Py_ssize_t kh,
                   Py_ssize_t kw, Py_ssize_t cig, Py_ssize_t w_ci, Py_ssize_t Wo,
                   Py_ssize_t Cout, Py_ssize_t y_pix, Py_ssize_t groups, Py_ssize_t top,
                   Py_ssize_t left, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                   bint exact, Py_ssize_t cb) except -1:
-    """Fills g for the rows of a convolution (see conv_forward); a stride or dilation below 1
-    (a division by zero further on) is a ValueError."""
-    if min(sh, sw, dh, dw) < 1:
-        raise ValueError(f"stride and dilation must be >= 1, got stride ({sh}, {sw}) and "
-                         f"dilation ({dh}, {dw})")
+    """Fills g for the rows of a convolution (see conv_forward); _check_geometry's
+    ValueError first."""
+    _check_geometry(sh, sw, dh, dw, groups)
     g.H, g.W, g.C, g.kh, g.kw, g.cig, g.w_ci, g.Wo, g.Cout, g.y_pix = \
         H, W, C, kh, kw, cig, w_ci, Wo, Cout, y_pix
     g.top, g.left, g.sh, g.sw, g.dh, g.dw, g.exact, g.cb = top, left, sh, sw, dh, dw, exact, cb
@@ -769,6 +777,7 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
     one vector of output channels, or one vector of channels when depthwise) sums over the
     row's pixels whose tap lands inside x, in registers.
     """
+    _check_geometry(sh, sw, dh, dw, groups)
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], Cout = gy.shape[3]
     cdef Py_ssize_t cig = C // groups, cog = Cout // groups
@@ -901,6 +910,7 @@ def data_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, Hg, Wg, Cp) grad_
     result is that of the definition even for non-finite weights. Each thread writes whole
     rows of out while their gy rows are in cache: gy is read about once, out written once.
     Cp: the channels padded to a whole number of vectors (whole-vector loads stay inside)."""
+    _check_geometry(sh, sw, dh, dw, 1)
     cdef Py_ssize_t N = gy.shape[0], Hg = gy.shape[1], Wg = gy.shape[2], Cp = gy.shape[3]
     cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1]
     cdef Py_ssize_t Ho = out.shape[1], Wo = out.shape[2], C = out.shape[3]

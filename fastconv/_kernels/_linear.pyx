@@ -15,7 +15,14 @@ from cython.parallel cimport prange
 
 
 cdef extern from *:
-    void __builtin_prefetch(const void* address) noexcept nogil
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FC_PREFETCH(address) __builtin_prefetch(address)
+    #else  /* MSVC: no hint */
+    #define FC_PREFETCH(address) ((void)(address))
+    #endif
+    """
+    void FC_PREFETCH(const void* address) noexcept nogil
 
 cdef enum:
     MAX_ROWS_ = 8
@@ -59,7 +66,7 @@ cdef void _columns(const floating* x, const floating* w, const floating* bias, f
             if k + _AHEAD < K:
                 ahead = <const char*> (row + _AHEAD * N)
                 for j in range((width * <Py_ssize_t> sizeof(floating) + _LINE - 1) // _LINE):
-                    __builtin_prefetch(ahead + j * _LINE)
+                    FC_PREFETCH(ahead + j * _LINE)
             for m in range(M):
                 xv = x[m * K + k]
                 for j in range(width):

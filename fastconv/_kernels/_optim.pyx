@@ -12,6 +12,8 @@ def zero(floating[::1] a, int num_threads):
     """a[:] = 0, in one contiguous range of a per thread (a gradient of ResNet-18's, 9.4 MB:
     one thread's fill is bound by what one core can write)."""
     cdef Py_ssize_t n = a.shape[0], k, lo, hi
+    if num_threads < 1:
+        raise ValueError(f"zero: num_threads must be >= 1, got {num_threads}")
     if n == 0:
         return
     for k in prange(num_threads, nogil=True, schedule="static", num_threads=num_threads):

@@ -146,8 +146,8 @@ class Optimizer:
         for group in self.param_groups:
             for _, _, grad in _group_params(group):
                 threads = threads_for_work(grad.size)
-                if threads > 1 and grad.dtype in (np.float32, np.float64) \
-                        and grad.flags.c_contiguous:
+                if (threads > 1 and type(grad) is np.ndarray and grad.flags.writeable
+                        and grad.dtype in (np.float32, np.float64) and grad.flags.c_contiguous):
                     # large gradients on every thread (ResNet-18's 47 MB on a Zen 5, 2
                     # threads: 1.87 -> 1.40 ms)
                     bound_call(_optim.zero, grad.reshape(-1), threads=threads)()
