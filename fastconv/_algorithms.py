@@ -457,13 +457,12 @@ def partial_sums(weight_bytes: int, work_units: int) -> int:
     return max(1, min(wanted, work_units))
 
 
-def expand_joins(expanded_shape, kh: int, sh: int, dh: int, top: int, out_rows: int,
+def expand_joins(n: int, h: int, kh: int, sh: int, dh: int, top: int, out_rows: int,
                  threads: int) -> bool:
-    """Whether an expansion to `expanded_shape` (N, H, W, C) joins the depthwise kernel
-    after it (kernel height kh, stride sh, dilation dh, top padding `top`, out_rows output
-    rows): the rows that two bands both expand, with bands cut as the kernel cuts them (as
-    many per image as give `threads` threads as many), are at most EXPAND_MAX_EXTRA of H."""
-    n, h = expanded_shape[0], expanded_shape[1]
+    """Whether the expansion of n images of h rows joins the depthwise kernel after it
+    (kernel height kh, stride sh, dilation dh, top padding `top`, out_rows output rows): the
+    rows that two bands both expand, with bands cut as the kernel cuts them (as many per
+    image as give `threads` threads as many), are at most EXPAND_MAX_EXTRA of h."""
     bands = 1
     while (n * bands) % threads and bands < out_rows:
         bands += 1

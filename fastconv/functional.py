@@ -594,9 +594,8 @@ def expansion_joins(x_shape, depthwise: PreparedWeight, pointwise: PreparedWeigh
     bind_expand_depthwise_pointwise takes them."""
     threads = _kernel_threads(_inverted_residual_flops(x_shape, depthwise, pointwise, y_shape),
                               _algorithms.PARALLEL_MIN_DEPTHWISE_FLOPS)
-    expanded = (*x_shape[:3], depthwise.shape[3])  # the expansion's output (its N and H count)
-    return _algorithms.expand_joins(expanded, depthwise.shape[0], stride[0], dilation[0],
-                                    offsets[0], y_shape[1], threads)
+    return _algorithms.expand_joins(x_shape[0], x_shape[1], depthwise.shape[0], stride[0],
+                                    dilation[0], offsets[0], y_shape[1], threads)
 
 
 def _padded_depthwise_input(x, channels: int):

@@ -493,14 +493,11 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
         one kernel), else None."""
         if not self.fusable():
             return None
-        dw, pw, expansion, x_shape = self.depthwise, self.pointwise, None, shape
+        dw, pw, x_shape = self.depthwise, self.pointwise, shape
         if self.expand is not None:
             e_plan = _plan.plan_for(self.expand, _stand_in(shape, dtype))
             if e_plan.dtype != dtype or not e_plan.fuses_post or e_plan.offsets != (0, 0):
                 return None
-            expand = e_plan.prepared("blocked", self.expand.weight, self.expand.bias,
-                                     _plan.packs_of(self.expand))
-            expansion = _Expansion(e_plan, expand, False)
             shape = e_plan.out_shape
         dw_plan = _plan.plan_for(dw, _stand_in(shape, dtype))
         if not dw_plan.fuses_post:
@@ -515,12 +512,15 @@ class FusedSeparableConv(L._SettingsNoted, L.Layer):
                 or pointwise.weight.shape[5]
                 != _algorithms.KERNELS["direct"].POINTWISE_BLOCK[pw_plan.dtype_name]):
             return None
-        if expansion is not None:
+        expansion = None
+        if self.expand is not None:
+            expand = e_plan.prepared("blocked", self.expand.weight, self.expand.bias,
+                                     _plan.packs_of(self.expand))
             # an expand weight the blocked kernel does not take (not finite) runs apart
-            expansion = expansion._replace(
-                joined=expansion.weight.algo == "blocked" and functional.expansion_joins(
-                    x_shape, depthwise, pointwise, pw_plan.out_shape, dw_plan.offsets,
-                    dw_plan.geo.stride, dw_plan.geo.dilation))
+            expansion = _Expansion(e_plan, expand, expand.algo == "blocked" and (
+                functional.expansion_joins(x_shape, depthwise, pointwise, pw_plan.out_shape,
+                                           dw_plan.offsets, dw_plan.geo.stride,
+                                           dw_plan.geo.dilation)))
         return _Fusion(dw_plan, pw_plan, depthwise, pointwise, expansion)
 
     def _inference_kernel(self, x: np.ndarray, residual=None):

@@ -241,14 +241,14 @@ def test_the_expansion_joins_where_few_rows_are_expanded_twice():
     # two threads, batch 1: each image in two bands; a 3x3 depthwise of stride 1 reads two
     # rows of the other band, of stride 2 one
     joins = _algorithms.expand_joins
-    assert joins((1, 112, 112, 96), 3, 2, 1, 1, 56, 2)
-    assert joins((1, 28, 28, 192), 3, 1, 1, 1, 28, 2)  # 2 of 28 rows twice
-    assert not joins((1, 14, 14, 384), 3, 1, 1, 1, 14, 2)  # 2 of 14
-    assert not joins((1, 7, 7, 960), 3, 1, 1, 1, 7, 2)
-    assert joins((2, 7, 7, 960), 3, 1, 1, 1, 7, 2)  # one band per image
-    assert joins((1, 7, 7, 960), 3, 1, 1, 1, 7, 1)
-    assert not joins((3, 7, 7, 960), 3, 1, 1, 1, 7, 2)  # 3 images, 2 threads: 2 bands each
-    assert joins((1, 7, 7, 960), 1, 1, 1, 0, 7, 2)  # a 1x1 depthwise reads no shared row
+    assert joins(1, 112, 3, 2, 1, 1, 56, 2)
+    assert joins(1, 28, 3, 1, 1, 1, 28, 2)  # 2 of 28 rows twice
+    assert not joins(1, 14, 3, 1, 1, 1, 14, 2)  # 2 of 14
+    assert not joins(1, 7, 3, 1, 1, 1, 7, 2)
+    assert joins(2, 7, 3, 1, 1, 1, 7, 2)  # one band per image
+    assert joins(1, 7, 3, 1, 1, 1, 7, 1)
+    assert not joins(3, 7, 3, 1, 1, 1, 7, 2)  # 3 images, 2 threads: 2 bands each
+    assert joins(1, 7, 1, 1, 1, 0, 7, 2)  # a 1x1 depthwise reads no shared row
 
 
 def test_a_small_image_runs_its_expansion_apart_with_the_same_values(monkeypatch, rng):

@@ -291,6 +291,7 @@ def test_a_model_is_read_at_every_step_and_zero_grad_clears_every_group():
     np.testing.assert_array_equal(layer.weight, -np.ones((2, 2)))
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix's
 def test_zero_grad_clears_large_gradients_on_every_thread(monkeypatch):
     from conftest import assert_threads_ran
     from fastconv import optim
@@ -309,13 +310,23 @@ def test_zero_grad_clears_large_gradients_on_every_thread(monkeypatch):
     with pytest.raises(ValueError, match="num_threads must be >= 1, got 0"):
         real(np.ones(3, np.float32), 0)
     # an ndarray subclass, a read-only gradient: NumPy's fill, its own error
-    subclass = np.ones((512, 512)).view(type("Sub", (np.ndarray,), {}))
-    SGD([("m", np.zeros((512, 512)), subclass)], lr=0.1).zero_grad()
-    assert not subclass.any()
+    matrix = np.asmatrix(np.ones((512, 512)))  # its reshape(-1) keeps two dimensions
+    SGD([("m", np.zeros((512, 512)), matrix)], lr=0.1).zero_grad()
+    assert not matrix.any()
     frozen = np.ones(300_000)
     frozen.flags.writeable = False
-    with pytest.raises(ValueError, match="read-only"):
+    with pytest.raises(ValueError, match="assignment destination is read-only"):  # NumPy's
         SGD([("f", np.zeros(300_000), frozen)], lr=0.1).zero_grad()
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix's
+def test_an_ndarray_subclass_parameter_steps_through_numpy():
+    # np.matrix's reshape(-1) keeps two dimensions: the flat kernels are not for it
+    value, grad = np.asmatrix(np.ones((64, 64))), np.full((64, 64), 2.0)
+    opt = SGD([("p", value, grad)], lr=0.5, momentum=0.9)
+    opt.step()
+    opt.step()
+    np.testing.assert_allclose(np.asarray(value), 1 - 0.5 * 2 - 0.5 * (0.9 * 2 + 2))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -146,8 +146,7 @@ class Optimizer:
         for group in self.param_groups:
             for _, _, grad in _group_params(group):
                 threads = threads_for_work(grad.size)
-                if (threads > 1 and type(grad) is np.ndarray and grad.flags.writeable
-                        and grad.dtype in (np.float32, np.float64) and grad.flags.c_contiguous):
+                if threads > 1 and _flat_writable(grad):
                     # large gradients on every thread (ResNet-18's 47 MB on a Zen 5, 2
                     # threads: 1.87 -> 1.40 ms)
                     bound_call(_optim.zero, grad.reshape(-1), threads=threads)()
@@ -242,18 +241,25 @@ class Optimizer:
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
 
 
+def _flat_writable(a: np.ndarray) -> bool:
+    """Whether an _optim kernel can write `a` as a flat float array: a plain ndarray (a
+    subclass's reshape may keep its dimensions), float32 or float64, C-contiguous,
+    writeable, not 0-d."""
+    return (type(a) is np.ndarray and a.ndim > 0 and a.dtype in (np.float32, np.float64)
+            and a.flags.c_contiguous and a.flags.writeable)
+
+
 def _one_pass(value: np.ndarray, grad: np.ndarray, buf: np.ndarray | None) -> bool:
-    """Whether an update can run as one kernel pass: C-contiguous, writeable arrays of one
-    float dtype and the parameter's shape (the kernel reads them flat), the gradient either
-    the parameter itself or apart from it. Views, other dtypes and overlaps go through
-    NumPy."""
-    return (value.ndim > 0 and value.dtype in (np.float32, np.float64)
-            and value.flags.c_contiguous and value.flags.writeable
+    """Whether an update can run as one kernel pass: parameter and state _flat_writable, of
+    one dtype and the parameter's shape (the kernel reads them flat), the gradient
+    C-contiguous and either the parameter itself or apart from it. Views, other dtypes and
+    overlaps go through NumPy."""
+    return (_flat_writable(value)
             and grad.dtype == value.dtype and grad.shape == value.shape
             and grad.flags.c_contiguous
             and (grad is value or not np.may_share_memory(grad, value))
-            and (buf is None or (buf.dtype == value.dtype and buf.shape == value.shape
-                                 and buf.flags.c_contiguous and buf.flags.writeable)))
+            and (buf is None or (_flat_writable(buf) and buf.dtype == value.dtype
+                                 and buf.shape == value.shape)))
 
 
 class SGD(Optimizer):
