@@ -30,8 +30,8 @@ cdef enum:
     _RUN = 64  # terms summed in the input's precision before they join a double sum
     # rows of w ahead whose part of a block is asked for early: a row's part lies N values
     # after the last one's, on another page once N * itemsize >= 4 KiB, where the hardware's
-    # prefetchers stop (a 2048 x 1000 float32 weight read from memory, Zen 5, 2 threads:
-    # 660-820 -> 310 us; from the cache 110 us either way)
+    # prefetchers stop (a 2048 x 1000 float32 weight read from memory, Zen 5, 2 threads,
+    # without and with it side by side in one process: 520-710 -> 390-430 us)
     _AHEAD = 32
     _LINE = 64  # bytes per cache line
 
