@@ -17,6 +17,11 @@ VECTOR_BYTES = {"baseline": 16, "avx2": 32, "avx512": 64}
 SYSFS_CACHES = "/sys/devices/system/cpu/cpu0/cache"
 # what we assume when the system says nothing: a common laptop/desktop core of the 2010s-2020s
 DEFAULT_CACHES = {"l1d": 32 * 1024, "l2": 256 * 1024, "l3": 8 * 1024 * 1024}
+# The most L3 per logical CPU that "auto" believes. No CPU has much more (AMD's X3D parts: 96
+# MiB for 8 cores, 16 threads; a 2-vCPU guest on a Zen 5 is told 32 MiB shared by 2), but a
+# virtual machine may be told its host's whole L3 as shared by its own few vCPUs only (seen:
+# 480 MiB "shared by 2" on a Xeon guest), of which it gets no more than any other tenant.
+L3_PER_CPU_LIMIT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,11 @@ class Machine:
 
     @property
     def last_level(self) -> int:
-        """The largest (outermost) cache: L3, or L2 on a CPU without one."""
-        return self.l3 or self.l2
+        """The largest (outermost) cache that this machine's logical CPUs can count on: L3
+        (at most L3_PER_CPU_LIMIT per logical CPU sharing it), or L2 on a CPU without one."""
+        if not self.l3:
+            return self.l2
+        return min(self.l3, L3_PER_CPU_LIMIT * max(1, self.l3_shared_by))
 
     def lanes(self, itemsize: int) -> int:
         """Elements of `itemsize` bytes in one vector."""
@@ -45,7 +53,8 @@ class Machine:
     def as_dict(self) -> dict:
         return {"cpu": self.cpu, "simd": self.simd, "vector_bytes": self.vector_bytes,
                 "l1d": self.l1d, "l2": self.l2, "l3": self.l3,
-                "l3_shared_by": self.l3_shared_by, "caches_from": self.caches_from}
+                "l3_shared_by": self.l3_shared_by, "last_level": self.last_level,
+                "caches_from": self.caches_from}
 
 
 def parse_size(text: str) -> int:

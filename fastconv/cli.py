@@ -318,6 +318,8 @@ def _caches_line(caches: dict) -> str:
         return f"{n // 2**20} MiB" if n >= 2**20 and n % 2**20 == 0 else f"{n // 1024} KiB"
     l3 = (f"L3 {size(caches['l3'])} (shared by {caches['l3_shared_by']})" if caches["l3"]
           else "no L3")
+    if caches["l3"] and caches["last_level"] < caches["l3"]:
+        l3 += f", of which auto counts on {size(caches['last_level'])}"
     return (f"caches ({caches['caches_from']}): L1d {size(caches['l1d'])}, L2 "
             f"{size(caches['l2'])}, {l3}; vectors {8 * caches['vector_bytes']} bits "
             f"({caches['simd']})")

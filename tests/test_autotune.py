@@ -36,6 +36,17 @@ def test_sysfs_caches(tmp_path):
     assert facts.vector_bytes == 32 and facts.lanes(4) == 8 and facts.lanes(8) == 4
 
 
+def test_a_guest_told_its_hosts_whole_l3(tmp_path):
+    # a 2-vCPU guest on a Xeon was told 480 MiB of L3 "shared by 2": auto counts on at most
+    # L3_PER_CPU_LIMIT per logical CPU (and the reported size stays as told)
+    root = _fake_sysfs(tmp_path, [(1, "Data", "48K", "0"), (2, "Unified", "2048K", "0"),
+                                  (3, "Unified", "491520K", "0-1")])
+    facts = _machine.read(root, simd="avx512")
+    assert facts.l3 == 480 * 2**20 and facts.l3_shared_by == 2
+    assert facts.last_level == 2 * _machine.L3_PER_CPU_LIMIT == 32 * 2**20
+    assert facts.as_dict()["last_level"] == facts.last_level
+
+
 def test_a_cpu_without_l3(tmp_path):
     root = _fake_sysfs(tmp_path, [(1, "Data", "64K", "0"), (2, "Unified", "4096K", "0-3")])
     facts = _machine.read(root, simd="baseline")
