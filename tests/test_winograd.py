@@ -1,5 +1,6 @@
 """algorithm="winograd" (F(4x4, 3x3)) against the plain-NumPy reference, its error bound,
 where it applies, and what "auto" makes of it."""
+import dataclasses
 import math
 import os
 import subprocess
@@ -68,6 +69,43 @@ def test_forward_matches_reference(rng, case, dtype):
     pads = resolve_padding(padding, (3, 3), (1, 1), (1, 1), (h, w))
     expected = reference.conv2d(x, weight, bias, pads=pads, groups=groups)
     assert y.dtype == dtype and y.shape == expected.shape
+    assert relative_error(y, expected) <= bound(dtype)
+
+
+@pytest.mark.parametrize("tiles, block", [(1, 4), (49, 16), (98, 28), (384, 96), (392, 100),
+                                          (512, 128), (513, 68), (1568, 100)])
+def test_streamed_winograd_blocks(tiles, block):
+    # a multiple of 4 blocks of at most STREAMED_WINOGRAD_MAX_BLOCK tiles, a multiple of 4
+    assert _algorithms.streamed_winograd_block(tiles) == block
+    assert block % 4 == 0 and block <= _algorithms.STREAMED_WINOGRAD_MAX_BLOCK
+    assert -(-tiles // block) <= 4 * -(-tiles // (4 * _algorithms.STREAMED_WINOGRAD_MAX_BLOCK))
+
+
+def test_streamed_winograd_pays(monkeypatch):
+    facts = _algorithms.MACHINE
+    for last_level, pays in ((32 * 2**20, True), (8 * 2**20, False)):
+        monkeypatch.setattr(_algorithms, "MACHINE", dataclasses.replace(
+            facts, l3=last_level, l3_shared_by=2))
+        # 512 -> 512 at 8x28x28: blocks of 100 tiles, 14.7 MB of transformed tiles
+        assert _algorithms.streamed_winograd_pays(392, 1024, 4) is pays
+        assert _algorithms.streamed_winograd_pays(196, 1024, 4) is False  # blocks of 52
+        assert _algorithms.streamed_winograd_pays(392, 64, 4) is True
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_beyond_the_cache_in_streamed_blocks(rng, monkeypatch, dtype):
+    # a transformed weight beyond WINOGRAD_MAX_WEIGHT_BYTES runs in blocks of
+    # streamed_winograd_block tiles (here 2 x 9 x 10 = 180 tiles: 4 blocks of 48)
+    monkeypatch.setattr(_algorithms, "WINOGRAD_MAX_WEIGHT_BYTES", 0)
+    blocks = []
+    chosen = _algorithms.streamed_winograd_block
+    monkeypatch.setattr(_algorithms, "streamed_winograd_block",
+                        lambda tiles: blocks.append(chosen(tiles)) or chosen(tiles))
+    x, weight = operands(rng, 2, 35, 38, 24, 40, dtype=dtype)
+    bias = rng.standard_normal(40).astype(dtype)
+    y = fastconv.conv2d(x, weight, bias, padding=1, algorithm="winograd")
+    assert blocks == [48]
+    expected = reference.conv2d(x, weight, bias, pads=((1, 1), (1, 1)))
     assert relative_error(y, expected) <= bound(dtype)
 
 
@@ -333,6 +371,12 @@ def test_auto_choice_and_opting_out(rng):
     # this machine's cache holds (_algorithms.WINOGRAD_MAX_WEIGHT_BYTES)
     c = math.isqrt(_algorithms.WINOGRAD_MAX_WEIGHT_BYTES // (36 * 4)) + 1
     assert choice((3, 3, c, c), (8, 14, 14, c)) == "blocked"  # weight too large
+    # ... unless blocks of STREAMED_WINOGRAD_MIN_BLOCK tiles or more share each read of it
+    # (and their transformed tiles fit in half the last-level cache)
+    streamed = _algorithms.streamed_winograd_pays(392, 2 * c, 4)
+    assert streamed == (36 * 100 * 2 * c * 4 <= _algorithms.MACHINE.last_level // 2)
+    assert choice((3, 3, c, c), (8, 28, 28, c)) == ("winograd" if streamed else "blocked")
+    assert choice((3, 3, c, c), (4, 28, 28, c)) == "blocked"  # 196 tiles, blocks of 52
     geo = fastconv._params.conv_geometry("t", (8, 14, 14, c), (3, 3, c, c), 1, 1, 1, 1)
     # ... but not for the weight gradient, which writes its transformed weight once per block
     assert _algorithms.for_weight_gradient("auto", (3, 3, c, c), (8, 14, 14, c), 4,
