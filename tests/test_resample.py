@@ -68,6 +68,18 @@ def test_global_average_pooling_is_the_mean_of_each_map(shape, dtype):
                                    rtol=tol, atol=tol * 100)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_adaptive_average_pooling_to_the_input_size_is_a_copy(dtype):
+    # one pixel per bin (VGG's 7x7 -> 7x7): the input's values, in a new array of the
+    # result dtype, on contiguous and strided inputs
+    x = np.random.default_rng(3).standard_normal((2, 7, 14, 5)).astype(dtype)
+    for view in (x, x[:, :, ::2]):
+        y = fc.adaptive_avg_pool2d(view, (7, None))
+        assert y.dtype == (np.float64 if dtype == np.float64 else np.float32)
+        np.testing.assert_array_equal(y, view.astype(y.dtype))
+        assert not np.shares_memory(y, view)
+
+
 @pytest.mark.parametrize("size", [(3, 2), (4, 9)])
 def test_adaptive_pooling_backward(size):
     rng = np.random.default_rng(1)
