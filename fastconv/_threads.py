@@ -137,9 +137,6 @@ def blas_single_thread():
 
 
 _linear = _algorithms.best_simd("_linear")
-# a few-rows product's weight up to the last-level cache: beyond it the stream from memory
-# bounds both kernels, and BLAS reads it as fast (VGG-16's 411 MB first Linear: 13 ms each)
-FEW_ROWS_MAX_WEIGHT_BYTES = _algorithms.MACHINE.last_level
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
@@ -170,12 +167,12 @@ def few_rows_call(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None, out: np
     """The call computing out = a @ b (+ bias) with _linear.few_rows_matmul (it streams b
     once, where BLAS on one thread copies it first: a classifier's weight at small batch
     sizes), bound to these arrays; None unless a is (M, K) with 1 <= M <= _linear.MAX_ROWS,
-    b (K, N) of at most FEW_ROWS_MAX_WEIGHT_BYTES, bias None or (N,), out (M, N), all
-    C-contiguous float32 or float64 of one dtype and non-empty."""
+    b (K, N), bias None or (N,), out (M, N), all C-contiguous float32 or float64 of one
+    dtype and non-empty."""
     arrays = (a, b, out) if bias is None else (a, b, bias, out)
     if (a.ndim != 2 or b.ndim != 2 or out.shape != (a.shape[0], b.shape[1])
             or a.shape[1] != b.shape[0] or not 1 <= a.shape[0] <= _linear.MAX_ROWS
-            or b.size == 0 or b.nbytes > FEW_ROWS_MAX_WEIGHT_BYTES
+            or b.size == 0
             or (bias is not None and bias.shape != (b.shape[1],))
             or a.dtype not in (np.float32, np.float64)
             or any(v.dtype != a.dtype or not v.flags.c_contiguous for v in arrays)):

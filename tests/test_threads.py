@@ -183,12 +183,13 @@ def test_linear_and_resampling_products_keep_blas_on_one_thread(monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_few_rows_products_equal_the_definition(level, dtype, rng, monkeypatch):
     """matmul of at most MAX_ROWS rows (the few-rows kernel, in every instruction-set
-    variant): the float64 product within rounding, for column counts around its 256-column
-    block, 1-D and 3-D left operands; the same bits on 1 and 2 threads, and 2 ran; long
-    float32 sums of positive terms within 1e-6 (runs of terms summed in double; one float32
-    sum was 8e-6 off at K = 25088). With a bias too. Other operands (more rows, a strided or
-    Fortran-ordered one, mixed dtypes, an empty sum, a weight beyond the last-level cache)
-    go through NumPy and are right too."""
+    variant): the float64 product within rounding, for column counts around its blocks
+    (8192 / M columns), sums of one and of several chunks of rows of w (fewer where
+    SCRATCH_BYTES caps their sums), 1-D and 3-D left operands; the same bits on 1 and 2
+    threads, and 2 ran; long float32 sums of positive terms within 1e-6 (runs of terms
+    summed in double; one float32 sum was 8e-6 off at K = 25088). With a bias too. Other
+    operands (more rows, a strided or Fortran-ordered one, mixed dtypes, an empty sum) go
+    through NumPy and are right too."""
     from conftest import _RecordingKernels
 
     from fastconv import _threads
@@ -199,7 +200,8 @@ def test_few_rows_products_equal_the_definition(level, dtype, rng, monkeypatch):
     rows = module.MAX_ROWS
     tol = 1e-5 if dtype == np.float32 else 1e-12
     for a_shape, n in [((1, 300), 1000), ((rows, 37), 255), ((2, 3, 5), 257), ((40,), 513),
-                       ((1, 1), 1), ((rows + 1, 7), 3), ((2, 0), 5)]:
+                       ((1, 1), 1), ((rows, 600), 1025), ((1, 70), 8193), ((rows + 1, 7), 3),
+                       ((2, 0), 5)]:
         a = rng.standard_normal(a_shape).astype(dtype)
         b = rng.standard_normal((a_shape[-1], n)).astype(dtype)
         expected = a.astype(np.float64) @ b.astype(np.float64)
@@ -222,13 +224,24 @@ def test_few_rows_products_equal_the_definition(level, dtype, rng, monkeypatch):
     for rows in (a, np.tile(a, (4, 1))):  # the kernel's bias, and NumPy's add after BLAS
         np.testing.assert_allclose(_threads.matmul(rows, b, bias=bias),
                                    rows.astype(np.float64) @ b + bias, rtol=tol, atol=tol * 10)
-    monkeypatch.setattr(_threads, "FEW_ROWS_MAX_WEIGHT_BYTES", b.nbytes - 1)
-    assert _threads.few_rows_call(a, b, bias, out) is None  # beyond the cache: BLAS
+    # the chunks' sums capped at two chunks' worth: 600 rows in 2 chunks, not 8
+    m = module.MAX_ROWS
+    a, b = rng.standard_normal((m, 600)).astype(dtype), rng.standard_normal((600, 33)).astype(dtype)
+    assert module.chunks(m, 600, 33) == 8 and module.chunks(1, 64, 5) == 1  # one run
+    monkeypatch.setattr(module, "SCRATCH_BYTES", 2 * m * 33 * 8)
+    assert module.chunks(m, 600, 33) == 2
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    with fastconv.num_threads(1):
+        one = _threads.matmul(a, b)
+    with fastconv.num_threads(2):
+        two = _threads.matmul(a, b)
+    np.testing.assert_allclose(one, expected, rtol=tol, atol=tol * np.sqrt(600))
+    np.testing.assert_array_equal(one, two)
     monkeypatch.undo()
     monkeypatch.setattr(_threads, "_linear", _RecordingKernels(module, given))
     assert_threads_ran(given)
     calls = len(given)
-    assert calls == 2 * 5 + 3  # the last two through NumPy
+    assert calls == 2 * 7 + 5  # the last two of the list through NumPy
     a = rng.standard_normal((2, 40)).astype(dtype)
     b = rng.standard_normal((40, 30)).astype(dtype)
     for left, right in [(a[:, ::2], b[::2]), (np.asfortranarray(a), b), (a, np.asfortranarray(b)),

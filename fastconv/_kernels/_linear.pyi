@@ -4,7 +4,9 @@
 from fastconv._kernels._direct import _Floats
 
 MAX_ROWS: int
+SCRATCH_BYTES: int
 
+def chunks(M: int, K: int, N: int) -> int: ...
 def few_rows_matmul(
     x: _Floats, w: _Floats, bias: _Floats, y: _Floats, num_threads: int,
 ) -> None: ...

@@ -12,6 +12,7 @@ Arrays are C-contiguous, of one float dtype; the caller has checked the shapes:
 """
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.stdlib cimport malloc, free
 
 
 cdef extern from *:
@@ -26,8 +27,9 @@ cdef extern from *:
 
 cdef enum:
     MAX_ROWS_ = 8
-    _COLUMNS = 256  # columns of y one thread sums at a time (their sums stay in L1)
+    _PART = 8192  # a thread's run sums: M x (columns of w it sums at a time), in L1
     _RUN = 64  # terms summed in the input's precision before they join a double sum
+    _CHUNKS = 8  # K is cut into at most this many chunks of whole runs (see few_rows_matmul)
     # rows of w ahead whose part of a block is asked for early: a row's part lies N values
     # after the last one's, on another page once N * itemsize >= 4 KiB, where the hardware's
     # prefetchers stop (a 2048 x 1000 float32 weight read from memory, Zen 5, 2 threads,
@@ -36,47 +38,53 @@ cdef enum:
     _LINE = 64  # bytes per cache line
 
 MAX_ROWS = MAX_ROWS_
+# the chunks' double sums (chunks x M x N) are kept within this many bytes: fewer chunks
+# for a very wide w
+SCRATCH_BYTES = 16 * 1024 * 1024
 
 
-cdef void _columns(const floating* x, const floating* w, const floating* bias, floating* y,
-                   Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, Py_ssize_t c0,
-                   Py_ssize_t width) noexcept nogil:
-    """y[:, c0:c0 + width] = (bias[c0:c0 + width] when bias is not NULL) + x @ w[:, c0:c0 +
-    width]: summed over k in order, in runs of _RUN terms in the input's precision whose
-    sums are added in double (a sum of K float32 terms in float32 loses up to K roundings:
-    8e-6 relative at K = 25088, VGG's first Linear; runs lose _RUN + K / _RUN). A run that
-    overflows gives inf, and runs of opposite infinities NaN, where one float32 sum would
-    have stayed at inf: both are far from the exact sum."""
-    cdef floating part[MAX_ROWS_][_COLUMNS]
-    cdef double total[MAX_ROWS_][_COLUMNS]
+cdef void _chunk(const floating* x, const floating* w, double* total, Py_ssize_t M,
+                 Py_ssize_t K, Py_ssize_t N, Py_ssize_t k_start, Py_ssize_t k_end,
+                 Py_ssize_t c0, Py_ssize_t width) noexcept nogil:
+    """total[:, c0:c0 + width] (M x N, row stride N) = x[:, k_start:k_end] @ w[k_start:k_end,
+    c0:c0 + width]: summed over k in order, in runs of _RUN terms in the input's precision
+    whose sums are added in double (a sum of K float32 terms in float32 loses up to K
+    roundings: 8e-6 relative at K = 25088, VGG's first Linear; runs lose _RUN + K / _RUN). A
+    run that overflows gives inf, and runs of opposite infinities NaN, where one float32 sum
+    would have stayed at inf: both are far from the exact sum."""
+    cdef floating part[_PART]  # M x width
     cdef const floating* row
     cdef const char* ahead
     cdef floating xv
-    cdef Py_ssize_t k, k0, run, m, j
+    cdef Py_ssize_t k, k0, r, m, j
     for m in range(M):
         for j in range(width):
-            total[m][j] = bias[c0 + j] if bias != NULL else 0
-    for run in range((K + _RUN - 1) // _RUN):
-        k0 = run * _RUN
-        for m in range(M):
-            for j in range(width):
-                part[m][j] = 0
-        for k in range(k0, min(k0 + _RUN, K)):
+            total[m * N + c0 + j] = 0
+    for r in range((k_end - k_start + _RUN - 1) // _RUN):
+        k0 = k_start + r * _RUN
+        for j in range(M * width):
+            part[j] = 0
+        for k in range(k0, min(k0 + _RUN, k_end)):
             row = w + k * N + c0
-            if k + _AHEAD < K:
+            if width < N and k + _AHEAD < k_end:  # (whole rows: one stream, prefetched)
                 ahead = <const char*> (row + _AHEAD * N)
                 for j in range((width * <Py_ssize_t> sizeof(floating) + _LINE - 1) // _LINE):
                     FC_PREFETCH(ahead + j * _LINE)
             for m in range(M):
                 xv = x[m * K + k]
                 for j in range(width):
-                    part[m][j] += xv * row[j]
+                    part[m * width + j] += xv * row[j]
         for m in range(M):
             for j in range(width):
-                total[m][j] += part[m][j]
-    for m in range(M):
-        for j in range(width):
-            y[m * N + c0 + j] = <floating> total[m][j]
+                total[m * N + c0 + j] += part[m * width + j]
+
+
+def chunks(Py_ssize_t M, Py_ssize_t K, Py_ssize_t N):
+    """How many chunks of rows of w few_rows_matmul sums apart for x (M, K) and w (K, N): up
+    to _CHUNKS, at most one per run of _RUN rows, their double sums (chunks x M x N) within
+    SCRATCH_BYTES (at least one)."""
+    return max(1, min(_CHUNKS, (K + _RUN - 1) // _RUN,
+                      SCRATCH_BYTES // max(1, M * N * <Py_ssize_t> sizeof(double))))
 
 
 def few_rows_matmul(const floating[:, ::1] x,   # IN  (M, K), M <= MAX_ROWS
@@ -84,14 +92,43 @@ def few_rows_matmul(const floating[:, ::1] x,   # IN  (M, K), M <= MAX_ROWS
                     const floating[::1] bias,   # IN  (N,), or (0,): none
                     floating[:, ::1] y,         # OUT (M, N)
                     int num_threads):
-    """y = x @ w (+ bias), the columns of y in blocks of _COLUMNS shared among the threads
-    (each sum over k in order: the result does not depend on the thread count)."""
+    """y = x @ w (+ bias). K is cut into chunks of whole runs (as many as _CHUNKS and
+    SCRATCH_BYTES allow: a function of the shapes alone) and N into blocks of _PART / M
+    columns; the
+    threads share the (chunk, block) pairs, each pair's rows of w summed into the chunk's
+    double sums, and then the columns, each adding its chunks' sums in chunk order to the
+    bias: the result does not depend on the thread count. Raises MemoryError when the
+    chunks' sums cannot be allocated."""
     cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = w.shape[1]
-    cdef Py_ssize_t n_blocks = (N + _COLUMNS - 1) // _COLUMNS
-    cdef Py_ssize_t b, c0
+    cdef Py_ssize_t columns = min(N, _PART // M)  # a block's columns
+    cdef Py_ssize_t n_blocks = (N + columns - 1) // columns
+    cdef Py_ssize_t n_runs = (K + _RUN - 1) // _RUN
+    cdef Py_ssize_t n_chunks = chunks(M, K, N)
+    cdef Py_ssize_t unit, s, b, c0, width, m, j
     cdef const floating* b_ptr = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef double* totals
+    cdef double acc
     if M == 0 or K == 0 or N == 0:
         return  # the caller fills an empty sum
-    for b in prange(n_blocks, nogil=True, schedule="static", num_threads=num_threads):
-        c0 = b * _COLUMNS
-        _columns(&x[0, 0], &w[0, 0], b_ptr, &y[0, 0], M, K, N, c0, min(_COLUMNS, N - c0))
+    totals = <double*> malloc(n_chunks * M * N * sizeof(double))
+    if totals == NULL:
+        raise MemoryError(f"few_rows_matmul: no memory for {n_chunks} x {M} x {N} sums")
+    try:
+        for unit in prange(n_chunks * n_blocks, nogil=True, schedule="static",
+                           num_threads=num_threads):
+            s = unit // n_blocks
+            c0 = (unit % n_blocks) * columns
+            _chunk(&x[0, 0], &w[0, 0], totals + s * M * N, M, K, N,
+                   (s * n_runs // n_chunks) * _RUN,
+                   min(K, ((s + 1) * n_runs // n_chunks) * _RUN), c0, min(columns, N - c0))
+        for b in prange(n_blocks, nogil=True, schedule="static", num_threads=num_threads):
+            c0 = b * columns
+            width = min(columns, N - c0)
+            for m in range(M):
+                for j in range(c0, c0 + width):
+                    acc = b_ptr[j] if b_ptr != NULL else 0
+                    for s in range(n_chunks):
+                        acc = acc + totals[(s * M + m) * N + j]
+                    y[m, j] = <floating> acc
+    finally:
+        free(totals)
