@@ -98,11 +98,12 @@ WINOGRAD_GRAD_BUFFER_BYTES = 4 * MACHINE.l2
 # channels, 9 MiB against an 8 MiB L3, ran between 0.4x and 1.7x direct on 2 threads)
 WINOGRAD_MAX_WEIGHT_BYTES = MACHINE.last_level // 2
 # ... or, beyond it, where blocks of at least STREAMED_WINOGRAD_MIN_BLOCK tiles share each
-# read of the weight from memory (streamed_winograd_pays) (a block of B tiles does B/2 flops per byte of it, and BLAS
-# packs it again at each of the block's 36 GEMMs). Measured on a Xeon (AVX-512, 2 MiB of L2),
-# 2 threads, 3x3 512 -> 512 at 8x28x28 (392 tiles, 36 MiB): blocks of 4 tiles (the L2
-# budget's) 83 GFLOP/s, of 52 tiles 317, of 100 tiles 438-467, the blocked kernel 270; 256
-# -> 512 there 384 against 308; at 4x28x28 (blocks of 52) 302-325 against 334.
+# read of the weight from memory (streamed_winograd_refusal: a block of B tiles does B/2
+# flops per byte of it, and BLAS packs it again at each of the block's 36 GEMMs). Measured
+# on a Xeon (AVX-512, 2 MiB of L2), 2 threads, 3x3 512 -> 512 at 8x28x28 (392 tiles, 36
+# MiB): blocks of 4 tiles (the L2 budget's) 83 GFLOP/s, of 52 tiles 317, of 100 tiles
+# 438-467, the blocked kernel 270; 256 -> 512 there 384 against 308; at 4x28x28 (blocks of
+# 52) 302-325 against 334.
 STREAMED_WINOGRAD_MIN_BLOCK = 96
 STREAMED_WINOGRAD_MAX_BLOCK = 128
 # the weight gradient only writes its transformed weight (its partial sums), once per block:
@@ -154,7 +155,8 @@ def winograd_serves(kernel_hw, stride, dilation) -> bool:
 
 
 NOT_WINOGRAD_SHAPED = "not 3x3 stride 1"
-WINOGRAD_REASON = "rule: 3x3 stride 1, wide enough, transformed weight fits the cache"
+WINOGRAD_REASON = ("rule: 3x3 stride 1, wide enough, transformed weight in cache or read by "
+                   "blocks of enough tiles")
 
 
 def for_convolution(algorithm: str, weight_shape, out_shape, itemsize: int, stride, dilation,
@@ -257,19 +259,23 @@ def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_sha
     this project's 2-core machine with 2 threads (see README): it needs at least 8 input
     channels and 512 channel pairs per group (fewer: transforming the tiles costs more than
     the products save, as on CIFAR's 3-channel first layer or 8 groups of 16 channels); a
-    transformed weight small enough to stay in cache (at most max_weight_bytes); at least
-    MIN_WINOGRAD_TILES tiles; and at least half of each 4x4 tile inside the output."""
+    transformed weight small enough to stay in cache (at most max_weight_bytes), or, for the
+    forward kernel (max_weight_bytes WINOGRAD_MAX_WEIGHT_BYTES), read by blocks of enough
+    tiles (streamed_winograd_refusal); at least MIN_WINOGRAD_TILES tiles; and at least half
+    of each 4x4 tile inside the output."""
     tiles = winograd_tiles(out_shape)
     weight_bytes = 36 * in_per_group * out_per_group * groups * itemsize
     if in_per_group < 8 or in_per_group * out_per_group < 512:
         return "too few channels for Winograd"
-    if weight_bytes > max_weight_bytes and (
-            max_weight_bytes != WINOGRAD_MAX_WEIGHT_BYTES
-            or not streamed_winograd_pays(tiles, (in_per_group + out_per_group) * groups,
-                                          itemsize)):
-        return (f"Winograd's weight {weight_bytes / 2**20:.1f} MiB > "
-                f"{max_weight_bytes / 2**20:.1f} MiB, with too few tiles ({tiles}) to share "
-                f"reading it")
+    if weight_bytes > max_weight_bytes:
+        beyond = (f"Winograd's weight {weight_bytes / 2**20:.1f} MiB > "
+                  f"{max_weight_bytes / 2**20:.1f} MiB")
+        if max_weight_bytes != WINOGRAD_MAX_WEIGHT_BYTES:
+            return beyond
+        streamed = streamed_winograd_refusal(tiles, (in_per_group + out_per_group) * groups,
+                                             itemsize)
+        if streamed:
+            return f"{beyond}, {streamed}"
     if tiles < MIN_WINOGRAD_TILES:
         return f"{tiles} < {MIN_WINOGRAD_TILES} Winograd tiles"
     if 2 * out_shape[0] * out_shape[1] * out_shape[2] < 16 * tiles:
@@ -455,33 +461,40 @@ def winograd_block(in_channels: int, out_channels: int, itemsize: int, tiles: in
                    budget: int = WINOGRAD_BUFFER_BYTES, weight_bytes: int = 0) -> int:
     """Tiles per Winograd block: a thread's transformed tiles (36 x block x (C_in + C_out))
     near `budget` bytes, at least 4 blocks when there is enough work; for a transformed
-    weight of more than WINOGRAD_MAX_WEIGHT_BYTES, streamed_winograd_block(tiles). Depends
-    on the problem only, so results do not change with the number of threads."""
+    weight of more than WINOGRAD_MAX_WEIGHT_BYTES, streamed_winograd_block. Depends on the
+    problem only, so results do not change with the number of threads."""
     if weight_bytes > WINOGRAD_MAX_WEIGHT_BYTES:
-        return streamed_winograd_block(tiles)
+        return streamed_winograd_block(tiles, in_channels + out_channels, itemsize)
     block = budget // (36 * (in_channels + out_channels) * itemsize)
     block = min(block, -(-tiles // 4))
     # a multiple of 4 rows for the GEMMs (measured: 7 runs at half the speed of 8 or 4)
     return max(4, min(block, 1024) // 4 * 4)
 
 
-def streamed_winograd_pays(tiles: int, channels: int, itemsize: int) -> bool:
-    """Whether Winograd pays with a transformed weight read from memory by every block: its
-    blocks (streamed_winograd_block) have STREAMED_WINOGRAD_MIN_BLOCK tiles or more, and a
-    thread's transformed tiles (36 x block x `channels`, C_in + C_out) fit in half the
-    last-level cache."""
-    block = streamed_winograd_block(tiles)
-    return (block >= STREAMED_WINOGRAD_MIN_BLOCK
-            and 36 * block * channels * itemsize <= MACHINE.last_level // 2)
+def streamed_winograd_refusal(tiles: int, channels: int, itemsize: int) -> str:
+    """Why Winograd would not pay with a transformed weight read from memory by every block
+    ("" when it would): its blocks (streamed_winograd_block) need STREAMED_WINOGRAD_MIN_BLOCK
+    tiles or more."""
+    if streamed_winograd_block(tiles, channels, itemsize) >= STREAMED_WINOGRAD_MIN_BLOCK:
+        return ""
+    split = streamed_winograd_block(tiles, 0, itemsize)  # the tiles' split alone
+    if split < STREAMED_WINOGRAD_MIN_BLOCK:
+        return f"and {tiles} tiles make blocks of {split} < {STREAMED_WINOGRAD_MIN_BLOCK}"
+    tiles_bytes = 36 * STREAMED_WINOGRAD_MIN_BLOCK * channels * itemsize
+    return (f"and {STREAMED_WINOGRAD_MIN_BLOCK} of its tiles ({tiles_bytes / 2**20:.1f} MiB) > "
+            f"half the last-level cache")
 
 
-def streamed_winograd_block(tiles: int) -> int:
+def streamed_winograd_block(tiles: int, channels: int, itemsize: int) -> int:
     """Tiles per Winograd block for a transformed weight read from memory by every block:
     the tiles in a multiple of 4 blocks (even work for 1, 2 or 4 threads) of at most
-    STREAMED_WINOGRAD_MAX_BLOCK tiles, a multiple of 4."""
+    STREAMED_WINOGRAD_MAX_BLOCK tiles, and at most as many as keep a thread's transformed
+    tiles (36 x block x `channels`, C_in + C_out) in half the last-level cache; a multiple
+    of 4, at least 4."""
     blocks = 4 * -(-tiles // (4 * STREAMED_WINOGRAD_MAX_BLOCK))
-    per_block = -(-tiles // blocks)
-    return max(4, -(-per_block // 4) * 4)
+    per_block = -(-(-(-tiles // blocks)) // 4) * 4
+    fitting = (MACHINE.last_level // 2) // max(1, 36 * channels * itemsize) // 4 * 4
+    return max(4, min(per_block, fitting))
 
 
 def partial_sums(weight_bytes: int, work_units: int) -> int:

@@ -157,7 +157,9 @@ def read(sysfs_root: str = SYSFS_CACHES, cpuinfo: str = "/proc/cpuinfo",
     l3 = caches.get("l3", 0 if caches.get("l2") else DEFAULT_CACHES["l3"])
     return Machine(cpu=cpu_model(cpuinfo), simd=simd, vector_bytes=VECTOR_BYTES.get(simd, 16),
                    l1d=caches.get("l1d") or DEFAULT_CACHES["l1d"], l2=l2, l3=l3,
-                   l3_shared_by=caches.get("l3_shared_by", 1), caches_from=source)
+                   # (no word of its sharing: an L3 is most often the whole chip's)
+                   l3_shared_by=caches.get("l3_shared_by", os.cpu_count() or 1),
+                   caches_from=source)
 
 
 FACTS = read()

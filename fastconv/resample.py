@@ -83,7 +83,7 @@ def adaptive_avg_pool2d(x, output_size):
         if y.size:
             _pool.avg_pool_forward(*_global_average_args(x, y), threads_for_work(x.size))
     elif (ho, wo) == (h, w):  # one pixel per bin (VGG's 7 -> 7): a copy, not two products
-        y = np.array(x, dtype)
+        y = np.array(x, dtype, order="C")
     else:
         y = _along_hw(x.astype(dtype, copy=False), _averaging(h, ho, dtype),
                       _averaging(w, wo, dtype))

@@ -58,6 +58,12 @@ def test_no_sysfs_falls_back(tmp_path, monkeypatch):
     monkeypatch.setattr(_machine, "sysconf_caches", lambda: {"l2": 512 * 1024})
     facts = _machine.read(str(tmp_path / "missing"), simd="avx512")
     assert facts.caches_from == "sysconf" and facts.l2 == 512 * 1024 and facts.l3 == 0
+    # sysconf says nothing of who shares the L3: taken as every CPU's (no cap below 16 MiB
+    # per CPU of the machine)
+    monkeypatch.setattr(_machine, "sysconf_caches", lambda: {"l2": 2**20, "l3": 64 * 2**20})
+    monkeypatch.setattr(_machine.os, "cpu_count", lambda: 8)
+    facts = _machine.read(str(tmp_path / "missing"), simd="avx512")
+    assert facts.l3_shared_by == 8 and facts.last_level == 64 * 2**20
     monkeypatch.setattr(_machine, "sysconf_caches", lambda: {})
     facts = _machine.read(str(tmp_path / "missing"), simd="avx512")
     assert facts.caches_from == "defaults"

@@ -70,14 +70,18 @@ def test_global_average_pooling_is_the_mean_of_each_map(shape, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
 def test_adaptive_average_pooling_to_the_input_size_is_a_copy(dtype):
-    # one pixel per bin (VGG's 7x7 -> 7x7): the input's values, in a new array of the
-    # result dtype, on contiguous and strided inputs
+    # one pixel per bin (VGG's 7x7 -> 7x7): the input's values, in a new C-contiguous array
+    # of the result dtype, on contiguous, strided and channels-last views of NCHW memory;
+    # an inf stays in its own pixel (the two averaging products spread it as NaN)
     x = np.random.default_rng(3).standard_normal((2, 7, 14, 5)).astype(dtype)
-    for view in (x, x[:, :, ::2]):
+    if dtype != np.int16:
+        x[1, 3, 4, 2] = np.inf
+    channels_last = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    for view in (x, x[:, :, ::2], channels_last):
         y = fc.adaptive_avg_pool2d(view, (7, None))
         assert y.dtype == (np.float64 if dtype == np.float64 else np.float32)
+        assert y.flags.c_contiguous and not np.shares_memory(y, view)
         np.testing.assert_array_equal(y, view.astype(y.dtype))
-        assert not np.shares_memory(y, view)
 
 
 @pytest.mark.parametrize("size", [(3, 2), (4, 9)])

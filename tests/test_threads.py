@@ -224,24 +224,30 @@ def test_few_rows_products_equal_the_definition(level, dtype, rng, monkeypatch):
     for rows in (a, np.tile(a, (4, 1))):  # the kernel's bias, and NumPy's add after BLAS
         np.testing.assert_allclose(_threads.matmul(rows, b, bias=bias),
                                    rows.astype(np.float64) @ b + bias, rtol=tol, atol=tol * 10)
-    # the chunks' sums capped at two chunks' worth: 600 rows in 2 chunks, not 8
+    # up to 8 chunks of whole 64-row runs; their sums capped at two chunks' worth: 2 chunks.
+    # Each row of y the same whatever rows of x come with it, on 1 to 4 threads
     m = module.MAX_ROWS
     a, b = rng.standard_normal((m, 600)).astype(dtype), rng.standard_normal((600, 33)).astype(dtype)
-    assert module.chunks(m, 600, 33) == 8 and module.chunks(1, 64, 5) == 1  # one run
-    monkeypatch.setattr(module, "SCRATCH_BYTES", 2 * m * 33 * 8)
-    assert module.chunks(m, 600, 33) == 2
-    expected = a.astype(np.float64) @ b.astype(np.float64)
-    with fastconv.num_threads(1):
-        one = _threads.matmul(a, b)
-    with fastconv.num_threads(2):
-        two = _threads.matmul(a, b)
-    np.testing.assert_allclose(one, expected, rtol=tol, atol=tol * np.sqrt(600))
-    np.testing.assert_array_equal(one, two)
+    assert module.chunks(600, 33) == 8 and module.chunks(64, 5) == 1  # one run
+    for scratch, chunks in ((None, 8), (2 * m * 33 * 8, 2)):
+        if scratch:
+            monkeypatch.setattr(module, "SCRATCH_BYTES", scratch)
+        assert module.chunks(600, 33) == chunks
+        expected = a.astype(np.float64) @ b.astype(np.float64)
+        with fastconv.num_threads(1):
+            one = _threads.matmul(a, b)
+        np.testing.assert_allclose(one, expected, rtol=tol, atol=tol * np.sqrt(600))
+        for threads in (2, 3, 4):
+            with fastconv.num_threads(threads):
+                np.testing.assert_array_equal(_threads.matmul(a, b), one)
+        for rows in (slice(0, 1), slice(2, 5)):
+            np.testing.assert_array_equal(_threads.matmul(a[rows], b), one[rows])
     monkeypatch.undo()
     monkeypatch.setattr(_threads, "_linear", _RecordingKernels(module, given))
     assert_threads_ran(given)
     calls = len(given)
-    assert calls == 2 * 7 + 5  # the last two of the list through NumPy
+    # the list on 1 and 2 threads (its last two through NumPy), 3 more, 2 x 6 for the chunks
+    assert calls == 2 * 7 + 3 + 2 * 6
     a = rng.standard_normal((2, 40)).astype(dtype)
     b = rng.standard_normal((40, 30)).astype(dtype)
     for left, right in [(a[:, ::2], b[::2]), (np.asfortranarray(a), b), (a, np.asfortranarray(b)),

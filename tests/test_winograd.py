@@ -76,20 +76,35 @@ def test_forward_matches_reference(rng, case, dtype):
                                           (512, 128), (513, 68), (1568, 100)])
 def test_streamed_winograd_blocks(tiles, block):
     # a multiple of 4 blocks of at most STREAMED_WINOGRAD_MAX_BLOCK tiles, a multiple of 4
-    assert _algorithms.streamed_winograd_block(tiles) == block
+    # (64 channels: a thread's tiles far within the cache)
+    assert _algorithms.streamed_winograd_block(tiles, 64, 4) == block
     assert block % 4 == 0 and block <= _algorithms.STREAMED_WINOGRAD_MAX_BLOCK
     assert -(-tiles // block) <= 4 * -(-tiles // (4 * _algorithms.STREAMED_WINOGRAD_MAX_BLOCK))
 
 
-def test_streamed_winograd_pays(monkeypatch):
+def test_streamed_winograd_blocks_fit_the_cache(monkeypatch):
+    # at most as many tiles as keep a thread's transformed tiles (36 x block x (C_in +
+    # C_out)) in half the last-level cache, also for an explicit algorithm="winograd"
+    # (winograd_block): 16 MiB / (36 x 1024 x 4 B) = 113 -> 112; 16384 channels: 4
+    monkeypatch.setattr(_algorithms, "MACHINE", dataclasses.replace(
+        _algorithms.MACHINE, l3=32 * 2**20, l3_shared_by=2))
+    assert _algorithms.streamed_winograd_block(3136, 1024, 4) == 112
+    assert _algorithms.streamed_winograd_block(3136, 1024, 8) == 56
+    assert _algorithms.winograd_block(8, 16384, 4, 392, weight_bytes=2**40) == 4
+
+
+def test_streamed_winograd_refusal(monkeypatch):
     facts = _algorithms.MACHINE
     for last_level, pays in ((32 * 2**20, True), (8 * 2**20, False)):
         monkeypatch.setattr(_algorithms, "MACHINE", dataclasses.replace(
             facts, l3=last_level, l3_shared_by=2))
-        # 512 -> 512 at 8x28x28: blocks of 100 tiles, 14.7 MB of transformed tiles
-        assert _algorithms.streamed_winograd_pays(392, 1024, 4) is pays
-        assert _algorithms.streamed_winograd_pays(196, 1024, 4) is False  # blocks of 52
-        assert _algorithms.streamed_winograd_pays(392, 64, 4) is True
+        # 512 -> 512 at 8x28x28: blocks of 100 tiles, 14.1 MiB of transformed tiles
+        refusal = _algorithms.streamed_winograd_refusal(392, 1024, 4)
+        assert refusal == ("" if pays else "and 96 of its tiles (13.5 MiB) > half the "
+                                           "last-level cache")
+        assert _algorithms.streamed_winograd_refusal(196, 1024, 4) == (
+            "and 196 tiles make blocks of 52 < 96")
+        assert _algorithms.streamed_winograd_refusal(392, 64, 4) == ""
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -100,7 +115,7 @@ def test_weight_beyond_the_cache_in_streamed_blocks(rng, monkeypatch, dtype):
     blocks = []
     chosen = _algorithms.streamed_winograd_block
     monkeypatch.setattr(_algorithms, "streamed_winograd_block",
-                        lambda tiles: blocks.append(chosen(tiles)) or chosen(tiles))
+                        lambda *args: blocks.append(chosen(*args)) or chosen(*args))
     x, weight = operands(rng, 2, 35, 38, 24, 40, dtype=dtype)
     bias = rng.standard_normal(40).astype(dtype)
     y = fastconv.conv2d(x, weight, bias, padding=1, algorithm="winograd")
@@ -373,8 +388,8 @@ def test_auto_choice_and_opting_out(rng):
     assert choice((3, 3, c, c), (8, 14, 14, c)) == "blocked"  # weight too large
     # ... unless blocks of STREAMED_WINOGRAD_MIN_BLOCK tiles or more share each read of it
     # (and their transformed tiles fit in half the last-level cache)
-    streamed = _algorithms.streamed_winograd_pays(392, 2 * c, 4)
-    assert streamed == (36 * 100 * 2 * c * 4 <= _algorithms.MACHINE.last_level // 2)
+    streamed = not _algorithms.streamed_winograd_refusal(392, 2 * c, 4)
+    assert streamed == (36 * 96 * 2 * c * 4 <= _algorithms.MACHINE.last_level // 2)
     assert choice((3, 3, c, c), (8, 28, 28, c)) == ("winograd" if streamed else "blocked")
     assert choice((3, 3, c, c), (4, 28, 28, c)) == "blocked"  # 196 tiles, blocks of 52
     geo = fastconv._params.conv_geometry("t", (8, 14, 14, c), (3, 3, c, c), 1, 1, 1, 1)

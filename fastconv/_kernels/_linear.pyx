@@ -2,7 +2,7 @@
 most MAX_ROWS rows, a classifier's last layers at small batch sizes. There the time goes
 into reading w (MobileNetV2's 1280 x 1000 weight is 5 MB, VGG-16's first one 411 MB), which
 BLAS's GEMM also copies into its packed layout first, on the one thread fastconv lets it
-have. Here every thread streams its own columns of w once, for all rows of x.
+have. Here the threads stream chunks of whole rows of w, each row once, for all rows of x.
 
 Arrays are C-contiguous, of one float dtype; the caller has checked the shapes:
     x     (M, K), M <= MAX_ROWS
@@ -27,7 +27,7 @@ cdef extern from *:
 
 cdef enum:
     MAX_ROWS_ = 8
-    _PART = 8192  # a thread's run sums: M x (columns of w it sums at a time), in L1
+    _PART = 8192  # a thread's run sums: M x (columns of w it sums at a time), L1-sized
     _RUN = 64  # terms summed in the input's precision before they join a double sum
     _CHUNKS = 8  # K is cut into at most this many chunks of whole runs (see few_rows_matmul)
     # rows of w ahead whose part of a block is asked for early: a row's part lies N values
@@ -38,8 +38,8 @@ cdef enum:
     _LINE = 64  # bytes per cache line
 
 MAX_ROWS = MAX_ROWS_
-# the chunks' double sums (chunks x M x N) are kept within this many bytes: fewer chunks
-# for a very wide w
+# fewer chunks for a very wide w: their double sums (chunks x MAX_ROWS x N) within this
+# many bytes where more than one chunk
 SCRATCH_BYTES = 16 * 1024 * 1024
 
 
@@ -79,12 +79,13 @@ cdef void _chunk(const floating* x, const floating* w, double* total, Py_ssize_t
                 total[m * N + c0 + j] += part[m * width + j]
 
 
-def chunks(Py_ssize_t M, Py_ssize_t K, Py_ssize_t N):
-    """How many chunks of rows of w few_rows_matmul sums apart for x (M, K) and w (K, N): up
-    to _CHUNKS, at most one per run of _RUN rows, their double sums (chunks x M x N) within
-    SCRATCH_BYTES (at least one)."""
+def chunks(Py_ssize_t K, Py_ssize_t N):
+    """How many chunks of rows of w few_rows_matmul sums apart for w (K, N): up to _CHUNKS,
+    at most one per run of _RUN rows, the double sums of MAX_ROWS rows of x (chunks x
+    MAX_ROWS x N) within SCRATCH_BYTES; at least one. Not a function of x's rows, so that a
+    row of y is the same whatever rows come with it."""
     return max(1, min(_CHUNKS, (K + _RUN - 1) // _RUN,
-                      SCRATCH_BYTES // max(1, M * N * <Py_ssize_t> sizeof(double))))
+                      SCRATCH_BYTES // max(1, MAX_ROWS_ * N * <Py_ssize_t> sizeof(double))))
 
 
 def few_rows_matmul(const floating[:, ::1] x,   # IN  (M, K), M <= MAX_ROWS
@@ -92,24 +93,24 @@ def few_rows_matmul(const floating[:, ::1] x,   # IN  (M, K), M <= MAX_ROWS
                     const floating[::1] bias,   # IN  (N,), or (0,): none
                     floating[:, ::1] y,         # OUT (M, N)
                     int num_threads):
-    """y = x @ w (+ bias). K is cut into chunks of whole runs (as many as _CHUNKS and
-    SCRATCH_BYTES allow: a function of the shapes alone) and N into blocks of _PART / M
-    columns; the
-    threads share the (chunk, block) pairs, each pair's rows of w summed into the chunk's
-    double sums, and then the columns, each adding its chunks' sums in chunk order to the
-    bias: the result does not depend on the thread count. Raises MemoryError when the
-    chunks' sums cannot be allocated."""
+    """y = x @ w (+ bias). K is cut into chunks(K, N) chunks of whole runs and N into
+    blocks of _PART / M columns; the threads share the (chunk, block) pairs, each pair's
+    rows of w summed into the chunk's double sums (chunks x M x N doubles, malloc'd), and
+    then the columns, each adding its chunks' sums in chunk order to the bias: the result
+    depends neither on the thread count nor on the other rows of x. Raises MemoryError when
+    the sums cannot be allocated."""
     cdef Py_ssize_t M = x.shape[0], K = x.shape[1], N = w.shape[1]
-    cdef Py_ssize_t columns = min(N, _PART // M)  # a block's columns
-    cdef Py_ssize_t n_blocks = (N + columns - 1) // columns
-    cdef Py_ssize_t n_runs = (K + _RUN - 1) // _RUN
-    cdef Py_ssize_t n_chunks = chunks(M, K, N)
+    cdef Py_ssize_t columns, n_blocks, n_runs, n_chunks
     cdef Py_ssize_t unit, s, b, c0, width, m, j
     cdef const floating* b_ptr = &bias[0] if bias.shape[0] > 0 else NULL
     cdef double* totals
     cdef double acc
     if M == 0 or K == 0 or N == 0:
         return  # the caller fills an empty sum
+    columns = min(N, _PART // M)  # a block's columns
+    n_blocks = (N + columns - 1) // columns
+    n_runs = (K + _RUN - 1) // _RUN
+    n_chunks = chunks(K, N)
     totals = <double*> malloc(n_chunks * M * N * sizeof(double))
     if totals == NULL:
         raise MemoryError(f"few_rows_matmul: no memory for {n_chunks} x {M} x {N} sums")
