@@ -107,7 +107,10 @@ WINOGRAD_MAX_WEIGHT_BYTES = MACHINE.last_level // 2
 STREAMED_WINOGRAD_MIN_BLOCK = 96
 STREAMED_WINOGRAD_MAX_BLOCK = 128
 # the weight gradient only writes its transformed weight (its partial sums), once per block:
-# twice the last-level cache (256 -> 256 channels ran 1.6-1.9x direct with an 8 MiB L3)
+# up to twice the last-level cache (256 -> 256 channels ran 1.6-1.9x direct with an 8 MiB
+# L3), beyond WINOGRAD_MAX_WEIGHT_BYTES in streamed blocks as the forward kernel (Xeon, 2
+# threads, 512 -> 512: 8x28x28 66 ms in blocks of 100 tiles, blocked 142; 1x28x28, 49
+# tiles, 32 ms, blocked 18; 8x7x7, 32 tiles, 28 ms, blocked 10)
 WINOGRAD_MAX_GRAD_WEIGHT_BYTES = 2 * MACHINE.last_level
 # Winograd's 4x4 output tiles from which it beats the blocked kernel: transforming the weight
 # at the call, or reading its 4x larger transformed weight from memory (a network's weights
@@ -189,7 +192,7 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
     stride or dilation (WaveNet/TCN's dilated 1-D convolutions) needs no rule here."""
     kh, kw, cig, cout = weight_shape
     refusal = _auto_winograd_refusal(weight_shape, out_shape, itemsize, stride, dilation,
-                                     groups, WINOGRAD_MAX_WEIGHT_BYTES)
+                                     groups, None)
     if not refusal:
         return "winograd", WINOGRAD_REASON
     if blocked_pays(weight_shape, itemsize, dilation, groups):
@@ -243,7 +246,7 @@ def blocked_pays(weight_shape, itemsize: int, dilation, groups: int) -> bool:
 
 
 def _auto_winograd_refusal(weight_shape, out_shape, itemsize: int, stride, dilation,
-                           groups: int, max_weight_bytes: int) -> str:
+                           groups: int, max_weight_bytes: int | None) -> str:
     """Why "auto" does not choose Winograd ("" when it does)."""
     kh, kw, cig, cout = weight_shape
     if not winograd_serves((kh, kw), stride, dilation):
@@ -254,28 +257,28 @@ def _auto_winograd_refusal(weight_shape, out_shape, itemsize: int, stride, dilat
 
 
 def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_shape,
-                     itemsize: int, max_weight_bytes: int) -> str:
+                     itemsize: int, max_weight_bytes: int | None) -> str:
     """Why Winograd would not beat the other kernels ("" when it would), as measured on
     this project's 2-core machine with 2 threads (see README): it needs at least 8 input
     channels and 512 channel pairs per group (fewer: transforming the tiles costs more than
     the products save, as on CIFAR's 3-channel first layer or 8 groups of 16 channels); a
-    transformed weight small enough to stay in cache (at most max_weight_bytes), or, for the
-    forward kernel (max_weight_bytes WINOGRAD_MAX_WEIGHT_BYTES), read by blocks of enough
-    tiles (streamed_winograd_refusal); at least MIN_WINOGRAD_TILES tiles; and at least half
-    of each 4x4 tile inside the output."""
+    transformed weight small enough to stay in cache (WINOGRAD_MAX_WEIGHT_BYTES), or else
+    read by blocks of enough tiles (streamed_winograd_refusal), and, where max_weight_bytes
+    is given (the weight gradient's partial sums), of at most that; at least
+    MIN_WINOGRAD_TILES tiles; and at least half of each 4x4 tile inside the output."""
     tiles = winograd_tiles(out_shape)
     weight_bytes = 36 * in_per_group * out_per_group * groups * itemsize
     if in_per_group < 8 or in_per_group * out_per_group < 512:
         return "too few channels for Winograd"
-    if weight_bytes > max_weight_bytes:
-        beyond = (f"Winograd's weight {weight_bytes / 2**20:.1f} MiB > "
-                  f"{max_weight_bytes / 2**20:.1f} MiB")
-        if max_weight_bytes != WINOGRAD_MAX_WEIGHT_BYTES:
-            return beyond
+    mib = weight_bytes / 2**20
+    if max_weight_bytes is not None and weight_bytes > max_weight_bytes:
+        return f"Winograd's weight {mib:.1f} MiB > {max_weight_bytes / 2**20:.1f} MiB"
+    if weight_bytes > WINOGRAD_MAX_WEIGHT_BYTES:
         streamed = streamed_winograd_refusal(tiles, (in_per_group + out_per_group) * groups,
                                              itemsize)
         if streamed:
-            return f"{beyond}, {streamed}"
+            return (f"Winograd's weight {mib:.1f} MiB > "
+                    f"{WINOGRAD_MAX_WEIGHT_BYTES / 2**20:.1f} MiB, {streamed}")
     if tiles < MIN_WINOGRAD_TILES:
         return f"{tiles} < {MIN_WINOGRAD_TILES} Winograd tiles"
     if 2 * out_shape[0] * out_shape[1] * out_shape[2] < 16 * tiles:
@@ -343,7 +346,7 @@ def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, 
 
 def weight_gradient_rule(weight_shape, out_shape, itemsize: int, geo) -> tuple[str, str]:
     """"auto"'s (kernel, reason) for a weight gradient: Winograd where it serves and pays for
-    the forward convolution (with the larger WINOGRAD_MAX_GRAD_WEIGHT_BYTES); im2col + BLAS
+    the forward convolution (a transformed weight of at most WINOGRAD_MAX_GRAD_WEIGHT_BYTES); im2col + BLAS
     when a group has few input channels (a first layer: the direct kernel's blocks of FC_CI
     input channels run empty) and for 1x1 kernels with at least 256 input channels per group
     and POINTWISE_GEMM_MIN_PIXELS output pixels (one GEMM x^T gy per chunk of pixels;

@@ -254,7 +254,8 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
     if algo == "winograd":
         tiles = _algorithms.winograd_tiles(gy.shape)
         block = _algorithms.winograd_block(x.shape[3], gy.shape[3], itemsize, tiles,
-                                           _algorithms.WINOGRAD_GRAD_BUFFER_BYTES)
+                                           _algorithms.WINOGRAD_GRAD_BUFFER_BYTES,
+                                           weight_bytes=4 * weight_size * itemsize)
         chunks = _algorithms.partial_sums(4 * weight_size * itemsize, -(-tiles // block))
         partial = np.zeros((chunks, 36, *weight_shape[2:]), dtype)
         _run(algo, "conv_backward_weight", x, gy, partial, *offsets, geo.groups, block,

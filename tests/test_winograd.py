@@ -122,6 +122,20 @@ def test_weight_beyond_the_cache_in_streamed_blocks(rng, monkeypatch, dtype):
     assert blocks == [48]
     expected = reference.conv2d(x, weight, bias, pads=((1, 1), (1, 1)))
     assert relative_error(y, expected) <= bound(dtype)
+    # the input gradient (the forward kernel) and the weight gradient alike, on 1 and 2 threads
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    ref_gx, ref_gw, _ = reference.conv2d_backward(gy, x, weight, pads=((1, 1), (1, 1)))
+    for threads in (1, 2):
+        blocks.clear()
+        with fastconv.num_threads(threads):
+            gx, gw, _ = fastconv.conv2d_backward(gy, x, weight, padding=1, algorithm="winograd")
+        assert sorted(blocks) == [48, 48]
+        assert relative_error(gx, ref_gx) <= bound(dtype)
+        assert relative_error(gw, ref_gw) <= bound(dtype)
+        if threads == 1:
+            one = gx, gw
+    np.testing.assert_array_equal(gx, one[0])
+    np.testing.assert_array_equal(gw, one[1])
 
 
 @pytest.mark.parametrize("mode", ["reflect", "circular"])
@@ -392,10 +406,17 @@ def test_auto_choice_and_opting_out(rng):
     assert streamed == (36 * 96 * 2 * c * 4 <= _algorithms.MACHINE.last_level // 2)
     assert choice((3, 3, c, c), (8, 28, 28, c)) == ("winograd" if streamed else "blocked")
     assert choice((3, 3, c, c), (4, 28, 28, c)) == "blocked"  # 196 tiles, blocks of 52
-    geo = fastconv._params.conv_geometry("t", (8, 14, 14, c), (3, 3, c, c), 1, 1, 1, 1)
-    # ... but not for the weight gradient, which writes its transformed weight once per block
-    assert _algorithms.for_weight_gradient("auto", (3, 3, c, c), (8, 14, 14, c), 4,
-                                           geo) == "winograd"
+    # the weight gradient, whose blocks add into partial sums of the transformed weight's
+    # size, likewise (and up to WINOGRAD_MAX_GRAD_WEIGHT_BYTES only)
+    for n, hw, winograd in ((8, 14, False), (8, 28, streamed)):
+        geo = fastconv._params.conv_geometry("t", (n, hw, hw, c), (3, 3, c, c), 1, 1, 1, 1)
+        chosen = _algorithms.for_weight_gradient("auto", (3, 3, c, c), (n, hw, hw, c), 4, geo)
+        assert (chosen == "winograd") == winograd, (n, hw, chosen)
+    huge = math.isqrt(_algorithms.WINOGRAD_MAX_GRAD_WEIGHT_BYTES // (36 * 4)) + 1
+    assert _algorithms.winograd_refusal(huge, huge, 1, (64, 56, 56, huge), 4,
+                                        _algorithms.WINOGRAD_MAX_GRAD_WEIGHT_BYTES) == (
+        f"Winograd's weight {36 * huge * huge * 4 / 2**20:.1f} MiB > "
+        f"{_algorithms.WINOGRAD_MAX_GRAD_WEIGHT_BYTES / 2**20:.1f} MiB")
     x, weight = operands(rng, 2, 24, 24, 32, 32)
     assert fastconv.get_auto_winograd() is True
     auto = fastconv.conv2d(x, weight, padding=1)
