@@ -226,6 +226,23 @@ def test_plain_layers_compare_their_weight_bit_for_bit():
     np.testing.assert_allclose(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.complex64, np.int8])
+def test_same_bytes_compares_bits(dtype):
+    a = (RNG.standard_normal((6, 10)) * 10).astype(dtype)
+    for x in (a, a[:, ::3]):  # contiguous and strided
+        assert _plan._same_bytes(x.copy(), x)
+        y = x.copy()
+        y[-1, -1] += 1
+        assert not _plan._same_bytes(y, x)
+        other = (np.complex128 if np.dtype(dtype).kind == "c"
+                 else np.float32 if dtype == np.float64 else np.float64)
+        assert not _plan._same_bytes(x.astype(other), x)  # the same values, another dtype
+        assert not _plan._same_bytes(x[:-1], x)
+    if np.dtype(dtype).kind == "f":
+        nan, zero = np.array([np.nan, 0.0], dtype), np.array([np.nan, -0.0], dtype)
+        assert _plan._same_bytes(nan, nan.copy()) and not _plan._same_bytes(nan, zero)
+
+
 def test_a_training_loop_packs_without_copying():
     """The copy a plain layer compares with is taken only when a pack is asked for again
     at the same version: an optimizer step before every call changes the version."""
