@@ -346,10 +346,10 @@ def for_weight_gradient(algorithm: str, weight_shape, out_shape, itemsize: int, 
 
 def weight_gradient_rule(weight_shape, out_shape, itemsize: int, geo) -> tuple[str, str]:
     """"auto"'s (kernel, reason) for a weight gradient: Winograd where it serves and pays for
-    the forward convolution (a transformed weight of at most WINOGRAD_MAX_GRAD_WEIGHT_BYTES); im2col + BLAS
-    when a group has few input channels (a first layer: the direct kernel's blocks of FC_CI
-    input channels run empty) and for 1x1 kernels with at least 256 input channels per group
-    and POINTWISE_GEMM_MIN_PIXELS output pixels (one GEMM x^T gy per chunk of pixels;
+    the forward convolution (a transformed weight of at most WINOGRAD_MAX_GRAD_WEIGHT_BYTES);
+    im2col + BLAS when a group has few input channels (a first layer: the direct kernel's
+    blocks of FC_CI input channels run empty) and for 1x1 kernels with at least 256 input
+    channels per group and POINTWISE_GEMM_MIN_PIXELS output pixels (one GEMM x^T gy per chunk of pixels;
     measured on a Zen 5, 2 threads: 1024 -> 256 at 14x14
     1.4-1.8x direct, 512 -> 2048 at 7x7 1.6-1.8x, 256 -> 64 at 56x56 1.0x, but 64 -> 256 at
     56x56 0.85x); blocked where it pays (blocked_pays and _blocked_weight_gradient_pays:
@@ -478,26 +478,36 @@ def streamed_winograd_refusal(tiles: int, channels: int, itemsize: int) -> str:
     """Why Winograd would not pay with a transformed weight read from memory by every block
     ("" when it would): its blocks (streamed_winograd_block) need STREAMED_WINOGRAD_MIN_BLOCK
     tiles or more."""
-    if streamed_winograd_block(tiles, channels, itemsize) >= STREAMED_WINOGRAD_MIN_BLOCK:
-        return ""
-    split = streamed_winograd_block(tiles, 0, itemsize)  # the tiles' split alone
+    split = _streamed_split(tiles)
     if split < STREAMED_WINOGRAD_MIN_BLOCK:
         return f"and {tiles} tiles make blocks of {split} < {STREAMED_WINOGRAD_MIN_BLOCK}"
-    tiles_bytes = 36 * STREAMED_WINOGRAD_MIN_BLOCK * channels * itemsize
-    return (f"and {STREAMED_WINOGRAD_MIN_BLOCK} of its tiles ({tiles_bytes / 2**20:.1f} MiB) > "
-            f"half the last-level cache")
+    if _streamed_fitting(channels, itemsize) < STREAMED_WINOGRAD_MIN_BLOCK:
+        tiles_bytes = 36 * STREAMED_WINOGRAD_MIN_BLOCK * channels * itemsize
+        return (f"and {STREAMED_WINOGRAD_MIN_BLOCK} of its tiles ({tiles_bytes / 2**20:.1f} "
+                f"MiB) > half the last-level cache")
+    return ""
 
 
 def streamed_winograd_block(tiles: int, channels: int, itemsize: int) -> int:
     """Tiles per Winograd block for a transformed weight read from memory by every block:
-    the tiles in a multiple of 4 blocks (even work for 1, 2 or 4 threads) of at most
-    STREAMED_WINOGRAD_MAX_BLOCK tiles, and at most as many as keep a thread's transformed
+    the tiles' split (_streamed_split), at most as many as keep a thread's transformed
     tiles (36 x block x `channels`, C_in + C_out) in half the last-level cache; a multiple
     of 4, at least 4."""
+    return max(4, min(_streamed_split(tiles), _streamed_fitting(channels, itemsize)))
+
+
+def _streamed_split(tiles: int) -> int:
+    """The tiles in a multiple of 4 blocks (even work for 1, 2 or 4 threads) of at most
+    STREAMED_WINOGRAD_MAX_BLOCK tiles: tiles per block, rounded up to a multiple of 4."""
     blocks = 4 * -(-tiles // (4 * STREAMED_WINOGRAD_MAX_BLOCK))
-    per_block = -(-(-(-tiles // blocks)) // 4) * 4
-    fitting = (MACHINE.last_level // 2) // max(1, 36 * channels * itemsize) // 4 * 4
-    return max(4, min(per_block, fitting))
+    per_block = -(-tiles // blocks)
+    return -(-per_block // 4) * 4
+
+
+def _streamed_fitting(channels: int, itemsize: int) -> int:
+    """The most tiles (a multiple of 4) whose transformed values, 36 x `channels` each, fit
+    in half the last-level cache."""
+    return (MACHINE.last_level // 2) // (36 * channels * itemsize) // 4 * 4
 
 
 def partial_sums(weight_bytes: int, work_units: int) -> int:

@@ -214,6 +214,16 @@ def test_info(capsys):
     assert any(line.startswith("  [1] rule: ") for line in out)
 
 
+def test_info_says_how_much_l3_auto_counts_on():
+    # a guest told its host's whole L3: the line gives both figures; a CPU's own L3 one
+    told = {"caches_from": "sysfs", "l1d": 48 * 1024, "l2": 2**21, "l3": 480 * 2**20,
+            "l3_shared_by": 2, "last_level": 32 * 2**20, "vector_bytes": 64, "simd": "avx512"}
+    assert ("L3 480 MiB (shared by 2), of which auto counts on 32 MiB; vectors 512 bits"
+            in cli._caches_line(told))
+    own = dict(told, l3=32 * 2**20)
+    assert "L3 32 MiB (shared by 2); vectors" in cli._caches_line(own)
+
+
 def test_info_json(capsys):
     assert cli.main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -179,6 +179,29 @@ def test_linear_and_resampling_products_keep_blas_on_one_thread(monkeypatch):
     assert len(entered) == 5  # along H, then along W
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS as Linux counts it")
+def test_few_rows_sums_that_cannot_be_allocated_raise_memory_error():
+    """The few-rows kernel's double sums (here 8 x 20,000,000, 1.28 GB) under an address-space
+    limit that leaves 256 MiB: a MemoryError naming them, not a crash."""
+    code = (
+        "import resource, numpy as np\n"
+        "from fastconv import _threads\n"
+        "m, n = 8, 20_000_000\n"
+        "x, w = np.ones((m, 1), np.float32), np.ones((1, n), np.float32)\n"
+        "y = np.empty((m, n), np.float32)\n"
+        "status = open('/proc/self/status').read().split('VmSize:')[1].split()\n"
+        "limit = int(status[0]) * 1024 + 256 * 2**20\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    _threads._linear.few_rows_matmul(x, w, np.empty(0, np.float32), y, 1)\n"
+        "except MemoryError as error:\n"
+        "    print('MemoryError:', error)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "MemoryError: few_rows_matmul: no memory for 1 x 8 x 20000000 sums" in done.stdout
+
+
 @pytest.mark.parametrize("level", sorted(_algorithms.simd_modules("_linear")))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_few_rows_products_equal_the_definition(level, dtype, rng, monkeypatch):
