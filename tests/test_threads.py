@@ -207,7 +207,7 @@ def test_few_rows_sums_that_cannot_be_allocated_raise_memory_error():
 def test_few_rows_products_equal_the_definition(level, dtype, rng, monkeypatch):
     """matmul of at most MAX_ROWS rows (the few-rows kernel, in every instruction-set
     variant): the float64 product within rounding, for column counts around its blocks
-    (8192 / M columns), sums of one and of several chunks of rows of w (fewer where
+    (16 KiB of sums: 4096 float32 columns for one row, 512 for 8, 256 float64 ones), sums of one and of several chunks of rows of w (fewer where
     SCRATCH_BYTES caps their sums), 1-D and 3-D left operands; the same bits on 1 and 2
     threads, and 2 ran; long float32 sums of positive terms within 1e-6 (runs of terms
     summed in double; one float32 sum was 8e-6 off at K = 25088). With a bias too. Other

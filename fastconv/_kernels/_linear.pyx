@@ -27,7 +27,15 @@ cdef extern from *:
 
 cdef enum:
     MAX_ROWS_ = 8
-    _PART = 8192  # a thread's run sums: M x (columns of w it sums at a time), L1-sized
+    # a thread's run sums, M x (the columns of w it sums at a time), in bytes: each row of w
+    # is added into them M times, so they stay in L1; for one row, whole rows of w up to
+    # 4096 float32 columns. Measured on a Xeon, 2 threads, old and new builds in alternating
+    # processes: 32 KiB of sums made 8 x 2048 x 1000 0.52-0.59 ms and 8 x 25088 x 4096 42-44
+    # ms, 16 KiB 0.55-0.61 and 39.4-39.8 ms, 8 KiB 0.49-0.50 and 38.0-38.3 ms but 1 x 25088 x
+    # 4096 19-20 ms against 16 KiB's 12.7-13.4 (the 256-column strips before: 0.44-0.49,
+    # 38.9-40.0 and 26.3-26.7 ms)
+    _PART_BYTES = 16384
+    _PART = _PART_BYTES // 4  # their capacity in values (float32)
     _RUN = 64  # terms summed in the input's precision before they join a double sum
     _CHUNKS = 8  # K is cut into at most this many chunks of whole runs (see few_rows_matmul)
     # rows of w ahead whose part of a block is asked for early: a row's part lies N values
@@ -94,7 +102,7 @@ def few_rows_matmul(const floating[:, ::1] x,   # IN  (M, K), M <= MAX_ROWS
                     floating[:, ::1] y,         # OUT (M, N)
                     int num_threads):
     """y = x @ w (+ bias). K is cut into chunks(K, N) chunks of whole runs and N into
-    blocks of _PART / M columns; the threads share the (chunk, block) pairs, each pair's
+    blocks of _PART_BYTES / (M x itemsize) columns; the threads share the (chunk, block) pairs, each pair's
     rows of w summed into the chunk's double sums (chunks x M x N doubles, malloc'd), and
     then the columns, each adding its chunks' sums in chunk order to the bias: the result
     depends neither on the thread count nor on the other rows of x. Raises MemoryError when
@@ -107,7 +115,7 @@ def few_rows_matmul(const floating[:, ::1] x,   # IN  (M, K), M <= MAX_ROWS
     cdef double acc
     if M == 0 or K == 0 or N == 0:
         return  # the caller fills an empty sum
-    columns = min(N, _PART // M)  # a block's columns
+    columns = min(N, _PART_BYTES // (M * <Py_ssize_t> sizeof(floating)))  # a block's columns
     n_blocks = (N + columns - 1) // columns
     n_runs = (K + _RUN - 1) // _RUN
     n_chunks = chunks(K, N)
