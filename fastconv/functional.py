@@ -337,7 +337,7 @@ def prepare_weight(algo: str, w: np.ndarray, bias: np.ndarray, groups: int) -> P
         block = _algorithms.KERNELS[algo].OUT_BLOCK[bias.dtype.name]
         w, bias = packed, _blocked_bias(bias, groups, block)
     elif algo == "winograd":
-        w = winograd_weight(np.ascontiguousarray(w))
+        w = winograd_weight(np.ascontiguousarray(w), groups)
     elif algo == "direct":
         block = _algorithms.KERNELS[algo].CHANNEL_BLOCK[bias.dtype.name]
         w, bias = _padded_weight(np.ascontiguousarray(w), bias, groups, block)
@@ -494,13 +494,24 @@ def _blocked_in_block(weight_shape, block: int, itemsize: int) -> int:
     return -(-cig // n_blocks)
 
 
-def winograd_weight(w: np.ndarray) -> np.ndarray:
-    """A 3x3 HWIO weight transformed for the Winograd kernel: (36, C_in // groups, C_out)."""
+def winograd_weight(w: np.ndarray, groups: int) -> np.ndarray:
+    """A 3x3 HWIO weight (C-contiguous) transformed for the Winograd kernel and packed in its
+    layout, (36, groups, n_blocks, C_in // groups, block): for each of the 36 points, each
+    group's output channels in blocks of the kernel's OUT_BLOCK, the last one zero-padded."""
     kh, kw, cig, cout = w.shape
-    u = _memory.empty((36, cig, cout), w.dtype)
+    u = np.empty((36, cig, cout), w.dtype)
     _run("winograd", "transform_weight", w.reshape(kh, kw, -1), u.reshape(36, -1),
          flops=36 * w.size)
-    return u
+    block = _algorithms.KERNELS["winograd"].OUT_BLOCK[w.dtype.name]
+    cog = cout // groups
+    n_blocks = -(-cog // block)
+    u = u.reshape(36, cig, groups, cog)
+    if cog % block:
+        u = np.pad(u, ((0, 0), (0, 0), (0, 0), (0, n_blocks * block - cog)))
+    packed = _memory.empty((36, groups, n_blocks, cig, block), w.dtype)
+    packed.transpose(0, 1, 3, 2, 4)[...] = u.reshape(36, cig, groups, n_blocks, block).transpose(
+        0, 2, 1, 3, 4)
+    return packed
 
 
 def _padded_weight(w, bias, groups, block):

@@ -51,6 +51,10 @@ CASES = [
     (1, 12, 12, 8, 12, 1, 2),  # groups
     (2, 9, 10, 6, 6, 1, 6),  # depthwise
     (1, 17, 19, 32, 40, 1, 1),  # several blocks of tiles
+    # output channels one past the packed weight's blocks (16 and 64 float32 channels with
+    # AVX2 and AVX-512), and per group
+    (1, 9, 9, 24, 65, 1, 1),
+    (2, 8, 13, 10, 34, 1, 2),
 ]
 
 

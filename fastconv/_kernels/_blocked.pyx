@@ -37,7 +37,7 @@ from fastconv._kernels._epilogue cimport (Epilogue, chain_of, chain_span, fc_pos
 from fastconv._kernels._blocked_block cimport (
     FC_BLK_NP, FC_BLK_PIX_MAX, FC_BLK_NV, FC_BLK_OB_F, FC_BLK_OB_D, FC_VBYTES, FC_BLK_PIX,
     fc_blk_chain_in_registers_f32, fc_blk_chain_in_registers_f64, fc_blocked_f, fc_blocked_d,
-    fc_wgrad_blocked_f, fc_wgrad_blocked_d)
+    fc_wgrad_blocked_f, fc_wgrad_blocked_d, scalar_block)
 
 
 cdef extern from "fastconv_simd.h":
@@ -51,24 +51,6 @@ ISA = FC_ISA.decode()
 PIXEL_BLOCK = FC_BLK_NP
 # output channels per packed weight block: FC_BLK_NV vectors (a few scalars without vectors)
 OUT_BLOCK = {"float32": FC_BLK_OB_F, "float64": FC_BLK_OB_D}
-
-
-cdef inline void _scalar_block(int npix, const floating* const* xp, const floating* w,
-                               Py_ssize_t ntaps, Py_ssize_t cb, Py_ssize_t w_tap,
-                               Py_ssize_t ob, const floating* init, Py_ssize_t init_pix,
-                               floating** out, Py_ssize_t nc) noexcept nogil:
-    """fc_blocked's result one value at a time, for compilers without vector extensions."""
-    cdef Py_ssize_t p, c, t, ci
-    cdef floating acc
-    for p in range(npix):
-        for c in range(nc):
-            acc = init[p * init_pix + c] if init != NULL else 0
-            for t in range(ntaps):
-                if xp[t * FC_BLK_PIX_MAX] == NULL:
-                    continue
-                for ci in range(cb):
-                    acc = acc + xp[t * FC_BLK_PIX_MAX + p][ci] * w[t * w_tap + ci * ob + c]
-            out[p][c] = acc
 
 
 def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_in), unpadded
@@ -209,7 +191,7 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                     # y gets nc channels, the tile whole vectors (as the next pass reads them)
                     n_out = nc if last else (nc + vl - 1) // vl * vl
                     if not FC_HAVE_VECTORS:
-                        _scalar_block(<int> npix, xp, w_blk, taps, tap_len, tap_step, ob, init,
+                        scalar_block(<int> npix, xp, w_blk, taps, tap_len, tap_step, ob, init,
                                       init_pix, outp, n_out)
                     elif floating is float:
                         fc_blocked_f(<int> npix, xp, w_blk, taps, tap_len, tap_step, init,

@@ -1,6 +1,9 @@
 # The blocked kernel's register block (fastconv_blocked.h) as the kernels that run it
-# declare it: _blocked.pyx (convolutions, weight gradient) and _direct.pyx (the 1x1 of
-# depthwise_pointwise). Included per instruction-set variant: the sizes are the variant's.
+# declare it: _blocked.pyx (convolutions, weight gradient), _direct.pyx (the 1x1 of
+# depthwise_pointwise) and _winograd.pyx (the products of the transformed tiles). Included
+# per instruction-set variant: the sizes are the variant's.
+from cython cimport floating
+
 from fastconv._kernels._epilogue cimport fc_postops_f32, fc_postops_f64
 
 
@@ -30,3 +33,21 @@ cdef extern from "fastconv_blocked.h":
     void fc_wgrad_blocked_d(int nci, const double* const* xp, Py_ssize_t ci0, const double* gy,
                             Py_ssize_t gy_pix, Py_ssize_t npix, double* gw, Py_ssize_t w_ci,
                             Py_ssize_t nc) noexcept nogil
+
+
+cdef inline void scalar_block(int npix, const floating* const* xp, const floating* w,
+                               Py_ssize_t ntaps, Py_ssize_t cb, Py_ssize_t w_tap,
+                               Py_ssize_t ob, const floating* init, Py_ssize_t init_pix,
+                               floating** out, Py_ssize_t nc) noexcept nogil:
+    """fc_blocked's result one value at a time, for compilers without vector extensions."""
+    cdef Py_ssize_t p, c, t, ci
+    cdef floating acc
+    for p in range(npix):
+        for c in range(nc):
+            acc = init[p * init_pix + c] if init != NULL else 0
+            for t in range(ntaps):
+                if xp[t * FC_BLK_PIX_MAX] == NULL:
+                    continue
+                for ci in range(cb):
+                    acc = acc + xp[t * FC_BLK_PIX_MAX + p][ci] * w[t * w_tap + ci * ob + c]
+            out[p][c] = acc

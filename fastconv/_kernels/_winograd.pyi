@@ -6,10 +6,11 @@ from fastconv._kernels._epilogue import Epilogue
 ISA: str
 TILE: int
 POINTS: int
+OUT_BLOCK: dict[str, int]
 
 def transform_weight(w: _Floats, u: _Floats, num_threads: int) -> int: ...
 def conv_forward(
-    x: _Floats, u: _Floats, bias: _Floats, y: _Floats,
+    x: _Floats, up: _Floats, bias: _Floats, y: _Floats,
     top: int, left: int, groups: int, block: int, post: Epilogue | None, num_threads: int,
 ) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
 def conv_backward_weight(

@@ -4,14 +4,16 @@ The output is cut into 4x4 tiles; tile (oh0, ow0) reads the 6x6 input patch from
 (oh0 - top, ow0 - left). A thread takes a block of `block` tiles and
 1. transforms each patch, V = B^T d B per channel, into its buffer V (36 x block x C_in);
 2. for each of the 36 points k multiplies V[k] (block x cig) by the transformed weight
-   U[k] (cig x cog), one single-threaded BLAS call per group, into M (36 x block x C_out);
+   U[k] (cig x cog) per group, into M (36 x block x C_out), with the register blocks of the
+   blocked kernel (fastconv_blocked.h) over U packed once in their layout (_products);
 3. transforms each tile back, A^T m A (+ bias), into its 4x4 output pixels.
 That is 36 products for 16 outputs where direct convolution does 16 x 9: 4x fewer. The weight
 transform U = G g G^T is done by the caller. Zero padding is implicit: patch pixels outside x
 read a row of zeros, and tile pixels beyond y (the last tiles of a row or column) are written
 to a scratch row, so x is never copied.
 
-The caller keeps BLAS on one thread while this runs: parallelism is OpenMP over blocks.
+The weight gradient's products (conv_backward_weight) are BLAS calls: the caller keeps
+BLAS on one thread while they run. Parallelism is OpenMP over blocks.
 Returns 0, or 1 when a scratch buffer could not be allocated.
 """
 from cython cimport floating
@@ -20,6 +22,9 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 from fastconv._kernels._blas cimport gemm
+from fastconv._kernels._blocked_block cimport (
+    FC_BLK_NP, FC_BLK_PIX_MAX, FC_BLK_OB_F, FC_BLK_OB_D, FC_VBYTES, FC_BLK_PIX, fc_blocked_f,
+    fc_blocked_d, scalar_block)
 from fastconv._kernels._epilogue cimport Epilogue, chain_of, chain_span
 
 
@@ -60,6 +65,8 @@ cdef extern from "fastconv_winograd.h":
                                    double* o3, double* o4, double* o5, Py_ssize_t n) noexcept nogil
 
 cdef extern from "fastconv_simd.h":
+    enum:
+        FC_HAVE_VECTORS
     const char* FC_ISA  # the instruction set this module is compiled for
 
 
@@ -70,6 +77,8 @@ cdef enum:
 ISA = FC_ISA.decode()
 TILE = 4  # output pixels per tile side
 POINTS = POINTS_
+# output channels per block of the packed transformed weight (the blocked kernel's)
+OUT_BLOCK = {"float32": FC_BLK_OB_F, "float64": FC_BLK_OB_D}
 
 
 cdef inline void _transform_weight(const floating** g, floating** o,
@@ -319,17 +328,57 @@ def weight_gradient_taps(const floating[:, :, ::1] partial,  # IN  (n_partial, 3
     return status
 
 
+cdef inline void _products(const floating* v, Py_ssize_t v_stride, Py_ssize_t C,
+                           const floating* up, Py_ssize_t groups, Py_ssize_t n_ob,
+                           Py_ssize_t cig, Py_ssize_t cog, Py_ssize_t ob, floating* m,
+                           Py_ssize_t m_stride, Py_ssize_t Cout, Py_ssize_t nt,
+                           const floating** xp, floating** outp) noexcept nogil:
+    """M[k] = V[k] @ U[k] for the 36 points k and each group: nt tiles' rows of V (C
+    channels each, v_stride apart per point) times the packed U (36, G, n_ob, cig, ob), in
+    register blocks of up to FC_BLK_PIX tiles x one block of ob output channels (one tap of
+    cig input channels, as the blocked kernel runs a 1x1 convolution). A block's weight
+    (cig x ob) serves all nt tiles from L1 before the next one is read. xp, outp: scratch
+    for FC_BLK_PIX_MAX pointers each."""
+    cdef Py_ssize_t k, g, b, blk, n_blocks, t, p, npix, nc, np_max
+    cdef Py_ssize_t vl = FC_VBYTES // sizeof(floating)
+    cdef const floating* w
+    for k in range(POINTS_):
+        for g in range(groups):
+            for b in range(n_ob):
+                w = up + ((k * groups + g) * n_ob + b) * cig * ob
+                nc = min(ob, cog - b * ob)
+                np_max = FC_BLK_PIX((nc + vl - 1) // vl) if FC_HAVE_VECTORS else FC_BLK_NP
+                # the tiles in register blocks of equal size (within one): 7 as 4 + 3
+                n_blocks = (nt + np_max - 1) // np_max
+                for blk in range(n_blocks):
+                    t = blk * nt // n_blocks
+                    npix = (blk + 1) * nt // n_blocks - t
+                    for p in range(npix):
+                        xp[p] = v + k * v_stride + (t + p) * C + g * cig
+                        outp[p] = m + k * m_stride + (t + p) * Cout + g * cog + b * ob
+                    if not FC_HAVE_VECTORS:
+                        scalar_block(<int> npix, xp, w, 1, cig, 0, ob, NULL, 0, outp, nc)
+                    elif floating is float:
+                        fc_blocked_f(<int> npix, xp, w, 1, cig, 0, NULL, 0, outp, nc, NULL, 0,
+                                     0, False)
+                    else:
+                        fc_blocked_d(<int> npix, xp, w, 1, cig, 0, NULL, 0, outp, nc, NULL, 0,
+                                     0, False)
+
+
 def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
-                 const floating[:, :, ::1] u,      # IN  (36, cig, C_out): G w G^T per (ci, co)
+                 const floating[:, :, :, :, ::1] up,  # IN  (36, G, n_ob, cig, OUT_BLOCK):
+                                                   #     G w G^T per (ci, co), zero-padded
                  const floating[::1] bias,         # IN  (C_out,), or (0,) for none
                  floating[:, :, :, :] y,           # OUT (N, Ho, Wo, C_out), channels contiguous
                                                    #     (pixels may be strided: a phase's view)
                  Py_ssize_t top, Py_ssize_t left,  # zero padding before the first row / column
                  Py_ssize_t groups, Py_ssize_t block, Epilogue post, int num_threads):
-    """y = conv(x, w) + bias (u: w transformed), then `post`'s chain (None: none) on each
-    4x4 output tile once it is written."""
+    """y = conv(x, w) + bias (up: w transformed and packed), then `post`'s chain (None:
+    none) on each 4x4 output tile once it is written."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
-    cdef Py_ssize_t cig = u.shape[1], Cout = u.shape[2], cog = Cout // groups
+    cdef Py_ssize_t n_ob = up.shape[2], cig = up.shape[3], ob = up.shape[4]
+    cdef Py_ssize_t Cout = y.shape[3], cog = Cout // groups
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2]
     cdef Py_ssize_t y_img = y.strides[0] // sizeof(floating)
     cdef Py_ssize_t y_row = y.strides[1] // sizeof(floating)
@@ -347,6 +396,8 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
     cdef floating* tmp
     cdef floating* zeros
     cdef floating* scratch
+    cdef const floating** xp
+    cdef floating** outp
     cdef int status = 0
     cdef int* failed = &status
     if n_tiles == 0:
@@ -354,13 +405,15 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
     with nogil, parallel(num_threads=num_threads):
         v = <floating*> _thread_buffers(POINTS_ * v_stride, POINTS_ * m_stride, width,
                                         sizeof(floating))
+        xp = <const floating**> malloc(2 * FC_BLK_PIX_MAX * sizeof(floating*))
+        outp = <floating**> (xp + FC_BLK_PIX_MAX) if xp != NULL else NULL
         if v != NULL:
             m = v + POINTS_ * v_stride
             tmp = m + POINTS_ * m_stride
             zeros = tmp + POINTS_ * width
             scratch = zeros + width
         for ib in prange(n_blocks, schedule="static"):
-            if v == NULL:
+            if v == NULL or xp == NULL:
                 failed[0] = 1
                 continue
             t0 = ib * block
@@ -369,12 +422,8 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
                 o = _tile_origin(t0 + t, tiles_img, tiles_w)
                 _input_tile(&x[0, 0, 0, 0], zeros, tmp, v + t * C, v_stride, o.n, o.oh - top,
                             o.ow - left, H, W, C)
-            for k in range(POINTS_):
-                for g in range(groups):
-                    gemm(False, False, <int> nt, <int> cog, <int> cig, <floating> 1.0,
-                         v + k * v_stride + g * cig, <int> C,
-                         &u[k, 0, 0] + g * cog, <int> Cout, <floating> 0.0,
-                         m + k * m_stride + g * cog, <int> Cout)
+            _products(v, v_stride, C, &up[0, 0, 0, 0, 0], groups, n_ob, cig, cog, ob, m,
+                      m_stride, Cout, nt, xp, outp)
             for t in range(nt):
                 o = _tile_origin(t0 + t, tiles_img, tiles_w)
                 _output_tile(m + t * Cout, m_stride, tmp, &y[0, 0, 0, 0], scratch, b, o.n, o.oh,
@@ -383,6 +432,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
                     for i in range(o.oh, min(o.oh + 4, Ho)):
                         chain_span(chain, &y[0, 0, 0, 0] + o.n * y_img + i * y_row + o.ow * y_pix,
                                    (o.n * Ho + i) * Wo + o.ow, min(4, Wo - o.ow), y_pix, 0, Cout)
+        free(xp)
         free(v)
     return status
 

@@ -1,6 +1,7 @@
 # _winograd.pyx compiled with AVX-512 (x86-64 only; picked at run time when the CPU has it)
 from fastconv._kernels._winograd import (
     ISA as ISA,
+    OUT_BLOCK as OUT_BLOCK,
     POINTS as POINTS,
     conv_backward_weight as conv_backward_weight,
     TILE as TILE,
