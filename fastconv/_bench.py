@@ -594,7 +594,24 @@ def _calls_per_sample(seconds: float, min_sample: float) -> int:
     return max(1, min(1000, int(min_sample / max(seconds, 1e-9))))
 
 
-SPIN_PAUSE = 0.2  # seconds: longer than OpenBLAS's idle threads spin before they sleep
+IDLE_SLICE = 0.01  # seconds: wait_until_idle's unit of sleep
+IDLE_LIMIT = 2.0  # seconds: the longest wait_until_idle waits
+
+
+def wait_until_idle(limit: float = IDLE_LIMIT) -> None:
+    """Sleep until no thread of this process runs: until a sleep of IDLE_SLICE seconds in
+    which the process used less than a tenth of one core, or for at most `limit` seconds.
+    Thread pools spin for a while after a call - ONNX Runtime's for about 60 ms on an AMD
+    EPYC (Zen 3) KVM guest, OpenMP's and OpenBLAS's for less - and a pool still spinning
+    takes a core from the next engine timed: waiting for quiet, not a fixed pause, keeps
+    one engine's after-effects out of another's times on any machine."""
+    end = time.perf_counter() + limit
+    while True:
+        used = time.process_time()
+        time.sleep(IDLE_SLICE)
+        if (time.process_time() - used < IDLE_SLICE / 10
+                or time.perf_counter() >= end):
+            return
 
 
 def _sample(c: Contender, number: int, entries: dict) -> None:
@@ -651,7 +668,7 @@ def bench_layer(layer: Layer, direction: str, algorithms, repeats: int = 5, torc
     # contenders that leave threads spinning for long go last, on their own
     together = [(c, n) for c, n in timed if not c.spins]
     alone = [(c, n) for c, n in timed if c.spins]
-    time.sleep(SPIN_PAUSE)  # the checks above ran them too
+    wait_until_idle()  # the checks above ran them too
     for round_ in range(repeats):
         shift = round_ % max(1, len(together))
         for c, number in together[shift:] + together[:shift]:
@@ -659,7 +676,7 @@ def bench_layer(layer: Layer, direction: str, algorithms, repeats: int = 5, torc
     for c, number in alone:
         for _ in range(repeats):
             _sample(c, number, entries)
-        time.sleep(SPIN_PAUSE)
+        wait_until_idle()
     for c, _ in timed:
         entries[c.name].seconds = statistics.median(entries[c.name].times)
     chosen = auto_choices(layer)  # after the runs: an autotuned choice is known by now

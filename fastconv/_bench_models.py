@@ -37,9 +37,6 @@ INSTALL = {"torch": TORCH_INSTALL, "onnxruntime": ORT_INSTALL}
 # and fastconv's by 1.3e-2)
 INFERENCE_TOLERANCE = 1e-4
 TRAIN_TOLERANCE = 5e-2
-# seconds between two engines' calls: thread pools that spin after a call (OpenBLAS, OpenMP,
-# ONNX Runtime's) must not steal the next engine's cores
-PAUSE = 0.05
 
 
 @dataclass(frozen=True)
@@ -288,7 +285,7 @@ def timed_rounds(runs: dict, repeats: int) -> dict[str, list[float]]:
     for round_ in range(repeats):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            time.sleep(PAUSE)
+            _bench.wait_until_idle()  # no pool of the last call still spinning
             start = time.perf_counter()
             runs[name]()
             times[name].append(time.perf_counter() - start)
