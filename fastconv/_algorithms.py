@@ -99,12 +99,15 @@ WINOGRAD_GRAD_BUFFER_BYTES = 4 * MACHINE.l2
 WINOGRAD_MAX_WEIGHT_BYTES = MACHINE.last_level // 2
 # ... or, beyond it, where blocks of at least STREAMED_WINOGRAD_MIN_BLOCK tiles share each
 # read of the weight from memory (streamed_winograd_refusal: a block of B tiles does B/2
-# flops per byte of it, and BLAS packs it again at each of the block's 36 GEMMs). Measured
-# on a Xeon (AVX-512, 2 MiB of L2), 2 threads, 3x3 512 -> 512 at 8x28x28 (392 tiles, 36
-# MiB): blocks of 4 tiles (the L2 budget's) 83 GFLOP/s, of 52 tiles 317, of 100 tiles
-# 438-467, the blocked kernel 270; 256 -> 512 there 384 against 308; at 4x28x28 (blocks of
-# 52) 302-325 against 334.
-STREAMED_WINOGRAD_MIN_BLOCK = 96
+# flops per byte of it). The forward kernel's products run on register blocks over the
+# packed weight: blocks of 8 tiles pay (AMD EPYC Zen 3, 2 threads, 3x3 512 -> 512, 36 MiB:
+# 8x7x7, 32 tiles in blocks of 8, 8.6 ms, blocked 13.6; 1x28x28, blocks of 16, 10.8 ms,
+# blocked 28; 1x14x14, blocks of 4, 6.4 ms, blocked 7.1). The weight gradient's products are
+# BLAS calls, which pack the weight-sized operand again at each of a block's 36 GEMMs: 96
+# tiles (Xeon, AVX-512, 2 MiB of L2, 2 threads, 512 -> 512 at 8x28x28: blocks of 4 tiles 83
+# GFLOP/s, of 52 tiles 317, of 100 tiles 438-467, the blocked kernel 270).
+STREAMED_WINOGRAD_MIN_BLOCK = 8
+STREAMED_WINOGRAD_GRAD_MIN_BLOCK = 96
 STREAMED_WINOGRAD_MAX_BLOCK = 128
 # the weight gradient only writes its transformed weight (its partial sums), once per block:
 # up to twice the last-level cache (256 -> 256 channels ran 1.6-1.9x direct with an 8 MiB
@@ -112,13 +115,15 @@ STREAMED_WINOGRAD_MAX_BLOCK = 128
 # threads, 512 -> 512: 8x28x28 66 ms in blocks of 100 tiles, blocked 142; 1x28x28, 49
 # tiles, 32 ms, blocked 18; 8x7x7, 32 tiles, 28 ms, blocked 10)
 WINOGRAD_MAX_GRAD_WEIGHT_BYTES = 2 * MACHINE.last_level
-# Winograd's 4x4 output tiles from which it beats the blocked kernel: transforming the weight
-# at the call, or reading its 4x larger transformed weight from memory (a network's weights
-# do not stay in cache from one pass to the next), costs about what 25 tiles' saved products
-# bring (Zen 5, 2 threads: 3x3 128 -> 128 at 1x20x20 even, 1x24x24 1.2x faster when packed
-# at each call; in ResNet-50's passes at batch 1, 28x28's 49 tiles ran 1.3x faster, 14x14's
-# 16 tiles 0.8x). 64 before, measured against the direct kernel on another machine.
-MIN_WINOGRAD_TILES = 32
+# Winograd's 4x4 output tiles from which it beats the blocked kernel: transforming the tiles
+# and reading the 4x larger transformed weight from memory (a network's weights do not stay
+# in cache from one pass to the next) cost about what that many tiles' saved products bring.
+# Forward (and input gradient), products on register blocks: 16 (AMD EPYC Zen 3, 2 threads,
+# 1x14x14 = 16 tiles: 3x3 128 -> 128 1.6x the blocked kernel, 256 -> 256 1.3x; 1x12x12, 9
+# tiles, 256 -> 256 0.9x; 1x7x7, 4 tiles, 512 -> 512 0.75x). The weight gradient, products
+# by BLAS: 32 (Zen 5, 2 threads: 3x3 128 -> 128 at 1x20x20 even, 1x24x24 1.2x faster).
+MIN_WINOGRAD_TILES = 16
+MIN_WINOGRAD_GRAD_TILES = 32
 PARTIAL_SUM_BYTES = 16 * 1024 * 1024  # cap on the weight-gradient partial sums
 MIN_PARTIAL_SUMS, MAX_PARTIAL_SUMS = 2, 8
 
@@ -265,7 +270,12 @@ def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_sha
     transformed weight small enough to stay in cache (WINOGRAD_MAX_WEIGHT_BYTES), or else
     read by blocks of enough tiles (streamed_winograd_refusal), and, where max_weight_bytes
     is given (the weight gradient's partial sums), of at most that; at least
-    MIN_WINOGRAD_TILES tiles; and at least half of each 4x4 tile inside the output."""
+    MIN_WINOGRAD_TILES tiles; and at least half of each 4x4 tile inside the output. The
+    weight gradient (max_weight_bytes given), whose products are BLAS calls, needs blocks
+    of STREAMED_WINOGRAD_GRAD_MIN_BLOCK and MIN_WINOGRAD_GRAD_TILES tiles."""
+    gradient = max_weight_bytes is not None
+    min_block = STREAMED_WINOGRAD_GRAD_MIN_BLOCK if gradient else STREAMED_WINOGRAD_MIN_BLOCK
+    min_tiles = MIN_WINOGRAD_GRAD_TILES if gradient else MIN_WINOGRAD_TILES
     tiles = winograd_tiles(out_shape)
     weight_bytes = 36 * in_per_group * out_per_group * groups * itemsize
     if in_per_group < 8 or in_per_group * out_per_group < 512:
@@ -275,12 +285,12 @@ def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_sha
         return f"Winograd's weight {mib:.1f} MiB > {max_weight_bytes / 2**20:.1f} MiB"
     if weight_bytes > WINOGRAD_MAX_WEIGHT_BYTES:
         streamed = streamed_winograd_refusal(tiles, (in_per_group + out_per_group) * groups,
-                                             itemsize)
+                                             itemsize, min_block)
         if streamed:
             return (f"Winograd's weight {mib:.1f} MiB > "
                     f"{WINOGRAD_MAX_WEIGHT_BYTES / 2**20:.1f} MiB, {streamed}")
-    if tiles < MIN_WINOGRAD_TILES:
-        return f"{tiles} < {MIN_WINOGRAD_TILES} Winograd tiles"
+    if tiles < min_tiles:
+        return f"{tiles} < {min_tiles} Winograd tiles"
     if 2 * out_shape[0] * out_shape[1] * out_shape[2] < 16 * tiles:
         return "Winograd tiles mostly outside the output"
     return ""
@@ -474,16 +484,17 @@ def winograd_block(in_channels: int, out_channels: int, itemsize: int, tiles: in
     return max(4, min(block, 1024) // 4 * 4)
 
 
-def streamed_winograd_refusal(tiles: int, channels: int, itemsize: int) -> str:
+def streamed_winograd_refusal(tiles: int, channels: int, itemsize: int,
+                              min_block: int = STREAMED_WINOGRAD_MIN_BLOCK) -> str:
     """Why Winograd would not pay with a transformed weight read from memory by every block
-    ("" when it would): its blocks (streamed_winograd_block) need STREAMED_WINOGRAD_MIN_BLOCK
-    tiles or more."""
+    ("" when it would): its blocks (streamed_winograd_block) need `min_block` tiles or
+    more."""
     split = _streamed_split(tiles)
-    if split < STREAMED_WINOGRAD_MIN_BLOCK:
-        return f"and {tiles} tiles make blocks of {split} < {STREAMED_WINOGRAD_MIN_BLOCK}"
-    if _streamed_fitting(channels, itemsize) < STREAMED_WINOGRAD_MIN_BLOCK:
-        tiles_bytes = 36 * STREAMED_WINOGRAD_MIN_BLOCK * channels * itemsize
-        return (f"and {STREAMED_WINOGRAD_MIN_BLOCK} of its tiles ({tiles_bytes / 2**20:.1f} "
+    if split < min_block:
+        return f"and {tiles} tiles make blocks of {split} < {min_block}"
+    if _streamed_fitting(channels, itemsize) < min_block:
+        tiles_bytes = 36 * min_block * channels * itemsize
+        return (f"and {min_block} of its tiles ({tiles_bytes / 2**20:.1f} "
                 f"MiB) > half the last-level cache")
     return ""
 

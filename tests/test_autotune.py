@@ -333,7 +333,7 @@ def test_describe_gives_each_direction_and_its_rule(autotune):
     depthwise = _algorithms.describe(_geo((1, 16, 16, 8), (3, 3, 1, 8), 2, 1, 1, 8))
     assert depthwise["input_gradient"] == ("direct", "rule: strided depthwise: one pass over "
                                                      "the rows")
-    huge = _geo((8, 28, 28, 4096), (3, 3, 4096, 4096), padding=1)
+    huge = _geo((1, 16, 16, 4096), (3, 3, 4096, 4096), padding=1)  # blocks of 4 tiles
     forward = _algorithms.describe(huge)["forward"]
     assert forward[0] == "blocked" and "Winograd's weight" in forward[1]
     for geo in (wide, huge):  # the rule describe gives is what the kernels call

@@ -103,12 +103,16 @@ def test_streamed_winograd_refusal(monkeypatch):
         monkeypatch.setattr(_algorithms, "MACHINE", dataclasses.replace(
             facts, l3=last_level, l3_shared_by=2))
         # 512 -> 512 at 8x28x28: blocks of 100 tiles, 14.1 MiB of transformed tiles
-        refusal = _algorithms.streamed_winograd_refusal(392, 1024, 4)
+        refusal = _algorithms.streamed_winograd_refusal(392, 1024, 4, 96)
         assert refusal == ("" if pays else "and 96 of its tiles (13.5 MiB) > half the "
                                            "last-level cache")
-        assert _algorithms.streamed_winograd_refusal(196, 1024, 4) == (
+        assert _algorithms.streamed_winograd_refusal(196, 1024, 4, 96) == (
             "and 196 tiles make blocks of 52 < 96")
-        assert _algorithms.streamed_winograd_refusal(392, 64, 4) == ""
+        assert _algorithms.streamed_winograd_refusal(392, 64, 4, 96) == ""
+        # the forward kernel's blocks (STREAMED_WINOGRAD_MIN_BLOCK, 8 tiles)
+        assert _algorithms.streamed_winograd_refusal(196, 1024, 4) == ""
+        assert _algorithms.streamed_winograd_refusal(16, 1024, 4) == (
+            "and 16 tiles make blocks of 4 < 8")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -393,7 +397,8 @@ def test_auto_choice_and_opting_out(rng):
     # not Winograd: direct, or the blocked direct kernel where it pays (blocked_pays)
     assert choice((3, 3, 64, 64), (1, 4, 4, 64)) in ("direct", "blocked")  # one tile
     assert choice((3, 3, 128, 128), (1, 28, 28, 128)) == "winograd"  # 49 tiles
-    assert choice((3, 3, 128, 128), (1, 20, 20, 128)) == "blocked"  # 25 tiles
+    assert choice((3, 3, 128, 128), (1, 16, 16, 128)) == "winograd"  # 16 tiles
+    assert choice((3, 3, 128, 128), (1, 12, 12, 128)) == "blocked"  # 9 tiles
     assert choice((3, 3, 32, 128), (8, 56, 56, 128), groups=4) == "winograd"
     assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) in ("direct", "blocked")  # 256 pairs
     assert choice((3, 3, 1, 32), (8, 56, 56, 32), groups=32) == "direct"  # depthwise
@@ -403,16 +408,16 @@ def test_auto_choice_and_opting_out(rng):
     # the smallest channel count whose transformed weight (36 x c x c floats) exceeds what
     # this machine's cache holds (_algorithms.WINOGRAD_MAX_WEIGHT_BYTES)
     c = math.isqrt(_algorithms.WINOGRAD_MAX_WEIGHT_BYTES // (36 * 4)) + 1
-    assert choice((3, 3, c, c), (8, 14, 14, c)) == "blocked"  # weight too large
-    # ... unless blocks of STREAMED_WINOGRAD_MIN_BLOCK tiles or more share each read of it
-    # (and their transformed tiles fit in half the last-level cache)
-    streamed = not _algorithms.streamed_winograd_refusal(392, 2 * c, 4)
-    assert streamed == (36 * 96 * 2 * c * 4 <= _algorithms.MACHINE.last_level // 2)
-    assert choice((3, 3, c, c), (8, 28, 28, c)) == ("winograd" if streamed else "blocked")
-    assert choice((3, 3, c, c), (4, 28, 28, c)) == "blocked"  # 196 tiles, blocks of 52
+    assert choice((3, 3, c, c), (1, 16, 16, c)) == "blocked"  # too large, blocks of 4 tiles
+    # ... unless blocks of STREAMED_WINOGRAD_MIN_BLOCK (8) tiles or more share each read of
+    # it (and their transformed tiles fit in half the last-level cache)
+    assert choice((3, 3, c, c), (1, 28, 28, c)) == "winograd"  # 49 tiles, blocks of 16
     # the weight gradient, whose blocks add into partial sums of the transformed weight's
-    # size, likewise (and up to WINOGRAD_MAX_GRAD_WEIGHT_BYTES only)
-    for n, hw, winograd in ((8, 14, False), (8, 28, streamed)):
+    # size, needs blocks of STREAMED_WINOGRAD_GRAD_MIN_BLOCK (96) (and a weight up to
+    # WINOGRAD_MAX_GRAD_WEIGHT_BYTES only)
+    streamed = not _algorithms.streamed_winograd_refusal(392, 2 * c, 4, 96)
+    assert streamed == (36 * 96 * 2 * c * 4 <= _algorithms.MACHINE.last_level // 2)
+    for n, hw, winograd in ((8, 14, False), (4, 28, False), (8, 28, streamed)):
         geo = fastconv._params.conv_geometry("t", (n, hw, hw, c), (3, 3, c, c), 1, 1, 1, 1)
         chosen = _algorithms.for_weight_gradient("auto", (3, 3, c, c), (n, hw, hw, c), 4, geo)
         assert (chosen == "winograd") == winograd, (n, hw, chosen)
