@@ -495,22 +495,13 @@ def _blocked_in_block(weight_shape, block: int, itemsize: int) -> int:
 
 
 def winograd_weight(w: np.ndarray, groups: int) -> np.ndarray:
-    """A 3x3 HWIO weight (C-contiguous) transformed for the Winograd kernel and packed in its
-    layout, (36, groups, n_blocks, C_in // groups, block): for each of the 36 points, each
+    """A 3x3 HWIO weight (C-contiguous) transformed for the Winograd kernel, in its packed
+    layout (36, groups, n_blocks, C_in // groups, block): for each of the 36 points, each
     group's output channels in blocks of the kernel's OUT_BLOCK, the last one zero-padded."""
     kh, kw, cig, cout = w.shape
-    u = np.empty((36, cig, cout), w.dtype)
-    _run("winograd", "transform_weight", w.reshape(kh, kw, -1), u.reshape(36, -1),
-         flops=36 * w.size)
     block = _algorithms.KERNELS["winograd"].OUT_BLOCK[w.dtype.name]
-    cog = cout // groups
-    n_blocks = -(-cog // block)
-    u = u.reshape(36, cig, groups, cog)
-    if cog % block:
-        u = np.pad(u, ((0, 0), (0, 0), (0, 0), (0, n_blocks * block - cog)))
-    packed = _memory.empty((36, groups, n_blocks, cig, block), w.dtype)
-    packed.transpose(0, 1, 3, 2, 4)[...] = u.reshape(36, cig, groups, n_blocks, block).transpose(
-        0, 2, 1, 3, 4)
+    packed = _memory.empty((36, groups, -(-cout // groups // block), cig, block), w.dtype)
+    _run("winograd", "transform_weight", w, packed, flops=36 * w.size)
     return packed
 
 

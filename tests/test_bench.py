@@ -4,6 +4,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -410,3 +412,29 @@ def test_auto_choices_of_a_transposed_layer():
     assert mine["forward"] == conv["input_gradient"]
     assert mine["input_gradient"] == conv["forward"]
     assert mine["forward"][0] == "im2col"  # one tap per sub-pixel phase
+
+
+def _spinning_thread(seconds: float) -> threading.Thread:
+    """A thread busy for `seconds`, as a thread pool that spins after a call."""
+    end = time.perf_counter() + seconds
+
+    def spin():
+        while time.perf_counter() < end:
+            pass
+    thread = threading.Thread(target=spin)
+    thread.start()
+    return thread
+
+
+def test_wait_until_idle_waits_for_spinning_threads():
+    """Engines are timed one after the other: wait_until_idle returns only once no thread of
+    the process runs any more (a pool still spinning would take a core from the next call),
+    and gives up after its limit."""
+    spinner = _spinning_thread(0.3)
+    _bench.wait_until_idle()
+    assert not spinner.is_alive()
+    spinner = _spinning_thread(2.0)
+    _bench.wait_until_idle(limit=0.05)
+    assert spinner.is_alive()
+    spinner.join()
+

@@ -8,7 +8,7 @@ TILE: int
 POINTS: int
 OUT_BLOCK: dict[str, int]
 
-def transform_weight(w: _Floats, u: _Floats, num_threads: int) -> int: ...
+def transform_weight(w: _Floats, up: _Floats, num_threads: int) -> int: ...
 def conv_forward(
     x: _Floats, up: _Floats, bias: _Floats, y: _Floats,
     top: int, left: int, groups: int, block: int, post: Epilogue | None, num_threads: int,

@@ -233,16 +233,18 @@ cdef inline void _grad_tile(const floating* gy, const floating* zeros, floating*
         _transform_out_adjoint(src, o, Cout)
 
 
-cdef inline void _weight_columns(const floating* w, floating* u, floating* tmp, Py_ssize_t M,
-                                 Py_ssize_t c0, Py_ssize_t nc) noexcept nogil:
-    """u[6*i + j, c] = (G w[:, :, c] G^T)[i, j] for the columns c0 .. c0 + nc - 1 of w
-    (3 x 3 x M) and u (36 x M); tmp holds 18 x nc values."""
+cdef inline void _weight_columns(const floating* w, Py_ssize_t w_tap, floating* u,
+                                 Py_ssize_t u_point, floating* tmp, Py_ssize_t nc,
+                                 Py_ssize_t width) noexcept nogil:
+    """u[(6*i + j) * u_point + c] = (G w[:, :, c] G^T)[i, j] for the nc columns c of w (3 x 3
+    taps, w_tap apart), and 0 for nc <= c < width (a packed block's padding); tmp holds 18 x
+    nc values."""
     cdef const floating* src[3]
     cdef floating* dst[6]
-    cdef Py_ssize_t r, j
+    cdef Py_ssize_t r, j, k
     for r in range(3):  # along each kernel row: tmp[r, :] = G w[r, :]  (3 x 6)
         for j in range(3):
-            src[j] = w + (r * 3 + j) * M + c0
+            src[j] = w + (r * 3 + j) * w_tap
         for j in range(6):
             dst[j] = tmp + (r * 6 + j) * nc
         _transform_weight(src, dst, nc)
@@ -250,27 +252,36 @@ cdef inline void _weight_columns(const floating* w, floating* u, floating* tmp, 
         for r in range(3):
             src[r] = tmp + (r * 6 + j) * nc
         for r in range(6):
-            dst[r] = u + (r * 6 + j) * M + c0
+            dst[r] = u + (r * 6 + j) * u_point
         _transform_weight(src, dst, nc)
+    if nc < width:
+        for k in range(POINTS_):
+            memset(u + k * u_point + nc, 0, (width - nc) * sizeof(floating))
 
 
-def transform_weight(const floating[:, :, ::1] w,  # IN  (3, 3, M): HWIO with I, O merged
-                     floating[:, ::1] u,           # OUT (36, M)
+def transform_weight(const floating[:, :, :, ::1] w,    # IN  (3, 3, cig, C_out): HWIO
+                     floating[:, :, :, :, ::1] up,      # OUT (36, G, n_ob, cig, OUT_BLOCK)
                      int num_threads):
-    """The weight transform, in chunks of columns whose intermediate rows stay in L1."""
-    cdef Py_ssize_t M = w.shape[2], chunk = 256, n_chunks = (M + chunk - 1) // chunk
-    cdef Py_ssize_t ic
+    """The weight transform, G w G^T per (input, output) channel pair, straight into the
+    packed layout of conv_forward: each group's output channels in blocks of OUT_BLOCK, the
+    last one zero-padded. The caller gives up's shape: G = C_out / (n_ob's group width)."""
+    cdef Py_ssize_t cig = w.shape[2], Cout = w.shape[3], G = up.shape[1], n_ob = up.shape[2]
+    cdef Py_ssize_t ob = up.shape[4], cog = Cout // G, u_point = G * n_ob * cig * ob
+    cdef Py_ssize_t ci, g, b
     cdef floating* tmp = NULL
     cdef int status = 0
     cdef int* failed = &status
     with nogil, parallel(num_threads=num_threads):
-        tmp = <floating*> malloc(18 * chunk * sizeof(floating))
-        for ic in prange(n_chunks, schedule="static"):
+        tmp = <floating*> malloc(18 * ob * sizeof(floating))
+        for ci in prange(cig, schedule="static"):
             if tmp == NULL:
                 failed[0] = 1
                 continue
-            _weight_columns(&w[0, 0, 0], &u[0, 0], tmp, M, ic * chunk,
-                            min(chunk, M - ic * chunk))
+            for g in range(G):
+                for b in range(n_ob):
+                    _weight_columns(&w[0, 0, ci, 0] + g * cog + b * ob, cig * Cout,
+                                    &up[0, g, b, ci, 0], u_point, tmp,
+                                    min(ob, cog - b * ob), ob)
         free(tmp)
     return status
 
