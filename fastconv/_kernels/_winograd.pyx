@@ -73,6 +73,7 @@ cdef extern from "fastconv_simd.h":
 cdef enum:
     POINTS_ = 36  # (4 + 2) ** 2 products per tile and channel pair
     CHANNELS = 64  # channels per slice of a tile transform
+    ROWS = 16  # input channels per work unit of the weight transform
 
 ISA = FC_ISA.decode()
 TILE = 4  # output pixels per tile side
@@ -267,18 +268,23 @@ def transform_weight(const floating[:, :, :, ::1] w,    # IN  (3, 3, cig, C_out)
     last one zero-padded. The caller gives up's shape: G = C_out / (n_ob's group width)."""
     cdef Py_ssize_t cig = w.shape[2], Cout = w.shape[3], G = up.shape[1], n_ob = up.shape[2]
     cdef Py_ssize_t ob = up.shape[4], cog = Cout // G, u_point = G * n_ob * cig * ob
-    cdef Py_ssize_t ci, g, b
+    cdef Py_ssize_t n_chunks = (cig + ROWS - 1) // ROWS
+    cdef Py_ssize_t unit, ci, ci0, g, b
     cdef floating* tmp = NULL
     cdef int status = 0
     cdef int* failed = &status
     with nogil, parallel(num_threads=num_threads):
         tmp = <floating*> malloc(18 * ob * sizeof(floating))
-        for ci in prange(cig, schedule="static"):
+        # a unit: ROWS input channels of a group, whose rows of w stay in L2 while each
+        # block's 36 points are written in runs of ROWS x ob values
+        for unit in prange(G * n_chunks, schedule="static"):
             if tmp == NULL:
                 failed[0] = 1
                 continue
-            for g in range(G):
-                for b in range(n_ob):
+            g = unit // n_chunks
+            ci0 = unit % n_chunks * ROWS
+            for b in range(n_ob):
+                for ci in range(ci0, min(ci0 + ROWS, cig)):
                     _weight_columns(&w[0, 0, ci, 0] + g * cog + b * ob, cig * Cout,
                                     &up[0, g, b, ci, 0], u_point, tmp,
                                     min(ob, cog - b * ob), ob)
