@@ -352,7 +352,7 @@ class Contender:
     to_numpy: object = list  # raw result -> list of arrays
     # NumPy's multi-threaded BLAS leaves its threads spinning for up to ~0.1 s after a call
     # (OpenBLAS's thread timeout), which halved the speed of whatever ran next: such a
-    # contender is timed on its own, after the others, with a pause after it
+    # contender is timed on its own, after the others, and the process left to go idle after it
     spins: bool = False
 
 

@@ -898,7 +898,8 @@ def cmd_bench_onnx(args) -> int:
             "onnxruntime": lambda: session.run(None, {inputs[0].name: x})}
     for run in runs.values():  # (fastconv's second and later calls reuse its first's layout)
         run()
-    # as `fastconv bench --models` times them: rounds of one call each, a pause before each
+    # as `fastconv bench --models` times them: rounds of one call each, each once the process
+    # is idle
     times = _bench_models.timed_rounds(runs, repeats)
     ours, theirs = (1000 * float(np.median(times[name])) for name in runs)
     ok = error <= 1e-4
