@@ -490,7 +490,8 @@ def winograd_block(in_channels: int, out_channels: int, itemsize: int, tiles: in
         return streamed_winograd_block(tiles, in_channels + out_channels, itemsize)
     block = budget // (36 * (in_channels + out_channels) * itemsize)
     block = min(block, -(-tiles // 4))
-    # a multiple of 4 rows for the GEMMs (measured: 7 runs at half the speed of 8 or 4)
+    # a multiple of 4 tiles (the weight gradient's GEMMs: 7 rows ran at half the speed of 8
+    # or 4)
     return max(4, min(block, 1024) // 4 * 4)
 
 

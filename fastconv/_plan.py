@@ -325,9 +325,10 @@ def plan_for(layer, x: np.ndarray) -> ConvPlan:
     dilation, groups, algorithm, weight, bias and padding_mode or output_padding; kind
     `layer._plan_kind`) for the 4-D input x, made at the first call with x's shape and dtype
     (and the current thread count and autotune settings) and kept in `layer._plans`. An
-    eval-mode layer's plan counts on its packed weight being kept from call to call."""
+    eval-mode convolution's plan counts on its packed weight being kept from call to call (a
+    transposed convolution's phases take their weights at each call)."""
     weight = layer.weight
-    kept = not layer.training
+    kept = not layer.training and layer._plan_kind == "conv2d"
     key = (x.shape, x.dtype.num, weight.shape, weight.dtype.num, layer.bias is None,
            settings(), layer.stride, repr(layer.padding), layer.dilation, layer.groups,
            layer.algorithm, getattr(layer, "padding_mode", None),

@@ -373,7 +373,7 @@ def bind_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, grou
         # the output transform and the bias
         block = _algorithms.winograd_block(x.shape[3], y.shape[3], y.itemsize,
                                            _algorithms.winograd_tiles(y.shape),
-                                           weight_bytes=w.nbytes)
+                                           weight_bytes=36 * shape[2] * shape[3] * y.itemsize)
         kernel = _bound(algo, "conv_forward", x, w, bias, y, *offsets, groups, block, post,
                         flops=flops)
         gain = (WINOGRAD_GAIN["input"] * WINOGRAD_GAIN["weight"] * WINOGRAD_GAIN["output"]

@@ -4,8 +4,6 @@ import math
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -414,27 +412,24 @@ def test_auto_choices_of_a_transposed_layer():
     assert mine["forward"][0] == "im2col"  # one tap per sub-pixel phase
 
 
-def _spinning_thread(seconds: float) -> threading.Thread:
-    """A thread busy for `seconds`, as a thread pool that spins after a call."""
-    end = time.perf_counter() + seconds
+def test_wait_until_idle_waits_for_spinning_threads(monkeypatch):
+    """Engines are timed one after the other: wait_until_idle sleeps until a slice in which
+    the process used (almost) no CPU time - a pool still spinning would take a core from the
+    next call - and gives up after its limit. On a fake clock (a real spinning thread can be
+    descheduled for a whole slice on a loaded machine): the process is busy for 5 slices."""
+    clock = {"wall": 0.0, "cpu": 0.0, "busy": 5}
 
-    def spin():
-        while time.perf_counter() < end:
-            pass
-    thread = threading.Thread(target=spin)
-    thread.start()
-    return thread
-
-
-def test_wait_until_idle_waits_for_spinning_threads():
-    """Engines are timed one after the other: wait_until_idle returns only once no thread of
-    the process runs any more (a pool still spinning would take a core from the next call),
-    and gives up after its limit."""
-    spinner = _spinning_thread(0.3)
+    def sleep(seconds):
+        clock["wall"] += seconds
+        if clock["busy"] > 0:  # another thread spun through the whole slice
+            clock["busy"] -= 1
+            clock["cpu"] += seconds
+    monkeypatch.setattr(_bench.time, "sleep", sleep)
+    monkeypatch.setattr(_bench.time, "process_time", lambda: clock["cpu"])
+    monkeypatch.setattr(_bench.time, "perf_counter", lambda: clock["wall"])
     _bench.wait_until_idle()
-    assert not spinner.is_alive()
-    spinner = _spinning_thread(2.0)
+    assert clock["busy"] == 0
+    assert clock["wall"] == pytest.approx(6 * _bench.IDLE_SLICE)  # 5 busy slices, 1 idle
+    clock.update(wall=0.0, busy=10**9)  # never idle
     _bench.wait_until_idle(limit=0.05)
-    assert spinner.is_alive()
-    spinner.join()
-
+    assert clock["wall"] == pytest.approx(0.05, abs=_bench.IDLE_SLICE)

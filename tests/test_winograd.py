@@ -144,6 +144,12 @@ def test_weight_beyond_the_cache_in_streamed_blocks(rng, monkeypatch, dtype):
             one = gx, gw
     np.testing.assert_array_equal(gx, one[0])
     np.testing.assert_array_equal(gw, one[1])
+    # the kernel counts the transformed weight as the rule does, without its blocks' padding
+    # (24 -> 40 channels: 36 x 24 x 40 values, more once 40 is padded to whole blocks)
+    monkeypatch.setattr(_algorithms, "WINOGRAD_MAX_WEIGHT_BYTES", 36 * 24 * 40 * x.itemsize)
+    blocks.clear()
+    fastconv.conv2d(x, weight, bias, padding=1, algorithm="winograd")
+    assert blocks == []
 
 
 @pytest.mark.parametrize("mode", ["reflect", "circular"])
@@ -405,6 +411,9 @@ def test_auto_choice_and_opting_out(rng):
     layer = fastconv.layers.Conv2d(128, 128, 3, padding=1)
     assert layer.plan((1, 16, 16, 128)).describe()["forward"] == "blocked"
     assert layer.eval().plan((1, 16, 16, 128)).describe()["forward"] == "winograd"
+    # a transposed convolution's phases take their weights at each call, eval mode or not
+    transposed = fastconv.layers.ConvTranspose2d(128, 128, 3, padding=1).eval()
+    assert transposed.plan((1, 16, 16, 128)).describe()["input_gradient"][0] == "blocked"
     assert choice((3, 3, 32, 128), (8, 56, 56, 128), groups=4) == "winograd"
     assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) in ("direct", "blocked")  # 256 pairs
     assert choice((3, 3, 1, 32), (8, 56, 56, 32), groups=32) == "direct"  # depthwise
@@ -467,6 +476,26 @@ def test_every_instruction_set_variant(rng, monkeypatch, level):
         grads = fastconv.conv2d_backward(gy, x, weight, padding=1, algorithm="winograd")
         for got, want in zip(grads, reference.conv2d_backward(gy, x, weight, pads=pads)):
             assert relative_error(got, want) <= bound(dtype)
+
+
+def test_a_weight_packed_for_another_variant_is_refused(rng):
+    """The packed weight's blocks are the kernel variant's width: another's is an error, not
+    uninitialised output (the kernels run without bounds checks)."""
+    variants = _algorithms.simd_modules("_winograd")
+    widths = {level: module.OUT_BLOCK["float32"] for level, module in variants.items()}
+    if len(set(widths.values())) < 2:
+        pytest.skip("one block width among the variants this CPU runs")
+    narrow, wide = min(widths, key=widths.get), max(widths, key=widths.get)
+    x, weight = operands(rng, 1, 8, 8, 16, 24)
+    up = np.zeros((36, 1, -(-24 // widths[narrow]), 16, widths[narrow]), np.float32)
+    assert variants[narrow].transform_weight(weight, up, 1) == 0
+    y = np.empty((1, 8, 8, 24), np.float32)
+    no_bias = np.zeros(0, np.float32)
+    assert variants[narrow].conv_forward(x, up, no_bias, y, 1, 1, 1, 4, None, 1) == 0
+    np.testing.assert_allclose(y, reference.conv2d(x, weight, pads=((1, 1), (1, 1))),
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=f"blocks of {widths[narrow]} channels are not"):
+        variants[wide].conv_forward(x, up, no_bias, y, 1, 1, 1, 4, None, 1)
 
 
 def test_environment_variable_turns_auto_winograd_off():

@@ -264,8 +264,9 @@ def transform_weight(const floating[:, :, :, ::1] w,    # IN  (3, 3, cig, C_out)
                      floating[:, :, :, :, ::1] up,      # OUT (36, G, n_ob, cig, OUT_BLOCK)
                      int num_threads):
     """The weight transform, G w G^T per (input, output) channel pair, straight into the
-    packed layout of conv_forward: each group's output channels in blocks of OUT_BLOCK, the
-    last one zero-padded. The caller gives up's shape: G = C_out / (n_ob's group width)."""
+    packed layout of conv_forward: up is (36, G, ceil(C_out / G / OUT_BLOCK), cig, OUT_BLOCK)
+    with this module's OUT_BLOCK for the dtype, each group's output channels in blocks, the
+    last one zero-padded."""
     cdef Py_ssize_t cig = w.shape[2], Cout = w.shape[3], G = up.shape[1], n_ob = up.shape[2]
     cdef Py_ssize_t ob = up.shape[4], cog = Cout // G, u_point = G * n_ob * cig * ob
     cdef Py_ssize_t n_chunks = (cig + ROWS - 1) // ROWS
@@ -354,8 +355,8 @@ cdef inline void _products(const floating* v, Py_ssize_t v_stride, Py_ssize_t C,
     channels each, v_stride apart per point) times the packed U (36, G, n_ob, cig, ob), in
     register blocks of up to FC_BLK_PIX tiles x one block of ob output channels (one tap of
     cig input channels, as the blocked kernel runs a 1x1 convolution). A block's weight
-    (cig x ob) serves all nt tiles from L1 before the next one is read. xp, outp: scratch
-    for FC_BLK_PIX_MAX pointers each."""
+    (cig x ob values) serves all nt tiles from L1 or L2 before the next one is read. xp,
+    outp: scratch for FC_BLK_PIX_MAX pointers each."""
     cdef Py_ssize_t k, g, b, blk, n_blocks, t, p, npix, nc, np_max
     cdef Py_ssize_t vl = FC_VBYTES // sizeof(floating)
     cdef const floating* w
@@ -417,6 +418,9 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
     cdef floating** outp
     cdef int status = 0
     cdef int* failed = &status
+    if ob != (FC_BLK_OB_F if sizeof(floating) == sizeof(float) else FC_BLK_OB_D):
+        raise ValueError(f"conv_forward: the packed weight's blocks of {ob} channels are not "
+                         f"this kernel's ({OUT_BLOCK}): packed for another instruction set")
     if n_tiles == 0:
         return 0
     with nogil, parallel(num_threads=num_threads):
