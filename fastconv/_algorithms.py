@@ -116,16 +116,14 @@ STREAMED_WINOGRAD_MAX_BLOCK = 128
 # tiles, 32 ms, blocked 18; 8x7x7, 32 tiles, 28 ms, blocked 10)
 WINOGRAD_MAX_GRAD_WEIGHT_BYTES = 2 * MACHINE.last_level
 # Winograd's 4x4 output tiles from which it beats the blocked kernel: transforming the tiles
-# and reading the 4x larger transformed weight from memory (a network's weights do not stay
-# in cache from one pass to the next) cost about what that many tiles' saved products bring;
-# a weight transformed at the call (functional calls, training steps, weight gradients) adds
-# its transform. Kept from call to call (an inference layer's packed weight): 16 (AMD EPYC
-# Zen 3, 2 threads, 1x14x14 = 16 tiles: 3x3 128 -> 128 1.6x the blocked kernel, 256 -> 256
-# 1.3x; 1x12x12, 9 tiles, 256 -> 256 0.9x; 1x7x7, 4 tiles, 512 -> 512 0.75x). Transformed at
-# the call: 32 (Zen 3: 256 -> 256 at 1x14x14 0.7x the blocked kernel; Zen 5: 128 -> 128 at
-# 1x20x20 even, 1x24x24 1.2x faster).
+# (and the weight, where a call packs it) and reading the 4x larger transformed weight from
+# memory (a network's weights do not stay in cache from one pass to the next) cost about what
+# that many tiles' saved products bring. AMD EPYC Zen 3, 2 threads: 3x3 256 -> 256 at 1x14x14
+# (16 tiles) ran 1.3x the blocked kernel's speed alone, its transformed weight in cache, but
+# at 16 tiles ResNet-18 and ResNet-50 at batch 1 ran 10% slower than at 32 (two graphs in one
+# process); functions, which transform the weight at each call, 0.7x. Zen 5: 128 -> 128 at
+# 1x20x20 even, 1x24x24 1.2x faster.
 MIN_WINOGRAD_TILES = 32
-MIN_WINOGRAD_KEPT_TILES = 16
 PARTIAL_SUM_BYTES = 16 * 1024 * 1024  # cap on the weight-gradient partial sums
 MIN_PARTIAL_SUMS, MAX_PARTIAL_SUMS = 2, 8
 
@@ -170,20 +168,18 @@ WINOGRAD_REASON = ("rule: 3x3 stride 1, wide enough, transformed weight in cache
 
 
 def for_convolution(algorithm: str, weight_shape, out_shape, itemsize: int, stride, dilation,
-                    groups: int, weight_kept: bool = False) -> str:
+                    groups: int) -> str:
     """The kernel for a convolution with output shape `out_shape` (N, H_out, W_out, C_out)
     (also each sub-convolution of an input gradient or a transposed convolution); "auto"
     follows convolution_rule."""
     if algorithm != "auto":
         return algorithm
-    return convolution_rule(weight_shape, out_shape, itemsize, stride, dilation, groups,
-                            weight_kept)[0]
+    return convolution_rule(weight_shape, out_shape, itemsize, stride, dilation, groups)[0]
 
 
 def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
-                     groups: int, weight_kept: bool = False) -> tuple[str, str]:
-    """"auto"'s (kernel, reason) for a convolution (`weight_kept`: its packed weight is kept
-    from call to call, as an inference layer's):
+                     groups: int) -> tuple[str, str]:
+    """"auto"'s (kernel, reason) for a convolution:
     - Winograd where it serves and pays (see winograd_refusal);
     - the blocked direct kernel past one vector of output channels (see blocked_pays);
     - im2col for a 1x1 stride-1 convolution with 8 or more input channels per group (a
@@ -201,7 +197,7 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
     stride or dilation (WaveNet/TCN's dilated 1-D convolutions) needs no rule here."""
     kh, kw, cig, cout = weight_shape
     refusal = _auto_winograd_refusal(weight_shape, out_shape, itemsize, stride, dilation,
-                                     groups, None, weight_kept)
+                                     groups, None)
     if not refusal:
         return "winograd", WINOGRAD_REASON
     if blocked_pays(weight_shape, itemsize, dilation, groups):
@@ -255,21 +251,18 @@ def blocked_pays(weight_shape, itemsize: int, dilation, groups: int) -> bool:
 
 
 def _auto_winograd_refusal(weight_shape, out_shape, itemsize: int, stride, dilation,
-                           groups: int, max_weight_bytes: int | None,
-                           weight_kept: bool = False) -> str:
+                           groups: int, max_weight_bytes: int | None) -> str:
     """Why "auto" does not choose Winograd ("" when it does)."""
     kh, kw, cig, cout = weight_shape
     if not winograd_serves((kh, kw), stride, dilation):
         return NOT_WINOGRAD_SHAPED
     if not _auto_winograd:
         return "Winograd off (set_auto_winograd)"
-    return winograd_refusal(cig, cout // groups, groups, out_shape, itemsize, max_weight_bytes,
-                            weight_kept)
+    return winograd_refusal(cig, cout // groups, groups, out_shape, itemsize, max_weight_bytes)
 
 
 def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_shape,
-                     itemsize: int, max_weight_bytes: int | None,
-                     weight_kept: bool = False) -> str:
+                     itemsize: int, max_weight_bytes: int | None) -> str:
     """Why Winograd would not beat the other kernels ("" when it would), as measured on
     this project's 2-core machine with 2 threads (see README): it needs at least 8 input
     channels and 512 channel pairs per group (fewer: transforming the tiles costs more than
@@ -277,13 +270,11 @@ def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_sha
     transformed weight small enough to stay in cache (WINOGRAD_MAX_WEIGHT_BYTES), or else
     read by blocks of enough tiles (streamed_winograd_refusal), and, where max_weight_bytes
     is given (the weight gradient's partial sums), of at most that; at least
-    MIN_WINOGRAD_TILES tiles (MIN_WINOGRAD_KEPT_TILES where the transformed weight is kept
-    from call to call: `weight_kept`); and at least half of each 4x4 tile inside the output.
-    The weight gradient (max_weight_bytes given), whose products are BLAS calls, needs
-    blocks of STREAMED_WINOGRAD_GRAD_MIN_BLOCK tiles."""
+    MIN_WINOGRAD_TILES tiles; and at least half of each 4x4 tile inside the output. The
+    weight gradient (max_weight_bytes given), whose products are BLAS calls, needs blocks
+    of STREAMED_WINOGRAD_GRAD_MIN_BLOCK tiles."""
     gradient = max_weight_bytes is not None
     min_block = STREAMED_WINOGRAD_GRAD_MIN_BLOCK if gradient else STREAMED_WINOGRAD_MIN_BLOCK
-    min_tiles = MIN_WINOGRAD_KEPT_TILES if weight_kept and not gradient else MIN_WINOGRAD_TILES
     tiles = winograd_tiles(out_shape)
     weight_bytes = 36 * in_per_group * out_per_group * groups * itemsize
     if in_per_group < 8 or in_per_group * out_per_group < 512:
@@ -297,8 +288,8 @@ def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_sha
         if streamed:
             return (f"Winograd's weight {mib:.1f} MiB > "
                     f"{WINOGRAD_MAX_WEIGHT_BYTES / 2**20:.1f} MiB, {streamed}")
-    if tiles < min_tiles:
-        return f"{tiles} < {min_tiles} Winograd tiles"
+    if tiles < MIN_WINOGRAD_TILES:
+        return f"{tiles} < {MIN_WINOGRAD_TILES} Winograd tiles"
     if 2 * out_shape[0] * out_shape[1] * out_shape[2] < 16 * tiles:
         return "Winograd tiles mostly outside the output"
     return ""
@@ -432,11 +423,9 @@ def _phase_tap_count(k: int, stride: int, dilation: int) -> list[int]:
     return [sum(1 for r in range(k) if r * dilation % stride == a) for a in range(stride)]
 
 
-def describe(geo, dtype="float32", threads: int | None = None,
-             weight_kept: bool = False) -> dict[str, tuple[str, str]]:
+def describe(geo, dtype="float32", threads: int | None = None) -> dict[str, tuple[str, str]]:
     """What "auto" runs for the convolution `geo` (a ConvGeometry; for a transposed
-    convolution, the convolution it is the adjoint of) in `dtype` (`weight_kept`: the
-    forward's packed weight kept from call to call), and why:
+    convolution, the convolution it is the adjoint of) in `dtype`, and why:
     {"forward": (kernel, reason), "input_gradient": ..., "weight_gradient": ...}. The reason
     is "autotuned" where set_autotune(True) measured the geometry (at `threads` threads,
     default get_num_threads()), else the rule that chose."""
@@ -447,7 +436,7 @@ def describe(geo, dtype="float32", threads: int | None = None,
     out_shape = (geo.n, *geo.out_hw, geo.out_channels)
     chosen = {
         "forward": convolution_rule(weight_shape, out_shape, itemsize, geo.stride,
-                                    geo.dilation, geo.groups, weight_kept),
+                                    geo.dilation, geo.groups),
         "input_gradient": input_gradient_rule(weight_shape, geo, itemsize),
         "weight_gradient": weight_gradient_rule(weight_shape, out_shape, itemsize, geo),
     }

@@ -166,11 +166,8 @@ class ConvPlan:
     against the input (ValueError/TypeError, the functional API's) are raised when built."""
 
     def __init__(self, kind: str, x_shape, x_dtype, weight: np.ndarray, bias, stride, padding,
-                 dilation, groups, algorithm, padding_mode="zeros", output_padding=0,
-                 weight_kept: bool = False):
+                 dilation, groups, algorithm, padding_mode="zeros", output_padding=0):
         self.kind = kind
-        # the packed weight serves call after call (an eval-mode layer): "auto" may count on it
-        self.weight_kept = weight_kept
         self.x_shape = tuple(x_shape)
         self._args = (stride, padding, dilation, groups, algorithm, padding_mode, output_padding)
         transposed = kind == "conv_transpose2d"
@@ -220,8 +217,7 @@ class ConvPlan:
                         self.geo.out_channels)
         return _algorithms.for_convolution("auto", weight_shape, self.out_shape,
                                            self.dtype.itemsize, self.geo.stride,
-                                           self.geo.dilation, self.geo.groups,
-                                           self.weight_kept)
+                                           self.geo.dilation, self.geo.groups)
 
     def describe(self) -> dict:
         """{"kind", "input_shape", "output_shape", "dtype", "threads", "stride", "padding"
@@ -230,7 +226,7 @@ class ConvPlan:
         per-phase rule), "reason", "input_gradient", "weight_gradient" ((kernel, reason) of
         "auto" for backward)}."""
         geo = self.geo
-        chosen = _algorithms.describe(geo, self.dtype, self.threads, self.weight_kept)
+        chosen = _algorithms.describe(geo, self.dtype, self.threads)
         runs = chosen[self.direction]
         reason = "requested" if self.requested != "auto" else runs[1]
         return {"kind": self.kind, "input_shape": self.x_shape, "output_shape": self.out_shape,
@@ -324,15 +320,12 @@ def plan_for(layer, x: np.ndarray) -> ConvPlan:
     """The plan of a Conv2d / ConvTranspose2d-like layer (attributes stride, padding,
     dilation, groups, algorithm, weight, bias and padding_mode or output_padding; kind
     `layer._plan_kind`) for the 4-D input x, made at the first call with x's shape and dtype
-    (and the current thread count and autotune settings) and kept in `layer._plans`. An
-    eval-mode convolution's plan counts on its packed weight being kept from call to call (a
-    transposed convolution's phases take their weights at each call)."""
+    (and the current thread count and autotune settings) and kept in `layer._plans`."""
     weight = layer.weight
-    kept = not layer.training and layer._plan_kind == "conv2d"
     key = (x.shape, x.dtype.num, weight.shape, weight.dtype.num, layer.bias is None,
            settings(), layer.stride, repr(layer.padding), layer.dilation, layer.groups,
            layer.algorithm, getattr(layer, "padding_mode", None),
-           getattr(layer, "output_padding", None), kept)
+           getattr(layer, "output_padding", None))
     plans = layer.__dict__.get("_plans")
     if plans is None:
         plans = layer._plans = {}
@@ -343,7 +336,7 @@ def plan_for(layer, x: np.ndarray) -> ConvPlan:
         plan = plans[key] = ConvPlan(layer._plan_kind, x.shape, x.dtype, weight, layer.bias,
                                      layer.stride, layer.padding, layer.dilation, layer.groups,
                                      layer.algorithm, getattr(layer, "padding_mode", "zeros"),
-                                     getattr(layer, "output_padding", 0), kept)
+                                     getattr(layer, "output_padding", 0))
     return plan
 
 

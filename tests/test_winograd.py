@@ -395,25 +395,16 @@ def test_stride_that_cannot_matter_is_served(rng):
 def test_auto_choice_and_opting_out(rng):
     """"auto" runs Winograd on a large 3x3 layer (also grouped), and the direct kernel once
     it is turned off (bit for bit); small, depthwise and few-input-channel layers do not."""
-    def choice(weight_shape, out_shape, groups=1, dilation=(1, 1), weight_kept=False):
+    def choice(weight_shape, out_shape, groups=1, dilation=(1, 1)):
         return _algorithms.for_convolution("auto", weight_shape, out_shape, 4, (1, 1), dilation,
-                                           groups, weight_kept)
+                                           groups)
 
     assert choice((3, 3, 64, 64), (8, 56, 56, 64)) == "winograd"
     # not Winograd: direct, or the blocked direct kernel where it pays (blocked_pays)
     assert choice((3, 3, 64, 64), (1, 4, 4, 64)) in ("direct", "blocked")  # one tile
     assert choice((3, 3, 128, 128), (1, 28, 28, 128)) == "winograd"  # 49 tiles
-    # 16 tiles: Winograd where the transformed weight is kept from call to call (an
-    # eval-mode layer's plan), not where each call transforms it
-    assert choice((3, 3, 128, 128), (1, 16, 16, 128)) == "blocked"
-    assert choice((3, 3, 128, 128), (1, 16, 16, 128), weight_kept=True) == "winograd"
-    assert choice((3, 3, 128, 128), (1, 12, 12, 128), weight_kept=True) == "blocked"  # 9
-    layer = fastconv.layers.Conv2d(128, 128, 3, padding=1)
-    assert layer.plan((1, 16, 16, 128)).describe()["forward"] == "blocked"
-    assert layer.eval().plan((1, 16, 16, 128)).describe()["forward"] == "winograd"
-    # a transposed convolution's phases take their weights at each call, eval mode or not
-    transposed = fastconv.layers.ConvTranspose2d(128, 128, 3, padding=1).eval()
-    assert transposed.plan((1, 16, 16, 128)).describe()["input_gradient"][0] == "blocked"
+    assert choice((3, 3, 128, 128), (1, 24, 24, 128)) == "winograd"  # 36 tiles
+    assert choice((3, 3, 128, 128), (1, 20, 20, 128)) == "blocked"  # 25 tiles
     assert choice((3, 3, 32, 128), (8, 56, 56, 128), groups=4) == "winograd"
     assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) in ("direct", "blocked")  # 256 pairs
     assert choice((3, 3, 1, 32), (8, 56, 56, 32), groups=32) == "direct"  # depthwise
@@ -423,8 +414,8 @@ def test_auto_choice_and_opting_out(rng):
     # the smallest channel count whose transformed weight (36 x c x c floats) exceeds what
     # this machine's cache holds (_algorithms.WINOGRAD_MAX_WEIGHT_BYTES)
     c = math.isqrt(_algorithms.WINOGRAD_MAX_WEIGHT_BYTES // (36 * 4)) + 1
-    # too large, and blocks of 4 tiles
-    assert choice((3, 3, c, c), (1, 16, 16, c), weight_kept=True) == "blocked"
+    # too large, and blocks of 8 tiles from 32 tiles up
+    assert choice((3, 3, c, c), (8, 7, 7, c)) == "winograd"  # 32 tiles, blocks of 8
     # ... unless blocks of STREAMED_WINOGRAD_MIN_BLOCK (8) tiles or more share each read of
     # it (and their transformed tiles fit in half the last-level cache)
     assert choice((3, 3, c, c), (1, 28, 28, c)) == "winograd"  # 49 tiles, blocks of 16
