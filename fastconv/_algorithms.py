@@ -276,7 +276,7 @@ def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_sha
     gradient = max_weight_bytes is not None
     min_block = STREAMED_WINOGRAD_GRAD_MIN_BLOCK if gradient else STREAMED_WINOGRAD_MIN_BLOCK
     tiles = winograd_tiles(out_shape)
-    weight_bytes = 36 * in_per_group * out_per_group * groups * itemsize
+    weight_bytes = winograd_weight_bytes(in_per_group, out_per_group * groups, itemsize)
     if in_per_group < 8 or in_per_group * out_per_group < 512:
         return "too few channels for Winograd"
     mib = weight_bytes / 2**20
@@ -293,6 +293,12 @@ def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_sha
     if 2 * out_shape[0] * out_shape[1] * out_shape[2] < 16 * tiles:
         return "Winograd tiles mostly outside the output"
     return ""
+
+
+def winograd_weight_bytes(in_per_group: int, out_channels: int, itemsize: int) -> int:
+    """The bytes of a 3x3 weight transformed for Winograd, 36 x C_in/groups x C_out values
+    (without the padding of its packed blocks): what the rules and the block sizes count."""
+    return 36 * in_per_group * out_channels * itemsize
 
 
 def winograd_tiles(out_shape) -> int:
@@ -484,8 +490,7 @@ def winograd_block(in_channels: int, out_channels: int, itemsize: int, tiles: in
     return max(4, min(block, 1024) // 4 * 4)
 
 
-def streamed_winograd_refusal(tiles: int, channels: int, itemsize: int,
-                              min_block: int = STREAMED_WINOGRAD_MIN_BLOCK) -> str:
+def streamed_winograd_refusal(tiles: int, channels: int, itemsize: int, min_block: int) -> str:
     """Why Winograd would not pay with a transformed weight read from memory by every block
     ("" when it would): its blocks (streamed_winograd_block) need `min_block` tiles or
     more."""

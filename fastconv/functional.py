@@ -252,11 +252,12 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
              ranges, BLOCKED_CHUNK_PIXELS, flops=flops)
         return _added(grad, into)
     if algo == "winograd":
+        weight_bytes = _algorithms.winograd_weight_bytes(*weight_shape[2:], itemsize)
         tiles = _algorithms.winograd_tiles(gy.shape)
         block = _algorithms.winograd_block(x.shape[3], gy.shape[3], itemsize, tiles,
                                            _algorithms.WINOGRAD_GRAD_BUFFER_BYTES,
-                                           weight_bytes=4 * weight_size * itemsize)
-        chunks = _algorithms.partial_sums(4 * weight_size * itemsize, -(-tiles // block))
+                                           weight_bytes=weight_bytes)
+        chunks = _algorithms.partial_sums(weight_bytes, -(-tiles // block))
         partial = np.zeros((chunks, 36, *weight_shape[2:]), dtype)
         _run(algo, "conv_backward_weight", x, gy, partial, *offsets, geo.groups, block,
              flops=flops)
@@ -373,7 +374,8 @@ def bind_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, grou
         # the output transform and the bias
         block = _algorithms.winograd_block(x.shape[3], y.shape[3], y.itemsize,
                                            _algorithms.winograd_tiles(y.shape),
-                                           weight_bytes=36 * shape[2] * shape[3] * y.itemsize)
+                                           weight_bytes=_algorithms.winograd_weight_bytes(
+                                               *shape[2:], y.itemsize))
         kernel = _bound(algo, "conv_forward", x, w, bias, y, *offsets, groups, block, post,
                         flops=flops)
         gain = (WINOGRAD_GAIN["input"] * WINOGRAD_GAIN["weight"] * WINOGRAD_GAIN["output"]

@@ -109,9 +109,9 @@ def test_streamed_winograd_refusal(monkeypatch):
         assert _algorithms.streamed_winograd_refusal(196, 1024, 4, 96) == (
             "and 196 tiles make blocks of 52 < 96")
         assert _algorithms.streamed_winograd_refusal(392, 64, 4, 96) == ""
-        # the forward kernel's blocks (STREAMED_WINOGRAD_MIN_BLOCK, 8 tiles)
-        assert _algorithms.streamed_winograd_refusal(196, 1024, 4) == ""
-        assert _algorithms.streamed_winograd_refusal(16, 1024, 4) == (
+        # the forward kernel's blocks (STREAMED_WINOGRAD_MIN_BLOCK: 8 tiles)
+        assert _algorithms.streamed_winograd_refusal(196, 1024, 4, 8) == ""
+        assert _algorithms.streamed_winograd_refusal(16, 1024, 4, 8) == (
             "and 16 tiles make blocks of 4 < 8")
 
 

@@ -192,7 +192,7 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
                     n_out = nc if last else (nc + vl - 1) // vl * vl
                     if not FC_HAVE_VECTORS:
                         scalar_block(<int> npix, xp, w_blk, taps, tap_len, tap_step, ob, init,
-                                      init_pix, outp, n_out)
+                                     init_pix, outp, n_out)
                     elif floating is float:
                         fc_blocked_f(<int> npix, xp, w_blk, taps, tap_len, tap_step, init,
                                      init_pix, outp, n_out,
