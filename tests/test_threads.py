@@ -328,3 +328,29 @@ def test_depthwise_work_is_shared_from_fewer_flops_than_dense(monkeypatch, rng):
                         padding=1, algorithm="direct")  # 2 * 49 * 9 * 16 * 16 flops
         assert given == [1]
     assert_threads_ran(depthwise_given)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 16, 17, 100, 1001])
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_shared_items_are_each_computed_once(n, threads):
+    # every item by exactly one thread of the team (-1: by none, -2: twice), whatever n and
+    # the team
+    from fastconv._kernels import _openmp
+
+    owners = _openmp.shared_items(n, threads)
+    assert len(owners) == n
+    assert all(0 <= o < max(_openmp.team_size(threads), 1) for o in owners), owners
+
+
+def test_a_late_threads_share_is_taken_over():
+    # a thread the OS has descheduled (here: held back 300 ms) does not hold the region up:
+    # the other thread takes over its share (under schedule(static) it would wait for it)
+    from fastconv._kernels import _openmp
+
+    if not _openmp.openmp_enabled() or _openmp.team_size(2) < 2:
+        pytest.skip("needs two OpenMP threads")
+    n = 160
+    owners = _openmp.shared_items(n, 2, late_thread=0, late_ms=300)
+    assert owners[: n // 2] == [1] * (n // 2), owners  # thread 0's half done by thread 1
+    assert owners[n // 2:] == [1] * (n // 2)
+    assert _openmp.shared_items(n, 2, late_thread=1, late_ms=300) == [0] * n

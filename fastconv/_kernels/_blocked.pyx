@@ -30,6 +30,8 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, calloc, free
 
+from fastconv._kernels._share cimport fc_share, fc_share_next, share_items
+
 from fastconv._kernels._epilogue cimport (Epilogue, chain_of, chain_span, fc_postops_f32,
                                           fc_postops_f64)
 
@@ -64,12 +66,13 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
     """y = conv(x, w) + bias, then `post`'s chain (None: none) on each register block as
     it is stored. A work item is one output-channel block of one group over a run
     of at most item_pixels consecutive output pixels (row-major) of one image, each image's
-    pixels cut into runs of equal length (within one). The items are split between the
-    threads in equal contiguous runs of the order (group, block, image, run) when
-    `weight_outer` (a thread keeps one block's weight: for weights larger than the cache),
-    else (group, image, run, block) (a thread keeps a run's input while it goes through all
-    blocks). Every output value is computed by one thread in a fixed order, so the result
-    does not depend on the thread count. `stream`: y's whole vectors are written with
+    pixels cut into runs of equal length (within one). The items are shared out (fc_share:
+    each thread an equal contiguous run, a late thread's rest taken over by the others) in
+    the order (group, block, image, run) when `weight_outer` (a thread keeps one block's
+    weight: for weights larger than the cache), else (group, image, run, block) (a thread
+    keeps a run's input while it goes through all blocks). Every output value is computed
+    by one thread in a fixed order, so the result does not depend on the thread count or on
+    which thread computes it. `stream`: y's whole vectors are written with
     non-temporal stores (for an output far larger than the caches: no read of each line
     before it is written), where y's pixels and channel blocks lie on vector boundaries.
     Returns 0, or 1 when a scratch buffer could not be allocated."""
@@ -108,6 +111,9 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
     cdef floating* y_blk
     cdef int status = 0
     cdef int* failed = &status
+    cdef fc_share share
+    cdef fc_share* shared = &share
+    cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     if N * P == 0:
         return 0
     if chain != NULL and FC_HAVE_VECTORS:
@@ -120,105 +126,110 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
         and (y_pix * sizeof(floating)) % FC_VBYTES == 0 and (cog * sizeof(floating)) % FC_VBYTES == 0)
     zeros = <const floating*> calloc(max(in_block, kw * cig if rows_merge else 0) + 64,
                                      sizeof(floating))
-    if zeros == NULL:
+    if zeros == NULL or share_items(shared, n_items, num_threads):
+        free(<void*> zeros)
         return 1
     with nogil, parallel(num_threads=num_threads):
         xp = <const floating**> malloc(ntaps * FC_BLK_PIX_MAX * sizeof(floating*))
         outp = <floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
         tile = <floating*> malloc(item_pixels * ob * sizeof(floating)) if split else NULL
-        for item in prange(n_items, schedule="static"):
-            if xp == NULL or outp == NULL or (split and tile == NULL):
-                failed[0] = 1
-                continue
-            g = item // per_group
-            rest = item % per_group
-            if weight_outer:  # (block, image, run)
-                b = rest // (N * n_runs)
-                rest = rest % (N * n_runs)
-            else:  # (image, run, block)
-                b = rest % n_ob
-                rest = rest // n_ob
-            n = rest // n_runs
-            run = rest % n_runs
-            p0 = run * P // n_runs  # the run: pixels [p0, p0 + n_pix) of image n
-            n_pix = (run + 1) * P // n_runs - p0
-            nc = min(ob, cog - b * ob)
-            np_max = FC_BLK_PIX((nc + vl - 1) // vl) if FC_HAVE_VECTORS else FC_BLK_NP
-            n_blocks = (n_pix + np_max - 1) // np_max
-            x_img = &x[n, 0, 0, 0] + g * cig
-            y_blk = &y[0, 0, 0, 0] + n * y_img + g * cog + b * ob
-            b_blk = &bias[g, b * ob] if has_bias else NULL
-            ci0 = 0
-            while ci0 < cig:
-                cb = min(in_block, cig - ci0)
-                last = ci0 + cb >= cig
-                w_blk = &wp[g, b, 0, 0, ci0, 0]
-                # the run in n_blocks register blocks of equal size (within one): 7 pixels
-                # run as 4 + 3, not 6 + 1
-                for blk in range(n_blocks):
-                    pix = blk * n_pix // n_blocks  # within the run
-                    npix = (blk + 1) * n_pix // n_blocks - pix
-                    oh = (p0 + pix) // Wo
-                    ow = (p0 + pix) % Wo
-                    # rows merged when every pixel's rows of taps lie inside x horizontally:
-                    # the block's columns run from ow (0 once it wraps to the next row) to
-                    # ow + npix - 1 (Wo - 1 once it wraps)
-                    merged = rows_merge and (0 if ow + npix > Wo else ow) * sw >= left and (
-                        (Wo - 1 if ow + npix > Wo else ow + npix - 1) * sw - left + kw <= W)
-                    for p in range(npix):
-                        # the pixel's sums go to the tile, or to y after the last input block
-                        outp[p] = y_blk + oh * y_row + ow * y_pix if last else tile + (pix + p) * ob
-                        # merged (ci0 is 0 then): each row's first tap
-                        _tap_pointers(xp + p, x_img + ci0, zeros, oh * sh - top, ow * sw - left,
-                                      kh, 1 if merged else kw, dh, dw, H, W, C)
-                        ow = ow + 1
-                        if ow == Wo:
-                            ow = 0
-                            oh = oh + 1
-                    # merged: kh taps of kw * cb values, kw taps of the packed weight apart
-                    taps = kh if merged else ntaps
-                    tap_len = cb * kw if merged else cb
-                    tap_step = w_tap * kw if merged else w_tap
-                    for t in range(taps):  # a tap that reaches x from no pixel is skipped
+        # chunks in static order, a late thread's taken over (assigned here: private)
+        share_cursor, share_first, share_end = 0, 0, 0
+        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+            for item in range(share_first, share_end):
+                if xp == NULL or outp == NULL or (split and tile == NULL):
+                    failed[0] = 1
+                    continue
+                g = item // per_group
+                rest = item % per_group
+                if weight_outer:  # (block, image, run)
+                    b = rest // (N * n_runs)
+                    rest = rest % (N * n_runs)
+                else:  # (image, run, block)
+                    b = rest % n_ob
+                    rest = rest // n_ob
+                n = rest // n_runs
+                run = rest % n_runs
+                p0 = run * P // n_runs  # the run: pixels [p0, p0 + n_pix) of image n
+                n_pix = (run + 1) * P // n_runs - p0
+                nc = min(ob, cog - b * ob)
+                np_max = FC_BLK_PIX((nc + vl - 1) // vl) if FC_HAVE_VECTORS else FC_BLK_NP
+                n_blocks = (n_pix + np_max - 1) // np_max
+                x_img = &x[n, 0, 0, 0] + g * cig
+                y_blk = &y[0, 0, 0, 0] + n * y_img + g * cog + b * ob
+                b_blk = &bias[g, b * ob] if has_bias else NULL
+                ci0 = 0
+                while ci0 < cig:
+                    cb = min(in_block, cig - ci0)
+                    last = ci0 + cb >= cig
+                    w_blk = &wp[g, b, 0, 0, ci0, 0]
+                    # the run in n_blocks register blocks of equal size (within one): 7 pixels
+                    # run as 4 + 3, not 6 + 1
+                    for blk in range(n_blocks):
+                        pix = blk * n_pix // n_blocks  # within the run
+                        npix = (blk + 1) * n_pix // n_blocks - pix
+                        oh = (p0 + pix) // Wo
+                        ow = (p0 + pix) % Wo
+                        # rows merged when every pixel's rows of taps lie inside x horizontally:
+                        # the block's columns run from ow (0 once it wraps to the next row) to
+                        # ow + npix - 1 (Wo - 1 once it wraps)
+                        merged = rows_merge and (0 if ow + npix > Wo else ow) * sw >= left and (
+                            (Wo - 1 if ow + npix > Wo else ow + npix - 1) * sw - left + kw <= W)
                         for p in range(npix):
-                            if xp[t * FC_BLK_PIX_MAX + p] != zeros:
-                                break
-                        else:
-                            xp[t * FC_BLK_PIX_MAX] = NULL
-                    # start from the bias (first input block) or the tile
-                    init = b_blk if ci0 == 0 else tile + pix * ob
-                    init_pix = 0 if ci0 == 0 else ob
-                    # y gets nc channels, the tile whole vectors (as the next pass reads them)
-                    n_out = nc if last else (nc + vl - 1) // vl * vl
-                    if not FC_HAVE_VECTORS:
-                        scalar_block(<int> npix, xp, w_blk, taps, tap_len, tap_step, ob, init,
-                                     init_pix, outp, n_out)
-                    elif floating is float:
-                        fc_blocked_f(<int> npix, xp, w_blk, taps, tap_len, tap_step, init,
-                                     init_pix, outp, n_out,
-                                     <const fc_postops_f32*> in_registers if last else NULL,
-                                     n * P + p0 + pix, g * cog + b * ob, stream and last)
-                    else:
-                        fc_blocked_d(<int> npix, xp, w_blk, taps, tap_len, tap_step, init,
-                                     init_pix, outp, n_out,
-                                     <const fc_postops_f64*> in_registers if last else NULL,
-                                     n * P + p0 + pix, g * cog + b * ob, stream and last)
-                    if last and chain != NULL and in_registers == NULL:
-                        # the block's pixels lie y_pix apart in a row
-                        if outp[npix - 1] - outp[0] == (npix - 1) * y_pix:
-                            chain_span(chain, outp[0], n * P + p0 + pix, npix, y_pix,
-                                       g * cog + b * ob, nc)
-                        else:
+                            # the pixel's sums go to the tile, or to y after the last input block
+                            outp[p] = y_blk + oh * y_row + ow * y_pix if last else tile + (pix + p) * ob
+                            # merged (ci0 is 0 then): each row's first tap
+                            _tap_pointers(xp + p, x_img + ci0, zeros, oh * sh - top, ow * sw - left,
+                                          kh, 1 if merged else kw, dh, dw, H, W, C)
+                            ow = ow + 1
+                            if ow == Wo:
+                                ow = 0
+                                oh = oh + 1
+                        # merged: kh taps of kw * cb values, kw taps of the packed weight apart
+                        taps = kh if merged else ntaps
+                        tap_len = cb * kw if merged else cb
+                        tap_step = w_tap * kw if merged else w_tap
+                        for t in range(taps):  # a tap that reaches x from no pixel is skipped
                             for p in range(npix):
-                                chain_span(chain, outp[p], n * P + p0 + pix + p, 1, y_pix,
+                                if xp[t * FC_BLK_PIX_MAX + p] != zeros:
+                                    break
+                            else:
+                                xp[t * FC_BLK_PIX_MAX] = NULL
+                        # start from the bias (first input block) or the tile
+                        init = b_blk if ci0 == 0 else tile + pix * ob
+                        init_pix = 0 if ci0 == 0 else ob
+                        # y gets nc channels, the tile whole vectors (as the next pass reads them)
+                        n_out = nc if last else (nc + vl - 1) // vl * vl
+                        if not FC_HAVE_VECTORS:
+                            scalar_block(<int> npix, xp, w_blk, taps, tap_len, tap_step, ob, init,
+                                         init_pix, outp, n_out)
+                        elif floating is float:
+                            fc_blocked_f(<int> npix, xp, w_blk, taps, tap_len, tap_step, init,
+                                         init_pix, outp, n_out,
+                                         <const fc_postops_f32*> in_registers if last else NULL,
+                                         n * P + p0 + pix, g * cog + b * ob, stream and last)
+                        else:
+                            fc_blocked_d(<int> npix, xp, w_blk, taps, tap_len, tap_step, init,
+                                         init_pix, outp, n_out,
+                                         <const fc_postops_f64*> in_registers if last else NULL,
+                                         n * P + p0 + pix, g * cog + b * ob, stream and last)
+                        if last and chain != NULL and in_registers == NULL:
+                            # the block's pixels lie y_pix apart in a row
+                            if outp[npix - 1] - outp[0] == (npix - 1) * y_pix:
+                                chain_span(chain, outp[0], n * P + p0 + pix, npix, y_pix,
                                            g * cog + b * ob, nc)
-                ci0 = ci0 + cb
+                            else:
+                                for p in range(npix):
+                                    chain_span(chain, outp[p], n * P + p0 + pix + p, 1, y_pix,
+                                               g * cog + b * ob, nc)
+                    ci0 = ci0 + cb
         if stream:
             fc_store_fence()
         free(tile)
         free(outp)
         free(xp)
     free(<void*> zeros)
+    free(share.taken)
     return status
 
 

@@ -15,6 +15,7 @@ Shapes (groups G, C_in = G * cig, C_out = G * cog):
 from cython cimport floating
 from cython.parallel cimport prange, parallel
 
+from fastconv._kernels._share cimport fc_share, fc_share_next, share_items
 from fastconv._kernels._epilogue cimport (Epilogue, chain_of, chain_span, fc_postops_f32,
                                           fc_postops_f64)
 from libc.stdlib cimport malloc, calloc, free
@@ -355,6 +356,9 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     channels too.
     Returns 0, or 1 when a scratch buffer could not be allocated.
     """
+    cdef fc_share share
+    cdef fc_share* shared = &share
+    cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     cdef Py_ssize_t N = x.shape[0], C = x.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], Cout = y.shape[3]
     cdef Py_ssize_t cb = (FC_CB_F if floating is float else FC_CB_D) if FC_HAVE_VECTORS else 1
@@ -374,26 +378,32 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     cdef int* failed = &status
     if N * Ho * Wo == 0:
         return 0
+    if share_items(shared, N * Ho, num_threads):
+        return 1
     with nogil, parallel(num_threads=num_threads):
         window = <floating*> malloc(g.kh * g.window_cols * C * sizeof(floating))
         buf = <floating*> malloc(Wo * Cout * sizeof(floating) + 64) if stream else NULL
-        for row in prange(N * Ho, schedule="static"):
-            if window == NULL or (stream and buf == NULL):
-                failed[0] = 1
-                continue
-            n = row // Ho
-            oh = row % Ho
-            # the row: straight into y, or into an aligned buffer streamed out after
-            y_row = <floating*> (<char*> buf + (-<size_t> buf) % 64) if stream else &y[n, oh, 0, 0]
-            _row(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], &bias[0] if has_bias else NULL, y_row,
-                 window, oh, 0, Wo)
-            chain_span(chain, y_row, row * Wo, Wo, g.y_pix, 0, Cout)
-            if stream:
-                fc_stream_copy(&y[n, oh, 0, 0], y_row, Wo * Cout * sizeof(floating))
+        # chunks in static order, a late thread's taken over (assigned here: private)
+        share_cursor, share_first, share_end = 0, 0, 0
+        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+            for row in range(share_first, share_end):
+                if window == NULL or (stream and buf == NULL):
+                    failed[0] = 1
+                    continue
+                n = row // Ho
+                oh = row % Ho
+                # the row: straight into y, or into an aligned buffer streamed out after
+                y_row = <floating*> (<char*> buf + (-<size_t> buf) % 64) if stream else &y[n, oh, 0, 0]
+                _row(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], &bias[0] if has_bias else NULL, y_row,
+                     window, oh, 0, Wo)
+                chain_span(chain, y_row, row * Wo, Wo, g.y_pix, 0, Cout)
+                if stream:
+                    fc_stream_copy(&y[n, oh, 0, 0], y_row, Wo * Cout * sizeof(floating))
         if stream:
             fc_store_fence()
         free(buf)
         free(window)
+    free(share.taken)
     return status
 
 
@@ -466,6 +476,9 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
     weight adds nothing there: its exact mode's result). Each output value is computed by one thread in a fixed order: the result does
     not depend on the thread count.
     Returns 0, or 1 when a scratch buffer could not be allocated."""
+    cdef fc_share share
+    cdef fc_share* shared = &share
+    cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     cdef Py_ssize_t N = x.shape[0], Cp = x.shape[3], C = wp.shape[4]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], Cout = y.shape[3]
     cdef Py_ssize_t n_ob = wp.shape[1], ob = wp.shape[5]
@@ -512,33 +525,39 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
         if (fc_blk_chain_in_registers_f32(<const fc_postops_f32*> pw_chain) if floating is float
                 else fc_blk_chain_in_registers_f64(<const fc_postops_f64*> pw_chain)):
             in_registers = pw_chain
+    if share_items(shared, N * runs, num_threads):
+        return 1
     with nogil, parallel(num_threads=num_threads):
         window = <floating*> malloc(g.kh * g.window_cols * Cp * sizeof(floating))
         buf = <floating*> malloc(run_max * Cp * sizeof(floating) + 64)
         xp = <const floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
         outp = <floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
-        for item in prange(N * runs, schedule="static"):
-            if window == NULL or buf == NULL or xp == NULL or outp == NULL:
-                failed[0] = 1
-                continue
-            n = item // runs
-            run = item % runs
-            p0 = run * P // runs  # the run: pixels [p0, p1) of image n
-            p1 = (run + 1) * P // runs
-            a = <floating*> (<char*> buf + (-<size_t> buf) % 64)  # pixel p0
-            for r in range(p0 // Wo, (p1 - 1) // Wo + 1):
-                lo = max(p0 - r * Wo, 0)  # the row's columns [lo, hi) in the run
-                hi = min(p1 - r * Wo, Wo)
-                _row(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
-                     a + (r * Wo + lo - p0) * Cp, window, r, lo, hi)
-            chain_span(chain, a, n * P + p0, p1 - p0, Cp, 0, C)
-            _pointwise_row(a, Cp, C, p1 - p0, &wp[0, 0, 0, 0, 0, 0], n_ob, ob,
-                           &pw_bias[0, 0] if has_pw_bias else NULL, &y[n, 0, 0, 0] + p0 * Cout,
-                           Cout, Cout, in_registers, pw_chain, n * P + p0, xp, outp)
+        # chunks in static order, a late thread's taken over (assigned here: private)
+        share_cursor, share_first, share_end = 0, 0, 0
+        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+            for item in range(share_first, share_end):
+                if window == NULL or buf == NULL or xp == NULL or outp == NULL:
+                    failed[0] = 1
+                    continue
+                n = item // runs
+                run = item % runs
+                p0 = run * P // runs  # the run: pixels [p0, p1) of image n
+                p1 = (run + 1) * P // runs
+                a = <floating*> (<char*> buf + (-<size_t> buf) % 64)  # pixel p0
+                for r in range(p0 // Wo, (p1 - 1) // Wo + 1):
+                    lo = max(p0 - r * Wo, 0)  # the row's columns [lo, hi) in the run
+                    hi = min(p1 - r * Wo, Wo)
+                    _row(&g, &x[n, 0, 0, 0], &w[0, 0, 0, 0], &bias[0] if has_bias else NULL,
+                         a + (r * Wo + lo - p0) * Cp, window, r, lo, hi)
+                chain_span(chain, a, n * P + p0, p1 - p0, Cp, 0, C)
+                _pointwise_row(a, Cp, C, p1 - p0, &wp[0, 0, 0, 0, 0, 0], n_ob, ob,
+                               &pw_bias[0, 0] if has_pw_bias else NULL, &y[n, 0, 0, 0] + p0 * Cout,
+                               Cout, Cout, in_registers, pw_chain, n * P + p0, xp, outp)
         free(outp)
         free(xp)
         free(buf)
         free(window)
+    free(share.taken)
     return status
 
 
@@ -569,6 +588,9 @@ def expand_depthwise_pointwise(
     (depthwise), in a fixed order: the result does not depend on the thread count.
     y must not overlap x (rows of x are expanded after rows of y are written).
     Returns 0, or 1 when a scratch buffer could not be allocated."""
+    cdef fc_share share
+    cdef fc_share* shared = &share
+    cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], Cin = x.shape[3]
     cdef Py_ssize_t Cp = w.shape[3], C = wp.shape[4], kh = w.shape[0]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], Cout = y.shape[3]
@@ -629,6 +651,8 @@ def expand_depthwise_pointwise(
                 fc_blk_chain_in_registers_f32(<const fc_postops_f32*> pw_chain) if floating is float
                 else fc_blk_chain_in_registers_f64(<const fc_postops_f64*> pw_chain)):
             in_registers = pw_chain
+    if share_items(shared, N * bands, num_threads):
+        return 1
     with nogil, parallel(num_threads=num_threads):
         rows = <_Rows*> malloc(sizeof(_Rows))
         window = <floating*> malloc(g.kh * g.window_cols * Cp * sizeof(floating))
@@ -637,59 +661,63 @@ def expand_depthwise_pointwise(
         buf = <floating*> malloc(Wo * Cp * sizeof(floating) + 64)
         xp = <const floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
         outp = <floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
-        for item in prange(N * bands, schedule="static"):
-            if (rows == NULL or window == NULL or e_buf == NULL or buf == NULL or xp == NULL
-                    or outp == NULL):
-                failed[0] = 1
-                continue
-            n = item // bands
-            band = item % bands
-            e = <floating*> (<char*> e_buf + (-<size_t> e_buf) % 64)
-            a = <floating*> (<char*> buf + (-<size_t> buf) % 64)
-            rows[0] = g
-            e_lo = 0  # the buffer holds expanded rows [e_lo, e_hi) of image n
-            e_hi = 0
-            oh_end = (band + 1) * Ho // bands
-            band_end = min((oh_end - 1) * sh - top + span, H)  # the band reads rows below it
-            for oh in range(band * Ho // bands, oh_end):
-                ih0 = oh * sh - top
-                lo = max(ih0, 0)  # the input rows this output row reads: [lo, hi)
-                hi = min(ih0 + span, H)
-                if hi > e_lo + buffer_rows:  # no room: keep the rows from lo on, at the start
-                    if lo < e_hi:
-                        memmove(e, e + (lo - e_lo) * e_row, (e_hi - lo) * e_row * sizeof(floating))
-                    else:
+        # chunks in static order, a late thread's taken over (assigned here: private)
+        share_cursor, share_first, share_end = 0, 0, 0
+        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+            for item in range(share_first, share_end):
+                if (rows == NULL or window == NULL or e_buf == NULL or buf == NULL or xp == NULL
+                        or outp == NULL):
+                    failed[0] = 1
+                    continue
+                n = item // bands
+                band = item % bands
+                e = <floating*> (<char*> e_buf + (-<size_t> e_buf) % 64)
+                a = <floating*> (<char*> buf + (-<size_t> buf) % 64)
+                rows[0] = g
+                e_lo = 0  # the buffer holds expanded rows [e_lo, e_hi) of image n
+                e_hi = 0
+                oh_end = (band + 1) * Ho // bands
+                band_end = min((oh_end - 1) * sh - top + span, H)  # the band reads rows below it
+                for oh in range(band * Ho // bands, oh_end):
+                    ih0 = oh * sh - top
+                    lo = max(ih0, 0)  # the input rows this output row reads: [lo, hi)
+                    hi = min(ih0 + span, H)
+                    if hi > e_lo + buffer_rows:  # no room: keep the rows from lo on, at the start
+                        if lo < e_hi:
+                            memmove(e, e + (lo - e_lo) * e_row, (e_hi - lo) * e_row * sizeof(floating))
+                        else:
+                            e_hi = lo
+                        e_lo = lo
+                    if e_hi < lo:
+                        e_lo = lo
                         e_hi = lo
-                    e_lo = lo
-                if e_hi < lo:
-                    e_lo = lo
-                    e_hi = lo
-                if hi > e_hi:  # expand the rows up to the buffer's or the band's end at once:
-                    # rows lie one after the other in x and in the buffer, and the more
-                    # pixels a pass over the expand weight serves, the fewer passes
-                    e_end = min(e_lo + buffer_rows, band_end)
-                    _pointwise_row(&x[n, e_hi, 0, 0], Cin, Cin, (e_end - e_hi) * W,
-                                   &we[0, 0, 0, 0, 0, 0], n_eb, block,
-                                   &e_bias[0, 0] if has_e_bias else NULL,
-                                   e + (e_hi - e_lo) * e_row, C, Cp, e_in_registers, e_chain,
-                                   (n * H + e_hi) * W, xp, outp)
-                    e_hi = e_end
-                # the depthwise row reads the buffer as an image of rows [e_lo, e_hi):
-                # the rows outside are outside x or not read by this output row
-                rows[0].H = max(e_hi - e_lo, 0)
-                rows[0].top = top + e_lo
-                _row(rows, e, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL, a, window, oh,
-                     0, Wo)
-                chain_span(chain, a, (n * Ho + oh) * Wo, Wo, Cp, 0, C)
-                _pointwise_row(a, Cp, C, Wo, &wp[0, 0, 0, 0, 0, 0], n_ob, ob,
-                               &pw_bias[0, 0] if has_pw_bias else NULL, &y[n, oh, 0, 0], Cout,
-                               Cout, in_registers, pw_chain, (n * Ho + oh) * Wo, xp, outp)
+                    if hi > e_hi:  # expand the rows up to the buffer's or the band's end at once:
+                        # rows lie one after the other in x and in the buffer, and the more
+                        # pixels a pass over the expand weight serves, the fewer passes
+                        e_end = min(e_lo + buffer_rows, band_end)
+                        _pointwise_row(&x[n, e_hi, 0, 0], Cin, Cin, (e_end - e_hi) * W,
+                                       &we[0, 0, 0, 0, 0, 0], n_eb, block,
+                                       &e_bias[0, 0] if has_e_bias else NULL,
+                                       e + (e_hi - e_lo) * e_row, C, Cp, e_in_registers, e_chain,
+                                       (n * H + e_hi) * W, xp, outp)
+                        e_hi = e_end
+                    # the depthwise row reads the buffer as an image of rows [e_lo, e_hi):
+                    # the rows outside are outside x or not read by this output row
+                    rows[0].H = max(e_hi - e_lo, 0)
+                    rows[0].top = top + e_lo
+                    _row(rows, e, &w[0, 0, 0, 0], &bias[0] if has_bias else NULL, a, window, oh,
+                         0, Wo)
+                    chain_span(chain, a, (n * Ho + oh) * Wo, Wo, Cp, 0, C)
+                    _pointwise_row(a, Cp, C, Wo, &wp[0, 0, 0, 0, 0, 0], n_ob, ob,
+                                   &pw_bias[0, 0] if has_pw_bias else NULL, &y[n, oh, 0, 0], Cout,
+                                   Cout, in_registers, pw_chain, (n * Ho + oh) * Wo, xp, outp)
         free(outp)
         free(xp)
         free(buf)
         free(e_buf)
         free(window)
         free(rows)
+    free(share.taken)
     return status
 
 
@@ -910,6 +938,9 @@ def data_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, Hg, Wg, Cp) grad_
     result is that of the definition even for non-finite weights. Each thread writes whole
     rows of out while their gy rows are in cache: gy is read about once, out written once.
     Cp: the channels padded to a whole number of vectors (whole-vector loads stay inside)."""
+    cdef fc_share share
+    cdef fc_share* shared = &share
+    cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     _check_geometry(sh, sw, dh, dw, 1)
     cdef Py_ssize_t N = gy.shape[0], Hg = gy.shape[1], Wg = gy.shape[2], Cp = gy.shape[3]
     cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1]
@@ -931,66 +962,72 @@ def data_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, Hg, Wg, Cp) grad_
     cdef int* failed = &status
     if N * Ho * Wo == 0:
         return 0
+    if share_items(shared, N * Ho, num_threads):
+        return 1
     with nogil, parallel(num_threads=num_threads):
         buf = <floating*> malloc(Wo * C * sizeof(floating) + 64) if stream else NULL
-        for row in prange(N * Ho, schedule="static"):
-            n = row // Ho
-            i = row % Ho
-            if stream and buf == NULL:
-                failed[0] = 1
-                continue
-            # the row: straight into out, or into an aligned buffer streamed out after
-            y_row = <floating*> (<char*> buf + (-<size_t> buf) % 64) if stream else &out[n, i, 0, 0]
-            b_ptr = &bias[0] if has_bias else NULL
-            # the row's taps r0 + k*step_r, k in [k_lo, k_hi), reading gy row m0 - k*dr
-            r0 = -1
-            for r in range(min(kh, step_r)):
-                if r0 < 0 and (i + top - r * dh) % sh == 0:
-                    r0 = r
-            k_lo = 0
-            k_hi = 0
-            m0 = 0
-            if r0 >= 0:
-                nk = (kh - 1 - r0) // step_r + 1
-                m0 = (i + top - r0 * dh) // sh
-                k_lo = max(0, -_floor_div(Hg - 1 - m0, dr))
-                k_hi = min(nk, _floor_div(m0, dr) + 1)
-            g_row = &gy[n, 0, 0, 0] + (m0 - k_lo * dr) * Wg * Cp if k_hi > k_lo else &gy[n, 0, 0, 0]
-            for j0 in range(min(sw, Wo)):  # the row's pixels j0, j0 + sw, ...: one column phase
-                nt = (Wo - j0 + sw - 1) // sw
-                s0 = -1
-                for s in range(min(kw, step_s)):
-                    if s0 < 0 and (j0 + left - s * dw) % sw == 0:
-                        s0 = s
-                if s0 < 0 or k_hi <= k_lo:  # no tap reaches these pixels
-                    _dw_pixels(&gy[0, 0, 0, 0], &w[0, 0, 0, 0], b_ptr, y_row + j0 * C, nt, 0, 0,
-                               C, w_row, w_col, y_pix, Cp, x_row, x_col)
+        # chunks in static order, a late thread's taken over (assigned here: private)
+        share_cursor, share_first, share_end = 0, 0, 0
+        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+            for row in range(share_first, share_end):
+                n = row // Ho
+                i = row % Ho
+                if stream and buf == NULL:
+                    failed[0] = 1
                     continue
-                ns_full = (kw - 1 - s0) // step_s + 1
-                q0 = (j0 + left - s0 * dw) // sw  # gy column of pixel t = 0, tap s0 (q0 + t)
-                w_tap = &w[0, 0, 0, 0] + ((r0 + k_lo * step_r) * kw + s0) * Cp
-                # pixels whose taps all lie inside gy: [t_lo, t_hi)
-                t_lo = min(nt, max(0, (ns_full - 1) * ds - q0))
-                t_hi = max(t_lo, min(nt, Wg - q0))
-                t = 0
-                while t < nt:
-                    if t_lo <= t < t_hi:  # the inner pixels, all taps inside gy
-                        npix = t_hi - t
-                        _dw_pixels(g_row + (q0 + t) * Cp, w_tap, b_ptr,
-                                   y_row + j0 * C + t * y_pix, npix, k_hi - k_lo, ns_full,
+                # the row: straight into out, or into an aligned buffer streamed out after
+                y_row = <floating*> (<char*> buf + (-<size_t> buf) % 64) if stream else &out[n, i, 0, 0]
+                b_ptr = &bias[0] if has_bias else NULL
+                # the row's taps r0 + k*step_r, k in [k_lo, k_hi), reading gy row m0 - k*dr
+                r0 = -1
+                for r in range(min(kh, step_r)):
+                    if r0 < 0 and (i + top - r * dh) % sh == 0:
+                        r0 = r
+                k_lo = 0
+                k_hi = 0
+                m0 = 0
+                if r0 >= 0:
+                    nk = (kh - 1 - r0) // step_r + 1
+                    m0 = (i + top - r0 * dh) // sh
+                    k_lo = max(0, -_floor_div(Hg - 1 - m0, dr))
+                    k_hi = min(nk, _floor_div(m0, dr) + 1)
+                g_row = &gy[n, 0, 0, 0] + (m0 - k_lo * dr) * Wg * Cp if k_hi > k_lo else &gy[n, 0, 0, 0]
+                for j0 in range(min(sw, Wo)):  # the row's pixels j0, j0 + sw, ...: one column phase
+                    nt = (Wo - j0 + sw - 1) // sw
+                    s0 = -1
+                    for s in range(min(kw, step_s)):
+                        if s0 < 0 and (j0 + left - s * dw) % sw == 0:
+                            s0 = s
+                    if s0 < 0 or k_hi <= k_lo:  # no tap reaches these pixels
+                        _dw_pixels(&gy[0, 0, 0, 0], &w[0, 0, 0, 0], b_ptr, y_row + j0 * C, nt, 0, 0,
                                    C, w_row, w_col, y_pix, Cp, x_row, x_col)
-                    else:  # an edge pixel: its taps kc in [kc_lo, kc_hi) land inside gy
-                        npix = 1
-                        kc_lo = max(0, -_floor_div(Wg - 1 - q0 - t, ds))
-                        kc_hi = min(ns_full, _floor_div(q0 + t, ds) + 1)
-                        _dw_pixels(g_row + (q0 + t - kc_lo * ds) * Cp, w_tap + kc_lo * w_col, b_ptr,
-                                   y_row + j0 * C + t * y_pix, 1, k_hi - k_lo, kc_hi - kc_lo,
-                                   C, w_row, w_col, y_pix, Cp, x_row, x_col)
-                    t = t + npix
-            if stream:
-                fc_stream_copy(&out[n, i, 0, 0], y_row, Wo * C * sizeof(floating))
+                        continue
+                    ns_full = (kw - 1 - s0) // step_s + 1
+                    q0 = (j0 + left - s0 * dw) // sw  # gy column of pixel t = 0, tap s0 (q0 + t)
+                    w_tap = &w[0, 0, 0, 0] + ((r0 + k_lo * step_r) * kw + s0) * Cp
+                    # pixels whose taps all lie inside gy: [t_lo, t_hi)
+                    t_lo = min(nt, max(0, (ns_full - 1) * ds - q0))
+                    t_hi = max(t_lo, min(nt, Wg - q0))
+                    t = 0
+                    while t < nt:
+                        if t_lo <= t < t_hi:  # the inner pixels, all taps inside gy
+                            npix = t_hi - t
+                            _dw_pixels(g_row + (q0 + t) * Cp, w_tap, b_ptr,
+                                       y_row + j0 * C + t * y_pix, npix, k_hi - k_lo, ns_full,
+                                       C, w_row, w_col, y_pix, Cp, x_row, x_col)
+                        else:  # an edge pixel: its taps kc in [kc_lo, kc_hi) land inside gy
+                            npix = 1
+                            kc_lo = max(0, -_floor_div(Wg - 1 - q0 - t, ds))
+                            kc_hi = min(ns_full, _floor_div(q0 + t, ds) + 1)
+                            _dw_pixels(g_row + (q0 + t - kc_lo * ds) * Cp, w_tap + kc_lo * w_col, b_ptr,
+                                       y_row + j0 * C + t * y_pix, 1, k_hi - k_lo, kc_hi - kc_lo,
+                                       C, w_row, w_col, y_pix, Cp, x_row, x_col)
+                        t = t + npix
+                if stream:
+                    fc_stream_copy(&out[n, i, 0, 0], y_row, Wo * C * sizeof(floating))
         if stream:
             fc_store_fence()
         free(buf)
+    free(share.taken)
     return status
 

@@ -17,6 +17,7 @@ from cython cimport floating
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 
+from fastconv._kernels._share cimport fc_share, fc_share_next, share_items
 from fastconv._kernels._blas cimport gemm
 from fastconv._kernels._epilogue cimport Epilogue, chain_of, chain_span
 
@@ -82,6 +83,9 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
                  Py_ssize_t groups, Py_ssize_t tile, Epilogue post, int num_threads):
     """y = conv(x, w) + bias, then `post`'s chain (None: none) on each tile while it is in
     cache."""
+    cdef fc_share share
+    cdef fc_share* shared = &share
+    cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], cig = w.shape[2], Cout = w.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], cog = Cout // groups
@@ -98,27 +102,33 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
     cdef int* failed = &status
     if P == 0:
         return 0
+    if share_items(shared, n_tiles, num_threads):
+        return 1
     with nogil, parallel(num_threads=num_threads):
         col = NULL if pointwise else <floating*> malloc(tile * K * sizeof(floating))
-        for it in prange(n_tiles, schedule="static"):
-            if not pointwise and col == NULL:
-                failed[0] = 1
-                continue
-            p0 = it * tile
-            T = min(tile, P - p0)
-            yp = &y[0, 0, 0, 0] + p0 * Cout
-            for g in range(groups):
-                gemm(False, False, <int> T, <int> cog, <int> K, <floating> 1.0,
-                     tile_columns(&x[0, 0, 0, 0], col, pointwise, p0, T, g, H, W, C, Ho, Wo,
-                                  kh, kw, cig, top, left, sh, sw, dh, dw), lda,
-                     &w[0, 0, 0, 0] + g * cog, <int> Cout, <floating> 0.0, yp + g * cog,
-                     <int> Cout)
-            if has_bias:
-                for t in range(T):
-                    for co in range(Cout):
-                        yp[t * Cout + co] += bias[co]
-            chain_span(chain, yp, p0, T, Cout, 0, Cout)
+        # chunks in static order, a late thread's taken over (assigned here: private)
+        share_cursor, share_first, share_end = 0, 0, 0
+        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+            for it in range(share_first, share_end):
+                if not pointwise and col == NULL:
+                    failed[0] = 1
+                    continue
+                p0 = it * tile
+                T = min(tile, P - p0)
+                yp = &y[0, 0, 0, 0] + p0 * Cout
+                for g in range(groups):
+                    gemm(False, False, <int> T, <int> cog, <int> K, <floating> 1.0,
+                         tile_columns(&x[0, 0, 0, 0], col, pointwise, p0, T, g, H, W, C, Ho, Wo,
+                                      kh, kw, cig, top, left, sh, sw, dh, dw), lda,
+                         &w[0, 0, 0, 0] + g * cog, <int> Cout, <floating> 0.0, yp + g * cog,
+                         <int> Cout)
+                if has_bias:
+                    for t in range(T):
+                        for co in range(Cout):
+                            yp[t * Cout + co] += bias[co]
+                chain_span(chain, yp, p0, T, Cout, 0, Cout)
         free(col)
+    free(share.taken)
     return status
 
 

@@ -3,6 +3,8 @@
 from cython.parallel cimport parallel
 from libc.stdlib cimport calloc, malloc, free
 
+from fastconv._kernels._share cimport fc_share, fc_share_next, share_items
+
 cdef extern from "fastconv_omp.h":
     int fc_omp_max_threads() noexcept nogil
     int fc_omp_thread_num() noexcept nogil
@@ -12,6 +14,7 @@ cdef extern from "fastconv_omp.h":
     void fc_keep_off_cpu(const int* allowed, int n, int cpu) noexcept nogil
     int fc_current_cpu() noexcept nogil
     int fc_may_run_on(int cpu) noexcept nogil
+    void fc_spin_ms(double ms) noexcept nogil
     int FASTCONV_OPENMP
     const char* FASTCONV_COMPILE_ARGS
 
@@ -86,4 +89,32 @@ def workers_may_run_on(int cpu, int n):
         seen[fc_omp_thread_num()] = fc_may_run_on(cpu)
     result = [None if seen[i] == -1 else bool(seen[i]) for i in range(n) if seen[i] != -2]
     free(seen)
+    return result
+
+
+def shared_items(Py_ssize_t n, int num_threads, int late_thread=-1, double late_ms=0):
+    """Which thread of a region of num_threads threads computed each of the items [0, n),
+    shared out as the kernels share theirs (fastconv_omp.h's fc_share), thread
+    `late_thread` starting `late_ms` ms after the others (as if descheduled); -1 for an
+    item no thread computed, -2 for one computed twice. The tests' view of the work
+    sharing."""
+    cdef fc_share share
+    cdef fc_share* shared = &share
+    cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0, item
+    cdef int* owner = <int*> malloc(max(n, 1) * sizeof(int))
+    if owner == NULL or share_items(shared, n, num_threads):
+        free(owner)
+        raise MemoryError()
+    for item in range(n):
+        owner[item] = -1
+    with nogil, parallel(num_threads=num_threads):
+        if fc_omp_thread_num() == late_thread:
+            fc_spin_ms(late_ms)
+        share_cursor, share_first, share_end = 0, 0, 0
+        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+            for item in range(share_first, share_end):
+                owner[item] = fc_omp_thread_num() if owner[item] == -1 else -2
+    result = [owner[item] for item in range(n)]
+    free(owner)
+    free(share.taken)
     return result

@@ -21,6 +21,7 @@ from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
+from fastconv._kernels._share cimport fc_share, fc_share_next, share_items
 from fastconv._kernels._blas cimport gemm
 from fastconv._kernels._blocked_block cimport (
     FC_BLK_NP, FC_BLK_PIX_MAX, FC_BLK_OB_F, FC_BLK_OB_D, FC_VBYTES, FC_BLK_PIX, fc_blocked_f,
@@ -394,6 +395,9 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
                  Py_ssize_t groups, Py_ssize_t block, Epilogue post, int num_threads):
     """y = conv(x, w) + bias (up: w transformed and packed), then `post`'s chain (None:
     none) on each 4x4 output tile once it is written."""
+    cdef fc_share share
+    cdef fc_share* shared = &share
+    cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t n_ob = up.shape[2], cig = up.shape[3], ob = up.shape[4]
     cdef Py_ssize_t Cout = y.shape[3], cog = Cout // groups
@@ -423,6 +427,8 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
                          f"this kernel's ({OUT_BLOCK}): packed for another instruction set")
     if n_tiles == 0:
         return 0
+    if share_items(shared, n_blocks, num_threads):
+        return 1
     with nogil, parallel(num_threads=num_threads):
         v = <floating*> _thread_buffers(POINTS_ * v_stride, POINTS_ * m_stride, width,
                                         sizeof(floating))
@@ -433,28 +439,32 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
             tmp = m + POINTS_ * m_stride
             zeros = tmp + POINTS_ * width
             scratch = zeros + width
-        for ib in prange(n_blocks, schedule="static"):
-            if v == NULL or xp == NULL:
-                failed[0] = 1
-                continue
-            t0 = ib * block
-            nt = min(block, n_tiles - t0)
-            for t in range(nt):
-                o = _tile_origin(t0 + t, tiles_img, tiles_w)
-                _input_tile(&x[0, 0, 0, 0], zeros, tmp, v + t * C, v_stride, o.n, o.oh - top,
-                            o.ow - left, H, W, C)
-            _products(v, v_stride, C, &up[0, 0, 0, 0, 0], groups, n_ob, cig, cog, ob, m,
-                      m_stride, Cout, nt, xp, outp)
-            for t in range(nt):
-                o = _tile_origin(t0 + t, tiles_img, tiles_w)
-                _output_tile(m + t * Cout, m_stride, tmp, &y[0, 0, 0, 0], scratch, b, o.n, o.oh,
-                             o.ow, Ho, Wo, y_img, y_row, y_pix, Cout)
-                if chain != NULL:
-                    for i in range(o.oh, min(o.oh + 4, Ho)):
-                        chain_span(chain, &y[0, 0, 0, 0] + o.n * y_img + i * y_row + o.ow * y_pix,
-                                   (o.n * Ho + i) * Wo + o.ow, min(4, Wo - o.ow), y_pix, 0, Cout)
+        # chunks in static order, a late thread's taken over (assigned here: private)
+        share_cursor, share_first, share_end = 0, 0, 0
+        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+            for ib in range(share_first, share_end):
+                if v == NULL or xp == NULL:
+                    failed[0] = 1
+                    continue
+                t0 = ib * block
+                nt = min(block, n_tiles - t0)
+                for t in range(nt):
+                    o = _tile_origin(t0 + t, tiles_img, tiles_w)
+                    _input_tile(&x[0, 0, 0, 0], zeros, tmp, v + t * C, v_stride, o.n, o.oh - top,
+                                o.ow - left, H, W, C)
+                _products(v, v_stride, C, &up[0, 0, 0, 0, 0], groups, n_ob, cig, cog, ob, m,
+                          m_stride, Cout, nt, xp, outp)
+                for t in range(nt):
+                    o = _tile_origin(t0 + t, tiles_img, tiles_w)
+                    _output_tile(m + t * Cout, m_stride, tmp, &y[0, 0, 0, 0], scratch, b, o.n, o.oh,
+                                 o.ow, Ho, Wo, y_img, y_row, y_pix, Cout)
+                    if chain != NULL:
+                        for i in range(o.oh, min(o.oh + 4, Ho)):
+                            chain_span(chain, &y[0, 0, 0, 0] + o.n * y_img + i * y_row + o.ow * y_pix,
+                                       (o.n * Ho + i) * Wo + o.ow, min(4, Wo - o.ow), y_pix, 0, Cout)
         free(xp)
         free(v)
+    free(share.taken)
     return status
 
 

@@ -2,15 +2,16 @@
  * directly), and what the CPU can run. */
 #ifndef FASTCONV_OMP_H
 #define FASTCONV_OMP_H
+#include <stddef.h>
 #ifdef _OPENMP
 #include <omp.h>
-static int fc_omp_max_threads(void) { return omp_get_max_threads(); }
-static int fc_omp_thread_num(void) { return omp_get_thread_num(); }
-static int fc_omp_team_size(void) { return omp_get_num_threads(); }
+static inline int fc_omp_max_threads(void) { return omp_get_max_threads(); }
+static inline int fc_omp_thread_num(void) { return omp_get_thread_num(); }
+static inline int fc_omp_team_size(void) { return omp_get_num_threads(); }
 #else
-static int fc_omp_max_threads(void) { return 1; }
-static int fc_omp_thread_num(void) { return 0; }
-static int fc_omp_team_size(void) { return 1; }
+static inline int fc_omp_max_threads(void) { return 1; }
+static inline int fc_omp_thread_num(void) { return 0; }
+static inline int fc_omp_team_size(void) { return 1; }
 #endif
 /* Keeping an OpenMP team's workers off the CPU its master thread runs on. On a virtual
  * machine whose idle vCPUs the host has descheduled, Linux wakes a sleeping worker on the
@@ -23,7 +24,7 @@ static int fc_omp_team_size(void) { return 1; }
  * fc_current_cpu: the calling thread's CPU (-1 where unknown). */
 #if defined(__linux__) && defined(_OPENMP)
 #include <sched.h>
-static void fc_keep_off_cpu(const int *allowed, int n, int cpu) {
+static inline void fc_keep_off_cpu(const int *allowed, int n, int cpu) {
     cpu_set_t set;
     int count = 0;
     if (omp_get_thread_num() == 0) return;
@@ -35,19 +36,100 @@ static void fc_keep_off_cpu(const int *allowed, int n, int cpu) {
         }
     if (count > 0) sched_setaffinity(0, sizeof(set), &set);
 }
-static int fc_current_cpu(void) { return sched_getcpu(); }
-static int fc_may_run_on(int cpu) {
+static inline int fc_current_cpu(void) { return sched_getcpu(); }
+static inline int fc_may_run_on(int cpu) {
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof(set), &set) != 0 || cpu < 0 || cpu >= CPU_SETSIZE) return -1;
     return CPU_ISSET(cpu, &set) != 0;
 }
 #else
-static void fc_keep_off_cpu(const int *allowed, int n, int cpu) {
+static inline void fc_keep_off_cpu(const int *allowed, int n, int cpu) {
     (void)allowed; (void)n; (void)cpu;
 }
-static int fc_current_cpu(void) { return -1; }
-static int fc_may_run_on(int cpu) { (void)cpu; return -1; }
+static inline int fc_current_cpu(void) { return -1; }
+static inline int fc_may_run_on(int cpu) { (void)cpu; return -1; }
 #endif
+
+/* Work items [0, n) of a parallel region, shared out as a static schedule would and taken
+ * over where a thread falls behind. The items are cut into `chunks` equal runs (in order),
+ * each thread of the team owning an equal run of chunks, which it takes front to back: on
+ * an idle machine every thread does what schedule(static) gives it, in the same order (its
+ * caches hold the same part of the data from one kernel to the next). A thread done with
+ * its own chunks then takes the others' untaken chunks, from their back: when the OS has
+ * descheduled a thread (another process on its core), the others finish its share instead
+ * of waiting at the region's end for it. Each chunk is taken once (an atomic flag), every
+ * item is computed by one thread from start to end, so results do not depend on who takes
+ * it. `taken` holds `chunks` zeroed bytes; chunks = FC_CHUNKS_PER_THREAD x the threads asked
+ * for (at most n); a smaller team than asked shares them just the same.
+ *
+ * In each thread of the region: ptrdiff_t cursor = 0, first, end;
+ *     while (fc_share_next(&share, &cursor, &first, &end)) for (i = first; i < end; i++) ...
+ */
+#define FC_CHUNKS_PER_THREAD 8
+typedef struct {
+    ptrdiff_t n, chunks;
+    unsigned char *taken;
+} fc_share;
+
+static inline ptrdiff_t fc_share_chunks(ptrdiff_t n, int threads) {
+    ptrdiff_t chunks = (ptrdiff_t)FC_CHUNKS_PER_THREAD * (threads > 1 ? threads : 1);
+    return n < chunks ? n : chunks;
+}
+
+/* Whether the caller set *flag (0 before): one of the threads asking gets it. */
+static inline int fc_take(unsigned char *flag) {
+#if defined(__GNUC__) || defined(__clang__)
+    return !__atomic_load_n(flag, __ATOMIC_RELAXED) && !__atomic_exchange_n(flag, 1, __ATOMIC_ACQ_REL);
+#else
+    int won = 0;
+#pragma omp critical(fc_share)
+    {
+        if (!*flag) { *flag = 1; won = 1; }
+    }
+    return won;
+#endif
+}
+
+/* The `cursor`-th chunk the calling thread tries (its own first, then the others' from
+ * their back); 0 once it has tried them all, else 1 with [*first, *end) taken for it. */
+static inline int fc_share_next(fc_share *share, ptrdiff_t *cursor, ptrdiff_t *first, ptrdiff_t *end) {
+    const ptrdiff_t chunks = share->chunks;
+    const int team = fc_omp_team_size(), me = fc_omp_thread_num();
+    while (*cursor < chunks) {
+        ptrdiff_t j = (*cursor)++, chunk;
+        /* thread t owns chunks [t*chunks/team, (t+1)*chunks/team) */
+        ptrdiff_t own_first = me * chunks / team, own_count = (me + 1) * chunks / team - own_first;
+        if (j < own_count) {
+            chunk = own_first + j;
+        } else {  /* the next threads' chunks in turn, each from its last */
+            ptrdiff_t k = j - own_count;
+            int t = me;
+            for (;;) {
+                t = (t + 1) % team;
+                ptrdiff_t t_first = t * chunks / team, t_count = (t + 1) * chunks / team - t_first;
+                if (k < t_count) { chunk = t_first + t_count - 1 - k; break; }
+                k -= t_count;
+            }
+        }
+        if (!fc_take(&share->taken[chunk])) continue;
+        *first = chunk * share->n / chunks;
+        *end = (chunk + 1) * share->n / chunks;
+        return 1;
+    }
+    return 0;
+}
+
+/* Keep the calling thread busy for `ms` milliseconds (the tests' stand-in for a thread
+ * the OS has descheduled). */
+static inline void fc_spin_ms(double ms) {
+#ifdef _OPENMP
+    const double until = omp_get_wtime() + ms / 1000;
+    while (omp_get_wtime() < until) {
+    }
+#else
+    (void)ms;
+#endif
+}
 
 #ifndef FASTCONV_COMPILE_ARGS
 #define FASTCONV_COMPILE_ARGS ""
@@ -58,18 +140,18 @@ static int fc_may_run_on(int cpu) { (void)cpu; return -1; }
 
 /* __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0). */
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-static int fc_cpu_has_avx2(void) {
+static inline int fc_cpu_has_avx2(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
-static int fc_cpu_has_avx512(void) {
+static inline int fc_cpu_has_avx512(void) {
     __builtin_cpu_init();
     return fc_cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512dq");
 }
 #else
-static int fc_cpu_has_avx2(void) { return 0; }
-static int fc_cpu_has_avx512(void) { return 0; }
+static inline int fc_cpu_has_avx2(void) { return 0; }
+static inline int fc_cpu_has_avx512(void) { return 0; }
 #endif
 #endif
