@@ -8,4 +8,4 @@ def current_cpu() -> int: ...  # the calling thread's CPU, -1 where the OS does 
 def keep_workers_off(allowed: list[int], cpu: int, n: int) -> None: ...  # workers kept off cpu
 def workers_may_run_on(cpu: int, n: int) -> list[bool | None]: ...  # per thread of a region
 def shared_items(n: int, num_threads: int, late_thread: int = ..., late_ms: float = ...
-                 ) -> list[int]: ...  # the thread that computed each item
+                 ) -> list[int]: ...  # the thread that computed each item (-1 none, -2 more)

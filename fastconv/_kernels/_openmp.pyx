@@ -14,7 +14,8 @@ cdef extern from "fastconv_omp.h":
     void fc_keep_off_cpu(const int* allowed, int n, int cpu) noexcept nogil
     int fc_current_cpu() noexcept nogil
     int fc_may_run_on(int cpu) noexcept nogil
-    void fc_spin_ms(double ms) noexcept nogil
+    void fc_note_done(int* done) noexcept nogil
+    void fc_wait_for(const int* done, int count, double ms) noexcept nogil
     int FASTCONV_OPENMP
     const char* FASTCONV_COMPILE_ARGS
 
@@ -94,27 +95,40 @@ def workers_may_run_on(int cpu, int n):
 
 def shared_items(Py_ssize_t n, int num_threads, int late_thread=-1, double late_ms=0):
     """Which thread of a region of num_threads threads computed each of the items [0, n),
-    shared out as the kernels share theirs (fastconv_omp.h's fc_share), thread
-    `late_thread` starting `late_ms` ms after the others (as if descheduled); -1 for an
-    item no thread computed, -2 for one computed twice. The tests' view of the work
-    sharing."""
+    shared out as the kernels share theirs (fastconv_omp.h's fc_share): -1 for an item no
+    thread computed, -2 for one computed more than once. Thread `late_thread` starts only
+    once the others have run out of items, or after late_ms milliseconds (as if the OS had
+    descheduled it). The tests' view of the work sharing."""
+    if n < 0 or num_threads < 1:
+        raise ValueError(f"shared_items: expected n >= 0 and num_threads >= 1, but got n={n}, "
+                         f"num_threads={num_threads}")
     cdef fc_share share
     cdef fc_share* shared = &share
     cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0, item
-    cdef int* owner = <int*> malloc(max(n, 1) * sizeof(int))
-    if owner == NULL or share_items(shared, n, num_threads):
-        free(owner)
+    cdef int done = 0, team = 1, t, me = 0
+    cdef int* done_ptr = &done
+    cdef int* team_ptr = &team
+    # each thread counts the items it computed in its own row: no two threads write a count
+    cdef int* counts = <int*> calloc(max(n * num_threads, 1), sizeof(int))
+    if counts == NULL or share_items(shared, n, num_threads):
+        free(counts)
         raise MemoryError()
-    for item in range(n):
-        owner[item] = -1
     with nogil, parallel(num_threads=num_threads):
-        if fc_omp_thread_num() == late_thread:
-            fc_spin_ms(late_ms)
+        me = fc_omp_thread_num()
+        if me == 0:
+            team_ptr[0] = fc_omp_team_size()
+        if me == late_thread:
+            fc_wait_for(done_ptr, fc_omp_team_size() - 1, late_ms)
         share_cursor, share_first, share_end = 0, 0, 0
         while fc_share_next(shared, &share_cursor, &share_first, &share_end):
             for item in range(share_first, share_end):
-                owner[item] = fc_omp_thread_num() if owner[item] == -1 else -2
-    result = [owner[item] for item in range(n)]
-    free(owner)
+                counts[me * n + item] += 1
+        if me != late_thread:
+            fc_note_done(done_ptr)
+    result = []
+    for item in range(n):
+        owners = [t for t in range(team) for _ in range(counts[t * n + item])]
+        result.append(owners[0] if len(owners) == 1 else -1 if not owners else -2)
+    free(counts)
     free(share.taken)
     return result

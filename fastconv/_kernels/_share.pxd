@@ -1,7 +1,10 @@
-# The work sharing of fastconv_omp.h (fc_share): a static schedule whose late threads'
-# chunks the others take over. Included per kernel module.
+# The work sharing of fastconv_omp.h (fc_share): each thread its static share of the items,
+# a late thread's rest taken over by the others. Included per kernel module. (The header's
+# ptrdiff_t is Py_ssize_t on every platform CPython runs on.)
+from libc.stdlib cimport calloc
+
+
 cdef extern from "fastconv_omp.h":
-    int FC_CHUNKS_PER_THREAD
     ctypedef struct fc_share:
         Py_ssize_t n
         Py_ssize_t chunks
@@ -9,8 +12,6 @@ cdef extern from "fastconv_omp.h":
     Py_ssize_t fc_share_chunks(Py_ssize_t n, int threads) noexcept nogil
     int fc_share_next(fc_share* share, Py_ssize_t* cursor, Py_ssize_t* first,
                       Py_ssize_t* end) noexcept nogil
-
-from libc.stdlib cimport calloc
 
 
 cdef inline int share_items(fc_share* share, Py_ssize_t n, int threads) noexcept nogil:

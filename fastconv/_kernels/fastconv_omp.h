@@ -52,12 +52,14 @@ static inline int fc_may_run_on(int cpu) { (void)cpu; return -1; }
 
 /* Work items [0, n) of a parallel region, shared out as a static schedule would and taken
  * over where a thread falls behind. The items are cut into `chunks` equal runs (in order),
- * each thread of the team owning an equal run of chunks, which it takes front to back: on
- * an idle machine every thread does what schedule(static) gives it, in the same order (its
- * caches hold the same part of the data from one kernel to the next). A thread done with
- * its own chunks then takes the others' untaken chunks, from their back: when the OS has
- * descheduled a thread (another process on its core), the others finish its share instead
- * of waiting at the region's end for it. Each chunk is taken once (an atomic flag), every
+ * each thread of the team owning an equal contiguous run of chunks, which it takes front
+ * to back: on an idle machine each thread computes about the contiguous share that
+ * schedule(static) would give it, from the same kernel to the next (its caches hold that
+ * part of the data), unlike schedule(dynamic) (MobileNetV2 at batch 1 ran 18% slower with
+ * it, AMD EPYC Zen 4). A thread done with its own chunks then takes the others' untaken
+ * chunks, from their back (whenever it is ahead): when the OS has descheduled a thread
+ * (another process on its core), the others finish its share instead of waiting at the
+ * region's end for it. Each chunk is taken once (an atomic flag), every
  * item is computed by one thread from start to end, so results do not depend on who takes
  * it. `taken` holds `chunks` zeroed bytes; chunks = FC_CHUNKS_PER_THREAD x the threads asked
  * for (at most n); a smaller team than asked shares them just the same.
@@ -74,6 +76,11 @@ typedef struct {
 static inline ptrdiff_t fc_share_chunks(ptrdiff_t n, int threads) {
     ptrdiff_t chunks = (ptrdiff_t)FC_CHUNKS_PER_THREAD * (threads > 1 ? threads : 1);
     return n < chunks ? n : chunks;
+}
+
+/* The first item of chunk c (c = chunks: n): c * n / chunks without its overflow. */
+static inline ptrdiff_t fc_share_bound(const fc_share *share, ptrdiff_t c) {
+    return share->n / share->chunks * c + share->n % share->chunks * c / share->chunks;
 }
 
 /* Whether the caller set *flag (0 before): one of the threads asking gets it. */
@@ -112,22 +119,40 @@ static inline int fc_share_next(fc_share *share, ptrdiff_t *cursor, ptrdiff_t *f
             }
         }
         if (!fc_take(&share->taken[chunk])) continue;
-        *first = chunk * share->n / chunks;
-        *end = (chunk + 1) * share->n / chunks;
+        *first = fc_share_bound(share, chunk);
+        *end = fc_share_bound(share, chunk + 1);
         return 1;
     }
     return 0;
 }
 
-/* Keep the calling thread busy for `ms` milliseconds (the tests' stand-in for a thread
- * the OS has descheduled). */
-static inline void fc_spin_ms(double ms) {
+/* The tests' stand-in for a thread the OS has descheduled: fc_wait_for spins until *done
+ * reaches `count` (each other thread's fc_note_done once its work is over) or `ms`
+ * milliseconds pass. */
+static inline void fc_note_done(int *done) {
+#if defined(__GNUC__) || defined(__clang__)
+    __atomic_fetch_add(done, 1, __ATOMIC_RELEASE);
+#else
+#pragma omp atomic
+    (*done)++;
+#endif
+}
+static inline void fc_wait_for(const int *done, int count, double ms) {
 #ifdef _OPENMP
     const double until = omp_get_wtime() + ms / 1000;
-    while (omp_get_wtime() < until) {
+    for (;;) {
+#if defined(__GNUC__) || defined(__clang__)
+        if (__atomic_load_n(done, __ATOMIC_ACQUIRE) >= count) return;
+#else
+        int seen;
+#pragma omp atomic read
+        seen = *done;
+        if (seen >= count) return;
+#endif
+        if (omp_get_wtime() >= until) return;
     }
 #else
-    (void)ms;
+    (void)done; (void)count; (void)ms;
 #endif
 }
 
