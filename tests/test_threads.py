@@ -355,8 +355,9 @@ def test_a_late_threads_share_is_taken_over():
     assert _openmp.shared_items(n, 2, late_thread=1, late_ms=10_000) == [0] * n
 
 
-def test_shared_items_refuses_a_negative_count():
+@pytest.mark.parametrize("n, threads", [(-1, 2), (3, 0)])
+def test_shared_items_refuses_a_negative_count_or_no_thread(n, threads):
     from fastconv._kernels import _openmp
 
-    with pytest.raises(ValueError, match="n >= 0"):
-        _openmp.shared_items(-1, 2)
+    with pytest.raises(ValueError, match="n >= 0 and num_threads >= 1"):
+        _openmp.shared_items(n, threads)

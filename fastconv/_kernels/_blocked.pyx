@@ -112,7 +112,6 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
     cdef int status = 0
     cdef int* failed = &status
     cdef fc_share share
-    cdef fc_share* shared = &share
     cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     if N * P == 0:
         return 0
@@ -126,7 +125,7 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
         and (y_pix * sizeof(floating)) % FC_VBYTES == 0 and (cog * sizeof(floating)) % FC_VBYTES == 0)
     zeros = <const floating*> calloc(max(in_block, kw * cig if rows_merge else 0) + 64,
                                      sizeof(floating))
-    if zeros == NULL or share_items(shared, n_items, num_threads):
+    if zeros == NULL or share_items(&share, n_items, num_threads):
         free(<void*> zeros)
         return 1
     with nogil, parallel(num_threads=num_threads):
@@ -135,7 +134,7 @@ def conv_forward(const floating[:, :, :, ::1] x,             # IN  (N, H, W, C_i
         tile = <floating*> malloc(item_pixels * ob * sizeof(floating)) if split else NULL
         # chunks in static order, a late thread's taken over (assigned here: private)
         share_cursor, share_first, share_end = 0, 0, 0
-        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+        while fc_share_next(&share, &share_cursor, &share_first, &share_end):
             for item in range(share_first, share_end):
                 if xp == NULL or outp == NULL or (split and tile == NULL):
                     failed[0] = 1

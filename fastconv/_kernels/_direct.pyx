@@ -357,7 +357,6 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     Returns 0, or 1 when a scratch buffer could not be allocated.
     """
     cdef fc_share share
-    cdef fc_share* shared = &share
     cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     cdef Py_ssize_t N = x.shape[0], C = x.shape[3]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], Cout = y.shape[3]
@@ -378,14 +377,14 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_x), unpadde
     cdef int* failed = &status
     if N * Ho * Wo == 0:
         return 0
-    if share_items(shared, N * Ho, num_threads):
+    if share_items(&share, N * Ho, num_threads):
         return 1
     with nogil, parallel(num_threads=num_threads):
         window = <floating*> malloc(g.kh * g.window_cols * C * sizeof(floating))
         buf = <floating*> malloc(Wo * Cout * sizeof(floating) + 64) if stream else NULL
         # chunks in static order, a late thread's taken over (assigned here: private)
         share_cursor, share_first, share_end = 0, 0, 0
-        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+        while fc_share_next(&share, &share_cursor, &share_first, &share_end):
             for row in range(share_first, share_end):
                 if window == NULL or (stream and buf == NULL):
                     failed[0] = 1
@@ -477,7 +476,6 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
     not depend on the thread count.
     Returns 0, or 1 when a scratch buffer could not be allocated."""
     cdef fc_share share
-    cdef fc_share* shared = &share
     cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     cdef Py_ssize_t N = x.shape[0], Cp = x.shape[3], C = wp.shape[4]
     cdef Py_ssize_t Ho = y.shape[1], Wo = y.shape[2], Cout = y.shape[3]
@@ -525,7 +523,7 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
         if (fc_blk_chain_in_registers_f32(<const fc_postops_f32*> pw_chain) if floating is float
                 else fc_blk_chain_in_registers_f64(<const fc_postops_f64*> pw_chain)):
             in_registers = pw_chain
-    if share_items(shared, N * runs, num_threads):
+    if share_items(&share, N * runs, num_threads):
         return 1
     with nogil, parallel(num_threads=num_threads):
         window = <floating*> malloc(g.kh * g.window_cols * Cp * sizeof(floating))
@@ -534,7 +532,7 @@ def depthwise_pointwise(const floating[:, :, :, ::1] x,          # IN  (N, H, W,
         outp = <floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
         # chunks in static order, a late thread's taken over (assigned here: private)
         share_cursor, share_first, share_end = 0, 0, 0
-        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+        while fc_share_next(&share, &share_cursor, &share_first, &share_end):
             for item in range(share_first, share_end):
                 if window == NULL or buf == NULL or xp == NULL or outp == NULL:
                     failed[0] = 1
@@ -589,7 +587,6 @@ def expand_depthwise_pointwise(
     y must not overlap x (rows of x are expanded after rows of y are written).
     Returns 0, or 1 when a scratch buffer could not be allocated."""
     cdef fc_share share
-    cdef fc_share* shared = &share
     cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], Cin = x.shape[3]
     cdef Py_ssize_t Cp = w.shape[3], C = wp.shape[4], kh = w.shape[0]
@@ -651,7 +648,7 @@ def expand_depthwise_pointwise(
                 fc_blk_chain_in_registers_f32(<const fc_postops_f32*> pw_chain) if floating is float
                 else fc_blk_chain_in_registers_f64(<const fc_postops_f64*> pw_chain)):
             in_registers = pw_chain
-    if share_items(shared, N * bands, num_threads):
+    if share_items(&share, N * bands, num_threads):
         return 1
     with nogil, parallel(num_threads=num_threads):
         rows = <_Rows*> malloc(sizeof(_Rows))
@@ -663,7 +660,7 @@ def expand_depthwise_pointwise(
         outp = <floating**> malloc(FC_BLK_PIX_MAX * sizeof(floating*))
         # chunks in static order, a late thread's taken over (assigned here: private)
         share_cursor, share_first, share_end = 0, 0, 0
-        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+        while fc_share_next(&share, &share_cursor, &share_first, &share_end):
             for item in range(share_first, share_end):
                 if (rows == NULL or window == NULL or e_buf == NULL or buf == NULL or xp == NULL
                         or outp == NULL):
@@ -939,7 +936,6 @@ def data_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, Hg, Wg, Cp) grad_
     rows of out while their gy rows are in cache: gy is read about once, out written once.
     Cp: the channels padded to a whole number of vectors (whole-vector loads stay inside)."""
     cdef fc_share share
-    cdef fc_share* shared = &share
     cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     _check_geometry(sh, sw, dh, dw, 1)
     cdef Py_ssize_t N = gy.shape[0], Hg = gy.shape[1], Wg = gy.shape[2], Cp = gy.shape[3]
@@ -962,13 +958,13 @@ def data_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, Hg, Wg, Cp) grad_
     cdef int* failed = &status
     if N * Ho * Wo == 0:
         return 0
-    if share_items(shared, N * Ho, num_threads):
+    if share_items(&share, N * Ho, num_threads):
         return 1
     with nogil, parallel(num_threads=num_threads):
         buf = <floating*> malloc(Wo * C * sizeof(floating) + 64) if stream else NULL
         # chunks in static order, a late thread's taken over (assigned here: private)
         share_cursor, share_first, share_end = 0, 0, 0
-        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+        while fc_share_next(&share, &share_cursor, &share_first, &share_end):
             for row in range(share_first, share_end):
                 n = row // Ho
                 i = row % Ho

@@ -84,7 +84,6 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
     """y = conv(x, w) + bias, then `post`'s chain (None: none) on each tile while it is in
     cache."""
     cdef fc_share share
-    cdef fc_share* shared = &share
     cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], cig = w.shape[2], Cout = w.shape[3]
@@ -102,13 +101,13 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
     cdef int* failed = &status
     if P == 0:
         return 0
-    if share_items(shared, n_tiles, num_threads):
+    if share_items(&share, n_tiles, num_threads):
         return 1
     with nogil, parallel(num_threads=num_threads):
         col = NULL if pointwise else <floating*> malloc(tile * K * sizeof(floating))
         # chunks in static order, a late thread's taken over (assigned here: private)
         share_cursor, share_first, share_end = 0, 0, 0
-        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+        while fc_share_next(&share, &share_cursor, &share_first, &share_end):
             for it in range(share_first, share_end):
                 if not pointwise and col == NULL:
                     failed[0] = 1

@@ -103,14 +103,13 @@ def shared_items(Py_ssize_t n, int num_threads, int late_thread=-1, double late_
         raise ValueError(f"shared_items: expected n >= 0 and num_threads >= 1, but got n={n}, "
                          f"num_threads={num_threads}")
     cdef fc_share share
-    cdef fc_share* shared = &share
     cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0, item
     cdef int done = 0, team = 1, t, me = 0
     cdef int* done_ptr = &done
     cdef int* team_ptr = &team
     # each thread counts the items it computed in its own row: no two threads write a count
     cdef int* counts = <int*> calloc(max(n * num_threads, 1), sizeof(int))
-    if counts == NULL or share_items(shared, n, num_threads):
+    if counts == NULL or share_items(&share, n, num_threads):
         free(counts)
         raise MemoryError()
     with nogil, parallel(num_threads=num_threads):
@@ -120,15 +119,15 @@ def shared_items(Py_ssize_t n, int num_threads, int late_thread=-1, double late_
         if me == late_thread:
             fc_wait_for(done_ptr, fc_omp_team_size() - 1, late_ms)
         share_cursor, share_first, share_end = 0, 0, 0
-        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+        while fc_share_next(&share, &share_cursor, &share_first, &share_end):
             for item in range(share_first, share_end):
                 counts[me * n + item] += 1
         if me != late_thread:
             fc_note_done(done_ptr)
     result = []
     for item in range(n):
-        owners = [t for t in range(team) for _ in range(counts[t * n + item])]
-        result.append(owners[0] if len(owners) == 1 else -1 if not owners else -2)
+        times = [counts[t * n + item] for t in range(team)]
+        result.append(times.index(1) if sum(times) == 1 else -1 if not any(times) else -2)
     free(counts)
     free(share.taken)
     return result

@@ -396,7 +396,6 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
     """y = conv(x, w) + bias (up: w transformed and packed), then `post`'s chain (None:
     none) on each 4x4 output tile once it is written."""
     cdef fc_share share
-    cdef fc_share* shared = &share
     cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t n_ob = up.shape[2], cig = up.shape[3], ob = up.shape[4]
@@ -427,7 +426,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
                          f"this kernel's ({OUT_BLOCK}): packed for another instruction set")
     if n_tiles == 0:
         return 0
-    if share_items(shared, n_blocks, num_threads):
+    if share_items(&share, n_blocks, num_threads):
         return 1
     with nogil, parallel(num_threads=num_threads):
         v = <floating*> _thread_buffers(POINTS_ * v_stride, POINTS_ * m_stride, width,
@@ -441,7 +440,7 @@ def conv_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadd
             scratch = zeros + width
         # chunks in static order, a late thread's taken over (assigned here: private)
         share_cursor, share_first, share_end = 0, 0, 0
-        while fc_share_next(shared, &share_cursor, &share_first, &share_end):
+        while fc_share_next(&share, &share_cursor, &share_first, &share_end):
             for ib in range(share_first, share_end):
                 if v == NULL or xp == NULL:
                     failed[0] = 1

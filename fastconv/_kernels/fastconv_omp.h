@@ -59,10 +59,10 @@ static inline int fc_may_run_on(int cpu) { (void)cpu; return -1; }
  * it, AMD EPYC Zen 4). A thread done with its own chunks then takes the others' untaken
  * chunks, from their back (whenever it is ahead): when the OS has descheduled a thread
  * (another process on its core), the others finish its share instead of waiting at the
- * region's end for it. Each chunk is taken once (an atomic flag), every
- * item is computed by one thread from start to end, so results do not depend on who takes
- * it. `taken` holds `chunks` zeroed bytes; chunks = FC_CHUNKS_PER_THREAD x the threads asked
- * for (at most n); a smaller team than asked shares them just the same.
+ * region's end for it. Each chunk is taken once (an atomic flag), every item is computed
+ * by one thread from start to end, so results do not depend on who takes it. `taken` holds
+ * `chunks` zeroed bytes; chunks = FC_CHUNKS_PER_THREAD x the threads asked for (at most n);
+ * a smaller team than asked shares them just the same.
  *
  * In each thread of the region: ptrdiff_t cursor = 0, first, end;
  *     while (fc_share_next(&share, &cursor, &first, &end)) for (i = first; i < end; i++) ...
@@ -97,27 +97,18 @@ static inline int fc_take(unsigned char *flag) {
 #endif
 }
 
-/* The `cursor`-th chunk the calling thread tries (its own first, then the others' from
- * their back); 0 once it has tried them all, else 1 with [*first, *end) taken for it. */
+/* The `cursor`-th chunk the calling thread tries: its own chunks front to back, then the
+ * others' from the last chunk down; 0 once it has tried them all, else 1 with
+ * [*first, *end) taken for it. Thread t owns chunks [t*chunks/team, (t+1)*chunks/team). */
 static inline int fc_share_next(fc_share *share, ptrdiff_t *cursor, ptrdiff_t *first, ptrdiff_t *end) {
     const ptrdiff_t chunks = share->chunks;
     const int team = fc_omp_team_size(), me = fc_omp_thread_num();
+    const ptrdiff_t own_first = me * chunks / team, own_end = (me + 1) * chunks / team;
     while (*cursor < chunks) {
-        ptrdiff_t j = (*cursor)++, chunk;
-        /* thread t owns chunks [t*chunks/team, (t+1)*chunks/team) */
-        ptrdiff_t own_first = me * chunks / team, own_count = (me + 1) * chunks / team - own_first;
-        if (j < own_count) {
-            chunk = own_first + j;
-        } else {  /* the next threads' chunks in turn, each from its last */
-            ptrdiff_t k = j - own_count;
-            int t = me;
-            for (;;) {
-                t = (t + 1) % team;
-                ptrdiff_t t_first = t * chunks / team, t_count = (t + 1) * chunks / team - t_first;
-                if (k < t_count) { chunk = t_first + t_count - 1 - k; break; }
-                k -= t_count;
-            }
-        }
+        const ptrdiff_t j = (*cursor)++, k = j - (own_end - own_first);
+        const ptrdiff_t chunk = k < 0 ? own_first + j                       /* own */
+                              : k < chunks - own_end ? chunks - 1 - k         /* after own */
+                              : own_first - 1 - (k - (chunks - own_end));     /* before own */
         if (!fc_take(&share->taken[chunk])) continue;
         *first = fc_share_bound(share, chunk);
         *end = fc_share_bound(share, chunk + 1);
