@@ -330,6 +330,12 @@ def test_describe_gives_each_direction_and_its_rule(autotune):
     strided = _algorithms.describe(_geo((1, 16, 16, 8), (2, 2, 8, 8), stride=2))
     assert strided["input_gradient"][0] == "im2col"
     assert "one tap per sub-pixel phase" in strided["input_gradient"][1]
+    # a 1x1 kernel's one phase with a tap is a plain convolution: no GEMM over all taps
+    for n, hw in ((1, 14), (8, 56)):
+        pointwise = _algorithms.describe(_geo((n, hw, hw, 256), (1, 1, 256, 512), stride=2))
+        assert pointwise["input_gradient"][0] == "blocked"
+        assert not _algorithms.for_single_tap_phases("auto", 1, 1, (2, 2), (1, 1), 512)
+        assert _algorithms.for_single_tap_phases("im2col", 1, 1, (2, 2), (1, 1), 512)
     depthwise = _algorithms.describe(_geo((1, 16, 16, 8), (3, 3, 1, 8), 2, 1, 1, 8))
     assert depthwise["input_gradient"] == ("direct", "rule: strided depthwise: one pass over "
                                                      "the rows")

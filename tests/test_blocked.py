@@ -146,6 +146,22 @@ def test_pack_weight_of_strided_views(shape, groups, dtype, level, rng, monkeypa
         np.testing.assert_array_equal(functional.unpack_weight(packed, view.shape[3]), view)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(3, 3, 64, 48), (1, 1, 3, 5), (3, 3, 0, 4), (2, 3, 17, 1)])
+def test_contiguous_weight(shape, dtype, rng):
+    """contiguous_weight copies any view (an input gradient's channels swapped and taps
+    flipped, every other channel, Fortran order) into a C-contiguous array of the same
+    values, and gives a C-contiguous weight back as it is."""
+    w = rng.standard_normal(shape).astype(dtype)
+    assert functional.contiguous_weight(w) is w
+    views = [w.transpose(0, 1, 3, 2)[::-1, ::-1], np.concatenate([w, w], axis=3)[..., ::2],
+             np.asfortranarray(w)]
+    for view in views:
+        copied = functional.contiguous_weight(view)
+        assert copied.flags.c_contiguous and copied.dtype == dtype
+        np.testing.assert_array_equal(copied, view)
+
+
 def test_pack_weight_of_a_structured_field_and_bad_groups(rng):
     """A field of a structured array has a stride that is not a whole number of elements
     (6 bytes here): packed as its copy. groups must divide the output channels."""

@@ -428,6 +428,16 @@ def test_auto_choice_and_opting_out(rng):
         geo = fastconv._params.conv_geometry("t", (n, hw, hw, c), (3, 3, c, c), 1, 1, 1, 1)
         chosen = _algorithms.for_weight_gradient("auto", (3, 3, c, c), (n, hw, hw, c), 4, geo)
         assert (chosen == "winograd") == winograd, (n, hw, chosen)
+    # ... and so that many tiles in all, however small its weight: 32 tiles are not enough
+    # for a weight gradient, though they are for the forward convolution
+    for n, hw, tiles in ((8, 7, 32), (1, 28, 49), (8, 14, 128)):
+        geo = fastconv._params.conv_geometry("t", (n, hw, hw, 128), (3, 3, 128, 128), 1, 1, 1, 1)
+        kernel, reason = _algorithms.weight_gradient_rule((3, 3, 128, 128), (n, hw, hw, 128), 4,
+                                                          geo)
+        assert (kernel == "winograd") == (tiles >= 96), (tiles, kernel)
+        if tiles < 96:
+            assert f"{tiles} < 96 Winograd tiles for the weight gradient" in reason
+        assert choice((3, 3, 128, 128), (n, hw, hw, 128)) == "winograd"
     huge = math.isqrt(_algorithms.WINOGRAD_MAX_GRAD_WEIGHT_BYTES // (36 * 4)) + 1
     assert _algorithms.winograd_refusal(huge, huge, 1, (64, 56, 56, huge), 4,
                                         _algorithms.WINOGRAD_MAX_GRAD_WEIGHT_BYTES) == (
