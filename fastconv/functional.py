@@ -418,7 +418,8 @@ def bind_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, grou
         # an output far larger than the caches is written with non-temporal stores
         # (measured, Zen 5, 2 threads: 16 -> 96 1x1 at 8x112x112 in MobileNetV2 3.0 -> 1.4 ms)
         return _bound(algo, "conv_forward", x, w, bias, y, *offsets, sh, sw, dh, dw,
-                      _blocked_in_block(shape, block, y.itemsize), BLOCKED_ITEM_PIXELS,
+                      _blocked_in_block(shape, block, y.itemsize),
+                      _algorithms.BLOCKED_ITEM_PIXELS,
                       w.nbytes > max(BLOCKED_CACHE_BYTES, x.nbytes),
                       y.nbytes >= _algorithms.STREAM_BYTES, post, flops=flops)
     # a depthwise output far larger than the caches is written with non-temporal stores
@@ -440,7 +441,7 @@ def bind_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, grou
 
 # The blocked kernel's cache blocking: a block of input channels' packed weight (kh x kw x
 # in_block x OUT_BLOCK values) near BLOCKED_WEIGHT_BYTES, so that it stays in L2 while it
-# serves a work item's BLOCKED_ITEM_PIXELS output pixels (8 register blocks of 6). A packed
+# serves a work item's _algorithms.BLOCKED_ITEM_PIXELS output pixels. A packed
 # weight larger than BLOCKED_CACHE_BYTES and than the input is kept per output-channel block
 # by each thread (the work ordered block by block, the input read once per block); else a
 # thread runs all blocks of a few pixels while their input is in cache (the weight, in
@@ -451,7 +452,6 @@ def bind_forward(prepared: PreparedWeight, x, offsets, y, stride, dilation, grou
 # 128 input channels of a 3x3 layer whole, rows of taps merged: 128 -> 128 at 28x28, 2
 # threads, 4% faster on a Zen 5 with 1 MiB of L2).
 BLOCKED_WEIGHT_BYTES = _algorithms.MACHINE.l2 // 2
-BLOCKED_ITEM_PIXELS = 48
 BLOCKED_CACHE_BYTES = _algorithms.MACHINE.l2 // 2
 # its weight gradient: output pixels per chunk (their grad_output, one block of channels,
 # stays in L1/L2 while every tap and input channel uses it), and the work units it aims for
@@ -644,10 +644,11 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
     Padded rows ih = a (mod stride) are reached only by the taps r with r*d = a (mod stride),
     from output rows oh = ih // stride - m_r. So each sub-pixel phase (a, b) is a stride-1
     convolution of gy, shifted (and zero-padded or cropped), with the phase's taps flipped and
-    the weight's in/out channels swapped; stride 1 is a single phase. Two cases skip the
+    the weight's in/out channels swapped; stride 1 is a single phase. Three cases skip the
     phases: one tap per phase (kernel <= stride) is one GEMM over all taps
-    (_single_tap_kernel), and a strided depthwise one is one pass over the rows of `out`
-    (_direct.data_depthwise).
+    (_single_tap_kernel), a strided depthwise one is one pass over the rows of `out`
+    (_direct.data_depthwise), and one with few pixels of gy (or algorithm "im2col") is a
+    GEMM per tap on the weight as it lies, added into `out` (_gemm_data_kernel).
     """
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
     kh, kw, cig, cout = w.shape
@@ -666,6 +667,9 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
              *geo.stride, *geo.dilation, out.nbytes >= _algorithms.STREAM_BYTES,
              flops=2 * gy.shape[0] * gy.shape[1] * gy.shape[2] * w.size,
              min_flops=_algorithms.PARALLEL_MIN_DEPTHWISE_FLOPS)
+        return
+    if _algorithms.for_gemm_data(algorithm, w.shape, geo) and out.flags.c_contiguous:
+        _gemm_data_kernel(gy, w, bias, out, geo, crop)
         return
     # the adjoint's weight: wt[r, s, co, g*cig + ci] = w[r, s, ci, g*cog + co]
     wt = w.reshape(kh, kw, cig, groups, cog).transpose(0, 1, 4, 3, 2).reshape(kh, kw, cog, -1)
@@ -693,6 +697,25 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
             w_phase = wt[_taps_slice(rows)][:, _taps_slice(cols)][::-1, ::-1]
             _forward_kernel(algorithm, gy, offsets, w_phase, bias, phase, (1, 1),
                             (step_r, step_s), groups)
+
+
+def _gemm_data_kernel(gy, w, bias, out, geo: ConvGeometry, crop) -> None:
+    """_data_kernel as GEMM + col2im (_im2col.conv_backward_data, one group): `out` set to
+    the bias, then each tap's product of gy's pixels by its weight added in. Its work items
+    are chunks of input channels, DATA_GEMM_CHUNKS per thread (of at least one vector), its
+    GEMMs of all of gy's pixels at once where their product fits COLUMN_BUFFER_BYTES."""
+    out[...] = bias if bias.size else 0
+    gy, w = np.ascontiguousarray(gy), contiguous_weight(w)
+    kh, kw, cin, cout = w.shape
+    pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
+    flops = 2 * pixels * w.size
+    lanes = _algorithms.MACHINE.lanes(out.itemsize)
+    per_thread = -(-cin // (_algorithms.DATA_GEMM_CHUNKS * _kernel_threads(flops)))
+    chunk = min(cin, -(-per_thread // lanes) * lanes)
+    rows = _algorithms.COLUMN_BUFFER_BYTES // (chunk * out.itemsize)
+    tile = max(1, min(pixels, max(_algorithms.MIN_GEMM_ROWS, rows)))
+    _run("im2col", "conv_backward_data", gy, w, out, *crop, *geo.stride, *geo.dilation, tile,
+         chunk, flops=flops)
 
 
 def _single_tap_kernel(gy, w, bias, out, geo: ConvGeometry, crop) -> None:

@@ -1,15 +1,16 @@
 """The input-gradient / transposed-convolution paths that do not run phase by phase:
 kernel <= stride (every sub-pixel phase has one tap: one GEMM over all taps, _im2col.
-transpose_single_tap) and strided depthwise (all phases of a row in one pass, _direct.
-data_depthwise), against the plain-NumPy references, for 1 and 2 threads."""
+transpose_single_tap), strided depthwise (all phases of a row in one pass, _direct.
+data_depthwise) and GEMM + col2im (a GEMM per tap, _im2col.conv_backward_data), against the
+plain-NumPy references, for 1 and 2 threads."""
 import numpy as np
 import pytest
 
 import fastconv
 import reference
 from fastconv import _algorithms
-from _helpers import (DTYPES, assert_close, case_id, conv_args, pair, rand, resolve_padding,
-                      transpose_reference_args)
+from _helpers import (DTYPES, assert_close, case_id, conv_args, conv_reference_args, pair, rand,
+                      resolve_padding, transpose_reference_args)
 
 # ----------------------------------------------------------------------------------------------
 # transposed convolutions whose phases have one tap each.
@@ -223,3 +224,97 @@ def test_depthwise_input_gradient_with_padding_beyond_the_taps(padding, dilation
     ref = reference.conv2d_backward(gy, x, w, pads=pads, dilation=(dilation, dilation),
                                     groups=c)[0]
     assert_close(gx, ref, dtype, 9, "grad_input")
+
+
+# ----------------------------------------------------------------------------------------------
+# input gradients as GEMM + col2im (_im2col.conv_backward_data): "im2col" with one group, and
+# "auto" for few pixels of grad_output. Channel counts around the vector width (the chunks of
+# input channels are whole vectors) and the chunk split.
+GEMM_DATA = [
+    dict(x=(1, 4, 4, 16), w=(3, 3, 16, 17), padding=1),  # ResNet's last stage, small
+    dict(x=(2, 5, 7, 15), w=(3, 3, 15, 9), padding=1),  # odd sizes, few pixels
+    dict(x=(1, 9, 8, 33), w=(3, 3, 33, 8), stride=2, padding=1),  # strided, 33 channels
+    dict(x=(1, 7, 9, 17), w=(2, 3, 17, 5), stride=(3, 1), dilation=(1, 2),
+         padding=((2, 0), (1, 3))),  # stride > kernel, dilation, asymmetric padding
+    dict(x=(2, 6, 6, 1), w=(3, 3, 1, 4)),  # C_in = 1, no padding
+    dict(x=(1, 3, 3, 64), w=(5, 5, 64, 3), padding=2),  # taps reaching beyond the input
+    dict(x=(1, 12, 10, 40), w=(3, 3, 40, 24), padding=1),  # 120 pixels: "auto" runs phases
+    dict(x=(3, 4, 4, 20), w=(3, 3, 20, 16), padding=1),  # 3 images of 16 pixels
+    dict(x=(0, 4, 4, 8), w=(3, 3, 8, 8), padding=1),  # N = 0
+]
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "auto"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", GEMM_DATA, ids=case_id)
+def test_gemm_input_gradient_matches_reference(case, dtype, algorithm, rng):
+    x, w = rand(rng, case["x"], dtype), rand(rng, case["w"], dtype)
+    y = fastconv.conv2d(x, w, **conv_args(case))
+    gy = rand(rng, y.shape, dtype)
+    gx = fastconv.conv2d_backward(gy, x, w, **conv_args(case), algorithm=algorithm,
+                                  needs=("input",))[0]
+    expected = reference.conv2d_backward(gy, x, w, **conv_reference_args(case))[0]
+    assert gx.shape == x.shape and gx.dtype == dtype
+    assert_close(gx, expected, dtype, case["w"][0] * case["w"][1] * case["w"][3], "grad_input")
+
+
+def test_gemm_input_gradient_is_auto_for_few_pixels():
+    """"auto" takes GEMM + col2im up to one blocked work item of pixels per image of
+    grad_output, at any batch size, with more than one tap and one group; the rule says
+    so."""
+    def chosen(x_shape, w_shape, groups=1, stride=1):
+        geo = fastconv._params.conv_geometry("t", x_shape, w_shape, stride, 1, 1, groups)
+        return _algorithms.describe(geo)["input_gradient"]
+    limit = _algorithms.BLOCKED_ITEM_PIXELS
+    assert limit == 48
+    kernel, reason = chosen((1, 4, 4, 512), (3, 3, 512, 512))
+    assert kernel == "im2col" and f"16 pixels per image, at most {limit}" in reason
+    assert chosen((8, 4, 4, 512), (3, 3, 512, 512))[0] == "im2col"
+    assert chosen((2, 6, 8, 512), (3, 3, 512, 512))[0] == "im2col"  # 48 pixels
+    assert chosen((1, 7, 7, 256), (3, 3, 256, 256))[0] != "im2col"  # 49 pixels
+    assert chosen((1, 4, 4, 512), (1, 1, 512, 512))[0] != "im2col"  # one tap
+    assert chosen((1, 4, 4, 512), (3, 3, 256, 512), groups=2)[0] != "im2col"
+    assert chosen((1, 8, 8, 256), (3, 3, 256, 512), stride=2)[0] == "im2col"  # 4x4 out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_input_gradient_tiles_and_strided_grad_output(dtype, rng, monkeypatch):
+    """A product larger than the column buffer runs in tiles of pixels (a buffer of 1 KiB
+    here), each added in; a grad_output that is a view is read as its copy."""
+    monkeypatch.setattr(_algorithms, "COLUMN_BUFFER_BYTES", 1024)
+    x, w = rand(rng, (2, 9, 11, 12), dtype), rand(rng, (3, 3, 12, 10), dtype)
+    gy = rand(rng, (2, 9, 11, 20), dtype)[..., ::2]
+    assert not gy.flags.c_contiguous
+    gx = fastconv.conv2d_backward(gy, x, w, padding=1, algorithm="im2col", needs=("input",))[0]
+    expected = reference.conv2d_backward(gy, x, w, (1, 1), ((1, 1), (1, 1)))[0]
+    assert_close(gx, expected, dtype, 90, "grad_input")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gemm_transposed_convolution_with_bias(dtype, rng):
+    """conv_transpose2d through GEMM + col2im: the bias set first, output_padding's pixels
+    only the bias."""
+    x, w, bias = rand(rng, (2, 3, 4, 8), dtype), rand(rng, (3, 3, 5, 8), dtype), rand(
+        rng, (5,), dtype)
+    case = dict(x=(2, 3, 4, 8), w=(3, 3, 5, 8), stride=2, padding=1, output_padding=1)
+    y = fastconv.conv_transpose2d(x, w, bias, **conv_args(case), algorithm="im2col")
+    expected = reference.conv_transpose2d(x, w, bias, **transpose_reference_args(case))
+    assert_close(y, expected, dtype, 72, "conv_transpose2d")
+
+
+@pytest.mark.parametrize("level", sorted(_algorithms.simd_modules("_im2col")))
+def test_gemm_input_gradient_same_for_one_and_two_threads(level, rng, monkeypatch):
+    """Each thread adds into its own chunks of input channels, in the same order: the same
+    bits for any thread count (enough work here for both threads); in every instruction-set
+    variant."""
+    monkeypatch.setitem(_algorithms.KERNELS, "im2col", _algorithms.simd_modules("_im2col")[level])
+    x, w = rand(rng, (1, 4, 4, 256), np.float32), rand(rng, (3, 3, 256, 256), np.float32)
+    gy = rand(rng, (1, 4, 4, 256), np.float32)
+    results = []
+    for n in (1, 2):
+        with fastconv.num_threads(n):
+            results.append(fastconv.conv2d_backward(gy, x, w, padding=1, algorithm="im2col",
+                                                    needs=("input",))[0])
+    np.testing.assert_array_equal(results[0], results[1])
+    expected = reference.conv2d_backward(gy, x, w, (1, 1), ((1, 1), (1, 1)))[0]
+    assert_close(results[0], expected, np.float32, 2304, "grad_input")

@@ -13,6 +13,10 @@ def conv_backward_weight(
     top: int, left: int, sh: int, sw: int, dh: int, dw: int, groups: int, tile: int,
     num_threads: int,
 ) -> int: ...
+def conv_backward_data(
+    gy: _Floats, w: _Floats, out: _Floats, top: int, left: int, sh: int, sw: int, dh: int,
+    dw: int, tile: int, chunk: int, num_threads: int,
+) -> int: ...
 def transpose_single_tap(
     x: _Floats, wg: _Floats, bias: _Floats, out: _Floats, kh: int, kw: int,
     top: int, left: int, sh: int, sw: int, dh: int, dw: int, tile: int, rows: bool,

@@ -7,7 +7,8 @@ BLAS call per group. The full column matrix never exists. A 1x1 stride-1 convolu
 column buffer at all: its input already is the column matrix (when no row or column of the
 input lies beyond the last output pixel). transpose_single_tap serves the transposed
 convolutions whose sub-pixel phases have one tap each (kernel <= stride): a GEMM of the input
-pixels by all taps at once.
+pixels by all taps at once; conv_backward_data the input gradient as a GEMM per tap, its
+products added to the input pixels (col2im).
 
 The caller keeps BLAS on one thread while these run: parallelism is OpenMP over tiles.
 Functions return 0, or 1 when a scratch buffer could not be allocated.
@@ -172,6 +173,78 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
                          &partial[chunk, 0] + g * cog, <int> Cout)
                 p0 = p0 + T
         free(col)
+    return status
+
+
+def conv_backward_data(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out)
+                       const floating[:, :, :, ::1] w,   # IN  (kh, kw, C_in, C_out): one group
+                       floating[:, :, :, ::1] out,       # IN/OUT (N, H, W, C_in): added to
+                       Py_ssize_t top, Py_ssize_t left,  # the crop of the padded input grid
+                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                       Py_ssize_t tile, Py_ssize_t chunk, int num_threads):
+    """The input gradient of a convolution (one group) added into `out`, GEMM + col2im:
+
+        out[n, oh*sh + r*dh - top, ow*sw + s*dw - left, c]
+            += sum_co gy[n, oh, ow, co] * w[r, s, c, co]
+
+    for the positions inside `out`. Per tap, a GEMM of a tile of `tile` pixels of gy by the
+    tap's weight read transposed (BLAS packs it as it goes: no transposed copy of the whole
+    weight), its product rows then added to the input pixels they belong to. The work items
+    are chunks of `chunk` input channels: a thread adds to its own chunk's channels only, in
+    the same order whatever the thread count, so results do not depend on it. With all
+    pixels in one tile the weight is read once, where the phase route packs it transposed
+    first: the input gradient of a layer with few pixels and a large weight."""
+    cdef fc_share share
+    cdef Py_ssize_t share_cursor = 0, share_first = 0, share_end = 0
+    cdef Py_ssize_t N = gy.shape[0], Ho = gy.shape[1], Wo = gy.shape[2], Cout = gy.shape[3]
+    cdef Py_ssize_t kh = w.shape[0], kw = w.shape[1], C = w.shape[2]
+    cdef Py_ssize_t H = out.shape[1], W = out.shape[2]
+    cdef Py_ssize_t P = N * Ho * Wo, n_chunks = (C + chunk - 1) // chunk
+    cdef Py_ssize_t item, c0, cn, p0, T, r, s, t, p, n, oh, ow, ih, iw, j
+    cdef floating* col = NULL
+    cdef const floating* src
+    cdef floating* dst
+    cdef int status = 0
+    cdef int* failed = &status
+    if P == 0 or C == 0:
+        return 0
+    if share_items(&share, n_chunks, num_threads):
+        return 1
+    with nogil, parallel(num_threads=num_threads):
+        col = <floating*> malloc(tile * chunk * sizeof(floating))
+        share_cursor, share_first, share_end = 0, 0, 0
+        while fc_share_next(&share, &share_cursor, &share_first, &share_end):
+            for item in range(share_first, share_end):
+                if col == NULL:
+                    failed[0] = 1
+                    continue
+                c0 = item * chunk
+                cn = min(chunk, C - c0)
+                p0 = 0
+                while p0 < P:
+                    T = min(tile, P - p0)
+                    for r in range(kh):
+                        for s in range(kw):
+                            # col (T x cn) = gy's tile (T x C_out) @ w[r, s, c0:c0+cn]^T
+                            gemm(False, True, <int> T, <int> cn, <int> Cout, <floating> 1.0,
+                                 &gy[0, 0, 0, 0] + p0 * Cout, <int> Cout, &w[r, s, c0, 0],
+                                 <int> Cout, <floating> 0.0, col, <int> cn)
+                            for t in range(T):
+                                p = p0 + t
+                                ow = p % Wo
+                                oh = (p // Wo) % Ho
+                                n = p // (Wo * Ho)
+                                ih = oh * sh + r * dh - top
+                                iw = ow * sw + s * dw - left
+                                if ih < 0 or ih >= H or iw < 0 or iw >= W:
+                                    continue
+                                src = col + t * cn
+                                dst = &out[n, ih, iw, c0]
+                                for j in range(cn):
+                                    dst[j] += src[j]
+                    p0 = p0 + T
+        free(col)
+    free(share.taken)
     return status
 
 
