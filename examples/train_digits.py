@@ -57,7 +57,7 @@ def main():
             batch = order[i:i + args.batch_size]
             optimizer.zero_grad()
             loss = criterion(model(x_train[batch]), y_train[batch])
-            model.backward(criterion.backward())
+            model.backward_params(criterion.backward())
             optimizer.step()
             total_loss += loss * len(batch)
         print(f"epoch {epoch:2d}  loss {total_loss / len(x_train):.4f}  "

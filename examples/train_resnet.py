@@ -68,7 +68,7 @@ def main():
             batch = order[i:i + args.batch_size]
             optimizer.zero_grad()
             loss = criterion(model(x_train[batch]), y_train[batch])
-            model.backward(criterion.backward())
+            model.backward_params(criterion.backward())
             clip_grad_norm_(model, max_norm=5.0)
             optimizer.step()
             warmup.step()

@@ -396,7 +396,7 @@ def bench_train(model: Model, batches, engines, repeats: int, width: int | None 
             optimizer.zero_grad()
             logits = net(x)
             criterion(logits, labels)
-            net.backward(criterion.backward())
+            net.backward_params(criterion.backward())
             optimizer.step()
             return logits
 

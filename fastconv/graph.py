@@ -434,6 +434,16 @@ class Graph(Layer):
         return outs[0] if len(outs) == 1 else outs
 
     def backward(self, grad_output):
+        return self._backward(grad_output, True)
+
+    def backward_params(self, grad_output) -> None:
+        """backward() without the gradients of the graph's inputs (Layer.backward_params):
+        a node none of whose inputs needs a gradient runs its backward_params(), or nothing
+        when it has no parameters; a value needs a gradient when a node with parameters
+        made it, or from a value that needs one."""
+        self._backward(grad_output, False)
+
+    def _backward(self, grad_output, input_grads: bool):
         if len(self.outputs) == 1:
             grad_output = (grad_output,)
         elif not isinstance(grad_output, (tuple, list)) or len(grad_output) != len(self.outputs):
@@ -453,13 +463,23 @@ class Graph(Layer):
                                  f"output {name!r} of shape {shapes[i]}, but got {g.shape}")
             _add_grad(grads, name, g)
         saved, self._saved = self._saved, None
+        wanted = set(self.inputs) if input_grads else set()  # the values needing a gradient
+        for name, layer, names in self.nodes:
+            if layer._has_params() or wanted.intersection(names):
+                wanted.add(name)
         for name, layer, names in reversed(self.nodes):
             g = grads.pop(name, None)
             if g is None:  # the node feeds no output that has a gradient
                 continue
-            result = _at_node(name, layer, [g], backward=True)
+            if not wanted.intersection(names):
+                if name in wanted:  # it has parameters
+                    _at_node(name, layer, [g], backward="backward_params")
+                continue
+            result = _at_node(name, layer, [g], backward="backward")
             for n, gi in zip(names, result if _num_inputs(layer) != 1 else (result,)):
                 _add_grad(grads, n, gi)
+        if not input_grads:
+            return None
         result = tuple(grads[n] if n in grads else np.zeros(shape, dtype)
                        for n, (shape, dtype) in zip(self.inputs, saved["in_specs"]))
         return result[0] if len(result) == 1 else result
@@ -495,10 +515,11 @@ def _add_grad(grads: dict, name: str, g: np.ndarray) -> None:
     grads[name] = g if name not in grads else grads[name] + g
 
 
-def _at_node(name: str, layer: Layer, args, backward: bool = False):
-    """layer(*args) (or layer.backward(args[0])), its ValueError/TypeError naming the node."""
+def _at_node(name: str, layer: Layer, args, backward: str = ""):
+    """layer(*args), or with `backward` the name of one of its backward methods,
+    layer.<backward>(args[0]); its ValueError/TypeError naming the node."""
     try:
-        return layer.backward(args[0]) if backward else layer(*args)
+        return getattr(layer, backward)(args[0]) if backward else layer(*args)
     except (ValueError, TypeError) as error:
         if type(error) not in (ValueError, TypeError):
             raise

@@ -59,6 +59,9 @@ class Graph(Layer):
     def backward(  # type: ignore[override]
         self, grad_output: npt.ArrayLike | Sequence[npt.ArrayLike | None]
     ) -> _Array | tuple[_Array, ...]: ...
+    def backward_params(
+        self, grad_output: npt.ArrayLike | Sequence[npt.ArrayLike | None]
+    ) -> None: ...
     def buffers(self) -> Iterator[tuple[str, np.ndarray]]: ...
 
 class Residual(Graph):

@@ -66,6 +66,20 @@ class Layer:
     def backward(self, grad_output):
         raise NotImplementedError
 
+    def backward_params(self, grad_output) -> None:
+        """backward() where the input's gradient is not wanted, as in a training step, whose
+        input is data (PyTorch computes no gradient for a tensor that does not require one):
+        the parameters' gradients are accumulated as by backward(), and nothing is returned.
+        Convolutions and Linear skip their input's gradient; containers (Sequential, graphs)
+        compute no gradient that reaches only their input: a layer that takes the input
+        runs its backward_params(), and a layer without parameters before the first one with
+        them does not run backward at all (what it kept is dropped by its next forward).
+        Other layers run backward() and drop its result. Errors as backward()."""
+        self.backward(grad_output)
+
+    def _has_params(self) -> bool:
+        return next(iter(self.parameters()), None) is not None
+
     def _save(self, **items) -> None:
         """Keep what backward needs (only in training mode)."""
         self._saved = items if self.training else None
@@ -309,8 +323,14 @@ class Conv2d(_ConvBase):
         return y
 
     def backward(self, grad_output):
+        return self._backward(grad_output, ("input",))
+
+    def backward_params(self, grad_output) -> None:
+        self._backward(grad_output, ())
+
+    def _backward(self, grad_output, input_needs: tuple):
         grad, saved = self._take(grad_output)
-        needs = ("input", "weight") + (("bias",) if self.bias is not None else ())
+        needs = input_needs + ("weight",) + (("bias",) if self.bias is not None else ())
         # the weight's gradient is summed into self.grads by the kernel where it can
         held = self.grads["weight"]
         gx, gw, gb = functional._conv2d_backward(
@@ -347,8 +367,14 @@ class ConvTranspose2d(_ConvBase):
         return y
 
     def backward(self, grad_output):
+        return self._backward(grad_output, ("input",))
+
+    def backward_params(self, grad_output) -> None:
+        self._backward(grad_output, ())
+
+    def _backward(self, grad_output, input_needs: tuple):
         grad, saved = self._take(grad_output)
-        needs = ("input", "weight") + (("bias",) if self.bias is not None else ())
+        needs = input_needs + ("weight",) + (("bias",) if self.bias is not None else ())
         held = self.grads["weight"]
         gx, gw, gb = functional._conv_transpose2d_backward(
             "conv_transpose2d_backward", False, grad, saved["x"], self.weight, self.stride,
@@ -437,6 +463,10 @@ class SeparableConv2d(Layer):
         grad, _ = self._take(grad_output)  # checked here, so errors name this layer
         return self.depthwise.backward(self.pointwise.backward(grad))
 
+    def backward_params(self, grad_output) -> None:
+        grad, _ = self._take(grad_output)
+        self.depthwise.backward_params(self.pointwise.backward(grad))
+
     def train(self, mode: bool = True) -> "SeparableConv2d":
         super().train(mode)
         self.depthwise.train(mode)
@@ -482,6 +512,15 @@ class Linear(Layer):
         return y
 
     def backward(self, grad_output):
+        grad, dtype = self._backward_params(grad_output)
+        return matmul(grad.astype(dtype, copy=False), self.weight.T.astype(dtype, copy=False))
+
+    def backward_params(self, grad_output) -> None:
+        self._backward_params(grad_output)
+
+    def _backward_params(self, grad_output):
+        """Accumulates the parameters' gradients; returns grad_output and the dtype of the
+        products."""
         grad, saved = self._take(grad_output)
         x = saved["x"]
         dtype = _params.float_dtype(grad, x, self.weight)
@@ -489,7 +528,7 @@ class Linear(Layer):
         x2 = x.reshape(-1, self.in_features).astype(dtype, copy=False)
         self._accumulate("weight", matmul(x2.T, g2))
         self._accumulate("bias", g2.sum(axis=0))
-        return matmul(grad.astype(dtype, copy=False), self.weight.T.astype(dtype, copy=False))
+        return grad, dtype
 
     def extra_repr(self) -> str:
         bias = "" if self.bias is not None else ", bias=False"
@@ -1283,6 +1322,16 @@ class Sequential(Layer):
         for layer in reversed(self.layers):
             grad = layer.backward(grad)
         return grad
+
+    def backward_params(self, grad_output) -> None:
+        # the layers before the first with parameters need no gradient at all
+        first = next((i for i, layer in enumerate(self.layers) if layer._has_params()), 0)
+        if not self.layers:
+            return
+        grad = grad_output
+        for layer in reversed(self.layers[first + 1:]):
+            grad = layer.backward(grad)
+        self.layers[first].backward_params(grad)
 
     def train(self, mode: bool = True) -> "Sequential":
         super().train(mode)

@@ -429,3 +429,83 @@ def test_fastconv_import_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def _first_layer_nets():
+    """Networks whose first layers take the input: each kind of layer that skips the
+    input's gradient, inside a Sequential and a graph (a Residual block, whose two branches
+    both take it, a SeparableConv2d, and a graph with a ReLU on the input)."""
+    from fastconv.graph import Add, Graph, Residual
+    return [
+        L.Sequential(L.Conv2d(3, 8, 3, stride=2, padding=1, rng=0), L.ReLU(),
+                     L.Flatten(), L.Linear(8 * 3 * 3, 4, rng=1)),
+        L.Sequential(L.ConvTranspose2d(3, 5, 3, stride=2, rng=2), L.BatchNorm2d(5)),
+        L.Sequential(Residual(L.Sequential(L.Conv2d(3, 3, 3, padding=1, rng=3), L.ReLU()),
+                              L.Conv2d(3, 3, 1, rng=4)),
+                     L.SeparableConv2d(3, 6, 3, padding=1, rng=5)),
+        L.Sequential(L.SeparableConv2d(3, 4, 3, rng=6), L.ReLU()),
+        L.Sequential(L.ReLU(), L.Conv2d(3, 2, 3, rng=7)),  # a first layer with no parameters
+        L.Sequential(L.Flatten(), L.Linear(75, 3, rng=8)),
+        Graph([("relu", L.ReLU(), "x"), ("a", L.Conv2d(3, 4, 3, rng=9), "relu"),
+               ("b", L.Conv2d(3, 4, 3, rng=10), "x"), ("sum", Add(), ("a", "b")),
+               ("c", L.Conv2d(4, 2, 1, rng=11), "sum")]),
+    ]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_backward_params_accumulates_what_backward_does(index, monkeypatch):
+    """backward_params gives every parameter the gradient backward gives (added to what is
+    there), returns None, and asks no input gradient of the convolutions and Linear layers
+    that take the network's input, directly or through layers without parameters (their
+    kernels' calls recorded); the others still get theirs. Without a forward it is refused
+    as backward is."""
+    from fastconv import functional
+    net = _first_layer_nets()[index]
+    x = np.random.default_rng(index).standard_normal((2, 5, 5, 3)).astype(np.float32)
+    gy = np.random.default_rng(10 + index).standard_normal(net(x).shape).astype(np.float32)
+    net.zero_grad()
+    net(x)
+    assert net.backward(gy).shape == x.shape
+    expected = {name: 2 * grad.copy() for name, _, grad in net.parameters()}
+    asked = []  # (weight, whether the input's gradient was asked for)
+
+    def recording(original):
+        def call(*args):  # (fn, one_d, grad_output, x, weight, ..., needs, grad_weight_into)
+            asked.append((args[4], "input" in args[-2]))
+            return original(*args)
+        return call
+    for name in ("_conv2d_backward", "_conv_transpose2d_backward"):
+        monkeypatch.setattr(functional, name, recording(getattr(functional, name)))
+    original_matmul = L.matmul
+
+    def matmul(a, b, **kwargs):  # a Linear layer's input gradient: grad_output @ weight.T
+        if b.base is not None:
+            asked.append((b, True))
+        return original_matmul(a, b, **kwargs)
+    monkeypatch.setattr(L, "matmul", matmul)
+    net(x)
+    assert net.backward_params(gy) is None
+    for name, _, grad in net.parameters():
+        np.testing.assert_allclose(grad, expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    takes_input = [layer.weight for layer in _takes_input(net)]
+    for weight, with_input in asked:
+        reads_input = any(weight is w or weight.base is w for w in takes_input)
+        assert with_input != reads_input, (weight.shape, with_input)
+    with pytest.raises(RuntimeError, match="nothing to go back through"):
+        net.backward_params(gy)
+
+
+def _takes_input(net):
+    """The convolution and Linear layers of a _first_layer_nets network that read its
+    input, or only a layer without parameters (ReLU, Flatten) between them and it."""
+    from fastconv.graph import Residual
+    if not isinstance(net, L.Sequential):  # the graph: a and b
+        return [net["a"], net["b"]]
+    first = net.layers[0]
+    if isinstance(first, (L.ReLU, L.Flatten)):
+        return [net.layers[1]]
+    if isinstance(first, Residual):
+        return [first.nodes[0][1].layers[0], first.nodes[1][1]]
+    if isinstance(first, L.SeparableConv2d):
+        return [first.depthwise]
+    return [first]
