@@ -243,12 +243,20 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
         # the kernel adds its sums to what the array holds
         grad = (into if _sums_into(into, weight_shape, dtype, x, gy)
                 else np.zeros(weight_shape, dtype))
+        sums, rows = grad, weight_shape[2]
+        if _algorithms.merges_tap_rows(weight_shape, geo):
+            # a row of taps over all input channels is one run of kw * C_in values of x
+            # zero-padded: the kernel's "input channels" (a first layer's 3 channels would
+            # fill half of its register blocks)
+            x = _padded_for_taps(x, offsets, gy.shape[1:3], (kh, kw), geo.stride, geo.dilation)
+            offsets, kw, dw, rows = (0, 0), 1, 1, kw * rows
+            sums = grad.reshape(kh, 1, rows, weight_shape[3])
         block = _algorithms.KERNELS[algo].OUT_BLOCK[np.dtype(dtype).name]
         units = geo.groups * -(-weight_shape[3] // geo.groups // block)
         # enough work units for the threads (a fixed number: results do not depend on them)
-        ranges = max(1, min(-(-weight_shape[2] // _algorithms.KERNELS[algo].PIXEL_BLOCK),
+        ranges = max(1, min(-(-rows // _algorithms.KERNELS[algo].PIXEL_BLOCK),
                             -(-BLOCKED_GRAD_UNITS // units)))
-        _run(algo, "conv_backward_weight", x, gy, grad, *offsets, sh, sw, dh, dw, geo.groups,
+        _run(algo, "conv_backward_weight", x, gy, sums, *offsets, sh, sw, dh, dw, geo.groups,
              ranges, BLOCKED_CHUNK_PIXELS, flops=flops)
         return _added(grad, into)
     if algo == "winograd":
@@ -277,6 +285,16 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
         _run(algo, "conv_backward_weight", x, gy, partial, kh, kw, *offsets, sh, sw, dh, dw,
              geo.groups, flops=flops)
     return _added(partial.sum(axis=0).reshape(weight_shape), into)
+
+
+def _padded_for_taps(x: np.ndarray, offsets, out_hw, kernel_hw, stride, dilation) -> np.ndarray:
+    """x zero-padded by `offsets` (top, left) and at the bottom and right as far as the taps of
+    the last output row and column reach: every tap of every output pixel inside it."""
+    pads = [(0, 0)]
+    for size, before, out, k, s, d in zip(x.shape[1:3], offsets, out_hw, kernel_hw, stride,
+                                          dilation):
+        pads.append((before, max(0, (out - 1) * s + (k - 1) * d + 1 - before - size)))
+    return np.pad(x, pads + [(0, 0)])
 
 
 def _sums_into(into: np.ndarray | None, shape, dtype, *operands: np.ndarray) -> bool:

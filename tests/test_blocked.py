@@ -10,6 +10,7 @@ import fastconv
 import reference
 from conftest import assert_close
 from fastconv import _algorithms, _memory, functional
+from fastconv import layers as L
 
 VARIANTS = _algorithms.simd_modules("_blocked")
 
@@ -344,3 +345,66 @@ def test_pointwise_weight_gradient_takes_blocked_below_the_gemm_pixel_count(weig
         geo = fastconv._params.conv_geometry("t", (n, h, h, cin), weight_shape, 1, 0, 1, 1)
         assert _algorithms.for_weight_gradient("auto", weight_shape, (n, h, h, cout), 4,
                                                geo) == want
+
+
+# a first layer's few input channels: rows of kw taps x C_in read as one run of x padded
+MERGED_ROWS = [
+    dict(x=(2, 13, 11, 3), w=(7, 7, 3, 64), stride=2, padding=3),  # ResNet's stem
+    dict(x=(1, 9, 10, 1), w=(3, 3, 1, 96), padding=1),  # one channel, 96 = 64 + 32
+    dict(x=(2, 8, 9, 5), w=(3, 5, 5, 48), stride=(1, 2), dilation=(2, 1),
+         padding=((2, 1), (0, 3))),  # dilation along the columns only, asymmetric padding
+    dict(x=(1, 7, 7, 7), w=(2, 3, 7, 112), stride=3),  # stride > kernel, a partial block
+    dict(x=(2, 6, 8, 3), w=(3, 3, 3, 64), padding=1, padding_mode="reflect"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", MERGED_ROWS, ids=lambda c: str(c["w"]))
+def test_weight_gradient_of_few_input_channels_merges_rows_of_taps(case, dtype, rng):
+    """With fewer than 8 input channels, the blocked weight gradient (auto's choice where its
+    output blocks fill) reads each row of taps as one run: the gradient from the definition,
+    also when added into a layer's gradient."""
+    from _helpers import conv_reference_args
+    x, w = rng.standard_normal(case["x"]).astype(dtype), rng.standard_normal(
+        case["w"]).astype(dtype)
+    args = {k: v for k, v in case.items() if k not in ("x", "w")}
+    geo = fastconv._params.conv_geometry("t", x.shape, w.shape, args.get("stride", 1),
+                                         args.get("padding", 0), args.get("dilation", 1), 1)
+    assert _algorithms.merges_tap_rows(w.shape, geo)
+    kernel, reason = _algorithms.weight_gradient_rule(w.shape, (geo.n, *geo.out_hw, w.shape[3]),
+                                                      np.dtype(dtype).itemsize, geo)
+    assert kernel == "blocked" and "read as one run each" in reason
+    y = fastconv.conv2d(x, w, **args)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    want = reference.conv2d_backward(gy, x, w, **conv_reference_args(case))[1]
+    for algorithm in ("blocked", "auto"):
+        gw = fastconv.conv2d_backward(gy, x, w, **args, algorithm=algorithm,
+                                      needs=("weight",))[1]
+        assert_close(gw, want, dtype, gy[..., 0].size)
+    layer = L.Conv2d(case["x"][3], case["w"][3], case["w"][:2], bias=False, dtype=dtype,
+                     **args)
+    layer.weight[...] = w
+    for _ in range(2):  # the second backward adds into the first one's gradient
+        layer(x)
+        layer.backward(gy)
+    assert_close(layer.grads["weight"], 2 * want, dtype, gy[..., 0].size)
+
+
+def test_merged_rows_of_taps_only_where_they_serve():
+    """Not with groups, a dilation along the rows, a single column of taps or 8+ input
+    channels; auto keeps im2col where a group's output channels fill less than 3/4 of the
+    kernel's output blocks."""
+    def geo(x_shape, w_shape, dilation=1, groups=1):
+        return fastconv._params.conv_geometry("t", x_shape, w_shape, 1, 1, dilation, groups)
+    assert not _algorithms.merges_tap_rows((3, 3, 1, 6), geo((1, 8, 8, 6), (3, 3, 1, 6),
+                                                             groups=6))
+    assert not _algorithms.merges_tap_rows((3, 3, 3, 64), geo((1, 8, 8, 3), (3, 3, 3, 64),
+                                                              dilation=(1, 2)))
+    assert _algorithms.merges_tap_rows((3, 3, 3, 64), geo((1, 8, 8, 3), (3, 3, 3, 64),
+                                                          dilation=(2, 1)))
+    assert not _algorithms.merges_tap_rows((3, 1, 3, 64), geo((1, 8, 8, 3), (3, 1, 3, 64)))
+    assert not _algorithms.merges_tap_rows((3, 3, 8, 64), geo((1, 8, 8, 8), (3, 3, 8, 64)))
+    block = _algorithms.KERNELS["blocked"].OUT_BLOCK["float32"]
+    narrow = (3, 3, 3, block // 2)
+    g = geo((1, 8, 8, 3), narrow)
+    assert _algorithms.weight_gradient_rule(narrow, (1, 8, 8, block // 2), 4, g)[0] == "im2col"
