@@ -127,8 +127,10 @@ MIN_WINOGRAD_TILES = 32
 # the blocked kernel's output pixels per work item (8 register blocks of 6; see
 # functional.BLOCKED_WEIGHT_BYTES)
 BLOCKED_ITEM_PIXELS = 48
-# the input gradient as GEMM + col2im (for_gemm_data): chunks of input channels per thread
-DATA_GEMM_CHUNKS = 4
+# the input gradient as GEMM + col2im (for_gemm_data): its work items, chunks of the input
+# channels; a fixed number (4 per thread on 2 threads), so that the GEMMs' shapes, and so their
+# roundings, do not depend on the thread count
+DATA_GEMM_CHUNKS = 8
 PARTIAL_SUM_BYTES = 16 * 1024 * 1024  # cap on the weight-gradient partial sums
 MIN_PARTIAL_SUMS, MAX_PARTIAL_SUMS = 2, 8
 
@@ -360,12 +362,13 @@ def for_single_tap_phases(algorithm: str, kh: int, kw: int, stride, dilation,
 def for_gemm_data(algorithm: str, weight_shape, geo) -> bool:
     """Whether an input gradient / transposed convolution runs as GEMM + col2im
     (_im2col.conv_backward_data: each tap's weight read by BLAS as it lies) rather than as
-    sub-pixel phases: for "im2col" with one group; for "auto" with one group, more than one
-    tap and images of grad_output no larger than one work item of the blocked kernel
+    sub-pixel phases (functional._data_kernel asks after for_single_tap_phases): for "im2col"
+    with one group; for "auto" with one group, more than one tap and images of grad_output
+    no larger than one work item of the blocked kernel
     (BLOCKED_ITEM_PIXELS pixels), which then reads its packed weight about once per image,
     so that packing it first (a transposed copy, at every call: weights change between
-    training steps) costs more than it saves. Per image, so that an image's result does not
-    depend on the batch it is in. AMD EPYC Zen 4, 2 threads, 3x3 512 -> 512 at 4x4: batch 1
+    training steps) costs more than it saves. Per image, so that the route an image takes
+    does not depend on the batch it is in. AMD EPYC Zen 4, 2 threads, 3x3 512 -> 512 at 4x4: batch 1
     0.64 ms vs 1.75, batch 8 3.7 vs 4.3; 256 -> 256 at 7x7 (49 pixels): batch 1 about even,
     batch 2 0.84 vs 0.69."""
     kh, kw, _, _ = weight_shape
@@ -397,9 +400,9 @@ def weight_gradient_rule(weight_shape, out_shape, itemsize: int, geo) -> tuple[s
     the forward convolution (a transformed weight of at most WINOGRAD_MAX_GRAD_WEIGHT_BYTES);
     for fewer than 8 input channels per group (a first layer: the direct kernel's blocks of
     FC_CI input channels run empty), blocked with rows of taps merged (merges_tap_rows)
-    where its output blocks fill, else im2col + BLAS; im2col + BLAS also for 1x1 kernels with at least 256 input
-    channels per group and POINTWISE_GEMM_MIN_PIXELS output pixels (one GEMM x^T gy per chunk of pixels;
-    measured on a Zen 5, 2 threads: 1024 -> 256 at 14x14
+    where its output blocks fill, else im2col + BLAS; im2col + BLAS also for 1x1 kernels
+    with at least 256 input channels per group and POINTWISE_GEMM_MIN_PIXELS output pixels
+    (one GEMM x^T gy per chunk of pixels; measured on a Zen 5, 2 threads: 1024 -> 256 at 14x14
     1.4-1.8x direct, 512 -> 2048 at 7x7 1.6-1.8x, 256 -> 64 at 56x56 1.0x, but 64 -> 256 at
     56x56 0.85x); blocked where it pays (blocked_pays and _blocked_weight_gradient_pays:
     3x3 256 -> 256 at 14x14 1.1x
@@ -450,9 +453,10 @@ def _blocked_weight_gradient_pays(weight_shape, itemsize: int, geo) -> bool:
     instead: merges_tap_rows), for a weight gradient (measured as blocked_pays): a group's
     output channels fill at least 3/4 of the OUT_BLOCK-wide blocks (_fills_out_blocks:
     unlike the forward kernel, its last block runs at full width on zero-padded gradients:
-    16 channels in a 64-wide block run at a quarter of its speed), and it is not a 1x1 stride-1 convolution with fewer than
-    128 input channels per group over POINTWISE_GEMM_MIN_PIXELS or more output pixels (64 ->
-    256 at 8x56x56: direct 1.25x blocked)."""
+    16 channels in a 64-wide block run at a quarter of its speed), and it is not a 1x1
+    stride-1 convolution with fewer than 128 input channels per group over
+    POINTWISE_GEMM_MIN_PIXELS or more output pixels (64 -> 256 at 8x56x56: direct 1.25x
+    blocked)."""
     kh, kw, cig, cout = weight_shape
     pointwise = ((kh, kw) == (1, 1) and tuple(geo.stride) == (1, 1)
                  and geo.n * math.prod(geo.out_hw) >= POINTWISE_GEMM_MIN_PIXELS)

@@ -371,7 +371,7 @@ def contiguous_weight(w: np.ndarray) -> np.ndarray:
     NumPy's copy reads across its rows (3x3 256 x 256: 0.5 ms, AMD EPYC Zen 4, 2 threads);
     the blocked kernel's packing into one block of all output channels, which is this
     layout, copies it by tiles (0.14 ms)."""
-    if w.flags.c_contiguous or not w.size:
+    if w.flags.c_contiguous or not w.size or w.dtype not in (np.float32, np.float64):
         return np.ascontiguousarray(w)
     return pack_weight(w, 1, block=w.shape[3])[0].reshape(w.shape)
 
@@ -720,20 +720,19 @@ def _data_kernel(algorithm: str, gy, w, bias, out, geo: ConvGeometry, crop=(0, 0
 def _gemm_data_kernel(gy, w, bias, out, geo: ConvGeometry, crop) -> None:
     """_data_kernel as GEMM + col2im (_im2col.conv_backward_data, one group): `out` set to
     the bias, then each tap's product of gy's pixels by its weight added in. Its work items
-    are chunks of input channels, DATA_GEMM_CHUNKS per thread (of at least one vector), its
-    GEMMs of all of gy's pixels at once where their product fits COLUMN_BUFFER_BYTES."""
+    are DATA_GEMM_CHUNKS chunks of input channels (whole vectors), its GEMMs of all of gy's
+    pixels at once where their product fits COLUMN_BUFFER_BYTES: sizes that do not depend
+    on the thread count, nor then the GEMMs' roundings."""
     out[...] = bias if bias.size else 0
     gy, w = np.ascontiguousarray(gy), contiguous_weight(w)
     kh, kw, cin, cout = w.shape
     pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
-    flops = 2 * pixels * w.size
     lanes = _algorithms.MACHINE.lanes(out.itemsize)
-    per_thread = -(-cin // (_algorithms.DATA_GEMM_CHUNKS * _kernel_threads(flops)))
-    chunk = min(cin, -(-per_thread // lanes) * lanes)
+    chunk = min(cin, -(-cin // _algorithms.DATA_GEMM_CHUNKS // lanes) * lanes)
     rows = _algorithms.COLUMN_BUFFER_BYTES // (chunk * out.itemsize)
     tile = max(1, min(pixels, max(_algorithms.MIN_GEMM_ROWS, rows)))
     _run("im2col", "conv_backward_data", gy, w, out, *crop, *geo.stride, *geo.dilation, tile,
-         chunk, flops=flops)
+         chunk, flops=2 * pixels * w.size)
 
 
 def _single_tap_kernel(gy, w, bias, out, geo: ConvGeometry, crop) -> None:

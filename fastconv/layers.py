@@ -70,11 +70,12 @@ class Layer:
         """backward() where the input's gradient is not wanted, as in a training step, whose
         input is data (PyTorch computes no gradient for a tensor that does not require one):
         the parameters' gradients are accumulated as by backward(), and nothing is returned.
-        Convolutions and Linear skip their input's gradient; containers (Sequential, graphs)
-        compute no gradient that reaches only their input: a layer that takes the input
-        runs its backward_params(), and a layer without parameters before the first one with
-        them does not run backward at all (what it kept is dropped by its next forward).
-        Other layers run backward() and drop its result. Errors as backward()."""
+        Convolutions and Linear skip their input's gradient (unless a subclass has a
+        backward of its own); containers (Sequential, graphs) compute no gradient that
+        reaches only their input: a layer that takes the input runs its backward_params(),
+        and a layer whose parameters() yields nothing before the first one with parameters
+        does not run backward at all (what it kept is dropped by its next forward). Other
+        layers run backward() and drop its result. Errors as backward()."""
         self.backward(grad_output)
 
     def _has_params(self) -> bool:
@@ -191,6 +192,12 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _own_backward(layer: Layer, cls: type) -> bool:
+    """Whether `layer` runs `cls`'s backward (not a subclass's own, which backward_params
+    then runs, rather than skip what it does)."""
+    return type(layer).backward is cls.backward
 
 
 def _uniform(rng: np.random.Generator, bound: float, shape, dtype) -> np.ndarray:
@@ -326,7 +333,10 @@ class Conv2d(_ConvBase):
         return self._backward(grad_output, ("input",))
 
     def backward_params(self, grad_output) -> None:
-        self._backward(grad_output, ())
+        if _own_backward(self, Conv2d):
+            self._backward(grad_output, ())
+        else:
+            super().backward_params(grad_output)
 
     def _backward(self, grad_output, input_needs: tuple):
         grad, saved = self._take(grad_output)
@@ -370,7 +380,10 @@ class ConvTranspose2d(_ConvBase):
         return self._backward(grad_output, ("input",))
 
     def backward_params(self, grad_output) -> None:
-        self._backward(grad_output, ())
+        if _own_backward(self, ConvTranspose2d):
+            self._backward(grad_output, ())
+        else:
+            super().backward_params(grad_output)
 
     def _backward(self, grad_output, input_needs: tuple):
         grad, saved = self._take(grad_output)
@@ -464,6 +477,8 @@ class SeparableConv2d(Layer):
         return self.depthwise.backward(self.pointwise.backward(grad))
 
     def backward_params(self, grad_output) -> None:
+        if not _own_backward(self, SeparableConv2d):
+            return super().backward_params(grad_output)
         grad, _ = self._take(grad_output)
         self.depthwise.backward_params(self.pointwise.backward(grad))
 
@@ -516,7 +531,10 @@ class Linear(Layer):
         return matmul(grad.astype(dtype, copy=False), self.weight.T.astype(dtype, copy=False))
 
     def backward_params(self, grad_output) -> None:
-        self._backward_params(grad_output)
+        if _own_backward(self, Linear):
+            self._backward_params(grad_output)
+        else:
+            super().backward_params(grad_output)
 
     def _backward_params(self, grad_output):
         """Accumulates the parameters' gradients; returns grad_output and the dtype of the

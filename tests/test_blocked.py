@@ -161,6 +161,11 @@ def test_contiguous_weight(shape, dtype, rng):
         copied = functional.contiguous_weight(view)
         assert copied.flags.c_contiguous and copied.dtype == dtype
         np.testing.assert_array_equal(copied, view)
+    # other dtypes (no kernel for them) as np.ascontiguousarray copies them
+    for other in (w.astype(np.float16), w.astype(w.dtype.newbyteorder())):
+        copied = functional.contiguous_weight(other[::-1])
+        assert copied.flags.c_contiguous and copied.dtype == other.dtype
+        np.testing.assert_array_equal(copied, other[::-1])
 
 
 def test_pack_weight_of_a_structured_field_and_bad_groups(rng):

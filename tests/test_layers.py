@@ -495,6 +495,40 @@ def test_backward_params_accumulates_what_backward_does(index, monkeypatch):
         net.backward_params(gy)
 
 
+def test_backward_params_runs_a_subclass_s_own_backward():
+    """A Conv2d or Linear subclass with a backward of its own (here: the gradient doubled)
+    gets it run by backward_params too, not skipped."""
+    class Doubled(L.Conv2d):
+        def backward(self, grad_output):
+            return super().backward(2 * grad_output)
+
+    class DoubledLinear(L.Linear):
+        def backward(self, grad_output):
+            return super().backward(2 * grad_output)
+
+    x = np.random.default_rng(0).standard_normal((2, 4, 4, 3)).astype(np.float32)
+    for layer in (Doubled(3, 5, 3, rng=0), DoubledLinear(3, 5, rng=1)):
+        gy = np.ones(layer(x).shape, np.float32)
+        layer.backward(gy)
+        expected = {name: grad.copy() for name, _, grad in layer.parameters()}
+        layer.zero_grad()
+        layer(x)
+        assert layer.backward_params(gy) is None
+        for name, _, grad in layer.parameters():
+            np.testing.assert_array_equal(grad, expected[name])
+
+
+def test_backward_params_of_an_inference_model_is_refused():
+    import fastconv
+    model = L.Sequential(L.Conv2d(3, 4, 3, rng=0), L.ReLU()).eval()
+    fast = fastconv.optimize_for_inference(model)
+    x = np.zeros((1, 5, 5, 3), np.float32)
+    y = fast(x)
+    for call in (fast.backward, fast.backward_params):
+        with pytest.raises(RuntimeError, match="for inference only"):
+            call(np.ones_like(y))
+
+
 def _takes_input(net):
     """The convolution and Linear layers of a _first_layer_nets network that read its
     input, or only a layer without parameters (ReLU, Flatten) between them and it."""

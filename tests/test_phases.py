@@ -303,13 +303,16 @@ def test_gemm_transposed_convolution_with_bias(dtype, rng):
 
 
 @pytest.mark.parametrize("level", sorted(_algorithms.simd_modules("_im2col")))
-def test_gemm_input_gradient_same_for_one_and_two_threads(level, rng, monkeypatch):
-    """Each thread adds into its own chunks of input channels, in the same order: the same
-    bits for any thread count (enough work here for both threads); in every instruction-set
-    variant."""
+@pytest.mark.parametrize("buffer", [256 * 1024, 4096])
+def test_gemm_input_gradient_same_for_one_and_two_threads(level, buffer, rng, monkeypatch):
+    """Each thread adds into its own chunks of input channels (as many whatever the thread
+    count), each value summed tap by tap: the same bits for any thread count, with all
+    pixels in one tile and in tiles that cut images (a 4 KiB column buffer), in every
+    instruction-set variant."""
     monkeypatch.setitem(_algorithms.KERNELS, "im2col", _algorithms.simd_modules("_im2col")[level])
-    x, w = rand(rng, (1, 4, 4, 256), np.float32), rand(rng, (3, 3, 256, 256), np.float32)
-    gy = rand(rng, (1, 4, 4, 256), np.float32)
+    monkeypatch.setattr(_algorithms, "COLUMN_BUFFER_BYTES", buffer)
+    x, w = rand(rng, (3, 5, 6, 256), np.float32), rand(rng, (3, 3, 256, 64), np.float32)
+    gy = rand(rng, (3, 5, 6, 64), np.float32)
     results = []
     for n in (1, 2):
         with fastconv.num_threads(n):
@@ -317,4 +320,4 @@ def test_gemm_input_gradient_same_for_one_and_two_threads(level, rng, monkeypatc
                                                     needs=("input",))[0])
     np.testing.assert_array_equal(results[0], results[1])
     expected = reference.conv2d_backward(gy, x, w, (1, 1), ((1, 1), (1, 1)))[0]
-    assert_close(results[0], expected, np.float32, 2304, "grad_input")
+    assert_close(results[0], expected, np.float32, 576, "grad_input")

@@ -191,7 +191,8 @@ def conv_backward_data(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out
     tap's weight read transposed (BLAS packs it as it goes: no transposed copy of the whole
     weight), its product rows then added to the input pixels they belong to. The work items
     are chunks of `chunk` input channels: a thread adds to its own chunk's channels only, in
-    the same order whatever the thread count, so results do not depend on it. With all
+    a fixed order, so that for given `tile` and `chunk` (the caller's are not functions of
+    the thread count) the result does not depend on the thread count. With all
     pixels in one tile the weight is read once, where the phase route packs it transposed
     first: the input gradient of a layer with few pixels and a large weight."""
     cdef fc_share share
@@ -206,7 +207,7 @@ def conv_backward_data(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out
     cdef floating* dst
     cdef int status = 0
     cdef int* failed = &status
-    if P == 0 or C == 0:
+    if P == 0 or C == 0 or Cout == 0:
         return 0
     if share_items(&share, n_chunks, num_threads):
         return 1
@@ -221,7 +222,7 @@ def conv_backward_data(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out
                 c0 = item * chunk
                 cn = min(chunk, C - c0)
                 p0 = 0
-                while p0 < P:
+                while p0 < P:  # a tile's grad_output stays in cache for all its taps
                     T = min(tile, P - p0)
                     for r in range(kh):
                         for s in range(kw):
