@@ -260,6 +260,25 @@ class _ConvBase(Layer):
             self._accumulate("weight", grad_weight)
         self._accumulate("bias", grad_bias)
 
+    def forward(self, x):
+        x = self._input(x)
+        y = self._planned_forward(x)
+        self._save(x=x, out_shape=y.shape)
+        return y
+
+    def backward(self, grad_output):
+        return self._backward(grad_output, ("input",))
+
+    def backward_params(self, grad_output) -> None:
+        if _own_backward(self, _ConvBase):
+            self._backward(grad_output, ())
+        else:
+            super().backward_params(grad_output)
+
+    def _backward(self, grad_output, input_needs: tuple):
+        """backward with `input_needs` ("input" or nothing) besides the parameters."""
+        raise NotImplementedError
+
     def _planned_forward(self, x: np.ndarray) -> np.ndarray:
         """The forward through the layer's plan for x's shape (fastconv._plan): checks,
         geometry and algorithm made once per shape; the packed weight is kept while the
@@ -323,21 +342,6 @@ class Conv2d(_ConvBase):
 
     _plan_kind = "conv2d"
 
-    def forward(self, x):
-        x = self._input(x)
-        y = self._planned_forward(x)
-        self._save(x=x, out_shape=y.shape)
-        return y
-
-    def backward(self, grad_output):
-        return self._backward(grad_output, ("input",))
-
-    def backward_params(self, grad_output) -> None:
-        if _own_backward(self, Conv2d):
-            self._backward(grad_output, ())
-        else:
-            super().backward_params(grad_output)
-
     def _backward(self, grad_output, input_needs: tuple):
         grad, saved = self._take(grad_output)
         needs = input_needs + ("weight",) + (("bias",) if self.bias is not None else ())
@@ -369,21 +373,6 @@ class ConvTranspose2d(_ConvBase):
                       self.out_channels if bias else None, rng, self.dtype)
 
     _plan_kind = "conv_transpose2d"
-
-    def forward(self, x):
-        x = self._input(x)
-        y = self._planned_forward(x)
-        self._save(x=x, out_shape=y.shape)
-        return y
-
-    def backward(self, grad_output):
-        return self._backward(grad_output, ("input",))
-
-    def backward_params(self, grad_output) -> None:
-        if _own_backward(self, ConvTranspose2d):
-            self._backward(grad_output, ())
-        else:
-            super().backward_params(grad_output)
 
     def _backward(self, grad_output, input_needs: tuple):
         grad, saved = self._take(grad_output)
