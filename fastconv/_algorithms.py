@@ -364,13 +364,12 @@ def for_gemm_data(algorithm: str, weight_shape, geo) -> bool:
     (_im2col.conv_backward_data: each tap's weight read by BLAS as it lies) rather than as
     sub-pixel phases (functional._data_kernel asks after for_single_tap_phases): for "im2col"
     with one group; for "auto" with one group, more than one tap and images of grad_output
-    no larger than one work item of the blocked kernel
-    (BLOCKED_ITEM_PIXELS pixels), which then reads its packed weight about once per image,
-    so that packing it first (a transposed copy, at every call: weights change between
-    training steps) costs more than it saves. Per image, so that the route an image takes
-    does not depend on the batch it is in. AMD EPYC Zen 4, 2 threads, 3x3 512 -> 512 at 4x4: batch 1
-    0.64 ms vs 1.75, batch 8 3.7 vs 4.3; 256 -> 256 at 7x7 (49 pixels): batch 1 about even,
-    batch 2 0.84 vs 0.69."""
+    no larger than one work item of the blocked kernel (BLOCKED_ITEM_PIXELS pixels), which
+    then reads its packed weight about once per image, so that packing it first (a
+    transposed copy, at every call: weights change between training steps) costs more than
+    it saves. Per image, so that the route an image takes does not depend on the batch it
+    is in. AMD EPYC Zen 4, 2 threads, 3x3 512 -> 512 at 4x4: batch 1 0.64 ms vs 1.75, batch
+    8 3.7 vs 4.3; 256 -> 256 at 7x7 (49 pixels): batch 1 about even, batch 2 0.84 vs 0.69."""
     kh, kw, _, _ = weight_shape
     if geo.groups != 1 or algorithm not in ("im2col", "auto"):
         return False

@@ -248,7 +248,8 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
             # a row of taps over all input channels is one run of kw * C_in values of x
             # zero-padded: the kernel's "input channels" (a first layer's 3 channels would
             # fill half of its register blocks)
-            x = _padded_for_taps(x, offsets, gy.shape[1:3], (kh, kw), geo.stride, geo.dilation)
+            x = pad(x, _taps_reach(x.shape[1:3], offsets, gy.shape[1:3], (kh, kw), geo.stride,
+                                   geo.dilation), "zeros", x.dtype)
             offsets, kw, dw, rows = (0, 0), 1, 1, kw * rows
             sums = grad.reshape(kh, 1, rows, weight_shape[3])
         block = _algorithms.KERNELS[algo].OUT_BLOCK[np.dtype(dtype).name]
@@ -287,14 +288,13 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
     return _added(partial.sum(axis=0).reshape(weight_shape), into)
 
 
-def _padded_for_taps(x: np.ndarray, offsets, out_hw, kernel_hw, stride, dilation) -> np.ndarray:
-    """x zero-padded by `offsets` (top, left) and at the bottom and right as far as the taps of
-    the last output row and column reach: every tap of every output pixel inside it."""
-    pads = [(0, 0)]
-    for size, before, out, k, s, d in zip(x.shape[1:3], offsets, out_hw, kernel_hw, stride,
-                                          dilation):
-        pads.append((before, max(0, (out - 1) * s + (k - 1) * d + 1 - before - size)))
-    return np.pad(x, pads + [(0, 0)])
+def _taps_reach(in_hw, offsets, out_hw, kernel_hw, stride, dilation):
+    """The padding ((top, bottom), (left, right)) of an input of in_hw: `offsets` (top, left)
+    before, and after as far as the taps of the last output row and column reach, so that
+    every tap of every output pixel lies inside the padded input."""
+    return tuple((before, max(0, (out - 1) * s + (k - 1) * d + 1 - before - size))
+                 for size, before, out, k, s, d in zip(in_hw, offsets, out_hw, kernel_hw,
+                                                       stride, dilation))
 
 
 def _sums_into(into: np.ndarray | None, shape, dtype, *operands: np.ndarray) -> bool:
@@ -724,7 +724,7 @@ def _gemm_data_kernel(gy, w, bias, out, geo: ConvGeometry, crop) -> None:
     pixels at once where their product fits COLUMN_BUFFER_BYTES: sizes that do not depend
     on the thread count, nor then the GEMMs' roundings."""
     out[...] = bias if bias.size else 0
-    gy, w = np.ascontiguousarray(gy), contiguous_weight(w)
+    gy = np.ascontiguousarray(gy)
     kh, kw, cin, cout = w.shape
     pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
     lanes = _algorithms.MACHINE.lanes(out.itemsize)

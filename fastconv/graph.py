@@ -436,7 +436,7 @@ class Graph(Layer):
     def backward(self, grad_output):
         return self._backward(grad_output, True)
 
-    def backward_params(self, grad_output) -> None:
+    def _backward_params(self, grad_output) -> None:
         """backward() without the gradients of the graph's inputs (Layer.backward_params):
         a node none of whose inputs needs a gradient runs its backward_params(), or nothing
         when it has no parameters; a value needs a gradient when a node with parameters
@@ -463,15 +463,17 @@ class Graph(Layer):
                                  f"output {name!r} of shape {shapes[i]}, but got {g.shape}")
             _add_grad(grads, name, g)
         saved, self._saved = self._saved, None
-        wanted = set(self.inputs) if input_grads else set()  # the values needing a gradient
-        for name, layer, names in self.nodes:
-            if layer._has_params() or wanted.intersection(names):
-                wanted.add(name)
+        wanted = None  # backward_params: the values that need a gradient
+        if not input_grads:
+            wanted = set()
+            for name, layer, names in self.nodes:
+                if layer._has_params() or wanted.intersection(names):
+                    wanted.add(name)
         for name, layer, names in reversed(self.nodes):
             g = grads.pop(name, None)
             if g is None:  # the node feeds no output that has a gradient
                 continue
-            if not wanted.intersection(names):
+            if wanted is not None and not wanted.intersection(names):
                 if name in wanted:  # it has parameters
                     _at_node(name, layer, [g], backward="backward_params")
                 continue

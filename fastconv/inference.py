@@ -624,9 +624,6 @@ class InferenceGraph(Graph):
         raise RuntimeError("InferenceGraph.backward: an inference model is for inference "
                            "only; train the original model")
 
-    def backward_params(self, grad_output) -> None:
-        self.backward(grad_output)
-
     def forward(self, *inputs):
         if len(inputs) != len(self.inputs):
             raise TypeError(f"{type(self).__name__}: expected {len(self.inputs)} input(s) "

@@ -76,7 +76,13 @@ class Layer:
         and a layer whose parameters() yields nothing before the first one with parameters
         does not run backward at all (what it kept is dropped by its next forward). Other
         layers run backward() and drop its result. Errors as backward()."""
-        self.backward(grad_output)
+        # a class with a cheaper form defines _backward_params; a subclass's own backward
+        # must run rather than be skipped
+        owner = next((c for c in type(self).__mro__ if "_backward_params" in vars(c)), None)
+        if owner is not None and type(self).backward is owner.backward:
+            self._backward_params(grad_output)
+        else:
+            self.backward(grad_output)
 
     def _has_params(self) -> bool:
         return next(iter(self.parameters()), None) is not None
@@ -194,12 +200,6 @@ class Layer:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-def _own_backward(layer: Layer, cls: type) -> bool:
-    """Whether `layer` runs `cls`'s backward (not a subclass's own, which backward_params
-    then runs, rather than skip what it does)."""
-    return type(layer).backward is cls.backward
-
-
 def _uniform(rng: np.random.Generator, bound: float, shape, dtype) -> np.ndarray:
     return rng.uniform(-bound, bound, shape).astype(dtype)
 
@@ -269,11 +269,8 @@ class _ConvBase(Layer):
     def backward(self, grad_output):
         return self._backward(grad_output, ("input",))
 
-    def backward_params(self, grad_output) -> None:
-        if _own_backward(self, _ConvBase):
-            self._backward(grad_output, ())
-        else:
-            super().backward_params(grad_output)
+    def _backward_params(self, grad_output) -> None:
+        self._backward(grad_output, ())
 
     def _backward(self, grad_output, input_needs: tuple):
         """backward with `input_needs` ("input" or nothing) besides the parameters."""
@@ -465,9 +462,7 @@ class SeparableConv2d(Layer):
         grad, _ = self._take(grad_output)  # checked here, so errors name this layer
         return self.depthwise.backward(self.pointwise.backward(grad))
 
-    def backward_params(self, grad_output) -> None:
-        if not _own_backward(self, SeparableConv2d):
-            return super().backward_params(grad_output)
+    def _backward_params(self, grad_output) -> None:
         grad, _ = self._take(grad_output)
         self.depthwise.backward_params(self.pointwise.backward(grad))
 
@@ -516,16 +511,13 @@ class Linear(Layer):
         return y
 
     def backward(self, grad_output):
-        grad, dtype = self._backward_params(grad_output)
+        grad, dtype = self._parameter_grads(grad_output)
         return matmul(grad.astype(dtype, copy=False), self.weight.T.astype(dtype, copy=False))
 
-    def backward_params(self, grad_output) -> None:
-        if _own_backward(self, Linear):
-            self._backward_params(grad_output)
-        else:
-            super().backward_params(grad_output)
+    def _backward_params(self, grad_output) -> None:
+        self._parameter_grads(grad_output)
 
-    def _backward_params(self, grad_output):
+    def _parameter_grads(self, grad_output):
         """Accumulates the parameters' gradients; returns grad_output and the dtype of the
         products."""
         grad, saved = self._take(grad_output)
@@ -1330,11 +1322,11 @@ class Sequential(Layer):
             grad = layer.backward(grad)
         return grad
 
-    def backward_params(self, grad_output) -> None:
-        # the layers before the first with parameters need no gradient at all
-        first = next((i for i, layer in enumerate(self.layers) if layer._has_params()), 0)
+    def _backward_params(self, grad_output) -> None:
         if not self.layers:
             return
+        # the layers before the first with parameters need no gradient at all
+        first = next((i for i, layer in enumerate(self.layers) if layer._has_params()), 0)
         grad = grad_output
         for layer in reversed(self.layers[first + 1:]):
             grad = layer.backward(grad)

@@ -207,7 +207,7 @@ def conv_backward_data(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out
     cdef floating* dst
     cdef int status = 0
     cdef int* failed = &status
-    if P == 0 or C == 0 or Cout == 0:
+    if P == 0 or C == 0 or Cout == 0:  # nothing to add (and BLAS wants lda >= 1)
         return 0
     if share_items(&share, n_chunks, num_threads):
         return 1
