@@ -78,12 +78,15 @@ SEPARABLE_RUN_BYTES = MACHINE.l2 // 4
 # With a 1x1 expansion in front (_direct.expand_depthwise_pointwise, MobileNetV2's inverted
 # residual block), each image's depthwise rows are cut into bands, one per thread, and the
 # input rows two bands read are expanded by both: the expansion joins the kernel where that
-# makes at most this fraction of it twice (measured on a Zen 5, 2 threads, batch 1, against
-# the expansion as its own kernel before the joined two: 96 -> 24 at 112x112 0.35 -> 0.20
-# ms, 144 -> 24 at 56x56 0.26 -> 0.19, 192 -> 32 at 28x28 (1/14 twice) 0.12 -> 0.08; 384
-# -> 64 at 14x14 (1/7 twice) 0.089 -> 0.079, even when warm; 960 -> 160 at 7x7 (2/7 twice)
-# 0.087 -> 0.096 warm; at batch 8, one band per image, 960 -> 160 at 7x7 0.60 -> 0.58)
-EXPAND_MAX_EXTRA = 1 / 8
+# makes at most this fraction of it twice, against the expansion as its own kernel (a
+# parallel region and the expanded activation through the caches) before the joined two.
+# Measured on a Zen 5, 2 threads, batch 1, each block alone: 96 -> 24 at 112x112 0.35 ->
+# 0.20 ms, 144 -> 24 at 56x56 0.26 -> 0.19, 192 -> 32 at 28x28 (1/14 twice) 0.12 -> 0.08;
+# 960 -> 160 at 7x7 (2/7 twice) 0.087 -> 0.096 warm. On an AMD EPYC Zen 4, 2 threads,
+# batch 1, in a whole MobileNetV2 pass (each block's input and weights as the pass leaves
+# them): the 14x14 blocks (1/7 twice) 0.20-0.39 -> 0.16-0.32 ms (0.35 ms of 5.7 in all),
+# the 7x7 ones even within the noise. (At batch 8, one band per image: none twice.)
+EXPAND_MAX_EXTRA = 1 / 4
 # a tile's column buffer: a quarter of L2, so that the tile, the weight panel BLAS packs and
 # the output rows it writes stay in the core's own L2
 COLUMN_BUFFER_BYTES = MACHINE.l2 // 4

@@ -243,7 +243,8 @@ def test_the_expansion_joins_where_few_rows_are_expanded_twice():
     joins = _algorithms.expand_joins
     assert joins(1, 112, 3, 2, 1, 1, 56, 2)
     assert joins(1, 28, 3, 1, 1, 1, 28, 2)  # 2 of 28 rows twice
-    assert not joins(1, 14, 3, 1, 1, 1, 14, 2)  # 2 of 14
+    assert joins(1, 14, 3, 1, 1, 1, 14, 2)  # 2 of 14
+    assert joins(1, 8, 3, 1, 1, 1, 8, 2)  # 2 of 8: a quarter, the most
     assert not joins(1, 7, 3, 1, 1, 1, 7, 2)
     assert joins(2, 7, 3, 1, 1, 1, 7, 2)  # one band per image
     assert joins(1, 7, 3, 1, 1, 1, 7, 1)
