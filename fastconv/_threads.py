@@ -22,6 +22,7 @@ _blas_lock = threading.Lock()
 _blas_libs: list | None = None
 _blas_users = 0  # kernel calls under way that hold BLAS on one thread
 _blas_saved: list = []  # (library, its thread count before the first of them)
+_blas_requests = 0  # blas_single_thread's entries so far (see blas_requests)
 
 
 def get_num_threads() -> int:
@@ -116,9 +117,10 @@ def blas_single_thread():
     OpenMP threads, and two thread pools spinning on the same cores slow each other down
     several times. Reference-counted, so that calls overlapping from several Python threads
     restore the user's setting only when the last one ends."""
-    global _blas_users, _blas_saved
+    global _blas_users, _blas_saved, _blas_requests
     libraries = _blas_libraries()
     with _blas_lock:
+        _blas_requests += 1
         if _blas_users == 0:
             _blas_saved = [(lib, lib.num_threads) for lib in libraries]
             for lib, n in _blas_saved:
@@ -134,6 +136,12 @@ def blas_single_thread():
                 for lib, n in _blas_saved:
                     if n != 1:
                         lib.set_num_threads(n)
+
+
+def blas_requests() -> int:
+    """How many times blas_single_thread has been entered (by any thread): a caller that
+    holds BLAS on one thread around many kernel calls learns whether any of them asked."""
+    return _blas_requests
 
 
 _linear = _algorithms.best_simd("_linear")

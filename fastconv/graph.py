@@ -4,9 +4,10 @@ Three multi-input layers join values: `Add()` and `Mul()` (elementwise, NumPy br
 so a squeeze-and-excitation gate (N, 1, 1, C) scales a map (N, H, W, C)) and `Concat(dim=-1)`
 (NHWC: the channels by default). Their `forward(*inputs)` takes two or more arrays and their
 `backward(grad_output)` returns a tuple with one gradient per input. `Binary("sub")` and
-`Binary("div")` do a - b and a / b the same way. Two one-input layers that the importers
-(fastconv.from_torch, fastconv.onnx) also need: `Constant(op, value)` (x + 3, 1 - x, x / 6)
-and `Pad(pads, mode)` (F.pad, ONNX's Pad).
+`Binary("div")` do a - b and a / b the same way. One-input layers that the importers
+(fastconv.from_torch, fastconv.onnx) also need: `Constant(op, value)` (x + 3, 1 - x, x / 6),
+`Pad(pads, mode)` (F.pad, ONNX's Pad) and `Permute(perm)` (a transpose into a C-contiguous
+array: an ONNX model's NCHW <-> NHWC).
 
 `Graph(nodes, inputs=("x",), outputs=None)` runs any directed acyclic network: `nodes` is a
 list of `(name, layer, input_names)` in an order where every input is defined before use (a
@@ -31,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastconv import _params
-from fastconv.layers import Identity, Layer
+from fastconv.layers import Identity, Layer, _SettingsNoted
 
 
 class Merge(Layer):
@@ -314,6 +315,79 @@ class Pad(Layer):
         return f"pads={self.pads}, mode={self.mode!r}" + (
             f", value={self.value}" if self.mode == "constant" and self.value else "")
 
+
+
+class Permute(_SettingsNoted, Layer):
+    """x.transpose(perm) (a copy, C-contiguous); backward transposes back. An ONNX model's
+    NCHW <-> NHWC transposes at its inputs and outputs, and layout changes inside a graph
+    that reshapes a feature map (fastconv.onnx). `channels`: at a model input, the channel
+    count (axis 1) the file declares; another is a ValueError (an NHWC array given to an
+    NCHW model would fail deep inside with transposed shapes)."""
+
+    _output_is_private = True
+
+    def __init__(self, perm, channels=None):
+        super().__init__()
+        self.perm = tuple(int(p) for p in perm)
+        self.channels = channels
+
+    def _check(self, x: np.ndarray) -> None:
+        if x.ndim != len(self.perm):
+            raise ValueError(f"{self!r}: expected a {len(self.perm)}-D input, but got shape "
+                             f"{x.shape}")
+        if self.channels is not None and x.shape[1] != self.channels:
+            raise ValueError(f"{self!r}: expected the model's input in the file's layout "
+                             f"(N, C, H, W) with C = {self.channels}, but got shape {x.shape} "
+                             f"(an ONNX model takes NCHW arrays, not NHWC)")
+
+    def forward(self, x):
+        x = _params.as_array("input", x)
+        self._check(x)
+        y = _transposed(x, self.perm)
+        self._save(out_shape=y.shape)
+        return y
+
+    def _inference_kernel(self, x: np.ndarray):
+        """This layer as one copy into an array of the caller's, for an inference graph's
+        arena (its output then lies where the next convolution's kept call reads it):
+        (output shape, dtype, bind) with bind(x, out) returning the call."""
+        self._check(x)
+        perm = self.perm
+
+        def bind(x: np.ndarray, out: np.ndarray):
+            return lambda: _transposed(x, perm, out)
+        return tuple(x.shape[p] for p in perm), x.dtype, bind
+
+    def backward(self, grad_output):
+        grad, _ = self._take(grad_output)
+        return grad.transpose(np.argsort(self.perm))
+
+    def extra_repr(self) -> str:
+        channels = "" if self.channels is None else f", channels={self.channels}"
+        return f"perm={self.perm}{channels}"
+
+
+# the last axis length up to which _transposed copies index by index
+_SHORT_AXIS = 8
+
+
+def _transposed(x: np.ndarray, perm, out: np.ndarray | None = None) -> np.ndarray:
+    """x.transpose(perm) as a C-contiguous array (x itself where that is one already), or
+    copied into `out` (C-contiguous, of its shape and dtype). Where its last axis is short
+    (an image's 3 channels moved last), one strided copy per index of that axis: NumPy's
+    own copy runs its inner loop along that short axis (1x3x224x224 to NHWC on a Zen 5:
+    105 -> 35 us)."""
+    t = x.transpose(perm)
+    if out is None:
+        if t.flags.c_contiguous:
+            return t
+        out = np.empty(t.shape, t.dtype)
+    if t.ndim >= 2 and t.shape[-1] <= _SHORT_AXIS and not t.flags.c_contiguous:
+        for i in range(t.shape[-1]):
+            out[..., i] = t[..., i]
+    else:
+        np.copyto(out, t)
+    return out
 
 
 def _names(what: str, value) -> tuple[str, ...]:

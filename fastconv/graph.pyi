@@ -37,6 +37,11 @@ class Pad(Layer):
     def __init__(self, pads: Sequence[tuple[int, int]], mode: str = "constant",
                  value: float = 0.0) -> None: ...
 
+class Permute(Layer):
+    perm: tuple[int, ...]
+    channels: int | None
+    def __init__(self, perm: Sequence[int], channels: int | None = None) -> None: ...
+
 class Concat(Merge):
     dim: int
     def __init__(self, dim: int = -1) -> None: ...

@@ -33,6 +33,7 @@ plans and packed weights (fastconv._plan), so their folded weights are packed on
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import threading
@@ -43,8 +44,8 @@ import numpy as np
 from fastconv import _algorithms, _memory, _params, _plan, functional
 from fastconv import layers as L
 from fastconv._postops import Activation, PostOps, activation_of
-from fastconv._threads import blas_single_thread, few_rows_call, matmul
-from fastconv.graph import Add, Graph, Parallel, Residual
+from fastconv._threads import blas_requests, blas_single_thread, few_rows_call, matmul
+from fastconv.graph import Add, Graph, Parallel, Permute, Residual
 
 _CONV_KINDS = {L.Conv2d: "conv2d", L.ConvTranspose2d: "conv_transpose2d", L.Linear: "linear"}
 
@@ -585,9 +586,10 @@ def _adds_in_place(residual: np.ndarray, shape, dtype) -> bool:
 # the graph
 
 # the layers an InferenceGraph runs into its arena: convolutions through their plans, the
-# others (FusedConv's linear kind, FusedSeparableConv, these pooling layers) as one kernel
-# call each (_inference_kernel); exact types, so that a subclass's own forward runs
-_KERNEL_NODES = (FusedConv, FusedSeparableConv, L.MaxPool2d, L.AdaptiveAvgPool2d)
+# others (FusedConv's linear kind, FusedSeparableConv, these pooling layers, a transpose:
+# an ONNX model's input made NHWC) as one kernel call each (_inference_kernel); exact
+# types, so that a subclass's own forward runs
+_KERNEL_NODES = (FusedConv, FusedSeparableConv, L.MaxPool2d, L.AdaptiveAvgPool2d, Permute)
 # layers whose value is a view of their input's bytes, the same view for the same input
 # (pure): a replay hands on the view it made before (_ViewStep)
 _VIEW_NODES = (L.Flatten,)
@@ -595,7 +597,8 @@ _VIEW_NODES = (L.Flatten,)
 
 class InferenceGraph(Graph):
     """A Graph made by optimize_for_inference: eval mode only, and its FusedConv,
-    FusedSeparableConv, max pooling and global average pooling nodes (_KERNEL_NODES) write
+    FusedSeparableConv, max pooling, global average pooling and Permute nodes
+    (_KERNEL_NODES) write
     into activation buffers
     kept from call to call (per Python thread), each given back once the nodes reading its
     value (or a view of it) have run. Returned arrays are never such buffers."""
@@ -651,15 +654,17 @@ class InferenceGraph(Graph):
         dropped = self._dropped_after()
         # BLAS on one thread for the whole pass (the kernels ask for it at every call; held
         # here, those requests cost a counter, not a setting of OpenBLAS's threads)
+        asked = blas_requests()
         with blas_single_thread():
             for i, (name, layer, names) in enumerate(self.nodes):
                 args = [values[n] for n in names]
                 if type(layer) in _VIEW_NODES:
                     values[name] = _view_at_node(name, layer, args, pool, steps)
-                elif type(layer) not in _KERNEL_NODES or (
-                        name in self.outputs and type(layer) is FusedConv
-                        and layer.kind != "linear"):
-                    # a convolution's output is made outside the arena: no copy of it
+                elif type(layer) not in _KERNEL_NODES or (name in self.outputs and (
+                        type(layer) is Permute
+                        or type(layer) is FusedConv and layer.kind != "linear")):
+                    # a convolution's or a transpose's output is made outside the arena: no
+                    # copy of it
                     values[name] = _unpooled_at_node(name, layer, args, steps)
                 elif type(layer) is FusedConv and layer.kind != "linear":
                     values[name] = _fused_at_node(name, layer, args, pool, steps)
@@ -677,8 +682,10 @@ class InferenceGraph(Graph):
         for v in values.values():
             pool.release(v)
         if pool.end() and steps is not None:
+            # (more requests than the pass's own: a kernel of the pass calls BLAS)
             pool.replays[signature] = _Replay(list(self.nodes), tuple(self.outputs), steps,
-                                              placed, dropped, changes)
+                                              placed, dropped, changes,
+                                              blas_requests() - asked > 1)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _dropped_after(self) -> list[list[str]]:
@@ -704,7 +711,10 @@ class InferenceGraph(Graph):
         changes = _plan.changes()
         unchanged = replay.changes == changes
         intact = True
-        with blas_single_thread():
+        # BLAS held on one thread as in the recorded pass, where one of its kernels asked
+        # (setting OpenBLAS's threads takes 0.1 ms or more after an idle spell; a kernel that
+        # calls BLAS asks for it itself all the same)
+        with blas_single_thread() if replay.uses_blas else contextlib.nullcontext():
             for (name, layer, names), step, placed, dropped in zip(
                     self.nodes, replay.steps, replay.placed, replay.dropped):
                 if intact and step is not None:
@@ -745,13 +755,13 @@ class _Replay:
     """An InferenceGraph pass kept for replay (InferenceGraph._replayed): the nodes and
     outputs it ran with; per node, its step (_Step, _KernelStep, _ViewStep) or None for
     one run as any node, and where its value lay in the arena (_placement); the values
-    dropped after each node; and _plan.changes() when the steps' kept calls were last
-    checked."""
+    dropped after each node; _plan.changes() when the steps' kept calls were last
+    checked; and whether a kernel of the pass called BLAS (uses_blas)."""
 
     def __init__(self, nodes: list, outputs, steps: list, placed: list,
-                 dropped: list[list[str]], changes: tuple):
+                 dropped: list[list[str]], changes: tuple, uses_blas: bool):
         self.nodes, self.outputs, self.steps, self.placed = nodes, outputs, steps, placed
-        self.dropped, self.changes = dropped, changes
+        self.dropped, self.changes, self.uses_blas = dropped, changes, uses_blas
 
 
 def _placement(value, arena: np.ndarray):

@@ -36,7 +36,7 @@ import numpy as np
 from fastconv import _params
 from fastconv import layers as L
 from fastconv._torch_import import FLAT, MAP, _map_dim
-from fastconv.graph import (Add, Binary, Concat, Constant, Graph, Merge, Mul, Pad,
+from fastconv.graph import (Add, Binary, Concat, Constant, Graph, Merge, Mul, Pad, Permute,
                             _sum_to_shape)
 from fastconv.resample import _gather, _scatter
 
@@ -82,60 +82,6 @@ class OnnxError(ValueError):
 
 # ----------------------------------------------------------------------------------------------
 # layers the ONNX operators need beyond fastconv.layers
-
-class Permute(L.Layer):
-    """x.transpose(perm) (a copy, C-contiguous); backward transposes back. The model's
-    NCHW <-> NHWC transposes at its inputs and outputs, and layout changes inside a graph
-    that reshapes a feature map."""
-
-    _output_is_private = True
-
-    def __init__(self, perm, channels=None):
-        super().__init__()
-        self.perm = tuple(int(p) for p in perm)
-        # at a model input: the channel count (axis 1) the file declares, checked here since
-        # an NHWC array given to an NCHW model would fail deep inside with transposed shapes
-        self.channels = channels
-
-    def forward(self, x):
-        x = _params.as_array("input", x)
-        if x.ndim != len(self.perm):
-            raise ValueError(f"{self!r}: expected a {len(self.perm)}-D input, but got shape "
-                             f"{x.shape}")
-        if self.channels is not None and x.shape[1] != self.channels:
-            raise ValueError(f"{self!r}: expected the model's input in the file's layout "
-                             f"(N, C, H, W) with C = {self.channels}, but got shape {x.shape} "
-                             f"(an ONNX model takes NCHW arrays, not NHWC)")
-        y = _transposed(x, self.perm)
-        self._save(out_shape=y.shape)
-        return y
-
-    def backward(self, grad_output):
-        grad, _ = self._take(grad_output)
-        return grad.transpose(np.argsort(self.perm))
-
-    def extra_repr(self) -> str:
-        channels = "" if self.channels is None else f", channels={self.channels}"
-        return f"perm={self.perm}{channels}"
-
-
-# the last axis length up to which _transposed copies index by index
-_SHORT_AXIS = 8
-
-
-def _transposed(x: np.ndarray, perm) -> np.ndarray:
-    """x.transpose(perm) as a new C-contiguous array. Where its last axis is short (an
-    image's 3 channels moved last), one strided copy per index of that axis: NumPy's own
-    copy runs its inner loop along that short axis (1x3x224x224 to NHWC on a Zen 5: 105 ->
-    35 us)."""
-    t = x.transpose(perm)
-    if t.ndim < 2 or t.shape[-1] > _SHORT_AXIS or t.flags.c_contiguous:
-        return np.ascontiguousarray(t)
-    y = np.empty(t.shape, t.dtype)
-    for i in range(t.shape[-1]):
-        y[..., i] = t[..., i]
-    return y
-
 
 class Reshape(L.Layer):
     """x.reshape(shape) with ONNX's rules: 0 copies the input's size on that axis, -1 is

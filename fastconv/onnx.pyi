@@ -7,17 +7,13 @@ import numpy as np
 import numpy.typing as npt
 
 from fastconv.graph import Binary as Binary, Constant as Constant, Graph, Merge, Pad as Pad
+from fastconv.graph import Permute as Permute
 from fastconv.layers import Layer
 
 OPSETS: tuple[int, int]
 SUPPORTED: dict[str, str]
 
 class OnnxError(ValueError): ...
-
-class Permute(Layer):
-    perm: tuple[int, ...]
-    channels: int | None
-    def __init__(self, perm: Sequence[int], channels: int | None = None) -> None: ...
 
 class Reshape(Layer):
     shape: tuple[int, ...]

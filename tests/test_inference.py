@@ -709,6 +709,54 @@ def test_tuples_of_views_of_arena_arrays_keep_them_taken_and_are_copied_out():
         np.testing.assert_array_equal(t1, expected_p1[:, ::2])
 
 
+def test_an_input_transpose_runs_into_the_arena_and_the_next_convolution_call_is_kept():
+    """An ONNX model's NCHW -> NHWC transpose of its input (Permute) writes into the arena,
+    so the convolution reading it replays its kept call (its input is then the pool's own
+    array, not the caller's); the NHWC -> NCHW transpose of an output is made outside the
+    arena. The same values as the plain graph, pass after pass; an NHWC input is refused
+    naming the node."""
+    from fastconv.graph import Permute
+
+    def model():
+        return Graph([("x/nhwc", Permute((0, 2, 3, 1), channels=3), ["x"]),
+                      ("conv", L.Conv2d(3, 16, 3, padding=1, rng=0), ["x/nhwc"]),
+                      ("relu", L.ReLU(), ["conv"]),
+                      ("head", L.Conv2d(16, 4, 1, rng=1), ["relu"]),
+                      ("y", Permute((0, 3, 1, 2)), ["head"])]).eval()
+    plain, fast = model(), fastconv.optimize_for_inference(model())
+    xs = [RNG.standard_normal((2, 3, 9, 7)).astype(np.float32) for _ in range(4)]
+    ys = [fast(x) for x in xs]
+    for x, y in zip(xs, ys):
+        np.testing.assert_allclose(y, plain(x), rtol=1e-5, atol=1e-6)
+    (arena, *_), = fast._local.pool.layouts.values()
+    assert not any(np.shares_memory(y, arena) for y in ys)
+    replay, = fast._local.pool.replays.values()
+    kinds = [type(step).__name__ if step else None for step in replay.steps]
+    assert kinds == ["_KernelStep", "_Step", "_Step", None]  # (relu fused; "y" outside)
+    assert replay.steps[1].call is not None and replay.steps[0].call is None
+    with pytest.raises(ValueError, match="takes NCHW arrays.*at node 'x/nhwc'"):
+        fast(RNG.standard_normal((2, 9, 7, 3)).astype(np.float32))
+
+
+def test_a_pass_whose_kernels_never_call_blas_leaves_its_threads_alone():
+    """A replayed pass holds BLAS on one thread (a setting of OpenBLAS's threads, slow after
+    an idle spell) only where its recorded pass had a kernel that asked for it."""
+    from fastconv import _threads
+
+    x = RNG.standard_normal((1, 12, 12, 8)).astype(np.float32)
+    for algorithm, asks in (("blocked", False), ("im2col", True)):
+        model = L.Sequential(L.Conv2d(8, 32, 3, padding=1, algorithm=algorithm, rng=0),
+                             L.ReLU(), L.Conv2d(32, 16, 1, rng=1)).eval()
+        fast = fastconv.optimize_for_inference(model)
+        for _ in range(3):
+            fast(x)
+        replay, = fast._local.pool.replays.values()
+        before = _threads.blas_requests()
+        np.testing.assert_allclose(fast(x), model(x), rtol=1e-5, atol=1e-5)
+        assert replay.uses_blas is asks
+        assert (_threads.blas_requests() > before) is asks
+
+
 def test_a_kernel_node_that_refuses_its_input_runs_as_a_layer():
     """A pooling node whose window does not fit its input raises the layer's error naming
     the node; a Linear on more rows than the few-rows kernel takes (its call refused at
