@@ -83,9 +83,10 @@ SEPARABLE_RUN_BYTES = MACHINE.l2 // 4
 # Measured on a Zen 5, 2 threads, batch 1, each block alone: 96 -> 24 at 112x112 0.35 ->
 # 0.20 ms, 144 -> 24 at 56x56 0.26 -> 0.19, 192 -> 32 at 28x28 (1/14 twice) 0.12 -> 0.08;
 # 960 -> 160 at 7x7 (2/7 twice) 0.087 -> 0.096 warm. On an AMD EPYC Zen 4, 2 threads,
-# batch 1, in a whole MobileNetV2 pass (each block's input and weights as the pass leaves
-# them): the 14x14 blocks (1/7 twice) 0.20-0.39 -> 0.16-0.32 ms (0.35 ms of 5.7 in all),
-# the 7x7 ones even within the noise. (At batch 8, one band per image: none twice.)
+# batch 1, MobileNetV2's kernel calls one after the other as a pass makes them: its 14x14
+# blocks (1/7 twice) 0.20-0.39 -> 0.16-0.32 ms (0.35 ms of 5.7 in all), the 7x7 ones (2/7)
+# even; whole passes, two graphs in one process, within the noise (0.97-1.02). (At batch
+# 8, one band per image: no row twice.)
 EXPAND_MAX_EXTRA = 1 / 4
 # a tile's column buffer: a quarter of L2, so that the tile, the weight panel BLAS packs and
 # the output rows it writes stay in the core's own L2
