@@ -34,7 +34,18 @@ def best_simd(name: str):
 
 KERNELS = {"direct": best_simd("_direct"), "im2col": best_simd("_im2col"),
            "winograd": best_simd("_winograd"), "blocked": best_simd("_blocked")}
-USES_BLAS = {"direct": False, "im2col": True, "winograd": True, "blocked": False}
+# the kernels that call BLAS (from their OpenMP threads: it must run on one thread then):
+# every one of im2col's, and Winograd's weight gradient (its other kernels do their products
+# themselves)
+BLAS_KERNELS = {"im2col": None, "winograd": ("conv_backward_weight",)}  # None: all
+
+
+def uses_blas(algo: str, kernel_name: str) -> bool:
+    """Whether kernel `kernel_name` of algorithm `algo` calls BLAS."""
+    if algo not in BLAS_KERNELS:
+        return False
+    names = BLAS_KERNELS[algo]
+    return names is None or kernel_name in names
 # below this much work (a few microseconds) waking a second thread costs more than it saves
 PARALLEL_MIN_FLOPS = 1_000_000
 # A depthwise convolution does kh * kw multiply-adds per input vector it loads, where a dense
@@ -123,9 +134,10 @@ WINOGRAD_MAX_GRAD_WEIGHT_BYTES = 2 * MACHINE.last_level
 # (and the weight, where a call packs it) and reading the 4x larger transformed weight from
 # memory (a network's weights do not stay in cache from one pass to the next) cost about what
 # that many tiles' saved products bring. Per tile and pair of channels Winograd does 108
-# multiply-adds fewer than a direct 3x3 and reads 108 bytes more of float32 weight
-# (36 x 4 against 9 x 4), once per pass from memory, so it pays from about 1.3 x (the
-# cores' multiply-add rate / the memory's bandwidth) tiles: 8-16 at 100 GFMA/s and 10-20 GB/s.
+# multiply-adds fewer than a direct 3x3 (36 against 16 x 9), and per pair it reads 108 bytes
+# more of float32 weight (36 x 4 against 9 x 4) once per pass from memory: the weight's read
+# pays from (the cores' multiply-add rate / the memory's bandwidth) tiles, 5-10 at 100
+# GFMA/s and 10-20 GB/s, and the tiles' transforms take a few more.
 # Measured: AMD EPYC Zen 4 (32 MiB L3, 2 threads), two graphs in one process, 16 tiles
 # against 32: ResNet-18 at batch 1 4% faster, ResNet-50 3-6% (its 3x3 256 -> 256 at 1x14x14,
 # 16 tiles: 0.91 ms, blocked 1.38 ms alone); a ResNet-18 training step at 112x112, batch 1,

@@ -40,7 +40,7 @@ def _bound(algo: str, kernel_name: str, *args, flops: int,
     kernel = getattr(_algorithms.KERNELS[algo], kernel_name)
     threads = _kernel_threads(flops, min_flops)
     args = (*args, threads)
-    uses_blas = _algorithms.USES_BLAS[algo]
+    uses_blas = _algorithms.uses_blas(algo, kernel_name)
 
     def call() -> None:
         place_workers(threads)

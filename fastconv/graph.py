@@ -318,9 +318,10 @@ class Pad(Layer):
 
 
 class Permute(_SettingsNoted, Layer):
-    """x.transpose(perm) (a copy, C-contiguous); backward transposes back. An ONNX model's
-    NCHW <-> NHWC transposes at its inputs and outputs, and layout changes inside a graph
-    that reshapes a feature map (fastconv.onnx). `channels`: at a model input, the channel
+    """x.transpose(perm) (a copy, C-contiguous; perm a permutation of the axes, else a
+    ValueError); backward transposes back. An ONNX model's NCHW <-> NHWC transposes at its
+    inputs and outputs, and layout changes inside a graph that reshapes a feature map
+    (fastconv.onnx). `channels`: at a model input, the channel
     count (axis 1) the file declares; another is a ValueError (an NHWC array given to an
     NCHW model would fail deep inside with transposed shapes)."""
 
@@ -328,7 +329,11 @@ class Permute(_SettingsNoted, Layer):
 
     def __init__(self, perm, channels=None):
         super().__init__()
-        self.perm = tuple(int(p) for p in perm)
+        perm = tuple(int(p) for p in perm)
+        if sorted(perm) != list(range(len(perm))):
+            raise ValueError(f"Permute: perm must be a permutation of 0 .. {len(perm) - 1}, "
+                             f"but got {perm}")
+        self.perm = perm
         self.channels = channels
 
     def _check(self, x: np.ndarray) -> None:
@@ -372,15 +377,12 @@ _SHORT_AXIS = 8
 
 
 def _transposed(x: np.ndarray, perm, out: np.ndarray | None = None) -> np.ndarray:
-    """x.transpose(perm) as a C-contiguous array (x itself where that is one already), or
-    copied into `out` (C-contiguous, of its shape and dtype). Where its last axis is short
-    (an image's 3 channels moved last), one strided copy per index of that axis: NumPy's
-    own copy runs its inner loop along that short axis (1x3x224x224 to NHWC on a Zen 5:
-    105 -> 35 us)."""
+    """x.transpose(perm) copied into a new C-contiguous array, or into `out` (C-contiguous,
+    of its shape and dtype). Where its last axis is short (an image's 3 channels moved
+    last), one strided copy per index of that axis: NumPy's own copy runs its inner loop
+    along that short axis (1x3x224x224 to NHWC on a Zen 5: 105 -> 35 us)."""
     t = x.transpose(perm)
     if out is None:
-        if t.flags.c_contiguous:
-            return t
         out = np.empty(t.shape, t.dtype)
     if t.ndim >= 2 and t.shape[-1] <= _SHORT_AXIS and not t.flags.c_contiguous:
         for i in range(t.shape[-1]):

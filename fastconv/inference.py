@@ -24,8 +24,8 @@ carry the original module paths ("layer1.0.body.0"). Then:
 - every other layer is kept as it is.
 
 A value used by several nodes, or returned by the model, is never fused into a later node.
-The InferenceGraph puts the outputs of FusedConv and FusedSeparableConv nodes, max pooling
-and global average pooling in one arena per input signature, laid out after the first call with it
+The InferenceGraph puts the outputs of FusedConv and FusedSeparableConv nodes, max pooling,
+global average pooling and transposes (Permute) in one arena per input signature, laid out after the first call with it
 (_BufferPool; 64-byte aligned); the arrays it returns are never in it (copied out where
 they were). From the third call with a signature it replays the pass it recorded, each of
 those nodes as the kernel call it kept (InferenceGraph._replayed). FusedConv layers keep
@@ -598,10 +598,9 @@ _VIEW_NODES = (L.Flatten,)
 class InferenceGraph(Graph):
     """A Graph made by optimize_for_inference: eval mode only, and its FusedConv,
     FusedSeparableConv, max pooling, global average pooling and Permute nodes
-    (_KERNEL_NODES) write
-    into activation buffers
-    kept from call to call (per Python thread), each given back once the nodes reading its
-    value (or a view of it) have run. Returned arrays are never such buffers."""
+    (_KERNEL_NODES) write into activation buffers kept from call to call (per Python
+    thread), each given back once the nodes reading its value (or a view of it) have run.
+    Returned arrays are never such buffers."""
 
     def __init__(self, nodes, inputs=("x",), outputs=None):
         super().__init__(nodes, inputs, outputs)

@@ -6,6 +6,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+import fastconv  # noqa: E402
 import fastconv.onnx as fo  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -291,23 +292,36 @@ def test_transpose_reshape_squeeze_unsqueeze():
 
 
 def test_permute_copies_short_and_long_last_axes():
-    # a short last axis is copied index by index (fo._SHORT_AXIS), a longer one at once
+    # a short last axis is copied index by index (fastconv.graph._SHORT_AXIS), a longer one
+    # at once; always a copy (a later layer may work in place), even where the transpose
+    # leaves the array C-contiguous
     rng = np.random.default_rng(0)
     for shape, perm in [((2, 3, 5, 7), (0, 2, 3, 1)), ((1, 3, 4, 4), (0, 2, 3, 1)),
                         ((2, 4, 3, 20), (0, 3, 1, 2)), ((2, 7, 5, 3), (0, 3, 1, 2)),
-                        ((0, 3, 2, 2), (0, 2, 3, 1)), ((5, 2), (1, 0)), ((3, 2, 9, 4), (3, 2, 1, 0))]:
+                        ((0, 3, 2, 2), (0, 2, 3, 1)), ((5, 2), (1, 0)), ((3, 2, 9, 4), (3, 2, 1, 0)),
+                        ((2, 3, 1, 1), (0, 2, 3, 1)), ((2, 1, 4, 5), (0, 2, 3, 1))]:
         x = rng.standard_normal(shape).astype(np.float32)
         for given in (x, x[..., ::-1], np.asfortranarray(x)):
             y = fo.Permute(perm)(given)
-            assert y.flags.c_contiguous
+            assert y.flags.c_contiguous and not np.shares_memory(y, given)
             np.testing.assert_array_equal(y, given.transpose(perm))
+    for perm in [(0, 1, 1), (0, 3, 1), (1, 2, 3)]:
+        with pytest.raises(ValueError, match="perm must be a permutation of 0 .. 2"):
+            fo.Permute(perm)
 
 
 def test_matmul_of_two_computed_tensors_and_gather():
     nodes = [node("Reshape", ["x", "s"], ["f"]), node("Transpose", ["f"], ["t"], perm=[0, 2, 1]),
              node("MatMul", ["f", "t"], ["y"]), node("Gather", ["x", "i"], ["g"], axis=1)]
     inits = {"i": np.int64([2, 0]), "s": np.int64([2, 3, 42])}
-    check(make(nodes, X4, ["y", "g"], inits=inits), feeds4())
+    net = check(make(nodes, X4, ["y", "g"], inits=inits), feeds4())
+    # its product holds BLAS on one thread (as the kernels do), so that an inference graph's
+    # replays know to hold it too
+    fast = fastconv.optimize_for_inference(net)
+    for _ in range(3):
+        fast(*feeds4().values())
+    replay, = fast._local.pool.replays.values()
+    assert replay.uses_blas
 
 
 # ----------------------------------------------------------------------------------------------
