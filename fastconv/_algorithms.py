@@ -133,18 +133,12 @@ WINOGRAD_MAX_GRAD_WEIGHT_BYTES = 2 * MACHINE.last_level
 # Winograd's 4x4 output tiles from which it beats the blocked kernel: transforming the tiles
 # (and the weight, where a call packs it) and reading the 4x larger transformed weight from
 # memory (a network's weights do not stay in cache from one pass to the next) cost about what
-# that many tiles' saved products bring. Per tile and pair of channels Winograd does 108
-# multiply-adds fewer than a direct 3x3 (36 against 16 x 9), and per pair it reads 108 bytes
-# more of float32 weight (36 x 4 against 9 x 4) once per pass from memory: the weight's read
-# pays from (the cores' multiply-add rate / the memory's bandwidth) tiles, 5-10 at 100
-# GFMA/s and 10-20 GB/s, and the tiles' transforms take a few more.
-# Measured: AMD EPYC Zen 4 (32 MiB L3, 2 threads), two graphs in one process, 16 tiles
-# against 32: ResNet-18 at batch 1 4% faster, ResNet-50 3-6% (its 3x3 256 -> 256 at 1x14x14,
-# 16 tiles: 0.91 ms, blocked 1.38 ms alone); a ResNet-18 training step at 112x112, batch 1,
-# even. An AMD EPYC Zen 3 with an earlier version of the kernels had measured the opposite
-# (16 tiles 10% slower end to end, 1.3x faster alone), hence 32 until then; 128 -> 128 at
-# 1x20x20 even, 1x24x24 1.2x faster on a Zen 5.
-MIN_WINOGRAD_TILES = 16
+# that many tiles' saved products bring. AMD EPYC Zen 3, 2 threads: 3x3 256 -> 256 at 1x14x14
+# (16 tiles) ran 1.3x the blocked kernel's speed alone, its transformed weight in cache, but
+# at 16 tiles ResNet-18 and ResNet-50 at batch 1 ran 10% slower than at 32 (two graphs in one
+# process); functions, which transform the weight at each call, 0.7x. Zen 5: 128 -> 128 at
+# 1x20x20 even, 1x24x24 1.2x faster.
+MIN_WINOGRAD_TILES = 32
 # the blocked kernel's output pixels per work item (8 register blocks of 6; see
 # functional.BLOCKED_WEIGHT_BYTES)
 BLOCKED_ITEM_PIXELS = 48

@@ -404,9 +404,7 @@ def test_auto_choice_and_opting_out(rng):
     assert choice((3, 3, 64, 64), (1, 4, 4, 64)) in ("direct", "blocked")  # one tile
     assert choice((3, 3, 128, 128), (1, 28, 28, 128)) == "winograd"  # 49 tiles
     assert choice((3, 3, 128, 128), (1, 24, 24, 128)) == "winograd"  # 36 tiles
-    # 16 tiles (64 channels: a transformed weight of 0.6 MiB, in any last-level cache)
-    assert choice((3, 3, 64, 64), (1, 16, 16, 64)) == "winograd"
-    assert choice((3, 3, 64, 64), (1, 12, 12, 64)) in ("direct", "blocked")  # 9 tiles
+    assert choice((3, 3, 128, 128), (1, 20, 20, 128)) == "blocked"  # 25 tiles
     assert choice((3, 3, 32, 128), (8, 56, 56, 128), groups=4) == "winograd"
     assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) in ("direct", "blocked")  # 256 pairs
     assert choice((3, 3, 1, 32), (8, 56, 56, 32), groups=32) == "direct"  # depthwise
