@@ -139,6 +139,19 @@ WINOGRAD_MAX_GRAD_WEIGHT_BYTES = 2 * MACHINE.last_level
 # process); functions, which transform the weight at each call, 0.7x. Zen 5: 128 -> 128 at
 # 1x20x20 even, 1x24x24 1.2x faster.
 MIN_WINOGRAD_TILES = 32
+# ... and where the transformed weight is kept from call to call (an eval-mode layer, an
+# inference graph: transformed once), half as many. Per tile and pair of channels Winograd
+# does 108 multiply-adds fewer than a direct 3x3 (36 against 16 x 9); per pair it reads 108
+# bytes more of float32 weight (36 x 4 against 9 x 4) from memory once per pass: that read
+# pays from (the cores' multiply-add rate / the memory's bandwidth) tiles, 5-10 at 100 GFMA/s
+# and 10-20 GB/s, and the tiles' transforms take a few more. AMD EPYC Zen 4 (32 MiB L3), 2
+# threads, two inference graphs in one process, 16 tiles against 32: ResNet-18 at batch 1 4%
+# faster, ResNet-50 3-6% (3x3 256 -> 256 at 1x14x14, 16 tiles: 0.91 ms, blocked 1.38 ms,
+# alone); as a function, which transforms the weight at every call, that layer took 2.0 ms,
+# and a ResNet-18 training step at 112x112, batch 1 (its 14x14 layers transformed at each
+# step) ran 2% slower. (The Zen 3 above, with an earlier version of the kernels, had measured
+# those graphs 10% slower at 16: a lead for a measured bound.)
+MIN_KEPT_WINOGRAD_TILES = 16
 # the blocked kernel's output pixels per work item (8 register blocks of 6; see
 # functional.BLOCKED_WEIGHT_BYTES)
 BLOCKED_ITEM_PIXELS = 48
@@ -190,19 +203,21 @@ WINOGRAD_REASON = ("rule: 3x3 stride 1, wide enough, transformed weight in cache
 
 
 def for_convolution(algorithm: str, weight_shape, out_shape, itemsize: int, stride, dilation,
-                    groups: int) -> str:
+                    groups: int, weight_kept: bool = False) -> str:
     """The kernel for a convolution with output shape `out_shape` (N, H_out, W_out, C_out)
     (also each sub-convolution of an input gradient or a transposed convolution); "auto"
     follows convolution_rule."""
     if algorithm != "auto":
         return algorithm
-    return convolution_rule(weight_shape, out_shape, itemsize, stride, dilation, groups)[0]
+    return convolution_rule(weight_shape, out_shape, itemsize, stride, dilation, groups,
+                            weight_kept)[0]
 
 
 def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
-                     groups: int) -> tuple[str, str]:
+                     groups: int, weight_kept: bool = False) -> tuple[str, str]:
     """"auto"'s (kernel, reason) for a convolution:
-    - Winograd where it serves and pays (see winograd_refusal);
+    - Winograd where it serves and pays (see winograd_refusal; `weight_kept`: the weight as
+      the kernel takes it is kept from call to call, as an eval-mode layer keeps it);
     - the blocked direct kernel past one vector of output channels (see blocked_pays);
     - im2col for a 1x1 stride-1 convolution with 8 or more input channels per group (a
       single GEMM on the input as it is, with no column copy; not depthwise, where each
@@ -219,7 +234,7 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
     stride or dilation (WaveNet/TCN's dilated 1-D convolutions) needs no rule here."""
     kh, kw, cig, cout = weight_shape
     refusal = _auto_winograd_refusal(weight_shape, out_shape, itemsize, stride, dilation,
-                                     groups, None)
+                                     groups, None, weight_kept)
     if not refusal:
         return "winograd", WINOGRAD_REASON
     if blocked_pays(weight_shape, itemsize, dilation, groups):
@@ -273,18 +288,21 @@ def blocked_pays(weight_shape, itemsize: int, dilation, groups: int) -> bool:
 
 
 def _auto_winograd_refusal(weight_shape, out_shape, itemsize: int, stride, dilation,
-                           groups: int, max_weight_bytes: int | None) -> str:
+                           groups: int, max_weight_bytes: int | None,
+                           weight_kept: bool = False) -> str:
     """Why "auto" does not choose Winograd ("" when it does)."""
     kh, kw, cig, cout = weight_shape
     if not winograd_serves((kh, kw), stride, dilation):
         return NOT_WINOGRAD_SHAPED
     if not _auto_winograd:
         return "Winograd off (set_auto_winograd)"
-    return winograd_refusal(cig, cout // groups, groups, out_shape, itemsize, max_weight_bytes)
+    return winograd_refusal(cig, cout // groups, groups, out_shape, itemsize, max_weight_bytes,
+                            weight_kept)
 
 
 def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_shape,
-                     itemsize: int, max_weight_bytes: int | None) -> str:
+                     itemsize: int, max_weight_bytes: int | None,
+                     weight_kept: bool = False) -> str:
     """Why Winograd would not beat the other kernels ("" when it would), as measured on
     this project's 2-core machine with 2 threads (see README): it needs at least 8 input
     channels and 512 channel pairs per group (fewer: transforming the tiles costs more than
@@ -292,7 +310,8 @@ def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_sha
     transformed weight small enough to stay in cache (WINOGRAD_MAX_WEIGHT_BYTES), or else
     read by blocks of enough tiles (streamed_winograd_refusal), and, where max_weight_bytes
     is given (the weight gradient's partial sums), of at most that; at least
-    MIN_WINOGRAD_TILES tiles; and at least half of each 4x4 tile inside the output. The
+    MIN_WINOGRAD_TILES tiles (MIN_KEPT_WINOGRAD_TILES where the transformed weight is kept
+    from call to call: `weight_kept`); and at least half of each 4x4 tile inside the output. The
     weight gradient (max_weight_bytes given), whose products are BLAS calls as deep as a
     block's tiles, needs blocks of STREAMED_WINOGRAD_GRAD_MIN_BLOCK tiles, so at least that
     many tiles in all (AMD EPYC Zen 4, 2 threads, a call each: 256 -> 256 at 8x7x7, 32
@@ -313,8 +332,10 @@ def winograd_refusal(in_per_group: int, out_per_group: int, groups: int, out_sha
         if streamed:
             return (f"Winograd's weight {mib:.1f} MiB > "
                     f"{WINOGRAD_MAX_WEIGHT_BYTES / 2**20:.1f} MiB, {streamed}")
-    if tiles < MIN_WINOGRAD_TILES:
-        return f"{tiles} < {MIN_WINOGRAD_TILES} Winograd tiles"
+    min_tiles = MIN_KEPT_WINOGRAD_TILES if weight_kept else MIN_WINOGRAD_TILES
+    if tiles < min_tiles:
+        kept = " (its weight transformed once)" if weight_kept else ""
+        return f"{tiles} < {min_tiles} Winograd tiles{kept}"
     if gradient and tiles < min_block:  # every GEMM of its products would be that short
         return f"{tiles} < {min_block} Winograd tiles for the weight gradient's GEMMs"
     if 2 * out_shape[0] * out_shape[1] * out_shape[2] < 16 * tiles:
@@ -505,12 +526,14 @@ def _phase_tap_count(k: int, stride: int, dilation: int) -> list[int]:
     return [sum(1 for r in range(k) if r * dilation % stride == a) for a in range(stride)]
 
 
-def describe(geo, dtype="float32", threads: int | None = None) -> dict[str, tuple[str, str]]:
+def describe(geo, dtype="float32", threads: int | None = None,
+             weight_kept: bool = False) -> dict[str, tuple[str, str]]:
     """What "auto" runs for the convolution `geo` (a ConvGeometry; for a transposed
     convolution, the convolution it is the adjoint of) in `dtype`, and why:
     {"forward": (kernel, reason), "input_gradient": ..., "weight_gradient": ...}. The reason
     is "autotuned" where set_autotune(True) measured the geometry (at `threads` threads,
-    default get_num_threads()), else the rule that chose."""
+    default get_num_threads()), else the rule that chose (`weight_kept`: the forward
+    weight kept as its kernel takes it from call to call, see convolution_rule)."""
     from fastconv import _autotune
 
     itemsize = np.dtype(dtype).itemsize
@@ -518,7 +541,7 @@ def describe(geo, dtype="float32", threads: int | None = None) -> dict[str, tupl
     out_shape = (geo.n, *geo.out_hw, geo.out_channels)
     chosen = {
         "forward": convolution_rule(weight_shape, out_shape, itemsize, geo.stride,
-                                    geo.dilation, geo.groups),
+                                    geo.dilation, geo.groups, weight_kept),
         "input_gradient": input_gradient_rule(weight_shape, geo, itemsize),
         "weight_gradient": weight_gradient_rule(weight_shape, out_shape, itemsize, geo),
     }

@@ -163,11 +163,15 @@ class ConvPlan:
 
     run(x, weight, bias, packs, out=None) -> y (N, H_out, W_out, C_out), the layer's
     forward; describe() -> dict (see there). Built by plan_for; errors of the configuration
-    against the input (ValueError/TypeError, the functional API's) are raised when built."""
+    against the input (ValueError/TypeError, the functional API's) are raised when built.
+    `weight_kept`: the layer keeps its weight as the kernel takes it from call to call (an
+    eval-mode layer; "auto" then counts a weight transform as paid once)."""
 
     def __init__(self, kind: str, x_shape, x_dtype, weight: np.ndarray, bias, stride, padding,
-                 dilation, groups, algorithm, padding_mode="zeros", output_padding=0):
+                 dilation, groups, algorithm, padding_mode="zeros", output_padding=0,
+                 weight_kept: bool = False):
         self.kind = kind
+        self.weight_kept = weight_kept
         self.x_shape = tuple(x_shape)
         self._args = (stride, padding, dilation, groups, algorithm, padding_mode, output_padding)
         transposed = kind == "conv_transpose2d"
@@ -217,7 +221,8 @@ class ConvPlan:
                         self.geo.out_channels)
         return _algorithms.for_convolution("auto", weight_shape, self.out_shape,
                                            self.dtype.itemsize, self.geo.stride,
-                                           self.geo.dilation, self.geo.groups)
+                                           self.geo.dilation, self.geo.groups,
+                                           self.weight_kept)
 
     def describe(self) -> dict:
         """{"kind", "input_shape", "output_shape", "dtype", "threads", "stride", "padding"
@@ -226,7 +231,7 @@ class ConvPlan:
         per-phase rule), "reason", "input_gradient", "weight_gradient" ((kernel, reason) of
         "auto" for backward)}."""
         geo = self.geo
-        chosen = _algorithms.describe(geo, self.dtype, self.threads)
+        chosen = _algorithms.describe(geo, self.dtype, self.threads, self.weight_kept)
         runs = chosen[self.direction]
         reason = "requested" if self.requested != "auto" else runs[1]
         return {"kind": self.kind, "input_shape": self.x_shape, "output_shape": self.out_shape,
@@ -320,12 +325,14 @@ def plan_for(layer, x: np.ndarray) -> ConvPlan:
     """The plan of a Conv2d / ConvTranspose2d-like layer (attributes stride, padding,
     dilation, groups, algorithm, weight, bias and padding_mode or output_padding; kind
     `layer._plan_kind`) for the 4-D input x, made at the first call with x's shape and dtype
-    (and the current thread count and autotune settings) and kept in `layer._plans`."""
+    (and the current thread count and autotune settings, and whether the layer is in eval
+    mode: it keeps its weight as the kernel takes it then) and kept in `layer._plans`."""
     weight = layer.weight
+    kept = not layer.training
     key = (x.shape, x.dtype.num, weight.shape, weight.dtype.num, layer.bias is None,
            settings(), layer.stride, repr(layer.padding), layer.dilation, layer.groups,
            layer.algorithm, getattr(layer, "padding_mode", None),
-           getattr(layer, "output_padding", None))
+           getattr(layer, "output_padding", None), kept)
     plans = layer.__dict__.get("_plans")
     if plans is None:
         plans = layer._plans = {}
@@ -336,7 +343,7 @@ def plan_for(layer, x: np.ndarray) -> ConvPlan:
         plan = plans[key] = ConvPlan(layer._plan_kind, x.shape, x.dtype, weight, layer.bias,
                                      layer.stride, layer.padding, layer.dilation, layer.groups,
                                      layer.algorithm, getattr(layer, "padding_mode", "zeros"),
-                                     getattr(layer, "output_padding", 0))
+                                     getattr(layer, "output_padding", 0), kept)
     return plan
 
 
