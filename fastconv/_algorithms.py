@@ -139,15 +139,15 @@ WINOGRAD_MAX_GRAD_WEIGHT_BYTES = 2 * MACHINE.last_level
 # process); functions, which transform the weight at each call, 0.7x. Zen 5: 128 -> 128 at
 # 1x20x20 even, 1x24x24 1.2x faster.
 MIN_WINOGRAD_TILES = 32
-# ... and where the transformed weight is kept from call to call (an eval-mode layer, an
+# ... and where the transformed weight is kept from call to call (a convolution of an
 # inference graph: transformed once), half as many. Per tile and pair of channels Winograd
 # does 108 multiply-adds fewer than a direct 3x3 (36 against 16 x 9); per pair it reads 108
 # bytes more of float32 weight (36 x 4 against 9 x 4) from memory once per pass: that read
 # pays from (the cores' multiply-add rate / the memory's bandwidth) tiles, 5-10 at 100 GFMA/s
 # and 10-20 GB/s, and the tiles' transforms take a few more. AMD EPYC Zen 4 (32 MiB L3), 2
-# threads, two inference graphs in one process, 16 tiles against 32: ResNet-18 at batch 1 4%
-# faster, ResNet-50 3-6% (3x3 256 -> 256 at 1x14x14, 16 tiles: 0.91 ms, blocked 1.38 ms,
-# alone); as a function, which transforms the weight at every call, that layer took 2.0 ms,
+# threads, two inference graphs in one process, 16 tiles against 32: ResNet-18 at batch 1
+# 4-9% faster, ResNet-50 2.5-6% (3x3 256 -> 256 at 1x14x14, 16 tiles: 0.91 ms, blocked 1.38
+# ms, alone); as a function, which transforms the weight at every call, that layer took 2.0 ms,
 # and a ResNet-18 training step at 112x112, batch 1 (its 14x14 layers transformed at each
 # step) ran 2% slower. (The Zen 3 above, with an earlier version of the kernels, had measured
 # those graphs 10% slower at 16: a lead for a measured bound.)
@@ -217,7 +217,7 @@ def convolution_rule(weight_shape, out_shape, itemsize: int, stride, dilation,
                      groups: int, weight_kept: bool = False) -> tuple[str, str]:
     """"auto"'s (kernel, reason) for a convolution:
     - Winograd where it serves and pays (see winograd_refusal; `weight_kept`: the weight as
-      the kernel takes it is kept from call to call, as an eval-mode layer keeps it);
+      the kernel takes it is kept from call to call, as an inference graph keeps it);
     - the blocked direct kernel past one vector of output channels (see blocked_pays);
     - im2col for a 1x1 stride-1 convolution with 8 or more input channels per group (a
       single GEMM on the input as it is, with no column copy; not depthwise, where each

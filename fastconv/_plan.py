@@ -165,7 +165,7 @@ class ConvPlan:
     forward; describe() -> dict (see there). Built by plan_for; errors of the configuration
     against the input (ValueError/TypeError, the functional API's) are raised when built.
     `weight_kept`: the layer keeps its weight as the kernel takes it from call to call (an
-    eval-mode layer; "auto" then counts a weight transform as paid once)."""
+    inference graph's convolution; "auto" then counts a weight transform as paid once)."""
 
     def __init__(self, kind: str, x_shape, x_dtype, weight: np.ndarray, bias, stride, padding,
                  dilation, groups, algorithm, padding_mode="zeros", output_padding=0,
@@ -325,14 +325,15 @@ def plan_for(layer, x: np.ndarray) -> ConvPlan:
     """The plan of a Conv2d / ConvTranspose2d-like layer (attributes stride, padding,
     dilation, groups, algorithm, weight, bias and padding_mode or output_padding; kind
     `layer._plan_kind`) for the 4-D input x, made at the first call with x's shape and dtype
-    (and the current thread count and autotune settings, and whether the layer is in eval
-    mode: it keeps its weight as the kernel takes it then) and kept in `layer._plans`."""
+    (and the current thread count and autotune settings) and kept in `layer._plans`. A
+    layer whose class sets `_keeps_weight` (an inference graph's convolution: its weight
+    prepared once, see ConvPlan's weight_kept) has its plain convolutions planned so."""
     weight = layer.weight
-    kept = not layer.training
+    kept = getattr(layer, "_keeps_weight", False) and layer._plan_kind == "conv2d"
     key = (x.shape, x.dtype.num, weight.shape, weight.dtype.num, layer.bias is None,
            settings(), layer.stride, repr(layer.padding), layer.dilation, layer.groups,
            layer.algorithm, getattr(layer, "padding_mode", None),
-           getattr(layer, "output_padding", None), kept)
+           getattr(layer, "output_padding", None))
     plans = layer.__dict__.get("_plans")
     if plans is None:
         plans = layer._plans = {}

@@ -63,6 +63,8 @@ class FusedConv(L._SettingsNoted, L.Layer):
 
     param_names = ("weight", "bias")
     _output_is_private = True
+    # its weight, prepared for the kernel, is kept from call to call (_plan.plan_for)
+    _keeps_weight = True
 
     def __init__(self, layer: L.Layer, post_ops: PostOps | None = None):
         super().__init__()

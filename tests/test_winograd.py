@@ -405,21 +405,22 @@ def test_auto_choice_and_opting_out(rng):
     assert choice((3, 3, 128, 128), (1, 28, 28, 128)) == "winograd"  # 49 tiles
     assert choice((3, 3, 128, 128), (1, 24, 24, 128)) == "winograd"  # 36 tiles
     assert choice((3, 3, 128, 128), (1, 20, 20, 128)) == "blocked"  # 25 tiles
-    # a weight kept as Winograd's kernel takes it (an eval-mode layer) from 16 tiles (64
-    # channels: a transformed weight of 0.6 MiB, in any last-level cache), transformed at
-    # each call (a function, a training step) from 32
+    # a weight kept as Winograd's kernel takes it (an inference graph's convolution) from 16
+    # tiles (64 channels: a transformed weight of 0.6 MiB, in any last-level cache),
+    # transformed at each call (a function, a layer) from 32
     kept = _algorithms.for_convolution("auto", (3, 3, 64, 64), (1, 16, 16, 64), 4, (1, 1),
                                        (1, 1), 1, weight_kept=True)
     assert kept == "winograd" and choice((3, 3, 64, 64), (1, 16, 16, 64)) != "winograd"
     assert _algorithms.for_convolution("auto", (3, 3, 64, 64), (1, 12, 12, 64), 4, (1, 1),
                                        (1, 1), 1, weight_kept=True) != "winograd"  # 9 tiles
     from fastconv import _plan
-    layer = fastconv.layers.Conv2d(64, 64, 3, padding=1, rng=0)
+    from fastconv.inference import FusedConv
+    layer = fastconv.layers.Conv2d(64, 64, 3, padding=1, rng=0).eval()
     x = np.zeros((1, 16, 16, 64), np.float32)
-    assert _plan.plan_for(layer, x).algorithm != "winograd"  # training mode
-    assert _plan.plan_for(layer.eval(), x).algorithm == "winograd"
-    assert _plan.plan_for(layer, x).describe()["forward"] == "winograd"
-    assert "16 < 32 Winograd tiles" in _plan.plan_for(layer.train(), x).describe()["reason"]
+    assert "16 < 32 Winograd tiles" in _plan.plan_for(layer, x).describe()["reason"]
+    fused = FusedConv(layer)
+    assert _plan.plan_for(fused, x).algorithm == "winograd"
+    assert fused.describe(x.shape)["forward"] == "winograd"
     assert choice((3, 3, 32, 128), (8, 56, 56, 128), groups=4) == "winograd"
     assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) in ("direct", "blocked")  # 256 pairs
     assert choice((3, 3, 1, 32), (8, 56, 56, 32), groups=32) == "direct"  # depthwise
