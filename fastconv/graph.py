@@ -321,9 +321,9 @@ class Permute(_SettingsNoted, Layer):
     """x.transpose(perm) (a copy, C-contiguous; perm a permutation of the axes, else a
     ValueError); backward transposes back. An ONNX model's NCHW <-> NHWC transposes at its
     inputs and outputs, and layout changes inside a graph that reshapes a feature map
-    (fastconv.onnx). `channels`: at a model input, the channel
-    count (axis 1) the file declares; another is a ValueError (an NHWC array given to an
-    NCHW model would fail deep inside with transposed shapes)."""
+    (fastconv.onnx). `channels`: at a model input, the channel count (axis 1) the file
+    declares; another is a ValueError (an NHWC array given to an NCHW model would fail deep
+    inside with transposed shapes)."""
 
     _output_is_private = True
 

@@ -25,8 +25,8 @@ carry the original module paths ("layer1.0.body.0"). Then:
 
 A value used by several nodes, or returned by the model, is never fused into a later node.
 The InferenceGraph puts the outputs of FusedConv and FusedSeparableConv nodes, max pooling,
-global average pooling and transposes (Permute) in one arena per input signature, laid out after the first call with it
-(_BufferPool; 64-byte aligned); the arrays it returns are never in it (copied out where
+global average pooling and transposes (Permute) in one arena per input signature, laid out
+after the first call with it (_BufferPool; 64-byte aligned); the arrays it returns are never in it (copied out where
 they were). From the third call with a signature it replays the pass it recorded, each of
 those nodes as the kernel call it kept (InferenceGraph._replayed). FusedConv layers keep
 plans and packed weights (fastconv._plan), so their folded weights are packed once.
@@ -592,6 +592,14 @@ def _adds_in_place(residual: np.ndarray, shape, dtype) -> bool:
 # an ONNX model's input made NHWC) as one kernel call each (_inference_kernel); exact
 # types, so that a subclass's own forward runs
 _KERNEL_NODES = (FusedConv, FusedSeparableConv, L.MaxPool2d, L.AdaptiveAvgPool2d, Permute)
+
+
+def _large_output(layer) -> bool:
+    """Whether a kernel node's value is as large as an activation (a convolution's, a
+    transpose's): as a graph output it is made outside the arena rather than copied out of it
+    (a Linear's logits and pooled features are small: copied)."""
+    return type(layer) is Permute or type(layer) is FusedConv and layer.kind != "linear"
+
 # layers whose value is a view of their input's bytes, the same view for the same input
 # (pure): a replay hands on the view it made before (_ViewStep)
 _VIEW_NODES = (L.Flatten,)
@@ -661,11 +669,8 @@ class InferenceGraph(Graph):
                 args = [values[n] for n in names]
                 if type(layer) in _VIEW_NODES:
                     values[name] = _view_at_node(name, layer, args, pool, steps)
-                elif type(layer) not in _KERNEL_NODES or (name in self.outputs and (
-                        type(layer) is Permute
-                        or type(layer) is FusedConv and layer.kind != "linear")):
-                    # a convolution's or a transpose's output is made outside the arena: no
-                    # copy of it
+                elif type(layer) not in _KERNEL_NODES or (
+                        name in self.outputs and _large_output(layer)):
                     values[name] = _unpooled_at_node(name, layer, args, steps)
                 elif type(layer) is FusedConv and layer.kind != "linear":
                     values[name] = _fused_at_node(name, layer, args, pool, steps)

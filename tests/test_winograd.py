@@ -421,6 +421,8 @@ def test_auto_choice_and_opting_out(rng):
     fused = FusedConv(layer)
     assert _plan.plan_for(fused, x).algorithm == "winograd"
     assert fused.describe(x.shape)["forward"] == "winograd"
+    assert "9 < 16 Winograd tiles (its weight transformed once)" in fused.describe(
+        (1, 12, 12, 64))["reason"]
     assert choice((3, 3, 32, 128), (8, 56, 56, 128), groups=4) == "winograd"
     assert choice((3, 3, 16, 128), (8, 56, 56, 128), groups=8) in ("direct", "blocked")  # 256 pairs
     assert choice((3, 3, 1, 32), (8, 56, 56, 32), groups=32) == "direct"  # depthwise
