@@ -216,6 +216,25 @@ def _weight_gradient(x: np.ndarray, offsets, gy: np.ndarray, weight_shape, geo: 
         _weight_grad(algo, x, offsets, gy, weight_shape, geo, dtype))), into)
 
 
+def _linear_weight_gradient(x: np.ndarray, grad_output: np.ndarray,
+                           into: np.ndarray | None = None) -> np.ndarray:
+    """x.T @ grad_output, a linear layer's weight gradient (x (M, K), grad_output (M, N),
+    one float dtype): the weight gradient of a 1x1 convolution over M pixels, so "auto"'s
+    rule picks its kernel, which adds its sums straight into `into` ((K, N), returned) when
+    given. At batch 1 (M = 1) BLAS on one thread took 0.8 ms for ResNet's 512 x 1000
+    classifier, the blocked kernel 0.2 (AMD EPYC Zen 4, 2 threads)."""
+    m, k = x.shape
+    n = grad_output.shape[1]
+    x4 = np.ascontiguousarray(x).reshape(m, 1, 1, k)
+    gy4 = np.ascontiguousarray(grad_output).reshape(m, 1, 1, n)
+    weight_shape = (1, 1, k, n)
+    geo = _params.conv_geometry("Linear", x4.shape, weight_shape, 1, 0, 1, 1)
+    # unit axes added in front: a view of `into` whatever its strides
+    view = None if into is None else into.reshape(weight_shape)
+    grad = _weight_gradient(x4, (0, 0), gy4, weight_shape, geo, x4.dtype, "auto", view)
+    return grad.reshape(k, n) if into is None else into
+
+
 def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_shape,
                  geo: ConvGeometry, dtype, into: np.ndarray | None = None) -> np.ndarray:
     """sum over output pixels of x's window (x) gy, in a fixed order of partial sums (added

@@ -525,7 +525,11 @@ class Linear(Layer):
         dtype = _params.float_dtype(grad, x, self.weight)
         g2 = grad.reshape(-1, self.out_features).astype(dtype, copy=False)
         x2 = x.reshape(-1, self.in_features).astype(dtype, copy=False)
-        self._accumulate("weight", matmul(x2.T, g2))
+        held = self.grads["weight"]
+        if isinstance(held, np.ndarray) and held.shape == self.weight.shape:
+            functional._linear_weight_gradient(x2, g2, held)  # summed into it
+        else:
+            self._accumulate("weight", functional._linear_weight_gradient(x2, g2))
         self._accumulate("bias", g2.sum(axis=0))
         return grad, dtype
 

@@ -167,6 +167,32 @@ def test_weight_gradient_adds_into_a_gradient_kernels_cannot_write(grads):
     np.testing.assert_allclose(layer.grads["weight"], 1 + gw, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows", [0, 1, 3, 300])
+@pytest.mark.parametrize("held", ["contiguous", "strided", "float64"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_weight_gradient_adds_x_transposed_times_grad_into_the_gradient_held(
+        rows, held, dtype):
+    # a 1x1 convolution's weight-gradient kernel sums x.T @ g into grads["weight"] where it
+    # can; an array it cannot write (replaced by hand) is added to; what was there stays once
+    layer = L.Linear(20, 24, rng=0, dtype=dtype)
+    shape = layer.weight.shape
+    if held == "strided":
+        layer.grads["weight"] = np.ones((shape[0], 2 * shape[1]), dtype)[:, ::2]
+    elif held == "float64":
+        layer.grads["weight"] = np.ones(shape)
+    else:
+        layer.grads["weight"][...] = 1
+    array = layer.grads["weight"]
+    x = _distinct((rows, 20), 1).astype(dtype)
+    g = _distinct((rows, 24), 2).astype(dtype)
+    layer(x)
+    layer.backward(g)
+    assert layer.grads["weight"] is array
+    expected = 1 + x.astype(np.float64).T @ g.astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(array, expected, rtol=tol, atol=tol)
+
+
 def test_a_gradient_set_to_none_is_an_error_not_a_lost_gradient():
     layer = L.Conv2d(4, 6, 3, padding=1, rng=0)
     layer.grads["weight"] = None

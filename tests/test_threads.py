@@ -157,7 +157,7 @@ def test_linear_and_resampling_products_keep_blas_on_one_thread(monkeypatch):
     next convolution's OpenMP threads need."""
     from contextlib import contextmanager
 
-    from fastconv import _threads
+    from fastconv import _threads, functional
     from fastconv import layers as L
 
     entered = []
@@ -170,6 +170,7 @@ def test_linear_and_resampling_products_keep_blas_on_one_thread(monkeypatch):
             yield
 
     monkeypatch.setattr(_threads, "blas_single_thread", recording)
+    monkeypatch.setattr(functional, "blas_single_thread", recording)  # the weight's gradient
     layer = L.Linear(6, 4, rng=0)
     y = layer(np.ones((9, 6), np.float32))  # more rows than the few-rows kernel takes
     assert len(entered) == 1
