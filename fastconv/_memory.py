@@ -22,8 +22,9 @@ def empty(shape, dtype) -> np.ndarray:
     base; view() makes other arrays in it)."""
     dtype = np.dtype(dtype)
     shape = tuple(shape) if np.iterable(shape) else (shape,)
-    raw = np.empty(math.prod(shape) * dtype.itemsize + ALIGNMENT, np.uint8)
-    return view(raw, shape, dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    return _placed(raw, -raw.ctypes.data % ALIGNMENT, nbytes, shape, dtype)
 
 
 def capacity(owner: np.ndarray) -> int:
@@ -37,9 +38,14 @@ def view(owner: np.ndarray, shape, dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     shape = tuple(shape) if np.iterable(shape) else (shape,)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes > capacity(owner):
-        raise ValueError(f"view: {nbytes} bytes do not fit in {capacity(owner)}")
-    start = -owner.ctypes.data % ALIGNMENT
+    start = -owner.ctypes.data % ALIGNMENT  # (reading the address costs 2 us: once)
+    if nbytes > owner.nbytes - start:
+        raise ValueError(f"view: {nbytes} bytes do not fit in {owner.nbytes - start}")
+    return _placed(owner, start, nbytes, shape, dtype)
+
+
+def _placed(owner: np.ndarray, start: int, nbytes: int, shape: tuple, dtype) -> np.ndarray:
+    """The array of `shape` and `dtype` in owner's bytes [start, start + nbytes)."""
     return owner[start:start + nbytes].view(dtype).reshape(shape)
 
 
