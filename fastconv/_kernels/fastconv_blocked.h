@@ -226,13 +226,13 @@ FC_DEFINE_BLOCKED_DISPATCH(double, d, f64)
                 for (int v = 0; v < FC_BLK_NV; v++) acc[i][v] += xi * g[v];                  \
             }                                                                                \
         }                                                                                    \
+        /* whole vectors added as vectors (with few pixels this store is as long as the  \
+         * sums: 3x3 512 -> 512 at 4x4), a last partial one through masked lanes */          \
         for (int i = 0; i < NCI; i++)                                                        \
             for (int v = 0; v < FC_BLK_NV && v * VL < nc; v++) {                             \
                 T *out = gw + i * w_ci + v * VL;                                             \
                 ptrdiff_t n = nc - v * VL < VL ? nc - v * VL : VL;                           \
-                T lanes[VL];                                                                 \
-                memcpy(lanes, &acc[i][v], sizeof(V));                                        \
-                for (ptrdiff_t c = 0; c < n; c++) out[c] += lanes[c];                        \
+                fc_store_part_##SUF(out, fc_load_part_##SUF(out, n) + acc[i][v], n);         \
             }                                                                                \
     }
 FC_FOR_EACH_NP(FC_DEFINE_WGRAD_BLOCKED, float, fc_vf, f)
