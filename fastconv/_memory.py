@@ -24,12 +24,17 @@ def empty(shape, dtype) -> np.ndarray:
     shape = tuple(shape) if np.iterable(shape) else (shape,)
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + ALIGNMENT, np.uint8)
-    return _placed(raw, -raw.ctypes.data % ALIGNMENT, nbytes, shape, dtype)
+    return _placed(raw, _start(raw), nbytes, shape, dtype)
 
 
 def capacity(owner: np.ndarray) -> int:
     """The bytes an array made by view() in `owner` (an empty()'s .base) can hold."""
-    return owner.nbytes - (-owner.ctypes.data % ALIGNMENT)
+    return owner.nbytes - _start(owner)
+
+
+def _start(owner: np.ndarray) -> int:
+    """The offset of owner's first ALIGNMENT-byte boundary (reading the address: 2 us)."""
+    return -owner.ctypes.data % ALIGNMENT
 
 
 def view(owner: np.ndarray, shape, dtype) -> np.ndarray:
@@ -38,7 +43,7 @@ def view(owner: np.ndarray, shape, dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     shape = tuple(shape) if np.iterable(shape) else (shape,)
     nbytes = math.prod(shape) * dtype.itemsize
-    start = -owner.ctypes.data % ALIGNMENT  # (reading the address costs 2 us: once)
+    start = _start(owner)  # once: capacity() would read the address again
     if nbytes > owner.nbytes - start:
         raise ValueError(f"view: {nbytes} bytes do not fit in {owner.nbytes - start}")
     return _placed(owner, start, nbytes, shape, dtype)
