@@ -419,3 +419,27 @@ def test_conv_transpose_output_shape_formula():
                             assert got == (expected, expected)
                             checked += 1
     assert checked > 500
+
+
+@pytest.mark.parametrize("groups, cout", [(1, 5), (2, 6), (3, 3)])  # plain, grouped, depthwise
+def test_direct_kernel_channel_padding_is_np_pad_with_zeros(groups, cout):
+    # the direct kernel's whole-vector loads run into the padding: zeros there (np.pad's
+    # result exactly), whatever the memory held before, in aligned arrays
+    from fastconv import _memory, functional
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 3, 3 // groups, cout)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    _memory.empty((4096,), np.float32)[...] = np.nan  # freed memory a new array may reuse
+    padded_w, padded_b = functional._padded_weight(w, bias, groups, 16)
+    cog = cout // groups
+    grouped = w.reshape(3, 3, 3 // groups, groups, cog)
+    extra = -(cout if groups == cout else cog) % 16
+    if groups == cout:  # depthwise: all channels as one group
+        expected_w = np.pad(w, ((0, 0),) * 3 + ((0, extra),))
+        expected_b = np.pad(bias, (0, extra))
+    else:
+        expected_w = np.pad(grouped, ((0, 0),) * 4 + ((0, extra),)).reshape(3, 3, 3 // groups, -1)
+        expected_b = np.pad(bias.reshape(groups, cog), ((0, 0), (0, extra))).reshape(-1)
+    np.testing.assert_array_equal(padded_w, expected_w)
+    np.testing.assert_array_equal(padded_b, expected_b)
+    assert padded_w.ctypes.data % _memory.ALIGNMENT == 0

@@ -193,10 +193,14 @@ def test_linear_weight_gradient_adds_x_transposed_times_grad_into_the_gradient_h
     np.testing.assert_allclose(array, expected, rtol=tol, atol=tol)
 
 
-def test_a_gradient_set_to_none_is_an_error_not_a_lost_gradient():
-    layer = L.Conv2d(4, 6, 3, padding=1, rng=0)
+@pytest.mark.parametrize("make, shape", [
+    (lambda: L.Conv2d(4, 6, 3, padding=1, rng=0), (1, 5, 5, 4)),
+    (lambda: L.Linear(4, 6, rng=0), (2, 4)),
+])
+def test_a_gradient_set_to_none_is_an_error_not_a_lost_gradient(make, shape):
+    layer = make()
     layer.grads["weight"] = None
-    y = layer(np.ones((1, 5, 5, 4), np.float32))
+    y = layer(np.ones(shape, np.float32))
     with pytest.raises(TypeError):
         layer.backward(np.ones_like(y))
 
