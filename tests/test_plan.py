@@ -226,9 +226,10 @@ def test_plain_layers_compare_their_weight_bit_for_bit():
     np.testing.assert_allclose(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(6, 10), (200, 100)])  # below and above _SMALL_BYTES
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.complex64, np.int8])
-def test_same_bytes_compares_bits(dtype):
-    a = (RNG.standard_normal((6, 10)) * 10).astype(dtype)
+def test_same_bytes_compares_bits(dtype, shape):
+    a = (RNG.standard_normal(shape) * 10).astype(dtype)
     for x in (a, a[:, ::3]):  # contiguous and strided
         assert _plan._same_bytes(x.copy(), x)
         y = x.copy()
@@ -239,7 +240,9 @@ def test_same_bytes_compares_bits(dtype):
         assert not _plan._same_bytes(x.astype(other), x)  # the same values, another dtype
         assert not _plan._same_bytes(x[:-1], x)
     if np.dtype(dtype).kind == "f":
-        nan, zero = np.array([np.nan, 0.0], dtype), np.array([np.nan, -0.0], dtype)
+        nan, zero = np.zeros((2, *shape), dtype), np.zeros((2, *shape), dtype)
+        nan[0] = zero[0] = np.nan
+        zero[1, -1, -1] = -0.0
         assert _plan._same_bytes(nan, nan.copy()) and not _plan._same_bytes(nan, zero)
 
 
