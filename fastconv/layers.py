@@ -112,11 +112,14 @@ class Layer:
 
     def train(self, mode: bool = True) -> "Layer":
         """Training mode (forward keeps what backward needs) or, with mode=False, eval mode."""
-        self.training = _params.as_bool("mode", mode)
-        if not self.training:
+        mode = _params.as_bool("mode", mode)
+        if not mode:
             self._saved = None
-        if "_packs" in self.__dict__:  # switching modes also drops packed weights (_plan)
+        # switching modes drops packed weights (_plan); staying in one keeps them, so that
+        # a loop calling model.eval() before every call does not pack again each time
+        if mode != self.training and "_packs" in self.__dict__:
             self._packs.clear()
+        self.training = mode
         return self
 
     def eval(self) -> "Layer":

@@ -183,6 +183,23 @@ def test_packs_are_kept_while_the_weight_is_unchanged():
     np.testing.assert_allclose(layer(x), _fused_reference(layer, x), rtol=1e-5, atol=1e-5)
 
 
+def test_calling_eval_again_keeps_the_packs_and_a_mode_switch_drops_them():
+    """A loop that calls model.eval() before every call does not pack again each time."""
+    layer = fastconv.Conv2d(8, 8, 3, padding=1, algorithm="winograd", rng=0).eval()
+    x = RNG.standard_normal((1, 6, 6, 8)).astype(np.float32)
+    layer(x)
+    layer(x)  # packs again, taking the copy it compares with (see Packs)
+    packed = layer._packs._store[("winograd", "float32")][3]
+    layer.eval()
+    layer(x)
+    assert layer._packs._store[("winograd", "float32")][3] is packed
+    layer.train()
+    assert not layer._packs._store
+    layer.train()
+    np.testing.assert_allclose(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
+    assert layer._packs._store
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_plain_layers_see_weights_changed_in_place(training):
     """A plain layer compares its weight with the one it packed: an in-place edit needs no
@@ -244,6 +261,23 @@ def test_same_bytes_compares_bits(dtype, shape):
         nan[0] = zero[0] = np.nan
         zero[1, -1, -1] = -0.0
         assert _plan._same_bytes(nan, nan.copy()) and not _plan._same_bytes(nan, zero)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_compare_same_bytes_sees_a_difference_in_any_thread_range(threads):
+    from fastconv._kernels import _compare
+    a = RNG.integers(0, 256, 100_003, dtype=np.uint8)
+    assert _compare.same_bytes(a, a.copy(), threads)
+    assert not _compare.same_bytes(a, a[:-1].copy(), threads)
+    assert _compare.same_bytes(a[:0], a[:0].copy(), threads)
+    for k in range(threads + 1):  # the first and last byte of every thread's range
+        for i in {k * a.size // threads, k * a.size // threads - 1}:
+            if 0 <= i < a.size:
+                b = a.copy()
+                b[i] ^= 1
+                assert not _compare.same_bytes(a, b, threads), i
+    with pytest.raises(ValueError, match="num_threads"):
+        _compare.same_bytes(a, a, 0)
 
 
 def test_a_training_loop_packs_without_copying():
