@@ -92,7 +92,8 @@ kernel_dir = Path("fastconv") / "_kernels"
 # these x86-64 instruction sets; fastconv picks the best one the CPU
 # runs, at import. The default module uses only the baseline instruction set, so a wheel
 # never executes an instruction its CPU lacks.
-SIMD_MODULES = ("_direct", "_winograd", "_blocked", "_im2col", "_pool", "_linear", "_norm")
+SIMD_MODULES = ("_direct", "_winograd", "_blocked", "_im2col", "_pool", "_linear", "_norm",
+                "_scan")
 SIMD_VARIANTS = {
     "avx2": ["-mavx2", "-mfma"],
     "avx512": ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"],

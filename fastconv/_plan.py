@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from fastconv import _algorithms, _autotune, _memory, _params, functional
-from fastconv._kernels import _compare
 from fastconv._threads import get_num_threads, place_workers
+
+_scan = _algorithms.best_simd("_scan")
 
 # ----------------------------------------------------------------------------------------------
 # weight versions
@@ -144,8 +145,8 @@ _SMALL_BYTES = 16384
 def _same_bytes(a, b) -> bool:
     """Whether a and b hold the same bits (np.array_equal on floats would take NaN for
     unequal to itself). Small arrays as bytes objects, C-contiguous ones by memcmp on the
-    threads of get_num_threads() (_compare), others as unsigned integers of their item size
-    (0.35 ms for a 4 MiB weight on a Xeon, where comparing their bytes took 0.89 ms)."""
+    threads of get_num_threads() (_kernels._scan), others as unsigned integers of their
+    item size (0.35 ms for a 4 MiB weight on a Xeon, where comparing bytes took 0.89 ms)."""
     a, b = np.asarray(a), np.asarray(b)  # a bias may be given as a list
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
@@ -154,8 +155,8 @@ def _same_bytes(a, b) -> bool:
     if a.flags.c_contiguous and b.flags.c_contiguous:
         threads = get_num_threads()
         place_workers(threads)
-        return _compare.same_bytes(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8),
-                                   threads)
+        return _scan.same_bytes(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8),
+                                threads)
     bits = _BITS.get(a.dtype.itemsize)
     if bits is None or a.dtype.kind not in "fiu":
         return a.tobytes() == b.tobytes()

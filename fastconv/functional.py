@@ -21,6 +21,7 @@ from fastconv._threads import (blas_single_thread, get_num_threads, place_worker
                                threads_for_work)
 
 NEEDS = ("input", "weight", "bias")
+_scan = _algorithms.best_simd("_scan")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,19 +71,24 @@ def _batched(name: str, arr) -> tuple[np.ndarray, bool]:
 
 
 def _bounded(a: np.ndarray) -> bool:
-    """Whether every value of `a` is finite. Through its min and max, because
-    np.isfinite(a).all() would allocate a boolean array as large as `a`."""
-    if a.size == 0:
-        return True
-    limit = np.finfo(a.dtype).max
-    return bool(-limit <= a.min() and a.max() <= limit)  # False for NaN too
+    """Whether every value of `a` is finite (max |a| within the dtype's range; NaN is not)."""
+    return bool(_max_abs(a) <= np.finfo(a.dtype).max)
 
 
 def _max_abs(a: np.ndarray) -> float:
-    """max |a| as a Python float (0 for an empty array, inf when `a` holds NaN), through its
-    min and max, without a temporary array as large as `a`."""
+    """max |a| as a Python float (0 for an empty array, inf when `a` holds NaN): for a
+    C-contiguous float32 or float64 array in one parallel pass (_scan.max_abs), else through
+    its min and max, without a temporary array as large as `a`. (NumPy's min and max pass
+    twice, on one thread: the checks of a ResNet-18 training step at batch 8 took about 6 ms
+    that way.)"""
     if a.size == 0:
         return 0.0
+    if a.dtype in (np.float32, np.float64) and a.flags.c_contiguous:
+        threads = threads_for_work(a.size)
+        if threads > 1:
+            place_workers(threads)
+        high = _scan.max_abs(a.reshape(-1), threads)
+        return math.inf if math.isnan(high) else high
     low, high = float(a.min()), float(a.max())
     return math.inf if math.isnan(low) or math.isnan(high) else max(-low, high)
 
