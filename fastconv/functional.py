@@ -881,18 +881,23 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
     grad_input = grad_weight = grad_bias = None
     if "input" in wanted:
         w = np.ascontiguousarray(weight, dtype)
+        # _data_kernel writes every value of its output: no zeros first (a pass over memory)
         if mode == "zeros":  # the padding's gradient is dropped: compute only the input's
-            grad_input = np.zeros((geo.n, *geo.in_hw, geo.in_channels), dtype)
+            grad_input = _memory.empty((geo.n, *geo.in_hw, geo.in_channels), dtype)
             if _computes(grad_input, gy, w):
                 gx = grad_input
                 _autotune.run("input_gradient", geo, dtype, algorithm, lambda algo: _data_kernel(
                     algo, gy, w, _bias_arg(None, dtype), gx, geo,
                     (geo.padding[0][0], geo.padding[1][0])))
+            else:
+                grad_input[...] = 0
         else:  # the padding's gradient flows back to the pixels it copies
-            gxp = np.zeros((geo.n, *geo.padded_hw, geo.in_channels), dtype)
+            gxp = _memory.empty((geo.n, *geo.padded_hw, geo.in_channels), dtype)
             if _computes(gxp, gy, w):
                 _autotune.run("input_gradient", geo, dtype, algorithm, lambda algo: _data_kernel(
                     algo, gy, w, _bias_arg(None, dtype), gxp, geo))
+            else:
+                gxp[...] = 0
             grad_input = unpad(gxp, geo.padding, mode, geo.in_hw)
         if unbatched:
             grad_input = grad_input[0]
@@ -966,12 +971,14 @@ def _conv_transpose2d_backward(fn, one_d, grad_output, x, weight, stride, paddin
     x = np.ascontiguousarray(x, dtype)  # the convolution's output
     grad_input = grad_weight = grad_bias = None
     if "input" in wanted:
-        grad_input = np.zeros(x.shape, dtype)
+        grad_input = _memory.empty(x.shape, dtype)  # the forward kernel writes all of it
         if _computes(grad_input, gy, weight):
             w, gx = np.ascontiguousarray(weight, dtype), grad_input
             _autotune.run("forward", geo, dtype, algorithm, lambda algo: _forward_kernel(
                 algo, gy, offsets, w, _bias_arg(None, dtype), gx, geo.stride, geo.dilation,
                 geo.groups))
+        else:
+            grad_input[...] = 0
         if unbatched:
             grad_input = grad_input[0]
     if "weight" in wanted:

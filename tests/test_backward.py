@@ -76,6 +76,27 @@ def test_gradients_match_reference(case, dtype, algorithm):
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_gradients_never_read_memory_left_unset(algorithm, monkeypatch):
+    """The input gradient comes from _memory.empty, not np.zeros: the kernels must write
+    every value of it (pixels no tap reaches included). Here that memory starts as NaN."""
+    from fastconv import _memory
+    empty = _memory.empty
+
+    def nan_filled(shape, dtype):
+        a = empty(shape, dtype)
+        a.fill(np.nan)
+        return a
+    monkeypatch.setattr(_memory, "empty", nan_filled)
+    for case in GEOMETRIES + MODE_CASES:
+        check_against_reference(case, np.float32, algorithm)
+    x = np.ones((1, 3, 3, 2), np.float32)
+    for w in (np.ones((3, 3, 2, 0), np.float32), np.ones((3, 3, 0, 2), np.float32)):
+        gx, _, _ = fastconv.conv2d_backward(np.ones((1, 1, 1, w.shape[3]), np.float32),
+                                            x[..., :w.shape[2]], w)
+        np.testing.assert_array_equal(gx, 0)  # empty sums
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", MODE_CASES, ids=case_id)
 def test_gradients_flow_back_through_padding_modes(case, dtype, algorithm):
