@@ -556,9 +556,11 @@ class ReLU(Layer):
 
     def _forward(self, x, in_place: bool):
         x = _params.as_array("input", x)
-        y = pooling.relu(x, out=x) if in_place else pooling.relu(x)
+        if not self.training:
+            return pooling.relu(x, out=x) if in_place else pooling.relu(x)
         # relu_backward only asks "x > 0 or NaN", which the mask answers for 1/4 of the memory
-        self._save(mask=~(y <= 0) if self.training else None, out_shape=y.shape)
+        y, mask = pooling._relu_with_mask(x, in_place)
+        self._save(mask=mask, out_shape=y.shape)
         return y
 
     def backward(self, grad_output):

@@ -334,6 +334,20 @@ def relu(x, *, out=None):
     return np.maximum(converted, 0)
 
 
+def _relu_with_mask(x: np.ndarray, in_place: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(relu(x), the boolean mask x > 0 or NaN that relu_backward reads), for the ReLU
+    layer in training; with in_place, x (a writeable float array) is overwritten. One pass
+    (_pool.relu_forward) for a C-contiguous float32 or float64 x."""
+    if x.dtype in (np.float32, np.float64) and x.flags.c_contiguous:
+        y = x if in_place else _memory.empty(x.shape, x.dtype)
+        mask = np.empty(x.shape, np.bool_)
+        bound_call(_pool.relu_forward, x.reshape(-1), y.reshape(-1),
+                   mask.reshape(-1).view(np.uint8), threads=threads_for_work(x.size))()
+        return y, mask
+    y = relu(x, out=x) if in_place else relu(x)
+    return y, ~(y <= 0)
+
+
 def relu_backward(grad_output, x):
     """Gradient of relu at x: grad_output where x > 0, 0 where x <= 0.
 

@@ -115,3 +115,43 @@ def test_relu_backward_kernel_on_two_threads_zeroes_even_nan_and_inf_gradients(d
     assert got.dtype == dtype
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got[0, 0, :4], [0, 0, -np.inf, np.nan])
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_layer_training_forward_makes_output_and_mask_in_one_pass(dtype, in_place,
+                                                                       monkeypatch):
+    """The training forward's kernel (_pool.relu_forward, every SIMD level): np.maximum's
+    output (NaN kept) and the mask x > 0 or NaN; in place or not, contiguous or not; its
+    backward then as relu_backward from x."""
+    import fastconv
+    from fastconv import _algorithms
+    from fastconv.layers import ReLU
+
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((2, 70, 90, 5)).astype(dtype)
+    base[0, 0, 0, :5] = [np.nan, -0.0, 0.0, np.inf, -np.inf]
+    g = rng.standard_normal(base.shape).astype(dtype)
+    for level, module in sorted(_algorithms.simd_modules("_pool").items()):
+        monkeypatch.setattr(pooling, "_pool", module)
+        for strided in (False, True):
+            source = base.copy() if in_place else base
+            x = source[:, :, ::2] if strided else source
+            original = x.copy()
+            layer = ReLU(inplace=in_place).train()
+            with fastconv.num_threads(2):
+                y = layer(x)
+            want = np.maximum(original, 0)
+            np.testing.assert_array_equal(y, want, err_msg=level)
+            assert (y is x) == in_place, level
+            if not in_place:
+                np.testing.assert_array_equal(x, original)
+            gx = layer.backward(g[:, :, :y.shape[2]])
+            np.testing.assert_array_equal(gx, np.where(~(original <= 0), g[:, :, :y.shape[2]],
+                                                       dtype(0)), err_msg=level)
+        for n in range(6):  # more threads than values: ranges of 0 and 1 value
+            x = base[0, 0, 0, :n].copy()
+            y, keep = np.full(n, 7, dtype), np.full(n, 7, np.uint8)
+            module.relu_forward(x, y, keep, 4)
+            np.testing.assert_array_equal(y, np.maximum(x, 0), err_msg=level)
+            np.testing.assert_array_equal(keep, ~(x <= 0), err_msg=level)

@@ -24,6 +24,10 @@ def avg_pool_backward(
     left: int, right: int, dh: int, dw: int, count_include_pad: bool, divisor_override: int,
     num_threads: int,
 ) -> None: ...
+def relu_forward(
+    x: _Floats, y: _Floats, keep: npt.NDArray[np.uint8] | npt.NDArray[np.bool_],
+    num_threads: int,
+) -> None: ...
 def relu_backward(
     gy: _Floats, keep: npt.NDArray[np.uint8] | npt.NDArray[np.bool_], gx: _Floats,
     num_threads: int,

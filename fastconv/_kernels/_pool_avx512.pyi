@@ -5,4 +5,5 @@ from fastconv._kernels._pool import (
     max_pool_backward as max_pool_backward,
     max_pool_forward as max_pool_forward,
     relu_backward as relu_backward,
+    relu_forward as relu_forward,
 )
