@@ -185,6 +185,7 @@ class ConvPlan:
         self.kind = kind
         self.weight_kept = weight_kept
         self.x_shape = tuple(x_shape)
+        self.weight_shape = weight.shape
         self._args = (stride, padding, dilation, groups, algorithm, padding_mode, output_padding)
         transposed = kind == "conv_transpose2d"
         fn = kind
@@ -317,6 +318,22 @@ class ConvPlan:
             self.prepared(algo, weight, bias, packs), x, self.offsets, y,
             geo.stride, geo.dilation, geo.groups,
             lambda other: self.prepared(other, weight, bias, packs), post)
+
+    def backward(self, grad_output: np.ndarray, x: np.ndarray, weight: np.ndarray, needs,
+                 grad_weight_into=None) -> tuple:
+        """(grad_input, grad_weight, grad_bias) of a "conv2d" plan's forward at x (4-D, of
+        the planned shape) given grad_output (4-D, of the output's shape), as
+        functional.conv2d_backward returns them (with grad_weight_into, see there), without
+        checking and deriving again what the plan holds. A weight of another shape than
+        the planned one is checked there (ValueError)."""
+        if self.kind != "conv2d" or weight.shape != self.weight_shape:
+            stride, padding, dilation, groups, algorithm, padding_mode, _ = self._args
+            return functional._conv2d_backward(
+                "conv2d_backward", False, grad_output, x, weight, stride, padding, dilation,
+                groups, padding_mode, algorithm, needs, grad_weight_into)
+        return functional._conv2d_gradients(grad_output, x, weight, self.geo, self.mode,
+                                            self.requested, functional._needs(needs),
+                                            grad_weight_into)
 
     @property
     def fuses_post(self) -> bool:

@@ -876,6 +876,18 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
     _check_copied_padding(fn, mode, geo)
     algorithm = _algorithms.check(fn, algorithm, geo)
     gy = _grad_output(fn, grad_output, (geo.n, *geo.out_hw, geo.out_channels), unbatched, one_d)
+    grad_input, grad_weight, grad_bias = _conv2d_gradients(gy, x, weight, geo, mode, algorithm,
+                                                           wanted, grad_weight_into)
+    if unbatched and grad_input is not None:
+        grad_input = grad_input[0]
+    return grad_input, grad_weight, grad_bias
+
+
+def _conv2d_gradients(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, geo: ConvGeometry,
+                      mode: str, algorithm: str, wanted, grad_weight_into=None):
+    """_conv2d_backward's gradients from arguments checked against each other: gy and x
+    4-D, of geo's output and input shapes, weight of its weight's shape, `algorithm` as
+    _algorithms.check returns it (a layer's plan keeps these from its forward)."""
     dtype = _params.float_dtype(gy, x, weight)
     gy = np.ascontiguousarray(gy, dtype)
     grad_input = grad_weight = grad_bias = None
@@ -899,8 +911,6 @@ def _conv2d_backward(fn, one_d, grad_output, x, weight, stride, padding, dilatio
             else:
                 gxp[...] = 0
             grad_input = unpad(gxp, geo.padding, mode, geo.in_hw)
-        if unbatched:
-            grad_input = grad_input[0]
     if "weight" in wanted:
         xin, offsets = _conv_input(x, geo.padding, mode, dtype)
         grad_weight = _weight_gradient(xin, offsets, gy, weight.shape, geo, dtype, algorithm,

@@ -347,11 +347,13 @@ class Conv2d(_ConvBase):
         needs = input_needs + ("weight",) + (("bias",) if self.bias is not None else ())
         # the weight's gradient is summed into self.grads by the kernel where it can
         held = self.grads["weight"]
-        gx, gw, gb = functional._conv2d_backward(
-            "conv2d_backward", False, grad, saved["x"], self.weight, self.stride, self.padding,
-            self.dilation, self.groups, self.padding_mode, self.algorithm, needs, held)
+        x = saved["x"]
+        batched = x if x.ndim == 4 else x[None]
+        # the forward's plan: its checks, geometry and padding mode hold for this backward
+        gx, gw, gb = _plan.plan_for(self, batched).backward(
+            grad.reshape(batched.shape[0], *grad.shape[-3:]), batched, self.weight, needs, held)
         self._accumulate_weight(held, gw, gb)
-        return gx
+        return gx if gx is None or x.ndim == 4 else gx[0]
 
 
 class ConvTranspose2d(_ConvBase):

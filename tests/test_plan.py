@@ -65,6 +65,50 @@ def test_planned_path_equals_the_unplanned_reference(cls, args, shape, dtype):
             np.testing.assert_array_equal(layer(x), expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("args, shape", CONV_CASES)
+def test_planned_backward_equals_the_functional_one(args, shape, dtype, monkeypatch):
+    """Conv2d's backward runs through its forward's plan (no checks and geometry again):
+    the functional gradients, bit for bit, and the plan is the forward's, not a new one."""
+    layer = _layer(fastconv.Conv2d, args, dtype).train()
+    x = RNG.standard_normal(shape).astype(dtype)
+    gy = RNG.standard_normal(layer(x).shape).astype(dtype)
+    common = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                  groups=layer.groups, padding_mode=layer.padding_mode,
+                  algorithm=layer.algorithm)
+    want = F.conv2d_backward(gy, x, layer.weight, **common)
+    checked = []
+    monkeypatch.setattr(F, "_conv_inputs", lambda *a: checked.append(a) or None)
+    layer.zero_grad()
+    layer(x)
+    plans = dict(layer._plans)
+    gx = layer.backward(gy)
+    assert not checked and layer._plans == plans  # nothing checked or planned again
+    np.testing.assert_array_equal(gx, want[0])
+    np.testing.assert_array_equal(layer.grads["weight"], want[1])
+    if layer.bias is not None:
+        np.testing.assert_array_equal(layer.grads["bias"], want[2])
+
+
+def test_planned_backward_with_a_weight_replaced_after_the_forward():
+    """A weight of another shape set between forward and backward is refused as the
+    functional backward refuses it; one of another dtype gets its own plan."""
+    layer = fastconv.Conv2d(4, 6, 3, padding=1, rng=0).train()
+    x = RNG.standard_normal((2, 5, 5, 4)).astype(np.float32)
+    gy = np.ones(layer(x).shape, np.float32)
+    layer.weight = np.ones((3, 3, 4, 5), np.float32)
+    with pytest.raises(ValueError, match="shape"):  # the bias no longer fits
+        layer.backward(gy)
+    layer.weight = np.ones((3, 3, 4, 6), np.float32)
+    layer(x)
+    layer.weight = RNG.standard_normal((3, 3, 4, 6))  # float64
+    layer.zero_grad()
+    gx = layer.backward(gy)
+    want = F.conv2d_backward(gy, x, layer.weight, padding=1)
+    np.testing.assert_allclose(gx, want[0], rtol=1e-6)
+    np.testing.assert_allclose(layer.grads["weight"], want[1], rtol=1e-5, atol=1e-5)
+
+
 def test_non_contiguous_and_other_dtype_inputs():
     layer = fastconv.Conv2d(3, 5, 3, padding=1, rng=0).eval()
     x = RNG.standard_normal((2, 6, 7, 6))[..., ::2]  # float64, strided channels
