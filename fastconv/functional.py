@@ -261,7 +261,7 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
     itemsize = np.dtype(dtype).itemsize
     kh, kw = geo.kernel_hw
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
-    weight_size = int(np.prod(weight_shape))
+    weight_size = math.prod(weight_shape)
     pixels = gy.shape[0] * gy.shape[1] * gy.shape[2]
     flops = 2 * pixels * weight_size
     if algo == "blocked":
