@@ -492,10 +492,10 @@ def check_divisible(name: str, value: int, groups: int) -> None:
         raise ValueError(f"{name} must be divisible by groups={groups}, but got {value}")
 
 
-def check_channels(layer: str, x: np.ndarray, channels: int, ndims: tuple[int, ...] | None,
-                   layout: str, what: str = "channels") -> None:
+def check_channels(layer: object, x: np.ndarray, channels: int,
+                   ndims: tuple[int, ...] | None, layout: str, what: str = "channels") -> None:
     """A layer's input: the right number of dimensions (None: any but 0) and `channels`
-    along the last one."""
+    along the last one. `layer` names it in errors (a string, or the layer: its repr)."""
     if ndims is not None:
         check_ndim("input", x, ndims, layout)
     elif x.ndim == 0:

@@ -115,7 +115,7 @@ class FusedConv(L._SettingsNoted, L.Layer):
             raise TypeError(f"{self!r}: expected one input, but got two")
         x = _params.as_array("input", x)
         if self.kind == "linear":
-            _params.check_channels(repr(self), x, self.in_features, None, "(..., in_features)",
+            _params.check_channels(self, x, self.in_features, None, "(..., in_features)",
                                    "features")
             dtype = _params.float_dtype(x, self.weight)
             x, w = x.astype(dtype, copy=False), self.weight.astype(dtype, copy=False)
@@ -123,7 +123,7 @@ class FusedConv(L._SettingsNoted, L.Layer):
                 return matmul(x, w, out, bias=self.bias)
             return self._post(matmul(x, w, out), residual, bias=True)
         if x.ndim not in (3, 4) or x.shape[-1] != self.in_channels:
-            _params.check_channels(repr(self), x, self.in_channels, (3, 4),
+            _params.check_channels(self, x, self.in_channels, (3, 4),
                                    "(H, W, C) or (N, H, W, C) [NHWC]")
         x4 = x[None] if x.ndim == 3 else x
         plan = _plan.plan_for(self, x4)

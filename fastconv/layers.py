@@ -246,7 +246,7 @@ class _ConvBase(Layer):
     def _input(self, x) -> np.ndarray:
         x = _params.as_array("input", x)
         if x.ndim not in (3, 4) or x.shape[-1] != self.in_channels:
-            _params.check_channels(repr(self), x, self.in_channels, (3, 4), _NHWC_3_OR_4)
+            _params.check_channels(self, x, self.in_channels, (3, 4), _NHWC_3_OR_4)
         return x
 
     def __getstate__(self):
@@ -458,7 +458,7 @@ class SeparableConv2d(Layer):
 
     def forward(self, x):
         x = _params.as_array("input", x)
-        _params.check_channels(repr(self), x, self.in_channels, (3, 4), _NHWC_3_OR_4)
+        _params.check_channels(self, x, self.in_channels, (3, 4), _NHWC_3_OR_4)
         y = self.pointwise(self.depthwise(x))
         self._save(out_shape=y.shape)  # the sub-layers keep what their backward needs
         return y
@@ -507,7 +507,7 @@ class Linear(Layer):
 
     def forward(self, x):
         x = _params.as_array("input", x)
-        _params.check_channels(repr(self), x, self.in_features, None, "(..., in_features)",
+        _params.check_channels(self, x, self.in_features, None, "(..., in_features)",
                                "features")
         dtype = _params.float_dtype(x, self.weight)
         y = matmul(x.astype(dtype, copy=False), self.weight.astype(dtype, copy=False),
@@ -780,7 +780,8 @@ class _BatchNorm(Layer):
 
     def forward(self, x):
         x = _params.as_array("input", x)
-        _params.check_channels(repr(self), x, self.num_features, self._ndims, self._layout)
+        # the layer itself names it in errors: its repr is made only for an error message
+        _params.check_channels(self, x, self.num_features, self._ndims, self._layout)
         # PyTorch's rules: the running statistics move only in training mode; momentum None
         # makes them the cumulative average of the batches seen
         counting = self.training and self.track_running_stats
@@ -789,7 +790,7 @@ class _BatchNorm(Layer):
             factor = 1.0 / (int(self.num_batches_tracked) + 1)
         batch_stats = self.training or self.running_mean is None
         y, mean, var = normalization.batch_norm_forward(
-            repr(self), x, self.running_mean, self.running_var, self.weight, self.bias,
+            self, x, self.running_mean, self.running_var, self.weight, self.bias,
             batch_stats, factor, self.eps)
         if counting:  # after the checks: a refused batch does not count
             self.num_batches_tracked += 1
@@ -1099,7 +1100,7 @@ class PReLU(Layer):
     def forward(self, x):
         x = _params.as_array("input", x)
         if self.num_parameters > 1:
-            _params.check_channels(repr(self), x, self.num_parameters, None,
+            _params.check_channels(self, x, self.num_parameters, None,
                                    "(..., C) [channels last]")
         y = activations.prelu(x, self.weight)
         self._save(x=x, out_shape=y.shape)

@@ -26,7 +26,8 @@ _SUM_CHUNKS = 16
 _LAYOUT = "(N, ..., C) [channels last]"
 
 
-def _per_channel(fn: str, name: str, value, channels: int, required: bool) -> np.ndarray | None:
+def _per_channel(fn: object, name: str, value, channels: int, required: bool
+                 ) -> np.ndarray | None:
     if value is None:
         if required:
             raise ValueError(f"{fn}: {name} must be given (in eval mode the running statistics "
@@ -40,7 +41,7 @@ def _per_channel(fn: str, name: str, value, channels: int, required: bool) -> np
     return arr
 
 
-def _input(fn: str, x) -> np.ndarray:
+def _input(fn: object, x) -> np.ndarray:
     x = _params.as_array("input", x)
     if x.ndim < 2:
         raise ValueError(f"{fn}: expected input of 2 or more dimensions {_LAYOUT}, but got a "
@@ -67,7 +68,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 def batch_norm_forward(fn, x, running_mean, running_var, weight, bias, training, momentum, eps
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """batch_norm, also returning the float64 (mean, var) it normalised with (for backward)."""
+    """batch_norm, also returning the float64 (mean, var) it normalised with (for backward).
+    `fn` names the caller in errors (a string, or a layer: its repr, made only then)."""
     x = _input(fn, x)
     channels = x.shape[-1]
     training = _params.as_bool("training", training)
