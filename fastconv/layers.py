@@ -115,10 +115,13 @@ class Layer:
         mode = _params.as_bool("mode", mode)
         if not mode:
             self._saved = None
-        # switching modes drops packed weights (_plan); staying in one keeps them, so that
-        # a loop calling model.eval() before every call does not pack again each time
-        if mode != self.training and "_packs" in self.__dict__:
-            self._packs.clear()
+        # switching modes drops packed weights (_plan). A plain layer keeps them when the mode
+        # stays (it compares its weight with them at every call), so that a loop calling
+        # model.eval() before every call does not pack again each time; a layer that trusts
+        # its packs without that check (an optimize_for_inference model's) drops them
+        packs = self.__dict__.get("_packs")
+        if packs is not None and (mode != self.training or not packs.verify):
+            packs.clear()
         self.training = mode
         return self
 
@@ -544,6 +547,16 @@ class Linear(Layer):
         return f"in_features={self.in_features}, out_features={self.out_features}{bias}{dtype}"
 
 
+def _check_overwritable(layer: Layer, x: np.ndarray, dtypes=(np.float32, np.float64)) -> None:
+    """The input of a layer that overwrites it (inplace=True): a writeable array of one of
+    `dtypes`; TypeError naming the layer otherwise."""
+    if x.dtype not in dtypes or not x.flags.writeable:
+        names = " or ".join(np.dtype(d).name for d in dtypes)
+        raise TypeError(f"{layer!r}: inplace=True needs a writeable {names} array to "
+                        f"overwrite, but got a {'' if x.flags.writeable else 'read-only '}"
+                        f"{x.dtype} array")
+
+
 class ReLU(Layer):
     """max(x, 0) elementwise; keeps only a boolean mask for backward. inplace=True overwrites
     the (float) input, as PyTorch's."""
@@ -558,6 +571,8 @@ class ReLU(Layer):
 
     def _forward(self, x, in_place: bool):
         x = _params.as_array("input", x)
+        if in_place:
+            _check_overwritable(self, x)
         if not self.training:
             return pooling.relu(x, out=x) if in_place else pooling.relu(x)
         # relu_backward only asks "x > 0 or NaN", which the mask answers for 1/4 of the memory
@@ -871,10 +886,7 @@ class _Activation(Layer):
         x = _params.as_array("input", x)
         reads_output = self._reads == "output" or (self._reads == "either" and self.inplace)
         if self.inplace:
-            if x.dtype not in (np.float32, np.float64) or not x.flags.writeable:
-                raise TypeError(f"{self!r}: inplace=True needs a writeable float32 or float64 "
-                                f"array to overwrite, but got a "
-                                f"{'' if x.flags.writeable else 'read-only '}{x.dtype} array")
+            _check_overwritable(self, x)
             kept = x.copy() if self.training and not reads_output else None
             y = self._function(x, *self._args(), out=x)
         else:
@@ -1250,9 +1262,7 @@ class Dropout(Layer):
         # p = 1 drops everything (PyTorch gives zeros, not 0 / 0)
         factor = keep * dtype.type(0 if self.p == 1 else 1 / (1 - self.p))
         if self.inplace:
-            if x.dtype != dtype or not x.flags.writeable:
-                raise TypeError(f"{self!r}: inplace=True needs a writeable float32 or float64 "
-                                f"array to overwrite, but got a {x.dtype} array")
+            _check_overwritable(self, x, (dtype,))
             y = np.multiply(x, factor, out=x)
         else:
             y = np.multiply(x, factor, dtype=dtype)

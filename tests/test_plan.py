@@ -242,6 +242,15 @@ def test_calling_eval_again_keeps_the_packs_and_a_mode_switch_drops_them():
     layer.train()
     np.testing.assert_allclose(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-5)
     assert layer._packs._store
+    # an inference model's layers trust their packs (no per-call check): eval() drops them
+    model = fastconv.Sequential(fastconv.Conv2d(8, 8, 3, padding=1, rng=0), fastconv.ReLU())
+    fast = fastconv.optimize_for_inference(model)
+    fast(x)
+    fast(x)
+    fast.nodes[0][1].weight[...] *= 2
+    fast.eval()
+    model[0].weight *= 2
+    np.testing.assert_allclose(fast(x), model.eval()(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("training", [True, False])

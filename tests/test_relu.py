@@ -155,3 +155,31 @@ def test_relu_layer_training_forward_makes_output_and_mask_in_one_pass(dtype, in
             module.relu_forward(x, y, keep, 4)
             np.testing.assert_array_equal(y, np.maximum(x, 0), err_msg=level)
             np.testing.assert_array_equal(keep, ~(x <= 0), err_msg=level)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_relu_layer_in_place_refuses_what_it_cannot_overwrite(training):
+    """As the other in-place activations: a TypeError naming the layer, in either mode."""
+    from fastconv.layers import ReLU
+
+    layer = ReLU(inplace=True).train(training)
+    read_only = np.ones((2, 3), np.float32)
+    read_only.flags.writeable = False
+    for x, what in ((read_only, "read-only float32"), (np.ones((2, 3), np.int64), "int64")):
+        with pytest.raises(TypeError, match=rf"ReLU\(inplace=True\): inplace=True needs a "
+                                            rf"writeable float32 or float64 array .* {what}"):
+            layer(x)
+
+
+def test_relu_kernels_refuse_inconsistent_arguments():
+    x = np.ones(5, np.float32)
+    for args in ((x, np.empty(4, np.float32), np.empty(5, np.uint8), 1),
+                 (x, np.empty(5, np.float32), np.empty(4, np.uint8), 1),
+                 (x, np.empty(5, np.float32), np.empty(5, np.uint8), 0)):
+        with pytest.raises(ValueError):
+            pooling._pool.relu_forward(*args)
+    for args in ((x, np.ones(4, np.uint8), np.empty(5, np.float32), 1),
+                 (x, np.ones(5, np.uint8), np.empty(4, np.float32), 1),
+                 (x, np.ones(5, np.uint8), np.empty(5, np.float32), 0)):
+        with pytest.raises(ValueError):
+            pooling._pool.relu_backward(*args)

@@ -1,4 +1,4 @@
-"""The read-only passes of _kernels._scan: byte comparison and min/max, on every thread
+"""The read-only passes of _kernels._scan: byte comparison and max |a|, on every thread
 range (a difference or an extreme at the first and last element of each)."""
 import numpy as np
 import pytest

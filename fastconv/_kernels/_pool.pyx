@@ -298,6 +298,7 @@ def relu_backward(const floating[::1] gy,        # IN  grad_output, flattened
     cdef uint32_t* o32
     cdef const uint64_t* g64
     cdef uint64_t* o64
+    _check_elementwise("relu_backward", n, keep.shape[0], gx.shape[0], num_threads)
     if n == 0:
         return
     if floating is float:
@@ -310,6 +311,17 @@ def relu_backward(const floating[::1] gy,        # IN  grad_output, flattened
         o64 = <uint64_t*> &gx[0]
         for i in prange(n, nogil=True, schedule="static", num_threads=num_threads):
             o64[i] = g64[i] & (0u - <uint64_t> (keep[i] != 0))
+
+
+cdef int _check_elementwise(str fn, Py_ssize_t n, Py_ssize_t a, Py_ssize_t b,
+                            int num_threads) except -1:
+    """ValueError unless the two other flat arrays have the first one's n values and
+    num_threads >= 1 (the loops read and write n values of each, bounds checks off)."""
+    if a != n or b != n:
+        raise ValueError(f"{fn}: expected arrays of {n} values, but got {a} and {b}")
+    if num_threads < 1:
+        raise ValueError(f"{fn}: num_threads must be >= 1, got {num_threads}")
+    return 0
 
 
 cdef inline void _relu_range32(const float* x, uint32_t* y, unsigned char* keep,
@@ -344,6 +356,7 @@ def relu_forward(const floating[::1] x,       # IN  the input, flattened
     and the mask its backward reads (NumPy's np.maximum then ~(y <= 0) made three passes
     and two temporaries)."""
     cdef Py_ssize_t n = x.shape[0], k, lo, hi
+    _check_elementwise("relu_forward", n, y.shape[0], keep.shape[0], num_threads)
     if n == 0:
         return
     for k in prange(num_threads, nogil=True, schedule="static", num_threads=num_threads):
