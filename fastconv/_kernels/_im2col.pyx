@@ -30,10 +30,14 @@ cdef inline void unroll_tile(const floating* x, floating* col, Py_ssize_t p0, Py
                              Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
     """col[t, (r*kw + s)*cig + ci] = x[n, oh*sh + r*dh - top, ow*sw + s*dw - left, g*cig + ci]
     for output pixel p0 + t, and 0 where that falls in the zero padding outside x."""
-    cdef Py_ssize_t K = kh * kw * cig
-    cdef Py_ssize_t t, p, n, oh, ow, r, s, ci, ih, iw
+    cdef Py_ssize_t K = kh * kw * cig, run = kw * cig
+    cdef Py_ssize_t t, p, n, oh, ow, r, s, ci, ih, iw, j
     cdef const floating* src
     cdef floating* dst
+    # a row of taps of one group spanning all channels (cig == C), adjacent (dw == 1) and
+    # inside the image is one run of kw * C values of x: copied as one (with few channels,
+    # e.g. a first layer's 1 or 3, per-tap copies of cig values spent their time on indices)
+    cdef bint runs = dw == 1 and cig == C
     for t in range(T):
         p = p0 + t
         ow = p % Wo
@@ -41,6 +45,13 @@ cdef inline void unroll_tile(const floating* x, floating* col, Py_ssize_t p0, Py
         n = p // (Wo * Ho)
         for r in range(kh):
             ih = oh * sh + r * dh - top
+            iw = ow * sw - left
+            if runs and 0 <= ih < H and 0 <= iw and iw + kw <= W:
+                src = x + ((n * H + ih) * W + iw) * C
+                dst = col + t * K + r * run
+                for j in range(run):
+                    dst[j] = src[j]
+                continue
             for s in range(kw):
                 iw = ow * sw + s * dw - left
                 dst = col + t * K + (r * kw + s) * cig
