@@ -324,24 +324,19 @@ cdef int _check_elementwise(str fn, Py_ssize_t n, Py_ssize_t a, Py_ssize_t b,
     return 0
 
 
-cdef inline void _relu_range32(const float* x, uint32_t* y, unsigned char* keep,
-                               Py_ssize_t n) noexcept nogil:
-    """relu_forward over n values, as a plain loop the compiler vectorises: x's bits masked
-    by the comparison (branch-free: a random sign made a branch mispredicted half the time)."""
-    cdef Py_ssize_t i
-    cdef uint32_t k
-    cdef const uint32_t* bits = <const uint32_t*> x
-    for i in range(n):
-        k = not (x[i] <= 0)
-        keep[i] = <unsigned char> k
-        y[i] = bits[i] & (0u - k)
+ctypedef fused _bits:  # a float's bits as an unsigned integer of its size
+    uint32_t
+    uint64_t
 
 
-cdef inline void _relu_range64(const double* x, uint64_t* y, unsigned char* keep,
-                               Py_ssize_t n) noexcept nogil:
+cdef inline void _relu_range(const floating* x, _bits* y, unsigned char* keep,
+                             Py_ssize_t n) noexcept nogil:
+    """relu_forward over n values (y: the bits of floats of x's size), as a plain loop the
+    compiler vectorises: x's bits masked by the comparison (branch-free: a random sign made
+    a branch mispredicted half the time)."""
     cdef Py_ssize_t i
-    cdef uint64_t k
-    cdef const uint64_t* bits = <const uint64_t*> x
+    cdef _bits k
+    cdef const _bits* bits = <const _bits*> x
     for i in range(n):
         k = not (x[i] <= 0)
         keep[i] = <unsigned char> k
@@ -364,6 +359,6 @@ def relu_forward(const floating[::1] x,       # IN  the input, flattened
         hi = (k + 1) * n // num_threads
         if hi > lo:
             if floating is float:
-                _relu_range32(&x[lo], <uint32_t*> &y[lo], &keep[lo], hi - lo)
+                _relu_range(&x[lo], <uint32_t*> &y[lo], &keep[lo], hi - lo)
             else:
-                _relu_range64(&x[lo], <uint64_t*> &y[lo], &keep[lo], hi - lo)
+                _relu_range(&x[lo], <uint64_t*> &y[lo], &keep[lo], hi - lo)

@@ -33,22 +33,22 @@ def same_bytes(const unsigned char[::1] a, const unsigned char[::1] b, int num_t
     return differ == 0
 
 
-cdef inline int64_t _magnitude32(const int32_t* bits, Py_ssize_t n) noexcept nogil:
-    """max over bits[:n] & 0x7FFFFFFF, as signed integers (a vectorisable reduction)."""
-    cdef Py_ssize_t i
-    cdef int32_t m = 0, v
-    for i in range(n):
-        v = bits[i] & INT32_MAX
-        m = v if v > m else m
-    return m
+ctypedef fused _bits:  # a float's bits as a signed integer of its size
+    int32_t
+    int64_t
 
 
-cdef inline int64_t _magnitude64(const int64_t* bits, Py_ssize_t n) noexcept nogil:
-    """max over bits[:n] & 0x7FFFFFFFFFFFFFFF, as signed integers."""
+cdef inline int64_t _magnitude(const _bits* bits, Py_ssize_t n) noexcept nogil:
+    """max over bits[:n] without their sign bit, as signed integers (a vectorisable
+    reduction)."""
     cdef Py_ssize_t i
-    cdef int64_t m = 0, v
+    cdef _bits m = 0, v, no_sign
+    if _bits is int32_t:
+        no_sign = INT32_MAX
+    else:
+        no_sign = INT64_MAX
     for i in range(n):
-        v = bits[i] & INT64_MAX
+        v = bits[i] & no_sign
         m = v if v > m else m
     return m
 
@@ -75,9 +75,9 @@ def max_abs(const floating[::1] a, int num_threads):
         lo = k * n // parts
         hi = (k + 1) * n // parts
         if floating is float:
-            maxima[k] = _magnitude32(<const int32_t*>&a[0] + lo, hi - lo)
+            maxima[k] = _magnitude(<const int32_t*>&a[0] + lo, hi - lo)
         else:
-            maxima[k] = _magnitude64(<const int64_t*>&a[0] + lo, hi - lo)
+            maxima[k] = _magnitude(<const int64_t*>&a[0] + lo, hi - lo)
     for t in range(parts):
         m = maxima[t] if maxima[t] > m else m
     if floating is float:
