@@ -298,7 +298,8 @@ def test_zero_grad_clears_large_gradients_on_every_thread(monkeypatch):
 
     seen = []
     real = optim._optim.zero
-    monkeypatch.setattr(optim._optim, "zero", lambda a, n: (seen.append(n), real(a, n))[1])
+    monkeypatch.setattr(optim._optim, "zero",
+                        lambda a, stream, n: (seen.append(n), real(a, stream, n))[1])
     model = fastconv.Sequential(L.Conv2d(128, 129, 3, rng=0), L.Linear(3, 2, rng=0))
     for _, _, grad in model.parameters():
         grad[...] = 1
@@ -308,7 +309,14 @@ def test_zero_grad_clears_large_gradients_on_every_thread(monkeypatch):
     assert seen == [2]  # the 3x3x128x129 weight's gradient; the small ones filled at once
     assert_threads_ran(seen)
     with pytest.raises(ValueError, match="num_threads must be >= 1, got 0"):
-        real(np.ones(3, np.float32), 0)
+        real(np.ones(3, np.float32), False, 0)
+    # non-temporal stores: every value, ranges of any alignment and length, on 1-3 threads
+    for stream in (False, True):
+        for threads in (1, 2, 3):
+            for start, n in ((0, 1000), (1, 997), (3, 64), (5, 15), (7, 0)):
+                a = np.ones(start + n + 9, np.float32)
+                real(a[start:start + n], stream, threads)
+                assert not a[start:start + n].any() and a[:start].all() and a[start + n:].all()
     # an ndarray subclass, a read-only gradient: NumPy's fill, its own error
     matrix = np.asmatrix(np.ones((512, 512)))  # its reshape(-1) keeps two dimensions
     SGD([("m", np.zeros((512, 512)), matrix)], lr=0.1).zero_grad()

@@ -7,10 +7,16 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memset
 
+cdef extern from "fastconv_simd.h":
+    void fc_stream_zero(void* dst, size_t nbytes) noexcept nogil
+    void fc_store_fence() noexcept nogil
 
-def zero(floating[::1] a, int num_threads):
+
+def zero(floating[::1] a, bint stream, int num_threads):
     """a[:] = 0, in one contiguous range of a per thread (a gradient of ResNet-18's, 9.4 MB:
-    one thread's fill is bound by what one core can write)."""
+    one thread's fill is bound by what one core can write); with `stream`, by non-temporal
+    stores, which do not read each line before writing it (for an array far larger than
+    the caches, which the fill would evict anyway)."""
     cdef Py_ssize_t n = a.shape[0], k, lo, hi
     if num_threads < 1:
         raise ValueError(f"zero: num_threads must be >= 1, got {num_threads}")
@@ -20,7 +26,11 @@ def zero(floating[::1] a, int num_threads):
         lo = k * n // num_threads
         hi = (k + 1) * n // num_threads
         if hi > lo:
-            memset(&a[lo], 0, (hi - lo) * sizeof(floating))
+            if stream:
+                fc_stream_zero(&a[lo], (hi - lo) * sizeof(floating))
+                fc_store_fence()
+            else:
+                memset(&a[lo], 0, (hi - lo) * sizeof(floating))
 
 
 def sgd_step(floating[::1] p,        # IN/OUT the parameter

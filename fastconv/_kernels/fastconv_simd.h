@@ -400,6 +400,34 @@ static inline void fc_stream_copy(void *dst, const void *src, size_t bytes)
 #endif
 }
 
+/* dst[:bytes] = 0 with non-temporal stores where dst is aligned (as fc_stream_copy: a fill
+ * far larger than the caches skips reading each line before writing it). Call
+ * fc_store_fence() once the thread's streamed stores are done. */
+static inline void fc_stream_zero(void *dst, size_t bytes)
+{
+#if FC_STREAM_STORES
+    char *d = (char *)dst;
+    size_t head = (size_t)(-(size_t)d % 64);
+    if (head > bytes) head = bytes;
+    memset(d, 0, head);
+    d += head; bytes -= head;
+    for (; bytes >= 64; bytes -= 64, d += 64) {
+#if defined(__AVX512F__)
+        _mm512_stream_si512((void *)d, _mm512_setzero_si512());
+#elif defined(__AVX__)
+        _mm256_stream_si256((__m256i *)d, _mm256_setzero_si256());
+        _mm256_stream_si256((__m256i *)(d + 32), _mm256_setzero_si256());
+#else
+        for (int k = 0; k < 64; k += 16)
+            _mm_stream_si128((__m128i *)(d + k), _mm_setzero_si128());
+#endif
+    }
+    memset(d, 0, bytes);
+#else
+    memset(dst, 0, bytes);
+#endif
+}
+
 static inline void fc_store_fence(void)
 {
 #if FC_STREAM_STORES

@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from fastconv import _params, _plan
+from fastconv import _algorithms, _params, _plan
 from fastconv._kernels import _optim
 from fastconv._threads import bound_call, threads_for_work
 
@@ -149,7 +149,8 @@ class Optimizer:
                 if threads > 1 and _flat_writable(grad):
                     # large gradients on every thread (ResNet-18's 47 MB on a Zen 5, 2
                     # threads: 1.87 -> 1.40 ms)
-                    bound_call(_optim.zero, grad.reshape(-1), threads=threads)()
+                    bound_call(_optim.zero, grad.reshape(-1),
+                               grad.nbytes >= _algorithms.STREAM_BYTES, threads=threads)()
                 else:
                     grad.fill(0)
 
