@@ -135,32 +135,24 @@ def _same_values(values, weight: np.ndarray, bias) -> bool:
     return _same_bytes(values[0], weight) and (bias is None or _same_bytes(values[1], bias))
 
 
-# unsigned integers of each item size: floats compared as their bits
-_BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}
-# up to this size two copies to bytes cost less than np.array_equal's own overhead (4 us;
-# 0.5 us for a 2 KiB weight, measured on an AMD EPYC Zen 4; equal near 16 KiB)
+# up to this size two copies to bytes cost less than the kernel call (np.array_equal's own
+# overhead was 4 us; 0.5 us for a 2 KiB weight, measured on an AMD EPYC Zen 4)
 _SMALL_BYTES = 16384
 
 
 def _same_bytes(a, b) -> bool:
     """Whether a and b hold the same bits (np.array_equal on floats would take NaN for
-    unequal to itself). Small arrays as bytes objects, C-contiguous ones by memcmp on the
-    threads of get_num_threads() (_kernels._scan), others as unsigned integers of their
-    item size (0.35 ms for a 4 MiB weight on a Xeon, where comparing bytes took 0.89 ms)."""
+    unequal to itself): small arrays as bytes objects, others by memcmp on the threads of
+    get_num_threads() (_kernels._scan; a strided one copied first)."""
     a, b = np.asarray(a), np.asarray(b)  # a bias may be given as a list
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     if a.nbytes <= _SMALL_BYTES:
         return a.tobytes() == b.tobytes()
-    if a.flags.c_contiguous and b.flags.c_contiguous:
-        threads = get_num_threads()
-        place_workers(threads)
-        return _scan.same_bytes(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8),
-                                threads)
-    bits = _BITS.get(a.dtype.itemsize)
-    if bits is None or a.dtype.kind not in "fiu":
-        return a.tobytes() == b.tobytes()
-    return bool(np.array_equal(a.view(bits), b.view(bits)))
+    threads = get_num_threads()
+    place_workers(threads)
+    return _scan.same_bytes(np.ascontiguousarray(a).reshape(-1).view(np.uint8),
+                            np.ascontiguousarray(b).reshape(-1).view(np.uint8), threads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,13 +316,12 @@ class ConvPlan:
         """(grad_input, grad_weight, grad_bias) of a "conv2d" plan's forward at x (4-D, of
         the planned shape) given grad_output (4-D, of the output's shape), as
         functional.conv2d_backward returns them (with grad_weight_into, see there), without
-        checking and deriving again what the plan holds. A weight of another shape than
-        the planned one is checked there (ValueError)."""
+        checking and deriving again what the plan holds (a layer's plan_for gives another
+        plan for a weight of another shape or dtype; here that is a ValueError)."""
         if self.kind != "conv2d" or weight.shape != self.weight_shape:
-            stride, padding, dilation, groups, algorithm, padding_mode, _ = self._args
-            return functional._conv2d_backward(
-                "conv2d_backward", False, grad_output, x, weight, stride, padding, dilation,
-                groups, padding_mode, algorithm, needs, grad_weight_into)
+            raise ValueError(f"ConvPlan.backward: a conv2d plan for weights of shape "
+                             f"{self.weight_shape}, but this is a {self.kind} plan and the "
+                             f"weight has shape {weight.shape}")
         return functional._conv2d_gradients(grad_output, x, weight, self.geo, self.mode,
                                             self.requested, functional._needs(needs),
                                             grad_weight_into)

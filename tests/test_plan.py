@@ -101,6 +101,12 @@ def test_planned_backward_with_a_weight_replaced_after_the_forward():
         layer.backward(gy)
     layer.weight = np.ones((3, 3, 4, 6), np.float32)
     layer(x)
+    plan = _plan.plan_for(layer, x)
+    with pytest.raises(ValueError, match=r"weights of shape \(3, 3, 4, 6\).* \(1, 3, 4, 6\)"):
+        plan.backward(gy, x, np.ones((1, 3, 4, 6), np.float32), ("input",))
+    transposed = _plan.plan_for(fastconv.ConvTranspose2d(4, 6, 3, rng=0), x)
+    with pytest.raises(ValueError, match="conv_transpose2d plan"):
+        transposed.backward(gy, x, np.ones((3, 3, 6, 4), np.float32), ("input",))
     layer.weight = RNG.standard_normal((3, 3, 4, 6))  # float64
     layer.zero_grad()
     gx = layer.backward(gy)

@@ -258,6 +258,12 @@ def test_dropout():
     assert not L.Dropout(1.0, rng=0)(x).any() and L.Dropout(0.0)(x).dtype == np.float64
     inplace = x.astype(np.float32)
     assert L.Dropout(0.5, inplace=True, rng=1)(inplace) is inplace
+    inplace.flags.writeable = False  # and what it cannot overwrite: the layer's TypeError
+    for bad, what in ((inplace, "float32 array .* read-only float32"),
+                      (np.ones((2, 3), np.int64), "float64 array .* int64")):
+        with pytest.raises(TypeError, match=rf"Dropout\(p=0.5, inplace=True\): inplace=True "
+                                            rf"needs a writeable {what} array"):
+            L.Dropout(0.5, inplace=True, rng=1)(bad)
     assert repr(layer) == "Dropout(p=0.3, inplace=False)"
     with pytest.raises(ValueError, match="between 0 and 1, but got 1.5"):
         L.Dropout(1.5)
