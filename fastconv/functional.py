@@ -277,13 +277,19 @@ def _weight_grad(algorithm: str, x: np.ndarray, offsets, gy: np.ndarray, weight_
                                    geo.dilation), "zeros", x.dtype)
             offsets, kw, dw, rows = (0, 0), 1, 1, kw * rows
             sums = grad.reshape(kh, 1, rows, weight_shape[3])
-        block = _algorithms.KERNELS[algo].OUT_BLOCK[np.dtype(dtype).name]
-        units = geo.groups * -(-weight_shape[3] // geo.groups // block)
-        # enough work units for the threads (a fixed number: results do not depend on them)
-        ranges = max(1, min(-(-rows // _algorithms.KERNELS[algo].PIXEL_BLOCK),
-                            -(-BLOCKED_GRAD_UNITS // units)))
+        kernel = _algorithms.KERNELS[algo]
+        # enough work units for the threads (a fixed number: results do not depend on them):
+        # ranges of input channels first, each unit then writing whole rows of gw one after
+        # another (3x3 512 -> 512 at 4x4, 1 and 8 images: 1.14x and 1.09x faster than a
+        # unit per block of output channels, whose rows lie C_out apart; AMD EPYC Zen 4);
+        # blocks of output channels split only when there are too few input channels
+        in_ranges = max(1, min(-(-rows // kernel.PIXEL_BLOCK),
+                               -(-BLOCKED_GRAD_UNITS // geo.groups)))
+        out_ranges = max(1, min(-(-weight_shape[3] // geo.groups
+                                  // kernel.OUT_BLOCK[np.dtype(dtype).name]),
+                                -(-BLOCKED_GRAD_UNITS // (geo.groups * in_ranges))))
         _run(algo, "conv_backward_weight", x, gy, sums, *offsets, sh, sw, dh, dw, geo.groups,
-             ranges, BLOCKED_CHUNK_PIXELS, flops=flops)
+             out_ranges, in_ranges, BLOCKED_CHUNK_PIXELS, flops=flops)
         return _added(grad, into)
     if algo == "winograd":
         weight_bytes = _algorithms.winograd_weight_bytes(*weight_shape[2:], itemsize)

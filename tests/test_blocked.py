@@ -290,7 +290,8 @@ def weight_gradient_reference(x, gy, w_shape, stride, pads, dilation, groups):
 @pytest.mark.parametrize("case", range(len(GEOMETRIES)))
 def test_weight_gradient(level, dtype, case, rng):
     """Every geometry, with input-channel ranges of one register block or all of them,
-    chunks of pixels that split images and rows (or hold all of them)."""
+    output-channel blocks all in one range or one per range (or ranges of both), chunks of
+    pixels that split images and rows (or hold all of them)."""
     n, h, wd, c, kh, kw, cout, stride, dilation, groups, pads = GEOMETRIES[case]
     module = VARIANTS[level]
     x = rng.standard_normal((n, h, wd, c)).astype(dtype)
@@ -299,10 +300,13 @@ def test_weight_gradient(level, dtype, case, rng):
     gy = rng.standard_normal(y.shape).astype(dtype)
     want = weight_gradient_reference(x, gy, (kh, kw, c // groups, cout), stride, pads,
                                      dilation, groups)
-    for ranges, chunk in ((1, 1000), (c // groups, 5), (2, 64)):
+    blocks = -(-cout // groups // module.OUT_BLOCK[np.dtype(dtype).name])
+    for out_ranges, ranges, chunk in ((1, 1, 1000), (blocks, c // groups, 5), (2, 2, 64),
+                                      (1, c // groups, 7)):
         gw = np.zeros((kh, kw, c // groups, cout), dtype)
         assert module.conv_backward_weight(x, gy, gw, pads[0][0], pads[1][0], *stride,
-                                           *dilation, groups, ranges, chunk, 2) == 0
+                                           *dilation, groups, out_ranges, ranges, chunk,
+                                           2) == 0
         assert_close(gw, want, dtype, gy[..., 0].size)
 
 
@@ -317,13 +321,16 @@ def test_weight_gradient_channel_counts_and_threads(dtype, rng):
         gy = rng.standard_normal((2, 6, 5, cout)).astype(dtype)
         want = weight_gradient_reference(x, gy, (3, 3, cin, cout), (1, 1), ((1, 1), (1, 1)),
                                          (1, 1), 1)
-        results = []
-        for threads in (1, 2):
-            gw = np.zeros((3, 3, cin, cout), dtype)
-            module.conv_backward_weight(x, gy, gw, 1, 1, 1, 1, 1, 1, 1, 2, 16, threads)
-            results.append(gw)
-        np.testing.assert_array_equal(results[0], results[1])
-        assert_close(results[1], want, dtype, 60)
+        blocks = -(-cout // module.OUT_BLOCK[np.dtype(dtype).name])
+        for out_ranges in (1, blocks):
+            results = []
+            for threads in (1, 2):
+                gw = np.zeros((3, 3, cin, cout), dtype)
+                module.conv_backward_weight(x, gy, gw, 1, 1, 1, 1, 1, 1, 1, out_ranges, 2, 16,
+                                            threads)
+                results.append(gw)
+            np.testing.assert_array_equal(results[0], results[1])
+            assert_close(results[1], want, dtype, 60)
 
 
 def test_non_finite_grad_output_weight_gradient_runs_direct(rng):

@@ -23,7 +23,8 @@ def conv_forward(
 ) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
 def conv_backward_weight(
     x: _Floats, gy: _Floats, gw: _Floats, top: int, left: int, sh: int, sw: int, dh: int,
-    dw: int, groups: int, in_ranges: int, chunk_pixels: int, num_threads: int,
+    dw: int, groups: int, out_ranges: int, in_ranges: int, chunk_pixels: int,
+    num_threads: int,
 ) -> int: ...  # 0, or 1 when a scratch buffer could not be allocated
 def pack_weight(w: _Floats, wp: _Floats, num_threads: int) -> bool: ...  # True: w all finite
 def team_size(num_threads: int) -> int: ...  # threads an OpenMP region of num_threads gets

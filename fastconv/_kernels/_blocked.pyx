@@ -251,18 +251,21 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
                          floating[:, :, :, ::1] gw,        # OUT (kh, kw, cig, C_out), zeroed
                          Py_ssize_t top, Py_ssize_t left,  # zero padding, as in conv_forward
                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                         Py_ssize_t groups, Py_ssize_t in_ranges, Py_ssize_t chunk_pixels,
-                         int num_threads):
+                         Py_ssize_t groups, Py_ssize_t out_ranges, Py_ssize_t in_ranges,
+                         Py_ssize_t chunk_pixels, int num_threads):
     """Weight gradient gw[r, s, ci, co] = sum over output pixels of x at tap (r, s) times gy,
-    without partial sums: a work unit is (group, block of OUT_BLOCK output channels, one of
-    `in_ranges` ranges of input channels), and owns its part of gw. It goes through all
-    output pixels in chunks of chunk_pixels (the chunk's gy, its block of channels, stays in
-    cache while every tap and input channel of the range uses it; a last block narrower than
-    OUT_BLOCK is first copied into a zero-padded buffer), for each tap in register blocks of
-    FC_BLK_NP
-    input channels x OUT_BLOCK output channels summed over the chunk's pixels (a tap in the
-    padding reads zeros). Each element of gw is summed by one thread in a fixed order: the
-    result does not depend on the thread count.
+    without partial sums: a work unit is (group, one of `out_ranges` ranges of the blocks of
+    OUT_BLOCK output channels, one of `in_ranges` ranges of input channels), and owns its
+    part of gw. It goes through all output pixels in chunks of chunk_pixels (the chunk's gy,
+    its blocks of channels, stays in cache while every tap and input channel of the range
+    uses it; a last block narrower than OUT_BLOCK is first copied into a zero-padded
+    buffer), for each tap and register block of FC_BLK_NP input channels through its blocks
+    of output channels, each summed over the chunk's pixels (a tap in the padding reads
+    zeros). With one block per range, a unit's part of gw is a column of rows OUT_BLOCK
+    wide, C_out apart; with all blocks in one range, whole rows of gw one after another (for
+    a gw larger than the caches, read and written from memory, few pixels: a stream, not a
+    stride). Each element of gw is summed by one thread in a fixed order: the result does
+    not depend on the thread count.
     Returns 0, or 1 when a scratch buffer could not be allocated."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], Cout = gy.shape[3]
@@ -271,9 +274,10 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
     cdef Py_ssize_t n_ob = (cog + ob - 1) // ob, ntaps = kh * kw
     cdef Py_ssize_t n_ci_blocks = (cig + FC_BLK_NP - 1) // FC_BLK_NP
     cdef Py_ssize_t P = N * Ho * Wo, n_chunks = (P + chunk_pixels - 1) // chunk_pixels
-    cdef Py_ssize_t n_units = groups * n_ob * in_ranges
-    cdef Py_ssize_t unit, g, b, k, nc, ci_lo, ci_hi, chunk, p0, npix, p, c, n, oh, ow, t, r, s
-    cdef Py_ssize_t ci, nci, ih, iw
+    cdef Py_ssize_t n_units = groups * out_ranges * in_ranges
+    cdef Py_ssize_t unit, g, b, j, k, nc, ci_lo, ci_hi, chunk, p0, npix, p, c, n, oh, ow, t, r, s
+    cdef Py_ssize_t ci, nci, ih, iw, b_lo, b_hi
+    cdef bint padded
     cdef const floating* zeros = NULL
     cdef const floating** xp = NULL
     cdef floating* gbuf = NULL
@@ -294,31 +298,30 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
             if xp == NULL or gbuf == NULL:
                 failed[0] = 1
                 continue
-            g = unit // (n_ob * in_ranges)
-            b = (unit // in_ranges) % n_ob
+            g = unit // (out_ranges * in_ranges)
+            j = (unit // in_ranges) % out_ranges
             k = unit % in_ranges
-            nc = min(ob, cog - b * ob)
-            gw_blk = &gw[0, 0, 0, 0] + g * cog + b * ob
+            b_lo = j * n_ob // out_ranges
+            b_hi = (j + 1) * n_ob // out_ranges
             # the range's input channels, whole register blocks but for the last
             ci_lo = min(cig, k * n_ci_blocks // in_ranges * FC_BLK_NP)
             ci_hi = min(cig, (k + 1) * n_ci_blocks // in_ranges * FC_BLK_NP)
-            if ci_hi <= ci_lo:
+            if ci_hi <= ci_lo or b_hi <= b_lo:
                 continue
+            # a last block narrower than ob in the range: its gy chunk is read zero-padded
+            nc = cog - (n_ob - 1) * ob
+            padded = b_hi == n_ob and nc < ob
             for chunk in range(n_chunks):
                 p0 = chunk * chunk_pixels
                 npix = min(chunk_pixels, P - p0)
                 n = p0 // (Ho * Wo)
                 oh = p0 // Wo % Ho
                 ow = p0 % Wo
-                # the chunk's gy, the block's channels: in place, or zero-padded to ob
-                g_chunk = &gy[0, 0, 0, 0] + p0 * Cout + g * cog + b * ob
-                g_pix = Cout
-                if nc < ob:
+                if padded:
+                    g_chunk = &gy[0, 0, 0, 0] + p0 * Cout + g * cog + (n_ob - 1) * ob
                     for p in range(npix):
                         for c in range(ob):
                             gbuf[p * ob + c] = g_chunk[p * Cout + c] if c < nc else 0
-                    g_chunk = gbuf
-                    g_pix = ob
                 for p in range(npix):
                     # each tap's input pixel (at the group's first channel), or the zeros
                     for r in range(kh):
@@ -338,17 +341,24 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
                     ci = ci_lo
                     while ci < ci_hi:
                         nci = min(<Py_ssize_t> FC_BLK_NP, ci_hi - ci)
-                        if not FC_HAVE_VECTORS:
-                            _scalar_wgrad(<int> nci, xp + t * chunk_pixels, ci, g_chunk, g_pix,
-                                          npix, gw_blk + (t * cig + ci) * Cout, Cout, nc)
-                        elif floating is float:
-                            fc_wgrad_blocked_f(<int> nci, xp + t * chunk_pixels, ci, g_chunk,
-                                               g_pix, npix, gw_blk + (t * cig + ci) * Cout, Cout,
-                                               nc)
-                        else:
-                            fc_wgrad_blocked_d(<int> nci, xp + t * chunk_pixels, ci, g_chunk,
-                                               g_pix, npix, gw_blk + (t * cig + ci) * Cout, Cout,
-                                               nc)
+                        for b in range(b_lo, b_hi):
+                            # the chunk's gy, the block's channels: in place, or zero-padded
+                            nc = min(ob, cog - b * ob)
+                            g_chunk = &gy[0, 0, 0, 0] + p0 * Cout + g * cog + b * ob
+                            g_pix = Cout
+                            if nc < ob:
+                                g_chunk = gbuf
+                                g_pix = ob
+                            gw_blk = &gw[0, 0, 0, 0] + (t * cig + ci) * Cout + g * cog + b * ob
+                            if not FC_HAVE_VECTORS:
+                                _scalar_wgrad(<int> nci, xp + t * chunk_pixels, ci, g_chunk,
+                                              g_pix, npix, gw_blk, Cout, nc)
+                            elif floating is float:
+                                fc_wgrad_blocked_f(<int> nci, xp + t * chunk_pixels, ci, g_chunk,
+                                                   g_pix, npix, gw_blk, Cout, nc)
+                            else:
+                                fc_wgrad_blocked_d(<int> nci, xp + t * chunk_pixels, ci, g_chunk,
+                                                   g_pix, npix, gw_blk, Cout, nc)
                         ci = ci + nci
         free(gbuf)
         free(xp)
