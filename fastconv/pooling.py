@@ -211,7 +211,7 @@ def _max_pool_nd_backward(fn, one_d, grad_output, x, kernel_size, stride, paddin
         _, idx = _max_pool(x, geo, dtype)
     else:
         idx = _max_indices(fn, indices, geo, unbatched, one_d)
-    gx = np.zeros(x.shape, dtype)
+    gx = _memory.empty(x.shape, dtype)  # the kernel writes every value
     _pool.max_pool_backward(np.ascontiguousarray(gy, dtype), idx, gx, CHANNEL_BLOCK,
                             threads_for_work(gy.size))
     return _unshown(gx, unbatched, one_d)

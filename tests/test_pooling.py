@@ -126,19 +126,21 @@ def test_max_pool_matches_reference(k, s, p, d):
 @pytest.mark.parametrize("channels", [1, 15, 16, 17, 33, 63, 64, 65, 129])
 def test_max_pool_for_channel_counts_around_the_kernels_blocks(channels, per_tap, level,
                                                                monkeypatch):
-    """The kernel keeps 16 channels' maxima and taps at a time (64 channels' maxima without
-    indices): ties (the first wins), NaN (the last wins), dilation and padding in every block
-    and its tail, in every instruction-set variant built. per_tap: every window through the
-    loop that windows of 2**31 taps or more take."""
+    """The kernel keeps 64 channels' maxima and taps at a time (with indices or not): ties
+    (the first wins), NaN (the last wins), dilation and padding in every block and its tail,
+    in every instruction-set variant built; windows of more than 64 taps, whose indices are
+    computed rather than looked up. per_tap: every window through the loop that windows of
+    2**31 taps or more take."""
     monkeypatch.setattr(pooling, "_pool", _algorithms.simd_modules("_pool")[level])
     if per_tap:
         monkeypatch.setattr(pooling, "_VECTOR_WINDOW_TAPS", 0)
     rng = np.random.default_rng(channels)
-    x = rng.integers(0, 4, (2, 7, 6, channels)).astype(np.float32)  # many ties
+    x = rng.integers(0, 4, (2, 10, 9, channels)).astype(np.float32)  # many ties
     x[0, 1, 2, ::3] = np.nan
     x[1, 4, 0, 1::2] = np.nan
     x[1, 4, 1, 1::4] = np.nan
-    for k, s, p, d in [(3, 2, 1, 1), ((2, 3), 1, (1, 0), 2), (2, None, 0, 1)]:
+    for k, s, p, d in [(3, 2, 1, 1), ((2, 3), 1, (1, 0), 2), (2, None, 0, 1),
+                       ((9, 8), 1, 4, 1)]:
         y, idx = pooling.max_pool2d(x, k, s, p, d, return_indices=True)
         y_ref, idx_ref = ref_max_pool(x, pair(k), pair(k if s is None else s), pair(p),
                                       pair(d), False)
@@ -271,6 +273,31 @@ def test_max_pool_backward_by_finite_differences(k, s, p, d, ceil_mode):
     from_indices = pooling.max_pool2d_backward(gy, x, k, s, p, d, ceil_mode, indices=idx)
     np.testing.assert_allclose(from_x, expected, rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(from_indices, from_x)
+
+
+def test_max_pool_backward_writes_every_value(monkeypatch):
+    """The input gradient comes from _memory.empty, not np.zeros: the kernel zeroes it
+    itself, pixels that are no window's maximum included. Here that memory starts as NaN."""
+    from fastconv import _memory
+    empty = _memory.empty
+
+    def nan_filled(shape, dtype):
+        a = empty(shape, dtype)
+        a.fill(np.nan)
+        return a
+    monkeypatch.setattr(_memory, "empty", nan_filled)
+    x = _x(np.float64, (2, 7, 9, 70), seed=4)  # channel blocks of 64 and a tail
+    for k, s, p, d, ceil_mode in MAX_GRAD_CASES:
+        y, idx = pooling.max_pool2d(x, k, s, p, d, ceil_mode, return_indices=True)
+        gy = np.random.default_rng(5).standard_normal(y.shape)
+        gx = pooling.max_pool2d_backward(gy, x, k, s, p, d, ceil_mode, indices=idx)
+        want = np.zeros(x.shape)
+        for n, oh, ow, c in np.ndindex(*y.shape):  # the scatter, from the definition
+            flat = idx[n, oh, ow, c]
+            if flat >= 0:  # -1: a window wholly in the padding
+                want[n, flat // x.shape[2], flat % x.shape[2], c] += gy[n, oh, ow, c]
+        np.testing.assert_allclose(gx, want, rtol=1e-12, atol=1e-12)
+        assert (gx == 0).any()  # pixels that no window took
 
 
 @pytest.mark.parametrize("count_include_pad", [False, True])

@@ -22,8 +22,9 @@ from fastconv._kernels._taps cimport _end_tap, _first_tap
 
 
 cdef enum:
-    _IDX_BLOCK = 16  # channels whose running maxima and tap numbers a window keeps locally
+    _IDX_BLOCK = 64  # channels whose running maxima and tap numbers a window keeps locally
     _MAX_BLOCK = 64  # channels whose running maxima a window keeps locally (no indices)
+    _FLAT_TAPS = 64  # windows of up to this many taps look their indices up in a local table
 
 
 cdef inline void _window_max(const floating* x, Py_ssize_t W, Py_ssize_t C, Py_ssize_t h0,
@@ -62,15 +63,27 @@ cdef inline void _window_max_with_index(const floating* x, Py_ssize_t W, Py_ssiz
     it, fewer than 2**31 of them) and their flat indices. Block of channels by block, the
     running maxima and the number of the tap that gave each (32-bit, as wide as a float:
     one select mask serves both) kept in local arrays, which the compiler vectorises; the
-    indices are made from the tap numbers at the end. (A branch per channel and tap ran
+    indices are made from the tap numbers at the end: looked up in a table of the window's
+    flat indices where it has at most _FLAT_TAPS taps (two integer divisions per channel
+    made 3x3 pooling with indices 4x slower than without). (A branch per channel and tap ran
     14x slower than the maxima alone.)"""
     cdef floating m[_IDX_BLOCK]
     cdef int32_t tap[_IDX_BLOCK]
+    cdef int64_t flat[_FLAT_TAPS]
     cdef Py_ssize_t c, nc, r, s, k, c0 = 0, ns = s1 - s0
     cdef int32_t t
     cdef const floating* xp
     cdef floating v
     cdef bint better
+    cdef bint table = (r1 - r0) * ns <= _FLAT_TAPS
+    if table:
+        t = 0
+        for r in range(r0, r1):
+            for s in range(s0, s1):
+                flat[t] = (h0 + r * dh) * W + w0 + s * dw
+                t += 1
+        if r0 >= r1 or ns <= 0:  # no tap inside the image: every index is -1
+            flat[0] = -1
     while c0 < C:
         nc = min(<Py_ssize_t> _IDX_BLOCK, C - c0)
         for c in range(_IDX_BLOCK):
@@ -88,9 +101,14 @@ cdef inline void _window_max_with_index(const floating* x, Py_ssize_t W, Py_ssiz
                 t += 1
         for c in range(nc):
             yp[c0 + c] = m[c]
-            k = tap[c]
-            ip[c0 + c] = ((h0 + (r0 + k // ns) * dh) * W + w0 + (s0 + k % ns) * dw
-                          if r0 < r1 and ns > 0 else -1)
+        if table:
+            for c in range(nc):
+                ip[c0 + c] = flat[tap[c]]
+        else:
+            for c in range(nc):
+                k = tap[c]
+                ip[c0 + c] = ((h0 + (r0 + k // ns) * dh) * W + w0 + (s0 + k % ns) * dw
+                              if r0 < r1 and ns > 0 else -1)
         c0 += _IDX_BLOCK
 
 
@@ -157,28 +175,33 @@ def max_pool_forward(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C)
 
 def max_pool_backward(const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C)
                       const int64_t[:, :, :, ::1] idx,  # IN  (N, Ho, Wo, C), each in [-1, H*W)
-                      floating[:, :, :, ::1] gx,        # OUT (N, H, W, C), zeroed by the caller
+                      floating[:, :, :, ::1] gx,        # OUT (N, H, W, C), every value written
                       Py_ssize_t channel_block, int num_threads):
     """Scatter each output gradient to the pixel its index names (-1: nowhere).
 
-    One task per (image, block of channels) sums its outputs in a fixed order, so the
-    result does not depend on the thread count and no two threads write the same memory.
+    One task per (image, block of channels) zeroes its part of gx, then sums its outputs
+    into it in a fixed order, so the result does not depend on the thread count and no two
+    threads write the same memory (zeroed by the task, the part is in cache for the sums:
+    8x56x56x64, 3x3 stride 2, 1.2 -> 0.7 ms on an AMD EPYC Zen 4 against np.zeros first).
     """
     cdef Py_ssize_t N = gx.shape[0], H = gx.shape[1], W = gx.shape[2], C = gx.shape[3]
     cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2]
     cdef Py_ssize_t blocks = (C + channel_block - 1) // channel_block
-    cdef Py_ssize_t task, n, c0, c1, oh, ow, c
+    cdef Py_ssize_t task, n, c0, c1, oh, ow, c, p
     cdef int64_t j
     cdef const floating* gyp
     cdef const int64_t* ip
     cdef floating* gxp
-    if N * Ho * Wo * C == 0:
+    if N * H * W * C == 0:
         return
     for task in prange(N * blocks, nogil=True, schedule="static", num_threads=num_threads):
         n = task // blocks
         c0 = (task % blocks) * channel_block
         c1 = c0 + channel_block if c0 + channel_block < C else C
         gxp = &gx[n, 0, 0, 0]
+        for p in range(H * W):
+            for c in range(c0, c1):
+                gxp[p * C + c] = 0
         for oh in range(Ho):
             for ow in range(Wo):
                 gyp = &gy[n, oh, ow, 0]
