@@ -80,6 +80,21 @@ def kernel_threads(monkeypatch):
     return seen
 
 
+@pytest.fixture
+def nan_filled_memory(monkeypatch):
+    """fastconv._memory.empty hands out memory filled with NaN: an output a kernel is
+    trusted to write whole (allocated so rather than with np.zeros) shows every value it
+    left unset."""
+    from fastconv import _memory
+    empty = _memory.empty
+
+    def nan_filled(shape, dtype):
+        a = empty(shape, dtype)
+        a.fill(np.nan)
+        return a
+    monkeypatch.setattr(_memory, "empty", nan_filled)
+
+
 def assert_threads_ran(seen: list) -> None:
     """Some kernel call was given more than one thread, and OpenMP runs a region asked for
     that many threads on that many (seen from inside the region, _openmp.team_size)."""

@@ -76,17 +76,9 @@ def test_gradients_match_reference(case, dtype, algorithm):
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_gradients_never_read_memory_left_unset(algorithm, monkeypatch):
+def test_gradients_never_read_memory_left_unset(algorithm, nan_filled_memory):
     """The input gradient comes from _memory.empty, not np.zeros: the kernels must write
     every value of it (pixels no tap reaches included). Here that memory starts as NaN."""
-    from fastconv import _memory
-    empty = _memory.empty
-
-    def nan_filled(shape, dtype):
-        a = empty(shape, dtype)
-        a.fill(np.nan)
-        return a
-    monkeypatch.setattr(_memory, "empty", nan_filled)
     for case in GEOMETRIES + MODE_CASES:
         check_against_reference(case, np.float32, algorithm)
     x = np.ones((1, 3, 3, 2), np.float32)

@@ -275,17 +275,9 @@ def test_max_pool_backward_by_finite_differences(k, s, p, d, ceil_mode):
     np.testing.assert_array_equal(from_indices, from_x)
 
 
-def test_max_pool_backward_writes_every_value(monkeypatch):
+def test_max_pool_backward_writes_every_value(nan_filled_memory):
     """The input gradient comes from _memory.empty, not np.zeros: the kernel zeroes it
     itself, pixels that are no window's maximum included. Here that memory starts as NaN."""
-    from fastconv import _memory
-    empty = _memory.empty
-
-    def nan_filled(shape, dtype):
-        a = empty(shape, dtype)
-        a.fill(np.nan)
-        return a
-    monkeypatch.setattr(_memory, "empty", nan_filled)
     x = _x(np.float64, (2, 7, 9, 70), seed=4)  # channel blocks of 64 and a tail
     for k, s, p, d, ceil_mode in MAX_GRAD_CASES:
         y, idx = pooling.max_pool2d(x, k, s, p, d, ceil_mode, return_indices=True)
