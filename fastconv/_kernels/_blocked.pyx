@@ -248,7 +248,7 @@ cdef inline void _tap_pointers(const floating** xp, const floating* x, const flo
 
 def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in), unpadded
                          const floating[:, :, :, ::1] gy,  # IN  (N, Ho, Wo, C_out)
-                         floating[:, :, :, ::1] gw,        # OUT (kh, kw, cig, C_out), zeroed
+                         floating[:, :, :, ::1] gw,        # IN/OUT (kh, kw, cig, C_out): += sums
                          Py_ssize_t top, Py_ssize_t left,  # zero padding, as in conv_forward
                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                          Py_ssize_t groups, Py_ssize_t out_ranges, Py_ssize_t in_ranges,
@@ -261,11 +261,11 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
     uses it; a last block narrower than OUT_BLOCK is first copied into a zero-padded
     buffer), for each tap and register block of FC_BLK_NP input channels through its blocks
     of output channels, each summed over the chunk's pixels (a tap in the padding reads
-    zeros). With one block per range, a unit's part of gw is a column of rows OUT_BLOCK
-    wide, C_out apart; with all blocks in one range, whole rows of gw one after another (for
-    a gw larger than the caches, read and written from memory, few pixels: a stream, not a
-    stride). Each element of gw is summed by one thread in a fixed order: the result does
-    not depend on the thread count.
+    zeros), the sums added to what gw holds. With one block per range, a unit's part of gw
+    is a column of rows OUT_BLOCK wide, C_out apart; with all blocks in one range, its
+    group's part of each row, one row after another (for a gw larger than the caches, read
+    and written from memory: a stream, not a stride). Each element of gw is summed by one
+    thread in a fixed order: the result does not depend on the thread count.
     Returns 0, or 1 when a scratch buffer could not be allocated."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2], C = x.shape[3]
     cdef Py_ssize_t Ho = gy.shape[1], Wo = gy.shape[2], Cout = gy.shape[3]
@@ -277,6 +277,7 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
     cdef Py_ssize_t n_units = groups * out_ranges * in_ranges
     cdef Py_ssize_t unit, g, b, j, k, nc, ci_lo, ci_hi, chunk, p0, npix, p, c, n, oh, ow, t, r, s
     cdef Py_ssize_t ci, nci, ih, iw, b_lo, b_hi
+    cdef Py_ssize_t nc_last = cog - (n_ob - 1) * ob  # channels of the last block
     cdef bint padded
     cdef const floating* zeros = NULL
     cdef const floating** xp = NULL
@@ -309,8 +310,7 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
             if ci_hi <= ci_lo or b_hi <= b_lo:
                 continue
             # a last block narrower than ob in the range: its gy chunk is read zero-padded
-            nc = cog - (n_ob - 1) * ob
-            padded = b_hi == n_ob and nc < ob
+            padded = b_hi == n_ob and nc_last < ob
             for chunk in range(n_chunks):
                 p0 = chunk * chunk_pixels
                 npix = min(chunk_pixels, P - p0)
@@ -321,7 +321,7 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, H, W, C_in)
                     g_chunk = &gy[0, 0, 0, 0] + p0 * Cout + g * cog + (n_ob - 1) * ob
                     for p in range(npix):
                         for c in range(ob):
-                            gbuf[p * ob + c] = g_chunk[p * Cout + c] if c < nc else 0
+                            gbuf[p * ob + c] = g_chunk[p * Cout + c] if c < nc_last else 0
                 for p in range(npix):
                     # each tap's input pixel (at the group's first channel), or the zeros
                     for r in range(kh):
