@@ -7,6 +7,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memset
 
+from fastconv._kernels._share cimport part_start
+
 cdef extern from "fastconv_simd.h":
     void fc_stream_zero(void* dst, size_t nbytes) noexcept nogil
     void fc_store_fence() noexcept nogil
@@ -23,8 +25,8 @@ def zero(floating[::1] a, bint stream, int num_threads):
     if n == 0:
         return
     for k in prange(num_threads, nogil=True, schedule="static", num_threads=num_threads):
-        lo = k * n // num_threads
-        hi = (k + 1) * n // num_threads
+        lo = part_start(k, n, num_threads)
+        hi = part_start(k + 1, n, num_threads)
         if hi > lo:
             if stream:
                 fc_stream_zero(&a[lo], (hi - lo) * sizeof(floating))

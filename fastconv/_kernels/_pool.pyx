@@ -18,6 +18,7 @@ from cython.parallel cimport prange
 from libc.math cimport INFINITY
 from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint32_t, uint64_t
 
+from fastconv._kernels._share cimport part_start
 from fastconv._kernels._taps cimport _end_tap, _first_tap
 
 
@@ -378,8 +379,8 @@ def relu_forward(const floating[::1] x,       # IN  the input, flattened
     if n == 0:
         return
     for k in prange(num_threads, nogil=True, schedule="static", num_threads=num_threads):
-        lo = k * n // num_threads
-        hi = (k + 1) * n // num_threads
+        lo = part_start(k, n, num_threads)
+        hi = part_start(k + 1, n, num_threads)
         if hi > lo:
             if floating is float:
                 _relu_range(&x[lo], <uint32_t*> &y[lo], &keep[lo], hi - lo)

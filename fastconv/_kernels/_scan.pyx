@@ -12,6 +12,8 @@ from cython.parallel cimport prange
 from libc.stdint cimport INT32_MAX, INT64_MAX, int32_t, int64_t
 from libc.string cimport memcmp, memcpy
 
+from fastconv._kernels._share cimport part_start
+
 DEF MAX_PARTS = 64  # per-thread results of max_abs, kept on the stack
 
 
@@ -26,8 +28,8 @@ def same_bytes(const unsigned char[::1] a, const unsigned char[::1] b, int num_t
     if n == 0:
         return True
     for k in prange(num_threads, nogil=True, schedule="static", num_threads=num_threads):
-        lo = k * n // num_threads
-        hi = (k + 1) * n // num_threads
+        lo = part_start(k, n, num_threads)
+        hi = part_start(k + 1, n, num_threads)
         if hi > lo and memcmp(&a[lo], &b[lo], <size_t>(hi - lo)) != 0:
             differ += 1
     return differ == 0
@@ -72,8 +74,8 @@ def max_abs(const floating[::1] a, int num_threads):
     if n == 0:
         return 0.0
     for k in prange(parts, nogil=True, schedule="static", num_threads=parts):
-        lo = k * n // parts
-        hi = (k + 1) * n // parts
+        lo = part_start(k, n, parts)
+        hi = part_start(k + 1, n, parts)
         if floating is float:
             maxima[k] = _magnitude(<const int32_t*>&a[0] + lo, hi - lo)
         else:
