@@ -315,6 +315,8 @@ def test_weight_gradient_channel_counts_and_threads(dtype, rng):
     """Output channels around the vector and block sizes, input channels around the register
     block; 1 and 2 threads bit-identical (each weight element is summed by one thread)."""
     module = _algorithms.KERNELS["blocked"]
+    if module.team_size(2) < 2:
+        pytest.skip("OpenMP gives this process one thread")
     for cout in channel_counts(module, dtype):
         cin = module.PIXEL_BLOCK + cout % 3 - 1
         x = rng.standard_normal((2, 6, 5, cin)).astype(dtype)
@@ -331,6 +333,47 @@ def test_weight_gradient_channel_counts_and_threads(dtype, rng):
                 results.append(gw)
             np.testing.assert_array_equal(results[0], results[1])
             assert_close(results[1], want, dtype, 60)
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 40], ids=["by_input_ranges", "by_blocks"])
+def test_weight_gradient_work_order(cache_bytes, rng, monkeypatch):
+    """conv2d_backward's blocked weight gradient: a gradient larger than
+    BLOCKED_CACHE_BYTES is cut by ranges of input channels first (a unit through all output
+    blocks), a smaller one by output blocks first; both equal the reference, with groups."""
+    monkeypatch.setattr(functional, "BLOCKED_CACHE_BYTES", cache_bytes)
+    kernel = _algorithms.KERNELS["blocked"]
+    ranges = []
+
+    class Spy:
+        OUT_BLOCK, PIXEL_BLOCK = kernel.OUT_BLOCK, kernel.PIXEL_BLOCK
+
+        @staticmethod
+        def conv_backward_weight(*args):
+            ranges.append(args[-4:-2])  # (out_ranges, in_ranges)
+            return kernel.conv_backward_weight(*args)
+
+    monkeypatch.setitem(_algorithms.KERNELS, "blocked", Spy)
+    block = kernel.OUT_BLOCK["float64"]
+    for groups, cin, cout in ((1, 40, 3 * block), (2, 24, 4 * block + 6)):
+        x = rng.standard_normal((2, 6, 7, cin))
+        w = rng.standard_normal((3, 3, cin // groups, cout))
+        gy = rng.standard_normal((2, 6, 7, cout))
+        _, gw, _ = fastconv.conv2d_backward(gy, x, w, padding=1, groups=groups,
+                                            algorithm="blocked", needs=("weight",))
+        want = weight_gradient_reference(x, gy, w.shape, (1, 1), ((1, 1), (1, 1)), (1, 1),
+                                         groups)
+        assert_close(gw, want, np.float64, gy[..., 0].size)
+        out_ranges, in_ranges = ranges[-1]
+        blocks = -(-cout // groups // block)
+        ci_blocks = -(-cin // groups // kernel.PIXEL_BLOCK)
+        if cache_bytes:  # every block a unit of its own, input ranges to fill the units
+            assert out_ranges == blocks and in_ranges == min(
+                ci_blocks, -(-functional.BLOCKED_GRAD_UNITS // (groups * blocks)))
+        else:  # input ranges first, output blocks split only to fill the units
+            assert in_ranges == min(ci_blocks, -(-functional.BLOCKED_GRAD_UNITS // groups))
+            assert out_ranges == min(blocks, -(-functional.BLOCKED_GRAD_UNITS
+                                               // (groups * in_ranges)))
+            assert out_ranges < blocks
 
 
 def test_non_finite_grad_output_weight_gradient_runs_direct(rng):
