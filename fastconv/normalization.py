@@ -83,30 +83,51 @@ def batch_norm_forward(fn, x, running_mean, running_var, weight, bias, training,
     x2 = np.ascontiguousarray(x.reshape(_rows(x), channels), dtype)
     count = x2.shape[0]
     threads = threads_for_work(x2.size)
+    y = np.empty(x2.shape, dtype)
     if training:
         if count == 1:
             raise ValueError(f"{fn}: expected more than 1 value per channel when training, but "
                              f"got input of shape {x.shape}")
         if count == 0:
-            return np.empty(x.shape, dtype), np.zeros(channels), np.ones(channels)
-        mean = _channel_sum(x2, None, threads) / count
-        var = _channel_sum(x2, mean, threads) / count
-        for running, batch in ((running_mean, mean), (running_var, var * count / (count - 1))):
+            return y.reshape(x.shape), np.zeros(channels), np.ones(channels)
+        stats = np.empty((2, channels))
+        _status(_norm.train_forward(x2, _vector(weight, dtype), _vector(bias, dtype), eps,
+                                    _chunks(count), stats, y, threads))
+        mean, var = stats
+        for running, batch, factor in ((running_mean, mean, momentum),
+                                       (running_var, var, momentum * count / (count - 1))):
             if running is not None:
                 running *= 1 - momentum
-                running += momentum * batch
-    else:
-        mean = running_mean.astype(np.float64)
-        var = running_var.astype(np.float64)
+                running += factor * batch
+        return y.reshape(x.shape), mean, var
+    mean = running_mean.astype(np.float64)
+    var = running_var.astype(np.float64)
     scale = 1 / np.sqrt(var + eps)
     if weight is not None:
         scale *= weight
-    y = np.empty(x2.shape, dtype)
     if count:
         _norm.normalize(x2, mean.astype(dtype), scale.astype(dtype),
                         np.zeros(channels, dtype) if bias is None else bias.astype(dtype), y,
                         threads)
     return y.reshape(x.shape), mean, var
+
+
+def _vector(value: np.ndarray | None, dtype) -> np.ndarray:
+    """A per-channel parameter as the kernels take it: C-contiguous, of the computing dtype;
+    empty for None."""
+    if value is None:
+        return _NONE[dtype]
+    return np.ascontiguousarray(value, dtype)
+
+
+# the kernels' "no weight" or "no bias"
+_NONE = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}
+
+
+def _status(status: int) -> None:
+    if status:
+        raise MemoryError("fastconv: could not allocate a batch normalisation kernel's "
+                          "scratch memory")
 
 
 def _rows(x: np.ndarray) -> int:
@@ -117,13 +138,6 @@ def _rows(x: np.ndarray) -> int:
 def _chunks(rows: int) -> int:
     """Fixed ranges of rows summed separately (the same for every thread count)."""
     return max(1, min(_SUM_CHUNKS, rows))
-
-
-def _channel_sum(x2: np.ndarray, centre: np.ndarray | None, threads: int) -> np.ndarray:
-    """sum over rows of x2 (centre None) or of (x2 - centre)^2, per channel, in float64."""
-    partial = np.zeros((_chunks(x2.shape[0]), x2.shape[1]))
-    _norm.channel_sums(x2, np.zeros(0) if centre is None else centre, partial, threads)
-    return partial.sum(axis=0)
 
 
 def batch_norm_backward(grad_output, x, mean, var, weight=None, training=False, eps=1e-5,
@@ -152,30 +166,19 @@ def batch_norm_backward(grad_output, x, mean, var, weight=None, training=False, 
     g2 = np.ascontiguousarray(gy.reshape(_rows(x), channels), dtype)
     count = x2.shape[0]
     threads = threads_for_work(x2.size)
+    chunks = _chunks(count)
     if training and (mean is None or var is None):
-        mean = _channel_sum(x2, None, threads) / max(count, 1)
-        var = _channel_sum(x2, mean, threads) / max(count, 1)
-    mean = _per_channel(fn, "mean", mean, channels, True).astype(np.float64)
-    var = _per_channel(fn, "var", var, channels, True).astype(np.float64)
-    invstd = 1 / np.sqrt(var + eps)
-    # sum g and sum g * (x - mean) per channel, in one pass
-    sum_g, sum_g_centred = (np.zeros((_chunks(count), channels)) for _ in range(2))
-    _norm.grad_sums(g2, x2, mean, sum_g, sum_g_centred, threads)
-    sum_g, sum_g_centred = sum_g.sum(axis=0), sum_g_centred.sum(axis=0)
-    grad_input = None
-    if "input" in needs:
-        scale = invstd if weight is None else invstd * weight
-        if training and count:
-            # d/dx of (x - mean) * invstd through the batch statistics:
-            # scale * (g - mean(g) - (x - mean) * invstd^2 * mean(g * (x - mean)))
-            grad_input = np.empty(x2.shape, dtype)
-            _norm.grad_input(g2, x2, mean.astype(dtype), scale.astype(dtype),
-                             (-scale * invstd ** 2 * sum_g_centred / count).astype(dtype),
-                             (-scale * sum_g / count).astype(dtype), grad_input, threads)
-            grad_input = grad_input.reshape(x.shape)
-        else:
-            grad_input = np.multiply(g2, scale.astype(dtype), dtype=dtype).reshape(x.shape)
-    grad_weight = (sum_g_centred * invstd).astype(dtype) if "weight" in needs else None
-    grad_bias = sum_g.astype(dtype) if "bias" in needs else None
-    return grad_input, grad_weight, grad_bias
-
+        stats = np.zeros((2, channels))
+        if count and channels:
+            _status(_norm.batch_stats(x2, chunks, stats, threads))
+    else:
+        stats = np.array([_per_channel(fn, name, value, channels, True)
+                          for name, value in (("mean", mean), ("var", var))], np.float64)
+    grads = np.empty((2, channels))  # grad_weight, grad_bias
+    grad_input = np.empty(x2.shape if "input" in needs else (0, channels), dtype)
+    _status(_norm.train_backward(g2, x2, stats, _vector(weight, dtype), eps,
+                                 training and count > 0, chunks, grads, grad_input, threads))
+    grad_weight, grad_bias = grads.astype(dtype, copy=False)
+    return (grad_input.reshape(x.shape) if "input" in needs else None,
+            grad_weight if "weight" in needs else None,
+            grad_bias if "bias" in needs else None)

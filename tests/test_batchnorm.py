@@ -301,3 +301,51 @@ def test_every_instruction_set_gives_the_definition(level, dtype, monkeypatch):
         expected = weight / np.sqrt(v + eps) * (g - g.mean(axis=0)
                                                 - x_hat * (g * x_hat).mean(axis=0))
         np.testing.assert_allclose(gx.reshape(-1, channels), expected, rtol=tol, atol=10 * tol)
+
+
+def test_kernels_refuse_vectors_of_another_channel_count():
+    # the kernels index every per-channel vector by channel with bounds checks off: one of
+    # another length, or chunks outside [1, rows], is a ValueError naming it
+    _norm = N._norm
+    x = np.zeros((6, 4), np.float32)
+    four, three, none = np.ones(4, np.float32), np.ones(3, np.float32), np.ones(0, np.float32)
+    stats, out = np.zeros((2, 4)), np.zeros((6, 4), np.float32)
+    with pytest.raises(ValueError, match="expected weight of 4 values .* got 3"):
+        _norm.train_forward(x, three, four, 1e-5, 2, stats, out, 1)
+    with pytest.raises(ValueError, match="expected stats of 4 values .* got 3"):
+        _norm.train_forward(x, none, none, 1e-5, 2, np.zeros((2, 3)), out, 1)
+    with pytest.raises(ValueError, match=r"chunks must be in \[1, 6\], got 7"):
+        _norm.train_forward(x, four, four, 1e-5, 7, stats, out, 1)
+    with pytest.raises(ValueError, match=r"expected stats \(2, 4\) and out \(6, 4\)"):
+        _norm.train_forward(x, four, four, 1e-5, 2, stats, np.zeros((5, 4), np.float32), 1)
+    with pytest.raises(ValueError, match="expected gx of 4 values .* got 3"):
+        _norm.train_backward(x, x, stats, four, 1e-5, True, 2, np.zeros((2, 4)),
+                             np.zeros((6, 3), np.float32), 1)
+    with pytest.raises(ValueError, match=r"expected g \(6, 4\)"):
+        _norm.train_backward(x[:5], x, stats, four, 1e-5, True, 2, np.zeros((2, 4)),
+                             np.zeros((0, 4), np.float32), 1)
+    with pytest.raises(ValueError, match="expected shift of 4 values .* got 3"):
+        _norm.normalize(x, four, four, three, out, 1)
+    with pytest.raises(ValueError, match="num_threads must be >= 1, got 0"):
+        _norm.batch_stats(x, 1, stats, 0)
+
+
+def test_backward_without_the_input_gradient_and_with_statistics_from_x():
+    # needs without "input": no input gradient; training statistics left out (None): taken
+    # from x as the forward would
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((3, 4, 5, 6)) * 2 + 1).astype(np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    weight = rng.standard_normal(6).astype(np.float32)
+    _, mean, var = N.batch_norm_forward("batch_norm", x, None, None, weight, None, True, 0.1,
+                                        1e-5)
+    full = fc.batch_norm_backward(gy, x, mean, var, weight, training=True)
+    gx, gw, gb = fc.batch_norm_backward(gy, x, None, None, weight, training=True,
+                                        needs=("weight", "bias"))
+    assert gx is None
+    np.testing.assert_allclose(gw, full[1], rtol=1e-6)
+    np.testing.assert_allclose(gb, full[2], rtol=1e-6)
+    gx, gw, gb = fc.batch_norm_backward(gy, x, None, None, weight, training=True,
+                                        needs=("input",))
+    assert gw is None and gb is None
+    np.testing.assert_allclose(gx, full[0], rtol=1e-5, atol=1e-6)

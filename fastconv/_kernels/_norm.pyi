@@ -1,5 +1,6 @@
 # Type stubs of the compiled batch-normalisation kernels (_norm.pyx). Arrays are C-contiguous;
-# activations float32 or float64 (one dtype per call), sums float64; the GIL is released.
+# activations float32 or float64 (one dtype per call), statistics and sums float64; the GIL
+# is released. The functions returning int give 1 when scratch memory could not be allocated.
 import numpy as np
 import numpy.typing as npt
 
@@ -7,15 +8,15 @@ from fastconv._kernels._direct import _Floats
 
 _Doubles = npt.NDArray[np.float64]
 
-def channel_sums(x: _Floats, centre: _Doubles, partial: _Doubles, num_threads: int) -> None: ...
-def grad_sums(
-    g: _Floats, x: _Floats, mean: _Doubles, sum_g: _Doubles, sum_gc: _Doubles,
-    num_threads: int,
-) -> None: ...
-def grad_input(
-    g: _Floats, x: _Floats, mean: _Floats, a: _Floats, b: _Floats, shift: _Floats,
+def batch_stats(x: _Floats, chunks: int, stats: _Doubles, num_threads: int) -> int: ...
+def train_forward(
+    x: _Floats, weight: _Floats, bias: _Floats, eps: float, chunks: int, stats: _Doubles,
     out: _Floats, num_threads: int,
-) -> None: ...
+) -> int: ...
+def train_backward(
+    g: _Floats, x: _Floats, stats: _Doubles, weight: _Floats, eps: float, batch_stats: bool,
+    chunks: int, grads: _Doubles, gx: _Floats, num_threads: int,
+) -> int: ...
 def normalize(
     x: _Floats, mean: _Floats, scale: _Floats, shift: _Floats, out: _Floats, num_threads: int,
 ) -> None: ...

@@ -1,7 +1,7 @@
 # _norm.pyx compiled with AVX2 + FMA (x86-64 only; picked at run time when the CPU has them)
 from fastconv._kernels._norm import (
-    channel_sums as channel_sums,
-    grad_input as grad_input,
-    grad_sums as grad_sums,
+    batch_stats as batch_stats,
     normalize as normalize,
+    train_backward as train_backward,
+    train_forward as train_forward,
 )
