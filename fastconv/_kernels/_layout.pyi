@@ -3,5 +3,6 @@
 from fastconv._kernels._direct import _Floats
 
 TILE: int
+FEW_ROWS: int
 
 def transpose_batched(x: _Floats, out: _Floats, num_threads: int) -> None: ...

@@ -17,7 +17,6 @@ from fastconv._kernels._share cimport part_start
 TILE = 16
 # up to this many rows, they are interleaved value by value
 FEW_ROWS = 4
-PARTS_PER_THREAD = 8
 
 
 def transpose_batched(const floating[:, :, ::1] x,   # IN  (N, R, S)
@@ -36,19 +35,16 @@ def transpose_batched(const floating[:, :, ::1] x,   # IN  (N, R, S)
     if N == 0 or R == 0 or S == 0:
         return
     if R <= FEW_ROWS:
-        # each image cut into PARTS_PER_THREAD parts of S per thread, taken in turn: a
-        # thread that is late to start (woken from sleep after an idle spell: 0.1 ms on a
-        # virtual machine) leaves its parts to the others
-        parts = PARTS_PER_THREAD * num_threads
-        for item in prange(N * parts, nogil=True, schedule="dynamic",
-                           num_threads=num_threads):
+        # each image cut into a part of S per thread
+        parts = num_threads
+        for item in prange(N * parts, nogil=True, schedule="static", num_threads=num_threads):
             n = item // parts
             lo = part_start(item % parts, S, parts)
             hi = part_start(item % parts + 1, S, parts)
             if hi > lo:
                 _interleave(&x[n, 0, 0], &out[n, 0, 0], R, S, lo, hi)
         return
-    for item in prange(N * r_tiles * s_tiles, nogil=True, schedule="dynamic", chunksize=64,
+    for item in prange(N * r_tiles * s_tiles, nogil=True, schedule="static",
                        num_threads=num_threads):
         n = item // (r_tiles * s_tiles)
         r0 = (item // s_tiles) % r_tiles * T
