@@ -211,7 +211,10 @@ def bound_call(kernel, *args, threads: int) -> Callable[[], None]:
 def _single_thread_after_fork() -> None:
     """GCC's OpenMP runtime does not survive fork(): a forked child's first parallel region
     would hang. Children made by fork() therefore start on one thread (set_num_threads
-    restores more, at the user's risk; spawn and forkserver children are not affected)."""
+    restores more, at the user's risk; spawn and forkserver children are not affected), also
+    when the parent forked inside a num_threads(n) block (the child's copy of this thread's
+    settings is cleared: it would override the one thread)."""
+    _local.n = _local.placed = None
     set_num_threads(1)
 
 

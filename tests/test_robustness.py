@@ -258,6 +258,42 @@ def test_fork_after_use_with_one_thread_in_the_children(tmp_path):
     _run_processes(tmp_path, "fork", one_thread=True)
 
 
+FORK_IN_BLOCK_SCRIPT = textwrap.dedent("""
+    import os
+    import numpy as np
+    import fastconv
+
+    x = np.random.default_rng(0).standard_normal((64, 32, 32, 16)).astype(np.float32)
+    fastconv.batch_norm(x, None, None, training=True)  # the parent's OpenMP team runs
+    with fastconv.num_threads(2):
+        pid = os.fork()
+        if pid == 0:  # the child: one thread, whatever block the parent was in
+            ok = fastconv.get_num_threads() == 1
+            fastconv.batch_norm(x, None, None, training=True)
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+    print("child", os.waitstatus_to_exitcode(status))
+""")
+
+
+def test_fork_inside_a_num_threads_block_gives_a_child_on_one_thread(tmp_path):
+    """A child forked inside num_threads(2) runs on one thread (its copy of the block's
+    setting would make its first parallel region wait for a thread fork() did not copy)."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    script = tmp_path / "fork_in_block.py"
+    script.write_text(FORK_IN_BLOCK_SCRIPT)
+    path = [str(Path(fastconv.__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+    try:
+        run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             timeout=60, cwd=tmp_path, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("no result in 60 s: the forked child hung")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "child 0" in run.stdout, run.stdout + run.stderr
+
+
 # ----------------------------------------------------------------------------------------------
 # leaks: many calls of every public function keep the memory flat. By default a lean check of
 # what Python allocates (tracemalloc: NumPy reports its array buffers to it); the heavy run
