@@ -378,29 +378,29 @@ class Permute(_SettingsNoted, Layer):
 
 # the last axis length up to which _transposed copies index by index
 _SHORT_AXIS = 8
-# the permutations of a 4-D array that are a batch of 2-D transposes (N, R, S) -> (N, S, R),
-# with the axes of x before this index making R: NCHW -> NHWC (R = C, S = H * W) and
-# NHWC -> NCHW (R = H * W, S = C)
-_BATCHED_TRANSPOSES = {(0, 2, 3, 1): 2, (0, 3, 1, 2): 3}
+# the permutations of a 4-D array that are a batch of 2-D transposes (N, R, S) -> (N, S, R):
+# how many of x's axes after N make R. NCHW -> NHWC: R = C, S = H * W; NHWC -> NCHW: R = H * W,
+# S = C.
+_BATCHED_TRANSPOSES = {(0, 2, 3, 1): 1, (0, 3, 1, 2): 2}
 
 
 def _transposed(x: np.ndarray, perm, out: np.ndarray | None = None) -> np.ndarray:
-    """x.transpose(perm) copied into a new C-contiguous array, or into `out` (C-contiguous,
-    of its shape and dtype). NCHW <-> NHWC of a C-contiguous float array: _layout's batched
-    transpose on the threads (AMD EPYC Zen 4, 2 threads, against the copies below: 8x3x224x224
-    to NHWC 454 -> 215 us, 1x3x224x224 62 -> 38 us; 8x56x56x64 to NCHW 1.33 -> 0.39 ms).
-    Elsewhere, where the last axis is short (an image's 3 channels moved last), one strided
-    copy per index of that axis: NumPy's own copy runs its inner loop along that short axis
-    (1x3x224x224 to NHWC on a Zen 5: 105 -> 35 us)."""
+    """x.transpose(perm) copied into a new C-contiguous array, or into `out` (of its shape
+    and dtype). NCHW <-> NHWC of a C-contiguous float array into C-contiguous memory:
+    _layout's batched transpose on the threads (AMD EPYC Zen 4, 2 threads, against the copies
+    below: 8x3x224x224 to NHWC 454 -> 215 us, 1x3x224x224 62 -> 38 us; 8x56x56x64 to NCHW
+    1.33 -> 0.39 ms). Elsewhere, where the last axis is short (an image's 3 channels moved
+    last), one strided copy per index of that axis: NumPy's own copy runs its inner loop along
+    that short axis (1x3x224x224 to NHWC on a Zen 5: 105 -> 35 us)."""
     t = x.transpose(perm)
     if out is None:
         out = np.empty(t.shape, t.dtype)
-    split = _BATCHED_TRANSPOSES.get(tuple(perm))
-    if (split is not None and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous
-            and x.size):
-        n = x.shape[0]
-        _layout.transpose_batched(x.reshape(n, math.prod(x.shape[1:split]), -1),
-                                  out.reshape(n, math.prod(t.shape[1:5 - split]), -1),
+    r_axes = _BATCHED_TRANSPOSES.get(tuple(perm))
+    if (r_axes is not None and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous
+            and x.size and out.shape == t.shape and out.dtype == x.dtype
+            and out.flags.c_contiguous and out.flags.writeable):
+        n, rows = x.shape[0], math.prod(x.shape[1:1 + r_axes])
+        _layout.transpose_batched(x.reshape(n, rows, -1), out.reshape(n, -1, rows),
                                   threads_for_work(x.size))
     elif t.ndim >= 2 and t.shape[-1] <= _SHORT_AXIS and not t.flags.c_contiguous:
         for i in range(t.shape[-1]):

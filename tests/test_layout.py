@@ -50,3 +50,10 @@ def test_nchw_nhwc_copies_equal_numpy(perm, dtype):
         assert _transposed(spaced[..., ::2], perm, out) is out
         np.testing.assert_array_equal(out, expected)
         np.testing.assert_array_equal(Permute(perm)(x), expected)
+        fortran = np.zeros(expected.shape, dtype, order="F")  # written whole by NumPy's copy
+        assert _transposed(x, perm, fortran) is fortran
+        np.testing.assert_array_equal(fortran, expected)
+        if expected.shape[1] != expected.shape[2]:  # a wrong shape of the same size
+            with pytest.raises(ValueError):
+                _transposed(x, perm, np.zeros(expected.shape[:1] + expected.shape[2:0:-1]
+                                              + expected.shape[3:], dtype))

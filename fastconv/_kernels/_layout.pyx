@@ -5,18 +5,23 @@ inference pass starts (and may end) with such a copy. NumPy's copy of a transpos
 runs on one thread, its inner loop along one axis of the result, striding through the
 other. Here the work is shared among the threads: a few rows (an image's channels) are
 interleaved value by value, in a loop the compiler vectorises; more rows go by square tiles
-of TILE x TILE values, read along rows and written along rows, both in L1.
+of TILE x TILE values (out written along its rows, x read down its columns, the tile's
+lines of both in L1).
 """
 from cython cimport floating
 from cython.parallel cimport prange
 
 from fastconv._kernels._share cimport part_start
 
-# values per side of a tile: 16 x 16 float32 (or float64) values, 1-2 KB, in L1 with its
-# transposed copy
-TILE = 16
-# up to this many rows, they are interleaved value by value
-FEW_ROWS = 4
+cdef enum:
+    # values per side of a tile: 16 x 16 float32 (or float64) values, 1-2 KB, in L1 with
+    # its transposed copy
+    TILE_ = 16
+    # up to this many rows (_interleave's cases), they are interleaved value by value
+    FEW_ROWS_ = 4
+
+TILE = TILE_
+FEW_ROWS = FEW_ROWS_
 
 
 def transpose_batched(const floating[:, :, ::1] x,   # IN  (N, R, S)
@@ -25,7 +30,7 @@ def transpose_batched(const floating[:, :, ::1] x,   # IN  (N, R, S)
     """out[n, s, r] = x[n, r, s]. NCHW -> NHWC is R = C, S = H * W; NHWC -> NCHW is
     R = H * W, S = C."""
     cdef Py_ssize_t N = x.shape[0], R = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t T = TILE, r_tiles = (R + T - 1) // T, s_tiles = (S + T - 1) // T
+    cdef Py_ssize_t T = TILE_, r_tiles = (R + T - 1) // T, s_tiles = (S + T - 1) // T
     cdef Py_ssize_t item, n, r0, s0, r, s, lo, hi, parts
     if out.shape[0] != N or out.shape[1] != S or out.shape[2] != R:
         raise ValueError(f"transpose_batched: expected out of shape ({N}, {S}, {R}), got "
@@ -34,7 +39,7 @@ def transpose_batched(const floating[:, :, ::1] x,   # IN  (N, R, S)
         raise ValueError(f"transpose_batched: num_threads must be >= 1, got {num_threads}")
     if N == 0 or R == 0 or S == 0:
         return
-    if R <= FEW_ROWS:
+    if R <= FEW_ROWS_:
         # each image cut into a part of S per thread
         parts = num_threads
         for item in prange(N * parts, nogil=True, schedule="static", num_threads=num_threads):
