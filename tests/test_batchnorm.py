@@ -310,24 +310,26 @@ def test_kernels_refuse_vectors_of_another_channel_count():
     x = np.zeros((6, 4), np.float32)
     four, three, none = np.ones(4, np.float32), np.ones(3, np.float32), np.ones(0, np.float32)
     stats, out = np.zeros((2, 4)), np.zeros((6, 4), np.float32)
-    with pytest.raises(ValueError, match="expected weight of 4 values .* got 3"):
+    with pytest.raises(ValueError, match=r"expected weight with one value per channel \(4\) or none, but got 3"):
         _norm.train_forward(x, three, four, 1e-5, 2, stats, out, 1)
-    with pytest.raises(ValueError, match="expected stats of 4 values .* got 3"):
+    with pytest.raises(ValueError, match=r"expected stats with one value per channel \(4\), but got 3"):
         _norm.train_forward(x, none, none, 1e-5, 2, np.zeros((2, 3)), out, 1)
     with pytest.raises(ValueError, match=r"chunks must be in \[1, 6\], got 7"):
         _norm.train_forward(x, four, four, 1e-5, 7, stats, out, 1)
     with pytest.raises(ValueError, match=r"expected stats \(2, 4\) and out \(6, 4\)"):
         _norm.train_forward(x, four, four, 1e-5, 2, stats, np.zeros((5, 4), np.float32), 1)
-    with pytest.raises(ValueError, match="expected gx of 4 values .* got 3"):
+    with pytest.raises(ValueError, match=r"expected gx with one value per channel \(4\), but got 3"):
         _norm.train_backward(x, x, stats, four, 1e-5, True, 2, np.zeros((2, 4)),
                              np.zeros((6, 3), np.float32), 1)
-    with pytest.raises(ValueError, match=r"expected g \(6, 4\)"):
+    with pytest.raises(ValueError, match=r"expected g \(6, 4\).* but got g \(5, 4\)"):
         _norm.train_backward(x[:5], x, stats, four, 1e-5, True, 2, np.zeros((2, 4)),
                              np.zeros((0, 4), np.float32), 1)
-    with pytest.raises(ValueError, match="expected shift of 4 values .* got 3"):
+    with pytest.raises(ValueError, match=r"expected shift with one value per channel \(4\), but got 3"):
         _norm.normalize(x, four, four, three, out, 1)
     with pytest.raises(ValueError, match="num_threads must be >= 1, got 0"):
         _norm.batch_stats(x, 1, stats, 0)
+    with pytest.raises(ValueError, match="no values to take statistics of"):
+        _norm.train_forward(x[:0], four, four, 1e-5, 1, stats, out[:0], 1)
 
 
 def test_backward_without_the_input_gradient_and_with_statistics_from_x():

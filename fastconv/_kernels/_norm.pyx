@@ -23,8 +23,8 @@ cdef int _check(str fn, Py_ssize_t rows, Py_ssize_t C, Py_ssize_t chunks, tuple 
     index them with bounds checks off."""
     for name, n, optional in vectors:
         if n != C and not (optional and n == 0):
-            raise ValueError(f"{fn}: expected {name} of {C} values per row or channel"
-                             f"{' (or none)' if optional else ''}, but got {n}")
+            raise ValueError(f"{fn}: expected {name} with one value per channel ({C})"
+                             f"{' or none' if optional else ''}, but got {n}")
     if not 1 <= chunks <= max(rows, 1):
         raise ValueError(f"{fn}: chunks must be in [1, {max(rows, 1)}], got {chunks}")
     if num_threads < 1:
@@ -100,7 +100,7 @@ def batch_stats(const floating[:, ::1] x,    # IN  (rows, C), rows >= 1
     return status
 
 
-def train_forward(const floating[:, ::1] x,       # IN  (rows, C), rows >= 2
+def train_forward(const floating[:, ::1] x,       # IN  (rows, C), rows >= 1
                   const floating[::1] weight,     # IN  (C,), or (0,): ones
                   const floating[::1] bias,       # IN  (C,), or (0,): zeros
                   double eps,
@@ -118,7 +118,9 @@ def train_forward(const floating[:, ::1] x,       # IN  (rows, C), rows >= 2
         raise ValueError(f"train_forward: expected stats (2, {C}) and out ({rows}, {C}), got "
                          f"({stats.shape[0]}, {stats.shape[1]}) and ({out.shape[0]}, "
                          f"{out.shape[1]})")
-    if rows == 0 or C == 0:
+    if rows == 0:
+        raise ValueError("train_forward: no values to take statistics of")
+    if C == 0:
         return 0
     with nogil:
         status = _stats(x, chunks, &stats[0, 0], &stats[1, 0], num_threads)
@@ -175,7 +177,10 @@ def train_backward(const floating[:, ::1] g,      # IN  (rows, C) grad_output
     if (g.shape[0] != rows or g.shape[1] != C or stats.shape[0] != 2 or grads.shape[0] != 2
             or gx.shape[0] not in (0, rows)):
         raise ValueError(f"train_backward: expected g ({rows}, {C}), stats and grads (2, {C}) "
-                         f"and gx ({rows}, {C}) or (0, {C})")
+                         f"and gx ({rows}, {C}) or (0, {C}), but got g ({g.shape[0]}, "
+                         f"{g.shape[1]}), stats ({stats.shape[0]}, {stats.shape[1]}), grads "
+                         f"({grads.shape[0]}, {grads.shape[1]}), gx ({gx.shape[0]}, "
+                         f"{gx.shape[1]})")
     if C == 0:
         return 0
     with nogil:
