@@ -83,33 +83,25 @@ def batch_norm_forward(fn, x, running_mean, running_var, weight, bias, training,
     x2 = np.ascontiguousarray(x.reshape(_rows(x), channels), dtype)
     count = x2.shape[0]
     threads = threads_for_work(x2.size)
-    y = np.empty(x2.shape, dtype)
     if training:
         if count == 1:
             raise ValueError(f"{fn}: expected more than 1 value per channel when training, but "
                              f"got input of shape {x.shape}")
         if count == 0:
-            return y.reshape(x.shape), np.zeros(channels), np.ones(channels)
+            return np.empty(x.shape, dtype), np.zeros(channels), np.ones(channels)
         stats = np.empty((2, channels))
-        _status(_norm.train_forward(x2, _vector(weight, dtype), _vector(bias, dtype), eps,
-                                    _chunks(count), stats, y, threads))
-        mean, var = stats
-        for running, batch, factor in ((running_mean, mean, momentum),
-                                       (running_var, var, momentum * count / (count - 1))):
+        _status(_norm.batch_stats(x2, _chunks(count), stats, threads))
+        for running, batch, factor in ((running_mean, stats[0], momentum),
+                                       (running_var, stats[1], momentum * count / (count - 1))):
             if running is not None:
                 running *= 1 - momentum
                 running += factor * batch
-        return y.reshape(x.shape), mean, var
-    mean = running_mean.astype(np.float64)
-    var = running_var.astype(np.float64)
-    scale = 1 / np.sqrt(var + eps)
-    if weight is not None:
-        scale *= weight
-    if count:
-        _norm.normalize(x2, mean.astype(dtype), scale.astype(dtype),
-                        np.zeros(channels, dtype) if bias is None else bias.astype(dtype), y,
-                        threads)
-    return y.reshape(x.shape), mean, var
+    else:
+        stats = np.array([running_mean, running_var], np.float64)
+    y = np.empty(x2.shape, dtype)
+    _status(_norm.normalize(x2, _vector(weight, dtype), _vector(bias, dtype), eps, stats, y,
+                            threads))
+    return y.reshape(x.shape), stats[0], stats[1]
 
 
 def _vector(value: np.ndarray | None, dtype) -> np.ndarray:
@@ -169,7 +161,7 @@ def batch_norm_backward(grad_output, x, mean, var, weight=None, training=False, 
     chunks = _chunks(count)
     if training and (mean is None or var is None):
         stats = np.zeros((2, channels))
-        if count and channels:
+        if count:
             _status(_norm.batch_stats(x2, chunks, stats, threads))
     else:
         stats = np.array([_per_channel(fn, name, value, channels, True)

@@ -8,6 +8,7 @@ from fastconv import _algorithms
 from fastconv import layers as L
 from fastconv import normalization as N
 from _gradcheck import assert_grad
+from conftest import assert_threads_ran
 
 DTYPES = (np.float32, np.float64)
 
@@ -269,6 +270,7 @@ def test_batch_norm_gives_the_same_bits_on_one_and_two_threads(monkeypatch):
             grads = N.batch_norm_backward(gy, x, mean, var, weight, True, 1e-5)
             results.append((y, mean, var, *grads))
             assert set(seen) == {threads}  # every pass got the work shared out
+    assert_threads_ran(seen)  # the last round's passes ran on two threads
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
 
@@ -309,27 +311,44 @@ def test_kernels_refuse_vectors_of_another_channel_count():
     _norm = N._norm
     x = np.zeros((6, 4), np.float32)
     four, three, none = np.ones(4, np.float32), np.ones(3, np.float32), np.ones(0, np.float32)
-    stats, out = np.zeros((2, 4)), np.zeros((6, 4), np.float32)
-    with pytest.raises(ValueError, match=r"expected weight with one value per channel \(4\) or none, but got 3"):
-        _norm.train_forward(x, three, four, 1e-5, 2, stats, out, 1)
-    with pytest.raises(ValueError, match=r"expected stats with one value per channel \(4\), but got 3"):
-        _norm.train_forward(x, none, none, 1e-5, 2, np.zeros((2, 3)), out, 1)
-    with pytest.raises(ValueError, match=r"chunks must be in \[1, 6\], got 7"):
-        _norm.train_forward(x, four, four, 1e-5, 7, stats, out, 1)
+    stats, out, grads = np.zeros((2, 4)), np.zeros((6, 4), np.float32), np.zeros((2, 4))
+    per_channel = r"expected {} with one value per channel \(4\){}, but got 3"
+    with pytest.raises(ValueError, match=per_channel.format("weight", " or none")):
+        _norm.normalize(x, three, four, 1e-5, stats, out, 1)
+    with pytest.raises(ValueError, match=per_channel.format("stats", "")):
+        _norm.normalize(x, none, none, 1e-5, np.zeros((2, 3)), out, 1)
     with pytest.raises(ValueError, match=r"expected stats \(2, 4\) and out \(6, 4\)"):
-        _norm.train_forward(x, four, four, 1e-5, 2, stats, np.zeros((5, 4), np.float32), 1)
-    with pytest.raises(ValueError, match=r"expected gx with one value per channel \(4\), but got 3"):
-        _norm.train_backward(x, x, stats, four, 1e-5, True, 2, np.zeros((2, 4)),
-                             np.zeros((6, 3), np.float32), 1)
-    with pytest.raises(ValueError, match=r"expected g \(6, 4\).* but got g \(5, 4\)"):
-        _norm.train_backward(x[:5], x, stats, four, 1e-5, True, 2, np.zeros((2, 4)),
-                             np.zeros((0, 4), np.float32), 1)
-    with pytest.raises(ValueError, match=r"expected shift with one value per channel \(4\), but got 3"):
-        _norm.normalize(x, four, four, three, out, 1)
+        _norm.normalize(x, four, four, 1e-5, stats, np.zeros((5, 4), np.float32), 1)
+    with pytest.raises(ValueError, match=r"expected stats \(2, 4\) .* got \(1, 4\)"):
+        _norm.normalize(x, four, four, 1e-5, stats[:1], out, 1)
+    with pytest.raises(ValueError, match=per_channel.format("stats", "")):
+        _norm.batch_stats(x, 2, np.zeros((2, 3)), 1)
+    with pytest.raises(ValueError, match="expected stats of 2 rows, got 3"):
+        _norm.batch_stats(x, 2, np.zeros((3, 4)), 1)
+    with pytest.raises(ValueError, match=r"chunks must be in \[1, 6\], got 7"):
+        _norm.batch_stats(x, 7, stats, 1)
     with pytest.raises(ValueError, match="num_threads must be >= 1, got 0"):
         _norm.batch_stats(x, 1, stats, 0)
     with pytest.raises(ValueError, match="no values to take statistics of"):
-        _norm.train_forward(x[:0], four, four, 1e-5, 1, stats, out[:0], 1)
+        _norm.batch_stats(x[:0], 1, stats, 1)
+    with pytest.raises(ValueError, match=per_channel.format("gx", "")):
+        _norm.train_backward(x, x, stats, four, 1e-5, True, 2, grads,
+                             np.zeros((6, 3), np.float32), 1)
+    with pytest.raises(ValueError, match=r"expected g \(6, 4\).* but got g \(5, 4\)"):
+        _norm.train_backward(x[:5], x, stats, four, 1e-5, True, 2, grads,
+                             np.zeros((0, 4), np.float32), 1)
+
+
+def test_a_kernel_out_of_scratch_memory_is_a_memory_error(monkeypatch):
+    class OutOfMemory:  # every kernel reports a failed allocation
+        def __getattr__(self, name):
+            return lambda *args: 1
+    monkeypatch.setattr(N, "_norm", OutOfMemory())
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(MemoryError, match="batch normalisation kernel's scratch memory"):
+        fc.batch_norm(x, None, None, training=True)
+    with pytest.raises(MemoryError, match="batch normalisation kernel's scratch memory"):
+        fc.batch_norm_backward(x, x, np.zeros(3), np.ones(3), training=True)
 
 
 def test_backward_without_the_input_gradient_and_with_statistics_from_x():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import fastconv as fc
+from conftest import assert_threads_ran
 from fastconv._kernels import _layout
 from fastconv.graph import Permute, _transposed
 
@@ -22,6 +23,8 @@ def test_transpose_batched_is_the_transpose(dtype, rows, threads):
         with fc.num_threads(threads):
             _layout.transpose_batched(x, out, threads)
         np.testing.assert_array_equal(out, x.transpose(0, 2, 1))
+    if threads > 1:  # OpenMP ran the region on as many threads as it was given
+        assert_threads_ran([threads])
 
 
 def test_transpose_batched_refuses_a_wrong_output_or_thread_count():

@@ -9,14 +9,11 @@ from fastconv._kernels._direct import _Floats
 _Doubles = npt.NDArray[np.float64]
 
 def batch_stats(x: _Floats, chunks: int, stats: _Doubles, num_threads: int) -> int: ...
-def train_forward(
-    x: _Floats, weight: _Floats, bias: _Floats, eps: float, chunks: int, stats: _Doubles,
-    out: _Floats, num_threads: int,
-) -> int: ...
 def train_backward(
-    g: _Floats, x: _Floats, stats: _Doubles, weight: _Floats, eps: float, batch_stats: bool,
+    g: _Floats, x: _Floats, stats: _Doubles, weight: _Floats, eps: float, training: bool,
     chunks: int, grads: _Doubles, gx: _Floats, num_threads: int,
 ) -> int: ...
 def normalize(
-    x: _Floats, mean: _Floats, scale: _Floats, shift: _Floats, out: _Floats, num_threads: int,
-) -> None: ...
+    x: _Floats, weight: _Floats, bias: _Floats, eps: float, stats: _Doubles, out: _Floats,
+    num_threads: int,
+) -> int: ...

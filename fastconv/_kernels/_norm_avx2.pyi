@@ -3,5 +3,4 @@ from fastconv._kernels._norm import (
     batch_stats as batch_stats,
     normalize as normalize,
     train_backward as train_backward,
-    train_forward as train_forward,
 )
